@@ -1,0 +1,157 @@
+/**
+ * Directory administration for the CLI: through the running gateway's control socket when one
+ * is up (so its in-memory directory and the file stay one), else straight on the state folder's
+ * directory file.
+ */
+import http from 'node:http';
+import { existsSync } from 'node:fs';
+import { OneportError, type ErrorCode } from './errors.js';
+import { MemoryDirectory } from './directory/memory.js';
+import { type UserRecord, type VmInput, type VmRecord, toVmRecord, userNameSchema, vmSchema } from './directory/directory.js';
+import { hashPassword } from './auth/passwords.js';
+import { statePaths } from './state.js';
+
+export interface UserInput {
+  password?: string | undefined;
+  roles?: Array<'user' | 'admin'> | undefined;
+  groups?: string[] | undefined;
+}
+
+export interface Admin {
+  readonly mode: 'running-gateway' | 'offline';
+  putUser(name: string, input: UserInput): Promise<unknown>;
+  deleteUser(name: string): Promise<void>;
+  listUsers(): Promise<unknown[]>;
+  putVm(vm: VmInput): Promise<unknown>;
+  deleteVm(name: string): Promise<void>;
+  listVms(): Promise<VmRecord[]>;
+  ticket(user: string, vm: string, protocol?: string): Promise<Record<string, unknown>>;
+  cluster(): Promise<unknown>;
+  close(): Promise<void>;
+}
+
+export async function openAdmin(stateRoot: string): Promise<Admin> {
+  const paths = statePaths(stateRoot);
+  if (existsSync(paths.controlSocket) && (await reachable(paths.controlSocket))) return new ControlAdmin(paths.controlSocket);
+  return new OfflineAdmin(new MemoryDirectory(paths.directory));
+}
+
+function reachable(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = http.request({ socketPath, path: '/healthz', method: 'GET', timeout: 2000 }, (res) => {
+      res.resume();
+      resolve(res.statusCode === 200);
+    });
+    req.on('error', () => resolve(false));
+    req.on('timeout', () => req.destroy());
+    req.end();
+  });
+}
+
+class ControlAdmin implements Admin {
+  readonly mode = 'running-gateway' as const;
+  constructor(private readonly socketPath: string) {}
+
+  private call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    return new Promise((resolve, reject) => {
+      const text = body === undefined ? undefined : JSON.stringify(body);
+      const req = http.request(
+        {
+          socketPath: this.socketPath,
+          method,
+          path,
+          headers: text === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) },
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => {
+            const parsed = JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}') as { error?: { code: ErrorCode; message: string } };
+            if ((res.statusCode ?? 500) >= 400) reject(new OneportError(parsed.error?.code ?? 'ONEPORT_ERR_INTERNAL', parsed.error?.message));
+            else resolve(parsed as T);
+          });
+        },
+      );
+      req.on('error', reject);
+      req.end(text);
+    });
+  }
+
+  putUser(name: string, input: UserInput): Promise<unknown> {
+    return this.call('PUT', `/api/users/${encodeURIComponent(name)}`, input);
+  }
+  async deleteUser(name: string): Promise<void> {
+    await this.call('DELETE', `/api/users/${encodeURIComponent(name)}`);
+  }
+  listUsers(): Promise<unknown[]> {
+    return this.call('GET', '/api/users');
+  }
+  putVm(vm: VmInput): Promise<unknown> {
+    const { name, ...rest } = vm;
+    return this.call('PUT', `/api/vms/${encodeURIComponent(name)}`, rest);
+  }
+  async deleteVm(name: string): Promise<void> {
+    await this.call('DELETE', `/api/vms/${encodeURIComponent(name)}`);
+  }
+  listVms(): Promise<VmRecord[]> {
+    return this.call('GET', '/api/vms');
+  }
+  ticket(user: string, vm: string, protocol?: string): Promise<Record<string, unknown>> {
+    return this.call('POST', '/api/tickets', { user, vm, ...(protocol ? { protocol } : {}) });
+  }
+  cluster(): Promise<unknown> {
+    return this.call('GET', '/api/cluster');
+  }
+  async close(): Promise<void> {}
+}
+
+class OfflineAdmin implements Admin {
+  readonly mode = 'offline' as const;
+  constructor(private readonly dir: MemoryDirectory) {}
+
+  async putUser(name: string, input: UserInput): Promise<unknown> {
+    const parsedName = userNameSchema.safeParse(name);
+    if (!parsedName.success) throw new OneportError('ONEPORT_ERR_VALIDATION', parsedName.error.issues[0]?.message);
+    const existing = this.dir.getUser(name);
+    if (!existing && input.password === undefined) throw new OneportError('ONEPORT_ERR_VALIDATION', 'a new user needs a password');
+    const user: UserRecord = {
+      name,
+      passwordHash: input.password === undefined ? (existing?.passwordHash ?? '') : await hashPassword(input.password),
+      roles: input.roles ?? existing?.roles ?? ['user'],
+      groups: input.groups ?? existing?.groups ?? [],
+      sessionsNotBefore: input.password === undefined ? (existing?.sessionsNotBefore ?? 0) : Date.now(),
+    };
+    await this.dir.putUser(user);
+    return { name: user.name, roles: user.roles, groups: user.groups };
+  }
+  async deleteUser(name: string): Promise<void> {
+    if (!(await this.dir.deleteUser(name))) throw new OneportError('ONEPORT_ERR_NOT_FOUND', 'no such user');
+  }
+  async listUsers(): Promise<unknown[]> {
+    return this.dir.listUsers().map((u) => ({ name: u.name, roles: u.roles, groups: u.groups }));
+  }
+  async putVm(input: VmInput): Promise<unknown> {
+    const parsed = vmSchema.safeParse(input);
+    if (!parsed.success) {
+      throw new OneportError('ONEPORT_ERR_VALIDATION', parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
+    }
+    const vm = toVmRecord(parsed.data);
+    await this.dir.putVm(vm);
+    return vm;
+  }
+  async deleteVm(name: string): Promise<void> {
+    if (!(await this.dir.deleteVm(name))) throw new OneportError('ONEPORT_ERR_UNKNOWN_VM');
+  }
+  async listVms(): Promise<VmRecord[]> {
+    return [...this.dir.listVms()];
+  }
+  async ticket(): Promise<Record<string, unknown>> {
+    throw new Error('tickets are issued by a running gateway: start it with `oneport serve` (same --state)');
+  }
+  async cluster(): Promise<unknown> {
+    throw new Error('the gateway is not running');
+  }
+  async close(): Promise<void> {
+    await this.dir.close();
+  }
+}

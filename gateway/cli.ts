@@ -1,0 +1,221 @@
+#!/usr/bin/env node
+/**
+ * The `oneport` command: serve, init, user, vm, ticket, cluster.
+ * Flags override the config file, which overrides defaults (config.ts).
+ */
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { ConfigError, loadConfig, type Config } from './config.js';
+import { startGateway } from './server.js';
+import { ensureState } from './state.js';
+import { MemoryDirectory } from './directory/memory.js';
+import { openAdmin } from './admin.js';
+import { randomPassword } from './auth/passwords.js';
+import { PROTOCOLS, type EndpointInput, type Protocol } from './directory/directory.js';
+import { VERSION } from './version.js';
+
+interface GlobalOpts {
+  config?: string;
+  state?: string;
+  listen?: string;
+  demo?: boolean;
+  logLevel?: string;
+}
+
+const program = new Command();
+program
+  .name('oneport')
+  .description('One TLS port for RDP, SPICE and VNC consoles: HTTP CONNECT, WebSocket, API and portal.')
+  .version(VERSION)
+  .option('-c, --config <file>', 'JSON config file (env ONEPORT_CONFIG)')
+  .option('-s, --state <dir>', 'state folder: directory, secrets, certificates (env ONEPORT_STATE; default ~/.oneport)')
+  .showHelpAfterError();
+
+function config(extra: Partial<GlobalOpts> = {}): Config {
+  const g = { ...program.opts<GlobalOpts>(), ...extra };
+  const overrides: Record<string, unknown> = { state: g.state, listen: g.listen };
+  if (g.demo === false) overrides.demo = { enabled: false };
+  if (g.logLevel) overrides.log = { level: g.logLevel };
+  return loadConfig({ configFile: g.config, overrides });
+}
+
+program
+  .command('serve')
+  .description('run the gateway')
+  .option('-l, --listen <host:port>', 'address of the one port (default 0.0.0.0:8443)')
+  .option('--no-demo', 'do not start the built-in demo desktop')
+  .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent')
+  .action(async (opts: GlobalOpts) => {
+    const cfg = config(opts);
+    const gw = await startGateway(cfg);
+    process.stderr.write(`oneport ${VERSION} serving on ${gw.url}  (CA: ${cfg.state}/ca.pem)\n`);
+    let signals = 0;
+    const stop = (sig: string): void => {
+      signals++;
+      if (signals > 1) {
+        process.stderr.write(`${sig} again: exiting now\n`);
+        process.exit(1);
+      }
+      void gw.close().then(() => process.exit(0));
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+  });
+
+program
+  .command('init')
+  .description('create the state folder: directory file, cluster CA and server certificate')
+  .action(async () => {
+    const cfg = config();
+    const state = ensureState(cfg.state, cfg.serverNames);
+    const dir = new MemoryDirectory(state.paths.directory);
+    await dir.flush();
+    await dir.close();
+    for (const what of state.created) console.log(`created ${what}`);
+    console.log(`state folder ${cfg.state} is ready; clients trust ${state.paths.caCert}`);
+  });
+
+const user = program.command('user').description('manage users');
+user
+  .command('add <name>')
+  .description('add a user, or change one (a new password logs the user out everywhere)')
+  .option('-p, --password <password>', 'password (default: a random one, printed once)')
+  .option('--admin', 'give the admin role')
+  .option('-g, --groups <list>', 'comma-separated groups', csv)
+  .action(async (name: string, o: { password?: string; admin?: boolean; groups?: string[] }) => {
+    const admin = await openAdmin(config().state);
+    try {
+      const password = o.password ?? randomPassword();
+      await admin.putUser(name, { password, roles: o.admin ? ['user', 'admin'] : undefined, groups: o.groups });
+      console.log(`user ${name} saved${o.password ? '' : `; password: ${password}`}`);
+    } finally {
+      await admin.close();
+    }
+  });
+user
+  .command('list')
+  .description('list users')
+  .action(async () => {
+    const admin = await openAdmin(config().state);
+    try {
+      console.table(await admin.listUsers());
+    } finally {
+      await admin.close();
+    }
+  });
+user
+  .command('remove <name>')
+  .description('remove a user')
+  .action(async (name: string) => {
+    const admin = await openAdmin(config().state);
+    try {
+      await admin.deleteUser(name);
+      console.log(`user ${name} removed`);
+    } finally {
+      await admin.close();
+    }
+  });
+
+const vm = program.command('vm').description('manage VMs');
+const endpointOption = (p: Protocol): Option =>
+  new Option(`--${p} <host:port[@published]>`, `${p} console address, and the port clients name in CONNECT`).argParser((v) => endpoint(p, v));
+vm
+  .command('add <name>')
+  .description('add or replace a VM')
+  .addOption(endpointOption('vnc'))
+  .addOption(endpointOption('spice'))
+  .addOption(endpointOption('rdp'))
+  .option('-u, --users <list>', 'comma-separated users allowed on it', csv)
+  .option('-g, --groups <list>', 'comma-separated groups allowed on it', csv)
+  .option('-n, --node <id>', 'owning node (default: this node)')
+  .action(async (name: string, o: { vnc?: EndpointInput; spice?: EndpointInput; rdp?: EndpointInput; users?: string[]; groups?: string[]; node?: string }) => {
+    const cfg = config();
+    const endpoints = [o.vnc, o.spice, o.rdp].filter((e): e is EndpointInput => e !== undefined);
+    if (endpoints.length === 0) throw new InvalidArgumentError('give at least one of --vnc, --spice, --rdp');
+    const admin = await openAdmin(cfg.state);
+    try {
+      await admin.putVm({ name, node: o.node ?? cfg.nodeId, endpoints, users: o.users ?? [], groups: o.groups ?? [] });
+      console.log(`vm ${name} saved`);
+    } finally {
+      await admin.close();
+    }
+  });
+vm
+  .command('list')
+  .description('list VMs')
+  .action(async () => {
+    const admin = await openAdmin(config().state);
+    try {
+      console.table(
+        (await admin.listVms()).map((v) => ({
+          name: v.name,
+          node: v.node,
+          state: v.state,
+          endpoints: v.endpoints.map((e) => `${e.protocol} ${e.host}:${e.port} (published ${e.publishedPort})`).join('; '),
+          users: v.users.join(','),
+          groups: v.groups.join(','),
+        })),
+      );
+    } finally {
+      await admin.close();
+    }
+  });
+vm
+  .command('remove <name>')
+  .description('remove a VM')
+  .action(async (name: string) => {
+    const admin = await openAdmin(config().state);
+    try {
+      await admin.deleteVm(name);
+      console.log(`vm ${name} removed`);
+    } finally {
+      await admin.close();
+    }
+  });
+
+program
+  .command('ticket <vm>')
+  .description('issue a console ticket (needs the running gateway); prints JSON')
+  .requiredOption('-u, --user <name>', 'the user the ticket is for')
+  .addOption(new Option('-p, --protocol <protocol>', 'rdp, vnc or spice (default: the VM\'s first)').choices(PROTOCOLS))
+  .action(async (vmName: string, o: { user: string; protocol?: string }) => {
+    const admin = await openAdmin(config().state);
+    try {
+      console.log(JSON.stringify(await admin.ticket(o.user, vmName, o.protocol), null, 2));
+    } finally {
+      await admin.close();
+    }
+  });
+
+program
+  .command('cluster')
+  .description('cluster information')
+  .command('status')
+  .description('leader, nodes and directory versions (needs the running gateway)')
+  .action(async () => {
+    const admin = await openAdmin(config().state);
+    try {
+      console.log(JSON.stringify(await admin.cluster(), null, 2));
+    } finally {
+      await admin.close();
+    }
+  });
+
+function csv(v: string): string[] {
+  return v
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+}
+
+function endpoint(protocol: Protocol, v: string): EndpointInput {
+  const m = /^(\[[0-9a-fA-F:.]+\]|[^:@[\]]+):(\d{1,5})(?:@(\d{1,5}))?$/.exec(v);
+  if (!m) throw new InvalidArgumentError('expected host:port or host:port@published-port');
+  const host = (m[1] ?? '').replace(/^\[|\]$/g, '');
+  return { protocol, host, port: Number(m[2]), ...(m[3] ? { publishedPort: Number(m[3]) } : {}) };
+}
+
+program.parseAsync(process.argv).catch((e: unknown) => {
+  if (e instanceof ConfigError) process.stderr.write(`oneport: ${e.message}\n`);
+  else process.stderr.write(`oneport: ${(e as Error).message ?? String(e)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,223 @@
+/**
+ * Configuration: one schema, defaults with units in one place, validated once at start-up, then
+ * frozen. Sources, later ones winning: defaults < config file (JSON) < environment < CLI flags.
+ */
+import { readFileSync } from 'node:fs';
+import { homedir, hostname } from 'node:os';
+import { isIP } from 'node:net';
+import { resolve } from 'node:path';
+import { z } from 'zod';
+
+const SECOND = 1000;
+const MINUTE = 60 * SECOND;
+const HOUR = 60 * MINUTE;
+
+const ms = z.number().int().nonnegative();
+const positive = z.number().int().positive();
+
+/** "host:port", "[v6]:port" or ":port". */
+const listenSchema = z.string().refine((s) => parseListen(s) !== undefined, {
+  message: 'must be host:port, [ipv6]:port or :port, with a port from 0 to 65535',
+});
+
+const cidrSchema = z.string().refine((s) => parseCidr(s) !== undefined, { message: 'must be an IP address or CIDR' });
+
+export const configSchema = z
+  .object({
+    /** Node id in the cluster and in logs. @default the host name */
+    nodeId: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/).default(hostname().split('.')[0] || 'node'),
+    /** The one port. @default '0.0.0.0:8443' */
+    listen: listenSchema.default('0.0.0.0:8443'),
+    /** State folder: directory file, certificates. @default ~/.oneport */
+    state: z.string().default(resolve(homedir(), '.oneport')),
+    /** Names and addresses the self-made server certificate covers, and that count as our own origin. */
+    serverNames: z.array(z.string().min(1)).min(1).default(['localhost', '127.0.0.1', '::1']),
+    tls: z
+      .object({
+        /** PEM files to use instead of the self-made certificate; chosen by SNI when several. */
+        certificates: z.array(z.object({ cert: z.string(), key: z.string() })).default([]),
+        minVersion: z.enum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2'),
+        /** Client must finish the TLS handshake within this. @default 10 s */
+        handshakeTimeoutMs: positive.default(10 * SECOND),
+      })
+      .prefault({}),
+    detect: z
+      .object({
+        /** First bytes must identify the protocol within this. @default 10 s */
+        timeoutMs: positive.default(10 * SECOND),
+        /** ...and within this many bytes. @default 4 KiB */
+        maxBytes: z.number().int().min(64).max(65536).default(4096),
+      })
+      .prefault({}),
+    proxyProtocol: z
+      .object({
+        /** Addresses (or CIDRs) allowed to send a PROXY v1/v2 header, e.g. your load balancer. @default none */
+        trusted: z.array(cidrSchema).default([]),
+      })
+      .prefault({}),
+    http: z
+      .object({
+        /** Complete request headers within this. @default 10 s */
+        headersTimeoutMs: positive.default(10 * SECOND),
+        /** Complete request (with body) within this. @default 30 s */
+        requestTimeoutMs: positive.default(30 * SECOND),
+        /** Idle keep-alive connections are closed after this. @default 5 s */
+        keepAliveTimeoutMs: positive.default(5 * SECOND),
+        /** Total size of the request line and headers. @default 8 KiB */
+        maxHeaderBytes: z.number().int().min(1024).max(65536).default(8192),
+        /** Number of request headers. @default 64 */
+        maxHeaders: z.number().int().min(8).max(1000).default(64),
+        /** JSON API request body. @default 64 KiB */
+        maxBodyBytes: positive.default(64 * 1024),
+        /** Extra origins (scheme://host[:port]) allowed to open WebSockets, besides our own. */
+        allowedOrigins: z.array(z.string().url()).default([]),
+      })
+      .prefault({}),
+    limits: z
+      .object({
+        /** Open connections on the port, all clients together; beyond it, new ones are dropped. @default 20000 */
+        maxConnections: positive.default(20000),
+        /** Open connections from one client address; beyond it, HTTP clients get 429. @default 256 */
+        maxConnectionsPerAddress: positive.default(256),
+        /** Largest WebSocket message a client may send (noVNC sends small input events). @default 256 KiB */
+        wsMaxPayloadBytes: z.number().int().min(1024).default(256 * 1024),
+        /** Client-to-console bytes queued while the console connection is being set up. @default 1 MiB */
+        preConnectBufferBytes: positive.default(1024 * 1024),
+        /** Logins per user per minute, and per client address per minute. */
+        loginsPerUserPerMinute: positive.default(10),
+        loginsPerAddressPerMinute: positive.default(30),
+        /** Failed tunnel authentications per client address per minute. @default 30 */
+        authFailuresPerAddressPerMinute: positive.default(30),
+      })
+      .prefault({}),
+    tunnel: z
+      .object({
+        /** The console must accept the TCP connection within this. @default 5 s */
+        dialTimeoutMs: positive.default(5 * SECOND),
+        /** A tunnel with no bytes either way for this long is closed; 0 disables. @default 1 h */
+        idleTimeoutMs: ms.default(HOUR),
+        /** WebSocket ping interval; a client that misses a pong is dropped. @default 30 s */
+        wsPingIntervalMs: positive.default(30 * SECOND),
+      })
+      .prefault({}),
+    auth: z
+      .object({
+        /** Console ticket lifetime (CONTRACT: at most 60 s). @default 60 s */
+        ticketTtlMs: z.number().int().min(1000).max(60 * SECOND).default(60 * SECOND),
+        /** Resume token lifetime (CONTRACT: at most 10 min). @default 10 min */
+        resumeTtlMs: z.number().int().min(1000).max(10 * MINUTE).default(10 * MINUTE),
+        /** API / portal session lifetime. @default 8 h */
+        sessionTtlMs: positive.default(8 * HOUR),
+      })
+      .prefault({}),
+    shutdown: z
+      .object({
+        /** On SIGTERM, open tunnels get this long to finish before they are closed. @default 30 s */
+        drainMs: ms.default(30 * SECOND),
+      })
+      .prefault({}),
+    demo: z
+      .object({
+        /** Run the built-in test-pattern desktop as VM "demo" with a "demo" user. @default true */
+        enabled: z.boolean().default(true),
+      })
+      .prefault({}),
+    log: z
+      .object({
+        level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+      })
+      .prefault({}),
+  })
+  .strict();
+
+export type ConfigInput = z.input<typeof configSchema>;
+export type Config = DeepReadonly<z.output<typeof configSchema>>;
+
+type DeepReadonly<T> = T extends (infer U)[]
+  ? ReadonlyArray<DeepReadonly<U>>
+  : T extends object
+    ? { readonly [K in keyof T]: DeepReadonly<T[K]> }
+    : T;
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n  ${problems.join('\n  ')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+/** Validate, apply defaults, freeze. Throws ConfigError with one line per bad field. */
+export function buildConfig(input: unknown): Config {
+  const result = configSchema.safeParse(input ?? {});
+  if (!result.success) {
+    throw new ConfigError(
+      result.error.issues.map((i) => `${i.path.length ? i.path.join('.') : '(root)'}: ${i.message}`),
+    );
+  }
+  const cfg = result.data;
+  cfg.state = resolve(cfg.state);
+  return deepFreeze(cfg) as Config;
+}
+
+export interface LoadOptions {
+  configFile?: string | undefined;
+  overrides?: Record<string, unknown>;
+  env?: NodeJS.ProcessEnv;
+}
+
+/** Defaults < config file < ONEPORT_* environment < explicit overrides (CLI flags). */
+export function loadConfig(opts: LoadOptions = {}): Config {
+  const env = opts.env ?? process.env;
+  let fromFile: Record<string, unknown> = {};
+  const file = opts.configFile ?? env.ONEPORT_CONFIG;
+  if (file) {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (e) {
+      throw new ConfigError([`cannot read config file ${file}: ${(e as Error).message}`]);
+    }
+    try {
+      fromFile = JSON.parse(text) as Record<string, unknown>;
+    } catch (e) {
+      throw new ConfigError([`config file ${file} is not valid JSON: ${(e as Error).message}`]);
+    }
+  }
+  const fromEnv: Record<string, unknown> = {};
+  if (env.ONEPORT_STATE) fromEnv.state = env.ONEPORT_STATE;
+  if (env.ONEPORT_LISTEN) fromEnv.listen = env.ONEPORT_LISTEN;
+  if (env.ONEPORT_LOG_LEVEL) fromEnv.log = { ...(fromFile.log as object), level: env.ONEPORT_LOG_LEVEL };
+  const merged = { ...fromFile, ...fromEnv };
+  for (const [k, v] of Object.entries(opts.overrides ?? {})) {
+    if (v !== undefined) merged[k] = v;
+  }
+  return buildConfig(merged);
+}
+
+export function parseListen(s: string): { host: string; port: number } | undefined {
+  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(s);
+  if (!m) return undefined;
+  const port = Number(m[3]);
+  if (port > 65535) return undefined;
+  const host = m[1] ?? (m[2] || '0.0.0.0');
+  if (m[1] !== undefined && isIP(m[1]) !== 6) return undefined;
+  return { host, port };
+}
+
+export function parseCidr(s: string): { address: string; prefix: number; family: 'ipv4' | 'ipv6' } | undefined {
+  const [address = '', prefixText] = s.split('/');
+  const v = isIP(address);
+  if (v === 0) return undefined;
+  const max = v === 4 ? 32 : 128;
+  const prefix = prefixText === undefined ? max : Number(prefixText);
+  if (!Number.isInteger(prefix) || prefix < 0 || prefix > max || (prefixText !== undefined && !/^\d+$/.test(prefixText))) return undefined;
+  return { address, prefix, family: v === 4 ? 'ipv4' : 'ipv6' };
+}
+
+function deepFreeze<T>(o: T): T {
+  if (o && typeof o === 'object' && !Object.isFrozen(o)) {
+    Object.freeze(o);
+    for (const v of Object.values(o as object)) deepFreeze(v);
+  }
+  return o;
+}

@@ -1,0 +1,26 @@
+/**
+ * What the request handlers share: configuration, directory, auth, metrics, logs, the tunnel
+ * registry and the node's lifecycle state. Built once by server.ts.
+ */
+import type { Config } from './config.js';
+import type { Directory } from './directory/directory.js';
+import type { Authenticator } from './auth/authenticator.js';
+import type { AuthStore } from './auth/store.js';
+import type { Metrics } from './metrics.js';
+import type { Logger, RateLimitedLog } from './log.js';
+import type { TunnelRegistry } from './tunnel/registry.js';
+
+export interface GatewayContext {
+  readonly config: Config;
+  readonly dir: Directory;
+  readonly auth: Authenticator;
+  readonly store: AuthStore;
+  readonly metrics: Metrics;
+  readonly log: Logger;
+  /** For log lines any client can trigger at will. */
+  readonly noisyLog: RateLimitedLog;
+  readonly tunnels: TunnelRegistry;
+  readonly lifecycle: { listening: boolean; shuttingDown: boolean };
+  /** The gateway's own origins (scheme://host:port) for the WebSocket Origin check. */
+  readonly ownOrigins: () => readonly string[];
+}

@@ -1,0 +1,148 @@
+/**
+ * The directory: users, VMs and the ticket signing keys. The data path reads it synchronously
+ * (an in-memory copy, never a network round trip per tunnel); writes are async because the
+ * cluster implementation (Redis, next issue) executes them remotely. Every implementation emits
+ * 'change' after a write is visible to readers.
+ */
+import type { EventEmitter } from 'node:events';
+import { isIP } from 'node:net';
+import { z } from 'zod';
+
+export const PROTOCOLS = ['rdp', 'vnc', 'spice'] as const;
+export type Protocol = (typeof PROTOCOLS)[number];
+export const protocolSchema = z.enum(PROTOCOLS);
+
+export const VM_STATES = ['running', 'recovering', 'migrating', 'down'] as const;
+export type VmState = (typeof VM_STATES)[number];
+
+export const ROLES = ['user', 'admin'] as const;
+export type Role = (typeof ROLES)[number];
+
+/** Well-known ports: what a client dials when it does not know better (CONTRACT section 3). */
+export const WELL_KNOWN_PORT: Readonly<Record<Protocol, number>> = { rdp: 3389, vnc: 5900, spice: 5900 };
+
+/**
+ * VM names are DNS names (lowercase labels joined by dots) so that `<ticket>.<vm>` is a valid host
+ * name for clients that resolve nothing themselves, and never IP-address-shaped.
+ */
+const LABEL = '[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?';
+const VM_NAME_RE = new RegExp(`^${LABEL}(?:\\.${LABEL})*$`);
+export function isValidVmName(name: string): boolean {
+  return name.length <= 200 && VM_NAME_RE.test(name) && isIP(name) === 0 && !/^[0-9.]+$/.test(name);
+}
+export const vmNameSchema = z.string().refine(isValidVmName, {
+  message: 'VM names are lowercase DNS names (letters, digits, hyphens, dots), not addresses',
+});
+export const userNameSchema = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/, {
+  message: 'user names are 1-64 letters, digits, dot, underscore, @ or hyphen',
+});
+const hostSchema = z.string().min(1).max(253).regex(/^[A-Za-z0-9.:_-]+$/, { message: 'a host name or IP address' });
+const portSchema = z.number().int().min(1).max(65535);
+
+export const endpointSchema = z.object({
+  protocol: protocolSchema,
+  /** Where the console listens: dialled by the gateway, never shown to clients. */
+  host: hostSchema,
+  port: portSchema,
+  /** The port clients name in CONNECT; defaults to the protocol's well-known port. */
+  publishedPort: portSchema.optional(),
+});
+export type EndpointInput = z.input<typeof endpointSchema>;
+export interface Endpoint {
+  readonly protocol: Protocol;
+  readonly host: string;
+  readonly port: number;
+  readonly publishedPort: number;
+}
+
+export const vmSchema = z
+  .object({
+    name: vmNameSchema,
+    /** Node that owns the VM (runs its console). */
+    node: z.string().min(1).max(63),
+    replica: z.string().min(1).max(63).optional(),
+    state: z.enum(VM_STATES).default('running'),
+    /** Bumped whenever the VM changes hands (cluster issue). */
+    epoch: z.number().int().nonnegative().default(0),
+    endpoints: z.array(endpointSchema).min(1),
+    users: z.array(userNameSchema).default([]),
+    groups: z.array(z.string().min(1).max(64)).default([]),
+  })
+  .strict()
+  .refine((v) => new Set(v.endpoints.map((e) => e.protocol)).size === v.endpoints.length, {
+    message: 'at most one endpoint per protocol',
+  });
+export type VmInput = z.input<typeof vmSchema>;
+export interface VmRecord {
+  readonly name: string;
+  readonly node: string;
+  readonly replica?: string | undefined;
+  readonly state: VmState;
+  readonly epoch: number;
+  readonly endpoints: readonly Endpoint[];
+  readonly users: readonly string[];
+  readonly groups: readonly string[];
+}
+
+export interface UserRecord {
+  readonly name: string;
+  /** scrypt hash in PHC-like form, see auth/passwords.ts. */
+  readonly passwordHash: string;
+  readonly roles: readonly Role[];
+  readonly groups: readonly string[];
+  /** Sessions issued before this time (ms) are revoked: "log out everywhere", password change. */
+  readonly sessionsNotBefore: number;
+}
+
+export interface SigningKey {
+  /** 0-255, carried in tickets and tokens so rotation can keep the previous key valid. */
+  readonly id: number;
+  /** 32 random bytes, base64. */
+  readonly secret: string;
+  readonly createdAt: number;
+}
+
+export interface KeyRing {
+  readonly current: SigningKey;
+  readonly previous: readonly SigningKey[];
+}
+
+export type DirectoryChange =
+  | { readonly kind: 'vm'; readonly name: string; readonly version: number }
+  | { readonly kind: 'user'; readonly name: string; readonly version: number }
+  | { readonly kind: 'keys'; readonly version: number };
+
+export interface Directory extends EventEmitter {
+  readonly kind: 'embedded' | 'redis';
+  /** Monotonic version of what readers see. */
+  version(): number;
+  getUser(name: string): UserRecord | undefined;
+  getVm(name: string): VmRecord | undefined;
+  listUsers(): readonly UserRecord[];
+  listVms(): readonly VmRecord[];
+  keys(): KeyRing;
+  putUser(user: UserRecord): Promise<void>;
+  deleteUser(name: string): Promise<boolean>;
+  putVm(vm: VmRecord): Promise<void>;
+  deleteVm(name: string): Promise<boolean>;
+  /** Make a new current key; the old one stays valid as `previous`. */
+  rotateKeys(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Normalise validated input into a record (defaults for published ports). */
+export function toVmRecord(input: z.output<typeof vmSchema>): VmRecord {
+  return {
+    ...input,
+    endpoints: input.endpoints.map((e) => ({ ...e, publishedPort: e.publishedPort ?? WELL_KNOWN_PORT[e.protocol] })),
+  };
+}
+
+export function isAssigned(vm: VmRecord, user: UserRecord): boolean {
+  if (vm.users.includes(user.name)) return true;
+  return vm.groups.some((g) => user.groups.includes(g));
+}
+
+export function vmsForUser(dir: Directory, user: UserRecord): VmRecord[] {
+  return dir.listVms().filter((vm) => isAssigned(vm, user));
+}

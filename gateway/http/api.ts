@@ -1,0 +1,351 @@
+/**
+ * The JSON API (CONTRACT section 5), health and metrics. The same router serves the TLS port
+ * and the local control socket (where the caller is the machine's administrator: the CLI).
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { z } from 'zod';
+import type { GatewayContext } from '../context.js';
+import { OneportError } from '../errors.js';
+import {
+  type UserRecord,
+  type VmRecord,
+  isAssigned,
+  protocolSchema,
+  toVmRecord,
+  userNameSchema,
+  vmSchema,
+  vmsForUser,
+  ROLES,
+} from '../directory/directory.js';
+import { hashPassword } from '../auth/passwords.js';
+import { lookupVm } from '../routing.js';
+import { SESSION_COOKIE, clearedSessionCookie, readCookie, sessionCookie } from './cookies.js';
+import { pathOf, sendError, sendJson } from './respond.js';
+import { connInfo } from '../conninfo.js';
+import type { TokenPayload } from '../auth/tokens.js';
+import { VERSION } from '../version.js';
+
+export interface Principal {
+  readonly user: UserRecord;
+  /** Session token payload; undefined for the control socket. */
+  readonly session?: TokenPayload | undefined;
+  readonly viaCookie: boolean;
+}
+
+/** The control socket's caller: whoever can open a 0600 socket in the state folder. */
+export const LOCAL_ADMIN: UserRecord = Object.freeze({
+  name: 'local-admin',
+  passwordHash: '',
+  roles: ['admin'] as const,
+  groups: [],
+  sessionsNotBefore: 0,
+});
+
+interface Call {
+  readonly ctx: GatewayContext;
+  readonly req: IncomingMessage;
+  readonly res: ServerResponse;
+  readonly params: readonly string[];
+  readonly local: boolean;
+  readonly client: string;
+  principal(): Promise<Principal>;
+  admin(): Promise<Principal>;
+  body<T>(schema: z.ZodType<T>): Promise<T>;
+}
+
+type Handler = (c: Call) => Promise<void> | void;
+
+interface Route {
+  readonly method: string;
+  readonly pattern: RegExp;
+  readonly name: string;
+  readonly handler: Handler;
+}
+
+const seg = '([^/]{1,200})';
+const routes: Route[] = [];
+function route(method: string, path: string, name: string, handler: Handler): void {
+  routes.push({ method, pattern: new RegExp(`^${path.replaceAll(':p', seg)}$`), name, handler });
+}
+
+const loginSchema = z.object({ user: z.string().min(1).max(64), password: z.string().min(1).max(1024) }).strict();
+const ticketSchema = z.object({ protocol: protocolSchema.optional() }).strict();
+const adminTicketSchema = z.object({ user: userNameSchema, vm: z.string(), protocol: protocolSchema.optional() }).strict();
+const userBodySchema = z
+  .object({
+    password: z.string().min(8).max(1024).optional(),
+    roles: z.array(z.enum(ROLES)).optional(),
+    groups: z.array(z.string().min(1).max(64)).optional(),
+  })
+  .strict();
+const moveSchema = z.object({ node: z.string().min(1).max(63) }).strict();
+
+function publicVm(vm: VmRecord): Record<string, unknown> {
+  return { vm: vm.name, protocols: vm.endpoints.map((e) => e.protocol), state: vm.state, node: vm.node };
+}
+
+function adminVm(vm: VmRecord): VmRecord {
+  return vm;
+}
+
+function publicUser(u: UserRecord): Record<string, unknown> {
+  return { name: u.name, roles: u.roles, groups: u.groups };
+}
+
+async function ticketResponse(c: Call, user: UserRecord, vm: VmRecord, protocolIn: string | undefined): Promise<Record<string, unknown>> {
+  const protocol = (protocolIn ?? vm.endpoints[0]?.protocol ?? 'vnc') as VmRecord['endpoints'][number]['protocol'];
+  const endpoint = vm.endpoints.find((e) => e.protocol === protocol);
+  if (!endpoint) throw new OneportError('ONEPORT_ERR_NO_SUCH_PROTOCOL');
+  const t = await c.ctx.auth.issueTicket(user, vm, protocol);
+  return {
+    vm: vm.name,
+    protocol,
+    ticket: t.ticket,
+    expiresAt: new Date(t.expiresAt).toISOString(),
+    websocket: `/tunnel/${encodeURIComponent(vm.name)}/${protocol}?ticket=${t.ticket}`,
+    connect: `${vm.name}:${endpoint.publishedPort}`,
+    connectWithTicket: `${t.ticket}.${vm.name}:${endpoint.publishedPort}`,
+    resume: t.resume,
+    resumeExpiresAt: new Date(t.resumeExpiresAt).toISOString(),
+  };
+}
+
+route('GET', '/healthz', 'healthz', (c) => sendJson(c.res, 200, { status: 'ok' }));
+route('GET', '/readyz', 'readyz', (c) => {
+  const { lifecycle } = c.ctx;
+  const ready = lifecycle.listening && !lifecycle.shuttingDown;
+  sendJson(c.res, ready ? 200 : 503, {
+    status: ready ? 'ready' : lifecycle.shuttingDown ? 'shutting-down' : 'starting',
+    directory: { kind: c.ctx.dir.kind, version: c.ctx.dir.version(), ageSeconds: 0 },
+  });
+});
+route('GET', '/metrics', 'metrics', async (c) => {
+  const text = await c.ctx.metrics.registry.metrics();
+  c.res.writeHead(200, { 'Content-Type': c.ctx.metrics.registry.contentType, 'Cache-Control': 'no-store' });
+  c.res.end(text);
+});
+
+route('POST', '/api/login', 'login', async (c) => {
+  if (!c.local && !connInfo(c.req.socket)?.tls) throw new OneportError('ONEPORT_ERR_TLS_REQUIRED');
+  const body = await c.body(loginSchema);
+  const { token, expiresAt } = await c.ctx.auth.login(body.user, body.password, c.client);
+  sendJson(c.res, 200, { token, expiresAt: new Date(expiresAt).toISOString() }, {
+    'Set-Cookie': sessionCookie(token, c.ctx.config.auth.sessionTtlMs),
+  });
+});
+route('POST', '/api/logout', 'logout', async (c) => {
+  const p = await c.principal();
+  if (p.session) await c.ctx.auth.logout(p.session);
+  sendJson(c.res, 200, { ok: true }, { 'Set-Cookie': clearedSessionCookie() });
+});
+route('GET', '/api/me', 'me', async (c) => {
+  const p = await c.principal();
+  sendJson(c.res, 200, publicUser(p.user));
+});
+route('GET', '/api/desktops', 'desktops', async (c) => {
+  const p = await c.principal();
+  sendJson(c.res, 200, vmsForUser(c.ctx.dir, p.user).map(publicVm));
+});
+route('POST', '/api/desktops/:p/tickets', 'tickets', async (c) => {
+  const p = await c.principal();
+  const body = await c.body(ticketSchema);
+  const vm = lookupVm(c.ctx.dir, decodeURIComponent(c.params[0] ?? ''));
+  if (!isAssigned(vm, p.user)) throw new OneportError('ONEPORT_ERR_NOT_ASSIGNED');
+  sendJson(c.res, 200, await ticketResponse(c, p.user, vm, body.protocol));
+});
+route('GET', '/api/desktops/:p/console.vv', 'console.vv', async (c) => {
+  const p = await c.principal();
+  const vm = lookupVm(c.ctx.dir, decodeURIComponent(c.params[0] ?? ''));
+  if (!isAssigned(vm, p.user)) throw new OneportError('ONEPORT_ERR_NOT_ASSIGNED');
+  const protocol = protocolSchema.safeParse(new URL(c.req.url ?? '/', 'https://x').searchParams.get('protocol') ?? 'spice');
+  if (!protocol.success || protocol.data === 'rdp') throw new OneportError('ONEPORT_ERR_VALIDATION', 'protocol must be spice or vnc');
+  const t = await ticketResponse(c, p.user, vm, protocol.data);
+  const [host, port] = String(t.connectWithTicket).split(/:(?=\d+$)/);
+  const gatewayHost = c.req.headers.host ?? `localhost`;
+  const text = [
+    '[virt-viewer]',
+    `type=${protocol.data}`,
+    `host=${host}`,
+    `port=${port}`,
+    `proxy=http://${gatewayHost}`,
+    `title=${vm.name} (oneport)`,
+    'delete-this-file=1',
+    '',
+  ].join('\n');
+  c.res.writeHead(200, {
+    'Content-Type': 'application/x-virt-viewer',
+    'Content-Disposition': `attachment; filename="${vm.name}.vv"`,
+    'Cache-Control': 'no-store',
+  });
+  c.res.end(text);
+});
+route('GET', '/api/cluster', 'cluster', async (c) => {
+  await c.principal();
+  const id = c.ctx.config.nodeId;
+  sendJson(c.res, 200, {
+    leader: { node: id, epoch: 1 },
+    nodes: [{ id, state: 'up', version: VERSION, directory: { kind: c.ctx.dir.kind, version: c.ctx.dir.version() } }],
+  });
+});
+
+// Admin: directory changes.
+route('GET', '/api/vms', 'vms', async (c) => {
+  await c.admin();
+  sendJson(c.res, 200, c.ctx.dir.listVms().map(adminVm));
+});
+route('GET', '/api/vms/:p', 'vm', async (c) => {
+  await c.admin();
+  sendJson(c.res, 200, adminVm(lookupVm(c.ctx.dir, decodeURIComponent(c.params[0] ?? ''))));
+});
+route('PUT', '/api/vms/:p', 'vm', async (c) => {
+  await c.admin();
+  const name = decodeURIComponent(c.params[0] ?? '');
+  const body = await c.body(z.record(z.string(), z.unknown()));
+  const parsed = vmSchema.safeParse({ ...body, name });
+  if (!parsed.success) throw validationError(parsed.error);
+  const vm = toVmRecord(parsed.data);
+  await c.ctx.dir.putVm(vm);
+  sendJson(c.res, 200, adminVm(vm));
+});
+route('DELETE', '/api/vms/:p', 'vm', async (c) => {
+  await c.admin();
+  if (!(await c.ctx.dir.deleteVm(decodeURIComponent(c.params[0] ?? '')))) throw new OneportError('ONEPORT_ERR_UNKNOWN_VM');
+  sendJson(c.res, 200, { ok: true });
+});
+route('POST', '/api/vms/:p/move', 'move', async (c) => {
+  await c.admin();
+  const { node } = await c.body(moveSchema);
+  const vm = lookupVm(c.ctx.dir, decodeURIComponent(c.params[0] ?? ''));
+  const moved: VmRecord = { ...vm, node, epoch: vm.epoch + 1 };
+  await c.ctx.dir.putVm(moved);
+  sendJson(c.res, 200, adminVm(moved));
+});
+route('GET', '/api/users', 'users', async (c) => {
+  await c.admin();
+  sendJson(c.res, 200, c.ctx.dir.listUsers().map(publicUser));
+});
+route('PUT', '/api/users/:p', 'user', async (c) => {
+  await c.admin();
+  const name = userNameSchema.safeParse(decodeURIComponent(c.params[0] ?? ''));
+  if (!name.success) throw validationError(name.error);
+  const body = await c.body(userBodySchema);
+  const existing = c.ctx.dir.getUser(name.data);
+  if (!existing && body.password === undefined) throw new OneportError('ONEPORT_ERR_VALIDATION', 'a new user needs a password');
+  const user: UserRecord = {
+    name: name.data,
+    passwordHash: body.password === undefined ? (existing?.passwordHash ?? '') : await hashPassword(body.password),
+    roles: body.roles ?? existing?.roles ?? ['user'],
+    groups: body.groups ?? existing?.groups ?? [],
+    // A new password logs the user out everywhere.
+    sessionsNotBefore: body.password === undefined ? (existing?.sessionsNotBefore ?? 0) : Date.now(),
+  };
+  await c.ctx.dir.putUser(user);
+  sendJson(c.res, 200, publicUser(user));
+});
+route('DELETE', '/api/users/:p', 'user', async (c) => {
+  await c.admin();
+  if (!(await c.ctx.dir.deleteUser(decodeURIComponent(c.params[0] ?? '')))) throw new OneportError('ONEPORT_ERR_NOT_FOUND', 'no such user');
+  sendJson(c.res, 200, { ok: true });
+});
+route('POST', '/api/tickets', 'admin-ticket', async (c) => {
+  await c.admin();
+  const body = await c.body(adminTicketSchema);
+  const user = c.ctx.dir.getUser(body.user);
+  if (!user) throw new OneportError('ONEPORT_ERR_NOT_FOUND', 'no such user');
+  const vm = lookupVm(c.ctx.dir, body.vm);
+  if (!isAssigned(vm, user)) throw new OneportError('ONEPORT_ERR_NOT_ASSIGNED');
+  sendJson(c.res, 200, await ticketResponse(c, user, vm, body.protocol));
+});
+
+function validationError(e: z.ZodError): OneportError {
+  return new OneportError(
+    'ONEPORT_ERR_VALIDATION',
+    e.issues.map((i) => `${i.path.join('.') || 'body'}: ${i.message}`).join('; '),
+  );
+}
+
+async function readJson(req: IncomingMessage, limit: number): Promise<unknown> {
+  const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
+  // Requiring JSON also stops cross-site form posts riding the session cookie.
+  if (type !== 'application/json') throw new OneportError('ONEPORT_ERR_VALIDATION', 'send Content-Type: application/json');
+  const declared = Number(req.headers['content-length'] ?? 0);
+  if (declared > limit) throw new OneportError('ONEPORT_ERR_PAYLOAD_TOO_LARGE');
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > limit) throw new OneportError('ONEPORT_ERR_PAYLOAD_TOO_LARGE');
+    chunks.push(chunk as Buffer);
+  }
+  const text = Buffer.concat(chunks).toString('utf8');
+  if (text.trim() === '') return {};
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new OneportError('ONEPORT_ERR_VALIDATION', 'body is not valid JSON');
+  }
+}
+
+/** Returns false when no route matched (the caller serves static files or 404). */
+export async function handleApi(ctx: GatewayContext, req: IncomingMessage, res: ServerResponse, opts: { local: boolean }): Promise<boolean> {
+  const path = pathOf(req);
+  const candidates = routes.filter((r) => r.pattern.test(path));
+  if (candidates.length === 0) return false;
+  const r = candidates.find((x) => x.method === req.method || (x.method === 'GET' && req.method === 'HEAD'));
+  const client = connInfo(req.socket)?.remoteAddress ?? req.socket.remoteAddress ?? 'local';
+  let status = 200;
+  try {
+    if (!r) {
+      res.setHeader('Allow', [...new Set(candidates.map((x) => x.method))].join(', '));
+      throw new OneportError('ONEPORT_ERR_METHOD_NOT_ALLOWED');
+    }
+    const params = (r.pattern.exec(path) ?? []).slice(1);
+    let cached: Promise<Principal> | undefined;
+    const principal = (): Promise<Principal> => (cached ??= resolvePrincipal(ctx, req, opts.local));
+    const call: Call = {
+      ctx,
+      req,
+      res,
+      params,
+      local: opts.local,
+      client,
+      principal,
+      admin: async () => {
+        const p = await principal();
+        if (!p.user.roles.includes('admin')) throw new OneportError('ONEPORT_ERR_ADMIN_ONLY');
+        return p;
+      },
+      body: async <T>(schema: z.ZodType<T>) => {
+        const parsed = schema.safeParse(await readJson(req, ctx.config.http.maxBodyBytes));
+        if (!parsed.success) throw validationError(parsed.error);
+        return parsed.data;
+      },
+    };
+    await r.handler(call);
+    status = res.statusCode;
+  } catch (e) {
+    const err = sendError(res, e);
+    status = err.status;
+    if (err.code === 'ONEPORT_ERR_INTERNAL') ctx.log.error({ err: e, path }, 'API request failed');
+  }
+  ctx.metrics.httpRequests.inc({ route: r?.name ?? 'unknown', status: String(status) });
+  return true;
+}
+
+async function resolvePrincipal(ctx: GatewayContext, req: IncomingMessage, local: boolean): Promise<Principal> {
+  if (local) return { user: LOCAL_ADMIN, viaCookie: false };
+  const authz = req.headers.authorization;
+  let token: string | undefined;
+  let viaCookie = false;
+  if (authz !== undefined) {
+    const m = /^Bearer\s+(\S+)$/i.exec(authz);
+    if (!m) throw new OneportError('ONEPORT_ERR_AUTH_REQUIRED', 'use Authorization: Bearer <token>');
+    token = m[1];
+  } else {
+    token = readCookie(req.headers.cookie, SESSION_COOKIE);
+    viaCookie = true;
+  }
+  if (!token) throw new OneportError('ONEPORT_ERR_AUTH_REQUIRED', 'log in first (POST /api/login)');
+  const { user, payload } = await ctx.auth.session(token);
+  return { user, session: payload, viaCookie };
+}

@@ -1,0 +1,176 @@
+/**
+ * WebSocket tunnels (CONTRACT section 4), with `ws`:
+ *
+ *   GET /tunnel/<vm>/<protocol>?ticket=<ticket>    Upgrade: websocket, over TLS only
+ *   Sec-WebSocket-Protocol: binary                  echoed when offered (noVNC)
+ *
+ * A foreign Origin is refused before the upgrade (HTTP 403), so a page elsewhere cannot ride a
+ * user's cookie. Everything after the upgrade is answered with the contract's close codes,
+ * because browsers cannot read the status of a failed handshake.
+ */
+import type { IncomingMessage } from 'node:http';
+import type net from 'node:net';
+import { WebSocket, WebSocketServer } from 'ws';
+import type { GatewayContext } from '../context.js';
+import { connInfo } from '../conninfo.js';
+import { OneportError, toOneportError } from '../errors.js';
+import { isProtocol } from '../routing.js';
+import { type CloseReason, WebSocketPump } from '../tunnel/pump.js';
+import { dialConsole, trackTunnel } from '../tunnel/open.js';
+import { type Credential, authorizeTunnel } from './authorize.js';
+import { writeRawError } from './respond.js';
+import { SESSION_COOKIE, readCookie } from './cookies.js';
+
+const TUNNEL_PATH = /^\/tunnel\/([^/?#]{1,200})\/([^/?#]{1,16})$/;
+/** Subprotocols we speak, in order of preference. */
+const SUBPROTOCOLS = ['binary'];
+
+export function wsCloseFor(reason: CloseReason): { code: number; message: string } {
+  switch (reason) {
+    case 'shutdown':
+      return { code: 1001, message: 'gateway shutting down' };
+    case 'idle':
+      return { code: 1000, message: 'idle timeout' };
+    case 'console-error':
+      return { code: 4502, message: 'console connection lost' };
+    case 'too-large':
+      return { code: 1009, message: 'message too large' };
+    default:
+      return { code: 1000, message: 'console closed' };
+  }
+}
+
+export function createWebSocketServer(ctx: GatewayContext): WebSocketServer {
+  return new WebSocketServer({
+    noServer: true,
+    clientTracking: false,
+    perMessageDeflate: false,
+    maxPayload: ctx.config.limits.wsMaxPayloadBytes,
+    handleProtocols: (offered) => SUBPROTOCOLS.find((p) => offered.has(p)) ?? false,
+  });
+}
+
+export function originAllowed(ctx: GatewayContext, req: IncomingMessage): boolean {
+  const origin = req.headers.origin;
+  // Non-browser clients send no Origin; they are not the target of cross-site attacks.
+  if (origin === undefined) return true;
+  let parsed: URL;
+  try {
+    parsed = new URL(origin);
+  } catch {
+    return false;
+  }
+  if (parsed.protocol === 'https:' && req.headers.host !== undefined && parsed.host === req.headers.host.toLowerCase()) return true;
+  const normalised = parsed.origin;
+  return ctx.config.http.allowedOrigins.some((o) => new URL(o).origin === normalised) || ctx.ownOrigins().includes(normalised);
+}
+
+export async function handleUpgrade(ctx: GatewayContext, wss: WebSocketServer, req: IncomingMessage, socket: net.Socket, head: Buffer): Promise<void> {
+  const info = connInfo(socket);
+  const client = info?.remoteAddress ?? socket.remoteAddress ?? 'unknown';
+  const url = new URL(req.url ?? '/', 'https://gateway.invalid');
+  const m = TUNNEL_PATH.exec(url.pathname);
+  // Refusals before the upgrade are plain HTTP answers.
+  try {
+    if (!info?.tls) throw new OneportError('ONEPORT_ERR_TLS_REQUIRED');
+    if (info.limited) throw new OneportError('ONEPORT_ERR_RATE_LIMITED', undefined, { retryAfter: 5 });
+    if (ctx.lifecycle.shuttingDown) throw new OneportError('ONEPORT_ERR_SHUTTING_DOWN', undefined, { retryAfter: 5 });
+    if ((req.headers.upgrade ?? '').toLowerCase() !== 'websocket') throw new OneportError('ONEPORT_ERR_BAD_REQUEST', 'only WebSocket upgrades');
+    if (!m) throw new OneportError('ONEPORT_ERR_NOT_FOUND', 'WebSocket tunnels live at /tunnel/<vm>/<protocol>');
+    if (!originAllowed(ctx, req)) throw new OneportError('ONEPORT_ERR_ORIGIN');
+  } catch (e) {
+    const err = toOneportError(e);
+    ctx.metrics.tunnels.inc({ protocol: 'unknown', transport: 'websocket', result: err.code });
+    if (ctx.noisyLog.take(`ws:${err.code}`) >= 0) ctx.log.info({ event: 'tunnel-refused', transport: 'websocket', client, code: err.code }, err.message);
+    writeRawError(socket, err);
+    return;
+  }
+  const vmName = decodeURIComponent(m[1] ?? '').toLowerCase();
+  const protocolText = decodeURIComponent(m[2] ?? '').toLowerCase();
+  const ticket = url.searchParams.get('ticket');
+  const cookie = readCookie(req.headers.cookie, SESSION_COOKIE);
+
+  wss.handleUpgrade(req, socket, head, (ws) => {
+    void runTunnel(ctx, ws, { vmName, protocolText, ticket, cookie, client, acceptedAt: info.acceptedAt });
+  });
+}
+
+interface WsRequest {
+  vmName: string;
+  protocolText: string;
+  ticket: string | null;
+  cookie: string | undefined;
+  client: string;
+  acceptedAt: bigint;
+}
+
+async function runTunnel(ctx: GatewayContext, ws: WebSocket, r: WsRequest): Promise<void> {
+  ws.on('error', () => ws.terminate());
+  // Messages that arrive while we authenticate and dial are kept, up to a bound.
+  const queued: Buffer[] = [];
+  let queuedBytes = 0;
+  let overflow = false;
+  const onMessage = (data: Buffer): void => {
+    queuedBytes += data.length;
+    if (queuedBytes > ctx.config.limits.preConnectBufferBytes) overflow = true;
+    else queued.push(Buffer.from(data));
+  };
+  ws.on('message', onMessage);
+  const abort = new AbortController();
+  ws.once('close', () => abort.abort());
+  let protocolLabel = 'unknown';
+  try {
+    if (!isProtocol(r.protocolText)) throw new OneportError('ONEPORT_ERR_NO_SUCH_PROTOCOL');
+    protocolLabel = r.protocolText;
+    let credential: Credential;
+    if (r.ticket) credential = { kind: 'ticket', ticket: r.ticket };
+    else if (r.cookie) credential = { kind: 'session', user: (await ctx.auth.session(r.cookie)).user };
+    else throw new OneportError('ONEPORT_ERR_AUTH_REQUIRED', 'ticket missing');
+    const target = await authorizeTunnel(ctx, {
+      vmName: r.vmName,
+      credential,
+      hints: { protocol: r.protocolText },
+      tls: true,
+      client: r.client,
+    });
+    const consoleSocket = await dialConsole(ctx, target, abort.signal);
+    ws.removeListener('message', onMessage);
+    if (ws.readyState !== WebSocket.OPEN) {
+      consoleSocket.destroy();
+      throw new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', 'client went away');
+    }
+    if (overflow) {
+      consoleSocket.destroy();
+      throw new OneportError('ONEPORT_ERR_PAYLOAD_TOO_LARGE', 'too much data before the console answered');
+    }
+    const pump = new WebSocketPump(ws, consoleSocket, { idleTimeoutMs: ctx.config.tunnel.idleTimeoutMs, wsCloseFor }, queued);
+    keepAlive(ws, ctx.config.tunnel.wsPingIntervalMs, pump.done);
+    trackTunnel(ctx, target, 'websocket', r.client, pump, r.acceptedAt);
+  } catch (e) {
+    ws.removeListener('message', onMessage);
+    const err = toOneportError(e);
+    ctx.metrics.tunnels.inc({ protocol: protocolLabel, transport: 'websocket', result: err.code });
+    if (err.code === 'ONEPORT_ERR_INTERNAL') ctx.log.error({ err: e, client: r.client }, 'WebSocket tunnel failed');
+    else if (ctx.noisyLog.take(`ws:${err.code}`) >= 0) {
+      ctx.log.info({ event: 'tunnel-refused', transport: 'websocket', client: r.client, code: err.code }, err.message);
+    }
+    const reason = err.retryAfter === undefined ? err.code : JSON.stringify({ code: err.code, retryMs: err.retryAfter * 1000 });
+    if (ws.readyState === WebSocket.OPEN) ws.close(err.wsClose, reason.slice(0, 120));
+  }
+}
+
+/** Ping every interval; a client that has not answered the previous ping is gone. */
+function keepAlive(ws: WebSocket, intervalMs: number, done: Promise<unknown>): void {
+  let alive = true;
+  ws.on('pong', () => (alive = true));
+  const timer = setInterval(() => {
+    if (!alive) {
+      ws.terminate();
+      return;
+    }
+    alive = false;
+    ws.ping();
+  }, intervalMs);
+  timer.unref();
+  void done.then(() => clearInterval(timer));
+}

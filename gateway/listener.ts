@@ -1,0 +1,227 @@
+/**
+ * The one port (CONTRACT section 1). Accepts TCP connections, peeks at their first bytes under a
+ * deadline and a byte cap, asks the detectors in protocols/ what they are, and hands each
+ * connection, with the peeked bytes put back, to its handler:
+ *
+ *   PROXY v1/v2  -> only from trusted addresses; header consumed, detection goes on
+ *   TLS          -> terminated here (SNI-selected certificate, ALPN http/1.1), then HTTPS
+ *   HTTP         -> the clear-text server (CONNECT with a ticket, redirect, or 400)
+ *   anything else, or silence until the deadline -> closed, counted, logged (rate-limited)
+ *
+ * Every socket gets its error listener before anything else happens to it.
+ */
+import net from 'node:net';
+import tls from 'node:tls';
+import type { Detection, Detector } from '../protocols/detector.js';
+import { proxyDetector, type ProxyInfo } from '../protocols/proxy.js';
+import { tlsDetector } from '../protocols/tls.js';
+import { httpDetector } from '../protocols/http.js';
+import type { GatewayContext } from './context.js';
+import { type ConnInfo, newConnInfo, normaliseAddress, setConnInfo } from './conninfo.js';
+import { parseCidr } from './config.js';
+
+export type Route = 'tls' | 'http';
+
+export interface ListenerHandlers {
+  /** A terminated TLS connection, ready for HTTP. */
+  readonly onTls: (socket: tls.TLSSocket) => void;
+  /** A clear-text HTTP connection, first bytes replayed. */
+  readonly onHttp: (socket: net.Socket) => void;
+  readonly secureContext: (servername: string | undefined) => tls.SecureContext;
+}
+
+type Candidate = { route: Route | 'proxy'; detector: Detector<unknown> };
+
+/** Tried in order; a PROXY header can only come first. */
+const CANDIDATES: readonly Candidate[] = [
+  { route: 'proxy', detector: proxyDetector as Detector<unknown> },
+  { route: 'tls', detector: tlsDetector as Detector<unknown> },
+  { route: 'http', detector: httpDetector as Detector<unknown> },
+];
+
+export type Verdict =
+  | { kind: 'route'; route: Route | 'proxy'; info: unknown }
+  | { kind: 'reject' }
+  | { kind: 'more' };
+
+/** Pure: the three-way answers of all detectors folded into one decision. */
+export function decide(head: Uint8Array, allowProxy: boolean): Verdict {
+  let more = false;
+  for (const c of CANDIDATES) {
+    if (c.route === 'proxy' && !allowProxy) continue;
+    const d: Detection<unknown> = c.detector.detect(head);
+    if (d.kind === 'match') return { kind: 'route', route: c.route, info: d.info };
+    if (d.kind === 'more') more = true;
+  }
+  return more ? { kind: 'more' } : { kind: 'reject' };
+}
+
+export class Listener {
+  readonly server: net.Server;
+  private readonly perAddress = new Map<string, number>();
+  private readonly sockets = new Set<net.Socket>();
+  private readonly detecting = new Set<net.Socket>();
+  private readonly trusted = new net.BlockList();
+
+  constructor(
+    private readonly ctx: GatewayContext,
+    private readonly handlers: ListenerHandlers,
+  ) {
+    for (const t of ctx.config.proxyProtocol.trusted) {
+      const c = parseCidr(t);
+      if (c) this.trusted.addSubnet(c.address, c.prefix, c.family);
+    }
+    this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false, noDelay: true }, (s) => this.accept(s));
+    this.server.maxConnections = ctx.config.limits.maxConnections;
+    this.server.on('drop', () => this.ctx.metrics.connections.inc({ result: 'dropped-max-connections' }));
+  }
+
+  listen(host: string, port: number): Promise<net.AddressInfo> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen({ host, port }, () => {
+        this.server.removeListener('error', reject);
+        resolve(this.server.address() as net.AddressInfo);
+      });
+    });
+  }
+
+  /** Stop accepting; connections still being detected are closed. */
+  stopAccepting(): Promise<void> {
+    for (const s of this.detecting) s.destroy();
+    return new Promise((resolve) => this.server.close(() => resolve()));
+  }
+
+  /** Destroy every connection still open (end of the drain period). */
+  destroyAll(): void {
+    for (const s of this.sockets) s.destroy();
+  }
+
+  get openConnections(): number {
+    return this.sockets.size;
+  }
+
+  private accept(socket: net.Socket): void {
+    socket.on('error', () => socket.destroy());
+    const info = newConnInfo(socket.remoteAddress ?? 'unknown', socket.remotePort ?? 0);
+    setConnInfo(socket, info);
+    this.sockets.add(socket);
+    this.ctx.metrics.connectionsActive.inc();
+    this.countAddress(info, +1);
+    socket.once('close', () => {
+      this.sockets.delete(socket);
+      this.detecting.delete(socket);
+      this.ctx.metrics.connectionsActive.dec();
+      this.countAddress(info, -1);
+    });
+    this.detect(socket, info);
+  }
+
+  private countAddress(info: ConnInfo, delta: 1 | -1): void {
+    const n = (this.perAddress.get(info.remoteAddress) ?? 0) + delta;
+    if (n <= 0) this.perAddress.delete(info.remoteAddress);
+    else this.perAddress.set(info.remoteAddress, n);
+    if (delta > 0 && n > this.ctx.config.limits.maxConnectionsPerAddress) info.limited = true;
+  }
+
+  private detect(socket: net.Socket, info: ConnInfo, allowProxy = true, initial?: Buffer): void {
+    const { timeoutMs, maxBytes } = this.ctx.config.detect;
+    this.detecting.add(socket);
+    let head = initial ?? Buffer.alloc(0);
+    let done = false;
+    const timer = setTimeout(() => finish({ kind: 'reject' }, 'timeout'), timeoutMs);
+    const onData = (chunk: Buffer): void => {
+      head = head.length === 0 ? chunk : Buffer.concat([head, chunk]);
+      evaluate();
+    };
+    const onEnd = (): void => finish({ kind: 'reject' }, 'closed-early');
+    const evaluate = (): void => {
+      const v = decide(head.subarray(0, maxBytes), allowProxy);
+      if (v.kind === 'more' && head.length < maxBytes) return;
+      finish(v.kind === 'more' ? { kind: 'reject' } : v, v.kind === 'more' ? 'too-many-bytes' : 'unrecognised');
+    };
+    const finish = (v: Verdict, rejectReason: string): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      socket.removeListener('data', onData);
+      socket.removeListener('end', onEnd);
+      socket.pause();
+      this.detecting.delete(socket);
+      if (v.kind !== 'route') {
+        this.reject(socket, info, rejectReason, head);
+        return;
+      }
+      this.ctx.metrics.observeSetup('detect', info.acceptedAt);
+      if (v.route === 'proxy') {
+        this.onProxy(socket, info, v.info as ProxyInfo, head);
+        return;
+      }
+      this.ctx.metrics.connections.inc({ result: v.route });
+      // Put back every byte we looked at: the next handler parses from the very first one.
+      if (head.length > 0) socket.unshift(head);
+      if (v.route === 'tls') this.terminateTls(socket, info);
+      else this.handlers.onHttp(socket);
+    };
+    socket.on('data', onData);
+    socket.on('end', onEnd);
+    if (head.length > 0) evaluate();
+  }
+
+  private onProxy(socket: net.Socket, info: ConnInfo, proxy: ProxyInfo, head: Buffer): void {
+    if (!this.trusted.check(info.remoteAddress, net.isIPv6(info.remoteAddress) ? 'ipv6' : 'ipv4')) {
+      this.reject(socket, info, 'proxy-untrusted', head);
+      return;
+    }
+    this.ctx.metrics.connections.inc({ result: 'proxy' });
+    if (proxy.source) {
+      this.countAddress(info, -1);
+      info.remoteAddress = normaliseAddress(proxy.source.address);
+      info.remotePort = proxy.source.port;
+      this.countAddress(info, +1);
+    }
+    socket.resume();
+    this.detect(socket, info, false, head.subarray(proxy.headerLength));
+  }
+
+  private reject(socket: net.Socket, info: ConnInfo, reason: string, head: Buffer): void {
+    this.ctx.metrics.connections.inc({ result: `rejected-${reason}` });
+    const suppressed = this.ctx.noisyLog.take(`reject:${reason}`);
+    if (suppressed >= 0) {
+      this.ctx.log.info(
+        { event: 'connection-rejected', reason, client: info.remoteAddress, firstBytes: head.subarray(0, 8).toString('hex'), suppressed },
+        'connection closed: protocol not recognised',
+      );
+    }
+    socket.destroy();
+  }
+
+  private terminateTls(raw: net.Socket, info: ConnInfo): void {
+    const started = process.hrtime.bigint();
+    const tlsSocket = new tls.TLSSocket(raw, {
+      isServer: true,
+      secureContext: this.handlers.secureContext(undefined),
+      SNICallback: (servername, cb) => cb(null, this.handlers.secureContext(servername)),
+      ALPNProtocols: ['http/1.1'],
+      requestCert: false,
+    });
+    tlsSocket.on('error', () => {
+      tlsSocket.destroy();
+      raw.destroy();
+    });
+    const timer = setTimeout(() => {
+      this.ctx.metrics.tlsErrors.inc();
+      tlsSocket.destroy();
+      raw.destroy();
+    }, this.ctx.config.tls.handshakeTimeoutMs);
+    raw.once('close', () => clearTimeout(timer));
+    tlsSocket.once('secure', () => {
+      clearTimeout(timer);
+      const tinfo: ConnInfo = { ...info, tls: true, servername: tlsSocket.servername || undefined };
+      setConnInfo(tlsSocket, tinfo);
+      this.ctx.metrics.observeSetup('tls', started);
+      this.handlers.onTls(tlsSocket);
+    });
+    tlsSocket.once('close', () => raw.destroy());
+  }
+}

@@ -1,0 +1,201 @@
+/**
+ * One gateway node, assembled: state folder, directory, auth, the listener on the one port, the
+ * HTTP servers behind it, the control socket, the demo desktop. `startGateway` is what the CLI's
+ * `serve` runs and what integration tests start in-process.
+ */
+import tls from 'node:tls';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
+import type { Config } from './config.js';
+import type { GatewayContext } from './context.js';
+import { type Directory, type UserRecord, toVmRecord, vmSchema } from './directory/directory.js';
+import { MemoryDirectory } from './directory/memory.js';
+import { type AuthStore, MemoryAuthStore } from './auth/store.js';
+import { Authenticator } from './auth/authenticator.js';
+import { hashPassword, randomPassword } from './auth/passwords.js';
+import { Metrics } from './metrics.js';
+import { type Logger, RateLimitedLog, createLogger } from './log.js';
+import { TunnelRegistry } from './tunnel/registry.js';
+import { Listener } from './listener.js';
+import { createClearHttpServer, createTlsHttpServer } from './http/servers.js';
+import { Portal } from './http/portal.js';
+import { ensureState } from './state.js';
+import { certificateMatchesName } from '../certs/ca.js';
+import { startRfbServer, type RfbServer } from './demo/rfb.js';
+import { ControlServer } from './control.js';
+
+export interface GatewayOptions {
+  /** Defaults to the embedded directory saved in the state folder. */
+  readonly directory?: Directory;
+  readonly store?: AuthStore;
+  readonly logger?: Logger;
+  /** Where the demo user's password is announced (once, when the user is created). */
+  readonly announce?: (text: string) => void;
+  /** Serve the control socket in the state folder (the CLI's way in). @default true */
+  readonly controlSocket?: boolean;
+}
+
+export interface Gateway {
+  readonly ctx: GatewayContext;
+  readonly host: string;
+  readonly port: number;
+  /** https://host:port/ */
+  readonly url: string;
+  /** PEM of the CA that signed the self-made server certificate. */
+  readonly caCert: string;
+  /** The demo user's password when this start created it. */
+  readonly demoPassword: string | undefined;
+  readonly demo: RfbServer | undefined;
+  /** Graceful stop: stop accepting, let tunnels drain up to `drainMs`, then close the rest. Idempotent. */
+  close(opts?: { drainMs?: number }): Promise<void>;
+}
+
+const WEB_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', 'web');
+
+export async function startGateway(config: Config, opts: GatewayOptions = {}): Promise<Gateway> {
+  const log = opts.logger ?? createLogger({ level: config.log.level, nodeId: config.nodeId });
+  const state = ensureState(config.state, config.serverNames);
+  for (const what of state.created) log.info({ event: 'state-created', state: config.state }, `created ${what}`);
+
+  const dir = opts.directory ?? new MemoryDirectory(state.paths.directory);
+  if (dir instanceof MemoryDirectory) await dir.flush();
+  const store = opts.store ?? new MemoryAuthStore();
+  const metrics = new Metrics({ defaultMetrics: true });
+  const auth = new Authenticator(dir, store, { ...config.auth, ...config.limits }, metrics);
+  const tunnels = new TunnelRegistry();
+  const lifecycle = { listening: false, shuttingDown: false };
+  let ownOrigins: string[] = [];
+  const ctx: GatewayContext = {
+    config,
+    dir,
+    auth,
+    store,
+    metrics,
+    log,
+    noisyLog: new RateLimitedLog(),
+    tunnels,
+    lifecycle,
+    ownOrigins: () => ownOrigins,
+  };
+
+  const contexts = buildSecureContexts(config, state.server);
+  const tlsHttp = createTlsHttpServer(ctx, new Portal(WEB_ROOT));
+  const clearHttp = createClearHttpServer(ctx);
+  const listener = new Listener(ctx, {
+    onTls: (s) => tlsHttp.emit('connection', s),
+    onHttp: (s) => {
+      clearHttp.emit('connection', s);
+      // The HTTP parser reads the handle directly; the replayed bytes wait in the stream buffer
+      // until it flows again.
+      s.resume();
+    },
+    secureContext: contexts,
+  });
+
+  let demo: RfbServer | undefined;
+  let demoPassword: string | undefined;
+  if (config.demo.enabled) {
+    demo = await startRfbServer({ host: '127.0.0.1', port: 0 });
+    demoPassword = await ensureDemo(dir, config.nodeId, demo.port);
+    if (demoPassword !== undefined) {
+      (opts.announce ?? ((t) => process.stderr.write(t)))(
+        `\n  oneport demo desktop ready: user "demo", password "${demoPassword}" (shown once; change it with \`oneport user add demo --password ...\`)\n\n`,
+      );
+    }
+  }
+
+  const { host: listenHost, port: listenPort } = parseListenOrThrow(config.listen);
+  const address = await listener.listen(listenHost, listenPort);
+  lifecycle.listening = true;
+  const displayHost = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  ownOrigins = config.serverNames.map((n) => `https://${n.includes(':') ? `[${n}]` : n}:${address.port}`);
+  if (address.port === 443) ownOrigins.push(...config.serverNames.map((n) => `https://${n}`));
+
+  let control: ControlServer | undefined;
+  if (opts.controlSocket ?? true) {
+    control = new ControlServer(ctx, state.paths.controlSocket);
+    await control.listen();
+  }
+  log.info({ event: 'listening', address: address.address, port: address.port, directory: dir.kind }, `oneport listening on ${displayHost}:${address.port}`);
+
+  let closing: Promise<void> | undefined;
+  const close = (closeOpts: { drainMs?: number } = {}): Promise<void> =>
+    (closing ??= (async () => {
+      lifecycle.shuttingDown = true;
+      const drainMs = closeOpts.drainMs ?? config.shutdown.drainMs;
+      log.info({ event: 'shutdown', tunnels: tunnels.size, drainMs }, 'stopping: no new connections; draining tunnels');
+      const stopped = listener.stopAccepting();
+      tlsHttp.closeIdleConnections();
+      clearHttp.closeIdleConnections();
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([tunnels.whenEmpty(), new Promise<void>((r) => (timer = setTimeout(r, drainMs)))]);
+      clearTimeout(timer);
+      if (tunnels.size > 0) log.info({ event: 'shutdown', tunnels: tunnels.size }, 'drain period over: closing remaining tunnels');
+      tunnels.closeAll('shutdown');
+      await tunnels.whenEmpty();
+      tlsHttp.closeAllConnections();
+      clearHttp.closeAllConnections();
+      listener.destroyAll();
+      await stopped;
+      await control?.close();
+      await demo?.close();
+      await store.close();
+      await dir.close();
+      lifecycle.listening = false;
+      log.info({ event: 'stopped' }, 'stopped');
+      log.flush?.();
+    })());
+
+  return {
+    ctx,
+    host: address.address,
+    port: address.port,
+    url: `https://${displayHost === '0.0.0.0' || displayHost === '[::]' ? 'localhost' : displayHost}:${address.port}/`,
+    caCert: state.ca.cert,
+    demoPassword,
+    demo,
+    close,
+  };
+}
+
+function parseListenOrThrow(listen: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(listen);
+  if (!m) throw new Error(`bad listen address ${listen}`);
+  return { host: m[1] ?? (m[2] || '0.0.0.0'), port: Number(m[3]) };
+}
+
+/** SNI: the first configured certificate whose names match; else the default (first) one. */
+function buildSecureContexts(config: Config, selfMade: { cert: string; key: string }): (servername: string | undefined) => tls.SecureContext {
+  const pems = config.tls.certificates.length
+    ? config.tls.certificates.map((c) => ({ cert: readFileSync(c.cert, 'utf8'), key: readFileSync(c.key, 'utf8') }))
+    : [selfMade];
+  const entries = pems.map((p) => ({
+    cert: p.cert,
+    context: tls.createSecureContext({ cert: p.cert, key: p.key, minVersion: config.tls.minVersion }),
+  }));
+  const fallback = entries[0]!.context;
+  return (servername) => {
+    if (!servername) return fallback;
+    return entries.find((e) => certificateMatchesName(e.cert, servername))?.context ?? fallback;
+  };
+}
+
+/** VM "demo" on the built-in desktop, and user "demo" (created once, with a random password). */
+async function ensureDemo(dir: Directory, nodeId: string, port: number): Promise<string | undefined> {
+  const vm = toVmRecord(
+    vmSchema.parse({
+      name: 'demo',
+      node: nodeId,
+      endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port, publishedPort: 5900 }],
+      users: ['demo'],
+    }),
+  );
+  const existing = dir.getVm('demo');
+  await dir.putVm(existing ? { ...existing, node: nodeId, endpoints: vm.endpoints } : vm);
+  if (dir.getUser('demo')) return undefined;
+  const password = randomPassword();
+  const user: UserRecord = { name: 'demo', passwordHash: await hashPassword(password), roles: ['user'], groups: [], sessionsNotBefore: 0 };
+  await dir.putUser(user);
+  return password;
+}

@@ -1,0 +1,55 @@
+/**
+ * Dialling a console. The address always comes from the directory (routing.ts); this module only
+ * knows how to connect under a deadline and with cancellation, and counts every attempt so tests
+ * and operators can see that refused requests never caused an outbound connection.
+ */
+import net from 'node:net';
+import { OneportError } from '../errors.js';
+import type { Metrics } from '../metrics.js';
+import type { Endpoint } from '../directory/directory.js';
+
+export interface DialOptions {
+  readonly timeoutMs: number;
+  readonly signal?: AbortSignal | undefined;
+  readonly metrics: Metrics;
+}
+
+export function dial(endpoint: Endpoint, opts: DialOptions): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    opts.metrics.dials.inc({ result: 'attempt' });
+    if (opts.signal?.aborted) {
+      reject(new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', 'client went away'));
+      return;
+    }
+    const socket = net.connect({ host: endpoint.host, port: endpoint.port, noDelay: true, allowHalfOpen: true });
+    let settled = false;
+    const finish = (err?: OneportError): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      opts.signal?.removeEventListener('abort', onAbort);
+      socket.removeListener('connect', onConnect);
+      if (err) {
+        socket.destroy();
+        opts.metrics.dials.inc({ result: err.message === 'timeout' ? 'timeout' : 'error' });
+        reject(err);
+      } else {
+        opts.metrics.dials.inc({ result: 'ok' });
+        resolve(socket);
+      }
+    };
+    // The error listener stays for the socket's life: the pump adds its own, but an error in the
+    // gap between here and there must not crash the process.
+    socket.on('error', (e: NodeJS.ErrnoException) =>
+      finish(new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', `the console did not answer (${e.code ?? 'error'})`, { cause: e })),
+    );
+    const onConnect = (): void => finish();
+    socket.once('connect', onConnect);
+    const onAbort = (): void => finish(new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', 'client went away'));
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    const timer = setTimeout(
+      () => finish(new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', 'the console did not answer within the dial deadline')),
+      opts.timeoutMs,
+    );
+  });
+}

@@ -1,0 +1,215 @@
+/**
+ * The byte pump: splices a client leg to a console socket.
+ *
+ * - Backpressure both ways: a side whose peer cannot keep up is paused until the peer drains.
+ * - Half-close: a FIN from one side is passed on as a FIN to the other; the tunnel ends when both
+ *   directions have ended, or at once when either side fails.
+ * - Idle timeout on the console leg (it sees every byte in both directions).
+ * - Either side's error tears both down; `close(reason)` ends the tunnel on purpose (shutdown,
+ *   reroute) and is idempotent.
+ *
+ * The client leg is a stream socket (CONNECT, plain or TLS) or a WebSocket (binary messages).
+ */
+import type net from 'node:net';
+import type { Duplex } from 'node:stream';
+import { WebSocket } from 'ws';
+
+export type CloseReason =
+  | 'client-closed'
+  | 'console-closed'
+  | 'client-error'
+  | 'console-error'
+  | 'idle'
+  | 'shutdown'
+  | 'rerouted'
+  | 'too-large';
+
+export interface PumpResult {
+  readonly reason: CloseReason;
+  readonly bytesToConsole: number;
+  readonly bytesToClient: number;
+}
+
+export interface PumpOptions {
+  /** 0 disables. */
+  readonly idleTimeoutMs: number;
+  /** After one side finished, how long the other gets to flush before it is destroyed. */
+  readonly lingerMs?: number;
+}
+
+/** The close code and reason a WebSocket client gets for each way a tunnel ends. */
+export type WsCloseFor = (reason: CloseReason) => { code: number; message: string };
+
+/** WebSocket sends in flight above this pause the console until they drain. */
+const WS_HIGH_WATER = 1024 * 1024;
+const WS_LOW_WATER = 256 * 1024;
+
+export abstract class Pump {
+  readonly done: Promise<PumpResult>;
+  protected reason: CloseReason | undefined;
+  private resolveDone!: (r: PumpResult) => void;
+  private idleTimer: NodeJS.Timeout | undefined;
+
+  protected constructor(
+    protected readonly console: net.Socket,
+    protected readonly opts: PumpOptions,
+  ) {
+    this.done = new Promise((resolve) => (this.resolveDone = resolve));
+    console.on('error', () => this.fail('console-error'));
+    if (opts.idleTimeoutMs > 0) {
+      console.setTimeout(opts.idleTimeoutMs, () => this.fail('idle'));
+    }
+  }
+
+  /** End the tunnel now (shutdown, reroute). Idempotent. */
+  abstract close(reason: CloseReason, message?: string): void;
+
+  protected abstract destroyClient(): void;
+
+  protected fail(reason: CloseReason): void {
+    this.reason ??= reason;
+    this.destroyClient();
+    this.console.destroy();
+    this.finish();
+  }
+
+  protected finish(): void {
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.resolveDone({
+      reason: this.reason ?? 'client-closed',
+      bytesToConsole: this.console.bytesWritten,
+      bytesToClient: this.console.bytesRead,
+    });
+  }
+
+  /** Give a side that was told to end a moment to flush, then destroy it. */
+  protected linger(socket: net.Socket | Duplex): void {
+    const t = setTimeout(() => socket.destroy(), this.opts.lingerMs ?? 5000);
+    t.unref();
+    socket.once('close', () => clearTimeout(t));
+  }
+}
+
+/** CONNECT tunnels: a stream socket on each side. */
+export class StreamPump extends Pump {
+  private clientClosed = false;
+  private consoleClosed = false;
+
+  constructor(
+    private readonly client: net.Socket,
+    console: net.Socket,
+    opts: PumpOptions,
+    /** Bytes the client sent along with its request, before the tunnel existed. */
+    head?: Buffer,
+  ) {
+    super(console, opts);
+    client.on('error', () => this.fail('client-error'));
+    client.setNoDelay(true);
+    if (head && head.length > 0) console.write(head);
+    client.pipe(console);
+    console.pipe(client);
+    client.on('end', () => (this.reason ??= 'client-closed'));
+    console.on('end', () => (this.reason ??= 'console-closed'));
+    client.on('close', () => {
+      this.clientClosed = true;
+      if (!this.consoleClosed) {
+        this.console.end();
+        this.linger(this.console);
+      } else this.finish();
+    });
+    console.on('close', () => {
+      this.consoleClosed = true;
+      if (!this.clientClosed) {
+        this.client.end();
+        this.linger(this.client);
+      } else this.finish();
+    });
+  }
+
+  close(reason: CloseReason): void {
+    this.reason ??= reason;
+    this.client.destroy();
+    this.console.destroy();
+  }
+
+  protected destroyClient(): void {
+    this.client.destroy();
+  }
+}
+
+/** WebSocket tunnels: binary messages on the client side (CONTRACT section 4). */
+export class WebSocketPump extends Pump {
+  private inFlight = 0;
+  private consolePaused = false;
+  private readonly wsCloseFor: WsCloseFor;
+
+  constructor(
+    private readonly ws: WebSocket,
+    console: net.Socket,
+    opts: PumpOptions & { readonly wsCloseFor: WsCloseFor },
+    /** Messages the client sent while the console was being dialled. */
+    queued: readonly Buffer[] = [],
+  ) {
+    super(console, opts);
+    this.wsCloseFor = opts.wsCloseFor;
+    for (const b of queued) console.write(b);
+    ws.on('message', (data: Buffer | ArrayBuffer | Buffer[]) => {
+      const chunk = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
+      if (!console.write(chunk)) {
+        ws.pause();
+        console.once('drain', () => ws.resume());
+      }
+    });
+    console.on('data', (chunk: Buffer) => {
+      if (ws.readyState !== WebSocket.OPEN) return;
+      this.inFlight += chunk.length;
+      ws.send(chunk, { binary: true }, () => {
+        this.inFlight -= chunk.length;
+        if (this.consolePaused && this.inFlight <= WS_LOW_WATER) {
+          this.consolePaused = false;
+          console.resume();
+        }
+      });
+      if (!this.consolePaused && this.inFlight > WS_HIGH_WATER) {
+        this.consolePaused = true;
+        console.pause();
+      }
+    });
+    ws.on('error', () => this.fail('client-error'));
+    ws.on('close', (code: number) => {
+      this.reason ??= code === 1009 ? 'too-large' : 'client-closed';
+      this.console.end();
+      this.linger(this.console);
+    });
+    console.on('end', () => {
+      this.reason ??= 'console-closed';
+      this.closeWs();
+    });
+    console.on('close', () => {
+      this.closeWs();
+      this.finish();
+    });
+  }
+
+  private closeWs(): void {
+    if (this.ws.readyState === WebSocket.OPEN || this.ws.readyState === WebSocket.CONNECTING) {
+      const { code, message } = this.wsCloseFor(this.reason ?? 'console-closed');
+      this.ws.close(code, message);
+      // A client that never answers the close handshake is cut after the linger time.
+      const t = setTimeout(() => this.ws.terminate(), this.opts.lingerMs ?? 5000);
+      t.unref();
+      this.ws.once('close', () => clearTimeout(t));
+    }
+  }
+
+  close(reason: CloseReason): void {
+    this.reason ??= reason;
+    this.closeWs();
+    this.console.destroy();
+  }
+
+  protected destroyClient(): void {
+    if (this.reason === 'client-error') this.ws.terminate();
+    else this.closeWs();
+  }
+}

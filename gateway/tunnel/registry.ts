@@ -1,0 +1,60 @@
+/**
+ * The open tunnels of this node: for graceful shutdown, for metrics, and (session-continuity
+ * issue) for ending every tunnel to a VM whose owner changed.
+ */
+import type { Protocol } from '../directory/directory.js';
+import type { CloseReason, Pump } from './pump.js';
+
+export type Transport = 'connect' | 'connect-tls' | 'websocket';
+
+export interface Tunnel {
+  readonly id: number;
+  readonly vm: string;
+  readonly protocol: Protocol;
+  readonly transport: Transport;
+  readonly user: string;
+  readonly sessionId: string;
+  readonly client: string;
+  readonly startedAt: number;
+  readonly pump: Pump;
+}
+
+export class TunnelRegistry {
+  private readonly tunnels = new Set<Tunnel>();
+  private waiters: Array<() => void> = [];
+
+  get size(): number {
+    return this.tunnels.size;
+  }
+
+  add(t: Tunnel): void {
+    this.tunnels.add(t);
+  }
+
+  delete(t: Tunnel): void {
+    this.tunnels.delete(t);
+    if (this.tunnels.size === 0) {
+      const w = this.waiters;
+      this.waiters = [];
+      for (const f of w) f();
+    }
+  }
+
+  list(): Tunnel[] {
+    return [...this.tunnels];
+  }
+
+  byVm(vm: string): Tunnel[] {
+    return this.list().filter((t) => t.vm === vm);
+  }
+
+  closeAll(reason: CloseReason): void {
+    for (const t of this.list()) t.pump.close(reason);
+  }
+
+  /** Resolves when no tunnel is open (at once if none is). */
+  whenEmpty(): Promise<void> {
+    if (this.tunnels.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+}

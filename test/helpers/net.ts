@@ -1,0 +1,157 @@
+/**
+ * Small real-socket helpers for tests: backends that echo or count, a raw CONNECT client that
+ * reads the status line itself, and waiting on events instead of sleeping.
+ */
+import net from 'node:net';
+import tls from 'node:tls';
+import { once } from 'node:events';
+
+interface Teardown {
+  teardown(fn: () => unknown): void;
+}
+
+export interface Backend {
+  readonly port: number;
+  /** Connections accepted so far. */
+  accepted: number;
+  /** Sockets currently open. */
+  readonly open: Set<net.Socket>;
+  /** Resolves with the next accepted socket. */
+  nextConnection(): Promise<net.Socket>;
+  close(): Promise<void>;
+}
+
+/** A TCP server on loopback, port 0. `onSocket` decides what it does (default: echo). */
+export async function startBackend(t: Teardown, onSocket: (s: net.Socket) => void = (s) => s.pipe(s), host = '127.0.0.1'): Promise<Backend> {
+  const open = new Set<net.Socket>();
+  const waiters: Array<(s: net.Socket) => void> = [];
+  const server = net.createServer({ allowHalfOpen: false }, (s) => {
+    s.on('error', () => {});
+    b.accepted++;
+    open.add(s);
+    s.once('close', () => open.delete(s));
+    onSocket(s);
+    waiters.shift()?.(s);
+  });
+  server.listen(0, host);
+  await once(server, 'listening');
+  const b: Backend = {
+    port: (server.address() as net.AddressInfo).port,
+    accepted: 0,
+    open,
+    nextConnection: () => new Promise((resolve) => waiters.push(resolve)),
+    close: async () => {
+      for (const s of open) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+  t.teardown(() => b.close());
+  return b;
+}
+
+/** A port on loopback where nothing listens (bound, then closed). */
+export async function closedPort(): Promise<number> {
+  const s = net.createServer().listen(0, '127.0.0.1');
+  await once(s, 'listening');
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+export interface RawConnectResult {
+  readonly status: number;
+  readonly head: string;
+  readonly body: string;
+  readonly socket: net.Socket | tls.TLSSocket;
+  /** Bytes that followed the response headers (tunnel data). */
+  readonly rest: Buffer;
+}
+
+/**
+ * Write `request` verbatim on a new connection (plain, or TLS when `ca` is given) and read the
+ * response head. For 2xx the socket is left open for tunnel traffic; otherwise the body is read
+ * to the end.
+ */
+export async function rawRequest(port: number, request: string | Buffer, opts: { ca?: string; servername?: string; localAddress?: string; timeoutMs?: number } = {}): Promise<RawConnectResult> {
+  const socket = opts.ca
+    ? tls.connect({ port, host: '127.0.0.1', ca: opts.ca, servername: opts.servername ?? 'localhost', ...(opts.localAddress ? { localAddress: opts.localAddress } : {}) })
+    : net.connect({ port, host: '127.0.0.1', ...(opts.localAddress ? { localAddress: opts.localAddress } : {}) });
+  socket.on('error', () => {});
+  await once(socket, opts.ca ? 'secureConnect' : 'connect');
+  socket.write(request);
+  return readResponse(socket, opts.timeoutMs ?? 10_000);
+}
+
+export function readResponse(socket: net.Socket | tls.TLSSocket, timeoutMs = 10_000): Promise<RawConnectResult> {
+  return new Promise((resolve, reject) => {
+    let buf = Buffer.alloc(0);
+    let headEnd = -1;
+    let status = 0;
+    let head = '';
+    const timer = setTimeout(() => done(new Error(`no complete response within ${timeoutMs} ms; got ${JSON.stringify(buf.toString('latin1').slice(0, 200))}`)), timeoutMs);
+    const done = (err?: Error): void => {
+      clearTimeout(timer);
+      socket.removeListener('data', onData);
+      socket.removeListener('end', onEnd);
+      socket.removeListener('close', onEnd);
+      if (err) reject(err);
+      else {
+        const rest = buf.subarray(headEnd + 4);
+        resolve({ status, head, body: status >= 200 && status < 300 ? '' : rest.toString('utf8'), socket, rest });
+      }
+    };
+    const onData = (d: Buffer): void => {
+      buf = Buffer.concat([buf, d]);
+      if (headEnd < 0) {
+        headEnd = buf.indexOf('\r\n\r\n');
+        if (headEnd < 0) return;
+        head = buf.subarray(0, headEnd).toString('latin1');
+        status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(head)?.[1] ?? 0);
+        if (status >= 200 && status < 300) {
+          socket.pause();
+          done();
+        }
+      }
+    };
+    const onEnd = (): void => {
+      if (headEnd < 0) done(new Error(`connection closed before a response; got ${JSON.stringify(buf.toString('latin1').slice(0, 200))}`));
+      else done();
+    };
+    socket.on('data', onData);
+    socket.on('end', onEnd);
+    socket.on('close', onEnd);
+  });
+}
+
+export function basic(user: string, secret: string): string {
+  return `Basic ${Buffer.from(`${user}:${secret}`).toString('base64')}`;
+}
+
+/** Send `data` through an open tunnel and read back exactly as many bytes. */
+export function echoRoundTrip(socket: net.Socket | tls.TLSSocket, data: Buffer, timeoutMs = 10_000): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    let got = Buffer.alloc(0);
+    const timer = setTimeout(() => reject(new Error(`echo: got ${got.length} of ${data.length} bytes`)), timeoutMs);
+    const onData = (d: Buffer): void => {
+      got = Buffer.concat([got, d]);
+      if (got.length >= data.length) {
+        clearTimeout(timer);
+        socket.removeListener('data', onData);
+        resolve(got);
+      }
+    };
+    socket.on('data', onData);
+    socket.resume();
+    socket.write(data);
+  });
+}
+
+/** Resolves when `predicate` holds, checking on each `event` of `emitter` (no polling loop). */
+export async function until(check: () => boolean | Promise<boolean>, opts: { timeoutMs?: number; intervalMs?: number } = {}): Promise<void> {
+  // Used only where the thing to observe has no event (e.g. a counter in another module).
+  const deadline = Date.now() + (opts.timeoutMs ?? 10_000);
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, opts.intervalMs ?? 20));
+  }
+}

@@ -1,0 +1,48 @@
+import t from 'tap';
+import { readFileSync } from 'node:fs';
+import { ConfigError, buildConfig, loadConfig, parseListen } from '../../gateway/config.js';
+import { ERRORS } from '../../gateway/errors.js';
+import { VERSION } from '../../gateway/version.js';
+
+t.test('defaults, with units, frozen', async (t) => {
+  const c = buildConfig({});
+  t.equal(c.listen, '0.0.0.0:8443');
+  t.equal(c.detect.timeoutMs, 10_000);
+  t.equal(c.auth.ticketTtlMs, 60_000);
+  t.ok(Object.isFrozen(c) && Object.isFrozen(c.http) && Object.isFrozen(c.serverNames));
+});
+
+t.test('one clear message per bad field', async (t) => {
+  const err = t.throws(() => buildConfig({ listen: 'x', detect: { timeoutMs: -1 }, auth: { ticketTtlMs: 3_600_000 }, typo: true })) as ConfigError;
+  t.type(err, ConfigError);
+  t.match(err.problems.join('\n'), /listen: must be host:port/);
+  t.match(err.problems.join('\n'), /detect\.timeoutMs/);
+  t.match(err.problems.join('\n'), /auth\.ticketTtlMs/);
+  t.match(err.problems.join('\n'), /typo/);
+});
+
+t.test('flags over environment over file', async (t) => {
+  const dir = t.testdir({ 'c.json': JSON.stringify({ listen: '127.0.0.1:1000', nodeId: 'fromfile' }) });
+  const c = loadConfig({ configFile: `${dir}/c.json`, env: { ONEPORT_LISTEN: '127.0.0.1:2000' }, overrides: { listen: '127.0.0.1:3000' } });
+  t.equal(c.listen, '127.0.0.1:3000');
+  t.equal(c.nodeId, 'fromfile');
+  t.equal(loadConfig({ configFile: `${dir}/c.json`, env: { ONEPORT_LISTEN: '127.0.0.1:2000' } }).listen, '127.0.0.1:2000');
+  t.throws(() => loadConfig({ configFile: `${dir}/missing.json`, env: {} }), ConfigError);
+});
+
+t.test('listen addresses', async (t) => {
+  t.same(parseListen(':8443'), { host: '0.0.0.0', port: 8443 });
+  t.same(parseListen('[::1]:443'), { host: '::1', port: 443 });
+  t.equal(parseListen('[zz]:1'), undefined);
+  t.equal(parseListen('host:70000'), undefined);
+});
+
+t.test('every error code is documented in README', async (t) => {
+  const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+  for (const code of Object.keys(ERRORS)) t.ok(readme.includes(code), `${code} in README`);
+});
+
+t.test('version matches package.json', async (t) => {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  t.equal(VERSION, pkg.version);
+});

@@ -1,0 +1,160 @@
+/**
+ * One conformance suite for every detector (hono's shared-suite habit), table tests over named
+ * fixtures (too short, invalid, semi-valid, valid, extra byte), and property tests: any input,
+ * split any way, gets the same final answer, and a detector never throws.
+ */
+import t from 'tap';
+import fc from 'fast-check';
+import type { Detector } from '../../protocols/detector.js';
+import { tlsDetector } from '../../protocols/tls.js';
+import { httpDetector } from '../../protocols/http.js';
+import { proxyDetector } from '../../protocols/proxy.js';
+import { spiceDetector } from '../../protocols/spice.js';
+import { vncDetector } from '../../protocols/vnc.js';
+import { decide } from '../../gateway/listener.js';
+import * as F from '../fixtures/packets.js';
+
+interface Case {
+  readonly name: string;
+  readonly bytes: Buffer;
+  readonly expect: 'match' | 'no' | 'more';
+}
+
+const suites: Array<{ detector: Detector<unknown>; valid: Buffer[]; cases: Case[] }> = [
+  {
+    detector: tlsDetector as Detector<unknown>,
+    valid: [F.TLS_CLIENT_HELLO],
+    cases: [
+      { name: 'server hello is not a client hello', bytes: F.TLS_SERVER_HELLO, expect: 'no' },
+      { name: 'record version 3.9', bytes: F.hex('16 03 09 00 10 01'), expect: 'no' },
+      { name: 'zero-length record', bytes: F.hex('16 03 01 00 00 01'), expect: 'no' },
+      { name: 'oversized record', bytes: F.hex('16 03 01 ff ff 01'), expect: 'no' },
+      { name: 'HTTP', bytes: F.BROWSER_GET, expect: 'no' },
+    ],
+  },
+  {
+    detector: httpDetector as Detector<unknown>,
+    valid: [F.CURL_CONNECT, F.SOCAT_CONNECT, F.GLIB_CONNECT, F.BROWSER_GET],
+    cases: [
+      { name: 'lowercase method', bytes: Buffer.from('get / HTTP/1.1\r\n'), expect: 'no' },
+      { name: 'method without space', bytes: Buffer.from('GETX / HTTP/1.1\r\n'), expect: 'no' },
+      { name: 'unknown method', bytes: Buffer.from('BREW /pot HTCPCP/1.0\r\n'), expect: 'no' },
+      { name: 'TLS', bytes: F.TLS_CLIENT_HELLO, expect: 'no' },
+      { name: 'SSH banner', bytes: F.SSH_BANNER, expect: 'no' },
+    ],
+  },
+  {
+    detector: proxyDetector as Detector<unknown>,
+    valid: [F.PROXY_V1_TCP4, F.PROXY_V1_TCP6, F.PROXY_V1_UNKNOWN, F.PROXY_V2_TCP4, F.PROXY_V2_LOCAL, F.PROXY_V2_TCP6],
+    cases: [
+      { name: 'v1 with bad address', bytes: Buffer.from('PROXY TCP4 999.0.0.1 1.2.3.4 1 2\r\n'), expect: 'no' },
+      { name: 'v1 family mismatch', bytes: Buffer.from('PROXY TCP6 1.2.3.4 1.2.3.4 1 2\r\n'), expect: 'no' },
+      { name: 'v1 port out of range', bytes: Buffer.from('PROXY TCP4 1.2.3.4 1.2.3.4 1 65536\r\n'), expect: 'no' },
+      { name: 'v1 without CRLF within 107 bytes', bytes: Buffer.from(`PROXY TCP4 ${'1'.repeat(120)}`), expect: 'no' },
+      { name: 'v2 wrong version nibble', bytes: Buffer.concat([F.PROXY_V2_SIG, F.hex('11 11 00 0c')]), expect: 'no' },
+      { name: 'v2 huge length', bytes: Buffer.concat([F.PROXY_V2_SIG, F.hex('21 11 ff ff')]), expect: 'no' },
+      { name: 'v2 TCP4 with short address block', bytes: Buffer.concat([F.PROXY_V2_SIG, F.hex('21 11 00 04 01 02 03 04')]), expect: 'no' },
+      { name: 'HTTP', bytes: F.BROWSER_GET, expect: 'no' },
+    ],
+  },
+  {
+    detector: spiceDetector as Detector<unknown>,
+    valid: [F.SPICE_LINK],
+    cases: [{ name: 'RFB', bytes: F.RFB_BANNER, expect: 'no' }],
+  },
+  {
+    detector: vncDetector as Detector<unknown>,
+    valid: [F.RFB_BANNER, Buffer.from('RFB 003.003\n')],
+    cases: [
+      { name: 'letters in version', bytes: Buffer.from('RFB 00a.008\n'), expect: 'no' },
+      { name: 'missing newline', bytes: Buffer.from('RFB 003.008 '), expect: 'no' },
+    ],
+  },
+];
+
+for (const { detector, valid, cases } of suites) {
+  t.test(`${detector.name}: conformance`, async (t) => {
+    t.same(detector.detect(Buffer.alloc(0)), { kind: 'more' }, 'empty input needs more bytes');
+    for (const v of valid) {
+      t.equal(detector.detect(v).kind, 'match', `valid ${JSON.stringify(v.subarray(0, 24).toString('latin1'))}`);
+      t.equal(detector.detect(Buffer.concat([v, Buffer.from([0x00])])).kind, 'match', 'extra byte after a valid prefix still matches');
+      // Every proper prefix of a valid input is either "more" or already a match, never "no".
+      for (let i = 1; i < v.length; i++) {
+        const kind = detector.detect(v.subarray(0, i)).kind;
+        if (kind === 'no') t.fail(`prefix of length ${i} said no`);
+      }
+    }
+    for (const c of cases) t.equal(detector.detect(c.bytes).kind, c.expect, c.name);
+  });
+
+  t.test(`${detector.name}: total and deterministic over any bytes`, async (t) => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 600 }), (bytes) => {
+        const a = detector.detect(bytes);
+        const b = detector.detect(Buffer.from(bytes));
+        return ['match', 'no', 'more'].includes(a.kind) && a.kind === b.kind;
+      }),
+      { numRuns: 3000 },
+    );
+    t.pass('no input made a detector throw or change its mind');
+  });
+
+  t.test(`${detector.name}: once it says no, more bytes never make it say yes`, async (t) => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 200 }), fc.uint8Array({ maxLength: 200 }), (a, b) => {
+        if (detector.detect(a).kind !== 'no') return true;
+        return detector.detect(Buffer.concat([a, b])).kind === 'no';
+      }),
+      { numRuns: 3000 },
+    );
+    t.pass();
+  });
+}
+
+t.test('PROXY headers parse to the client address', async (t) => {
+  const v1 = proxyDetector.detect(F.PROXY_V1_TCP4);
+  t.same(v1, { kind: 'match', info: { version: 1, headerLength: F.PROXY_V1_TCP4.length, source: { address: '192.0.2.10', port: 56324 } } });
+  const v2 = proxyDetector.detect(F.PROXY_V2_TCP4);
+  t.same(v2, { kind: 'match', info: { version: 2, headerLength: 28, source: { address: '192.0.2.10', port: 56324 } } });
+  const v6 = proxyDetector.detect(F.PROXY_V2_TCP6);
+  t.same(v6, { kind: 'match', info: { version: 2, headerLength: 52, source: { address: '2001:db8::1', port: 1234 } } });
+  const local = proxyDetector.detect(F.PROXY_V2_LOCAL);
+  t.same(local, { kind: 'match', info: { version: 2, headerLength: 16 } });
+});
+
+t.test('the listener decision: first bytes of real clients, any split', async (t) => {
+  const table: Array<[string, Buffer, string]> = [
+    ['curl TLS', F.TLS_CLIENT_HELLO, 'tls'],
+    ['curl CONNECT', F.CURL_CONNECT, 'http'],
+    ['socat CONNECT', F.SOCAT_CONNECT, 'http'],
+    ['PROXY v1', F.PROXY_V1_TCP4, 'proxy'],
+    ['PROXY v2', F.PROXY_V2_TCP4, 'proxy'],
+  ];
+  for (const [name, bytes, route] of table) {
+    const v = decide(bytes, true);
+    t.equal(v.kind === 'route' ? v.route : v.kind, route, name);
+    // Fed one byte at a time, the decision is "more" until it is the same route.
+    let final = '';
+    for (let i = 1; i <= bytes.length && !final; i++) {
+      const d = decide(bytes.subarray(0, i), true);
+      if (d.kind === 'route') final = d.route;
+      else if (d.kind === 'reject') final = 'reject';
+    }
+    t.equal(final, route, `${name}, byte by byte`);
+  }
+  t.equal(decide(F.SSH_BANNER, true).kind, 'reject', 'SSH is rejected');
+  t.equal(decide(F.RDP_X224_CR, true).kind, 'reject', 'native RDP is off by default');
+  t.equal(decide(Buffer.from([0x00, 0x01]), true).kind, 'reject', 'garbage');
+  t.equal(decide(F.PROXY_V1_TCP4, false).kind, 'reject', 'a second PROXY header is refused');
+
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 300 }), fc.nat(300), (bytes, cut) => {
+      const whole = decide(bytes, true);
+      if (whole.kind === 'more') return true;
+      const head = decide(bytes.subarray(0, Math.min(cut, bytes.length)), true);
+      // A shorter prefix never reaches a different final decision.
+      return head.kind === 'more' || head.kind === whole.kind;
+    }),
+    { numRuns: 3000 },
+  );
+});
