@@ -70,7 +70,7 @@ export class Metrics {
   });
 
   constructor(opts: { defaultMetrics?: boolean } = {}) {
-    if (opts.defaultMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'oneport_process_' });
+    if (opts.defaultMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'oneport_' });
   }
 
   observeSetup(phase: SetupPhase, startedAt: bigint): bigint {

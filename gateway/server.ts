@@ -4,7 +4,7 @@
  * `serve` runs and what integration tests start in-process.
  */
 import tls from 'node:tls';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import type { Config } from './config.js';
@@ -51,7 +51,9 @@ export interface Gateway {
   close(opts?: { drainMs?: number }): Promise<void>;
 }
 
-const WEB_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', 'web');
+/** web/ beside gateway/ in the sources, or two levels up from dist/gateway/ when built. */
+const HERE = dirname(fileURLToPath(import.meta.url));
+const WEB_ROOT = [join(HERE, '..', 'web'), join(HERE, '..', '..', 'web')].find((d) => existsSync(join(d, 'index.html'))) ?? join(HERE, '..', 'web');
 
 export async function startGateway(config: Config, opts: GatewayOptions = {}): Promise<Gateway> {
   const log = opts.logger ?? createLogger({ level: config.log.level, nodeId: config.nodeId });

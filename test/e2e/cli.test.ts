@@ -1,0 +1,145 @@
+/**
+ * The `oneport` command as a user runs it: `serve` in a child process (demo password printed
+ * once, HTTPS with its own CA, SIGTERM exits cleanly), `init`, and `user`/`vm`/`ticket` through
+ * the running gateway's control socket, or on the directory file when it is stopped.
+ */
+import t from 'tap';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Agent, request } from 'undici';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const CLI = join(ROOT, 'gateway', 'cli.ts');
+
+function oneport(args: string[], env: Record<string, string> = {}): ChildProcess {
+  return spawn(process.execPath, ['--import', 'tsx', CLI, ...args], {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+}
+
+async function runCli(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const p = oneport(args, env);
+  let stdout = '';
+  let stderr = '';
+  p.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+  p.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const code = await new Promise<number | null>((resolve) => p.on('close', resolve));
+  return { code, stdout, stderr };
+}
+
+interface Served {
+  proc: ChildProcess;
+  port: number;
+  stderr: () => string;
+  stdout: () => string;
+  exited: Promise<number | null>;
+}
+
+/** Start `oneport serve` and wait for its "serving on" line. */
+async function serve(t: { teardown(f: () => unknown): void }, state: string, extra: string[] = []): Promise<Served> {
+  const proc = oneport(['serve', '--listen', '127.0.0.1:0', '--state', state, ...extra]);
+  let err = '';
+  let out = '';
+  proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<number | null>((resolve) => proc.on('close', resolve));
+  t.teardown(() => {
+    if (proc.exitCode === null) proc.kill('SIGKILL');
+  });
+  const port = await new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`serve did not start: ${err}`)), 30_000);
+    proc.stderr!.on('data', (d: Buffer) => {
+      err += d.toString();
+      const m = /serving on https:\/\/[^:]+:(\d+)\//.exec(err);
+      if (m) {
+        clearTimeout(timer);
+        resolve(Number(m[1]));
+      }
+    });
+    void exited.then((code) => reject(new Error(`serve exited with ${code}: ${err}`)));
+  });
+  return { proc, port, stderr: () => err, stdout: () => out, exited };
+}
+
+async function api(port: number, ca: string, method: string, path: string, body?: unknown, token?: string): Promise<{ status: number; body: any }> {
+  const dispatcher = new Agent({ connect: { ca } });
+  try {
+    const r = await request(`https://localhost:${port}${path}`, {
+      method: method as 'GET',
+      dispatcher,
+      headers: { ...(body ? { 'content-type': 'application/json' } : {}), ...(token ? { authorization: `Bearer ${token}` } : {}) },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    return { status: r.statusCode, body: await r.body.json() };
+  } finally {
+    await dispatcher.close();
+  }
+}
+
+t.test('serve: first start makes a CA and the demo user, prints its password once; SIGTERM exits 0', async (t) => {
+  const state = mkdtempSync(join(tmpdir(), 'oneport-cli-'));
+  t.teardown(() => rmSync(state, { recursive: true, force: true }));
+  const first = await serve(t, state);
+  const password = /password "([^"]+)"/.exec(first.stderr())?.[1];
+  t.ok(password, 'the demo password is printed');
+  for (const f of ['ca.pem', 'ca-key.pem', 'server.pem', 'server-key.pem', 'directory.json', 'control.sock']) t.ok(existsSync(join(state, f)), f);
+  const ca = readFileSync(join(state, 'ca.pem'), 'utf8');
+  t.equal((await api(first.port, ca, 'GET', '/healthz')).status, 200, 'HTTPS verified against the CA it made');
+  const login = await api(first.port, ca, 'POST', '/api/login', { user: 'demo', password });
+  t.equal(login.status, 200, 'the printed password logs in');
+  const desktops = await api(first.port, ca, 'GET', '/api/desktops', undefined, login.body.token);
+  t.same(desktops.body.map((d: { vm: string }) => d.vm), ['demo']);
+  t.notOk(first.stdout().includes(password!), 'the password is not in the JSON logs');
+
+  // The CLI goes through the running gateway.
+  const add = await runCli(['--state', state, 'user', 'add', 'bob', '--password', 'bob-password-1']);
+  t.equal(add.code, 0, add.stderr);
+  const addVm = await runCli(['--state', state, 'vm', 'add', 'bobs', '--vnc', '127.0.0.1:5999@5901', '--users', 'bob']);
+  t.equal(addVm.code, 0, addVm.stderr);
+  const bob = await api(first.port, ca, 'POST', '/api/login', { user: 'bob', password: 'bob-password-1' });
+  t.equal(bob.status, 200, 'a user added by the CLI can log in at once');
+  t.same((await api(first.port, ca, 'GET', '/api/desktops', undefined, bob.body.token)).body.map((d: { vm: string }) => d.vm), ['bobs']);
+  const ticket = await runCli(['--state', state, 'ticket', 'demo', '--user', 'demo']);
+  t.equal(ticket.code, 0, ticket.stderr);
+  t.match(JSON.parse(ticket.stdout), { ticket: /^[a-z2-7]{50}$/, connect: 'demo:5900' });
+  const status = await runCli(['--state', state, 'cluster', 'status']);
+  t.match(JSON.parse(status.stdout), { leader: { epoch: 1 } });
+
+  first.proc.kill('SIGTERM');
+  t.equal(await first.exited, 0, 'SIGTERM: clean exit');
+
+  // Stopped: the CLI edits the file; the next start keeps users and prints no password.
+  const list = await runCli(['--state', state, 'user', 'list']);
+  t.match(list.stdout, 'bob');
+  const second = await serve(t, state);
+  t.notMatch(second.stderr(), /password "/, 'no password printed when the demo user exists');
+  t.equal((await api(second.port, ca, 'POST', '/api/login', { user: 'bob', password: 'bob-password-1' })).status, 200, 'state survived the restart');
+  second.proc.kill('SIGTERM');
+  t.equal(await second.exited, 0);
+});
+
+t.test('init, ticket without a gateway, bad config', async (t) => {
+  const state = mkdtempSync(join(tmpdir(), 'oneport-cli-'));
+  t.teardown(() => rmSync(state, { recursive: true, force: true }));
+  const init = await runCli(['--state', state, 'init']);
+  t.equal(init.code, 0, init.stderr);
+  t.match(init.stdout, 'created cluster CA');
+  t.ok(existsSync(join(state, 'directory.json')));
+  const again = await runCli(['--state', state, 'init']);
+  t.notMatch(again.stdout, 'created cluster CA', 'init is idempotent');
+  const ticket = await runCli(['--state', state, 'ticket', 'demo', '--user', 'demo']);
+  t.equal(ticket.code, 1);
+  t.match(ticket.stderr, 'running gateway');
+  const cfg = join(state, 'bad.json');
+  writeFileSync(cfg, JSON.stringify({ listen: 'nowhere', tls: { minVersion: 'SSLv3' } }));
+  const bad = await runCli(['--config', cfg, 'serve']);
+  t.equal(bad.code, 1);
+  t.match(bad.stderr, /listen: must be host:port/);
+  t.match(bad.stderr, /tls\.minVersion/);
+  const badVm = await runCli(['--state', state, 'vm', 'add', '10.0.0.1', '--vnc', '127.0.0.1:5900']);
+  t.equal(badVm.code, 1, 'VM names cannot be addresses');
+});
