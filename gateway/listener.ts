@@ -205,7 +205,9 @@ export class Listener {
       ALPNProtocols: ['http/1.1'],
       requestCert: false,
     });
+    let secured = false;
     tlsSocket.on('error', () => {
+      if (!secured) this.ctx.metrics.tlsErrors.inc();
       tlsSocket.destroy();
       raw.destroy();
     });
@@ -216,6 +218,7 @@ export class Listener {
     }, this.ctx.config.tls.handshakeTimeoutMs);
     raw.once('close', () => clearTimeout(timer));
     tlsSocket.once('secure', () => {
+      secured = true;
       clearTimeout(timer);
       const tinfo: ConnInfo = { ...info, tls: true, servername: tlsSocket.servername || undefined };
       setConnInfo(tlsSocket, tinfo);

@@ -15,6 +15,7 @@ async function api(method, path, body) {
 }
 
 async function showDesktops() {
+  const me = await api('GET', '/api/me');
   const list = await api('GET', '/api/desktops');
   $('login-view').hidden = true;
   $('desktops-view').hidden = false;
@@ -31,7 +32,7 @@ async function showDesktops() {
         const host = location.host;
         $('ticket').textContent =
           `WebSocket: wss://${host}${t.websocket}\n` +
-          `CONNECT (curl): curl -p --proxy-insecure -x https://${host} -U ${encodeURIComponent('user')}:${t.ticket} telnet://${t.connect}\n` +
+          `CONNECT (curl): curl -p --proxy-insecure -x https://${host} -U ${me.name}:${t.ticket} telnet://${t.connect}\n` +
           `CONNECT with the ticket in the host name: ${t.connectWithTicket}\n` +
           `expires ${t.expiresAt}`;
       });

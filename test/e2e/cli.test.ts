@@ -143,3 +143,38 @@ t.test('init, ticket without a gateway, bad config', async (t) => {
   const badVm = await runCli(['--state', state, 'vm', 'add', '10.0.0.1', '--vnc', '127.0.0.1:5900']);
   t.equal(badVm.code, 1, 'VM names cannot be addresses');
 });
+
+t.test('npm start path: the built CLI serves the portal and the API', async (t) => {
+  const build = await new Promise<{ code: number | null; out: string }>((resolve) => {
+    const p = spawn('npm', ['run', 'build', '--silent'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    p.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    p.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    p.on('close', (code) => resolve({ code, out }));
+  });
+  t.equal(build.code, 0, build.out);
+  const state = mkdtempSync(join(tmpdir(), 'oneport-cli-'));
+  t.teardown(() => rmSync(state, { recursive: true, force: true }));
+  const proc = spawn(process.execPath, [join(ROOT, 'dist', 'gateway', 'cli.js'), 'serve', '--listen', '127.0.0.1:0', '--state', state], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  t.teardown(() => proc.kill('SIGKILL'));
+  const port = await new Promise<number>((resolve, reject) => {
+    let err = '';
+    proc.stderr.on('data', (d: Buffer) => {
+      err += d.toString();
+      const m = /serving on https:\/\/[^:]+:(\d+)\//.exec(err);
+      if (m) resolve(Number(m[1]));
+    });
+    proc.on('close', (code) => reject(new Error(`exited ${code}: ${err}`)));
+  });
+  const ca = readFileSync(join(state, 'ca.pem'), 'utf8');
+  const dispatcher = new Agent({ connect: { ca } });
+  t.teardown(() => dispatcher.close());
+  const r = await request(`https://localhost:${port}/`, { dispatcher });
+  t.equal(r.statusCode, 200);
+  t.match(await r.body.text(), '<title>oneport</title>', 'the portal is found from dist/');
+  const exited = new Promise((resolve) => proc.on('close', resolve));
+  proc.kill('SIGTERM');
+  t.equal(await exited, 0);
+});
