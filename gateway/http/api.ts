@@ -84,10 +84,6 @@ function publicVm(vm: VmRecord): Record<string, unknown> {
   return { vm: vm.name, protocols: vm.endpoints.map((e) => e.protocol), state: vm.state, node: vm.node };
 }
 
-function adminVm(vm: VmRecord): VmRecord {
-  return vm;
-}
-
 function publicUser(u: UserRecord): Record<string, unknown> {
   return { name: u.name, roles: u.roles, groups: u.groups };
 }
@@ -191,11 +187,11 @@ route('GET', '/api/cluster', 'cluster', async (c) => {
 // Admin: directory changes.
 route('GET', '/api/vms', 'vms', async (c) => {
   await c.admin();
-  sendJson(c.res, 200, c.ctx.dir.listVms().map(adminVm));
+  sendJson(c.res, 200, c.ctx.dir.listVms());
 });
 route('GET', '/api/vms/:p', 'vm', async (c) => {
   await c.admin();
-  sendJson(c.res, 200, adminVm(lookupVm(c.ctx.dir, decodeURIComponent(c.params[0] ?? ''))));
+  sendJson(c.res, 200, lookupVm(c.ctx.dir, decodeURIComponent(c.params[0] ?? '')));
 });
 route('PUT', '/api/vms/:p', 'vm', async (c) => {
   await c.admin();
@@ -205,7 +201,7 @@ route('PUT', '/api/vms/:p', 'vm', async (c) => {
   if (!parsed.success) throw validationError(parsed.error);
   const vm = toVmRecord(parsed.data);
   await c.ctx.dir.putVm(vm);
-  sendJson(c.res, 200, adminVm(vm));
+  sendJson(c.res, 200, vm);
 });
 route('DELETE', '/api/vms/:p', 'vm', async (c) => {
   await c.admin();
@@ -218,7 +214,7 @@ route('POST', '/api/vms/:p/move', 'move', async (c) => {
   const vm = lookupVm(c.ctx.dir, decodeURIComponent(c.params[0] ?? ''));
   const moved: VmRecord = { ...vm, node, epoch: vm.epoch + 1 };
   await c.ctx.dir.putVm(moved);
-  sendJson(c.res, 200, adminVm(moved));
+  sendJson(c.res, 200, moved);
 });
 route('GET', '/api/users', 'users', async (c) => {
   await c.admin();
