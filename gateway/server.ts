@@ -167,19 +167,29 @@ function parseListenOrThrow(listen: string): { host: string; port: number } {
   return { host: m[1] ?? (m[2] || '0.0.0.0'), port: Number(m[3]) };
 }
 
-/** SNI: the first configured certificate whose names match; else the default (first) one. */
+/**
+ * SNI: the first configured certificate whose names match; else the default (first) one.
+ * Names are parsed once here, not per handshake; answers are cached per server name (bounded).
+ */
 function buildSecureContexts(config: Config, selfMade: { cert: string; key: string }): (servername: string | undefined) => tls.SecureContext {
   const pems = config.tls.certificates.length
     ? config.tls.certificates.map((c) => ({ cert: readFileSync(c.cert, 'utf8'), key: readFileSync(c.key, 'utf8') }))
     : [selfMade];
   const entries = pems.map((p) => ({
-    cert: p.cert,
+    matches: (name: string) => certificateMatchesName(p.cert, name),
     context: tls.createSecureContext({ cert: p.cert, key: p.key, minVersion: config.tls.minVersion }),
   }));
   const fallback = entries[0]!.context;
+  if (entries.length === 1) return () => fallback;
+  const chosen = new Map<string, tls.SecureContext>();
   return (servername) => {
     if (!servername) return fallback;
-    return entries.find((e) => certificateMatchesName(e.cert, servername))?.context ?? fallback;
+    let ctx = chosen.get(servername);
+    if (!ctx) {
+      ctx = entries.find((e) => e.matches(servername))?.context ?? fallback;
+      if (chosen.size < 1024) chosen.set(servername, ctx);
+    }
+    return ctx;
   };
 }
 

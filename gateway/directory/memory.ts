@@ -93,11 +93,13 @@ export class MemoryDirectory extends EventEmitter implements Directory {
   private async commit(change: { kind: 'vm' | 'user'; name: string } | { kind: 'keys' }): Promise<void> {
     this.ver++;
     const ev = { ...change, version: this.ver } as DirectoryChange;
-    const snapshot = this.serialise();
     // Readers see the change at once; the file follows in write order.
     this.emit('change', ev);
     if (!this.file) return;
     const file = this.file;
+    // One snapshot per write keeps the file in write order. Whole-file rewrites cost O(size) per
+    // change: fine for an embedded directory; clusters use Redis.
+    const snapshot = this.serialise();
     const next = this.saving.then(() => writeAtomic(file, snapshot));
     this.saving = next.catch(() => undefined);
     await next;

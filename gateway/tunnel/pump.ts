@@ -82,6 +82,12 @@ export abstract class Pump {
     });
   }
 
+  /** Half-close a side (unless it already finished writing), give it a moment to flush, then destroy it. */
+  protected endAndLinger(socket: net.Socket | Duplex): void {
+    if (!socket.writableEnded) socket.end();
+    this.linger(socket);
+  }
+
   /** Give a side that was told to end a moment to flush, then destroy it. */
   protected linger(socket: net.Socket | Duplex): void {
     const t = setTimeout(() => socket.destroy(), this.opts.lingerMs ?? 5000);
@@ -112,17 +118,13 @@ export class StreamPump extends Pump {
     console.on('end', () => (this.reason ??= 'console-closed'));
     client.on('close', () => {
       this.clientClosed = true;
-      if (!this.consoleClosed) {
-        this.console.end();
-        this.linger(this.console);
-      } else this.finish();
+      if (this.consoleClosed) this.finish();
+      else this.endAndLinger(this.console);
     });
     console.on('close', () => {
       this.consoleClosed = true;
-      if (!this.clientClosed) {
-        this.client.end();
-        this.linger(this.client);
-      } else this.finish();
+      if (this.clientClosed) this.finish();
+      else this.endAndLinger(this.client);
     });
   }
 
@@ -178,8 +180,7 @@ export class WebSocketPump extends Pump {
     ws.on('error', () => this.fail('client-error'));
     ws.on('close', (code: number) => {
       this.reason ??= code === 1009 ? 'too-large' : 'client-closed';
-      this.console.end();
-      this.linger(this.console);
+      this.endAndLinger(this.console);
     });
     console.on('end', () => {
       this.reason ??= 'console-closed';
