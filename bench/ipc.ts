@@ -1,0 +1,44 @@
+/**
+ * Messages between bench/run.ts and the processes it forks (gateway-child.ts, backend-child.ts),
+ * over Node's IPC channel. Every request carries an id; the answer repeats it.
+ */
+
+/** The console stand-in speaks first, like an RFB server: 12 bytes. */
+export const BANNER = Buffer.from('RFB 003.008\n', 'latin1');
+/** After the banner the client picks a mode with one byte. */
+export const MODE_ECHO = 0x45; // 'E': echo everything that follows
+export const MODE_SINK = 0x53; // 'S' + uint64 BE byte count: count bytes, answer DONE once reached
+export const MODE_SOURCE = 0x52; // 'R' + uint64 BE byte count: the backend sends that many bytes
+export const DONE = 0x44; // 'D'
+
+export interface BackendReady {
+  readonly type: 'ready';
+  readonly port: number;
+}
+
+export interface GatewayChildOptions {
+  readonly backendPort: number;
+  readonly certFile: string;
+  readonly keyFile: string;
+  readonly state: string;
+  readonly logFile: string;
+}
+
+export interface GatewayReady {
+  readonly type: 'ready';
+  readonly port: number;
+  readonly vm: string;
+  /** Whether `ws` in the gateway finds the native `bufferutil` (else it unmasks in JavaScript). */
+  readonly wsBufferutil: boolean;
+}
+
+export type GatewayRequest =
+  | { readonly type: 'tickets'; readonly id: number; readonly count: number }
+  | { readonly type: 'metrics'; readonly id: number }
+  | { readonly type: 'stop'; readonly id: number };
+
+export type GatewayReply =
+  | { readonly type: 'tickets'; readonly id: number; readonly tickets: string[] }
+  | { readonly type: 'metrics'; readonly id: number; readonly text: string }
+  | { readonly type: 'stopped'; readonly id: number }
+  | { readonly type: 'error'; readonly id: number; readonly message: string };
