@@ -175,9 +175,12 @@ export class Listener {
     }
     this.ctx.metrics.connections.inc({ result: 'proxy' });
     if (proxy.source) {
+      // The balancer's own address carries everyone's connections: the per-address limit is
+      // decided again for the client the header names.
       this.countAddress(info, -1);
       info.remoteAddress = normaliseAddress(proxy.source.address);
       info.remotePort = proxy.source.port;
+      info.limited = false;
       this.countAddress(info, +1);
     }
     socket.resume();

@@ -3,6 +3,8 @@
  * what real clients send, the status table, and that refused requests never dial anything.
  */
 import t, { type Test } from 'tap';
+import net from 'node:net';
+import { once } from 'node:events';
 import { startTestGateway } from '../helpers/gateway.js';
 import { basic, closedPort, echoRoundTrip, rawRequest, startBackend } from '../helpers/net.js';
 import { mintTicket } from '../../gateway/auth/tickets.js';
@@ -137,4 +139,30 @@ t.test('console refuses: 502; console never answers: 502 after the dial deadline
   const r = await rawRequest(gw.port, `CONNECT ${ticket}.refuses:5900 HTTP/1.1\r\n\r\n`);
   t.equal(r.status, 502);
   t.equal(JSON.parse(r.body).error.code, 'ONEPORT_ERR_CONSOLE_UNREACHABLE');
+});
+
+t.test('behind a trusted balancer, the per-address limit counts the clients the PROXY header names', async (t) => {
+  const { gw } = await setup(t, { proxyProtocol: { trusted: ['127.0.0.1'] }, limits: { maxConnectionsPerAddress: 1 } });
+  const open: Array<{ socket: { destroy(): void } }> = [];
+  t.teardown(() => open.forEach((o) => o.socket.destroy()));
+  // The balancer holds another connection that has not sent its header yet.
+  const pending = net.connect(gw.port, '127.0.0.1');
+  pending.on('error', () => {});
+  open.push({ socket: pending });
+  await once(pending, 'connect');
+  for (const client of ['192.0.2.10', '192.0.2.11']) {
+    const { ticket } = await gw.ticket('alice', 'desk');
+    const r = await rawRequest(gw.port, `PROXY TCP4 ${client} 198.51.100.1 40000 443\r\nCONNECT ${ticket}.desk:5900 HTTP/1.1\r\n\r\n`);
+    t.equal(r.status, 200, `client ${client} through the balancer`);
+    open.push(r);
+  }
+  const { ticket } = await gw.ticket('alice', 'desk');
+  const third = await rawRequest(gw.port, `PROXY TCP4 192.0.2.10 198.51.100.1 40001 443\r\nCONNECT ${ticket}.desk:5900 HTTP/1.1\r\n\r\n`);
+  t.equal(third.status, 429, 'a second connection from the same real client is over its limit');
+  t.match(third.head, /Retry-After: \d+/);
+  t.same(
+    gw.ctx.tunnels.list().map((x) => x.client).sort(),
+    ['192.0.2.10', '192.0.2.11'],
+    'tunnels are attributed to the real clients',
+  );
 });
