@@ -220,6 +220,10 @@ export class Listener {
       raw.destroy();
     }, this.ctx.config.tls.handshakeTimeoutMs);
     raw.once('close', () => clearTimeout(timer));
+    // A client that hangs up mid-handshake is gone; do not wait for the handshake deadline.
+    tlsSocket.once('end', () => {
+      if (!secured) tlsSocket.destroy();
+    });
     tlsSocket.once('secure', () => {
       secured = true;
       clearTimeout(timer);

@@ -138,6 +138,9 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       await tunnels.whenEmpty();
       tlsHttp.closeAllConnections();
       clearHttp.closeAllConnections();
+      // Stops their timeout checks; they were never bound, so "not running" is expected.
+      tlsHttp.close(() => undefined);
+      clearHttp.close(() => undefined);
       listener.destroyAll();
       await stopped;
       await control?.close();

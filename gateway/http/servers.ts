@@ -57,6 +57,9 @@ function writeRaw408(socket: Duplex): void {
 
 function configure(ctx: GatewayContext, server: http.Server): http.Server {
   server.maxHeadersCount = ctx.config.http.maxHeaders + 1;
+  // These servers never listen (the listener hands them sockets), but Node starts enforcing
+  // headersTimeout and requestTimeout only on 'listening'. Without this, slowloris wins.
+  server.emit('listening');
   server.on('clientError', (err, socket) => onClientError(ctx, err as NodeJS.ErrnoException, socket));
   return server;
 }
