@@ -365,3 +365,43 @@ t.test('idle tunnels are closed; half-close passes the FIN and the reply still a
   await once(half.socket, 'close');
   t.equal(reply, 'got 1000', 'the console saw all 1000 bytes and the FIN, and its answer came back');
 });
+
+t.test('limits.maxConnections: connections beyond it are dropped and counted', async (t) => {
+  const { gw } = await setup(t, { limits: { maxConnections: 3 } });
+  const held: net.Socket[] = [];
+  t.teardown(() => held.forEach((s) => s.destroy()));
+  for (let i = 0; i < 3; i++) held.push(await connected(gw.port));
+  const extra = await connected(gw.port);
+  await closedByServer(extra, 5000);
+  t.equal(await counter(gw, 'dropped-max-connections'), 1);
+  held.shift()!.destroy();
+  // A slot is free again once the gateway has seen the close.
+  const deadline = Date.now() + 5000;
+  for (;;) {
+    const m = await gw.ctx.metrics.connectionsActive.get();
+    if ((m.values[0]?.value ?? 0) <= 2) break;
+    if (Date.now() > deadline) throw new Error('the closed connection was never released');
+    await new Promise((r) => setImmediate(r));
+  }
+  const again = await rawRequest(gw.port, `CONNECT ${(await gw.ticket('alice', 'desk')).ticket}.desk:5900 HTTP/1.1\r\n\r\n`);
+  t.equal(again.status, 200, 'served again below the limit');
+  again.socket.destroy();
+});
+
+t.test('WebSocket keep-alive: a client that stops answering pings is dropped', async (t) => {
+  const { gw, echo } = await setup(t, { tunnel: { wsPingIntervalMs: 200 } });
+  const ws = new WebSocket(`wss://localhost:${gw.port}/tunnel/desk/vnc?ticket=${(await gw.ticket('alice', 'desk')).ticket}`, {
+    ca: gw.caCert,
+    autoPong: false,
+  });
+  ws.on('error', () => {});
+  t.teardown(() => ws.terminate());
+  await once(ws, 'open');
+  const consoleSide = echo.open.size > 0 ? [...echo.open][0]! : await echo.nextConnection();
+  const pinged = once(ws, 'ping');
+  const [code] = (await once(ws, 'close')) as [number];
+  await pinged;
+  t.equal(code, 1006, 'the gateway cut the silent client');
+  await new Promise((resolve) => consoleSide.once('close', resolve));
+  t.pass('and closed its console leg');
+});
