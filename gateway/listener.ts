@@ -146,6 +146,7 @@ export class Listener {
       clearTimeout(timer);
       socket.removeListener('data', onData);
       socket.removeListener('end', onEnd);
+      socket.removeListener('close', onEnd);
       socket.pause();
       this.detecting.delete(socket);
       if (v.kind !== 'route') {
@@ -165,6 +166,9 @@ export class Listener {
     };
     socket.on('data', onData);
     socket.on('end', onEnd);
+    // A reset (error, then close, no 'end') must not leave the deadline timer and this closure
+    // alive until detect.timeoutMs, nor be counted later as a timeout.
+    socket.on('close', onEnd);
     if (head.length > 0) evaluate();
   }
 

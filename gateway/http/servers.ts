@@ -13,6 +13,7 @@ import { handleConnect } from './connect.js';
 import { createWebSocketServer, handleUpgrade } from './websocket.js';
 import { sendError, writeRawError, SECURITY_HEADERS } from './respond.js';
 import type { Portal } from './portal.js';
+import { connInfo } from '../conninfo.js';
 
 function serverOptions(ctx: GatewayContext): http.ServerOptions {
   const h = ctx.config.http;
@@ -37,6 +38,10 @@ function tooManyHeaders(ctx: GatewayContext, req: IncomingMessage): boolean {
 function onClientError(ctx: GatewayContext, err: NodeJS.ErrnoException, socket: Duplex): void {
   const code = err.code ?? '';
   if (code === 'ECONNRESET' || !socket.writable) {
+    // After a parse error Node reports every further chunk the client sends as another error.
+    // Once our answer is on its way (the socket was ended; writeRaw destroys it after a linger),
+    // destroying it now would drop that answer (a TLS socket loses its pending write) or reset it.
+    if (code !== 'ECONNRESET' && socket.writableEnded) return;
     socket.destroy();
     return;
   }
@@ -64,6 +69,14 @@ function configure(ctx: GatewayContext, server: http.Server): http.Server {
   return server;
 }
 
+/** A connection over limits.maxConnectionsPerAddress: every request on it gets 429 (README, conninfo.ts). */
+function refuseLimited(req: IncomingMessage, res: ServerResponse): boolean {
+  if (!connInfo(req.socket)?.limited) return false;
+  res.setHeader('Connection', 'close');
+  sendError(res, new OneportError('ONEPORT_ERR_RATE_LIMITED', 'too many connections from your address', { retryAfter: 5 }));
+  return true;
+}
+
 function refuseTooManyHeaders(ctx: GatewayContext, req: IncomingMessage, socket: Duplex): boolean {
   if (!tooManyHeaders(ctx, req)) return false;
   writeRawError(socket, new OneportError('ONEPORT_ERR_HEADERS_TOO_LARGE', 'too many request headers'));
@@ -75,9 +88,11 @@ export function createTlsHttpServer(ctx: GatewayContext, portal: Portal): http.S
   const server = configure(ctx, http.createServer(serverOptions(ctx)));
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     if (tooManyHeaders(ctx, req)) {
+      res.setHeader('Connection', 'close');
       sendError(res, new OneportError('ONEPORT_ERR_HEADERS_TOO_LARGE', 'too many request headers'));
       return;
     }
+    if (refuseLimited(req, res)) return;
     res.setHeader('Strict-Transport-Security', 'max-age=31536000');
     void (async () => {
       if (await handleApi(ctx, req, res, { local: false })) return;
@@ -100,9 +115,11 @@ export function createClearHttpServer(ctx: GatewayContext): http.Server {
   const server = configure(ctx, http.createServer(serverOptions(ctx)));
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     if (tooManyHeaders(ctx, req)) {
+      res.setHeader('Connection', 'close');
       sendError(res, new OneportError('ONEPORT_ERR_HEADERS_TOO_LARGE', 'too many request headers'));
       return;
     }
+    if (refuseLimited(req, res)) return;
     if (req.method === 'GET' || req.method === 'HEAD') {
       const host = safeHost(req.headers.host) ?? ctx.config.serverNames[0] ?? 'localhost';
       const location = `https://${host}${(req.url ?? '/').startsWith('/') ? req.url : '/'}`;

@@ -23,7 +23,7 @@ export function dial(endpoint: Endpoint, opts: DialOptions): Promise<net.Socket>
     }
     const socket = net.connect({ host: endpoint.host, port: endpoint.port, noDelay: true, allowHalfOpen: true });
     let settled = false;
-    const finish = (err?: OneportError): void => {
+    const finish = (err?: OneportError, result: 'error' | 'timeout' = 'error'): void => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
@@ -31,7 +31,7 @@ export function dial(endpoint: Endpoint, opts: DialOptions): Promise<net.Socket>
       socket.removeListener('connect', onConnect);
       if (err) {
         socket.destroy();
-        opts.metrics.dials.inc({ result: err.message === 'timeout' ? 'timeout' : 'error' });
+        opts.metrics.dials.inc({ result });
         reject(err);
       } else {
         opts.metrics.dials.inc({ result: 'ok' });
@@ -48,7 +48,7 @@ export function dial(endpoint: Endpoint, opts: DialOptions): Promise<net.Socket>
     const onAbort = (): void => finish(new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', 'client went away'));
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     const timer = setTimeout(
-      () => finish(new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', 'the console did not answer within the dial deadline')),
+      () => finish(new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', 'the console did not answer within the dial deadline'), 'timeout'),
       opts.timeoutMs,
     );
   });
