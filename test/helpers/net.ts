@@ -155,3 +155,34 @@ export async function until(check: () => boolean | Promise<boolean>, opts: { tim
     await new Promise((r) => setTimeout(r, opts.intervalMs ?? 20));
   }
 }
+
+/** A plain TCP connection to the gateway on loopback (optionally from another 127.x address), connected. */
+export async function connectRaw(port: number, opts: { localAddress?: string } = {}): Promise<net.Socket> {
+  const s = net.connect({ port, host: '127.0.0.1', ...(opts.localAddress ? { localAddress: opts.localAddress } : {}) });
+  s.on('error', () => {});
+  await once(s, 'connect');
+  return s;
+}
+
+/**
+ * Resolves when the peer closes `socket` (its 'close' event), with what it sent meanwhile and how
+ * long that took; rejects if the socket is still open after `ms`. The socket is read (resumed) so
+ * a FIN is noticed.
+ */
+export function closedWithin(socket: net.Socket | tls.TLSSocket, ms = 5000): Promise<{ elapsedMs: number; data: Buffer }> {
+  const started = Date.now();
+  const chunks: Buffer[] = [];
+  return new Promise((resolve, reject) => {
+    if (socket.destroyed) {
+      resolve({ elapsedMs: 0, data: Buffer.alloc(0) });
+      return;
+    }
+    const timer = setTimeout(() => reject(new Error(`socket still open after ${ms} ms`)), ms);
+    socket.on('data', (d: Buffer) => chunks.push(d));
+    socket.once('close', () => {
+      clearTimeout(timer);
+      resolve({ elapsedMs: Date.now() - started, data: Buffer.concat(chunks) });
+    });
+    socket.resume();
+  });
+}

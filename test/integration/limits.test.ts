@@ -1,0 +1,207 @@
+/**
+ * Limits against a real gateway on loopback: header size and count (431), PROXY protocol trust,
+ * connections per address, login and ticket brute-force budgets (429 + Retry-After).
+ *
+ * Other client addresses come from 127.0.0.0/8 (`localAddress`), so per-address limits can be
+ * seen to apply to one address and not to its neighbours.
+ */
+import t from 'tap';
+import net from 'node:net';
+import type { TestGateway } from '../helpers/gateway.js';
+import { connectionCount, setupDesk } from '../helpers/scenario.js';
+import { basic, closedWithin, connectRaw, echoRoundTrip, rawRequest, until } from '../helpers/net.js';
+
+function errorCode(body: string): string | undefined {
+  try {
+    return (JSON.parse(body) as { error?: { code?: string } }).error?.code;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The same ticket shape (so it is tried as a ticket), one character changed inside its MAC. */
+function forge(ticket: string): string {
+  const i = ticket.length - 8;
+  return `${ticket.slice(0, i)}${ticket[i] === 'a' ? 'b' : 'a'}${ticket.slice(i + 1)}`;
+}
+
+const clearConnect = (ticket: string, vm = 'desk'): string => `CONNECT ${ticket}.${vm}:5900 HTTP/1.1\r\nHost: ${ticket}.${vm}:5900\r\n\r\n`;
+
+// -------------------------------------------------------------------------------------------
+// Headers
+
+t.test('431 for too many or too large headers, over clear-text CONNECT and inside TLS', async (t) => {
+  const { gw, echo } = await setupDesk(t, { http: { maxHeaders: 64, maxHeaderBytes: 8192 } });
+  const { ticket } = await gw.ticket('alice', 'desk');
+  const thousands = Array.from({ length: 2000 }, (_, i) => `X-H${i}: v\r\n`).join('');
+  const hundred = Array.from({ length: 100 }, (_, i) => `a${i}:b\r\n`).join('');
+  const huge = `X-Big: ${'x'.repeat(10 * 1024)}\r\n`;
+  const heads: Array<[string, string]> = [
+    ['2,000 headers', thousands],
+    ['100 tiny headers (limit 64)', hundred],
+    ['one 10 KiB header', huge],
+  ];
+  for (const [name, headers] of heads) {
+    // The ticket is valid: only the header limits stand between this request and a tunnel.
+    const clear = await rawRequest(gw.port, `CONNECT ${ticket}.desk:5900 HTTP/1.1\r\nHost: desk:5900\r\n${headers}\r\n`);
+    t.equal(clear.status, 431, `clear-text CONNECT, ${name}: 431`);
+    t.equal(errorCode(clear.body), 'ONEPORT_ERR_HEADERS_TOO_LARGE', `clear-text CONNECT, ${name}: JSON error`);
+    const inTls = await rawRequest(gw.port, `GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n${headers}\r\n`, { ca: gw.caCert });
+    t.equal(inTls.status, 431, `TLS GET /healthz, ${name}: 431`);
+    t.equal(errorCode(inTls.body), 'ONEPORT_ERR_HEADERS_TOO_LARGE', `TLS GET /healthz, ${name}: JSON error`);
+    const tlsConnect = await rawRequest(gw.port, `CONNECT desk:5900 HTTP/1.1\r\nProxy-Authorization: ${basic('alice', 'alice-password-1')}\r\n${headers}\r\n`, { ca: gw.caCert });
+    t.equal(tlsConnect.status, 431, `TLS CONNECT, ${name}: 431`);
+  }
+  t.equal(echo.accepted, 0, 'no tunnel was opened for any of them');
+
+  // Just under the limits is served: the limits are the configured ones, not something tighter.
+  const sixty = Array.from({ length: 60 }, (_, i) => `a${i}:b\r\n`).join('');
+  const ok = await rawRequest(gw.port, `GET /healthz HTTP/1.1\r\nHost: localhost\r\n${sixty}X-Big: ${'x'.repeat(6 * 1024)}\r\n\r\n`, { ca: gw.caCert });
+  t.equal(ok.status, 200, '61 headers and a 6 KiB one are fine');
+  ok.socket.destroy();
+  const tunnel = await rawRequest(gw.port, `CONNECT ${ticket}.desk:5900 HTTP/1.1\r\n${sixty}\r\n`);
+  t.equal(tunnel.status, 200, 'the ticket was not spent by the refused requests');
+  tunnel.socket.destroy();
+});
+
+// -------------------------------------------------------------------------------------------
+// PROXY protocol
+
+/** A PROXY v2 header (PROXY command, TCP over IPv4) naming `src`:`sport`. */
+function proxyV2(src: string, sport: number): Buffer {
+  const h = Buffer.alloc(28);
+  Buffer.from('0d0a0d0a000d0a515549540a', 'hex').copy(h, 0);
+  h[12] = 0x21;
+  h[13] = 0x11;
+  h.writeUInt16BE(12, 14);
+  Buffer.from(src.split('.').map(Number)).copy(h, 16);
+  Buffer.from([198, 51, 100, 1]).copy(h, 20);
+  h.writeUInt16BE(sport, 24);
+  h.writeUInt16BE(443, 26);
+  return h;
+}
+
+t.test('PROXY protocol from a trusted balancer: v1 and v2 name the real client', async (t) => {
+  const { gw } = await setupDesk(t, { proxyProtocol: { trusted: ['127.0.0.1'] } });
+  const v1 = await rawRequest(gw.port, `PROXY TCP4 192.0.2.10 198.51.100.1 40000 443\r\n${clearConnect((await gw.ticket('alice', 'desk')).ticket)}`);
+  t.equal(v1.status, 200, 'PROXY v1 + CONNECT with a ticket: 200');
+  t.same(await echoRoundTrip(v1.socket, Buffer.from('v1')), Buffer.from('v1'));
+  const v2 = await rawRequest(gw.port, Buffer.concat([proxyV2('192.0.2.11', 40001), Buffer.from(clearConnect((await gw.ticket('alice', 'desk')).ticket))]));
+  t.equal(v2.status, 200, 'PROXY v2 + CONNECT with a ticket: 200');
+  t.same(await echoRoundTrip(v2.socket, Buffer.from('v2')), Buffer.from('v2'));
+  t.same(gw.ctx.tunnels.list().map((x) => x.client).sort(), ['192.0.2.10', '192.0.2.11'], 'tunnels belong to the named clients');
+  v1.socket.destroy();
+  v2.socket.destroy();
+  await gw.ctx.tunnels.whenEmpty();
+  const lines = gw.logs.filter((l) => l.event === 'tunnel');
+  t.same(lines.map((l) => l.client).sort(), ['192.0.2.10', '192.0.2.11'], "the tunnel log lines name the client from the header, not the balancer's address");
+  t.equal(await connectionCount(gw, 'proxy'), 2);
+});
+
+t.test('PROXY protocol from anyone else closes the connection', async (t) => {
+  const none = await setupDesk(t, { proxyProtocol: { trusted: [] } });
+  const only1 = await setupDesk(t, { proxyProtocol: { trusted: ['127.0.0.1'] } });
+  const cases: Array<[string, { gw: TestGateway; echo: { accepted: number } }, string | undefined]> = [
+    ['trusted [] (from 127.0.0.1)', none, undefined],
+    ['only 127.0.0.1 trusted, from 127.0.0.2', only1, '127.0.0.2'],
+  ];
+  for (const [name, { gw, echo }, localAddress] of cases) {
+    // A valid ticket follows the header: accepting the header would open a tunnel.
+    const { ticket } = await gw.ticket('alice', 'desk');
+    const s = await connectRaw(gw.port, localAddress ? { localAddress } : {});
+    s.write(`PROXY TCP4 192.0.2.10 198.51.100.1 40000 443\r\n${clearConnect(ticket)}`);
+    const { data } = await closedWithin(s, 3000);
+    t.equal(data.length, 0, `${name}: closed without an answer`);
+    t.equal(await connectionCount(gw, 'rejected-proxy-untrusted'), 1, `${name}: counted as rejected-proxy-untrusted`);
+    t.equal(echo.accepted, 0, `${name}: no tunnel`);
+    const v2 = await connectRaw(gw.port, localAddress ? { localAddress } : {});
+    v2.write(Buffer.concat([proxyV2('192.0.2.10', 40000), Buffer.from(clearConnect(ticket))]));
+    await closedWithin(v2, 3000);
+    t.equal(await connectionCount(gw, 'rejected-proxy-untrusted'), 2, `${name}: a v2 header too`);
+    t.equal(gw.ctx.tunnels.size, 0);
+    const line = gw.logs.find((l) => l.event === 'connection-rejected' && l.reason === 'proxy-untrusted');
+    t.match(line, { client: localAddress ?? '127.0.0.1' }, `${name}: logged with the real peer address`);
+  }
+});
+
+// -------------------------------------------------------------------------------------------
+// Per-address connection limit, login and ticket budgets
+
+t.test('limits.maxConnectionsPerAddress: the third connection from one address gets 429, other addresses do not', async (t) => {
+  const { gw } = await setupDesk(t, { limits: { maxConnectionsPerAddress: 2 } });
+  const open: net.Socket[] = [];
+  t.teardown(() => open.forEach((s) => s.destroy()));
+  for (let i = 0; i < 2; i++) {
+    const r = await rawRequest(gw.port, clearConnect((await gw.ticket('alice', 'desk')).ticket));
+    t.equal(r.status, 200, `tunnel ${i + 1} from 127.0.0.1`);
+    open.push(r.socket as net.Socket);
+  }
+  const { ticket } = await gw.ticket('alice', 'desk');
+  const third = await rawRequest(gw.port, clearConnect(ticket));
+  t.equal(third.status, 429, 'a third connection from 127.0.0.1: 429');
+  t.match(third.head, /\r\nRetry-After: [1-9]\d*/i, 'with Retry-After');
+  t.equal(errorCode(third.body), 'ONEPORT_ERR_RATE_LIMITED');
+  const tls3 = await rawRequest(gw.port, 'GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n', { ca: gw.caCert, timeoutMs: 5000 });
+  t.equal(tls3.status, 429, 'over TLS too');
+
+  // The ticket the refused request carried was not spent: 127.0.0.3 redeems it.
+  const other = await rawRequest(gw.port, clearConnect(ticket), { localAddress: '127.0.0.3' });
+  t.equal(other.status, 200, '127.0.0.3 is not limited by 127.0.0.1');
+  open.push(other.socket as net.Socket);
+
+  // The limit counts open connections: one closes, a new one is allowed.
+  open.shift()?.destroy();
+  await until(() => gw.ctx.tunnels.size === 2, { timeoutMs: 5000 });
+  const again = await rawRequest(gw.port, clearConnect((await gw.ticket('alice', 'desk')).ticket));
+  t.equal(again.status, 200, 'after one of them closed, 127.0.0.1 may connect again');
+  open.push(again.socket as net.Socket);
+});
+
+const login = (user: string, password: string): string => {
+  const body = JSON.stringify({ user, password });
+  return `POST /api/login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
+};
+
+t.test('limits.loginsPerAddressPerMinute: wrong passwords three times, then 429 even for the right one', async (t) => {
+  const { gw } = await setupDesk(t, { limits: { loginsPerAddressPerMinute: 3, loginsPerUserPerMinute: 100 } });
+  for (let i = 1; i <= 3; i++) {
+    const r = await rawRequest(gw.port, login('alice', `wrong-password-${i}`), { ca: gw.caCert });
+    t.equal(r.status, 401, `wrong password ${i}: 401`);
+    t.equal(errorCode(r.body), 'ONEPORT_ERR_BAD_CREDENTIALS');
+  }
+  const fourth = await rawRequest(gw.port, login('alice', 'wrong-password-4'), { ca: gw.caCert });
+  t.equal(fourth.status, 429, 'the fourth: 429');
+  t.match(fourth.head, /\r\nRetry-After: [1-9]\d*/i, 'with Retry-After');
+  t.equal(errorCode(fourth.body), 'ONEPORT_ERR_RATE_LIMITED');
+  const right = await rawRequest(gw.port, login('alice', 'alice-password-1'), { ca: gw.caCert });
+  t.equal(right.status, 429, 'the right password from the same address is refused too (no hashing for it)');
+  right.socket.destroy();
+  const elsewhere = await rawRequest(gw.port, login('alice', 'alice-password-1'), { ca: gw.caCert, localAddress: '127.0.0.3' });
+  t.equal(elsewhere.status, 200, 'the user is not locked out from another address');
+  elsewhere.socket.destroy();
+  t.notOk(gw.logText().includes('wrong-password-'), 'attempted passwords are not logged');
+});
+
+t.test('limits.authFailuresPerAddressPerMinute: bad tickets three times, then 429 even for a good one', async (t) => {
+  const { gw } = await setupDesk(t, { limits: { authFailuresPerAddressPerMinute: 3 } });
+  const attacker = { localAddress: '127.0.0.4' };
+  const statuses: number[] = [];
+  for (let i = 0; i < 4; i++) {
+    const forged = forge((await gw.ticket('alice', 'desk')).ticket);
+    const r = await rawRequest(gw.port, clearConnect(forged), attacker);
+    statuses.push(r.status);
+    if (i === 3) {
+      t.match(r.head, /\r\nRetry-After: [1-9]\d*/i, 'with Retry-After');
+      t.equal(errorCode(r.body), 'ONEPORT_ERR_RATE_LIMITED');
+    }
+  }
+  t.same(statuses, [407, 407, 407, 429], 'three forged tickets get 407, the fourth 429');
+  const { ticket } = await gw.ticket('alice', 'desk');
+  const good = await rawRequest(gw.port, clearConnect(ticket), attacker);
+  t.equal(good.status, 429, 'a valid ticket from that address is refused before it is looked at');
+  const victim = await rawRequest(gw.port, clearConnect(ticket));
+  t.equal(victim.status, 200, 'so it was not spent: its owner on 127.0.0.1 still gets in');
+  victim.socket.destroy();
+  const tlsForged = await rawRequest(gw.port, `CONNECT desk:5900 HTTP/1.1\r\nProxy-Authorization: Bearer ${forge(ticket)}\r\n\r\n`, { ca: gw.caCert, ...attacker });
+  t.equal(tlsForged.status, 429, 'inside TLS as well');
+});
