@@ -1,0 +1,201 @@
+/**
+ * The in-memory mirror of a Redis directory: plain maps the data path reads synchronously, fed by
+ * a snapshot and then by the change feed's entries, strictly in version order. Pure (no I/O), so
+ * the ordering rules are easy to read and to test: redis.ts owns the connections and decides when
+ * to take a snapshot.
+ *
+ * Each record is kept with the JSON text it came from, so a resync can tell exactly which records
+ * differ and announce only those.
+ */
+import type { DirectoryChange, KeyRing, UserRecord, VmRecord } from './directory.js';
+
+/** One change-feed entry, as the write scripts in redis.ts append it. */
+export interface ChangeEntry {
+  /** Stream entry id, e.g. "1700000000000-0". */
+  readonly id: string;
+  /** Directory version after this change. */
+  readonly version: number;
+  /** 'seed' marks a whole directory written back into an emptied Redis (a resync for readers). */
+  readonly kind: 'user' | 'vm' | 'keys' | 'seed';
+  readonly name: string;
+  /** The record's JSON after the change; undefined for a delete. */
+  readonly data: string | undefined;
+}
+
+/** A consistent view of the whole directory, read in one Lua script. */
+export interface Snapshot {
+  readonly users: ReadonlyMap<string, string>;
+  readonly vms: ReadonlyMap<string, string>;
+  /** JSON of the key ring; undefined if Redis has none yet. */
+  readonly keys: string | undefined;
+  readonly version: number;
+  /** Id of the change feed's last entry at that version ("0-0" for an empty feed). */
+  readonly lastId: string;
+}
+
+export type ApplyResult =
+  | { readonly applied: DirectoryChange }
+  /** The entry does not follow the applied version: something was missed; take a snapshot. */
+  | { readonly gap: { readonly expected: number; readonly got: number; readonly kind: ChangeEntry['kind'] } }
+  /** A malformed entry or record JSON: take a snapshot rather than guess. */
+  | { readonly invalid: string };
+
+interface Held<T> {
+  readonly record: T;
+  readonly json: string;
+}
+
+export class DirectoryMirror {
+  private readonly users = new Map<string, Held<UserRecord>>();
+  private readonly vms = new Map<string, Held<VmRecord>>();
+  private keyRing: Held<KeyRing> | undefined;
+  private ver = 0;
+  private last = '0-0';
+
+  /** The version readers see. */
+  get version(): number {
+    return this.ver;
+  }
+  /** The change-feed id to read after. */
+  get lastId(): string {
+    return this.last;
+  }
+  /** The key ring JSON, for writing it back (compare-and-set rotation, re-seeding). */
+  get keysJson(): string | undefined {
+    return this.keyRing?.json;
+  }
+
+  getUser(name: string): UserRecord | undefined {
+    return this.users.get(name)?.record;
+  }
+  getVm(name: string): VmRecord | undefined {
+    return this.vms.get(name)?.record;
+  }
+  listUsers(): UserRecord[] {
+    return [...this.users.values()].map((h) => h.record);
+  }
+  listVms(): VmRecord[] {
+    return [...this.vms.values()].map((h) => h.record);
+  }
+  keys(): KeyRing | undefined {
+    return this.keyRing?.record;
+  }
+  /** Every record's JSON, for re-seeding an emptied Redis. */
+  dump(): { users: Array<[string, string]>; vms: Array<[string, string]>; keys: string | undefined; version: number } {
+    return {
+      users: [...this.users].map(([n, h]) => [n, h.json]),
+      vms: [...this.vms].map(([n, h]) => [n, h.json]),
+      keys: this.keyRing?.json,
+      version: this.ver,
+    };
+  }
+
+  /**
+   * Apply the next entry of the change feed. Only version `applied + 1` is applied; anything else
+   * (a gap, a replay, a trimmed feed, a re-seeded Redis) is reported so the caller resyncs.
+   */
+  apply(e: ChangeEntry): ApplyResult {
+    if (e.kind === 'seed' || e.version !== this.ver + 1) {
+      return { gap: { expected: this.ver + 1, got: e.version, kind: e.kind } };
+    }
+    let change: DirectoryChange;
+    if (e.kind === 'keys') {
+      if (e.data === undefined) return { invalid: `entry ${e.id}: a key ring change without data` };
+      const ring = parseKeyRing(e.data);
+      if (!ring) return { invalid: `entry ${e.id}: malformed key ring` };
+      this.keyRing = { record: ring, json: e.data };
+      change = { kind: 'keys', version: e.version };
+    } else {
+      const map = (e.kind === 'user' ? this.users : this.vms) as Map<string, Held<UserRecord | VmRecord>>;
+      if (e.data === undefined) map.delete(e.name);
+      else {
+        const rec = parseRecord(e.data, e.name);
+        if (!rec) return { invalid: `entry ${e.id}: malformed ${e.kind} ${JSON.stringify(e.name)}` };
+        map.set(e.name, { record: rec as UserRecord & VmRecord, json: e.data });
+      }
+      change = { kind: e.kind, name: e.name, version: e.version };
+    }
+    this.ver = e.version;
+    this.last = e.id;
+    return { applied: change };
+  }
+
+  /**
+   * Replace everything with a snapshot; returns one change per record (and for the key ring)
+   * that differs, stamped with the snapshot's version. Malformed records are skipped and named
+   * in `invalid`.
+   */
+  replace(s: Snapshot): { changes: DirectoryChange[]; invalid: string[] } {
+    const changes: DirectoryChange[] = [];
+    const invalid: string[] = [];
+    const version = s.version;
+    const swap = <T extends UserRecord | VmRecord>(kind: 'user' | 'vm', map: Map<string, Held<T>>, next: ReadonlyMap<string, string>): void => {
+      for (const [name, held] of [...map]) {
+        if (next.get(name) === held.json) continue;
+        map.delete(name);
+        if (!next.has(name)) changes.push({ kind, name, version });
+      }
+      for (const [name, json] of next) {
+        if (map.has(name)) continue;
+        const rec = parseRecord(json, name);
+        if (!rec) {
+          invalid.push(`${kind} ${JSON.stringify(name)}`);
+          continue;
+        }
+        map.set(name, { record: rec as T, json });
+        changes.push({ kind, name, version });
+      }
+    };
+    swap('user', this.users, s.users);
+    swap('vm', this.vms, s.vms);
+    if (s.keys !== undefined && s.keys !== this.keyRing?.json) {
+      const ring = parseKeyRing(s.keys);
+      if (ring) {
+        this.keyRing = { record: ring, json: s.keys };
+        changes.push({ kind: 'keys', version });
+      } else invalid.push('keys');
+    }
+    this.ver = version;
+    this.last = s.lastId;
+    return { changes, invalid };
+  }
+}
+
+function parseRecord(json: string, name: string): object | undefined {
+  try {
+    const v: unknown = JSON.parse(json);
+    if (typeof v !== 'object' || v === null || (v as { name?: unknown }).name !== name) return undefined;
+    return Object.freeze(v);
+  } catch {
+    return undefined;
+  }
+}
+
+function parseKeyRing(json: string): KeyRing | undefined {
+  try {
+    const v = JSON.parse(json) as Partial<KeyRing> | null;
+    if (!v || typeof v.current?.secret !== 'string' || typeof v.current.id !== 'number' || !Array.isArray(v.previous)) return undefined;
+    return Object.freeze(v as KeyRing);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Parse one XREAD/XRANGE entry ([id, [field, value, ...]]) into a ChangeEntry, or undefined. */
+export function parseEntry(raw: unknown): ChangeEntry | undefined {
+  if (!Array.isArray(raw) || typeof raw[0] !== 'string' || !Array.isArray(raw[1])) return undefined;
+  const fields = raw[1] as unknown[];
+  const f = new Map<string, string>();
+  for (let i = 0; i + 1 < fields.length; i += 2) f.set(String(fields[i]), String(fields[i + 1]));
+  const version = Number(f.get('v'));
+  const kind = f.get('k');
+  if (!Number.isSafeInteger(version) || (kind !== 'user' && kind !== 'vm' && kind !== 'keys' && kind !== 'seed')) return undefined;
+  return { id: raw[0], version, kind, name: f.get('n') ?? '', data: f.get('d') };
+}
+
+/** Stream ids compare as (ms, seq) pairs. */
+export function compareIds(a: string, b: string): number {
+  const [am = 0, as = 0] = a.split('-').map(Number);
+  const [bm = 0, bs = 0] = b.split('-').map(Number);
+  return am !== bm ? Math.sign(am - bm) : Math.sign(as - bs);
+}

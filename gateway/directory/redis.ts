@@ -1,0 +1,693 @@
+/**
+ * The cluster directory: users, VMs and signing keys in Redis (standalone or Sentinel, through
+ * ioredis), mirrored in each gateway's memory (mirror.ts) so the data path never waits on Redis.
+ *
+ * Key schema (every key starts with `prefix`, default `oneport:{dir}:`; the `{dir}` hash tag keeps
+ * the keys in one slot so the scripts stay valid behind a Redis Cluster proxy too):
+ *
+ * | key              | type    | content                                                        |
+ * |------------------|---------|----------------------------------------------------------------|
+ * | `<prefix>users`   | hash    | user name -> UserRecord JSON                                   |
+ * | `<prefix>vms`     | hash    | VM name -> VmRecord JSON                                       |
+ * | `<prefix>keys`    | string  | KeyRing JSON (ticket and token signing keys)                   |
+ * | `<prefix>version` | string  | integer, +1 per change; absent = an empty (or emptied) Redis   |
+ * | `<prefix>changes` | stream  | the change feed: `v` version, `k` user/vm/keys/seed, `n` name, |
+ * |                  |         | `d` the record's JSON after the change (absent for a delete);  |
+ * |                  |         | capped with `XADD MAXLEN ~ changesMaxLen`                      |
+ *
+ * Writes: each is ONE Lua script that checks the key types first (so no command inside can fail
+ * after the first write), then writes the record, INCRs the version and XADDs the entry. A script
+ * runs atomically and replicates as one unit, so readers and replicas see all of a change or none.
+ * No offline queue and no automatic resend: while Redis is unreachable a write rejects at once
+ * (or after `commandTimeoutMs` on a silent network) with `DirectoryUnavailableError`. A write
+ * whose reply was lost may still have been applied (the mirror then shows it); it is never
+ * applied in part.
+ *
+ * The mirror: a snapshot (one Lua script: both hashes, the key ring, the version and the feed's
+ * last id), then XREAD BLOCK on a dedicated connection from that id, applying entries strictly in
+ * version order. A full resync (snapshot again, 'change' for each record that differs, then one
+ * 'resync' event) follows a version gap, a trimmed feed, a reconnect, a new Redis master (its
+ * run_id changed), or a version mismatch seen by the periodic check (`checkIntervalMs`). While
+ * Redis is away, reads keep serving the last mirror; `staleness()` says how old it is.
+ *
+ * A Redis that comes back empty (restarted without persistence, or flushed) lost the directory: by
+ * default the first gateway to notice writes its mirror back (only if the version key is still
+ * absent, in one script), so routes and signing keys survive and the version keeps growing; with
+ * `reseed: false` the mirrors follow the empty Redis instead (and `version()` goes back).
+ */
+import { EventEmitter } from 'node:events';
+import { setTimeout as delay } from 'node:timers/promises';
+import { Redis, type RedisOptions } from 'ioredis';
+import type { Directory, DirectoryChange, KeyRing, UserRecord, VmRecord } from './directory.js';
+import { DirectoryMirror, compareIds, parseEntry, type Snapshot } from './mirror.js';
+import { newSigningKey } from './memory.js';
+import type { Logger } from '../log.js';
+
+export interface RedisDirectoryOptions {
+  /**
+   * Where Redis is: a `redis://` or `rediss://` URL (`redis://user:pass@host:port/db`), or ioredis
+   * options: `host`/`port`, or `sentinels: [{host, port}]` + `name` (the master group) for
+   * Sentinel, `tls`, `username`/`password`, `sentinelPassword`, `db`, `retryStrategy`. The options
+   * that decide write semantics (offline queue, resend, RESP version) are set here and win.
+   */
+  readonly redis: string | RedisOptions;
+  /** Prefix of every key, so several directories (or tests) can share a Redis. @default 'oneport:{dir}:' */
+  readonly prefix?: string;
+  /** Change feed bound: `XADD MAXLEN ~` this many entries. @default 10000 */
+  readonly changesMaxLen?: number;
+  /** Safety net: compare the version in Redis with the mirror's this often. @default 5000 ms */
+  readonly checkIntervalMs?: number;
+  /** How long one XREAD blocks waiting for changes. @default 2000 ms */
+  readonly blockMs?: number;
+  /** A write, snapshot or check without an answer for this long fails. @default 2000 ms */
+  readonly commandTimeoutMs?: number;
+  /** Write the mirror back into a Redis that lost the directory. @default true */
+  readonly reseed?: boolean;
+  /** Most entries applied per XREAD. @default 500 */
+  readonly readBatch?: number;
+  /** Name of the connections in `CLIENT LIST`. @default 'oneport-directory' */
+  readonly connectionName?: string;
+  readonly log?: Logger;
+  /** @default Date.now */
+  readonly now?: () => number;
+}
+
+export type ResyncReason = 'start' | 'reconnect' | 'master-changed' | 'gap' | 'trimmed' | 'invalid-entry' | 'version-mismatch' | 'seed';
+
+export interface ResyncEvent {
+  readonly reason: ResyncReason;
+  /** Mirror version before and after. */
+  readonly from: number;
+  readonly to: number;
+  /** Records (and the key ring) that differed. */
+  readonly changed: number;
+  /** True when this node wrote its mirror back into an emptied Redis. */
+  readonly reseeded: boolean;
+}
+
+export interface Staleness {
+  /** The mirror is fed live and writes can reach Redis. */
+  readonly connected: boolean;
+  /** When the mirror was last known to equal Redis (ms since the epoch). */
+  readonly lastSyncAt: number;
+  readonly ageMs: number;
+}
+
+/** Redis cannot be reached (or did not answer in time): the write was not done, or not confirmed. */
+export class DirectoryUnavailableError extends Error {
+  // A candidate for errors.ts: ONEPORT_ERR_DIRECTORY_UNAVAILABLE, HTTP 503, Retry-After.
+  readonly code = 'ONEPORT_ERR_DIRECTORY_UNAVAILABLE';
+  readonly status = 503;
+  constructor(message: string, opts?: { cause?: unknown }) {
+    super(message, opts);
+    this.name = 'DirectoryUnavailableError';
+  }
+}
+
+const DEFAULTS = {
+  prefix: 'oneport:{dir}:',
+  changesMaxLen: 10_000, // entries
+  checkIntervalMs: 5_000, // 5 seconds
+  blockMs: 2_000, // 2 seconds
+  commandTimeoutMs: 2_000, // 2 seconds
+  readBatch: 500, // entries
+  connectionName: 'oneport-directory',
+} as const;
+
+// Every script gets the same KEYS: 1 users, 2 vms, 3 keys, 4 version, 5 changes.
+const PRELUDE = `
+local function wrongType(key, want)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= want then return key .. ' holds a ' .. t .. ', not a ' .. want end
+  return nil
+end
+local function invalid()
+  local e = wrongType(KEYS[1], 'hash') or wrongType(KEYS[2], 'hash') or wrongType(KEYS[3], 'string')
+    or wrongType(KEYS[4], 'string') or wrongType(KEYS[5], 'stream')
+  if e then return e end
+  local v = redis.call('GET', KEYS[4])
+  if v and not tonumber(v) then return KEYS[4] .. ' is not an integer' end
+  return nil
+end
+local bad = invalid()
+if bad then return redis.error_reply('ONEPORT_DIRECTORY ' .. bad) end
+`;
+
+/** ARGV: kind (user|vm), name, json, maxlen. Returns the new version. */
+const PUT_LUA = `${PRELUDE}
+local hash = KEYS[2]
+if ARGV[1] == 'user' then hash = KEYS[1] end
+redis.call('HSET', hash, ARGV[2], ARGV[3])
+local v = redis.call('INCR', KEYS[4])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*', 'v', v, 'k', ARGV[1], 'n', ARGV[2], 'd', ARGV[3])
+return v
+`;
+
+/** ARGV: kind, name, maxlen. Returns the new version, or 0 if there was no such record. */
+const DEL_LUA = `${PRELUDE}
+local hash = KEYS[2]
+if ARGV[1] == 'user' then hash = KEYS[1] end
+if redis.call('HDEL', hash, ARGV[2]) == 0 then return 0 end
+local v = redis.call('INCR', KEYS[4])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*', 'v', v, 'k', ARGV[1], 'n', ARGV[2])
+return v
+`;
+
+/** Compare-and-set the key ring. ARGV: expected JSON ('' = none yet), new JSON, maxlen. Returns the new version or 0. */
+const KEYS_CAS_LUA = `${PRELUDE}
+local cur = redis.call('GET', KEYS[3]) or ''
+if cur ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[3], ARGV[2])
+local v = redis.call('INCR', KEYS[4])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*', 'v', v, 'k', 'keys', 'n', '', 'd', ARGV[2])
+return v
+`;
+
+/**
+ * Write a whole mirror back into a Redis that lost the directory, only if the version key is
+ * still absent (the first gateway wins, the others then load what it wrote).
+ * ARGV: maxlen, version, keys JSON ('' = none), user count, then user name/JSON pairs, then VM pairs.
+ */
+const SEED_LUA = `
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+${PRELUDE}
+redis.call('DEL', KEYS[1], KEYS[2])
+local i = 5
+for _ = 1, tonumber(ARGV[4]) do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+while i < #ARGV do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3]) end
+redis.call('SET', KEYS[4], ARGV[2])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[1], '*', 'v', ARGV[2], 'k', 'seed', 'n', '')
+return 1
+`;
+
+/** One consistent view: {users, vms, keys or nil, version, last feed id}. */
+const SNAPSHOT_LUA = `
+local last = redis.call('XREVRANGE', KEYS[5], '+', '-', 'COUNT', 1)
+local lastId = '0-0'
+if last[1] then lastId = last[1][1] end
+return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), redis.call('GET', KEYS[3]), redis.call('GET', KEYS[4]) or '0', lastId}
+`;
+
+type Script = (...args: Array<string | number>) => Promise<unknown>;
+interface Scripts {
+  oneportDirPut: Script;
+  oneportDirDel: Script;
+  oneportDirKeysCas: Script;
+  oneportDirSeed: Script;
+  oneportDirSnapshot: Script;
+}
+
+/** Default reconnect backoff: 100 ms doubling to 2 s, plus up to 100 ms of jitter. */
+export function defaultRetryStrategy(times: number): number {
+  return Math.min(100 * 2 ** Math.max(0, times - 1), 2_000) + Math.floor(Math.random() * 100);
+}
+
+/** Where a connection goes, for error messages (never the password). */
+export function describeRedis(redis: string | RedisOptions): string {
+  if (typeof redis === 'string') {
+    try {
+      const u = new URL(redis);
+      return `${u.protocol}//${u.host}${u.pathname.length > 1 ? u.pathname : ''}`;
+    } catch {
+      return 'redis (unparsable URL)';
+    }
+  }
+  if (redis.sentinels?.length) return `sentinel master "${redis.name ?? 'mymaster'}" via ${redis.sentinels.map((s) => `${s.host ?? 'localhost'}:${s.port ?? 26379}`).join(',')}`;
+  return `redis://${redis.host ?? 'localhost'}:${redis.port ?? 6379}`;
+}
+
+/**
+ * A connection whose failures surface at once: no offline queue, no resend on reconnect (a
+ * script must never run twice because a reply was lost), RESP2 reply shapes.
+ */
+export function createConnection(redis: string | RedisOptions, extra: RedisOptions): Redis {
+  const user = typeof redis === 'string' ? {} : redis;
+  const opts: RedisOptions = {
+    retryStrategy: defaultRetryStrategy,
+    // How long a closing socket may linger before it is destroyed (ioredis default 2 s; its timer
+    // also outlives sockets that were already closed, delaying process exit).
+    disconnectTimeout: 200,
+    ...user,
+    ...extra,
+    protocol: 2,
+    lazyConnect: true,
+    enableOfflineQueue: false,
+    autoResendUnfulfilledCommands: false,
+    maxRetriesPerRequest: 0,
+  };
+  return typeof redis === 'string' ? new Redis(redis, opts) : new Redis(opts);
+}
+
+/**
+ * A failed Redis call as the error callers should see: Redis's own refusal (a ReplyError) as a
+ * plain Error, our bugs (TypeError...) unchanged, and everything else (closed, refused, timed
+ * out, not connected) as DirectoryUnavailableError.
+ */
+export function redisCallError(what: string, target: string, err: unknown): Error {
+  if (err instanceof TypeError || err instanceof RangeError || err instanceof SyntaxError || err instanceof ReferenceError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  if (err instanceof Error && err.name === 'ReplyError') return new Error(`${what}: Redis refused: ${message}`, { cause: err });
+  return new DirectoryUnavailableError(`${what} failed: Redis at ${target} is unreachable (${message}); not done, or not confirmed`, { cause: err });
+}
+
+export class RedisDirectory extends EventEmitter implements Directory {
+  readonly kind = 'redis' as const;
+  private readonly mirror = new DirectoryMirror();
+  private readonly cmd: Redis;
+  private readonly reader: Redis;
+  private readonly scripts: Scripts;
+  private readonly k: { users: string; vms: string; keys: string; version: string; changes: string };
+  private readonly opts: Required<Omit<RedisDirectoryOptions, 'log' | 'redis'>> & { log: Logger | undefined; target: string };
+  private runId: string | undefined;
+  private readerId: number | undefined;
+  private linkUp = false;
+  private lastError: Error | undefined;
+  private wasConnected = false;
+  private lastSync = 0;
+  private needResync: ResyncReason | undefined;
+  private pendingRemote: number | undefined;
+  private checking = false;
+  private checkTimer: NodeJS.Timeout | undefined;
+  private loop: Promise<void> | undefined;
+  private readonly stopping = new AbortController();
+  private closing: Promise<void> | undefined;
+  private readonly waiters = new Set<{ version: number; resolve: () => void }>();
+
+  /** Connect, load the snapshot and start tailing the change feed. Rejects if Redis cannot be reached. */
+  static async open(opts: RedisDirectoryOptions): Promise<RedisDirectory> {
+    const dir = new RedisDirectory(opts);
+    try {
+      await dir.start();
+    } catch (err) {
+      await dir.close();
+      throw err;
+    }
+    return dir;
+  }
+
+  private constructor(options: RedisDirectoryOptions) {
+    super();
+    this.opts = {
+      prefix: options.prefix ?? DEFAULTS.prefix,
+      changesMaxLen: options.changesMaxLen ?? DEFAULTS.changesMaxLen,
+      checkIntervalMs: options.checkIntervalMs ?? DEFAULTS.checkIntervalMs,
+      blockMs: options.blockMs ?? DEFAULTS.blockMs,
+      commandTimeoutMs: options.commandTimeoutMs ?? DEFAULTS.commandTimeoutMs,
+      reseed: options.reseed ?? true,
+      readBatch: options.readBatch ?? DEFAULTS.readBatch,
+      connectionName: options.connectionName ?? DEFAULTS.connectionName,
+      now: options.now ?? Date.now,
+      log: options.log,
+      target: describeRedis(options.redis),
+    };
+    const p = this.opts.prefix;
+    this.k = { users: `${p}users`, vms: `${p}vms`, keys: `${p}keys`, version: `${p}version`, changes: `${p}changes` };
+    const timeouts = { connectTimeout: Math.max(this.opts.commandTimeoutMs, 1_000) };
+    this.cmd = createConnection(options.redis, { ...timeouts, commandTimeout: this.opts.commandTimeoutMs, connectionName: `${this.opts.connectionName}:cmd` });
+    // No commandTimeout on the reader: XREAD BLOCK waits on purpose; tail() has its own deadline.
+    this.reader = createConnection(options.redis, { ...timeouts, connectionName: `${this.opts.connectionName}:feed` });
+    for (const [name, lua] of [
+      ['oneportDirPut', PUT_LUA],
+      ['oneportDirDel', DEL_LUA],
+      ['oneportDirKeysCas', KEYS_CAS_LUA],
+      ['oneportDirSeed', SEED_LUA],
+      ['oneportDirSnapshot', SNAPSHOT_LUA],
+    ] as const) {
+      this.cmd.defineCommand(name, { lua, numberOfKeys: 5 });
+    }
+    this.scripts = this.cmd as unknown as Scripts;
+    for (const conn of [this.cmd, this.reader]) {
+      // ioredis emits 'error' for every failed reconnect; state changes are logged in updateConnected().
+      conn.on('error', (err: Error) => {
+        this.lastError = err;
+      });
+      conn.on('close', () => this.updateConnected());
+      conn.on('ready', () => this.updateConnected());
+    }
+  }
+
+  private async start(): Promise<void> {
+    try {
+      await Promise.all([this.cmd.connect(), this.reader.connect()]);
+    } catch (err) {
+      throw new DirectoryUnavailableError(`directory: cannot reach Redis at ${this.opts.target}: ${(err as Error).message}`, { cause: err });
+    }
+    try {
+      await this.resync('start');
+    } catch (err) {
+      throw redisCallError('directory: loading the snapshot', this.opts.target, err);
+    }
+    this.readerId = await this.reader.client('ID');
+    this.loop = this.run();
+    this.checkTimer = setInterval(() => void this.check(), this.opts.checkIntervalMs);
+    this.checkTimer.unref();
+  }
+
+  // ---- reads: the mirror only -------------------------------------------------------------
+
+  version(): number {
+    return this.mirror.version;
+  }
+  getUser(name: string): UserRecord | undefined {
+    return this.mirror.getUser(name);
+  }
+  getVm(name: string): VmRecord | undefined {
+    return this.mirror.getVm(name);
+  }
+  listUsers(): readonly UserRecord[] {
+    return this.mirror.listUsers();
+  }
+  listVms(): readonly VmRecord[] {
+    return this.mirror.listVms();
+  }
+  keys(): KeyRing {
+    const ring = this.mirror.keys();
+    // open() does not resolve before a key ring is loaded, and the mirror never drops one.
+    if (!ring) throw new Error('directory: no signing keys loaded');
+    return ring;
+  }
+
+  staleness(): Staleness {
+    const now = this.opts.now();
+    return { connected: this.isConnected(), lastSyncAt: this.lastSync, ageMs: Math.max(0, now - this.lastSync) };
+  }
+
+  /** The Redis server's run_id the mirror last synced from (changes on restart or failover). */
+  get redisRunId(): string | undefined {
+    return this.runId;
+  }
+
+  // ---- writes: one script each ---------------------------------------------------------------
+
+  async putUser(user: UserRecord): Promise<void> {
+    await this.visible(await this.write<number>('put user', () => this.scripts.oneportDirPut(...this.keyList(), 'user', user.name, JSON.stringify(user), this.opts.changesMaxLen)));
+  }
+  async deleteUser(name: string): Promise<boolean> {
+    const v = await this.write<number>('delete user', () => this.scripts.oneportDirDel(...this.keyList(), 'user', name, this.opts.changesMaxLen));
+    if (v === 0) return false;
+    await this.visible(v);
+    return true;
+  }
+  async putVm(vm: VmRecord): Promise<void> {
+    await this.visible(await this.write<number>('put VM', () => this.scripts.oneportDirPut(...this.keyList(), 'vm', vm.name, JSON.stringify(vm), this.opts.changesMaxLen)));
+  }
+  async deleteVm(name: string): Promise<boolean> {
+    const v = await this.write<number>('delete VM', () => this.scripts.oneportDirDel(...this.keyList(), 'vm', name, this.opts.changesMaxLen));
+    if (v === 0) return false;
+    await this.visible(v);
+    return true;
+  }
+
+  /** A new current key; the old current stays valid as `previous` (compare-and-set, retried on a race). */
+  async rotateKeys(): Promise<void> {
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const cur = await this.write<string | null>('read keys', () => this.cmd.get(this.k.keys));
+      const old = cur ? (JSON.parse(cur) as KeyRing).current : this.keys().current;
+      const next: KeyRing = { current: newSigningKey(old.id + 1), previous: [old] };
+      const v = await this.write<number>('rotate keys', () => this.scripts.oneportDirKeysCas(...this.keyList(), cur ?? '', JSON.stringify(next), this.opts.changesMaxLen));
+      if (v > 0) return this.visible(v);
+    }
+    throw new Error('directory: key rotation lost 5 races in a row with other writers');
+  }
+
+  private keyList(): [string, string, string, string, string] {
+    return [this.k.users, this.k.vms, this.k.keys, this.k.version, this.k.changes];
+  }
+
+  private async write<T>(what: string, fn: () => Promise<unknown>): Promise<T> {
+    if (this.closing) throw new DirectoryUnavailableError(`directory: ${what}: the directory is closed`);
+    try {
+      return (await fn()) as T;
+    } catch (err) {
+      throw redisCallError(`directory: ${what}`, this.opts.target, err);
+    }
+  }
+
+  /**
+   * Resolves once the mirror shows version `v` (read-your-writes on the writing node), or after
+   * commandTimeoutMs: the write is in Redis either way, and the mirror catches up on its own.
+   */
+  private visible(v: number): Promise<void> {
+    if (this.mirror.version >= v || this.closing) return Promise.resolve();
+    return new Promise((resolve) => {
+      const w = {
+        version: v,
+        resolve: () => {
+          clearTimeout(timer);
+          this.waiters.delete(w);
+          resolve();
+        },
+      };
+      const timer = setTimeout(() => {
+        this.opts.log?.warn({ event: 'directory-write-not-visible', version: v, mirror: this.mirror.version }, 'directory write done, mirror not caught up yet');
+        w.resolve();
+      }, this.opts.commandTimeoutMs);
+      this.waiters.add(w);
+    });
+  }
+
+  private wakeWaiters(): void {
+    for (const w of [...this.waiters]) if (w.version <= this.mirror.version) w.resolve();
+  }
+
+  // ---- the mirror: snapshot, then tail ------------------------------------------------------
+
+  private async snapshot(): Promise<Snapshot> {
+    const raw = (await this.scripts.oneportDirSnapshot(...this.keyList())) as [string[], string[], string | null, string, string];
+    const pairs = (flat: string[]): Map<string, string> => {
+      const m = new Map<string, string>();
+      for (let i = 0; i + 1 < flat.length; i += 2) m.set(flat[i]!, flat[i + 1]!);
+      return m;
+    };
+    return { users: pairs(raw[0]), vms: pairs(raw[1]), keys: raw[2] ?? undefined, version: Number(raw[3]), lastId: raw[4] };
+  }
+
+  private async resync(reason: ResyncReason): Promise<void> {
+    const info = await this.cmd.info('server');
+    const runId = /run_id:(\w+)/.exec(info)?.[1];
+    if (reason === 'reconnect' && this.runId !== undefined && runId !== this.runId) reason = 'master-changed';
+    let snap = await this.snapshot();
+    let reseeded = false;
+    if (snap.version === 0 && this.opts.reseed && this.mirror.version > 0) {
+      // Redis lost the directory (restart without persistence, flush): write ours back.
+      const d = this.mirror.dump();
+      const args = [this.opts.changesMaxLen, d.version, d.keys ?? '', d.users.length, ...d.users.flat(), ...d.vms.flat()];
+      reseeded = (await this.scripts.oneportDirSeed(...this.keyList(), ...args)) === 1;
+      snap = await this.snapshot();
+    }
+    if (snap.keys === undefined) {
+      // A new (or emptied) Redis: publish a key ring, ours if we have one so tickets and tokens
+      // stay valid. Compare-and-set: if another gateway got there first, theirs stands.
+      const ring = this.mirror.keysJson ?? JSON.stringify({ current: newSigningKey(1), previous: [] } satisfies KeyRing);
+      await this.scripts.oneportDirKeysCas(...this.keyList(), '', ring, this.opts.changesMaxLen);
+      snap = await this.snapshot();
+    }
+    const from = this.mirror.version;
+    const { changes, invalid } = this.mirror.replace(snap);
+    this.runId = runId;
+    this.pendingRemote = undefined;
+    this.markSynced();
+    if (invalid.length) this.opts.log?.error({ event: 'directory-invalid-records', records: invalid }, 'directory: skipped malformed records in Redis');
+    const ev: ResyncEvent = { reason, from, to: snap.version, changed: changes.length, reseeded };
+    if (reason !== 'start') this.opts.log?.warn({ event: 'directory-resync', ...ev }, `directory mirror resynced (${reason})`);
+    for (const c of changes) this.emitChange(c);
+    this.wakeWaiters();
+    this.emit('resync', ev);
+  }
+
+  private async run(): Promise<void> {
+    let failures = 0;
+    while (!this.stopping.signal.aborted) {
+      try {
+        if (this.reader.status !== 'ready') {
+          this.linkUp = false;
+          this.updateConnected();
+          await this.ready(this.reader);
+          if (this.stopping.signal.aborted) break;
+          this.readerId = await this.reader.client('ID');
+          this.needResync ??= 'reconnect';
+        }
+        if (this.needResync) {
+          if (this.cmd.status !== 'ready') await this.ready(this.cmd);
+          if (this.stopping.signal.aborted) break;
+          const reason = this.needResync;
+          await this.resync(reason);
+          if (this.needResync === reason) this.needResync = undefined;
+        }
+        await this.tail();
+        failures = 0;
+      } catch (err) {
+        if (this.stopping.signal.aborted) break;
+        this.lastError = err as Error;
+        if (failures === 0 && this.reader.status === 'ready' && this.cmd.status === 'ready') {
+          // Not a lost connection (those are logged as 'directory-disconnected'): say what failed, once.
+          this.opts.log?.warn({ event: 'directory-feed-error', err: (err as Error).message }, 'directory feed failed; retrying');
+        }
+        this.linkUp = false;
+        this.updateConnected();
+        this.needResync ??= 'reconnect';
+        // The reader's own reconnects are paced by retryStrategy (ready() waits for them); this
+        // paces failures while both connections look up (a script refused, a zombie socket).
+        if (this.reader.status === 'ready' && this.cmd.status === 'ready') {
+          await delay(defaultRetryStrategy(++failures), undefined, { signal: this.stopping.signal }).catch(() => {});
+        }
+      }
+    }
+  }
+
+  /** One XREAD: apply what it returns, or learn that nothing changed. */
+  private async tail(): Promise<void> {
+    const { blockMs, readBatch } = this.opts;
+    const pending = this.reader.call('XREAD', 'COUNT', readBatch, 'BLOCK', blockMs, 'STREAMS', this.k.changes, this.mirror.lastId);
+    // A socket that went silent (a partition: no FIN, no RST) never answers; give it the block
+    // time plus a margin, then drop it so the reconnect path (and a resync) takes over.
+    const deadline = setTimeout(() => {
+      this.opts.log?.warn({ event: 'directory-feed-silent', ms: blockMs + this.opts.commandTimeoutMs }, 'directory feed connection silent; reconnecting');
+      this.reader.disconnect(true);
+    }, blockMs + this.opts.commandTimeoutMs);
+    let reply: unknown;
+    try {
+      reply = await pending;
+    } finally {
+      clearTimeout(deadline);
+    }
+    if (this.stopping.signal.aborted) return;
+    const entries = ((reply as Array<[string, unknown[]]> | null)?.[0]?.[1] ?? []) as unknown[];
+    for (const raw of entries) {
+      const e = parseEntry(raw);
+      if (!e) {
+        this.needResync = 'invalid-entry';
+        break;
+      }
+      const r = this.mirror.apply(e);
+      if ('applied' in r) {
+        this.emitChange(r.applied);
+        continue;
+      }
+      if ('invalid' in r) {
+        this.opts.log?.error({ event: 'directory-invalid-entry', detail: r.invalid }, 'directory: malformed change entry');
+        this.needResync = 'invalid-entry';
+      } else {
+        this.needResync = r.gap.kind === 'seed' ? 'seed' : await this.gapReason();
+      }
+      break;
+    }
+    if (!this.needResync) this.markSynced();
+    this.wakeWaiters();
+  }
+
+  /** A gap because the feed was trimmed past our position, or a real version gap? */
+  private async gapReason(): Promise<ResyncReason> {
+    try {
+      const first = (await this.cmd.call('XRANGE', this.k.changes, '-', '+', 'COUNT', 1)) as Array<[string, unknown]>;
+      const firstId = first[0]?.[0];
+      return firstId !== undefined && compareIds(firstId, this.mirror.lastId) > 0 ? 'trimmed' : 'gap';
+    } catch {
+      return 'gap';
+    }
+  }
+
+  /** Resolves when `conn` is ready or the directory closes. */
+  private ready(conn: Redis): Promise<void> {
+    if (conn.status === 'ready') return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = (): void => {
+        conn.removeListener('ready', done);
+        this.stopping.signal.removeEventListener('abort', done);
+        resolve();
+      };
+      conn.once('ready', done);
+      this.stopping.signal.addEventListener('abort', done, { once: true });
+    });
+  }
+
+  /** Ask the tailing loop for a resync and wake it from XREAD BLOCK. */
+  private requestResync(reason: ResyncReason): void {
+    this.needResync ??= reason;
+    if (this.readerId !== undefined && this.cmd.status === 'ready') {
+      this.cmd.client('UNBLOCK', this.readerId).catch(() => {});
+    }
+  }
+
+  /** The safety net: does Redis hold the version (and master) the mirror thinks it does? */
+  private async check(): Promise<void> {
+    if (this.checking || this.stopping.signal.aborted) return;
+    this.checking = true;
+    try {
+      const res = await this.cmd.pipeline().get(this.k.version).info('server').exec();
+      const [verRes, infoRes] = res ?? [];
+      if (!verRes || !infoRes || verRes[0] || infoRes[0]) throw (verRes?.[0] ?? infoRes?.[0] ?? new Error('no reply'));
+      const remote = Number(verRes[1] ?? 0);
+      const runId = /run_id:(\w+)/.exec(String(infoRes[1]))?.[1];
+      const local = this.mirror.version;
+      if (runId !== this.runId) this.requestResync('master-changed');
+      else if (remote < local) this.requestResync('version-mismatch');
+      else if (remote > local) {
+        // The feed may simply be a moment behind: resync only if it still is at the next check.
+        if (this.pendingRemote !== undefined && local < this.pendingRemote) this.requestResync('version-mismatch');
+        else this.pendingRemote = remote;
+      } else {
+        this.pendingRemote = undefined;
+        if (!this.needResync) this.markSynced();
+      }
+    } catch (err) {
+      this.lastError = err as Error;
+      this.updateConnected();
+      // A command connection that stopped answering is replaced (a silent partition).
+      if ((err as Error).message.includes('timed out') && this.cmd.status === 'ready') this.cmd.disconnect(true);
+    } finally {
+      this.checking = false;
+    }
+  }
+
+  private markSynced(): void {
+    this.lastSync = this.opts.now();
+    this.linkUp = true;
+    this.updateConnected();
+  }
+
+  private isConnected(): boolean {
+    return this.linkUp && this.cmd.status === 'ready' && this.reader.status === 'ready';
+  }
+
+  /** Emits 'connection' (true/false) when staleness().connected flips, and logs the change. */
+  private updateConnected(): void {
+    const now = this.isConnected();
+    if (now === this.wasConnected || this.closing) return;
+    this.wasConnected = now;
+    if (now) this.opts.log?.info({ event: 'directory-connected', redis: this.opts.target }, 'directory: Redis reachable, mirror live');
+    else this.opts.log?.warn({ event: 'directory-disconnected', redis: this.opts.target, err: this.lastError?.message }, 'directory: Redis unreachable, serving the mirror');
+    this.emit('connection', now);
+  }
+
+  private emitChange(c: DirectoryChange): void {
+    try {
+      this.emit('change', c);
+    } catch (err) {
+      // A listener's bug must not stop the feed.
+      this.opts.log?.error({ event: 'directory-listener-error', err }, 'directory change listener threw');
+    }
+  }
+
+  /** Stop tailing, close both connections. Idempotent. Reads keep answering from the mirror. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.stopping.abort();
+      if (this.checkTimer) clearInterval(this.checkTimer);
+      this.reader.disconnect();
+      await this.cmd.quit().catch(() => this.cmd.disconnect());
+      this.cmd.disconnect();
+      await this.loop?.catch(() => {});
+      for (const w of [...this.waiters]) w.resolve();
+      this.removeAllListeners();
+    })();
+    return this.closing;
+  }
+}

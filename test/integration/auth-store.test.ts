@@ -1,0 +1,108 @@
+/**
+ * One conformance suite for every AuthStore (the hono habit: one interface, one suite, all
+ * implementations): MemoryAuthStore, and RedisAuthStore on a real redis-server, where two
+ * instances (two gateway nodes) also race to redeem the same ticket.
+ */
+import t, { type Test } from 'tap';
+import { randomBytes } from 'node:crypto';
+import { MemoryAuthStore, type AuthStore, type TicketRecord } from '../../gateway/auth/store.js';
+import { RedisAuthStore } from '../../gateway/auth/redis-store.js';
+import { DirectoryUnavailableError } from '../../gateway/directory/redis.js';
+import { startRedis } from '../helpers/redis.js';
+
+/** Two handles on one store: the same object for memory, two connections (two nodes) for Redis. */
+type Make = (t: Test) => Promise<[AuthStore, AuthStore]>;
+
+function ticket(overrides: Partial<TicketRecord> = {}): TicketRecord {
+  return { id: randomBytes(16).toString('hex'), user: 'alice', vm: 'desk', protocol: 'spice', expiresAt: Date.now() + 60_000, ...overrides };
+}
+const sid = (): string => randomBytes(9).toString('base64url');
+
+function conformance(name: string, make: Make): void {
+  t.test(`${name}: ticket redemption and session revocation semantics`, async (t) => {
+    const [a, b] = await make(t);
+    const rec = ticket();
+    const first = sid();
+
+    t.same(await a.redeemTicket(rec.id, '10.0.0.1', Date.now(), sid()), { outcome: 'refused', reason: 'unknown' }, 'an unknown ticket');
+    await a.putTicket(rec);
+    t.same(await b.redeemTicket(rec.id, '10.0.0.1', rec.expiresAt - 1, first), { outcome: 'first', record: rec, sessionId: first }, 'first use, one ms before expiry, on any node');
+    t.same(await a.redeemTicket(rec.id, '10.0.0.1', Date.now(), sid()), { outcome: 'again', record: rec, sessionId: first }, 'same address: the same session (a SPICE channel)');
+    t.same(await b.redeemTicket(rec.id, '10.0.0.2', Date.now(), sid()), { outcome: 'refused', reason: 'replay' }, 'another address: a replay');
+    t.same(await a.redeemTicket(rec.id, '10.0.0.1', rec.expiresAt, sid()), { outcome: 'refused', reason: 'expired' }, 'at expiry, even for the bound address');
+    t.same(await a.redeemTicket(rec.id, '10.0.0.1', Date.now(), sid()), { outcome: 'refused', reason: 'unknown' }, 'an expired ticket is dropped');
+
+    const late = ticket();
+    await b.putTicket(late);
+    t.same(await a.redeemTicket(late.id, '10.0.0.3', late.expiresAt + 5_000, sid()), { outcome: 'refused', reason: 'expired' }, 'never used, redeemed late');
+
+    const reissued = ticket();
+    await a.putTicket(reissued);
+    const s1 = sid();
+    t.equal((await a.redeemTicket(reissued.id, '10.0.0.4', Date.now(), s1)).outcome, 'first');
+    await b.putTicket(reissued);
+    const s2 = sid();
+    t.same(await a.redeemTicket(reissued.id, '10.0.0.5', Date.now(), s2), { outcome: 'first', record: reissued, sessionId: s2 }, 'putting a ticket again starts it afresh');
+
+    const session = sid();
+    t.equal(await a.isSessionRevoked(session), false);
+    await a.revokeSession(session, Date.now() + 60_000);
+    t.equal(await b.isSessionRevoked(session), true, 'revoked everywhere');
+    t.equal(await b.isSessionRevoked(sid()), false, 'other sessions are not');
+    const past = sid();
+    await b.revokeSession(past, Date.now() - 1);
+    t.equal(await a.isSessionRevoked(past), false, 'a revocation that already ended is no revocation');
+  });
+
+  t.test(`${name}: racing redemptions of one ticket: exactly one first`, async (t) => {
+    const [a, b] = await make(t);
+    for (let round = 0; round < 50; round++) {
+      const rec = ticket();
+      await a.putTicket(rec);
+      const tries = Array.from({ length: 8 }, (_, i) => (i % 2 ? a : b).redeemTicket(rec.id, `10.1.0.${i}`, Date.now(), `s${round}-${i}`));
+      const results = await Promise.all(tries);
+      const firsts = results.filter((r) => r.outcome === 'first');
+      if (firsts.length !== 1) t.fail(`round ${round}: ${firsts.length} firsts`, { results });
+      if (results.filter((r) => r.outcome === 'refused' && r.reason === 'replay').length !== 7) t.fail(`round ${round}: the others must be replays`, { results });
+      // Same address racing: one first, the rest join its session.
+      const shared = ticket();
+      await b.putTicket(shared);
+      const same = await Promise.all(Array.from({ length: 6 }, (_, i) => (i % 2 ? a : b).redeemTicket(shared.id, '10.2.0.1', Date.now(), `x${round}-${i}`)));
+      const opened = same.filter((r) => r.outcome === 'first');
+      if (opened.length !== 1 || !same.every((r) => r.outcome !== 'refused' && r.sessionId === (opened[0] as { sessionId: string } | undefined)?.sessionId)) {
+        t.fail(`round ${round}: same-address redemptions must share one session`, { same });
+      }
+    }
+    t.pass('50 rounds of 8 racing addresses and 6 racing channels');
+  });
+}
+
+conformance('MemoryAuthStore', async (t) => {
+  const s = new MemoryAuthStore();
+  t.teardown(() => s.close());
+  return [s, s];
+});
+
+const root = t;
+let redisUrl: Promise<string> | undefined;
+conformance('RedisAuthStore', async (t) => {
+  // One redis-server for the file, started by the first test that needs it.
+  redisUrl ??= startRedis(root).then((r) => r.url);
+  const url = await redisUrl;
+  const prefix = `auth-${randomBytes(4).toString('hex')}:`;
+  const a = await RedisAuthStore.open({ redis: url, prefix });
+  t.teardown(() => a.close());
+  const b = await RedisAuthStore.open({ redis: url, prefix });
+  t.teardown(() => b.close());
+  return [a, b];
+});
+
+t.test('RedisAuthStore: Redis gone means a clear error, not a silent refusal', async (t) => {
+  const redis = await startRedis(t);
+  const s = await RedisAuthStore.open({ redis: redis.url });
+  t.teardown(() => s.close());
+  await redis.kill();
+  await t.rejects(s.redeemTicket('00', '10.0.0.1', Date.now(), sid()), DirectoryUnavailableError);
+  await t.rejects(s.isSessionRevoked('x'), DirectoryUnavailableError);
+  await t.rejects(RedisAuthStore.open({ redis: redis.url }), DirectoryUnavailableError);
+});

@@ -1,0 +1,337 @@
+/**
+ * RedisDirectory against a real redis-server: mirrors converge, reads never touch Redis, Redis
+ * killed / restarted empty / silent, a gap and a trimmed change feed, the periodic safety net.
+ * Every wait is on an event ('change', 'resync', 'connection'), never on time.
+ */
+import t, { type Test } from 'tap';
+import { RedisDirectory, DirectoryUnavailableError, type RedisDirectoryOptions, type ResyncEvent } from '../../gateway/directory/redis.js';
+import { toVmRecord, vmSchema, type DirectoryChange, type UserRecord, type VmRecord } from '../../gateway/directory/directory.js';
+import { startRedis, startFaultProxy, redisClient, nextEvent } from '../helpers/redis.js';
+
+function vm(name: string, node = 'n1', port = 5901): VmRecord {
+  return toVmRecord(vmSchema.parse({ name, node, endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port }], users: ['alice'] }));
+}
+function user(name: string, groups: string[] = []): UserRecord {
+  return { name, passwordHash: 'scrypt$test', roles: ['user'], groups, sessionsNotBefore: 0 };
+}
+
+let prefixes = 0;
+/** Key prefixes of their own, so directories (and tests) can share a server. */
+function newPrefix(): string {
+  return `test${process.pid}-${++prefixes}:{dir}:`;
+}
+
+/** A RedisDirectory, closed at teardown. */
+async function openDir(t: Test, redis: string, prefix: string, opts: Partial<RedisDirectoryOptions> = {}): Promise<RedisDirectory> {
+  const dir = await RedisDirectory.open({ redis, prefix, ...opts });
+  t.teardown(() => dir.close());
+  return dir;
+}
+
+/** Resolves once `dir` has applied version `v` (its 'change' and 'resync' events). */
+function reach(dir: RedisDirectory, v: number, timeoutMs = 10_000): Promise<void> {
+  if (dir.version() >= v) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const check = (): void => {
+      if (dir.version() < v) return;
+      done();
+      resolve();
+    };
+    const done = (): void => {
+      clearTimeout(timer);
+      dir.removeListener('change', check);
+      dir.removeListener('resync', check);
+    };
+    const timer = setTimeout(() => {
+      done();
+      reject(new Error(`version ${v} not reached within ${timeoutMs} ms (at ${dir.version()})`));
+    }, timeoutMs);
+    dir.on('change', check);
+    dir.on('resync', check);
+  });
+}
+
+/** What a mirror holds, comparable with t.same. */
+function contents(dir: RedisDirectory): unknown {
+  const byName = (a: { name: string }, b: { name: string }) => a.name.localeCompare(b.name);
+  return { users: [...dir.listUsers()].sort(byName), vms: [...dir.listVms()].sort(byName), keys: dir.keys(), version: dir.version() };
+}
+
+t.test('writes on one instance reach another instance on the same Redis, in order, with equal versions', async (t) => {
+  const redis = await startRedis(t);
+  const prefix = newPrefix();
+  const a = await openDir(t, redis.url, prefix);
+  const b = await openDir(t, redis.url, prefix);
+  t.equal(a.version(), 1, 'the first instance published a key ring (version 1)');
+  t.same(b.keys(), a.keys(), 'both use the same signing keys');
+  const seen: DirectoryChange[] = [];
+  b.on('change', (c: DirectoryChange) => seen.push(c));
+
+  await a.putUser(user('alice', ['lab']));
+  t.equal(a.getUser('alice')?.name, 'alice', 'the writer reads its own write when the call resolves');
+  await a.putVm(vm('desk1'));
+  await a.putVm(vm('desk2', 'n2', 5902));
+  await a.putVm({ ...vm('desk1'), node: 'n3', epoch: 1 });
+  t.equal(await a.deleteVm('desk2'), true);
+  t.equal(await a.deleteVm('nope'), false, 'deleting nothing is no change');
+  t.equal(await a.deleteUser('nobody'), false);
+  const before = a.keys();
+  await a.rotateKeys();
+  t.equal(a.keys().current.id, before.current.id + 1);
+  t.same(a.keys().previous, [before.current], 'the previous key stays valid');
+  t.equal(a.version(), 7);
+
+  await reach(b, a.version());
+  t.same(contents(b), contents(a), 'same records, keys and version');
+  t.same(
+    seen.map((c) => [c.kind, 'name' in c ? c.name : '', c.version]),
+    [
+      ['user', 'alice', 2],
+      ['vm', 'desk1', 3],
+      ['vm', 'desk2', 4],
+      ['vm', 'desk1', 5],
+      ['vm', 'desk2', 6],
+      ['keys', '', 7],
+    ],
+    "one 'change' per write, in version order",
+  );
+  t.equal(b.getVm('desk1')?.node, 'n3');
+  t.ok(Object.isFrozen(b.getVm('desk1')), 'records are immutable');
+
+  // Writes from both sides interleave into one order.
+  await Promise.all([a.putUser(user('bob')), b.putUser(user('carol')), a.putVm(vm('desk3')), b.deleteUser('alice')]);
+  await reach(a, 11);
+  await reach(b, 11);
+  t.same(contents(b), contents(a));
+  t.same(b.listUsers().map((u) => u.name).sort(), ['bob', 'carol']);
+
+  // Two nodes rotating at once: compare-and-set makes it two rotations, none lost.
+  const ring = a.keys();
+  await Promise.all([a.rotateKeys(), b.rotateKeys()]);
+  await reach(a, 13);
+  await reach(b, 13);
+  t.equal(a.keys().current.id, ring.current.id + 2);
+  t.equal(a.keys().previous[0]?.id, ring.current.id + 1, 'the previous key is the one rotated in just before');
+  t.same(b.keys(), a.keys());
+
+  // Another prefix on the same server is another directory.
+  const other = await openDir(t, redis.url, newPrefix());
+  t.equal(other.listVms().length, 0);
+  t.not(other.keys().current.secret, a.keys().current.secret);
+  t.equal(a.staleness().connected, true);
+  t.ok(a.staleness().ageMs < 10_000);
+});
+
+t.test('lookups are served by the mirror: no Redis command per read', async (t) => {
+  const redis = await startRedis(t);
+  const prefix = newPrefix();
+  // Long block and check periods: the only commands left would be the reads' own.
+  const a = await openDir(t, redis.url, prefix, { blockMs: 60_000, checkIntervalMs: 600_000 });
+  await a.putUser(user('alice'));
+  await a.putVm(vm('desk1'));
+  const direct = redisClient(t, redis.url);
+  const stats = async (): Promise<number> => {
+    const info = await direct.info('commandstats');
+    // Every command but the ones this probe itself sends (INFO) and the feed's idle XREAD.
+    return [...info.matchAll(/^cmdstat_(\w+):calls=(\d+)/gm)].filter(([, c]) => c !== 'info' && c !== 'xread').reduce((n, m) => n + Number(m[2]), 0);
+  };
+  const before = await stats();
+  for (let i = 0; i < 10_000; i++) {
+    if (!a.getVm('desk1') || !a.getUser('alice') || a.getVm('nope') || a.listVms().length !== 1 || !a.keys().current) t.fail('lookup failed');
+  }
+  t.equal(await stats(), before, '10000 lookups, 0 Redis commands');
+});
+
+t.test('Redis killed: reads go on from the mirror, writes fail fast; restarted empty: the mirror is written back', async (t) => {
+  const redis = await startRedis(t);
+  const prefix = newPrefix();
+  const a = await openDir(t, redis.url, prefix);
+  const b = await openDir(t, redis.url, prefix);
+  await a.putUser(user('alice'));
+  await a.putVm(vm('desk1'));
+  await reach(b, a.version());
+  const version = a.version();
+  const keys = a.keys();
+
+  const downA = nextEvent(a, 'connection', (up) => up === false);
+  const downB = nextEvent(b, 'connection', (up) => up === false);
+  await redis.kill();
+  await Promise.all([downA, downB]);
+  t.equal(a.staleness().connected, false, 'staleness says disconnected');
+  t.ok(a.staleness().lastSyncAt > 0 && a.staleness().lastSyncAt <= Date.now());
+  // Reads are synchronous calls on the mirror: with Redis gone they still answer.
+  t.equal(a.getVm('desk1')?.endpoints[0]?.port, 5901);
+  t.equal(b.getUser('alice')?.name, 'alice');
+  t.equal(b.listVms().length, 1);
+  t.same(b.keys(), keys);
+  const started = Date.now();
+  const err = await a.putVm(vm('desk2')).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  t.type(err, DirectoryUnavailableError, 'a write rejects with DirectoryUnavailableError');
+  t.equal((err as DirectoryUnavailableError).code, 'ONEPORT_ERR_DIRECTORY_UNAVAILABLE');
+  t.match((err as Error).message, /unreachable/);
+  t.ok(Date.now() - started < 1_000, `rejected fast (${Date.now() - started} ms)`);
+  t.equal(a.getVm('desk2'), undefined, 'nothing half-applied');
+
+  const oldRunId = a.redisRunId;
+  const resyncA = nextEvent<ResyncEvent>(a, 'resync');
+  const resyncB = nextEvent<ResyncEvent>(b, 'resync');
+  await redis.restart();
+  const [ra, rb] = await Promise.all([resyncA, resyncB]);
+  t.equal(ra.reason, 'master-changed', 'a restarted Redis is a new master (run_id changed)');
+  t.equal(rb.reason, 'master-changed');
+  t.not(a.redisRunId, oldRunId);
+  t.equal([ra.reseeded, rb.reseeded].filter(Boolean).length, 1, 'exactly one gateway wrote its mirror back');
+  await reach(a, version);
+  await reach(b, version);
+  t.equal(a.version(), version, 'the version carries on from the mirror');
+  t.same(contents(b), contents(a));
+  t.same(a.keys(), keys, 'signing keys survive, so tickets and sessions stay valid');
+  t.equal(b.getVm('desk1')?.name, 'desk1', 'routes survive');
+  t.equal(a.staleness().connected, true);
+
+  const seen = nextEvent<DirectoryChange>(b, 'change', (c) => c.kind === 'vm' && c.name === 'desk2');
+  await a.putVm(vm('desk2'));
+  t.equal((await seen).version, version + 1, 'a write after the restart reaches the other mirror');
+  const direct = redisClient(t, redis.url);
+  t.equal(Number(await direct.hlen(`${prefix}vms`)), 2, 'Redis holds the directory again');
+});
+
+t.test('with reseed off, mirrors follow a Redis that came back empty, and see it re-populated', async (t) => {
+  const redis = await startRedis(t);
+  const prefix = newPrefix();
+  const a = await openDir(t, redis.url, prefix, { reseed: false });
+  const b = await openDir(t, redis.url, prefix, { reseed: false });
+  await a.putVm(vm('desk1'));
+  await reach(b, a.version());
+  const keys = a.keys();
+  const gone = nextEvent<DirectoryChange>(b, 'change', (c) => c.kind === 'vm' && c.name === 'desk1');
+  const resyncA = nextEvent<ResyncEvent>(a, 'resync');
+  const resyncB = nextEvent<ResyncEvent>(b, 'resync');
+  await redis.kill();
+  await redis.restart();
+  const [, r] = await Promise.all([resyncA, resyncB]);
+  t.equal(r.reason, 'master-changed');
+  t.equal(r.reseeded, false);
+  await gone;
+  t.equal(b.getVm('desk1'), undefined, 'the mirror follows Redis');
+  t.same(b.keys(), keys, 'the key ring is published again from the mirror');
+
+  const seen = nextEvent<DirectoryChange>(b, 'change', (c) => c.kind === 'vm' && c.name === 'desk9');
+  await a.putVm(vm('desk9'));
+  await seen;
+  await reach(b, a.version());
+  t.same(contents(b), contents(a), 'a writer re-populating Redis is seen by the other mirror');
+});
+
+t.test('a gap in the change feed (an entry written behind the scripts) forces a resync', async (t) => {
+  const redis = await startRedis(t);
+  const prefix = newPrefix();
+  const a = await openDir(t, redis.url, prefix);
+  await a.putVm(vm('desk1'));
+  const direct = redisClient(t, redis.url);
+  const v = a.version();
+  const resync = nextEvent<ResyncEvent>(a, 'resync');
+  await direct.xadd(`${prefix}changes`, '*', 'v', String(v + 2), 'k', 'vm', 'n', 'ghost', 'd', JSON.stringify(vm('ghost')));
+  const r = await resync;
+  t.equal(r.reason, 'gap');
+  t.equal(a.version(), v, 'the version is what Redis says, not what the stray entry claimed');
+  t.equal(a.getVm('ghost'), undefined, 'the stray entry was not applied');
+  // The feed goes on after the stray entry.
+  await a.putVm(vm('desk2'));
+  t.equal(a.getVm('desk2')?.name, 'desk2');
+  t.equal(a.version(), v + 1);
+
+  // A malformed entry is not guessed at either.
+  const again = nextEvent<ResyncEvent>(a, 'resync');
+  await direct.xadd(`${prefix}changes`, '*', 'garbage', '1');
+  t.equal((await again).reason, 'invalid-entry');
+});
+
+t.test('a mirror cut off while the feed is trimmed past its position resyncs to the right state', async (t) => {
+  const redis = await startRedis(t);
+  const proxy = await startFaultProxy(t, redis.port);
+  const prefix = newPrefix();
+  const a = await openDir(t, redis.url, prefix, { changesMaxLen: 10 });
+  // B reaches Redis through the proxy; long block and check periods keep the other paths out.
+  const b = await openDir(t, proxy.url, prefix, { blockMs: 10_000, checkIntervalMs: 600_000 });
+  await a.putVm(vm('keep'));
+  await a.putVm(vm('gone'));
+  await reach(b, a.version());
+
+  proxy.hang();
+  for (let i = 0; i < 300; i++) await a.putUser(user(`u${i}`));
+  await a.deleteVm('gone');
+  await a.putVm({ ...vm('keep'), node: 'n2' });
+  const direct = redisClient(t, redis.url);
+  const len = Number(await direct.xlen(`${prefix}changes`));
+  t.ok(len < 300, `the feed was trimmed (${len} entries left)`);
+
+  const resync = nextEvent<ResyncEvent>(b, 'resync');
+  proxy.heal();
+  const r = await resync;
+  t.equal(r.reason, 'trimmed', 'the missing entries were trimmed away');
+  await reach(b, a.version());
+  t.same(contents(b), contents(a), 'same final state as the writer');
+  t.equal(b.getVm('gone'), undefined);
+  t.equal(b.getVm('keep')?.node, 'n2');
+  t.equal(b.listUsers().length, 300);
+});
+
+t.test('the periodic check catches a version bumped behind the feed', async (t) => {
+  const redis = await startRedis(t);
+  const prefix = newPrefix();
+  const a = await openDir(t, redis.url, prefix, { checkIntervalMs: 50 });
+  await a.putVm(vm('desk1'));
+  const direct = redisClient(t, redis.url);
+  // A change the feed never announces: a record and the version, written directly.
+  await direct.hset(`${prefix}vms`, 'sneaky', JSON.stringify(vm('sneaky')));
+  await direct.incr(`${prefix}version`);
+  const r = await nextEvent<ResyncEvent>(a, 'resync');
+  t.equal(r.reason, 'version-mismatch');
+  t.equal(a.getVm('sneaky')?.name, 'sneaky', 'the resync loaded what the feed missed');
+  t.equal(a.version(), Number(await direct.get(`${prefix}version`)));
+});
+
+t.test('a silent Redis (partition, no reset): writes time out with a clear error, reads go on, the mirror recovers', async (t) => {
+  const redis = await startRedis(t);
+  const proxy = await startFaultProxy(t, redis.port);
+  const prefix = newPrefix();
+  const a = await openDir(t, redis.url, prefix);
+  const b = await openDir(t, proxy.url, prefix, { blockMs: 200, commandTimeoutMs: 300, checkIntervalMs: 100 });
+  await a.putVm(vm('desk1'));
+  await reach(b, a.version());
+
+  const down = nextEvent(b, 'connection', (up) => up === false);
+  proxy.hang();
+  const started = Date.now();
+  const err = await b.putVm(vm('desk2')).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  t.type(err, DirectoryUnavailableError);
+  t.ok(Date.now() - started < 2_000, `the write gave up after the command timeout (${Date.now() - started} ms)`);
+  await down;
+  t.equal(b.getVm('desk1')?.name, 'desk1', 'reads go on');
+
+  await a.putVm(vm('desk3'));
+  const up = nextEvent(b, 'connection', (c) => c === true, 15_000);
+  proxy.heal();
+  await up;
+  await reach(b, a.version());
+  t.same(contents(b), contents(a), 'converged after the partition healed');
+});
+
+t.test('open() rejects with a clear error when Redis cannot be reached', async (t) => {
+  const redis = await startRedis(t);
+  const port = redis.port;
+  await redis.stop();
+  const err = await RedisDirectory.open({ redis: `redis://127.0.0.1:${port}` }).then(
+    (d) => d.close(),
+    (e: unknown) => e,
+  );
+  t.type(err, DirectoryUnavailableError);
+  t.match((err as Error).message, new RegExp(`cannot reach Redis at redis://127\\.0\\.0\\.1:${port}`));
+});
