@@ -340,10 +340,6 @@ class Connection {
   private stage: Stage = 'version';
   private minor: 3 | 7 | 8 = 8;
   private format: PixelFormat = SERVER_FORMAT;
-  /** Kept for completeness; only Raw is ever sent, and every client must accept Raw. */
-  private encodings: readonly number[] = [];
-  /** The last incremental request. Nothing ever changes, so it stays unanswered. */
-  private pendingIncremental: Rect | undefined;
   /** Bytes of a ClientCutText still to skip; skipped as they arrive, never buffered. */
   private cutTextLeft = 0;
   private deadline: NodeJS.Timeout | undefined;
@@ -516,22 +512,18 @@ class Connection {
         const h = this.input.peek(4);
         if (!h) return false;
         const count = h.readUInt16BE(2);
-        const b = this.input.peek(4 + 4 * count);
-        if (!b) return false;
-        const list: number[] = [];
-        for (let i = 0; i < count; i++) list.push(b.readInt32BE(4 + 4 * i));
+        // Only Raw is ever sent, and every client must accept Raw: the list is read and dropped.
+        if (!this.input.peek(4 + 4 * count)) return false;
         this.input.skip(4 + 4 * count);
-        this.encodings = list;
         return true;
       }
       case FRAMEBUFFER_UPDATE_REQUEST: {
         const b = this.input.peek(10);
         if (!b) return false;
         const rect = { x: b.readUInt16BE(2), y: b.readUInt16BE(4), w: b.readUInt16BE(6), h: b.readUInt16BE(8) };
-        const incremental = b[1] !== 0;
         this.input.skip(10);
-        if (incremental) this.pendingIncremental = rect;
-        else this.sendUpdate(rect);
+        // Nothing on this desktop ever changes, so incremental requests stay unanswered.
+        if (b[1] === 0) this.sendUpdate(rect);
         return true;
       }
       case KEY_EVENT:

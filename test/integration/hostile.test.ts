@@ -207,7 +207,6 @@ t.test('a console that never answers the TCP handshake: 502 after tunnel.dialTim
 
 t.test('a client that vanishes mid-stream: the gateway closes the console leg and forgets the tunnel', async (t) => {
   const gw = await startTestGateway(t);
-  // A console that streams as fast as the tunnel takes it, forever.
   const streamer = await startStreamer(t);
   await gw.addUser('alice', 'alice-password-1');
   await gw.addVm('desk', [{ protocol: 'vnc', host: '127.0.0.1', port: streamer.port }], ['alice']);
