@@ -19,6 +19,9 @@ interface GlobalOpts {
   listen?: string;
   demo?: boolean;
   logLevel?: string;
+  redis?: string;
+  nodeId?: string;
+  advertise?: string;
 }
 
 const program = new Command();
@@ -35,6 +38,15 @@ function config(extra: Partial<GlobalOpts> = {}): Config {
   const overrides: Record<string, unknown> = { state: g.state, listen: g.listen };
   if (g.demo === false) overrides.demo = { enabled: false };
   if (g.logLevel) overrides.log = { level: g.logLevel };
+  if (g.nodeId) overrides.nodeId = g.nodeId;
+  if (g.redis !== undefined || g.advertise !== undefined) {
+    const file = loadConfig({ configFile: g.config, overrides: { state: g.state } });
+    overrides.cluster = {
+      ...file.cluster,
+      ...(g.redis !== undefined ? { redis: g.redis } : {}),
+      ...(g.advertise !== undefined ? { advertise: g.advertise } : {}),
+    };
+  }
   return loadConfig({ configFile: g.config, overrides });
 }
 
@@ -44,6 +56,9 @@ program
   .option('-l, --listen <host:port>', 'address of the one port (default 0.0.0.0:8443)')
   .option('--no-demo', 'do not start the built-in demo desktop')
   .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent')
+  .option('--redis <url>', 'join the cluster whose directory is in this Redis (redis:// or rediss://; env ONEPORT_REDIS)')
+  .option('--node-id <id>', 'this node\'s id in the cluster (env ONEPORT_NODE_ID; default the host name)')
+  .option('--advertise <host:port>', 'where the other nodes reach this node\'s port (default: the bound address)')
   .action(async (opts: GlobalOpts) => {
     const cfg = config(opts);
     const gw = await startGateway(cfg);

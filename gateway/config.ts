@@ -122,6 +122,69 @@ export const configSchema = z
         enabled: z.boolean().default(true),
       })
       .prefault({}),
+    cluster: z
+      .object({
+        /**
+         * Redis holding the shared directory: a redis:// or rediss:// URL, or Sentinel. Unset: a
+         * single node with the embedded directory. @default none
+         */
+        redis: z
+          .union([
+            z.string().regex(/^rediss?:\/\//, { message: 'a redis:// or rediss:// URL' }),
+            z
+              .object({
+                sentinels: z.array(z.object({ host: z.string().min(1), port: z.number().int().min(1).max(65535) })).min(1),
+                /** The Sentinel master group. */
+                name: z.string().min(1),
+                username: z.string().optional(),
+                password: z.string().optional(),
+                sentinelPassword: z.string().optional(),
+                db: z.number().int().nonnegative().optional(),
+                /** TLS to Redis (and to the sentinels). @default false */
+                tls: z.boolean().default(false),
+              })
+              .strict(),
+          ])
+          .optional(),
+        /** Prefix of every Redis key, so several clusters can share one Redis. @default 'oneport:{dir}:' */
+        prefix: z.string().min(1).max(64).default('oneport:{dir}:'),
+        /** host:port where the other nodes reach this node's one port. @default the bound address (0.0.0.0 becomes the first server name) */
+        advertise: listenSchema.optional(),
+        /** Leader lease in Redis; a dead leader is replaced within about this. @default 1200 ms */
+        leaseMs: z.number().int().min(300).default(1200),
+        /** The leader renews its lease this often (at most a third of leaseMs). @default 250 ms */
+        renewMs: z.number().int().min(20).default(250),
+        /** Followers try to take an expired lease this often. @default 150 ms */
+        pollMs: z.number().int().min(20).default(150),
+        /** Node heartbeat period. @default 500 ms */
+        heartbeatMs: z.number().int().min(50).default(500),
+        /** A node with no heartbeat for this long is suspected dead (then confirmed by others). @default 1500 ms */
+        nodeTimeoutMs: z.number().int().min(150).default(1500),
+        /**
+         * How a node reaches a console owned by another node: through the owner's one port
+         * (mutual TLS, node certificates), or by dialling the console address itself.
+         * @default 'via-owner'
+         */
+        consoleDial: z.enum(['via-owner', 'direct']).default('via-owner'),
+        /** Most tunnels this node takes; advertised to the cluster. @default limits.maxConnections */
+        capacity: positive.optional(),
+        /**
+         * Run on the new owner when a VM fails over to it (where a deployment starts the VM):
+         * a command (argv; the VM name and epoch are appended, and set as ONEPORT_VM,
+         * ONEPORT_EPOCH, ONEPORT_NODE) or an http(s) URL that gets a JSON POST. @default none
+         */
+        failoverHook: z
+          .union([z.object({ command: z.array(z.string()).min(1) }).strict(), z.object({ url: z.string().url() }).strict()])
+          .optional(),
+        /** The hook must finish within this. @default 60 s */
+        hookTimeoutMs: positive.default(60 * SECOND),
+        /** The new owner checks a recovering VM's console this often until it answers. @default 500 ms */
+        recoveryProbeMs: positive.default(500),
+      })
+      .strict()
+      .refine((c) => c.renewMs * 3 <= c.leaseMs, { message: 'renewMs must be at most a third of leaseMs' })
+      .refine((c) => c.heartbeatMs * 2 <= c.nodeTimeoutMs, { message: 'nodeTimeoutMs must be at least twice heartbeatMs' })
+      .prefault({}),
     log: z
       .object({
         level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -186,6 +249,8 @@ export function loadConfig(opts: LoadOptions = {}): Config {
   const fromEnv: Record<string, unknown> = {};
   if (env.ONEPORT_STATE) fromEnv.state = env.ONEPORT_STATE;
   if (env.ONEPORT_LISTEN) fromEnv.listen = env.ONEPORT_LISTEN;
+  if (env.ONEPORT_NODE_ID) fromEnv.nodeId = env.ONEPORT_NODE_ID;
+  if (env.ONEPORT_REDIS) fromEnv.cluster = { ...(fromFile.cluster as object), redis: env.ONEPORT_REDIS };
   if (env.ONEPORT_LOG_LEVEL) fromEnv.log = { ...(fromFile.log as object), level: env.ONEPORT_LOG_LEVEL };
   const merged = { ...fromFile, ...fromEnv };
   for (const [k, v] of Object.entries(opts.overrides ?? {})) {

@@ -9,6 +9,7 @@ import type { AuthStore } from './auth/store.js';
 import type { Metrics } from './metrics.js';
 import type { Logger, RateLimitedLog } from './log.js';
 import type { TunnelRegistry } from './tunnel/registry.js';
+import type { Cluster } from './cluster/cluster.js';
 
 export interface GatewayContext {
   readonly config: Config;
@@ -23,4 +24,8 @@ export interface GatewayContext {
   readonly lifecycle: { listening: boolean; shuttingDown: boolean };
   /** The gateway's own origins (scheme://host:port) for the WebSocket Origin check. */
   readonly ownOrigins: () => readonly string[];
+  /** Set when the node runs in a cluster (config.cluster.redis). */
+  readonly cluster: Cluster | undefined;
+  /** How fresh the directory is: always fresh for the embedded one; the mirror's age in a cluster. */
+  readonly directoryState: () => { readonly connected: boolean; readonly ageMs: number };
 }

@@ -38,6 +38,9 @@ export const ERRORS = {
   ONEPORT_ERR_VM_RECOVERING: { status: 503, wsClose: 4503, message: 'the VM is being recovered or migrated; try again shortly' },
   ONEPORT_ERR_VM_DOWN: { status: 503, wsClose: 4503, message: 'the VM is down' },
   ONEPORT_ERR_SHUTTING_DOWN: { status: 503, wsClose: 1001, message: 'the gateway is shutting down' },
+  ONEPORT_ERR_DIRECTORY_UNAVAILABLE: { status: 503, wsClose: 1013, message: 'the directory (Redis) cannot be reached; nothing was changed, or the change is not confirmed' },
+  ONEPORT_ERR_NOT_LEADER: { status: 503, wsClose: 1013, message: 'the cluster is electing a leader; try again shortly' },
+  ONEPORT_ERR_CONFLICT: { status: 409, wsClose: 1008, message: 'the record changed meanwhile; read it again and retry' },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERRORS;

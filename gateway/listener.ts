@@ -28,6 +28,8 @@ export interface ListenerHandlers {
   /** A clear-text HTTP connection, first bytes replayed. */
   readonly onHttp: (socket: net.Socket) => void;
   readonly secureContext: (servername: string | undefined) => tls.SecureContext;
+  /** Ask TLS clients for a certificate (verified against the secure context's CA, never required). */
+  readonly requestClientCert?: boolean;
 }
 
 type Candidate = { route: Route | 'proxy'; detector: Detector<unknown> };
@@ -210,7 +212,8 @@ export class Listener {
       secureContext: this.handlers.secureContext(undefined),
       SNICallback: (servername, cb) => cb(null, this.handlers.secureContext(servername)),
       ALPNProtocols: ['http/1.1'],
-      requestCert: false,
+      requestCert: this.handlers.requestClientCert ?? false,
+      rejectUnauthorized: false,
     });
     let secured = false;
     tlsSocket.on('error', () => {

@@ -69,6 +69,62 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly directoryVersion = new Gauge({
+    name: 'oneport_directory_version',
+    help: 'Version of the directory this node serves from (its mirror in a cluster)',
+    registers: [this.registry],
+  });
+  readonly directoryAge = new Gauge({
+    name: 'oneport_directory_mirror_age_seconds',
+    help: 'Seconds since the mirror was last known equal to Redis (0 for the embedded directory)',
+    registers: [this.registry],
+  });
+  readonly directoryConnected = new Gauge({
+    name: 'oneport_directory_connected',
+    help: '1 while the directory is reachable and the mirror is fed live',
+    registers: [this.registry],
+  });
+  readonly clusterLeader = new Gauge({
+    name: 'oneport_cluster_leader',
+    help: '1 while this node leads the cluster',
+    registers: [this.registry],
+  });
+  readonly clusterEpoch = new Gauge({
+    name: 'oneport_cluster_epoch',
+    help: 'Fencing epoch of the current leader as this node knows it',
+    registers: [this.registry],
+  });
+  readonly clusterNodes = new Gauge({
+    name: 'oneport_cluster_nodes',
+    help: 'Nodes known to the cluster by state (up, suspect, down, left)',
+    labelNames: ['state'] as const,
+    registers: [this.registry],
+  });
+  readonly failovers = new Counter({
+    name: 'oneport_node_failovers_total',
+    help: 'Node failovers run by this node as leader, by result',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+  readonly failoverVms = new Counter({
+    name: 'oneport_failover_vms_total',
+    help: 'VMs handed over by failovers this node ran: promoted to their replica, or down',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+  readonly failoverSeconds = new Histogram({
+    name: 'oneport_node_failover_seconds',
+    help: 'Time from confirming a node failed to all its VMs handed over',
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [this.registry],
+  });
+  readonly hooks = new Counter({
+    name: 'oneport_failover_hooks_total',
+    help: 'Failover hooks run on this node, by result',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     if (opts.defaultMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'oneport_' });
   }

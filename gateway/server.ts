@@ -20,7 +20,12 @@ import { TunnelRegistry } from './tunnel/registry.js';
 import { Listener } from './listener.js';
 import { createClearHttpServer, createTlsHttpServer } from './http/servers.js';
 import { Portal } from './http/portal.js';
-import { ensureState } from './state.js';
+import { ensureNodeCert, ensureState } from './state.js';
+import { RedisDirectory, createConnection } from './directory/redis.js';
+import { RedisAuthStore } from './auth/redis-store.js';
+import { Cluster } from './cluster/cluster.js';
+import { NODE_SERVERNAME, type NodeIdentity } from './cluster/peers.js';
+import type { RedisOptions } from 'ioredis';
 import { certificateMatchesName } from '../certs/ca.js';
 import { startRfbServer, type RfbServer } from './demo/rfb.js';
 import { ControlServer } from './control.js';
@@ -60,10 +65,43 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   const state = ensureState(config.state, config.serverNames);
   for (const what of state.created) log.info({ event: 'state-created', state: config.state }, `created ${what}`);
 
-  const dir = opts.directory ?? new MemoryDirectory(state.paths.directory);
-  if (dir instanceof MemoryDirectory) await dir.flush();
-  const store = opts.store ?? new MemoryAuthStore();
   const metrics = new Metrics({ defaultMetrics: true });
+  let cluster: Cluster | undefined;
+  let nodeIdentity: NodeIdentity | undefined;
+  let dir: Directory;
+  let store: AuthStore;
+  const redisTarget = config.cluster.redis;
+  if (redisTarget !== undefined && !opts.directory) {
+    const redis = redisOptions(redisTarget);
+    const identity = { nodeId: config.nodeId, ca: state.ca.cert, cert: ensureNodeCert(state, config.nodeId, config.serverNames) };
+    nodeIdentity = identity;
+    const conn = createConnection(redis, { connectionName: 'oneport-cluster', commandTimeout: 1000, connectTimeout: 2000 });
+    conn.on('error', () => undefined);
+    try {
+      await conn.connect();
+    } catch (err) {
+      conn.disconnect();
+      throw new Error(`cluster: cannot reach Redis: ${(err as Error).message}`, { cause: err });
+    }
+    cluster = new Cluster({ config, redis: conn, identity, log, metrics, epochFile: state.paths.epoch });
+    const redisDir = await RedisDirectory.open({ redis, prefix: config.cluster.prefix, log, fence: cluster.fence() }).catch((err: unknown) => {
+      conn.disconnect();
+      throw err;
+    });
+    dir = redisDir;
+    store = opts.store ?? (await RedisAuthStore.open({ redis, prefix: `${config.cluster.prefix}auth:` }));
+  } else {
+    dir = opts.directory ?? new MemoryDirectory(state.paths.directory);
+    if (dir instanceof MemoryDirectory) await dir.flush();
+    store = opts.store ?? new MemoryAuthStore();
+  }
+  const directoryState = (): { connected: boolean; ageMs: number } => {
+    if (dir instanceof RedisDirectory) {
+      const st = dir.staleness();
+      return { connected: st.connected, ageMs: st.connected ? 0 : st.ageMs };
+    }
+    return { connected: true, ageMs: 0 };
+  };
   const auth = new Authenticator(dir, store, { ...config.auth, ...config.limits }, metrics);
   const tunnels = new TunnelRegistry();
   const lifecycle = { listening: false, shuttingDown: false };
@@ -79,9 +117,11 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     tunnels,
     lifecycle,
     ownOrigins: () => ownOrigins,
+    cluster,
+    directoryState,
   };
 
-  const contexts = buildSecureContexts(config, state.server);
+  const contexts = buildSecureContexts(config, state.server, nodeIdentity);
   const tlsHttp = createTlsHttpServer(ctx, new Portal(WEB_ROOT));
   const clearHttp = createClearHttpServer(ctx);
   const listener = new Listener(ctx, {
@@ -93,17 +133,32 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       s.resume();
     },
     secureContext: contexts,
+    // Nodes present their node certificates on the same port (cluster only).
+    requestClientCert: cluster !== undefined,
   });
 
   let demo: RfbServer | undefined;
   let demoPassword: string | undefined;
+  const announce = (password: string | undefined): void => {
+    if (password === undefined) return;
+    (opts.announce ?? ((t) => process.stderr.write(t)))(
+      `\n  oneport demo desktop ready: user "demo", password "${password}" (shown once; change it with \`oneport user add demo --password ...\`)\n\n`,
+    );
+  };
   if (config.demo.enabled) {
     demo = await startRfbServer({ host: '127.0.0.1', port: 0 });
-    demoPassword = await ensureDemo(dir, config.nodeId, demo.port);
-    if (demoPassword !== undefined) {
-      (opts.announce ?? ((t) => process.stderr.write(t)))(
-        `\n  oneport demo desktop ready: user "demo", password "${demoPassword}" (shown once; change it with \`oneport user add demo --password ...\`)\n\n`,
-      );
+    if (cluster) {
+      // In a cluster only the leader writes; the first leader with a demo desktop creates it.
+      const port = demo.port;
+      cluster.lease.on('elected', () => {
+        if (dir.getVm('demo') && dir.getUser('demo')) return;
+        ensureDemo(dir, config.nodeId, port, { onlyIfAbsent: true }).then(announce, (err: unknown) =>
+          log.warn({ event: 'demo', err: (err as Error).message }, 'could not create the demo desktop'),
+        );
+      });
+    } else {
+      demoPassword = await ensureDemo(dir, config.nodeId, demo.port);
+      announce(demoPassword);
     }
   }
 
@@ -114,12 +169,29 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   ownOrigins = config.serverNames.map((n) => `https://${n.includes(':') ? `[${n}]` : n}:${address.port}`);
   if (address.port === 443) ownOrigins.push(...config.serverNames.map((n) => `https://${n}`));
 
+  if (cluster) {
+    const advertise = config.cluster.advertise ?? `${address.address === '0.0.0.0' || address.address === '::' ? config.serverNames[0] : address.address}:${address.port}`;
+    const advertised = advertise.includes(':') && !advertise.startsWith('[') && advertise.split(':').length > 2 ? `[${advertise.slice(0, advertise.lastIndexOf(':'))}]${advertise.slice(advertise.lastIndexOf(':'))}` : advertise;
+    await cluster.start({
+      dir,
+      address: advertised,
+      tunnels: () => tunnels.size,
+      mirror: () => {
+        const st = directoryState();
+        return { version: dir.version(), ageMs: st.ageMs, connected: st.connected };
+      },
+    });
+  }
+
   let control: ControlServer | undefined;
   if (opts.controlSocket ?? true) {
     control = new ControlServer(ctx, state.paths.controlSocket);
     await control.listen();
   }
-  log.info({ event: 'listening', address: address.address, port: address.port, directory: dir.kind }, `oneport listening on ${displayHost}:${address.port}`);
+  log.info(
+    { event: 'listening', address: address.address, port: address.port, directory: dir.kind, node: config.nodeId, cluster: cluster !== undefined },
+    `oneport listening on ${displayHost}:${address.port}`,
+  );
 
   let closing: Promise<void> | undefined;
   const close = (closeOpts: { drainMs?: number } = {}): Promise<void> =>
@@ -144,6 +216,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       listener.destroyAll();
       await stopped;
       await control?.close();
+      await cluster?.stop();
       await demo?.close();
       await store.close();
       await dir.close();
@@ -174,13 +247,27 @@ function parseListenOrThrow(listen: string): { host: string; port: number } {
  * SNI: the first configured certificate whose names match; else the default (first) one.
  * Names are parsed once here, not per handshake; answers are cached per server name (bounded).
  */
-function buildSecureContexts(config: Config, selfMade: { cert: string; key: string }): (servername: string | undefined) => tls.SecureContext {
+const SESSION_ID_CONTEXT = 'oneport';
+
+function buildSecureContexts(config: Config, selfMade: { cert: string; key: string }, node: NodeIdentity | undefined): (servername: string | undefined) => tls.SecureContext {
+  const clientCa = node?.ca;
+  // Nodes ask for NODE_SERVERNAME and get the node certificate; everyone else the server's.
+  const nodeContext = node
+    ? tls.createSecureContext({ cert: node.cert.cert, key: node.cert.key, ca: node.ca, minVersion: config.tls.minVersion, sessionIdContext: SESSION_ID_CONTEXT })
+    : undefined;
+  const pick = buildServerContexts(config, selfMade, clientCa);
+  return nodeContext ? (servername) => (servername === NODE_SERVERNAME ? nodeContext : pick(servername)) : pick;
+}
+
+function buildServerContexts(config: Config, selfMade: { cert: string; key: string }, clientCa: string | undefined): (servername: string | undefined) => tls.SecureContext {
   const pems = config.tls.certificates.length
     ? config.tls.certificates.map((c) => ({ cert: readFileSync(c.cert, 'utf8'), key: readFileSync(c.key, 'utf8') }))
     : [selfMade];
   const entries = pems.map((p) => ({
     matches: (name: string) => certificateMatchesName(p.cert, name),
-    context: tls.createSecureContext({ cert: p.cert, key: p.key, minVersion: config.tls.minVersion }),
+    // With client certificates requested, OpenSSL refuses to resume a session (alert "internal
+    // error") unless the context has a session id context.
+    context: tls.createSecureContext({ cert: p.cert, key: p.key, minVersion: config.tls.minVersion, sessionIdContext: SESSION_ID_CONTEXT, ...(clientCa ? { ca: clientCa } : {}) }),
   }));
   const fallback = entries[0]!.context;
   if (entries.length === 1) return () => fallback;
@@ -196,8 +283,23 @@ function buildSecureContexts(config: Config, selfMade: { cert: string; key: stri
   };
 }
 
+/** ioredis options from the config: a URL, or Sentinel with its options. */
+function redisOptions(r: NonNullable<Config['cluster']['redis']>): string | RedisOptions {
+  if (typeof r === 'string') return r;
+  const tls = r.tls ? { tls: {}, enableTLSForSentinelMode: true } : {};
+  return {
+    sentinels: r.sentinels.map((s) => ({ host: s.host, port: s.port })),
+    name: r.name,
+    ...(r.username !== undefined ? { username: r.username } : {}),
+    ...(r.password !== undefined ? { password: r.password } : {}),
+    ...(r.sentinelPassword !== undefined ? { sentinelPassword: r.sentinelPassword } : {}),
+    ...(r.db !== undefined ? { db: r.db } : {}),
+    ...tls,
+  };
+}
+
 /** VM "demo" on the built-in desktop, and user "demo" (created once, with a random password). */
-async function ensureDemo(dir: Directory, nodeId: string, port: number): Promise<string | undefined> {
+async function ensureDemo(dir: Directory, nodeId: string, port: number, opts: { onlyIfAbsent?: boolean } = {}): Promise<string | undefined> {
   const vm = toVmRecord(
     vmSchema.parse({
       name: 'demo',
@@ -207,7 +309,8 @@ async function ensureDemo(dir: Directory, nodeId: string, port: number): Promise
     }),
   );
   const existing = dir.getVm('demo');
-  await dir.putVm(existing ? { ...existing, node: nodeId, endpoints: vm.endpoints } : vm);
+  if (!existing) await dir.putVm(vm);
+  else if (!opts.onlyIfAbsent) await dir.putVm({ ...existing, node: nodeId, endpoints: vm.endpoints });
   if (dir.getUser('demo')) return undefined;
   const password = randomPassword();
   const user: UserRecord = { name: 'demo', passwordHash: await hashPassword(password), roles: ['user'], groups: [], sessionsNotBefore: 0 };

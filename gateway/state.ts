@@ -5,7 +5,8 @@
  */
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { type Pem, certificateNames, createCa, issueServerCert } from '../certs/ca.js';
+import { X509Certificate } from 'node:crypto';
+import { type Pem, certificateNames, createCa, issueNodeCert, issueServerCert } from '../certs/ca.js';
 
 export interface StatePaths {
   readonly root: string;
@@ -15,6 +16,10 @@ export interface StatePaths {
   readonly serverCert: string;
   readonly serverKey: string;
   readonly controlSocket: string;
+  readonly nodeCert: string;
+  readonly nodeKey: string;
+  /** The highest leader epoch this node has seen (cluster). */
+  readonly epoch: string;
 }
 
 export function statePaths(root: string): StatePaths {
@@ -26,6 +31,9 @@ export function statePaths(root: string): StatePaths {
     serverCert: join(root, 'server.pem'),
     serverKey: join(root, 'server-key.pem'),
     controlSocket: join(root, 'control.sock'),
+    nodeCert: join(root, 'node.pem'),
+    nodeKey: join(root, 'node-key.pem'),
+    epoch: join(root, 'epoch'),
   };
 }
 
@@ -68,6 +76,30 @@ export function ensureState(root: string, serverNames: readonly string[]): Ensur
     created.push(`server certificate for ${serverNames.join(', ')}`);
   }
   return { paths, ca, server, created };
+}
+
+/**
+ * The node certificate for node-to-node mutual TLS (cluster), from the cluster CA in the state
+ * folder: every node of a cluster must hold the same CA (copy ca.pem and ca-key.pem before the
+ * first start). Reissued when the node id or the CA changed, or it expires within 30 days.
+ */
+export function ensureNodeCert(state: EnsuredState, nodeId: string, names: readonly string[]): Pem {
+  const { paths, ca } = state;
+  if (existsSync(paths.nodeCert) && existsSync(paths.nodeKey)) {
+    const cert = readFileSync(paths.nodeCert, 'utf8');
+    const key = readFileSync(paths.nodeKey, 'utf8');
+    try {
+      const x = new X509Certificate(cert);
+      const fresh = new Date(x.validTo).getTime() - Date.now() > RENEW_BEFORE_MS;
+      if (fresh && x.checkIssued(new X509Certificate(ca.cert)) && x.subject.split('\n').includes(`CN=${nodeId}`)) return { cert, key };
+    } catch {
+      // unreadable: reissue
+    }
+  }
+  const pem = issueNodeCert(ca, nodeId, names);
+  writePrivate(paths.nodeKey, pem.key);
+  writeFileSync(paths.nodeCert, pem.cert, { mode: 0o644 });
+  return pem;
 }
 
 function writePrivate(file: string, text: string): void {

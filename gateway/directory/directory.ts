@@ -112,6 +112,16 @@ export type DirectoryChange =
   | { readonly kind: 'user'; readonly name: string; readonly version: number }
   | { readonly kind: 'keys'; readonly version: number };
 
+export interface PutVmOptions {
+  /** Compare-and-set: write only if the stored VM exists with this epoch. */
+  readonly ifEpoch?: number | undefined;
+  /**
+   * Skip the leader fence (cluster): for the one write a non-leader makes, the owner reporting
+   * that a recovered VM's console answers; always paired with `ifEpoch`.
+   */
+  readonly unfenced?: boolean | undefined;
+}
+
 export interface Directory extends EventEmitter {
   readonly kind: 'embedded' | 'redis';
   /** Monotonic version of what readers see. */
@@ -123,7 +133,8 @@ export interface Directory extends EventEmitter {
   keys(): KeyRing;
   putUser(user: UserRecord): Promise<void>;
   deleteUser(name: string): Promise<boolean>;
-  putVm(vm: VmRecord): Promise<void>;
+  /** Returns false only when `opts.ifEpoch` is given and the stored VM's epoch differs (nothing written). */
+  putVm(vm: VmRecord, opts?: PutVmOptions): Promise<boolean>;
   deleteVm(name: string): Promise<boolean>;
   /** Make a new current key; the old one stays valid as `previous`. */
   rotateKeys(): Promise<void>;

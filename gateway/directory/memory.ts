@@ -9,7 +9,8 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, existsSync } from 'node:fs';
 import { open, rename } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import type { Directory, DirectoryChange, KeyRing, SigningKey, UserRecord, VmRecord } from './directory.js';
+import type {
+  PutVmOptions, Directory, DirectoryChange, KeyRing, SigningKey, UserRecord, VmRecord } from './directory.js';
 
 interface FileShape {
   format: 'oneport-directory/1';
@@ -75,9 +76,11 @@ export class MemoryDirectory extends EventEmitter implements Directory {
     await this.commit({ kind: 'user', name });
     return true;
   }
-  async putVm(vm: VmRecord): Promise<void> {
+  async putVm(vm: VmRecord, opts: PutVmOptions = {}): Promise<boolean> {
+    if (opts.ifEpoch !== undefined && this.vms.get(vm.name)?.epoch !== opts.ifEpoch) return false;
     this.vms.set(vm.name, Object.freeze({ ...vm }));
     await this.commit({ kind: 'vm', name: vm.name });
+    return true;
   }
   async deleteVm(name: string): Promise<boolean> {
     if (!this.vms.delete(name)) return false;

@@ -38,10 +38,11 @@
 import { EventEmitter } from 'node:events';
 import { setTimeout as delay } from 'node:timers/promises';
 import { Redis, type RedisOptions } from 'ioredis';
-import type { Directory, DirectoryChange, KeyRing, UserRecord, VmRecord } from './directory.js';
+import type { Directory, DirectoryChange, KeyRing, PutVmOptions, UserRecord, VmRecord } from './directory.js';
 import { DirectoryMirror, compareIds, parseEntry, type Snapshot } from './mirror.js';
 import { newSigningKey } from './memory.js';
 import type { Logger } from '../log.js';
+import { OneportError } from '../errors.js';
 
 export interface RedisDirectoryOptions {
   /**
@@ -70,6 +71,12 @@ export interface RedisDirectoryOptions {
   readonly log?: Logger;
   /** @default Date.now */
   readonly now?: () => number;
+  /**
+   * Cluster: the leader lease's key and this node's fencing token for writes. `token()` returns
+   * the token while this node leads, and throws (NotLeaderError) when it does not; every write
+   * but `putVm(..., {unfenced})` carries it into its script. Unset: writes are unfenced.
+   */
+  readonly fence?: { readonly key: string; token(): string; onFenced?(): void };
 }
 
 export type ResyncReason = 'start' | 'reconnect' | 'master-changed' | 'gap' | 'trimmed' | 'invalid-entry' | 'version-mismatch' | 'seed';
@@ -94,13 +101,18 @@ export interface Staleness {
 }
 
 /** Redis cannot be reached (or did not answer in time): the write was not done, or not confirmed. */
-export class DirectoryUnavailableError extends Error {
-  // A candidate for errors.ts: ONEPORT_ERR_DIRECTORY_UNAVAILABLE, HTTP 503, Retry-After.
-  readonly code = 'ONEPORT_ERR_DIRECTORY_UNAVAILABLE';
-  readonly status = 503;
+export class DirectoryUnavailableError extends OneportError {
   constructor(message: string, opts?: { cause?: unknown }) {
-    super(message, opts);
+    super('ONEPORT_ERR_DIRECTORY_UNAVAILABLE', message, { retryAfter: 2, ...opts });
     this.name = 'DirectoryUnavailableError';
+  }
+}
+
+/** A leader-only write refused: this node does not lead (locally known, or fenced in Redis). */
+export class NotLeaderError extends OneportError {
+  constructor(message?: string) {
+    super('ONEPORT_ERR_NOT_LEADER', message, { retryAfter: 1 });
+    this.name = 'NotLeaderError';
   }
 }
 
@@ -114,8 +126,18 @@ const DEFAULTS = {
   connectionName: 'oneport-directory',
 } as const;
 
-// Every script gets the same KEYS: 1 users, 2 vms, 3 keys, 4 version, 5 changes.
-const PRELUDE = `
+// Every script gets the same KEYS: 1 users, 2 vms, 3 keys, 4 version, 5 changes, 6 the leader
+// lease (cluster/lease.ts). Every write script's first ARGV is the fencing token ('' = unfenced):
+// when given, the write happens only if the lease still holds exactly that token, checked in the
+// same script, so a paused or partitioned ex-leader can never write (FENCE is removed from ARGV,
+// the other arguments keep their positions).
+const FENCE = `
+local fence = table.remove(ARGV, 1)
+if fence ~= '' and redis.call('GET', KEYS[6]) ~= fence then
+  return redis.error_reply('ONEPORT_FENCED this node no longer holds the leader lease')
+end
+`;
+const PRELUDE = `${FENCE}
 local function wrongType(key, want)
   local t = redis.call('TYPE', key)['ok']
   if t ~= 'none' and t ~= want then return key .. ' holds a ' .. t .. ', not a ' .. want end
@@ -133,13 +155,23 @@ local bad = invalid()
 if bad then return redis.error_reply('ONEPORT_DIRECTORY ' .. bad) end
 `;
 
-/** ARGV: kind (user|vm), name, json, maxlen. Returns the new version. */
+/**
+ * ARGV: kind (user|vm), name, json, maxlen, expected epoch of the stored VM ('' = any). Returns
+ * the new version, or 0 when the stored VM's epoch is not the expected one (compare-and-set).
+ * The change entry's `w` field names the fencing token that wrote it.
+ */
 const PUT_LUA = `${PRELUDE}
 local hash = KEYS[2]
 if ARGV[1] == 'user' then hash = KEYS[1] end
+if ARGV[5] and ARGV[5] ~= '' then
+  local cur = redis.call('HGET', hash, ARGV[2])
+  if not cur then return 0 end
+  local ok, rec = pcall(cjson.decode, cur)
+  if not ok or type(rec) ~= 'table' or tostring(rec['epoch']) ~= ARGV[5] then return 0 end
+end
 redis.call('HSET', hash, ARGV[2], ARGV[3])
 local v = redis.call('INCR', KEYS[4])
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*', 'v', v, 'k', ARGV[1], 'n', ARGV[2], 'd', ARGV[3])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*', 'v', v, 'k', ARGV[1], 'n', ARGV[2], 'd', ARGV[3], 'w', fence)
 return v
 `;
 
@@ -149,7 +181,7 @@ local hash = KEYS[2]
 if ARGV[1] == 'user' then hash = KEYS[1] end
 if redis.call('HDEL', hash, ARGV[2]) == 0 then return 0 end
 local v = redis.call('INCR', KEYS[4])
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*', 'v', v, 'k', ARGV[1], 'n', ARGV[2])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*', 'v', v, 'k', ARGV[1], 'n', ARGV[2], 'w', fence)
 return v
 `;
 
@@ -159,7 +191,7 @@ local cur = redis.call('GET', KEYS[3]) or ''
 if cur ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[3], ARGV[2])
 local v = redis.call('INCR', KEYS[4])
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*', 'v', v, 'k', 'keys', 'n', '', 'd', ARGV[2])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*', 'v', v, 'k', 'keys', 'n', '', 'd', ARGV[2], 'w', fence)
 return v
 `;
 
@@ -168,9 +200,9 @@ return v
  * still absent (the first gateway wins, the others then load what it wrote).
  * ARGV: maxlen, version, keys JSON ('' = none), user count, then user name/JSON pairs, then VM pairs.
  */
-const SEED_LUA = `
+const SEED_LUA = `${FENCE}
 if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
-${PRELUDE}
+${PRELUDE.replace(FENCE, '')}
 redis.call('DEL', KEYS[1], KEYS[2])
 local i = 5
 for _ = 1, tonumber(ARGV[4]) do
@@ -253,7 +285,11 @@ export function createConnection(redis: string | RedisOptions, extra: RedisOptio
 export function redisCallError(what: string, target: string, err: unknown): Error {
   if (err instanceof TypeError || err instanceof RangeError || err instanceof SyntaxError || err instanceof ReferenceError) return err;
   const message = err instanceof Error ? err.message : String(err);
-  if (err instanceof Error && err.name === 'ReplyError') return new Error(`${what}: Redis refused: ${message}`, { cause: err });
+  if (err instanceof OneportError) return err;
+  if (err instanceof Error && err.name === 'ReplyError') {
+    if (message.startsWith('ONEPORT_FENCED')) return new NotLeaderError(`${what}: refused, this node no longer leads the cluster`);
+    return new Error(`${what}: Redis refused: ${message}`, { cause: err });
+  }
   return new DirectoryUnavailableError(`${what} failed: Redis at ${target} is unreachable (${message}); not done, or not confirmed`, { cause: err });
 }
 
@@ -264,7 +300,7 @@ export class RedisDirectory extends EventEmitter implements Directory {
   private readonly reader: Redis;
   private readonly scripts: Scripts;
   private readonly k: { users: string; vms: string; keys: string; version: string; changes: string };
-  private readonly opts: Required<Omit<RedisDirectoryOptions, 'log' | 'redis'>> & { log: Logger | undefined; target: string };
+  private readonly opts: Required<Omit<RedisDirectoryOptions, 'log' | 'redis' | 'fence'>> & { log: Logger | undefined; target: string; fence: RedisDirectoryOptions['fence'] };
   private runId: string | undefined;
   private readerId: number | undefined;
   private linkUp = false;
@@ -305,6 +341,7 @@ export class RedisDirectory extends EventEmitter implements Directory {
       connectionName: options.connectionName ?? DEFAULTS.connectionName,
       now: options.now ?? Date.now,
       log: options.log,
+      fence: options.fence,
       target: describeRedis(options.redis),
     };
     const p = this.opts.prefix;
@@ -320,7 +357,7 @@ export class RedisDirectory extends EventEmitter implements Directory {
       ['oneportDirSeed', SEED_LUA],
       ['oneportDirSnapshot', SNAPSHOT_LUA],
     ] as const) {
-      this.cmd.defineCommand(name, { lua, numberOfKeys: 5 });
+      this.cmd.defineCommand(name, { lua, numberOfKeys: 6 });
     }
     this.scripts = this.cmd as unknown as Scripts;
     for (const conn of [this.cmd, this.reader]) {
@@ -387,19 +424,27 @@ export class RedisDirectory extends EventEmitter implements Directory {
   // ---- writes: one script each ---------------------------------------------------------------
 
   async putUser(user: UserRecord): Promise<void> {
-    await this.visible(await this.write<number>('put user', () => this.scripts.oneportDirPut(...this.keyList(), 'user', user.name, JSON.stringify(user), this.opts.changesMaxLen)));
+    await this.visible(await this.write<number>('put user', (f) => this.scripts.oneportDirPut(...this.keyList(), f, 'user', user.name, JSON.stringify(user), this.opts.changesMaxLen, '')));
   }
   async deleteUser(name: string): Promise<boolean> {
-    const v = await this.write<number>('delete user', () => this.scripts.oneportDirDel(...this.keyList(), 'user', name, this.opts.changesMaxLen));
+    const v = await this.write<number>('delete user', (f) => this.scripts.oneportDirDel(...this.keyList(), f, 'user', name, this.opts.changesMaxLen));
     if (v === 0) return false;
     await this.visible(v);
     return true;
   }
-  async putVm(vm: VmRecord): Promise<void> {
-    await this.visible(await this.write<number>('put VM', () => this.scripts.oneportDirPut(...this.keyList(), 'vm', vm.name, JSON.stringify(vm), this.opts.changesMaxLen)));
+  async putVm(vm: VmRecord, opts: PutVmOptions = {}): Promise<boolean> {
+    const expect = opts.ifEpoch === undefined ? '' : String(opts.ifEpoch);
+    const v = await this.write<number>(
+      'put VM',
+      (f) => this.scripts.oneportDirPut(...this.keyList(), f, 'vm', vm.name, JSON.stringify(vm), this.opts.changesMaxLen, expect),
+      opts.unfenced === true,
+    );
+    if (v === 0) return false;
+    await this.visible(v);
+    return true;
   }
   async deleteVm(name: string): Promise<boolean> {
-    const v = await this.write<number>('delete VM', () => this.scripts.oneportDirDel(...this.keyList(), 'vm', name, this.opts.changesMaxLen));
+    const v = await this.write<number>('delete VM', (f) => this.scripts.oneportDirDel(...this.keyList(), f, 'vm', name, this.opts.changesMaxLen));
     if (v === 0) return false;
     await this.visible(v);
     return true;
@@ -408,25 +453,29 @@ export class RedisDirectory extends EventEmitter implements Directory {
   /** A new current key; the old current stays valid as `previous` (compare-and-set, retried on a race). */
   async rotateKeys(): Promise<void> {
     for (let attempt = 0; attempt < 5; attempt++) {
-      const cur = await this.write<string | null>('read keys', () => this.cmd.get(this.k.keys));
+      const cur = await this.write<string | null>('read keys', () => this.cmd.get(this.k.keys), true);
       const old = cur ? (JSON.parse(cur) as KeyRing).current : this.keys().current;
       const next: KeyRing = { current: newSigningKey(old.id + 1), previous: [old] };
-      const v = await this.write<number>('rotate keys', () => this.scripts.oneportDirKeysCas(...this.keyList(), cur ?? '', JSON.stringify(next), this.opts.changesMaxLen));
+      const v = await this.write<number>('rotate keys', (f) => this.scripts.oneportDirKeysCas(...this.keyList(), f, cur ?? '', JSON.stringify(next), this.opts.changesMaxLen));
       if (v > 0) return this.visible(v);
     }
     throw new Error('directory: key rotation lost 5 races in a row with other writers');
   }
 
-  private keyList(): [string, string, string, string, string] {
-    return [this.k.users, this.k.vms, this.k.keys, this.k.version, this.k.changes];
+  private keyList(): [string, string, string, string, string, string] {
+    return [this.k.users, this.k.vms, this.k.keys, this.k.version, this.k.changes, this.opts.fence?.key ?? `${this.opts.prefix}leader`];
   }
 
-  private async write<T>(what: string, fn: () => Promise<unknown>): Promise<T> {
+  /** Run one write with this node's fencing token ('' when unfenced or outside a cluster). */
+  private async write<T>(what: string, fn: (fence: string) => Promise<unknown>, unfenced = false): Promise<T> {
     if (this.closing) throw new DirectoryUnavailableError(`directory: ${what}: the directory is closed`);
+    const fence = unfenced || !this.opts.fence ? '' : this.opts.fence.token();
     try {
-      return (await fn()) as T;
+      return (await fn(fence)) as T;
     } catch (err) {
-      throw redisCallError(`directory: ${what}`, this.opts.target, err);
+      const e = redisCallError(`directory: ${what}`, this.opts.target, err);
+      if (e instanceof NotLeaderError) this.opts.fence?.onFenced?.();
+      throw e;
     }
   }
 
@@ -479,14 +528,14 @@ export class RedisDirectory extends EventEmitter implements Directory {
       // Redis lost the directory (restart without persistence, flush): write ours back.
       const d = this.mirror.dump();
       const args = [this.opts.changesMaxLen, d.version, d.keys ?? '', d.users.length, ...d.users.flat(), ...d.vms.flat()];
-      reseeded = (await this.scripts.oneportDirSeed(...this.keyList(), ...args)) === 1;
+      reseeded = (await this.scripts.oneportDirSeed(...this.keyList(), '', ...args)) === 1;
       snap = await this.snapshot();
     }
     if (snap.keys === undefined) {
       // A new (or emptied) Redis: publish a key ring, ours if we have one so tickets and tokens
       // stay valid. Compare-and-set: if another gateway got there first, theirs stands.
       const ring = this.mirror.keysJson ?? JSON.stringify({ current: newSigningKey(1), previous: [] } satisfies KeyRing);
-      await this.scripts.oneportDirKeysCas(...this.keyList(), '', ring, this.opts.changesMaxLen);
+      await this.scripts.oneportDirKeysCas(...this.keyList(), '', '', ring, this.opts.changesMaxLen);
       snap = await this.snapshot();
     }
     const from = this.mirror.version;

@@ -24,6 +24,7 @@ import { pathOf, sendError, sendJson } from './respond.js';
 import { connInfo } from '../conninfo.js';
 import type { TokenPayload } from '../auth/tokens.js';
 import { VERSION } from '../version.js';
+import { ACTING_HEADER, CLIENT_HEADER, FORWARDED_BY_HEADER } from '../cluster/peers.js';
 
 export interface Principal {
   readonly user: UserRecord;
@@ -60,12 +61,14 @@ interface Route {
   readonly pattern: RegExp;
   readonly name: string;
   readonly handler: Handler;
+  /** A directory change: executed by the cluster's leader (a follower forwards it). */
+  readonly leader: boolean;
 }
 
 const seg = '([^/]{1,200})';
 const routes: Route[] = [];
-function route(method: string, path: string, name: string, handler: Handler): void {
-  routes.push({ method, pattern: new RegExp(`^${path.replaceAll(':p', seg)}$`), name, handler });
+function route(method: string, path: string, name: string, handler: Handler, opts: { leader?: boolean } = {}): void {
+  routes.push({ method, pattern: new RegExp(`^${path.replaceAll(':p', seg)}$`), name, handler, leader: opts.leader ?? false });
 }
 
 const loginSchema = z.object({ user: z.string().min(1).max(64), password: z.string().min(1).max(1024) }).strict();
@@ -109,13 +112,22 @@ async function ticketResponse(c: Call, user: UserRecord, vm: VmRecord, protocolI
 route('GET', '/healthz', 'healthz', (c) => sendJson(c.res, 200, { status: 'ok' }));
 route('GET', '/readyz', 'readyz', (c) => {
   const { lifecycle } = c.ctx;
+  // A stale mirror still routes (known VMs, known owners), so the node stays ready; the age says
+  // how stale, for the operator and the load balancer's judgement.
   const ready = lifecycle.listening && !lifecycle.shuttingDown;
+  const st = c.ctx.directoryState();
+  const leader = c.ctx.cluster?.leader();
   sendJson(c.res, ready ? 200 : 503, {
     status: ready ? 'ready' : lifecycle.shuttingDown ? 'shutting-down' : 'starting',
-    directory: { kind: c.ctx.dir.kind, version: c.ctx.dir.version(), ageSeconds: 0 },
+    directory: { kind: c.ctx.dir.kind, version: c.ctx.dir.version(), connected: st.connected, stale: !st.connected, ageSeconds: Math.round(st.ageMs / 100) / 10 },
+    ...(c.ctx.cluster ? { cluster: { node: c.ctx.cluster.nodeId, leader: leader ? { node: leader.node, epoch: leader.epoch } : null } } : {}),
   });
 });
 route('GET', '/metrics', 'metrics', async (c) => {
+  const st = c.ctx.directoryState();
+  c.ctx.metrics.directoryVersion.set(c.ctx.dir.version());
+  c.ctx.metrics.directoryAge.set(st.ageMs / 1000);
+  c.ctx.metrics.directoryConnected.set(st.connected ? 1 : 0);
   const text = await c.ctx.metrics.registry.metrics();
   c.res.writeHead(200, { 'Content-Type': c.ctx.metrics.registry.contentType, 'Cache-Control': 'no-store' });
   c.res.end(text);
@@ -178,10 +190,18 @@ route('GET', '/api/desktops/:p/console.vv', 'console.vv', async (c) => {
 route('GET', '/api/cluster', 'cluster', async (c) => {
   await c.principal();
   const id = c.ctx.config.nodeId;
-  sendJson(c.res, 200, {
-    leader: { node: id, epoch: 1 },
-    nodes: [{ id, state: 'up', version: VERSION, directory: { kind: c.ctx.dir.kind, version: c.ctx.dir.version() } }],
-  });
+  const st = c.ctx.directoryState();
+  const directory = { kind: c.ctx.dir.kind, version: c.ctx.dir.version(), connected: st.connected, ageMs: st.ageMs };
+  if (!c.ctx.cluster) {
+    sendJson(c.res, 200, {
+      self: id,
+      leader: { node: id, epoch: 1 },
+      directory,
+      nodes: [{ id, state: 'up', leader: true, version: VERSION, mirror: { version: directory.version, ageMs: 0, connected: true } }],
+    });
+    return;
+  }
+  sendJson(c.res, 200, { ...c.ctx.cluster.status(), directory });
 });
 
 // Admin: directory changes.
@@ -202,20 +222,25 @@ route('PUT', '/api/vms/:p', 'vm', async (c) => {
   const vm = toVmRecord(parsed.data);
   await c.ctx.dir.putVm(vm);
   sendJson(c.res, 200, vm);
-});
+}, { leader: true });
 route('DELETE', '/api/vms/:p', 'vm', async (c) => {
   await c.admin();
   if (!(await c.ctx.dir.deleteVm(decodeURIComponent(c.params[0] ?? '')))) throw new OneportError('ONEPORT_ERR_UNKNOWN_VM');
   sendJson(c.res, 200, { ok: true });
-});
+}, { leader: true });
 route('POST', '/api/vms/:p/move', 'move', async (c) => {
   await c.admin();
   const { node } = await c.body(moveSchema);
   const vm = lookupVm(c.ctx.dir, decodeURIComponent(c.params[0] ?? ''));
-  const moved: VmRecord = { ...vm, node, epoch: vm.epoch + 1 };
-  await c.ctx.dir.putVm(moved);
+  if (c.ctx.cluster) {
+    const target = c.ctx.cluster.node(node);
+    if (!target || target.state !== 'up') throw new OneportError('ONEPORT_ERR_VALIDATION', `node ${node} is not an up member of the cluster`);
+  }
+  // The replica stays where it was, unless the VM moves onto it (then the old owner takes its place).
+  const moved: VmRecord = { ...vm, node, replica: vm.replica === node ? vm.node : vm.replica, epoch: vm.epoch + 1 };
+  if (!(await c.ctx.dir.putVm(moved, { ifEpoch: vm.epoch }))) throw new OneportError('ONEPORT_ERR_CONFLICT');
   sendJson(c.res, 200, moved);
-});
+}, { leader: true });
 route('GET', '/api/users', 'users', async (c) => {
   await c.admin();
   sendJson(c.res, 200, c.ctx.dir.listUsers().map(publicUser));
@@ -237,12 +262,12 @@ route('PUT', '/api/users/:p', 'user', async (c) => {
   };
   await c.ctx.dir.putUser(user);
   sendJson(c.res, 200, publicUser(user));
-});
+}, { leader: true });
 route('DELETE', '/api/users/:p', 'user', async (c) => {
   await c.admin();
   if (!(await c.ctx.dir.deleteUser(decodeURIComponent(c.params[0] ?? '')))) throw new OneportError('ONEPORT_ERR_NOT_FOUND', 'no such user');
   sendJson(c.res, 200, { ok: true });
-});
+}, { leader: true });
 route('POST', '/api/tickets', 'admin-ticket', async (c) => {
   await c.admin();
   const body = await c.body(adminTicketSchema);
@@ -260,10 +285,8 @@ function validationError(e: z.ZodError): OneportError {
   );
 }
 
-async function readJson(req: IncomingMessage, limit: number): Promise<unknown> {
-  const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
-  // Requiring JSON also stops cross-site form posts riding the session cookie.
-  if (type !== 'application/json') throw new OneportError('ONEPORT_ERR_VALIDATION', 'send Content-Type: application/json');
+/** The request body, at most `limit` bytes. */
+async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   const declared = Number(req.headers['content-length'] ?? 0);
   if (declared > limit) throw new OneportError('ONEPORT_ERR_PAYLOAD_TOO_LARGE');
   const chunks: Buffer[] = [];
@@ -273,7 +296,26 @@ async function readJson(req: IncomingMessage, limit: number): Promise<unknown> {
     if (size > limit) throw new OneportError('ONEPORT_ERR_PAYLOAD_TOO_LARGE');
     chunks.push(chunk as Buffer);
   }
-  const text = Buffer.concat(chunks).toString('utf8');
+  return Buffer.concat(chunks);
+}
+
+/**
+ * A call another node forwarded (cluster): trusted only over TLS with a node certificate; then
+ * its client address header is believed. Undefined for everything else.
+ */
+function forwardedBy(ctx: GatewayContext, req: IncomingMessage): { node: string; client: string | undefined } | undefined {
+  if (!ctx.cluster || req.headers[FORWARDED_BY_HEADER] === undefined) return undefined;
+  const node = ctx.cluster.peerNode(req.socket);
+  if (node === undefined) return undefined;
+  const c = req.headers[CLIENT_HEADER];
+  return { node, client: typeof c === 'string' && c.length <= 64 ? c : undefined };
+}
+
+async function readJson(req: IncomingMessage, limit: number): Promise<unknown> {
+  const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
+  // Requiring JSON also stops cross-site form posts riding the session cookie.
+  if (type !== 'application/json') throw new OneportError('ONEPORT_ERR_VALIDATION', 'send Content-Type: application/json');
+  const text = (await readBody(req, limit)).toString('utf8');
   if (text.trim() === '') return {};
   try {
     return JSON.parse(text);
@@ -290,21 +332,33 @@ export async function handleApi(ctx: GatewayContext, req: IncomingMessage, res: 
   const r = candidates.find((x) => x.method === req.method || (x.method === 'GET' && req.method === 'HEAD'));
   const client = connInfo(req.socket)?.remoteAddress ?? req.socket.remoteAddress ?? 'local';
   let status = 200;
+  res.on('error', () => undefined);
   try {
     if (!r) {
       res.setHeader('Allow', [...new Set(candidates.map((x) => x.method))].join(', '));
       throw new OneportError('ONEPORT_ERR_METHOD_NOT_ALLOWED');
     }
+    const vouched = forwardedBy(ctx, req);
+    if (r.leader && ctx.cluster && !ctx.cluster.isLeader()) {
+      // Never a second hop: a forwarded call that finds no leader here fails, and the client retries.
+      if (vouched !== undefined) throw new OneportError('ONEPORT_ERR_NOT_LEADER', undefined, { retryAfter: 1 });
+      const body = await readBody(req, ctx.config.http.maxBodyBytes);
+      await ctx.cluster.forward(req, res, { local: opts.local, client, body });
+      status = res.statusCode;
+      ctx.metrics.httpRequests.inc({ route: r.name, status: String(status) });
+      return true;
+    }
     const params = (r.pattern.exec(path) ?? []).slice(1);
+    const local = opts.local || (vouched !== undefined && req.headers[ACTING_HEADER] === 'local-admin');
     let cached: Promise<Principal> | undefined;
-    const principal = (): Promise<Principal> => (cached ??= resolvePrincipal(ctx, req, opts.local));
+    const principal = (): Promise<Principal> => (cached ??= resolvePrincipal(ctx, req, local));
     const call: Call = {
       ctx,
       req,
       res,
       params,
-      local: opts.local,
-      client,
+      local,
+      client: vouched?.client ?? client,
       principal,
       admin: async () => {
         const p = await principal();

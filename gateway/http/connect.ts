@@ -13,10 +13,11 @@ import type net from 'node:net';
 import type { GatewayContext } from '../context.js';
 import { connInfo } from '../conninfo.js';
 import { OneportError, toOneportError } from '../errors.js';
-import { isProtocol, parseAuthority, splitHostTicket, isAddressLiteral } from '../routing.js';
+import { isProtocol, parseAuthority, splitHostTicket, isAddressLiteral, lookupVm, selectEndpoint, checkVmState } from '../routing.js';
+import { HOP_HEADER } from '../cluster/peers.js';
 import { TICKET_RE } from '../auth/tickets.js';
 import { StreamPump } from '../tunnel/pump.js';
-import { dialConsole, trackTunnel } from '../tunnel/open.js';
+import { type TunnelTarget, dialConsole, trackTunnel } from '../tunnel/open.js';
 import { type Credential, authorizeTunnel } from './authorize.js';
 import { writeRawError } from './respond.js';
 
@@ -40,6 +41,7 @@ export function parseProxyAuthorization(header: string | undefined): ProxyCreden
 }
 
 export async function handleConnect(ctx: GatewayContext, req: IncomingMessage, socket: net.Socket, head: Buffer): Promise<void> {
+  if (req.headers[HOP_HEADER] !== undefined) return handleHop(ctx, req, socket, head);
   const info = connInfo(socket);
   const tls = info?.tls ?? false;
   const client = info?.remoteAddress ?? socket.remoteAddress ?? 'unknown';
@@ -106,5 +108,65 @@ export async function handleConnect(ctx: GatewayContext, req: IncomingMessage, s
       ctx.log.info({ event: 'tunnel-refused', transport, client, code: err.code, status: err.status }, err.message);
     }
     writeRawError(socket, err, { proxy: true });
+  }
+}
+
+/**
+ * The owner's side of a node-to-node hop (cluster/peers.ts): `CONNECT <vm>:<port>` with
+ * `Oneport-Hop: <node>`, over TLS with a node certificate from the cluster CA; anything else on
+ * this path gets 403. The sending node authenticated the user and redeemed the ticket; this node
+ * checks that it owns the VM (by its own mirror) and dials the console locally.
+ */
+async function handleHop(ctx: GatewayContext, req: IncomingMessage, socket: net.Socket, head: Buffer): Promise<void> {
+  const info = connInfo(socket);
+  const from = ctx.cluster?.peerNode(socket);
+  const client = info?.remoteAddress ?? socket.remoteAddress ?? 'unknown';
+  const abort = new AbortController();
+  const onGone = (): void => abort.abort();
+  socket.once('close', onGone);
+  let protocolLabel = 'unknown';
+  try {
+    if (!ctx.cluster || from === undefined) {
+      throw new OneportError('ONEPORT_ERR_FORBIDDEN', 'the node-to-node path needs a cluster node certificate');
+    }
+    if (ctx.lifecycle.shuttingDown) throw new OneportError('ONEPORT_ERR_SHUTTING_DOWN', undefined, { retryAfter: 5 });
+    const authority = parseAuthority(req.url ?? '');
+    if (!authority || authority.literal) throw new OneportError('ONEPORT_ERR_BAD_REQUEST', 'a hop names <vm>:<port>');
+    const headerValue = req.headers['desktop-protocol'];
+    const protocol = typeof headerValue === 'string' ? headerValue.trim().toLowerCase() : undefined;
+    const vm = lookupVm(ctx.dir, authority.host);
+    const endpoint = selectEndpoint(vm, { protocol: protocol !== undefined && isProtocol(protocol) ? protocol : undefined, port: authority.port });
+    protocolLabel = endpoint.protocol;
+    if (vm.node !== ctx.cluster.nodeId) {
+      // The sender's mirror is behind or ahead of ours: the VM is changing hands.
+      throw new OneportError('ONEPORT_ERR_VM_RECOVERING', `${vm.name} is not on node ${ctx.cluster.nodeId}`, { retryAfter: 1 });
+    }
+    checkVmState(vm);
+    const userHeader = req.headers['oneport-user'];
+    const target: TunnelTarget = {
+      vm,
+      endpoint,
+      user: { name: typeof userHeader === 'string' ? userHeader.slice(0, 64) : `node:${from}`, passwordHash: '', roles: [], groups: [], sessionsNotBefore: 0 },
+      sessionId: `hop:${from}`,
+      via: 'hop',
+    };
+    const consoleSocket = await dialConsole(ctx, target, abort.signal);
+    socket.removeListener('close', onGone);
+    if (socket.destroyed) {
+      consoleSocket.destroy();
+      throw new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', 'the sending node went away');
+    }
+    socket.write('HTTP/1.1 200 Connection established\r\n\r\n');
+    const pump = new StreamPump(socket, consoleSocket, { idleTimeoutMs: ctx.config.tunnel.idleTimeoutMs }, head);
+    trackTunnel(ctx, target, 'hop', `${from}/${client}`, pump, info?.acceptedAt ?? process.hrtime.bigint());
+  } catch (e) {
+    socket.removeListener('close', onGone);
+    const err = toOneportError(e);
+    ctx.metrics.tunnels.inc({ protocol: protocolLabel, transport: 'hop', result: err.code });
+    if (err.code === 'ONEPORT_ERR_INTERNAL') ctx.log.error({ err: e, client }, 'hop failed');
+    else if (ctx.noisyLog.take(`hop:${err.code}`) >= 0) {
+      ctx.log.info({ event: 'hop-refused', client, from: from ?? null, code: err.code, status: err.status }, err.message);
+    }
+    writeRawError(socket, err, { extraHeaders: { 'Oneport-Error': err.code } });
   }
 }

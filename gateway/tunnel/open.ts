@@ -7,6 +7,7 @@ import type net from 'node:net';
 import type { GatewayContext } from '../context.js';
 import type { Endpoint, UserRecord, VmRecord } from '../directory/directory.js';
 import { dial } from './dial.js';
+import { OneportError } from '../errors.js';
 import type { Pump } from './pump.js';
 import type { Transport, Tunnel } from './registry.js';
 
@@ -15,15 +16,34 @@ export interface TunnelTarget {
   readonly endpoint: Endpoint;
   readonly user: UserRecord;
   readonly sessionId: string;
-  /** How the client proved who it is (for the log line). */
-  readonly via: 'ticket' | 'password' | 'session';
+  /** How the client proved who it is (for the log line); 'hop' = another node vouched for it. */
+  readonly via: 'ticket' | 'password' | 'session' | 'hop';
 }
 
 let nextTunnelId = 1;
 
+/**
+ * Reach the console: dial it, or, in a cluster, when another node owns the VM, hop through that
+ * node's one port (it dials its console locally; config `cluster.consoleDial`).
+ */
 export async function dialConsole(ctx: GatewayContext, target: TunnelTarget, signal: AbortSignal): Promise<net.Socket> {
   const started = process.hrtime.bigint();
   try {
+    const { cluster } = ctx;
+    if (cluster && target.vm.node !== cluster.nodeId && ctx.config.cluster.consoleDial === 'via-owner') {
+      const owner = cluster.node(target.vm.node);
+      if (!owner || owner.state !== 'up') {
+        throw new OneportError('ONEPORT_ERR_VM_RECOVERING', `the VM's node ${target.vm.node} is not reachable; the cluster is failing it over`, { retryAfter: 5 });
+      }
+      const { vm, endpoint } = target;
+      return await cluster.peers.hop(
+        owner.info.address,
+        vm.node,
+        { vm: vm.name, protocol: endpoint.protocol, port: endpoint.publishedPort, user: target.user.name, epoch: vm.epoch },
+        signal,
+        ctx.config.tunnel.dialTimeoutMs,
+      );
+    }
     return await dial(target.endpoint, { timeoutMs: ctx.config.tunnel.dialTimeoutMs, signal, metrics: ctx.metrics });
   } finally {
     ctx.metrics.observeSetup('dial', started);

@@ -5,7 +5,8 @@
 import type { Protocol } from '../directory/directory.js';
 import type { CloseReason, Pump } from './pump.js';
 
-export type Transport = 'connect' | 'connect-tls' | 'websocket';
+/** 'hop': a tunnel another node sent here because this node owns the VM. */
+export type Transport = 'connect' | 'connect-tls' | 'websocket' | 'hop';
 
 export interface Tunnel {
   readonly id: number;

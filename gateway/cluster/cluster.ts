@@ -1,0 +1,410 @@
+/**
+ * This node's part in the cluster: the leader lease (lease.ts), membership and heartbeats
+ * (membership.ts), node-to-node TLS (peers.ts), and the two halves of VM failover:
+ *
+ * - the leader, on each heartbeat tick, looks for nodes whose heartbeat expired. Such a node is
+ *   failed only when others agree: at least two nodes besides it (or every remaining node, in a
+ *   smaller cluster) found its port silent. Then, for each VM it owned, the replica (if it is up)
+ *   becomes the owner, the VM's epoch goes up and it is marked `recovering`; a VM without a live
+ *   replica is marked `down`. Each write is fenced (leader token) and compare-and-set (VM epoch).
+ * - every node watches the VMs it owns: a `recovering` VM gets the failover hook run once for its
+ *   epoch (the deployment starts the VM there), then its console is probed until it answers, and
+ *   the VM is marked `running` (compare-and-set on the epoch, so a newer change always wins). A
+ *   `down` VM whose owner is up again is probed the same way.
+ */
+import { execFile } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Redis } from 'ioredis';
+import { request } from 'undici';
+import type { Config } from '../config.js';
+import type { Directory, VmRecord } from '../directory/directory.js';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../metrics.js';
+import { VERSION } from '../version.js';
+import { OneportError } from '../errors.js';
+import { LeaderLease, type LeaderInfo } from './lease.js';
+import { Membership, type NodeInfo, type PeerView } from './membership.js';
+import { ACTING_HEADER, CLIENT_HEADER, FORWARDED_BY_HEADER, Peers, peerNodeId, type NodeIdentity } from './peers.js';
+import { X509Certificate } from 'node:crypto';
+
+export interface ClusterDeps {
+  readonly config: Config;
+  /** A dedicated connection (lease, heartbeats): never blocked behind directory traffic. */
+  readonly redis: Redis;
+  readonly identity: NodeIdentity;
+  readonly log: Logger;
+  readonly metrics: Metrics;
+  /** Where this node remembers the highest leader epoch it has seen. */
+  readonly epochFile: string;
+}
+
+export interface ClusterStatus {
+  readonly self: string;
+  readonly leader: { readonly node: string; readonly epoch: number } | null;
+  readonly highestEpoch: number;
+  readonly nodes: readonly Record<string, unknown>[];
+}
+
+/** Console probe: the TCP connection is accepted (and a VNC console sends its RFB banner). */
+export function probeConsole(host: string, port: number, protocol: string, timeoutMs: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect({ host, port });
+    let seen = Buffer.alloc(0);
+    const done = (ok: boolean): void => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve(ok);
+    };
+    const timer = setTimeout(() => done(false), timeoutMs);
+    s.on('error', () => done(false));
+    s.on('connect', () => {
+      if (protocol !== 'vnc') done(true);
+    });
+    s.on('data', (d: Buffer) => {
+      seen = Buffer.concat([seen, d]).subarray(0, 16);
+      if (seen.length >= 4) done(seen.subarray(0, 4).toString('latin1') === 'RFB ');
+    });
+  });
+}
+
+export class Cluster {
+  readonly lease: LeaderLease;
+  readonly peers: Peers;
+  private readonly members: Membership;
+  private dir: Directory | undefined;
+  private address = '';
+  private startedAt = Date.now();
+  private tickTimer: NodeJS.Timeout | undefined;
+  private recoveryTimer: NodeJS.Timeout | undefined;
+  private stopped = false;
+  private ticking = false;
+  private tunnels: () => number = () => 0;
+  private mirror: () => { version: number; ageMs: number; connected: boolean } = () => ({ version: 0, ageMs: 0, connected: false });
+  /** Last heartbeat seen per node (ms, their clock), to report how long a failover took. */
+  private readonly lastSeen = new Map<string, number>();
+  private readonly probing = new Set<string>();
+  /** VM name -> epoch whose hook ran (or runs) here. */
+  private readonly hooked = new Map<string, number>();
+  private readonly recovering = new Set<string>();
+  private readonly failingOver = new Set<string>();
+
+  private readonly caCert: X509Certificate;
+
+  constructor(private readonly deps: ClusterDeps) {
+    const c = deps.config.cluster;
+    this.caCert = new X509Certificate(deps.identity.ca);
+    this.lease = new LeaderLease({
+      redis: deps.redis,
+      key: `${c.prefix}leader`,
+      epochKey: `${c.prefix}epoch`,
+      nodeId: deps.config.nodeId,
+      leaseMs: c.leaseMs,
+      renewMs: c.renewMs,
+      pollMs: c.pollMs,
+      initialEpoch: readEpoch(deps.epochFile),
+      log: deps.log,
+    });
+    this.lease.on('epoch', (e: number) => {
+      try {
+        writeFileSync(deps.epochFile, `${e}\n`, { mode: 0o600 });
+      } catch (err) {
+        deps.log.warn({ event: 'epoch-file', err: (err as Error).message }, 'cannot remember the leader epoch on disk');
+      }
+    });
+    this.lease.on('leader', (info: LeaderInfo | undefined) => {
+      deps.metrics.clusterLeader.set(info?.node === deps.config.nodeId ? 1 : 0);
+      deps.metrics.clusterEpoch.set(info?.epoch ?? this.lease.highestEpoch());
+      deps.log.info({ event: 'leader-changed', leader: info?.node ?? null, epoch: info?.epoch ?? null }, info ? `cluster leader: ${info.node} (epoch ${info.epoch})` : 'cluster has no leader');
+    });
+    this.members = new Membership(deps.redis, c.prefix, c.nodeTimeoutMs);
+    this.peers = new Peers(deps.identity, deps.config.tunnel.dialTimeoutMs);
+  }
+
+  /** The node id behind a verified node certificate on this socket (see peers.ts), or undefined. */
+  peerNode(socket: net.Socket): string | undefined {
+    return peerNodeId(socket, this.caCert);
+  }
+
+  get nodeId(): string {
+    return this.deps.config.nodeId;
+  }
+
+  /** The directory's fence: hand this to RedisDirectory before it opens. */
+  fence(): { key: string; token: () => string; onFenced: () => void } {
+    return { key: `${this.deps.config.cluster.prefix}leader`, token: () => this.lease.fenceToken(), onFenced: () => this.lease.fenced() };
+  }
+
+  /** Start electing and heartbeating once the port is bound (the address is known). */
+  async start(opts: { dir: Directory; address: string; tunnels: () => number; mirror: () => { version: number; ageMs: number; connected: boolean } }): Promise<void> {
+    this.dir = opts.dir;
+    this.address = opts.address;
+    this.tunnels = opts.tunnels;
+    this.mirror = opts.mirror;
+    this.startedAt = Date.now();
+    await this.tick().catch(() => {});
+    this.lease.start();
+    this.scheduleTick();
+    opts.dir.on('change', (c: { kind: string; name?: string }) => {
+      if (c.kind === 'vm' && c.name) void this.recover(c.name);
+    });
+    this.recoveryTimer = setInterval(() => {
+      for (const vm of this.dir?.listVms() ?? []) if (vm.node === this.nodeId && vm.state !== 'running' && vm.state !== 'migrating') void this.recover(vm.name);
+    }, this.deps.config.cluster.recoveryProbeMs);
+    this.recoveryTimer.unref();
+  }
+
+  isLeader(): boolean {
+    return this.lease.isLeader();
+  }
+
+  leader(): LeaderInfo | undefined {
+    return this.lease.leader();
+  }
+
+  node(id: string): PeerView | undefined {
+    return this.members.get(id);
+  }
+
+  selfInfo(): NodeInfo {
+    return {
+      id: this.nodeId,
+      address: this.address,
+      version: VERSION,
+      capacity: this.deps.config.cluster.capacity ?? this.deps.config.limits.maxConnections,
+      startedAt: this.startedAt,
+    };
+  }
+
+  status(): ClusterStatus {
+    const leader = this.leader();
+    const nodes = this.members.all().map((p) => ({
+      id: p.info.id,
+      address: p.info.address,
+      state: p.state,
+      leader: leader?.node === p.info.id,
+      version: p.info.version,
+      capacity: p.info.capacity,
+      startedAt: new Date(p.info.startedAt).toISOString(),
+      tunnels: p.heartbeat?.tunnels ?? null,
+      heartbeatAgeMs: p.heartbeat ? Math.max(0, Date.now() - p.heartbeat.at) : null,
+      mirror: p.heartbeat ? { version: p.heartbeat.mirror.version, ageMs: p.heartbeat.mirror.ageMs, connected: p.heartbeat.mirror.connected } : null,
+      unreachableBy: p.unreachableBy,
+      ...(p.info.down ? { downSince: new Date(p.info.down.at).toISOString() } : {}),
+    }));
+    return { self: this.nodeId, leader: leader ? { node: leader.node, epoch: leader.epoch } : null, highestEpoch: this.lease.highestEpoch(), nodes };
+  }
+
+  private scheduleTick(): void {
+    if (this.stopped) return;
+    this.tickTimer = setTimeout(() => {
+      void this.tick()
+        .catch((err: Error) => this.deps.log.debug({ event: 'heartbeat-error', err: err.message }, 'heartbeat failed'))
+        .finally(() => this.scheduleTick());
+    }, this.deps.config.cluster.heartbeatMs);
+  }
+
+  /** One heartbeat: write ours, read the view, judge silent nodes, and (as leader) fail over. */
+  private async tick(): Promise<void> {
+    if (this.ticking || this.stopped) return;
+    this.ticking = true;
+    try {
+      const view = await this.members.beat(this.selfInfo(), { at: Date.now(), tunnels: this.tunnels(), mirror: this.mirror() });
+      const counts = { up: 0, suspect: 0, down: 0, left: 0 };
+      for (const p of view.values()) {
+        counts[p.state]++;
+        if (p.heartbeat) this.lastSeen.set(p.info.id, p.heartbeat.at);
+        if (p.state === 'suspect' && p.info.id !== this.nodeId) void this.judge(p);
+      }
+      for (const [state, n] of Object.entries(counts)) this.deps.metrics.clusterNodes.set({ state }, n);
+      if (this.isLeader()) this.sweep(view);
+    } finally {
+      this.ticking = false;
+    }
+  }
+
+  /** Is the silent node's port really silent? Our verdict goes to Redis for the leader to count. */
+  private async judge(p: PeerView): Promise<void> {
+    if (this.probing.has(p.info.id)) return;
+    this.probing.add(p.info.id);
+    try {
+      const ok = await this.peers.probe(p.info.address, Math.min(1000, this.deps.config.cluster.nodeTimeoutMs));
+      await this.members.verdict(this.nodeId, p.info.id, !ok);
+    } catch {
+      // Redis away: no verdict this round.
+    } finally {
+      this.probing.delete(p.info.id);
+    }
+  }
+
+  /** Leader: fail over every suspect node that enough others found silent. */
+  private sweep(view: ReadonlyMap<string, PeerView>): void {
+    for (const p of view.values()) {
+      if (p.state !== 'suspect' || p.info.id === this.nodeId || this.failingOver.has(p.info.id)) continue;
+      const others = [...view.values()].filter((o) => o.state === 'up' && o.info.id !== p.info.id);
+      const needed = Math.min(2, others.length);
+      const agree = p.unreachableBy.filter((id) => others.some((o) => o.info.id === id)).length;
+      if (needed === 0 || agree < needed) continue;
+      this.failingOver.add(p.info.id);
+      void this.failover(p, agree).finally(() => this.failingOver.delete(p.info.id));
+    }
+  }
+
+  private async failover(dead: PeerView, agree: number): Promise<void> {
+    const dir = this.dir!;
+    const started = performance.now();
+    const lastSeen = this.lastSeen.get(dead.info.id);
+    const epoch = this.leader()?.epoch ?? 0;
+    this.deps.log.warn(
+      { event: 'node-failed', node: dead.info.id, address: dead.info.address, confirmedBy: agree, silentForMs: lastSeen ? Date.now() - lastSeen : null },
+      `node ${dead.info.id} failed: no heartbeat, port silent for ${agree} other node(s); failing its VMs over`,
+    );
+    let promoted = 0;
+    let down = 0;
+    try {
+      for (const vm of dir.listVms()) {
+        if (vm.node !== dead.info.id) continue;
+        const replica = vm.replica !== undefined ? this.members.get(vm.replica) : undefined;
+        const next: VmRecord =
+          replica?.state === 'up'
+            ? { ...vm, node: replica.info.id, replica: vm.node, state: 'recovering', epoch: vm.epoch + 1 }
+            : { ...vm, state: 'down', epoch: vm.epoch + 1 };
+        if (!(await dir.putVm(next, { ifEpoch: vm.epoch }))) continue;
+        if (next.state === 'recovering') promoted++;
+        else down++;
+        this.deps.metrics.failoverVms.inc({ result: next.state === 'recovering' ? 'promoted' : 'down' });
+        this.deps.log.warn(
+          { event: 'vm-failover', vm: vm.name, from: vm.node, to: next.state === 'recovering' ? next.node : null, epoch: next.epoch, state: next.state },
+          next.state === 'recovering' ? `VM ${vm.name}: ${vm.node} -> ${next.node} (epoch ${next.epoch})` : `VM ${vm.name} is down: no live replica`,
+        );
+      }
+      await this.members.markDown(dead.info, epoch);
+      const ms = performance.now() - started;
+      this.deps.metrics.failovers.inc({ result: 'ok' });
+      this.deps.metrics.failoverSeconds.observe(ms / 1000);
+      this.deps.log.warn({ event: 'node-failover-done', node: dead.info.id, promoted, down, ms: Math.round(ms) }, `failover of node ${dead.info.id} done: ${promoted} VM(s) promoted, ${down} down`);
+    } catch (err) {
+      this.deps.metrics.failovers.inc({ result: 'error' });
+      this.deps.log.error({ event: 'node-failover-error', node: dead.info.id, err: (err as Error).message }, 'failover interrupted; the next leader tick retries');
+    }
+  }
+
+  /** Owner side: hook once per epoch, then probe until the console answers, then `running`. */
+  private async recover(name: string): Promise<void> {
+    const vm = this.dir?.getVm(name);
+    if (!vm || vm.node !== this.nodeId || (vm.state !== 'recovering' && vm.state !== 'down') || this.recovering.has(name) || this.stopped) return;
+    this.recovering.add(name);
+    try {
+      if (vm.state === 'recovering' && this.hooked.get(name) !== vm.epoch) {
+        this.hooked.set(name, vm.epoch);
+        await this.runHook(vm);
+      }
+      const endpoint = vm.endpoints[0];
+      if (!endpoint) return;
+      const ok = await probeConsole(endpoint.host, endpoint.port, endpoint.protocol, this.deps.config.tunnel.dialTimeoutMs);
+      if (!ok) return;
+      const now = this.dir!.getVm(name);
+      if (!now || now.epoch !== vm.epoch || now.node !== this.nodeId) return;
+      if (await this.dir!.putVm({ ...now, state: 'running' }, { ifEpoch: now.epoch, unfenced: true })) {
+        this.deps.log.info({ event: 'vm-running', vm: name, epoch: now.epoch }, `VM ${name}: console answers on ${this.nodeId}; running (epoch ${now.epoch})`);
+      }
+    } catch (err) {
+      this.deps.log.warn({ event: 'vm-recovery-error', vm: name, err: (err as Error).message }, `VM ${name}: recovery step failed; retrying`);
+    } finally {
+      this.recovering.delete(name);
+    }
+  }
+
+  private async runHook(vm: VmRecord): Promise<void> {
+    const hook = this.deps.config.cluster.failoverHook;
+    if (!hook) return;
+    const started = performance.now();
+    const timeout = this.deps.config.cluster.hookTimeoutMs;
+    try {
+      if ('url' in hook) {
+        const res = await request(hook.url, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ vm: vm.name, epoch: vm.epoch, node: this.nodeId, previousNode: vm.replica ?? null }),
+          signal: AbortSignal.timeout(timeout),
+        });
+        await res.body.dump();
+        if (res.statusCode >= 300) throw new Error(`webhook answered ${res.statusCode}`);
+      } else {
+        const [cmd, ...args] = hook.command;
+        await new Promise<void>((resolve, reject) => {
+          execFile(
+            cmd!,
+            [...args, vm.name, String(vm.epoch)],
+            { timeout, env: { ...process.env, ONEPORT_VM: vm.name, ONEPORT_EPOCH: String(vm.epoch), ONEPORT_NODE: this.nodeId } },
+            (err) => (err ? reject(err) : resolve()),
+          );
+        });
+      }
+      this.deps.metrics.hooks.inc({ result: 'ok' });
+      this.deps.log.info({ event: 'failover-hook', vm: vm.name, epoch: vm.epoch, ms: Math.round(performance.now() - started) }, `failover hook done for ${vm.name}`);
+    } catch (err) {
+      this.deps.metrics.hooks.inc({ result: 'error' });
+      this.deps.log.error({ event: 'failover-hook-error', vm: vm.name, epoch: vm.epoch, err: (err as Error).message }, `failover hook failed for ${vm.name}`);
+    }
+  }
+
+  /**
+   * A directory change that only the leader makes, received by a follower: send the request to
+   * the leader over node TLS and relay its answer. The leader checks the caller's credentials
+   * itself (sessions are signed with the shared keys); we vouch only for the client address and,
+   * for the local control socket, for the machine's administrator.
+   */
+  async forward(req: IncomingMessage, res: ServerResponse, opts: { local: boolean; client: string; body: Buffer }): Promise<void> {
+    const leader = this.leader();
+    const peer = leader ? this.members.get(leader.node) : undefined;
+    if (!leader || !peer || peer.state !== 'up') throw new OneportError('ONEPORT_ERR_NOT_LEADER', undefined, { retryAfter: 1 });
+    const headers: Record<string, string> = { [FORWARDED_BY_HEADER]: this.nodeId, [CLIENT_HEADER]: opts.client };
+    for (const h of ['content-type', 'authorization', 'cookie', 'origin']) {
+      const v = req.headers[h];
+      if (typeof v === 'string') headers[h] = v;
+    }
+    if (opts.local) headers[ACTING_HEADER] = 'local-admin';
+    let upstream;
+    try {
+      upstream = await request(`https://${peer.info.address}${req.url ?? '/'}`, {
+        method: (req.method ?? 'GET') as 'PUT',
+        headers,
+        body: opts.body.length ? opts.body : null,
+        dispatcher: this.peers.agent,
+        signal: AbortSignal.timeout(this.deps.config.http.requestTimeoutMs),
+      });
+    } catch (err) {
+      throw new OneportError('ONEPORT_ERR_NOT_LEADER', `the leader ${leader.node} did not answer; try again`, { retryAfter: 1, cause: err });
+    }
+    const text = await upstream.body.text();
+    const out: Record<string, string> = { 'Cache-Control': 'no-store', 'Oneport-Leader': leader.node };
+    for (const h of ['content-type', 'retry-after']) {
+      const v = upstream.headers[h];
+      if (typeof v === 'string') out[h] = v;
+    }
+    res.writeHead(upstream.statusCode, out);
+    res.end(text);
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    clearTimeout(this.tickTimer);
+    clearInterval(this.recoveryTimer);
+    await this.lease.stop();
+    if (this.address) await this.members.leave(this.selfInfo()).catch(() => {});
+    await this.peers.close().catch(() => {});
+    await this.deps.redis.quit().catch(() => this.deps.redis.disconnect());
+  }
+}
+
+function readEpoch(file: string): number {
+  try {
+    const n = Number(readFileSync(file, 'utf8').trim());
+    return Number.isSafeInteger(n) && n > 0 ? n : 0;
+  } catch {
+    return 0;
+  }
+}

@@ -1,0 +1,148 @@
+/**
+ * Three gateway processes on one real redis-server: one leader, forwarding of directory changes
+ * to it from any node, mirrors converging, a tunnel entering at node A for a VM on node B through
+ * the node-to-node hop (and nobody but a node on that path), and a leader killed with SIGKILL
+ * replaced within 2 s.
+ */
+import t from 'tap';
+import tls from 'node:tls';
+import { startRedis } from '../helpers/redis.js';
+import { makeCluster, eventually, type ClusterNode } from '../helpers/cluster.js';
+import { startBackend, rawRequest, readResponse, echoRoundTrip, basic } from '../helpers/net.js';
+
+interface ClusterView {
+  leader: { node: string; epoch: number } | null;
+  nodes: Array<{ id: string; state: string; leader: boolean; mirror: { version: number } | null }>;
+  directory: { version: number };
+}
+
+async function leaderOf(nodes: ClusterNode[]): Promise<ClusterNode> {
+  const line = await Promise.race(nodes.map((n) => n.waitFor((l) => l.event === 'leader-elected', 20_000).then(() => n)));
+  return line;
+}
+
+t.test('a three-node cluster', async (t) => {
+  const redis = await startRedis(t);
+  const cluster = makeCluster(t, redis.url);
+  const [a, b, c] = await Promise.all(['n1', 'n2', 'n3'].map((id) => cluster.start(id)));
+  const nodes = [a!, b!, c!];
+  const leader = await leaderOf(nodes);
+  const followers = nodes.filter((n) => n !== leader);
+  t.comment(`leader: ${leader.id}`);
+
+  // The first admin, created through a follower's control socket: forwarded to the leader.
+  const admin = await followers[0]!.admin();
+  await eventually(async () => {
+    try {
+      return await admin.putUser('root', { password: 'root-password-1', roles: ['admin'] });
+    } catch (err) {
+      if (/leader/i.test(String(err))) return undefined;
+      throw err;
+    }
+  }, 10_000, 'admin user through a follower');
+  const login = await followers[1]!.api<{ token: string }>('POST', '/api/login', { body: { user: 'root', password: 'root-password-1' } });
+  t.equal(login.status, 200, 'the new admin logs in on another follower');
+  const token = login.body.token;
+
+  t.test('every node reports the same leader and three nodes up', async (t) => {
+    for (const n of nodes) {
+      const view = await eventually(async () => {
+        const r = await n.api<ClusterView>('GET', '/api/cluster', { token });
+        return r.body.nodes.length === 3 && r.body.nodes.every((x) => x.state === 'up') && r.body.leader ? r.body : undefined;
+      }, 10_000, `cluster view on ${n.id}`);
+      t.equal(view.leader?.node, leader.id, `${n.id} sees ${leader.id} lead`);
+      t.ok(view.leader!.epoch >= 1, 'with an epoch');
+    }
+  });
+
+  t.test('a write on a follower is executed by the leader and visible on all mirrors', async (t) => {
+    const console1 = await startBackend(t);
+    const put = await followers[1]!.api<{ name: string }>('PUT', '/api/vms/desk1', {
+      token,
+      body: { node: b!.id, endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port: console1.port }], users: ['alice'] },
+    });
+    t.equal(put.status, 200, 'forwarded write succeeds');
+    t.equal(put.headers['oneport-leader'], leader.id, 'the answer says who executed it');
+    for (const n of nodes) {
+      const vm = await eventually(async () => {
+        const r = await n.api<{ node: string }>('GET', '/api/vms/desk1', { token });
+        return r.status === 200 ? r.body : undefined;
+      }, 5_000, `desk1 on ${n.id}`);
+      t.equal(vm.node, b!.id, `${n.id}'s mirror has desk1 on ${b!.id}`);
+    }
+  });
+
+  t.test('a tunnel entering at node A for a VM on node B goes through B', async (t) => {
+    const console2 = await startBackend(t);
+    const owner = b!;
+    const entry = a!;
+    let r = await entry.api('PUT', '/api/vms/desk2', {
+      token,
+      body: { node: owner.id, endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port: console2.port }], users: ['alice'] },
+    });
+    t.equal(r.status, 200);
+    r = await entry.api('PUT', '/api/users/alice', { token, body: { password: 'alice-password-1' } });
+    t.equal(r.status, 200);
+    const alice = await entry.api<{ token: string }>('POST', '/api/login', { body: { user: 'alice', password: 'alice-password-1' } });
+    const ticket = await entry.api<{ ticket: string; connect: string }>('POST', '/api/desktops/desk2/tickets', { token: alice.body.token, body: { protocol: 'vnc' } });
+    t.equal(ticket.status, 200, 'ticket issued on A');
+    const before = owner.logs.length;
+    const res = await rawRequest(entry.port, `CONNECT desk2:5900 HTTP/1.1\r\nHost: desk2:5900\r\nProxy-Authorization: ${basic('alice', ticket.body.ticket)}\r\n\r\n`);
+    t.match(res.head, /^HTTP\/1\.1 200/, 'CONNECT through A answered 200');
+    const echoed = await echoRoundTrip(res.socket, Buffer.from('hello through the hop'));
+    t.equal(echoed.toString(), 'hello through the hop', 'bytes reach the console on B and back');
+    t.equal(console2.accepted, 1, 'the console saw one connection');
+    res.socket.destroy();
+    const hopLine = await owner.waitFor((l) => l.event === 'tunnel' && l.transport === 'hop' && l.vm === 'desk2', 10_000, { after: before });
+    t.equal(hopLine.user, 'alice', 'B logged the hop tunnel with the user');
+    const entryLine = await entry.waitFor((l) => l.event === 'tunnel' && l.vm === 'desk2' && l.transport === 'connect');
+    t.equal(entryLine.consoleNode, owner.id, 'A logged the tunnel with the owning node');
+  });
+
+  t.test('the node-to-node path refuses everyone but a node', async (t) => {
+    const hop = `CONNECT desk2:5900 HTTP/1.1\r\nHost: desk2:5900\r\nOneport-Hop: ${a!.id}\r\nDesktop-Protocol: vnc\r\n\r\n`;
+    const noCert = await tlsRequest(b!.port, hop, { ca: cluster.ca.cert });
+    t.match(noCert, /^HTTP\/1\.1 403/, 'no certificate: 403');
+    const user = cluster.userCert('alice');
+    const withUser = await tlsRequest(b!.port, hop, { ca: cluster.ca.cert, cert: user.cert, key: user.key });
+    t.match(withUser, /^HTTP\/1\.1 403/, 'a user certificate from the same CA: 403');
+    const clear = await rawRequest(b!.port, hop);
+    t.match(clear.head, /^HTTP\/1\.1 (403|407)/, 'clear text: refused');
+    clear.socket.destroy();
+  });
+
+  t.test('leader killed with SIGKILL: a new leader within 2 s', async (t) => {
+    const firstEpoch = (await leader.waitFor((l) => l.event === 'leader-elected')).epoch;
+    const survivors = nodes.filter((n) => n !== leader);
+    const marks = survivors.map((n) => n.logs.length);
+    const killedAt = Date.now();
+    leader.kill('SIGKILL');
+    await leader.exited();
+    const elected = await Promise.race(survivors.map((n, i) => n.waitFor((l) => l.event === 'leader-elected', 10_000, { after: marks[i] }).then((l) => ({ n, l }))));
+    const ms = logTime(elected.l) - killedAt;
+    t.comment(`new leader ${elected.n.id} after ${ms} ms`);
+    t.ok(ms < 2000, `replaced within 2 s (took ${ms} ms)`);
+    t.ok(Number(elected.l.epoch) > Number(firstEpoch), `a higher epoch (${String(elected.l.epoch)} > ${String(firstEpoch)})`);
+    const other = survivors.find((n) => n !== elected.n)!;
+    const seen = await other.waitFor((l) => l.event === 'leader-changed' && l.leader === elected.n.id, 5_000);
+    t.ok(Number(seen.epoch) > 0, 'the other survivor follows the new leader');
+  });
+});
+
+function logTime(l: { time?: unknown }): number {
+  return typeof l.time === 'number' ? l.time : Date.parse(String(l.time));
+}
+
+function tlsRequest(port: number, text: string, opts: { ca: string; cert?: string; key?: string }): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = tls.connect({ host: '127.0.0.1', port, servername: 'localhost', ca: opts.ca, cert: opts.cert, key: opts.key });
+    s.on('error', reject);
+    s.once('secureConnect', () => {
+      s.write(text);
+      readResponse(s).then((r) => {
+        s.destroy();
+        resolve(r.head);
+      }, reject);
+    });
+  });
+}

@@ -1,0 +1,215 @@
+/**
+ * A real cluster for tests: gateway processes (`oneport serve` from the sources) sharing one
+ * `redis-server`, each with its own state folder holding the same cluster CA. Each node's JSON log
+ * lines are parsed as they come; tests await log events (`node.waitFor`) instead of sleeping.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Agent, request } from 'undici';
+import { createCa, issueClientCert, type Pem } from '../../certs/ca.js';
+import { openAdmin, type Admin } from '../../gateway/admin.js';
+
+interface Teardown {
+  teardown(fn: () => unknown): void;
+}
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const CLI = join(ROOT, 'gateway', 'cli.ts');
+
+export type LogLine = Record<string, unknown> & { event?: string; time?: number; msg?: string };
+
+export interface ClusterNode {
+  readonly id: string;
+  readonly state: string;
+  readonly port: number;
+  readonly address: string;
+  readonly proc: ChildProcess;
+  readonly logs: LogLine[];
+  /** Resolves with the first log line (already seen or to come) matching `pred`. */
+  waitFor(pred: (l: LogLine) => boolean, timeoutMs?: number, opts?: { after?: number }): Promise<LogLine>;
+  /** JSON API call over TLS (trusting the cluster CA). */
+  api<T = unknown>(method: string, path: string, opts?: { body?: unknown; token?: string }): Promise<{ status: number; body: T; headers: Record<string, unknown> }>;
+  /** The control socket client (acts as the machine's administrator). */
+  admin(): Promise<Admin>;
+  kill(signal?: NodeJS.Signals): void;
+  exited(): Promise<number | null>;
+  stop(): Promise<void>;
+}
+
+export interface TestCluster {
+  readonly ca: Pem;
+  readonly dir: string;
+  readonly redisUrl: string;
+  readonly agent: Agent;
+  start(id: string, extra?: Record<string, unknown>): Promise<ClusterNode>;
+  /** A user client certificate from the cluster CA (not a node's). */
+  userCert(name: string): Pem;
+}
+
+export function makeCluster(t: Teardown, redisUrl: string, base: Record<string, unknown> = {}): TestCluster {
+  const dir = mkdtempSync(join(tmpdir(), 'oneport-cluster-'));
+  const ca = createCa();
+  const agent = new Agent({ connect: { ca: ca.cert, servername: 'localhost' } });
+  const nodes: ClusterNode[] = [];
+  t.teardown(async () => {
+    for (const n of nodes) n.kill('SIGKILL');
+    await Promise.all(nodes.map((n) => n.exited()));
+    await agent.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return {
+    ca,
+    dir,
+    redisUrl,
+    agent,
+    userCert: (name) => issueClientCert(ca, name),
+    async start(id, extra = {}) {
+      const state = join(dir, id);
+      mkdirSync(state, { recursive: true, mode: 0o700 });
+      writeFileSync(join(state, 'ca.pem'), ca.cert);
+      writeFileSync(join(state, 'ca-key.pem'), ca.key, { mode: 0o600 });
+      const cfg = {
+        nodeId: id,
+        listen: '127.0.0.1:0',
+        state,
+        demo: { enabled: false },
+        log: { level: 'debug' },
+        ...base,
+        ...extra,
+        cluster: { redis: redisUrl, ...(base.cluster as object), ...(extra.cluster as object) },
+      };
+      writeFileSync(join(state, 'config.json'), JSON.stringify(cfg));
+      const node = await spawnNode(id, state, join(state, 'config.json'), agent);
+      nodes.push(node);
+      return node;
+    },
+  };
+}
+
+async function spawnNode(id: string, state: string, config: string, agent: Agent): Promise<ClusterNode> {
+  const proc = spawn(process.execPath, ['--import', 'tsx', CLI, 'serve', '--config', config], {
+    cwd: ROOT,
+    env: { ...process.env, ONEPORT_STATE: state },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const logs: LogLine[] = [];
+  const waiters = new Set<{ pred: (l: LogLine) => boolean; resolve: (l: LogLine) => void; after: number }>();
+  let buf = '';
+  let stderr = '';
+  proc.stdout!.setEncoding('utf8');
+  proc.stdout!.on('data', (chunk: string) => {
+    buf += chunk;
+    let nl: number;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      let parsed: LogLine;
+      try {
+        parsed = JSON.parse(line) as LogLine;
+      } catch {
+        continue;
+      }
+      logs.push(parsed);
+      for (const w of [...waiters]) {
+        if (logs.length - 1 >= w.after && w.pred(parsed)) {
+          waiters.delete(w);
+          w.resolve(parsed);
+        }
+      }
+    }
+  });
+  proc.stderr!.setEncoding('utf8');
+  proc.stderr!.on('data', (c: string) => {
+    stderr = (stderr + c).slice(-4000);
+  });
+  let exitCode: number | null | undefined;
+  const exit = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve((exitCode = code))));
+
+  const waitFor = (pred: (l: LogLine) => boolean, timeoutMs = 15_000, opts: { after?: number } = {}): Promise<LogLine> => {
+    const after = opts.after ?? 0;
+    const seen = logs.slice(after).find(pred);
+    if (seen) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      const w = {
+        pred,
+        after,
+        resolve: (l: LogLine) => {
+          clearTimeout(timer);
+          resolve(l);
+        },
+      };
+      const timer = setTimeout(() => {
+        waiters.delete(w);
+        reject(new Error(`node ${id}: no matching log line within ${timeoutMs} ms (exit ${String(exitCode)}); stderr: ${stderr.slice(-800)}`));
+      }, timeoutMs);
+      waiters.add(w);
+    });
+  };
+
+  const listening = await Promise.race([
+    waitFor((l) => l.event === 'listening', 30_000),
+    exit.then((code) => {
+      throw new Error(`node ${id} exited (${String(code)}) before listening: ${stderr}`);
+    }),
+  ]);
+  const port = Number(listening.port);
+  const node: ClusterNode = {
+    id,
+    state,
+    port,
+    address: `127.0.0.1:${port}`,
+    proc,
+    logs,
+    waitFor,
+    async api<T>(method: string, path: string, opts: { body?: unknown; token?: string } = {}) {
+      const headers: Record<string, string> = {};
+      if (opts.body !== undefined) headers['content-type'] = 'application/json';
+      if (opts.token) headers.authorization = `Bearer ${opts.token}`;
+      const res = await request(`https://127.0.0.1:${port}${path}`, {
+        method: method as 'GET',
+        headers,
+        body: opts.body === undefined ? null : JSON.stringify(opts.body),
+        dispatcher: agent,
+        signal: AbortSignal.timeout(10_000),
+      });
+      const text = await res.body.text();
+      let body: unknown = text;
+      try {
+        body = JSON.parse(text);
+      } catch {
+        // not JSON
+      }
+      return { status: res.statusCode, body: body as T, headers: res.headers };
+    },
+    admin: () => openAdmin(state),
+    kill: (signal = 'SIGKILL') => {
+      if (exitCode === undefined) proc.kill(signal);
+    },
+    exited: () => exit,
+    async stop() {
+      if (exitCode !== undefined) return;
+      proc.kill('SIGTERM');
+      await exit;
+    },
+  };
+  return node;
+}
+
+/** Resolves when `check` returns a value other than undefined; polls a live system's state. */
+export async function eventually<T>(check: () => Promise<T | undefined> | T | undefined, timeoutMs = 10_000, what = 'condition'): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await check();
+      if (v !== undefined) return v;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) throw new Error(`${what}: not reached within ${timeoutMs} ms${last ? ` (${String(last)})` : ''}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
