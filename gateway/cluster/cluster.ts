@@ -357,7 +357,7 @@ export class Cluster {
    * for the local control socket, for the machine's administrator.
    */
   async forward(req: IncomingMessage, res: ServerResponse, opts: { local: boolean; client: string; body: Buffer }): Promise<void> {
-    const leader = this.leader();
+    const leader = await this.awaitLeader(this.deps.config.cluster.leaseMs * 2);
     const peer = leader ? this.members.get(leader.node) : undefined;
     if (!leader || !peer || peer.state !== 'up') throw new OneportError('ONEPORT_ERR_NOT_LEADER', undefined, { retryAfter: 1 });
     const headers: Record<string, string> = { [FORWARDED_BY_HEADER]: this.nodeId, [CLIENT_HEADER]: opts.client };
@@ -386,6 +386,22 @@ export class Cluster {
     }
     res.writeHead(upstream.statusCode, out);
     res.end(text);
+  }
+
+  /** The leader, waiting (up to `ms`) through an election rather than failing the caller at once. */
+  private awaitLeader(ms: number): Promise<LeaderInfo | undefined> {
+    const now = this.leader();
+    if (now && now.node !== this.nodeId) return Promise.resolve(now);
+    return new Promise((resolve) => {
+      const done = (info: LeaderInfo | undefined): void => {
+        if (info && info.node === this.nodeId && !this.isLeader()) return;
+        clearTimeout(timer);
+        this.lease.removeListener('leader', done);
+        resolve(info);
+      };
+      const timer = setTimeout(() => done(this.leader()), ms);
+      this.lease.on('leader', done);
+    });
   }
 
   async stop(): Promise<void> {
