@@ -114,8 +114,6 @@ export class Cluster {
       }
     });
     this.lease.on('leader', (info: LeaderInfo | undefined) => {
-      deps.metrics.clusterLeader.set(info?.node === deps.config.nodeId ? 1 : 0);
-      deps.metrics.clusterEpoch.set(info?.epoch ?? this.lease.highestEpoch());
       deps.log.info({ event: 'leader-changed', leader: info?.node ?? null, epoch: info?.epoch ?? null }, info ? `cluster leader: ${info.node} (epoch ${info.epoch})` : 'cluster has no leader');
     });
     this.members = new Membership(deps.redis, c.prefix, c.nodeTimeoutMs);

@@ -128,6 +128,10 @@ route('GET', '/metrics', 'metrics', async (c) => {
   c.ctx.metrics.directoryVersion.set(c.ctx.dir.version());
   c.ctx.metrics.directoryAge.set(st.ageMs / 1000);
   c.ctx.metrics.directoryConnected.set(st.connected ? 1 : 0);
+  if (c.ctx.cluster) {
+    c.ctx.metrics.clusterLeader.set(c.ctx.cluster.isLeader() ? 1 : 0);
+    c.ctx.metrics.clusterEpoch.set(c.ctx.cluster.leader()?.epoch ?? c.ctx.cluster.lease.highestEpoch());
+  }
   const text = await c.ctx.metrics.registry.metrics();
   c.res.writeHead(200, { 'Content-Type': c.ctx.metrics.registry.contentType, 'Cache-Control': 'no-store' });
   c.res.end(text);
