@@ -27,6 +27,10 @@ export interface Admin {
   listVms(): Promise<VmRecord[]>;
   ticket(user: string, vm: string, protocol?: string): Promise<Record<string, unknown>>;
   cluster(): Promise<unknown>;
+  /** Planned migration: the VM's owner becomes `node` (epoch + 1); routing follows at once. */
+  moveVm(name: string, node: string): Promise<VmRecord>;
+  /** A new ticket signing key; the previous one stays valid until the next rotation. */
+  rotateKeys(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -102,6 +106,12 @@ class ControlAdmin implements Admin {
   cluster(): Promise<unknown> {
     return this.call('GET', '/api/cluster');
   }
+  moveVm(name: string, node: string): Promise<VmRecord> {
+    return this.call('POST', `/api/vms/${encodeURIComponent(name)}/move`, { node });
+  }
+  async rotateKeys(): Promise<void> {
+    await this.call('POST', '/api/keys/rotate', {});
+  }
   async close(): Promise<void> {}
 }
 
@@ -150,6 +160,16 @@ class OfflineAdmin implements Admin {
   }
   async cluster(): Promise<unknown> {
     throw new Error('the gateway is not running');
+  }
+  async moveVm(name: string, node: string): Promise<VmRecord> {
+    const vm = this.dir.getVm(name);
+    if (!vm) throw new OneportError('ONEPORT_ERR_UNKNOWN_VM');
+    const moved: VmRecord = { ...vm, node, replica: vm.replica === node ? vm.node : vm.replica, epoch: vm.epoch + 1 };
+    await this.dir.putVm(moved);
+    return moved;
+  }
+  async rotateKeys(): Promise<void> {
+    await this.dir.rotateKeys();
   }
   async close(): Promise<void> {
     await this.dir.close();

@@ -142,14 +142,27 @@ vm
   .option('-u, --users <list>', 'comma-separated users allowed on it', csv)
   .option('-g, --groups <list>', 'comma-separated groups allowed on it', csv)
   .option('-n, --node <id>', 'owning node (default: this node)')
-  .action(async (name: string, o: { vnc?: EndpointInput; spice?: EndpointInput; rdp?: EndpointInput; users?: string[]; groups?: string[]; node?: string }) => {
+  .option('-r, --replica <id>', 'node holding a replica of the VM: it takes over if the owner fails (cluster)')
+  .action(async (name: string, o: { vnc?: EndpointInput; spice?: EndpointInput; rdp?: EndpointInput; users?: string[]; groups?: string[]; node?: string; replica?: string }) => {
     const cfg = config();
     const endpoints = [o.vnc, o.spice, o.rdp].filter((e): e is EndpointInput => e !== undefined);
     if (endpoints.length === 0) throw new InvalidArgumentError('give at least one of --vnc, --spice, --rdp');
     const admin = await openAdmin(cfg.state);
     try {
-      await admin.putVm({ name, node: o.node ?? cfg.nodeId, endpoints, users: o.users ?? [], groups: o.groups ?? [] });
+      await admin.putVm({ name, node: o.node ?? cfg.nodeId, ...(o.replica ? { replica: o.replica } : {}), endpoints, users: o.users ?? [], groups: o.groups ?? [] });
       console.log(`vm ${name} saved`);
+    } finally {
+      await admin.close();
+    }
+  });
+vm
+  .command('move <name> <node>')
+  .description('planned migration: <node> owns the VM from now on; routing follows at once')
+  .action(async (name: string, node: string) => {
+    const admin = await openAdmin(config().state);
+    try {
+      const moved = await admin.moveVm(name, node);
+      console.log(`vm ${name} now on ${moved.node} (epoch ${moved.epoch})`);
     } finally {
       await admin.close();
     }
@@ -201,15 +214,51 @@ program
     }
   });
 
-program
-  .command('cluster')
-  .description('cluster information')
-  .command('status')
-  .description('leader, nodes and directory versions (needs the running gateway)')
+const clusterCmd = program.command('cluster').description('cluster information and operations');
+clusterCmd
+  .command('rotate-keys')
+  .description('new ticket signing key; the previous one stays valid until the next rotation')
   .action(async () => {
     const admin = await openAdmin(config().state);
     try {
-      console.log(JSON.stringify(await admin.cluster(), null, 2));
+      await admin.rotateKeys();
+      console.log('ticket signing key rotated');
+    } finally {
+      await admin.close();
+    }
+  });
+clusterCmd
+  .command('status')
+  .description('leader, nodes and directory versions (needs the running gateway)')
+  .option('--json', 'print the raw JSON of GET /api/cluster')
+  .action(async (o: { json?: boolean }) => {
+    const admin = await openAdmin(config().state);
+    try {
+      const status = (await admin.cluster()) as {
+        self: string;
+        leader: { node: string; epoch: number } | null;
+        directory: { kind: string; version: number; connected: boolean; ageMs: number };
+        nodes: Array<{ id: string; address?: string; state: string; leader: boolean; version: string; tunnels?: number | null; heartbeatAgeMs?: number | null; mirror: { version: number; ageMs: number; connected: boolean } | null }>;
+      };
+      if (o.json) {
+        console.log(JSON.stringify(status, null, 2));
+        return;
+      }
+      console.log(status.leader ? `leader: ${status.leader.node} (epoch ${status.leader.epoch})` : 'leader: none (election under way)');
+      console.log(`this node: ${status.self}; directory ${status.directory.kind} v${status.directory.version}${status.directory.connected ? '' : `, STALE for ${Math.round(status.directory.ageMs / 1000)} s`}`);
+      console.table(
+        status.nodes.map((n) => ({
+          node: n.id,
+          state: n.state,
+          leader: n.leader ? 'yes' : '',
+          address: n.address ?? '',
+          version: n.version,
+          tunnels: n.tunnels ?? '',
+          'heartbeat age ms': n.heartbeatAgeMs ?? '',
+          'mirror version': n.mirror?.version ?? '',
+          'mirror age ms': n.mirror ? n.mirror.ageMs : '',
+        })),
+      );
     } finally {
       await admin.close();
     }

@@ -245,6 +245,13 @@ route('POST', '/api/vms/:p/move', 'move', async (c) => {
   if (!(await c.ctx.dir.putVm(moved, { ifEpoch: vm.epoch }))) throw new OneportError('ONEPORT_ERR_CONFLICT');
   sendJson(c.res, 200, moved);
 }, { leader: true });
+route('POST', '/api/keys/rotate', 'rotate-keys', async (c) => {
+  await c.admin();
+  await c.ctx.dir.rotateKeys();
+  const k = c.ctx.dir.keys();
+  c.ctx.log.info({ event: 'keys-rotated', current: k.current.id }, `ticket signing key rotated (key ${k.current.id}; key ${k.previous[0]?.id ?? '-'} stays valid)`);
+  sendJson(c.res, 200, { current: k.current.id, previous: k.previous.map((p) => p.id) });
+}, { leader: true });
 route('GET', '/api/users', 'users', async (c) => {
   await c.admin();
   sendJson(c.res, 200, c.ctx.dir.listUsers().map(publicUser));

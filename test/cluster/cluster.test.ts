@@ -6,9 +6,13 @@
  */
 import t from 'tap';
 import tls from 'node:tls';
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { startRedis } from '../helpers/redis.js';
 import { makeCluster, eventually, type ClusterNode } from '../helpers/cluster.js';
 import { startBackend, rawRequest, readResponse, echoRoundTrip, basic } from '../helpers/net.js';
+
+const CLI = fileURLToPath(new URL('../../gateway/cli.ts', import.meta.url));
 
 interface ClusterView {
   leader: { node: string; epoch: number } | null;
@@ -72,8 +76,9 @@ t.test('a three-node cluster', async (t) => {
     }
   });
 
+  // Lives as long as the cluster: later subtests use desk2 too.
+  const console2 = await startBackend(t);
   t.test('a tunnel entering at node A for a VM on node B goes through B', async (t) => {
-    const console2 = await startBackend(t);
     const owner = b!;
     const entry = a!;
     let r = await entry.api('PUT', '/api/vms/desk2', {
@@ -111,6 +116,51 @@ t.test('a three-node cluster', async (t) => {
     clear.socket.destroy();
   });
 
+  t.test('`oneport cluster status` on any node shows the leader, every node and mirror versions', async (t) => {
+    const out = await cli(c!.state, ['cluster', 'status', '--json']);
+    const status = JSON.parse(out) as { leader: { node: string; epoch: number }; nodes: Array<{ id: string; state: string; mirror: { version: number; ageMs: number } }> };
+    t.equal(status.leader.node, leader.id);
+    t.same(status.nodes.map((n) => n.id).sort(), ['n1', 'n2', 'n3']);
+    t.ok(status.nodes.every((n) => n.state === 'up' && n.mirror.version > 0 && n.mirror.ageMs >= 0), 'each node with its mirror version and age');
+    const table = await cli(c!.state, ['cluster', 'status']);
+    t.match(table, new RegExp(`leader: ${leader.id} \\(epoch \\d+\\)`), 'a readable summary');
+  });
+
+  t.test('a console ticket is single-use cluster-wide; rotation keeps issued tickets valid', async (t) => {
+    const alice = await a!.api<{ token: string }>('POST', '/api/login', { body: { user: 'alice', password: 'alice-password-1' } });
+    const issue = async (): Promise<string> => (await b!.api<{ ticket: string }>('POST', '/api/desktops/desk2/tickets', { token: alice.body.token, body: { protocol: 'vnc' } })).body.ticket;
+    const ticket = await issue();
+    const first = await rawRequest(a!.port, `CONNECT ${ticket}.desk2:5900 HTTP/1.1\r\n\r\n`);
+    t.match(first.head, /^HTTP\/1\.1 200/, 'redeemed at node A');
+    first.socket.destroy();
+    const replay = await rawRequest(c!.port, `CONNECT ${ticket}.desk2:5900 HTTP/1.1\r\n\r\n`, { localAddress: '127.0.0.2' });
+    t.match(replay.head, /^HTTP\/1\.1 407/, 'the same ticket from another client at node C: refused');
+    const before = await issue();
+    const rot = await cli(c!.state, ['cluster', 'rotate-keys']);
+    t.match(rot, /rotated/);
+    const after = await rawRequest(a!.port, `CONNECT ${before}.desk2:5900 HTTP/1.1\r\n\r\n`);
+    t.match(after.head, /^HTTP\/1\.1 200/, 'a ticket signed with the previous key still works after rotation');
+    after.socket.destroy();
+  });
+
+  t.test('`oneport vm move` through a follower: routing follows at once', async (t) => {
+    const target = c!;
+    const out = await cli(followers[0]!.state, ['vm', 'move', 'desk2', target.id]);
+    t.match(out, new RegExp(`now on ${target.id}`));
+    for (const n of nodes) {
+      await eventually(async () => ((await n.api<{ node: string }>('GET', '/api/vms/desk2', { token })).body.node === target.id ? true : undefined), 5_000, `move seen on ${n.id}`);
+    }
+    const alice = await a!.api<{ token: string }>('POST', '/api/login', { body: { user: 'alice', password: 'alice-password-1' } });
+    const ticket = (await a!.api<{ ticket: string }>('POST', '/api/desktops/desk2/tickets', { token: alice.body.token, body: { protocol: 'vnc' } })).body.ticket;
+    const mark = target.logs.length;
+    const res = await rawRequest(b!.port, `CONNECT ${ticket}.desk2:5900 HTTP/1.1\r\n\r\n`);
+    t.match(res.head, /^HTTP\/1\.1 200/);
+    t.equal((await echoRoundTrip(res.socket, Buffer.from('moved'))).toString(), 'moved');
+    res.socket.destroy();
+    await target.waitFor((l) => l.event === 'tunnel' && l.transport === 'hop' && l.vm === 'desk2', 10_000, { after: mark });
+    t.pass('the tunnel entered at B went to the new owner C');
+  });
+
   t.test('leader killed with SIGKILL: a new leader within 2 s', async (t) => {
     const firstEpoch = (await leader.waitFor((l) => l.event === 'leader-elected')).epoch;
     const survivors = nodes.filter((n) => n !== leader);
@@ -128,6 +178,15 @@ t.test('a three-node cluster', async (t) => {
     t.ok(Number(seen.epoch) > 0, 'the other survivor follows the new leader');
   });
 });
+
+function cli(state: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, ['--import', 'tsx', CLI, '--state', state, ...args], { timeout: 30_000 }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`oneport ${args.join(' ')}: ${err.message} ${stderr}`));
+      else resolve(stdout);
+    });
+  });
+}
 
 function logTime(l: { time?: unknown }): number {
   return typeof l.time === 'number' ? l.time : Date.parse(String(l.time));
