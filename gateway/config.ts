@@ -98,6 +98,13 @@ export const configSchema = z
         idleTimeoutMs: ms.default(HOUR),
         /** WebSocket ping interval; a client that misses a pong is dropped. @default 30 s */
         wsPingIntervalMs: positive.default(30 * SECOND),
+        /**
+         * A client of a VM that is changing hands (recovering, migrating, owner silent) is held this
+         * long waiting for it, then gets 503 / 4503; 0 refuses at once. @default 60 s
+         */
+        holdMs: ms.default(60 * SECOND),
+        /** WebSocket clients told to reconnect after a reroute (close 4001) wait up to this, jittered. @default 500 ms */
+        rerouteRetryMs: ms.default(500),
       })
       .prefault({}),
     auth: z

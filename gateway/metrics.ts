@@ -118,6 +118,11 @@ export class Metrics {
     buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
     registers: [this.registry],
   });
+  readonly rerouted = new Counter({
+    name: 'oneport_tunnels_rerouted_total',
+    help: 'Live tunnels ended on purpose because their VM changed owner (clients told to reconnect)',
+    registers: [this.registry],
+  });
   readonly hooks = new Counter({
     name: 'oneport_failover_hooks_total',
     help: 'Failover hooks run on this node, by result',

@@ -114,8 +114,9 @@ export function selectEndpoint(vm: VmRecord, hints: EndpointHints): Endpoint {
 }
 
 /** Tunnels go only to VMs that are up. The cluster issue adds holding for recovering VMs. */
-export function checkVmState(vm: VmRecord): void {
-  if (vm.state === 'recovering' || vm.state === 'migrating') {
+/** Refuse a VM that cannot take a tunnel now; with `hold`, a recovering or migrating VM passes (the caller waits for it). */
+export function checkVmState(vm: VmRecord, opts: { hold?: boolean | undefined } = {}): void {
+  if ((vm.state === 'recovering' || vm.state === 'migrating') && !opts.hold) {
     throw new OneportError('ONEPORT_ERR_VM_RECOVERING', undefined, { retryAfter: 5 });
   }
   if (vm.state === 'down') throw new OneportError('ONEPORT_ERR_VM_DOWN', undefined, { retryAfter: 30 });

@@ -18,6 +18,7 @@ import { Metrics } from './metrics.js';
 import { type Logger, RateLimitedLog, createLogger } from './log.js';
 import { TunnelRegistry } from './tunnel/registry.js';
 import { Listener } from './listener.js';
+import { rerouteMoved } from './tunnel/open.js';
 import { createClearHttpServer, createTlsHttpServer } from './http/servers.js';
 import { Portal } from './http/portal.js';
 import { ensureNodeCert, ensureState } from './state.js';
@@ -120,6 +121,14 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     cluster,
     directoryState,
   };
+
+  // Sessions follow their VM: a change of owner ends its tunnels here at once (clients reconnect).
+  dir.on('change', (c: { kind: string; name?: string }) => {
+    if (c.kind === 'vm' && c.name !== undefined) rerouteMoved(ctx, c.name);
+  });
+  dir.on('resync', () => {
+    for (const name of new Set(tunnels.list().map((t) => t.vm))) rerouteMoved(ctx, name);
+  });
 
   const contexts = buildSecureContexts(config, state.server, nodeIdentity);
   const tlsHttp = createTlsHttpServer(ctx, new Portal(WEB_ROOT));

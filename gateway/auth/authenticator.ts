@@ -100,6 +100,25 @@ export class Authenticator {
     return { ticket, expiresAt: claims.expiresAt, resume: resume.token, resumeExpiresAt: resume.payload.exp };
   }
 
+  /**
+   * A resume token (CONTRACT section 6) as the credential of a new tunnel: a reconnect to the VM it
+   * names, by the user it names, on any node, with no new login. `claimedUser` (Basic credentials,
+   * or the portal session's user) must be the token's user.
+   */
+  async resume(token: string, vmName: string, client: string, claimedUser?: string): Promise<{ user: UserRecord; sessionId: string }> {
+    const payload = verifyToken(this.dir.keys(), 'resume', token);
+    if (!payload || payload.vm !== vmName || (claimedUser !== undefined && claimedUser !== '' && claimedUser !== payload.sub)) {
+      await this.countFailure(client, 'ticket');
+      throw new OneportError('ONEPORT_ERR_TICKET_INVALID', 'resume token invalid, expired, or for another VM or user');
+    }
+    const user = this.dir.getUser(payload.sub);
+    if (!user || payload.iat < user.sessionsNotBefore) {
+      this.metrics.authFailures.inc({ kind: 'session' });
+      throw new OneportError('ONEPORT_ERR_SESSION_INVALID');
+    }
+    return { user, sessionId: payload.sid };
+  }
+
   /** Refuse early when this address has failed too often. */
   async checkAddress(client: string): Promise<void> {
     await this.failuresPerAddress.check(client);

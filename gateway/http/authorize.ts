@@ -14,7 +14,13 @@ import type { TunnelTarget } from '../tunnel/open.js';
 export type Credential =
   | { readonly kind: 'ticket'; readonly ticket: string; readonly user?: string | undefined }
   | { readonly kind: 'password'; readonly user: string; readonly password: string }
-  | { readonly kind: 'session'; readonly user: UserRecord };
+  | { readonly kind: 'session'; readonly user: UserRecord }
+  | { readonly kind: 'resume'; readonly token: string; readonly user?: string | undefined };
+
+/** Resume and session tokens look like `v1.<payload>.<mac>`; tickets are base32 letters only. */
+export function isToken(secret: string): boolean {
+  return secret.startsWith('v1.');
+}
 
 export interface TunnelRequest {
   readonly vmName: string;
@@ -22,6 +28,8 @@ export interface TunnelRequest {
   readonly hints: EndpointHints;
   readonly tls: boolean;
   readonly client: string;
+  /** The caller holds a recovering or migrating VM's clients (tunnel/open.ts) instead of refusing them. */
+  readonly hold?: boolean;
 }
 
 export async function authorizeTunnel(ctx: GatewayContext, req: TunnelRequest): Promise<TunnelTarget> {
@@ -36,11 +44,21 @@ export async function authorizeTunnel(ctx: GatewayContext, req: TunnelRequest): 
       throw new OneportError('ONEPORT_ERR_TICKET_INVALID');
     }
     const endpoint = selectEndpoint(vm, { ...req.hints, ticketProtocol: ticketProtocol(cred.ticket) });
-    checkVmState(vm);
+    checkVmState(vm, { hold: req.hold });
     const afterLookup = ctx.metrics.observeSetup('lookup', started);
     const grant = await ctx.auth.redeemTicket(cred.ticket, vm, endpoint.protocol, req.client, cred.user);
     ctx.metrics.observeSetup('auth', afterLookup);
     return { vm, endpoint, user: grant.user, sessionId: grant.sessionId, via: 'ticket' };
+  }
+  if (cred.kind === 'resume') {
+    await ctx.auth.checkAddress(req.client);
+    const grant = await ctx.auth.resume(cred.token, req.vmName, req.client, cred.user);
+    const vm = lookupVm(ctx.dir, req.vmName);
+    if (!isAssigned(vm, grant.user)) throw new OneportError('ONEPORT_ERR_NOT_ASSIGNED');
+    const endpoint = selectEndpoint(vm, req.hints);
+    checkVmState(vm, { hold: req.hold });
+    ctx.metrics.observeSetup('auth', started);
+    return { vm, endpoint, user: grant.user, sessionId: grant.sessionId, via: 'resume' };
   }
   let user: UserRecord;
   if (cred.kind === 'password') {
@@ -53,7 +71,7 @@ export async function authorizeTunnel(ctx: GatewayContext, req: TunnelRequest): 
   const vm = lookupVm(ctx.dir, req.vmName);
   if (!isAssigned(vm, user)) throw new OneportError('ONEPORT_ERR_NOT_ASSIGNED');
   const endpoint = selectEndpoint(vm, req.hints);
-  checkVmState(vm);
+  checkVmState(vm, { hold: req.hold });
   ctx.metrics.observeSetup('lookup', afterAuth);
   return { vm, endpoint, user, sessionId: newId(), via: cred.kind };
 }

@@ -17,8 +17,8 @@ import { isProtocol, parseAuthority, splitHostTicket, isAddressLiteral, lookupVm
 import { HOP_HEADER } from '../cluster/peers.js';
 import { TICKET_RE } from '../auth/tickets.js';
 import { StreamPump } from '../tunnel/pump.js';
-import { type TunnelTarget, dialConsole, trackTunnel } from '../tunnel/open.js';
-import { type Credential, authorizeTunnel } from './authorize.js';
+import { type TunnelTarget, dialConsole, openConsole, trackTunnel } from '../tunnel/open.js';
+import { type Credential, authorizeTunnel, isToken } from './authorize.js';
 import { writeRawError } from './respond.js';
 
 type ProxyCredentials =
@@ -70,7 +70,9 @@ export async function handleConnect(ctx: GatewayContext, req: IncomingMessage, s
       if (!split) throw new OneportError('ONEPORT_ERR_AUTH_REQUIRED');
       credential = { kind: 'ticket', ticket: split.ticket };
     } else if (creds.kind === 'bearer') {
-      credential = { kind: 'ticket', ticket: creds.token };
+      credential = isToken(creds.token) ? { kind: 'resume', token: creds.token } : { kind: 'ticket', ticket: creds.token };
+    } else if (isToken(creds.secret)) {
+      credential = { kind: 'resume', token: creds.secret, user: creds.user };
     } else if (TICKET_RE.test(creds.secret)) {
       credential = { kind: 'ticket', ticket: creds.secret, user: creds.user };
     } else if (split) {
@@ -78,19 +80,22 @@ export async function handleConnect(ctx: GatewayContext, req: IncomingMessage, s
     } else {
       credential = { kind: 'password', user: creds.user, password: creds.secret };
     }
+    if (credential.kind === 'resume' && !tls) throw new OneportError('ONEPORT_ERR_CLEARTEXT_PASSWORD', 'resume tokens are accepted only over TLS');
     if (split && credential.kind === 'ticket' && credential.ticket !== split.ticket) {
       throw new OneportError('ONEPORT_ERR_BAD_REQUEST', 'two different tickets in one request');
     }
     if (authority.literal || isAddressLiteral(vmName)) throw new OneportError('ONEPORT_ERR_ADDRESS_LITERAL');
-    const target = await authorizeTunnel(ctx, {
+    const authorized = await authorizeTunnel(ctx, {
       vmName,
       credential,
       hints: { protocol: headerProtocol, port: authority.port },
       tls,
       client,
+      hold: true,
     });
-    protocolLabel = target.endpoint.protocol;
-    const consoleSocket = await dialConsole(ctx, target, abort.signal);
+    protocolLabel = authorized.endpoint.protocol;
+    // Held here, with no status line sent, while the VM changes hands.
+    const { socket: consoleSocket, target } = await openConsole(ctx, authorized, abort.signal);
     socket.removeListener('close', onGone);
     if (socket.destroyed) {
       consoleSocket.destroy();

@@ -16,7 +16,7 @@ import { connInfo } from '../conninfo.js';
 import { OneportError, toOneportError } from '../errors.js';
 import { isProtocol } from '../routing.js';
 import { type CloseReason, WebSocketPump } from '../tunnel/pump.js';
-import { dialConsole, trackTunnel } from '../tunnel/open.js';
+import { openConsole, trackTunnel } from '../tunnel/open.js';
 import { type Credential, authorizeTunnel } from './authorize.js';
 import { writeRawError } from './respond.js';
 import { SESSION_COOKIE, readCookie } from './cookies.js';
@@ -25,7 +25,8 @@ const TUNNEL_PATH = /^\/tunnel\/([^/?#]{1,200})\/([^/?#]{1,16})$/;
 /** Subprotocols we speak, in order of preference. */
 const SUBPROTOCOLS = ['binary'];
 
-export function wsCloseFor(reason: CloseReason): { code: number; message: string } {
+/** `rerouteRetryMs`: the bound of the jittered wait told to rerouted clients (config tunnel.rerouteRetryMs). */
+export function wsCloseFor(reason: CloseReason, rerouteRetryMs = 500): { code: number; message: string } {
   switch (reason) {
     case 'shutdown':
       return { code: 1001, message: 'gateway shutting down' };
@@ -35,6 +36,9 @@ export function wsCloseFor(reason: CloseReason): { code: number; message: string
       return { code: 4502, message: 'console connection lost' };
     case 'too-large':
       return { code: 1009, message: 'message too large' };
+    case 'rerouted':
+      // CONTRACT section 4: reconnect now (with the resume token), after retryMs.
+      return { code: 4001, message: JSON.stringify({ retryMs: Math.floor(Math.random() * rerouteRetryMs) }) };
     default:
       return { code: 1000, message: 'console closed' };
   }
@@ -88,10 +92,11 @@ export async function handleUpgrade(ctx: GatewayContext, wss: WebSocketServer, r
   const vmName = decodeURIComponent(m[1] ?? '').toLowerCase();
   const protocolText = decodeURIComponent(m[2] ?? '').toLowerCase();
   const ticket = url.searchParams.get('ticket');
+  const resume = url.searchParams.get('resume');
   const cookie = readCookie(req.headers.cookie, SESSION_COOKIE);
 
   wss.handleUpgrade(req, socket, head, (ws) => {
-    void runTunnel(ctx, ws, { vmName, protocolText, ticket, cookie, client, acceptedAt: info.acceptedAt });
+    void runTunnel(ctx, ws, { vmName, protocolText, ticket, resume, cookie, client, acceptedAt: info.acceptedAt });
   });
 }
 
@@ -99,6 +104,8 @@ interface WsRequest {
   vmName: string;
   protocolText: string;
   ticket: string | null;
+  /** A resume token (CONTRACT section 6): reconnect after a reroute or a drop, no new login. */
+  resume: string | null;
   cookie: string | undefined;
   client: string;
   acceptedAt: bigint;
@@ -124,16 +131,19 @@ async function runTunnel(ctx: GatewayContext, ws: WebSocket, r: WsRequest): Prom
     protocolLabel = r.protocolText;
     let credential: Credential;
     if (r.ticket) credential = { kind: 'ticket', ticket: r.ticket };
+    else if (r.resume) credential = { kind: 'resume', token: r.resume, user: r.cookie ? (await ctx.auth.session(r.cookie)).user.name : undefined };
     else if (r.cookie) credential = { kind: 'session', user: (await ctx.auth.session(r.cookie)).user };
     else throw new OneportError('ONEPORT_ERR_AUTH_REQUIRED', 'ticket missing');
-    const target = await authorizeTunnel(ctx, {
+    const authorized = await authorizeTunnel(ctx, {
       vmName: r.vmName,
       credential,
       hints: { protocol: r.protocolText },
       tls: true,
       client: r.client,
+      hold: true,
     });
-    const consoleSocket = await dialConsole(ctx, target, abort.signal);
+    // Held here, upgraded and waiting, while the VM changes hands.
+    const { socket: consoleSocket, target } = await openConsole(ctx, authorized, abort.signal);
     ws.removeListener('message', onMessage);
     if (ws.readyState !== WebSocket.OPEN) {
       consoleSocket.destroy();
@@ -143,7 +153,7 @@ async function runTunnel(ctx: GatewayContext, ws: WebSocket, r: WsRequest): Prom
       consoleSocket.destroy();
       throw new OneportError('ONEPORT_ERR_PAYLOAD_TOO_LARGE', 'too much data before the console answered');
     }
-    const pump = new WebSocketPump(ws, consoleSocket, { idleTimeoutMs: ctx.config.tunnel.idleTimeoutMs, wsCloseFor }, queued);
+    const pump = new WebSocketPump(ws, consoleSocket, { idleTimeoutMs: ctx.config.tunnel.idleTimeoutMs, wsCloseFor: (why) => wsCloseFor(why, ctx.config.tunnel.rerouteRetryMs) }, queued);
     keepAlive(ws, ctx.config.tunnel.wsPingIntervalMs, pump.done);
     trackTunnel(ctx, target, 'websocket', r.client, pump, r.acceptedAt);
   } catch (e) {

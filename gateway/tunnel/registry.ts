@@ -17,6 +17,9 @@ export interface Tunnel {
   readonly sessionId: string;
   readonly client: string;
   readonly startedAt: number;
+  /** The VM's owner and epoch when the tunnel opened: a change of owner reroutes it. */
+  readonly node: string;
+  readonly epoch: number;
   readonly pump: Pump;
 }
 
