@@ -204,6 +204,8 @@ export function trackTunnel(
   return tunnel;
 }
 
+const HOP_REROUTE_GRACE_MS = 1000;
+
 /**
  * The VM's owner changed (failover or planned move): end every live tunnel to it on purpose, so
  * no client sits on a dead console waiting for a TCP timeout. WebSocket clients get 4001 with
@@ -214,7 +216,14 @@ export function rerouteMoved(ctx: GatewayContext, vmName: string): number {
   let n = 0;
   for (const t of ctx.tunnels.byVm(vmName)) {
     if (vm && vm.node === t.node) continue;
-    t.pump.close('rerouted');
+    if (t.transport === 'hop') {
+      // The entry node tells its client (4001) and closes the hop itself; closing here first
+      // would reach it as a plain console close. Only a hop left open (its entry node did not
+      // hear of the move) is closed from this side, a moment later.
+      setTimeout(() => t.pump.close('rerouted'), HOP_REROUTE_GRACE_MS).unref();
+    } else {
+      t.pump.close('rerouted');
+    }
     n++;
   }
   if (n > 0) {

@@ -190,6 +190,8 @@ export class WebSocketPump extends Pump {
       this.closeWs();
       this.finish();
     });
+    // A console socket handed over paused (a hop that read its response head) flows from here.
+    console.resume();
   }
 
   private closeWs(): void {
