@@ -153,6 +153,8 @@ export const configSchema = z
               .strict(),
           ])
           .optional(),
+        /** PEM file of the CA that signed Redis's TLS certificate (rediss://, or Sentinel with tls), when not in the system store. */
+        redisCa: z.string().min(1).optional(),
         /** Prefix of every Redis key, so several clusters can share one Redis. @default 'oneport:{dir}:' */
         prefix: z.string().min(1).max(64).default('oneport:{dir}:'),
         /** host:port where the other nodes reach this node's one port. @default the bound address (0.0.0.0 becomes the first server name) */

@@ -73,7 +73,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   let store: AuthStore;
   const redisTarget = config.cluster.redis;
   if (redisTarget !== undefined && !opts.directory) {
-    const redis = redisOptions(redisTarget);
+    const redis = redisOptions(redisTarget, config.cluster.redisCa ? readFileSync(config.cluster.redisCa, 'utf8') : undefined);
     const identity = { nodeId: config.nodeId, ca: state.ca.cert, cert: ensureNodeCert(state, config.nodeId, config.serverNames) };
     nodeIdentity = identity;
     const conn = createConnection(redis, { connectionName: 'oneport-cluster', commandTimeout: 1000, connectTimeout: 2000 });
@@ -293,9 +293,21 @@ function buildServerContexts(config: Config, selfMade: { cert: string; key: stri
 }
 
 /** ioredis options from the config: a URL, or Sentinel with its options. */
-function redisOptions(r: NonNullable<Config['cluster']['redis']>): string | RedisOptions {
-  if (typeof r === 'string') return r;
-  const tls = r.tls ? { tls: {}, enableTLSForSentinelMode: true } : {};
+function redisOptions(r: NonNullable<Config['cluster']['redis']>, ca: string | undefined): string | RedisOptions {
+  if (typeof r === 'string') {
+    if (ca === undefined) return r;
+    // A private CA for rediss://: spell the URL out as options so the CA can join them.
+    const u = new URL(r);
+    return {
+      host: u.hostname.replace(/^\[|\]$/g, ''),
+      port: Number(u.port || 6379),
+      ...(u.username ? { username: decodeURIComponent(u.username) } : {}),
+      ...(u.password ? { password: decodeURIComponent(u.password) } : {}),
+      ...(u.pathname.length > 1 ? { db: Number(u.pathname.slice(1)) } : {}),
+      ...(u.protocol === 'rediss:' ? { tls: { ca } } : {}),
+    };
+  }
+  const tls = r.tls ? { tls: ca ? { ca } : {}, enableTLSForSentinelMode: true } : {};
   return {
     sentinels: r.sentinels.map((s) => ({ host: s.host, port: s.port })),
     name: r.name,

@@ -1,6 +1,17 @@
-// Portal placeholder: log in, list desktops, get a console ticket and the ways to use it.
-// The full portal (noVNC, spice-html5, .vv downloads) is built on this API.
+// The portal: log in, list the user's desktops with their state, and per desktop and protocol
+// the ways in: the in-browser viewer (VNC, SPICE), a .vv file for remote-viewer, and the
+// FreeRDP command line for RDP (a fresh single-use ticket riding in the host name, CONTRACT
+// section 3). Plain DOM, no framework; text only through textContent.
 const $ = (id) => document.getElementById(id);
+
+const STATE_TEXT = { running: 'running', recovering: 'recovering', migrating: 'moving', down: 'down' };
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
 
 async function api(method, path, body) {
   const res = await fetch(path, {
@@ -10,8 +21,76 @@ async function api(method, path, body) {
     body: body ? JSON.stringify(body) : undefined,
   });
   const data = await res.json().catch(() => ({}));
-  if (!res.ok) throw new Error(data.error ? `${data.error.message} (${data.error.code})` : `HTTP ${res.status}`);
+  if (!res.ok) throw new ApiError(res.status, data.error ? data.error.message : `HTTP ${res.status}`);
   return data;
+}
+
+function el(tag, attrs = {}, text = '') {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  if (text) e.textContent = text;
+  return e;
+}
+
+function showLogin(message = '') {
+  $('desktops-view').hidden = true;
+  $('login-view').hidden = false;
+  $('login-error').textContent = message;
+  document.querySelector('#login input[name=user]').focus();
+}
+
+function showDetail(li, title, command, hint) {
+  const d = li.querySelector('.detail');
+  d.hidden = false;
+  d.querySelector('.detail-title').textContent = title;
+  d.querySelector('.command').textContent = command;
+  d.querySelector('.hint').textContent = hint;
+  const copy = d.querySelector('.copy');
+  copy.textContent = 'Copy';
+  copy.onclick = async () => {
+    try {
+      await navigator.clipboard.writeText(command);
+      copy.textContent = 'Copied';
+    } catch {
+      copy.textContent = 'Select and copy by hand';
+    }
+  };
+}
+
+function secondsLeft(expiresAt) {
+  return Math.max(0, Math.round((Date.parse(expiresAt) - Date.now()) / 1000));
+}
+
+function protocolActions(li, d, p) {
+  const vm = encodeURIComponent(d.vm);
+  const group = el('div', { class: 'protocol', 'data-protocol': p });
+  group.append(el('span', { class: 'protocol-name' }, p.toUpperCase()));
+  if (p === 'vnc' || p === 'spice') {
+    group.append(el('a', { class: 'button open', href: `/viewer.html?vm=${vm}&protocol=${p}` }, 'Open in browser'));
+    // A GET with the session cookie: the gateway answers with a file holding a fresh ticket.
+    group.append(el('a', { class: 'button vv', href: `/api/desktops/${vm}/console.vv?protocol=${p}`, download: `${d.vm}.vv` }, 'Download .vv'));
+  }
+  if (p === 'rdp') {
+    const b = el('button', { type: 'button', class: 'freerdp' }, 'FreeRDP command');
+    b.addEventListener('click', async () => {
+      try {
+        const t = await api('POST', `/api/desktops/${vm}/tickets`, { protocol: 'rdp' });
+        // FreeRDP 2 sends no proxy credentials and cannot speak TLS to a proxy: the ticket
+        // rides in the host name and the proxy is this port in clear text.
+        const cmd = `xfreerdp /v:${t.connectWithTicket} /proxy:http://${location.host} /u:<windows user>`;
+        showDetail(li, 'Run this within the next minute:', cmd, `The ticket works once and expires in ${secondsLeft(t.expiresAt)} s. Get a new command for each connection.`);
+      } catch (e) {
+        handleError(e);
+      }
+    });
+    group.append(b);
+  }
+  return group;
+}
+
+function handleError(e) {
+  if (e instanceof ApiError && e.status === 401) return showLogin('Your session has ended. Log in again.');
+  $('desktops-error').textContent = e.message;
 }
 
 async function showDesktops() {
@@ -19,25 +98,21 @@ async function showDesktops() {
   const list = await api('GET', '/api/desktops');
   $('login-view').hidden = true;
   $('desktops-view').hidden = false;
+  $('me').textContent = me.name;
+  $('desktops-error').textContent = '';
+  $('empty').hidden = list.length > 0;
   const ul = $('desktops');
   ul.replaceChildren();
+  const tpl = $('desktop-tpl');
   for (const d of list) {
-    const li = document.createElement('li');
-    li.textContent = `${d.vm} (${d.state}) `;
-    for (const p of d.protocols) {
-      const b = document.createElement('button');
-      b.textContent = `Ticket for ${p}`;
-      b.addEventListener('click', async () => {
-        const t = await api('POST', `/api/desktops/${encodeURIComponent(d.vm)}/tickets`, { protocol: p });
-        const host = location.host;
-        $('ticket').textContent =
-          `WebSocket: wss://${host}${t.websocket}\n` +
-          `CONNECT (curl): curl -p --proxy-insecure -x https://${host} -U ${me.name}:${t.ticket} telnet://${t.connect}\n` +
-          `CONNECT with the ticket in the host name: ${t.connectWithTicket}\n` +
-          `expires ${t.expiresAt}`;
-      });
-      li.append(b);
-    }
+    const li = tpl.content.firstElementChild.cloneNode(true);
+    li.dataset.vm = d.vm;
+    li.querySelector('.name').textContent = d.vm;
+    const state = li.querySelector('.state');
+    state.textContent = STATE_TEXT[d.state] ?? d.state;
+    state.dataset.state = d.state;
+    const protocols = li.querySelector('.protocols');
+    for (const p of d.protocols) protocols.append(protocolActions(li, d, p));
     ul.append(li);
   }
 }
@@ -45,15 +120,23 @@ async function showDesktops() {
 $('login').addEventListener('submit', async (ev) => {
   ev.preventDefault();
   const f = new FormData(ev.target);
+  const button = ev.target.querySelector('button');
+  button.disabled = true;
   try {
     await api('POST', '/api/login', { user: f.get('user'), password: f.get('password') });
+    ev.target.reset();
     await showDesktops();
   } catch (e) {
-    $('login-error').textContent = e.message;
+    $('login-error').textContent = e.status === 401 ? 'Wrong user name or password.' : e.message;
+  } finally {
+    button.disabled = false;
   }
 });
 $('logout').addEventListener('click', async () => {
   await api('POST', '/api/logout').catch(() => {});
-  location.reload();
+  showLogin();
 });
-showDesktops().catch(() => {});
+$('refresh').addEventListener('click', () => showDesktops().catch(handleError));
+
+// Already logged in (the session cookie)? Then straight to the list.
+showDesktops().catch((e) => (e instanceof ApiError && e.status === 401 ? showLogin() : showLogin(e.message)));

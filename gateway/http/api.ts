@@ -20,7 +20,7 @@ import {
 import { hashPassword } from '../auth/passwords.js';
 import { lookupVm } from '../routing.js';
 import { SESSION_COOKIE, clearedSessionCookie, readCookie, sessionCookie } from './cookies.js';
-import { pathOf, sendError, sendJson } from './respond.js';
+import { pathOf, safeHost, sendError, sendJson } from './respond.js';
 import { connInfo } from '../conninfo.js';
 import type { TokenPayload } from '../auth/tokens.js';
 import { VERSION } from '../version.js';
@@ -173,7 +173,8 @@ route('GET', '/api/desktops/:p/console.vv', 'console.vv', async (c) => {
   if (!protocol.success || protocol.data === 'rdp') throw new OneportError('ONEPORT_ERR_VALIDATION', 'protocol must be spice or vnc');
   const t = await ticketResponse(c, p.user, vm, protocol.data);
   const [host, port] = String(t.connectWithTicket).split(/:(?=\d+$)/);
-  const gatewayHost = c.req.headers.host ?? `localhost`;
+  // The Host header goes into the file: only a plain host[:port], else our first server name.
+  const gatewayHost = safeHost(c.req.headers.host) ?? c.ctx.config.serverNames[0] ?? 'localhost';
   const text = [
     '[virt-viewer]',
     `type=${protocol.data}`,

@@ -74,3 +74,9 @@ export function pathOf(req: IncomingMessage): string {
   const q = url.indexOf('?');
   return q < 0 ? url : url.slice(0, q);
 }
+
+/** A Host header we are willing to echo (a redirect, a .vv file's proxy=): host or host:port, nothing else. */
+export function safeHost(host: string | undefined): string | undefined {
+  if (!host || host.length > 255) return undefined;
+  return /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$/.test(host) ? host : undefined;
+}

@@ -11,7 +11,7 @@ import { OneportError } from '../errors.js';
 import { handleApi } from './api.js';
 import { handleConnect } from './connect.js';
 import { createWebSocketServer, handleUpgrade } from './websocket.js';
-import { sendError, writeRawError, SECURITY_HEADERS } from './respond.js';
+import { safeHost, sendError, writeRawError, SECURITY_HEADERS } from './respond.js';
 import type { Portal } from './portal.js';
 import { connInfo } from '../conninfo.js';
 
@@ -139,8 +139,3 @@ export function createClearHttpServer(ctx: GatewayContext): http.Server {
   return server;
 }
 
-/** A Host header we are willing to put into a redirect: host or host:port, nothing else. */
-function safeHost(host: string | undefined): string | undefined {
-  if (!host || host.length > 255) return undefined;
-  return /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$/.test(host) ? host : undefined;
-}

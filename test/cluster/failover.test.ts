@@ -105,13 +105,18 @@ t.test('owner killed: its VM is promoted on the replica, the hook runs once, tun
   t.equal(vm.node, replica.id);
   t.equal(hookLine.epoch, vm.epoch, 'hook given the new epoch');
   t.equal(readFileSync(hookFile, 'utf8'), `${replica.id} desk ${vm.epoch}\n`, 'hook ran once, on the replica, with VM name and epoch');
-  const before = await rawRequest(nodes.find((n) => n !== owner && n !== replica)!.port, `CONNECT desk:5900 HTTP/1.1\r\nProxy-Authorization: ${basic('alice', await ticket(leader, alice, 'desk'))}\r\n\r\n`);
-  t.match(before.head, /^HTTP\/1\.1 503/, 'while recovering: 503');
-  t.match(before.head, /Retry-After: \d+/i, 'with Retry-After');
+  // A client arriving while the VM recovers is held (no status line), not refused.
+  const holder = nodes.find((n) => n !== owner && n !== replica)!;
+  const holdMark = holder.logs.length;
+  const held = rawRequest(holder.port, `CONNECT desk:5900 HTTP/1.1\r\nProxy-Authorization: ${basic('alice', await ticket(leader, alice, 'desk'))}\r\n\r\n`);
+  await holder.waitFor((l) => l.event === 'tunnel-hold' && l.vm === 'desk', 10_000, { after: holdMark });
 
   const restarted = await consoleOn(t, port);
   const running = await replica.waitFor((l) => l.event === 'vm-running' && l.vm === 'desk', 10_000);
   t.equal(running.epoch, vm.epoch, 'running at the new epoch once the console answers on the replica');
+  const heldRes = await held;
+  t.match(heldRes.head, /^HTTP\/1\.1 200/, 'the client held during the recovery is carried through');
+  heldRes.socket.destroy();
   const entry = nodes.find((n) => n !== owner && n !== replica)!;
   await eventually(async () => ((await entry.api<{ state: string }>('GET', '/api/vms/desk', { token })).body.state === 'running' ? true : undefined), 5_000, 'running on the entry node');
   const res = await rawRequest(entry.port, `CONNECT desk:5900 HTTP/1.1\r\nProxy-Authorization: ${basic('alice', await ticket(entry, alice, 'desk'))}\r\n\r\n`);
@@ -119,7 +124,7 @@ t.test('owner killed: its VM is promoted on the replica, the hook runs once, tun
   const reply = await echoRoundTrip(res.socket, Buffer.from('after failover'));
   t.equal(Buffer.concat([res.rest, reply]).toString(), `${RFB_BANNER}after failover`, 'and reaches the console on the replica');
   res.socket.destroy();
-  t.equal(restarted.accepted(), 2, 'the restarted console saw the recovery probe and the tunnel');
+  t.equal(restarted.accepted(), 3, 'the restarted console saw the recovery probe, the held tunnel and the new one');
   const firstTunnel = Date.now() - killedAt;
   t.comment(`owner SIGKILL -> first tunnel on the replica: ${firstTunnel} ms (includes the simulated VM restart)`);
   t.equal(readFileSync(hookFile, 'utf8').split('\n').filter(Boolean).length, 1, 'the hook still ran only once');

@@ -106,8 +106,10 @@ t.test('serve: first start makes a CA and the demo user, prints its password onc
   const ticket = await runCli(['--state', state, 'ticket', 'demo', '--user', 'demo']);
   t.equal(ticket.code, 0, ticket.stderr);
   t.match(JSON.parse(ticket.stdout), { ticket: /^[a-z2-7]{50}$/, connect: 'demo:5900' });
-  const status = await runCli(['--state', state, 'cluster', 'status']);
+  const status = await runCli(['--state', state, 'cluster', 'status', '--json']);
   t.match(JSON.parse(status.stdout), { leader: { epoch: 1 } });
+  const table = await runCli(['--state', state, 'cluster', 'status']);
+  t.match(table.stdout, /leader: \S+ \(epoch 1\)/, 'and a readable summary without --json');
 
   first.proc.kill('SIGTERM');
   t.equal(await first.exited, 0, 'SIGTERM: clean exit');
@@ -174,6 +176,9 @@ t.test('npm start path: the built CLI serves the portal and the API', async (t) 
   const r = await request(`https://localhost:${port}/`, { dispatcher });
   t.equal(r.statusCode, 200);
   t.match(await r.body.text(), '<title>oneport</title>', 'the portal is found from dist/');
+  const novnc = await request(`https://localhost:${port}/vendor/novnc/core/rfb.js`, { dispatcher });
+  t.equal(novnc.statusCode, 200, 'noVNC is found in node_modules from dist/');
+  await novnc.body.dump();
   const exited = new Promise((resolve) => proc.on('close', resolve));
   proc.kill('SIGTERM');
   t.equal(await exited, 0);

@@ -32,6 +32,8 @@ export interface RedisServer {
   kill(): Promise<void>;
   /** Start again on the same port (empty: nothing was saved). */
   restart(): Promise<void>;
+  /** The TLS port, when started with `tls`. */
+  readonly tlsPort?: number | undefined;
 }
 
 export interface StartRedisOptions {
@@ -44,6 +46,8 @@ export interface StartRedisOptions {
    * (e.g. a replica's "MASTER <-> REPLICA sync: Finished with success").
    */
   readonly waitForLines?: readonly string[];
+  /** Also listen with TLS (these PEM files) on a second free port: `tlsPort` in the result. */
+  readonly tls?: { readonly cert: string; readonly key: string; readonly ca: string };
 }
 
 /** A free loopback port (bound, then closed), never Redis's well-known 6379. */
@@ -62,9 +66,13 @@ export async function startRedis(t: Teardown, opts: StartRedisOptions = {}): Pro
   const timeoutMs = opts.startTimeoutMs ?? 10_000;
   let child: ChildProcess | undefined;
   let port = 0;
+  let tlsPort = 0;
 
   const launch = async (): Promise<void> => {
-    const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--daemonize', 'no', '--logfile', '', '--loglevel', 'notice', ...(opts.args ?? [])];
+    const tlsArgs = opts.tls
+      ? ['--tls-port', String(tlsPort), '--tls-cert-file', opts.tls.cert, '--tls-key-file', opts.tls.key, '--tls-ca-cert-file', opts.tls.ca, '--tls-auth-clients', 'no']
+      : [];
+    const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--daemonize', 'no', '--logfile', '', '--loglevel', 'notice', ...tlsArgs, ...(opts.args ?? [])];
     const proc = spawn(REDIS_SERVER, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let log = '';
     await new Promise<void>((resolve, reject) => {
@@ -104,6 +112,7 @@ export async function startRedis(t: Teardown, opts: StartRedisOptions = {}): Pro
   // The free port may be taken between our probe and redis-server's bind: try a few.
   for (let attempt = 1; ; attempt++) {
     port = await freePort();
+    if (opts.tls) do tlsPort = await freePort(); while (tlsPort === port);
     try {
       await launch();
       break;
@@ -124,6 +133,7 @@ export async function startRedis(t: Teardown, opts: StartRedisOptions = {}): Pro
 
   const server: RedisServer = {
     port,
+    tlsPort: opts.tls ? tlsPort : undefined,
     url: `redis://127.0.0.1:${port}`,
     get pid() {
       return child?.pid;

@@ -1,0 +1,121 @@
+/**
+ * Run by browser-vnc.test.ts inside `unshare -n`. A real Xvnc with a known picture, the gateway
+ * in-process, and headless Chromium using the portal as a person would.
+ */
+import t from 'tap';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startTestGateway } from '../helpers/gateway.js';
+import { closedPort } from '../helpers/net.js';
+import { solidRoot, startXvnc } from '../helpers/x11.js';
+import { launchChromium, sidewaysOverflow, waitForCanvasColour } from '../helpers/page.js';
+import { outsideNetns } from '../helpers/netns.js';
+
+const ARTIFACTS = fileURLToPath(new URL('../../test-artifacts/', import.meta.url));
+mkdirSync(ARTIFACTS, { recursive: true });
+
+const ORANGE = [0xff, 0x80, 0x00] as const;
+const TEAL = [0x00, 0x80, 0x80] as const;
+const hex = (c: readonly number[]): string => `#${c.map((v) => v.toString(16).padStart(2, '0')).join('')}`;
+
+const launch = launchChromium;
+
+t.test('log in, open the desktop in noVNC, see its picture; the viewer reconnects after the VNC server restarts', { skip: outsideNetns }, async (t) => {
+  // In this namespace the port space is private; the browser is never told this port.
+  const vncPort = await closedPort();
+  let xvnc = await startXvnc(t, vncPort);
+  await solidRoot(xvnc.display, hex(ORANGE));
+
+  const gw = await startTestGateway(t);
+  await gw.addUser('alice', 'alice-password-1');
+  await gw.addVm('desk', [{ protocol: 'vnc', host: '127.0.0.1', port: vncPort, publishedPort: 5900 }], ['alice']);
+
+  const context = await launch(t);
+  const page = await context.newPage();
+  const problems: string[] = [];
+  page.on('console', (m) => {
+    // Failed requests are checked below by URL (the portal's first /api/me is a 401 by design).
+    if ((m.type() === 'error' && !m.text().startsWith('Failed to load resource')) || /Content.Security.Policy/i.test(m.text())) problems.push(m.text());
+  });
+  page.on('response', (r) => {
+    if (r.status() >= 400 && !(r.status() === 401 && new URL(r.url()).pathname === '/api/me')) problems.push(`${r.status()} ${r.url()}`);
+  });
+  page.on('pageerror', (e) => problems.push(String(e)));
+  const sockets: string[] = [];
+  page.on('websocket', (ws) => sockets.push(ws.url()));
+
+  await page.goto(gw.url);
+  await page.fill('#login input[name=user]', 'alice');
+  await page.fill('#login input[name=password]', 'alice-password-1');
+  await page.click('#login button[type=submit]');
+  const item = page.locator('li.desktop[data-vm="desk"]');
+  await item.waitFor();
+  t.equal(await item.locator('.state').textContent(), 'running', 'the desktop is listed with its state');
+  t.ok(await item.locator('[data-protocol=vnc] a.vv').count(), 'a .vv download is offered');
+
+  await item.locator('[data-protocol=vnc] a.open').click();
+  await page.waitForURL(/\/viewer\.html\?vm=desk&protocol=vnc/);
+  await page.locator('#status[data-state=connected]').waitFor({ timeout: 30_000 });
+  await waitForCanvasColour(page, ORANGE);
+  t.pass('the canvas shows the VNC server\'s orange root window');
+  await page.screenshot({ path: join(ARTIFACTS, 'browser-vnc-connected.png') });
+
+  // Restart the VNC server; this time the picture is teal, so an old frame cannot pass the check.
+  await xvnc.stop();
+  await page.locator('#status:not([data-state=connected])').waitFor({ timeout: 15_000 });
+  t.match(await page.locator('#status').textContent(), /Reconnect|Connecting/, 'the viewer says it is reconnecting');
+  await page.screenshot({ path: join(ARTIFACTS, 'browser-vnc-reconnecting.png') });
+  xvnc = await startXvnc(t, vncPort);
+  await solidRoot(xvnc.display, hex(TEAL));
+  await page.locator('#status[data-state=connected]').waitFor({ timeout: 60_000 });
+  await waitForCanvasColour(page, TEAL);
+  t.pass('after the restart the viewer reconnected by itself and shows the new picture');
+  await page.screenshot({ path: join(ARTIFACTS, 'browser-vnc-reconnected.png') });
+
+  // Every WebSocket went to the gateway's tunnel: the console's own port never reached the page.
+  t.ok(sockets.length >= 2, `${sockets.length} WebSocket connections`);
+  for (const url of sockets) t.match(url, new RegExp(`^wss://[^/]+:${gw.port}/tunnel/desk/vnc\\?ticket=[a-z0-9]+$`));
+  t.notOk(sockets.some((u) => u.includes(String(vncPort))), 'the VNC port is never seen by the browser');
+  t.same(problems, [], 'no script errors or CSP violations');
+
+  await page.click('#disconnect');
+  await page.locator('#status[data-state=stopped]').waitFor();
+  const tunnels = () => gw.logs.filter((l) => l.event === 'tunnel' && l.vm === 'desk' && l.transport === 'websocket');
+  await t.resolves(waitFor(() => tunnels().length >= 2), 'the gateway logged the tunnels');
+  t.ok(tunnels().every((l) => Number(l.bytesToClient) > 12 && Number(l.bytesToConsole) > 12), 'RFB went both ways through the gateway');
+});
+
+t.test('the portal works on a phone-sized screen', { skip: outsideNetns }, async (t) => {
+  const gw = await startTestGateway(t);
+  await gw.addUser('bob', 'bob-password-1');
+  await gw.addVm('phone-desk', [
+    { protocol: 'vnc', host: '127.0.0.1', port: 5999 },
+    { protocol: 'rdp', host: '127.0.0.1', port: 3389 },
+  ], ['bob']);
+  const context = await launch(t);
+  const page = await context.newPage();
+  await page.setViewportSize({ width: 360, height: 640 });
+  await page.goto(gw.url);
+  await page.fill('#login input[name=user]', 'bob');
+  await page.fill('#login input[name=password]', 'bob-password-1');
+  await page.click('#login button[type=submit]');
+  const item = page.locator('li.desktop[data-vm="phone-desk"]');
+  await item.waitFor();
+  await item.locator('button.freerdp').click();
+  const command = item.locator('.command', { hasText: 'xfreerdp' });
+  await command.waitFor();
+  const cmd = (await command.textContent()) ?? '';
+  t.match(cmd, new RegExp(`^xfreerdp /v:[a-z0-9]+\\.phone-desk:3389 /proxy:http://[^ ]+:${gw.port} `), 'the FreeRDP command carries a ticket in the host name');
+  const overflow = await sidewaysOverflow(page);
+  t.ok(overflow <= 0, `nothing sticks out sideways (${overflow} px)`);
+  await page.screenshot({ path: join(ARTIFACTS, 'portal-phone.png'), fullPage: true });
+});
+
+async function waitFor(cond: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}

@@ -1,0 +1,77 @@
+/**
+ * Run by remote-viewer.test.ts inside `unshare -n`. remote-viewer never exits on an error (it
+ * opens a dialog), so the test reads its --spice-debug log and stops it itself.
+ */
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Agent, request } from 'undici';
+import { startTestGateway } from '../helpers/gateway.js';
+import { closedPort } from '../helpers/net.js';
+import { startQemuSpice } from '../helpers/qemu.js';
+import { startXvfb } from '../helpers/x11.js';
+import { outsideNetns } from '../helpers/netns.js';
+
+t.test('remote-viewer opens the downloaded .vv and brings up SPICE channels through the gateway', { skip: outsideNetns }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'oneport-rv-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const spicePort = await closedPort();
+  await startQemuSpice(t, spicePort);
+  const gw = await startTestGateway(t);
+  await gw.addUser('alice', 'alice-password-1');
+  await gw.addVm('vm1', [{ protocol: 'spice', host: '127.0.0.1', port: spicePort, publishedPort: 5900 }], ['alice']);
+
+  // As a user: log in, download the .vv file (the portal's "Download .vv" link).
+  const dispatcher = new Agent({ connect: { ca: gw.caCert, servername: 'localhost' } });
+  t.teardown(() => dispatcher.close());
+  const base = `https://127.0.0.1:${gw.port}`;
+  const login = await request(`${base}/api/login`, {
+    method: 'POST',
+    dispatcher,
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ user: 'alice', password: 'alice-password-1' }),
+  });
+  const { token } = (await login.body.json()) as { token: string };
+  const vv = await request(`${base}/api/desktops/vm1/console.vv?protocol=spice`, { dispatcher, headers: { authorization: `Bearer ${token}` } });
+  t.equal(vv.statusCode, 200);
+  t.equal(vv.headers['content-type'], 'application/x-virt-viewer');
+  const text = await vv.body.text();
+  t.match(text, new RegExp(`^proxy=http://127\\.0\\.0\\.1:${gw.port}$`, 'm'), 'proxy= points at the gateway');
+  t.match(text, /^host=[a-z0-9]{1,63}\.vm1$/m, 'host= carries the ticket in front of the VM name');
+  t.notMatch(text, String(spicePort), 'the console port is not in the file');
+  const file = join(dir, 'vm1.vv');
+  writeFileSync(file, text);
+
+  const x = await startXvfb(t);
+  const rv = spawn('remote-viewer', ['--spice-debug', file], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, DISPLAY: x.display, HOME: dir, XDG_RUNTIME_DIR: dir, NO_AT_BRIDGE: '1', G_MESSAGES_DEBUG: 'all' },
+  });
+  let log = '';
+  rv.stdout.on('data', (d: Buffer) => (log += d.toString()));
+  rv.stderr.on('data', (d: Buffer) => (log += d.toString()));
+  t.teardown(async () => {
+    if (rv.exitCode === null && rv.signalCode === null) {
+      const exited = once(rv, 'exit');
+      rv.kill('SIGKILL');
+      await exited;
+    }
+  });
+
+  // spice-gtk logs "<channel>: channel up" for each channel once its link is established.
+  const channelsUp = (): Set<string> => new Set([...log.matchAll(/(main|display|inputs|cursor)-\d+:\d+: channel up/g)].map((m) => m[1]!));
+  const end = Date.now() + 60_000;
+  while (channelsUp().size < 4 && rv.exitCode === null && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+  t.same([...channelsUp()].sort(), ['cursor', 'display', 'inputs', 'main'], 'main, display, inputs and cursor channels are up', { log: log.slice(-4000) });
+
+  rv.kill('SIGTERM');
+  await once(rv, 'exit');
+  const end2 = Date.now() + 10_000;
+  while (gw.logs.filter((l) => l.event === 'tunnel' && l.vm === 'vm1').length < 4 && Date.now() < end2) await new Promise((r) => setTimeout(r, 50));
+  const tunnels = gw.logs.filter((l) => l.event === 'tunnel' && l.vm === 'vm1');
+  t.ok(tunnels.length >= 4, `one CONNECT tunnel per channel (${tunnels.length})`);
+  t.ok(tunnels.every((l) => l.transport === 'connect' && l.protocol === 'spice'), 'all clear-text CONNECT, SPICE');
+});

@@ -1,0 +1,124 @@
+/**
+ * Real X servers for end-to-end tests: Xvnc (TigerVNC, an X server that is also a VNC server)
+ * and Xvfb. Each picks a free display itself (`-displayfd`: the server takes the first display
+ * whose lock it can create, then writes the number once it accepts clients), so tests running
+ * in parallel never collide and nobody sleeps waiting for a server to come up.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import net from 'node:net';
+import type { Readable } from 'node:stream';
+
+interface Teardown {
+  teardown(fn: () => unknown): void;
+}
+
+export interface XServer {
+  /** `:N` */
+  readonly display: string;
+  readonly proc: ChildProcess;
+  /** What it printed on stderr so far. */
+  readonly log: () => string;
+  /** SIGTERM, then SIGKILL after 3 s; resolves once it exited. Idempotent. */
+  stop(): Promise<void>;
+}
+
+async function startX(t: Teardown, cmd: string, args: string[], deadlineMs = 20_000): Promise<XServer> {
+  const proc = spawn(cmd, ['-displayfd', '3', ...args], { stdio: ['ignore', 'ignore', 'pipe', 'pipe'] });
+  let log = '';
+  proc.stderr?.on('data', (d: Buffer) => (log += d.toString()));
+  const exited = new Promise<void>((resolve) => {
+    if (proc.exitCode !== null || proc.signalCode !== null) resolve();
+    else proc.once('exit', () => resolve());
+  });
+  const stop = async (): Promise<void> => {
+    if (proc.exitCode === null && proc.signalCode === null) {
+      proc.kill('SIGTERM');
+      const t = setTimeout(() => proc.kill('SIGKILL'), 3000);
+      await exited;
+      clearTimeout(t);
+    }
+  };
+  t.teardown(stop);
+  const fd3 = proc.stdio[3] as Readable;
+  const display = await new Promise<string>((resolve, reject) => {
+    let text = '';
+    const timer = setTimeout(() => reject(new Error(`${cmd} gave no display within ${deadlineMs} ms: ${log}`)), deadlineMs);
+    fd3.on('data', (d: Buffer) => {
+      text += d.toString();
+      const m = /^(\d+)\n/.exec(text);
+      if (m) {
+        clearTimeout(timer);
+        resolve(`:${m[1]}`);
+      }
+    });
+    proc.once('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    proc.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      reject(new Error(`${cmd} exited (${code ?? signal}) before it was ready: ${log}`));
+    });
+  });
+  return { display, proc, log: () => log, stop };
+}
+
+/**
+ * Xvnc on a free display, its VNC server on `127.0.0.1:<rfbPort>` without VNC authentication
+ * (the gateway authenticates; the console port is known only to the directory).
+ */
+export async function startXvnc(t: Teardown, rfbPort: number, geometry = '320x240'): Promise<XServer> {
+  const x = await startX(t, 'Xvnc', [
+    '-geometry', geometry,
+    '-depth', '24',
+    '-rfbport', String(rfbPort),
+    '-interface', '127.0.0.1',
+    '-localhost',
+    '-SecurityTypes', 'None',
+    '-nolisten', 'tcp',
+    '-AlwaysShared',
+  ]);
+  await waitForPort(rfbPort, 10_000, () => x.proc.exitCode !== null);
+  return x;
+}
+
+/** Xvfb on a free display (for X clients under test: xfreerdp, remote-viewer). */
+export function startXvfb(t: Teardown, geometry = '1024x768x24'): Promise<XServer> {
+  return startX(t, 'Xvfb', ['-screen', '0', geometry, '-nolisten', 'tcp']);
+}
+
+/** Run an X client to completion (xsetroot and the like). */
+export async function xRun(display: string, cmd: string, args: string[]): Promise<void> {
+  const p = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, DISPLAY: display } });
+  let err = '';
+  p.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  const [code] = (await once(p, 'close')) as [number | null];
+  if (code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${code}: ${err}`);
+}
+
+/** Paint the whole root window one colour (`#rrggbb`). */
+export function solidRoot(display: string, colour: string): Promise<void> {
+  return xRun(display, 'xsetroot', ['-solid', colour]);
+}
+
+/**
+ * Resolves once something accepts on the port. The X server writes its display number before
+ * every extension's listener is guaranteed up, so the VNC port is checked by connecting.
+ */
+export async function waitForPort(port: number, deadlineMs: number, gaveUp: () => boolean = () => false): Promise<void> {
+  const end = Date.now() + deadlineMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = net.connect(port, '127.0.0.1');
+      s.once('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (gaveUp() || Date.now() > end) throw new Error(`nothing accepts on 127.0.0.1:${port}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
