@@ -105,6 +105,15 @@ export const configSchema = z
         holdMs: ms.default(60 * SECOND),
         /** WebSocket clients told to reconnect after a reroute (close 4001) wait up to this, jittered. @default 500 ms */
         rerouteRetryMs: ms.default(500),
+        /** Resumable WebSocket tunnels (subprotocol oneport.v1): what survives a dropped client leg. */
+        resume: z
+          .object({
+            /** The console stays open this long after the client leg drops. @default 30 s */
+            graceMs: positive.default(30 * SECOND),
+            /** Console bytes kept for replay; a parked session that needs more ends. @default 16 MiB */
+            maxBufferBytes: z.number().int().min(64 * 1024).default(16 * 1024 * 1024),
+          })
+          .prefault({}),
       })
       .prefault({}),
     auth: z

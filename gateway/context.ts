@@ -10,6 +10,7 @@ import type { Metrics } from './metrics.js';
 import type { Logger, RateLimitedLog } from './log.js';
 import type { TunnelRegistry } from './tunnel/registry.js';
 import type { Cluster } from './cluster/cluster.js';
+import type { SessionRegistry } from './tunnel/session.js';
 
 export interface GatewayContext {
   readonly config: Config;
@@ -24,6 +25,8 @@ export interface GatewayContext {
   readonly lifecycle: { listening: boolean; shuttingDown: boolean };
   /** The gateway's own origins (scheme://host:port) for the WebSocket Origin check. */
   readonly ownOrigins: () => readonly string[];
+  /** Resumable (oneport.v1) sessions held on this node. */
+  readonly sessions: SessionRegistry;
   /** Set when the node runs in a cluster (config.cluster.redis). */
   readonly cluster: Cluster | undefined;
   /** How fresh the directory is: always fresh for the embedded one; the mirror's age in a cluster. */

@@ -123,6 +123,17 @@ export class Metrics {
     help: 'Live tunnels ended on purpose because their VM changed owner (clients told to reconnect)',
     registers: [this.registry],
   });
+  readonly resumes = new Counter({
+    name: 'oneport_session_resumes_total',
+    help: 'oneport.v1 resume attempts: ok (replayed here), relayed (held by another node), gone, or the refusal code',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+  readonly sessionsParked = new Gauge({
+    name: 'oneport_sessions_parked',
+    help: 'Resumable sessions whose client leg dropped, waiting for the client to come back',
+    registers: [this.registry],
+  });
   readonly hooks = new Counter({
     name: 'oneport_failover_hooks_total',
     help: 'Failover hooks run on this node, by result',

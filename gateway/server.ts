@@ -19,6 +19,7 @@ import { type Logger, RateLimitedLog, createLogger } from './log.js';
 import { TunnelRegistry } from './tunnel/registry.js';
 import { Listener } from './listener.js';
 import { rerouteMoved } from './tunnel/open.js';
+import { SessionRegistry } from './tunnel/session.js';
 import { createClearHttpServer, createTlsHttpServer } from './http/servers.js';
 import { Portal } from './http/portal.js';
 import { ensureNodeCert, ensureState } from './state.js';
@@ -120,6 +121,14 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     ownOrigins: () => ownOrigins,
     cluster,
     directoryState,
+    sessions: new SessionRegistry(
+      cluster
+        ? {
+            put: (id, parked) => cluster.recordSession(id, parked ? config.tunnel.resume.graceMs : 24 * 3600 * 1000),
+            forget: (id) => cluster.forgetSession(id),
+          }
+        : undefined,
+    ),
   };
 
   // Sessions follow their VM: a change of owner ends its tunnels here at once (clients reconnect).

@@ -26,7 +26,8 @@ import { VERSION } from '../version.js';
 import { OneportError } from '../errors.js';
 import { LeaderLease, type LeaderInfo } from './lease.js';
 import { Membership, type NodeInfo, type PeerView } from './membership.js';
-import { ACTING_HEADER, CLIENT_HEADER, FORWARDED_BY_HEADER, Peers, peerNodeId, type NodeIdentity } from './peers.js';
+import { ACTING_HEADER, CLIENT_HEADER, FORWARDED_BY_HEADER, NODE_SERVERNAME, Peers, checkNode, peerNodeId, type NodeIdentity } from './peers.js';
+import { WebSocket as WsSocket } from 'ws';
 import { X509Certificate } from 'node:crypto';
 
 export interface ClusterDeps {
@@ -384,6 +385,55 @@ export class Cluster {
     }
     res.writeHead(upstream.statusCode, out);
     res.end(text);
+  }
+
+  /** Where a resumable session is held (`<prefix>session:<id>` -> node), for a client that comes back elsewhere. */
+  recordSession(id: string, ttlMs: number): void {
+    this.deps.redis.set(`${this.deps.config.cluster.prefix}session:${id}`, this.nodeId, 'PX', ttlMs).catch(() => undefined);
+  }
+
+  forgetSession(id: string): void {
+    this.deps.redis.del(`${this.deps.config.cluster.prefix}session:${id}`).catch(() => undefined);
+  }
+
+  async sessionNode(id: string): Promise<string | undefined> {
+    if (!/^[A-Za-z0-9_-]{1,64}$/.test(id)) return undefined;
+    return (await this.deps.redis.get(`${this.deps.config.cluster.prefix}session:${id}`).catch(() => null)) ?? undefined;
+  }
+
+  /**
+   * The client of a session held on node `holder` came back here: open the same resume request
+   * on the holder, over node TLS, and relay messages both ways (text stays text, binary binary).
+   */
+  async relayResume(holder: string, client: WsSocket, vm: string, protocol: string, q: { resume: string; session: string; received: number }, queued: readonly Buffer[]): Promise<void> {
+    const peer = this.members.get(holder);
+    if (!peer || peer.state !== 'up') throw new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', `the node holding the session (${holder}) is not reachable`);
+    const { identity } = this.deps;
+    const url = `wss://${peer.info.address}/tunnel/${encodeURIComponent(vm)}/${protocol}?resume=${encodeURIComponent(q.resume)}&session=${encodeURIComponent(q.session)}&received=${q.received}`;
+    const upstream = new WsSocket(url, ['oneport.v1'], {
+      ca: identity.ca,
+      cert: identity.cert.cert,
+      key: identity.cert.key,
+      // Passed through to tls.connect (not in ws's types): ask for the holder's node certificate.
+      ...({ servername: NODE_SERVERNAME } as object),
+      // ws types this hook as boolean-returning; TLS wants Error | undefined: the holder must be that node.
+      checkServerIdentity: checkNode(holder) as never,
+      handshakeTimeout: this.deps.config.tunnel.dialTimeoutMs,
+      headers: { [FORWARDED_BY_HEADER]: this.nodeId },
+    });
+    upstream.on('error', () => upstream.terminate());
+    await new Promise<void>((resolve, reject) => {
+      upstream.once('open', () => resolve());
+      upstream.once('close', () => reject(new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', `node ${holder} refused the relay`)));
+    });
+    for (const b of queued) upstream.send(b, { binary: true });
+    upstream.on('message', (d: Buffer, isBinary: boolean) => client.readyState === WsSocket.OPEN && client.send(d, { binary: isBinary }));
+    client.on('message', (d: Buffer, isBinary: boolean) => upstream.readyState === WsSocket.OPEN && upstream.send(d, { binary: isBinary }));
+    const safeCode = (c: number): number => (c === 1005 || c === 1006 || c === 1015 ? 1011 : c);
+    upstream.on('close', (code: number, reason: Buffer) => client.readyState === WsSocket.OPEN && client.close(safeCode(code), reason.toString()));
+    // The client's leg dropping must look the same to the holder: not a clean 1000 unless it was.
+    client.on('close', (code: number) => (code === 1000 || code === 1001 ? upstream.close(code) : upstream.terminate()));
+    this.deps.log.info({ event: 'session-relayed', vm, session: q.session, holder }, `resumed session on ${vm} relayed to ${holder}`);
   }
 
   /** The leader, waiting (up to `ms`) through an election rather than failing the caller at once. */

@@ -49,7 +49,7 @@ export function peerNodeId(socket: net.Socket, ca: X509Certificate): string | un
 }
 
 /** Accept a server certificate only if it is the expected node's (CA already checked by TLS). */
-function checkNode(expected: string | undefined) {
+export function checkNode(expected: string | undefined) {
   return (_host: string, cert: tls.PeerCertificate): Error | undefined => {
     const ou = cert.subject?.OU;
     const isNode = Array.isArray(ou) ? ou.includes(NODE_OU) : ou === NODE_OU;

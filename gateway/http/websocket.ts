@@ -17,13 +17,15 @@ import { OneportError, toOneportError } from '../errors.js';
 import { isProtocol } from '../routing.js';
 import { type CloseReason, WebSocketPump } from '../tunnel/pump.js';
 import { openConsole, trackTunnel } from '../tunnel/open.js';
+import { RESUMABLE_SUBPROTOCOL, ResumableSession } from '../tunnel/session.js';
+import { newId } from '../auth/tokens.js';
 import { type Credential, authorizeTunnel } from './authorize.js';
 import { writeRawError } from './respond.js';
 import { SESSION_COOKIE, readCookie } from './cookies.js';
 
 const TUNNEL_PATH = /^\/tunnel\/([^/?#]{1,200})\/([^/?#]{1,16})$/;
 /** Subprotocols we speak, in order of preference. */
-const SUBPROTOCOLS = ['binary'];
+const SUBPROTOCOLS = [RESUMABLE_SUBPROTOCOL, 'binary'];
 
 /** `rerouteRetryMs`: the bound of the jittered wait told to rerouted clients (config tunnel.rerouteRetryMs). */
 export function wsCloseFor(reason: CloseReason, rerouteRetryMs = 500): { code: number; message: string } {
@@ -93,10 +95,14 @@ export async function handleUpgrade(ctx: GatewayContext, wss: WebSocketServer, r
   const protocolText = decodeURIComponent(m[2] ?? '').toLowerCase();
   const ticket = url.searchParams.get('ticket');
   const resume = url.searchParams.get('resume');
+  const session = url.searchParams.get('session');
+  const receivedText = url.searchParams.get('received');
   const cookie = readCookie(req.headers.cookie, SESSION_COOKIE);
 
   wss.handleUpgrade(req, socket, head, (ws) => {
-    void runTunnel(ctx, ws, { vmName, protocolText, ticket, resume, cookie, client, acceptedAt: info.acceptedAt });
+    const r: WsRequest = { vmName, protocolText, ticket, resume, cookie, client, acceptedAt: info.acceptedAt };
+    if (session !== null && ws.protocol === RESUMABLE_SUBPROTOCOL) void resumeSession(ctx, ws, r, session, receivedText);
+    else void runTunnel(ctx, ws, r);
   });
 }
 
@@ -153,7 +159,15 @@ async function runTunnel(ctx: GatewayContext, ws: WebSocket, r: WsRequest): Prom
       consoleSocket.destroy();
       throw new OneportError('ONEPORT_ERR_PAYLOAD_TOO_LARGE', 'too much data before the console answered');
     }
-    const pump = new WebSocketPump(ws, consoleSocket, { idleTimeoutMs: ctx.config.tunnel.idleTimeoutMs, wsCloseFor: (why) => wsCloseFor(why, ctx.config.tunnel.rerouteRetryMs) }, queued);
+    const closeFor = (why: CloseReason): { code: number; message: string } => wsCloseFor(why, ctx.config.tunnel.rerouteRetryMs);
+    let pump: WebSocketPump | ResumableSession;
+    if (ws.protocol === RESUMABLE_SUBPROTOCOL) {
+      const owner = { id: newId(), user: target.user.name, vm: target.vm.name, protocol: target.endpoint.protocol };
+      const { graceMs, maxBufferBytes } = ctx.config.tunnel.resume;
+      pump = new ResumableSession(owner, consoleSocket, ws, { idleTimeoutMs: ctx.config.tunnel.idleTimeoutMs, wsCloseFor: closeFor, graceMs, maxBufferBytes }, (s, parked) => ctx.sessions.update(s, parked), queued);
+    } else {
+      pump = new WebSocketPump(ws, consoleSocket, { idleTimeoutMs: ctx.config.tunnel.idleTimeoutMs, wsCloseFor: closeFor }, queued);
+    }
     keepAlive(ws, ctx.config.tunnel.wsPingIntervalMs, pump.done);
     trackTunnel(ctx, target, 'websocket', r.client, pump, r.acceptedAt);
   } catch (e) {
@@ -183,4 +197,54 @@ function keepAlive(ws: WebSocket, intervalMs: number, done: Promise<unknown>): v
   }, intervalMs);
   timer.unref();
   void done.then(() => clearInterval(timer));
+}
+
+/**
+ * A client of a parked `oneport.v1` session comes back: `?resume=<token>&session=<id>&received=<n>`.
+ * The resume token proves user and VM; the session must be theirs. Held on this node: attach and
+ * replay. Held on another node (cluster): relay this leg to it over node TLS. Gone (the console
+ * died, the grace period passed): 4001, so the client reconnects fresh with its resume token.
+ */
+async function resumeSession(ctx: GatewayContext, ws: WebSocket, r: WsRequest, sessionId: string, receivedText: string | null): Promise<void> {
+  ws.on('error', () => ws.terminate());
+  const queued: Buffer[] = [];
+  const onMessage = (data: Buffer): void => void queued.push(Buffer.from(data));
+  ws.on('message', onMessage);
+  try {
+    if (!r.resume) throw new OneportError('ONEPORT_ERR_AUTH_REQUIRED', 'resuming a session needs its resume token');
+    const received = Number(receivedText ?? 'NaN');
+    if (!Number.isSafeInteger(received) || received < 0) throw new OneportError('ONEPORT_ERR_BAD_REQUEST', 'received must be a byte count');
+    const grant = await ctx.auth.resume(r.resume, r.vmName, r.client);
+    const local = ctx.sessions.get(sessionId);
+    if (local) {
+      if (local.owner.user !== grant.user.name || local.owner.vm !== r.vmName || local.owner.protocol !== r.protocolText) {
+        throw new OneportError('ONEPORT_ERR_TICKET_INVALID', 'not your session');
+      }
+      ws.removeListener('message', onMessage);
+      // Messages that raced in before the hello are payload sent after the client's offset... but
+      // the client sends nothing until it has the hello, so `queued` is empty by protocol.
+      const refused = local.attach(ws, received, queued);
+      if (refused) throw new OneportError('ONEPORT_ERR_TICKET_INVALID', refused === 'offset' ? 'cannot replay from that offset' : 'session ended');
+      ctx.metrics.resumes.inc({ result: 'ok' });
+      ctx.log.info({ event: 'session-resumed', vm: r.vmName, user: grant.user.name, session: sessionId, legs: local.legs, client: r.client }, `session on ${r.vmName} resumed`);
+      keepAlive(ws, ctx.config.tunnel.wsPingIntervalMs, local.done);
+      return;
+    }
+    const holder = await ctx.cluster?.sessionNode(sessionId);
+    if (holder && holder !== ctx.cluster!.nodeId) {
+      ws.removeListener('message', onMessage);
+      await ctx.cluster!.relayResume(holder, ws, r.vmName, r.protocolText, { resume: r.resume, session: sessionId, received }, queued);
+      ctx.metrics.resumes.inc({ result: 'relayed' });
+      return;
+    }
+    ctx.metrics.resumes.inc({ result: 'gone' });
+    // The console is gone with its session: reconnect fresh (level 2) with the resume token.
+    if (ws.readyState === WebSocket.OPEN) ws.close(4001, JSON.stringify({ retryMs: 0, fresh: true }));
+  } catch (e) {
+    ws.removeListener('message', onMessage);
+    const err = toOneportError(e);
+    ctx.metrics.resumes.inc({ result: err.code });
+    if (ctx.noisyLog.take(`resume:${err.code}`) >= 0) ctx.log.info({ event: 'resume-refused', client: r.client, code: err.code }, err.message);
+    if (ws.readyState === WebSocket.OPEN) ws.close(err.wsClose, err.code);
+  }
 }
