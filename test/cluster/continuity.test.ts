@@ -15,6 +15,7 @@ import { once } from 'node:events';
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { WebSocket } from 'ws';
+import { OneportChannel } from '../../web/oneport-channel.js';
 import { startRedis, freePort } from '../helpers/redis.js';
 import { makeCluster, eventually, type ClusterNode, type LogLine, type TestCluster } from '../helpers/cluster.js';
 
@@ -160,4 +161,42 @@ t.test('planned move mid-session: the old session ends cleanly, the client lands
   resumed.ws.close();
   const hop = await replica.waitFor((l) => l.event === 'tunnel' && l.transport === 'hop' && l.vm === 'desk', 5_000, { after: marks.replica });
   t.equal(hop.consoleNode, replica.id, 'the new session went through the new owner');
+});
+
+t.test('transparent resume across nodes: a leg cut at node A comes back through node D and is relayed to A', async (t) => {
+  const { cluster, nodes, owner, entry, alice, port } = await prepare(t);
+  await consoleOn(t, port, 'X');
+  const other = nodes.find((n) => n !== entry && n !== owner)!;
+  const { ticket, resume } = await ticketAndResume(entry, alice);
+  const states: string[] = [];
+  const ch = new OneportChannel(`wss://127.0.0.1:${entry.port}/tunnel/desk/vnc?ticket=${ticket}`, {
+    resume,
+    WebSocket: WebSocket as never,
+    wsOptions: { ca: cluster.ca.cert },
+    onStatus: (st) => states.push(st.state),
+  });
+  t.teardown(() => ch.close());
+  let text = '';
+  const waiters: Array<() => void> = [];
+  ch.onmessage = (ev) => {
+    text += Buffer.from(ev.data).toString();
+    for (const w of waiters.splice(0)) w();
+  };
+  const until = async (want: string): Promise<void> => {
+    while (!text.includes(want)) await new Promise<void>((r) => waiters.push(r));
+  };
+  await new Promise<void>((r) => (ch.onopen = () => r()));
+  ch.send(Buffer.from('first'));
+  await until('X:first');
+  const mark = other.logs.length;
+  // The client's next leg lands on another node (a load balancer's choice), then the cut.
+  (ch as unknown as { url: string }).url = `wss://127.0.0.1:${other.port}/tunnel/desk/vnc`;
+  (ch.leg as { _socket?: net.Socket })._socket?.destroy();
+  ch.send(Buffer.from('second'));
+  await until('X:second');
+  t.ok(states.includes('resumed'), `resumed (${states.join(',')})`);
+  const relayed = await other.waitFor((l) => l.event === 'session-relayed' && l.holder === entry.id, 10_000, { after: mark });
+  t.equal(relayed.vm, 'desk', 'node D relayed the leg to the node holding the session');
+  await entry.waitFor((l) => l.event === 'session-resumed' && l.vm === 'desk', 10_000);
+  t.equal(text, `${BANNER}X:firstX:second`, 'the stream carried on: nothing lost or doubled');
 });
