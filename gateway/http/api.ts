@@ -128,6 +128,7 @@ route('GET', '/metrics', 'metrics', async (c) => {
   c.ctx.metrics.directoryVersion.set(c.ctx.dir.version());
   c.ctx.metrics.directoryAge.set(st.ageMs / 1000);
   c.ctx.metrics.directoryConnected.set(st.connected ? 1 : 0);
+  c.ctx.metrics.sessionsParked.set(c.ctx.sessions.parkedCount);
   if (c.ctx.cluster) {
     c.ctx.metrics.clusterLeader.set(c.ctx.cluster.isLeader() ? 1 : 0);
     c.ctx.metrics.clusterEpoch.set(c.ctx.cluster.leader()?.epoch ?? c.ctx.cluster.lease.highestEpoch());

@@ -279,6 +279,12 @@ export class SessionRegistry {
     return this.sessions.size;
   }
 
+  get parkedCount(): number {
+    let n = 0;
+    for (const s of this.sessions.values()) if (s.parked) n++;
+    return n;
+  }
+
   /** Called by a session whenever a leg attaches, it parks, or it ends. */
   update(s: ResumableSession, parked: boolean): void {
     if (s.isEnded) {

@@ -13,6 +13,7 @@ import { createHash } from 'node:crypto';
 import { WebSocket } from 'ws';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { freePort } from '../helpers/redis.js';
+import { rawRequest } from '../helpers/net.js';
 // The browser library, run as is.
 import { OneportChannel } from '../../web/oneport-channel.js';
 
@@ -139,6 +140,13 @@ t.test('client leg cut mid-transfer, three times: every byte arrives once, in or
   t.ok(resumed.length >= 3, `the gateway logged ${resumed.length} resumes`);
   ch.close();
   await waitFor(() => gw.ctx.sessions.size === 0, 'a clean close ends the session');
+});
+
+t.test('the gateway serves the channel to browsers', async (t) => {
+  const gw = await startTestGateway(t);
+  const res = await rawRequest(gw.port, 'GET /oneport-channel.js HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n', { ca: gw.caCert });
+  t.match(res.head, /^HTTP\/1\.1 200/);
+  t.match(res.head, /content-type: (text|application)\/javascript/i);
 });
 
 t.test('resume refusals: another user, a bad offset, after the grace period, after the console died', async (t) => {
