@@ -33,8 +33,10 @@ import { RedisDirectory } from '../gateway/directory/redis.js';
 import { toVmRecord, vmSchema, type VmRecord } from '../gateway/directory/directory.js';
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
-const { values: args } = parseArgs({ options: { quick: { type: 'boolean', default: false }, runs: { type: 'string' } } });
+const { values: args } = parseArgs({ options: { quick: { type: 'boolean', default: false }, runs: { type: 'string' }, 'session-runs': { type: 'string' } } });
 const runs = Number(args.runs ?? (args.quick ? 3 : 10));
+/** Session-continuity distributions: at least 20 runs each (issue 4). */
+const sessionRuns = Number(args['session-runs'] ?? (args.quick ? 5 : 20));
 
 const teardowns: Array<() => unknown> = [];
 const t = { teardown: (fn: () => unknown) => teardowns.push(fn) };
@@ -148,6 +150,118 @@ async function main(): Promise<void> {
     live.push(await cluster.start(`b${++seq}`));
     process.stderr.write(`VM failover ${i + 1}/${runs}: promoted after ${promoteMs.at(-1)} ms, first tunnel after ${vmMs.at(-1)} ms\n`);
   }
+  // ---- session continuity: rerouted sessions and transparent resume -------------------------
+  // A console on a fixed port that can be "moved": it closes with its host and opens again on the
+  // replica (same address here, one machine), greeting each connection with an RFB banner.
+  let sessionConsole: net.Server | undefined;
+  const sessionSockets = new Set<net.Socket>();
+  const sessionPort = await new Promise<number>((resolve) => {
+    const probe = net.createServer().listen(0, '127.0.0.1', () => {
+      const p = (probe.address() as net.AddressInfo).port;
+      probe.close(() => resolve(p));
+    });
+  });
+  const startConsole = async (): Promise<void> => {
+    sessionConsole = net.createServer((sock) => {
+      sessionSockets.add(sock);
+      sock.on('error', () => {});
+      sock.on('close', () => sessionSockets.delete(sock));
+      sock.write('RFB 003.008\n');
+      sock.pipe(sock);
+    });
+    sessionConsole.listen(sessionPort, '127.0.0.1');
+    await once(sessionConsole, 'listening');
+  };
+  const stopConsole = async (): Promise<void> => {
+    for (const sock of sessionSockets) sock.destroy();
+    if (sessionConsole?.listening) await new Promise<void>((r) => sessionConsole!.close(() => r()));
+  };
+  teardowns.push(stopConsole);
+  await startConsole();
+  const { WebSocket } = await import('ws');
+  const { OneportChannel } = await import('../web/oneport-channel.js');
+  /** Open a WebSocket tunnel; resolves at its first byte from the console. */
+  const firstByte = (node: ClusterNode, query: string): Promise<{ ws: InstanceType<typeof WebSocket>; at: number }> =>
+    new Promise((resolve, reject) => {
+      const ws = new WebSocket(`wss://127.0.0.1:${node.port}/tunnel/sdesk/vnc?${query}`, ['binary'], { ca: cluster.ca.cert });
+      ws.on('error', () => {});
+      ws.once('message', () => resolve({ ws, at: Date.now() }));
+      ws.once('close', (code: number) => reject(new Error(`closed ${code}`)));
+    });
+  const killToByte: number[] = [];
+  const moveToByte: number[] = [];
+  const resumeMs: number[] = [];
+  const userToken = async (node: ClusterNode, token: string): Promise<{ ticket: string; resume: string }> =>
+    (await node.api<{ ticket: string; resume: string }>('POST', '/api/desktops/sdesk/tickets', { token, body: { protocol: 'vnc' } })).body;
+  for (let i = 0; i < sessionRuns; i++) {
+    const { node: leader } = await leaderOf(live, live.map(() => 0));
+    const token = await adminToken(leader);
+    const others = live.filter((n) => n !== leader);
+    const [owner, replica] = others as [ClusterNode, ClusterNode];
+    const entry = leader; // the entry node survives the owner
+    await leader.api('PUT', '/api/vms/sdesk', { token, body: { node: owner.id, replica: replica.id, endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port: sessionPort }], users: ['bench'] } });
+    for (const n of live) {
+      for (;;) {
+        const r = await n.api<{ node?: string; state?: string }>('GET', '/api/vms/sdesk', { token });
+        if (r.body.node === owner.id && r.body.state === 'running') break;
+        await new Promise((res) => setTimeout(res, 20));
+      }
+    }
+    // (1) planned move mid-session: move -> the client's first byte from the new owner.
+    let t1 = await userToken(entry, token);
+    let s1 = await firstByte(entry, `ticket=${t1.ticket}`);
+    const moveClosed = once(s1.ws, 'close');
+    const movedAt = Date.now();
+    await leader.api('POST', '/api/vms/sdesk/move', { token, body: { node: replica.id } });
+    await moveClosed;
+    s1 = await firstByte(entry, `resume=${encodeURIComponent(t1.resume)}`);
+    moveToByte.push(s1.at - movedAt);
+    s1.ws.close();
+    // Move back so the owner dies with the VM on it.
+    await leader.api('POST', '/api/vms/sdesk/move', { token, body: { node: owner.id } });
+    for (;;) {
+      const r = await entry.api<{ node?: string }>('GET', '/api/vms/sdesk', { token });
+      if (r.body.node === owner.id) break;
+      await new Promise((res) => setTimeout(res, 20));
+    }
+    // (2) owner SIGKILL mid-session -> the client's first byte from the replica's console.
+    t1 = await userToken(entry, token);
+    s1 = await firstByte(entry, `ticket=${t1.ticket}`);
+    const dropped = once(s1.ws, 'close');
+    const killedAt = Date.now();
+    owner.kill('SIGKILL');
+    await stopConsole(); // the console dies with its host...
+    await startConsole(); // ...and the hypervisor has it running on the replica
+    await dropped;
+    const back = await firstByte(entry, `resume=${encodeURIComponent(t1.resume)}`);
+    killToByte.push(back.at - killedAt);
+    back.ws.close();
+    live.splice(live.indexOf(owner), 1);
+    live.push(await cluster.start(`b${++seq}`));
+    // (3) transparent resume: cut the client leg, time to the session resumed.
+    const t2 = await userToken(entry, token);
+    await new Promise<void>((resolve, reject) => {
+      let cutAt = 0;
+      const ch = new OneportChannel(`wss://127.0.0.1:${entry.port}/tunnel/sdesk/vnc?ticket=${t2.ticket}`, {
+        resume: t2.resume,
+        WebSocket: WebSocket as never,
+        wsOptions: { ca: cluster.ca.cert },
+        onStatus: (st) => {
+          if (st.state === 'resumed') {
+            resumeMs.push(performance.now() - cutAt);
+            ch.close();
+            resolve();
+          } else if (st.state === 'closed' && cutAt && resumeMs.length <= i) reject(new Error('channel closed instead of resuming'));
+        },
+      });
+      ch.onopen = () => {
+        cutAt = performance.now();
+        (ch.leg as { _socket?: net.Socket })._socket?.destroy();
+      };
+    });
+    process.stderr.write(`session run ${i + 1}/${sessionRuns}: move->byte ${moveToByte.at(-1)} ms, kill->byte ${killToByte.at(-1)} ms, resume ${resumeMs.at(-1)?.toFixed(1)} ms\n`);
+  }
+
   for (const n of live) n.kill('SIGKILL');
 
   // ---- mirror propagation and lookup, in-process -------------------------------------------
@@ -203,6 +317,10 @@ async function main(): Promise<void> {
     mirrorPropagationMs: dist(propagation),
     lookupNs,
     redisHgetNs: hgetNs,
+    sessionRuns,
+    plannedMoveToFirstByteMs: dist(moveToByte),
+    ownerKillToFirstByteMs: dist(killToByte),
+    resumeMs: dist(resumeMs),
   };
   writeFileSync(join(BENCH_DIR, 'cluster-results.json'), `${JSON.stringify(result, null, 2)}\n`);
   const row = (what: string, d: Dist, decimals = 0): string => `| ${what} | ${d.n} | ${d.p50.toFixed(decimals)} | ${d.p95.toFixed(decimals)} | ${d.max.toFixed(decimals)} | ms |`;
@@ -221,6 +339,9 @@ ${row('leader failover: leader SIGKILL -> new leader elected', result.leaderFail
 ${row('VM failover: owner SIGKILL -> VM promoted to its replica', result.vmPromotedMs)}
 ${row('VM failover: owner SIGKILL -> first tunnel to the VM succeeds', result.vmFirstTunnelMs)}
 ${row('mirror propagation: write -> visible in 2 other mirrors (10k VMs)', result.mirrorPropagationMs, 2)}
+${row('session: planned move -> client\'s first byte from the new owner (4001, resume token, reconnect)', result.plannedMoveToFirstByteMs)}
+${row('session: owner SIGKILL -> client\'s first byte from the replica\'s console', result.ownerKillToFirstByteMs)}
+${row('session: client leg cut -> oneport.v1 session resumed (replayed, live again)', result.resumeMs, 1)}
 
 | lookup | ns per lookup | ratio |
 |---|---:|---:|
@@ -230,7 +351,10 @@ ${row('mirror propagation: write -> visible in 2 other mirrors (10k VMs)', resul
 Targets: a dead leader replaced within 2 s (the lease, 1.2 s, plus a follower's poll, 150 ms); a dead
 owner's VMs promoted within 3 s (node timeout 1.5 s, then the other nodes' probes and the leader's
 next heartbeat tick). "First tunnel" includes the new owner's console probe and the client's own
-retry interval (20 ms).
+retry interval (20 ms). Session goals (issue 4): rerouted within 1 s of the directory change and
+within 3 s of the owner's death with default heartbeat settings; resume within 200 ms of the client
+reconnecting. The session rows run ${sessionRuns} times each; the entry node is the leader, the
+client reconnects as soon as its WebSocket closes.
 `;
   writeFileSync(join(BENCH_DIR, 'CLUSTER.md'), md);
   process.stdout.write(md);
