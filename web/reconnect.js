@@ -1,6 +1,8 @@
 // Reconnecting by itself: jittered exponential backoff with a cap, and a budget after which it
-// stops and waits for the user. Pure logic with injected timers and randomness, so it is tested
-// with fake time (test/unit/reconnect.test.ts); viewer.js drives it.
+// stops and waits for the user; and which credential a reconnect uses (the resume token of the
+// last ticket answer while it is valid, else a fresh ticket). Pure logic with injected timers,
+// clock and randomness, so it is tested with fake time (test/unit/reconnect.test.ts); viewer.js
+// drives it.
 
 /** @type {import('./reconnect.js').ReconnectOptions} */
 export const DEFAULTS = Object.freeze({
@@ -21,7 +23,9 @@ export function backoffDelay(attempt, opts = DEFAULTS, random = Math.random) {
 
 export class Reconnector {
   /**
-   * @param {() => void} connect starts one attempt; the caller reports back with connected() / lost()
+   * @param {(a: import('./reconnect.js').AttemptInfo) => void} connect starts one attempt; the
+   *   caller reports back with connected() / lost(). `reconnecting` is true when the attempt
+   *   follows a loss (not the first connection, not the user's start()).
    * @param {(s: import('./reconnect.js').ReconnectStatus) => void} onStatus
    */
   constructor(connect, onStatus, opts = {}, env = {}) {
@@ -35,6 +39,8 @@ export class Reconnector {
     this.attempts = 0;
     this.timer = undefined;
     this.connectedAt = undefined;
+    /** Whether the coming attempts follow a loss (false for the first one and after start()). */
+    this.reconnecting = false;
     /** @type {import('./reconnect.js').ReconnectState} */
     this.state = 'idle';
   }
@@ -43,6 +49,7 @@ export class Reconnector {
   start() {
     this.cancel();
     this.attempts = 0;
+    this.reconnecting = false;
     this.attempt();
   }
 
@@ -70,6 +77,7 @@ export class Reconnector {
     if (info.fatal) return this.stop(info.reason ?? 'stopped');
     if (this.attempts >= this.opts.maxAttempts) return this.stop(`gave up after ${this.attempts} attempts${info.reason ? `: ${info.reason}` : ''}`);
     const delay = info.retryMs ?? backoffDelay(this.attempts, this.opts, this.random);
+    this.reconnecting = true;
     this.set('waiting', { delayMs: delay, reason: info.reason });
     this.timer = this.setTimeout(() => {
       this.timer = undefined;
@@ -87,7 +95,7 @@ export class Reconnector {
   attempt() {
     this.attempts += 1;
     this.set('connecting', {});
-    this.connect();
+    this.connect({ attempt: this.attempts, reconnecting: this.reconnecting });
   }
 
   cancel() {
@@ -97,6 +105,74 @@ export class Reconnector {
 
   set(state, extra) {
     this.state = state;
-    this.onStatus({ state, attempt: this.attempts, maxAttempts: this.opts.maxAttempts, ...extra });
+    this.onStatus({ state, attempt: this.attempts, maxAttempts: this.opts.maxAttempts, reconnecting: this.reconnecting, ...extra });
+  }
+}
+
+/** Don't start a reconnect with a resume token that has less than this left. */
+export const RESUME_MARGIN_MS = 5_000;
+
+/**
+ * The resume token of the last ticket answer (CONTRACT section 6: bound to user + VM, valid 10
+ * minutes, usable on any node, no login needed). A reconnect after a loss (4001 reroute, an
+ * abnormal close, a console that went away) uses it instead of asking the API for a new ticket,
+ * so it needs neither the session cookie nor a working API call. When a resume is refused (4401)
+ * the token is forgotten and the next attempt gets a fresh ticket; so it is when it is about to
+ * expire.
+ */
+export class ResumeToken {
+  /** @param {{now?: () => number, marginMs?: number}} env */
+  constructor(env = {}) {
+    this.now = env.now ?? (() => Date.now());
+    this.marginMs = env.marginMs ?? RESUME_MARGIN_MS;
+    /** @type {string | undefined} */
+    this.token = undefined;
+    this.expiresAt = 0;
+  }
+
+  /**
+   * Keep the resume token of a ticket answer (`{resume, resumeExpiresAt}`); an answer without
+   * one (an older gateway) forgets the previous token.
+   * @param {{resume?: unknown, resumeExpiresAt?: unknown}} answer
+   */
+  remember(answer) {
+    const token = typeof answer?.resume === 'string' && answer.resume !== '' ? answer.resume : undefined;
+    const exp = typeof answer?.resumeExpiresAt === 'string' ? Date.parse(answer.resumeExpiresAt) : NaN;
+    if (!token || !Number.isFinite(exp)) return this.forget();
+    this.token = token;
+    this.expiresAt = exp;
+  }
+
+  forget() {
+    this.token = undefined;
+    this.expiresAt = 0;
+  }
+
+  /** Whether a reconnect can use the token now. */
+  usable() {
+    return this.token !== undefined && this.expiresAt - this.now() > this.marginMs;
+  }
+
+  /**
+   * The WebSocket path that reconnects to `vm` with the token, or undefined (get a fresh ticket).
+   * @param {string} vm
+   * @param {string} protocol
+   */
+  path(vm, protocol) {
+    if (!this.usable()) return undefined;
+    return `/tunnel/${encodeURIComponent(vm)}/${encodeURIComponent(protocol)}?resume=${encodeURIComponent(/** @type {string} */ (this.token))}`;
+  }
+
+  /**
+   * A connection made with the token ended with `code` (a WebSocket close code; undefined when
+   * unknown). 4401 means the gateway refused the token (expired, sessions revoked, a new signing
+   * key): forget it. Returns true when that happened, i.e. the next attempt should get a fresh
+   * ticket at once.
+   * @param {number | undefined} code
+   */
+  refused(code) {
+    if (code !== 4401) return false;
+    this.forget();
+    return true;
   }
 }

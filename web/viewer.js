@@ -1,8 +1,11 @@
-// The in-browser viewer: /viewer.html?vm=<vm>&protocol=vnc|spice. Each attempt asks the API for
-// a fresh single-use console ticket, opens the WebSocket tunnel (CONTRACT section 4) and hands
-// it to noVNC or spice-html5. When the connection drops it reconnects by itself (reconnect.js:
-// jittered backoff, a cap, a budget), and the status line says what is going on.
-import { Reconnector } from './reconnect.js';
+// The in-browser viewer: /viewer.html?vm=<vm>&protocol=vnc|spice. The first attempt asks the API
+// for a single-use console ticket, opens the WebSocket tunnel (CONTRACT section 4) and hands it to
+// noVNC or spice-html5. When the connection drops it reconnects by itself (reconnect.js: jittered
+// backoff, a cap, a budget), with the resume token of the last ticket answer while it is valid
+// (no new ticket, no session cookie needed: a failover or a gateway restart does not depend on the
+// portal session), falling back to a fresh ticket when the gateway refuses the resume (4401). The
+// status line says what is going on.
+import { Reconnector, ResumeToken } from './reconnect.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -20,6 +23,10 @@ const FATAL_CLOSE = new Map([
 
 /** The live connection, whatever the protocol: just enough to end it. */
 let current;
+/** The resume token of the last ticket answer. */
+const resumeToken = new ResumeToken();
+/** The next attempt gets a fresh ticket even with a resume token at hand. */
+let ticketNext = false;
 
 function setStatus(text, state) {
   statusEl.textContent = text;
@@ -34,7 +41,7 @@ function setStatus(text, state) {
 const reconnector = new Reconnector(attempt, (s) => {
   switch (s.state) {
     case 'connecting':
-      return setStatus(s.attempt > 1 ? `Reconnecting (attempt ${s.attempt} of ${s.maxAttempts})…` : 'Connecting…', 'connecting');
+      return setStatus(s.reconnecting || s.attempt > 1 ? `Reconnecting (attempt ${s.attempt} of ${s.maxAttempts})…` : 'Connecting…', 'connecting');
     case 'connected':
       return setStatus('Connected', 'connected');
     case 'waiting':
@@ -75,26 +82,44 @@ function endCurrent() {
   c?.end();
 }
 
-async function attempt() {
+async function attempt({ reconnecting }) {
   endCurrent();
-  let ticket;
-  try {
-    ticket = await freshTicket();
-  } catch (e) {
-    return reconnector.lost({ fatal: e instanceof FatalError, reason: e.message });
+  // A reconnect goes back with the resume token; the first connection, a user's Reconnect, or a
+  // token refused or about to expire get a fresh ticket.
+  let path = reconnecting && !ticketNext ? resumeToken.path(vm, protocol) : undefined;
+  ticketNext = false;
+  const viaResume = path !== undefined;
+  if (!viaResume) {
+    let ticket;
+    try {
+      ticket = await freshTicket();
+    } catch (e) {
+      return reconnector.lost({ fatal: e instanceof FatalError, reason: e.message });
+    }
+    resumeToken.remember(ticket);
+    path = ticket.websocket;
   }
   // The user may have pressed Disconnect while the ticket was on its way.
   if (reconnector.state !== 'connecting') return;
-  const url = `wss://${location.host}${ticket.websocket}`;
+  const url = `wss://${location.host}${path}`;
+  // How a connection made with the resume token ended: 4401 is a refused token; get a ticket now.
+  // Without a close code (spice-html5 reports none), a resume that never got through is not
+  // tried twice in a row: the next attempt gets a ticket (and with it a fresh resume token).
+  const ended = (info, code, opened) => {
+    if (!viaResume) return info;
+    if (resumeToken.refused(code)) return { retryMs: 0, reason: 'resume refused, getting a new ticket' };
+    if (code === undefined && !opened) ticketNext = true;
+    return info;
+  };
   try {
-    current = protocol === 'spice' ? await openSpice(url) : await openVnc(url);
+    current = protocol === 'spice' ? await openSpice(url, ended) : await openVnc(url, ended);
   } catch (e) {
     reconnector.lost({ fatal: e instanceof FatalError, reason: e.message });
   }
 }
 
 /** noVNC (ES modules from @novnc/novnc, served by the gateway under /vendor/novnc/). */
-async function openVnc(url) {
+async function openVnc(url, ended) {
   let RFB;
   try {
     ({ default: RFB } = await import('/vendor/novnc/core/rfb.js'));
@@ -111,50 +136,53 @@ async function openVnc(url) {
   rfb.resizeSession = false;
   rfb.focusOnClick = true;
   rfb.background = '#1d2330';
-  let ended = false;
+  let over = false;
+  let opened = false;
   const conn = {
     end() {
-      ended = true;
+      over = true;
       rfb.disconnect();
     },
     ctrlAltDel: () => rfb.sendCtrlAltDel(),
   };
   rfb.addEventListener('connect', () => {
-    if (!ended) reconnector.connected();
+    opened = true;
+    if (!over) reconnector.connected();
   });
   rfb.addEventListener('securityfailure', (e) => {
-    if (ended) return;
-    ended = true;
+    if (over) return;
+    over = true;
     reconnector.lost({ fatal: true, reason: `the desktop refused the connection${e.detail?.reason ? ` (${e.detail.reason})` : ''}` });
   });
   rfb.addEventListener('credentialsrequired', () => {
     // oneport authenticates the user; a VNC password on the console itself is not supported here.
-    ended = true;
+    over = true;
     rfb.disconnect();
     reconnector.lost({ fatal: true, reason: 'the desktop asks for a VNC password' });
   });
   rfb.addEventListener('disconnect', () => {
-    if (ended) return;
-    ended = true;
+    if (over) return;
+    over = true;
     if (current === conn) current = undefined;
-    reconnector.lost(closeInfo(close));
+    reconnector.lost(ended(closeInfo(close), close?.code, opened));
   });
   return conn;
 }
 
 /** spice-html5 (ES modules from @spice-project/spice-html5 under /vendor/spice-html5/). */
-async function openSpice(url) {
+async function openSpice(url, ended) {
   let Spice;
   try {
     Spice = await import('/vendor/spice-html5/src/main.js');
   } catch {
     throw new FatalError('the SPICE client (spice-html5) is not installed on the gateway');
   }
-  let ended = false;
+  let over = false;
+  let opened = false;
   let sc;
   const conn = {
     end() {
-      ended = true;
+      over = true;
       try {
         sc?.stop();
       } catch {
@@ -171,14 +199,16 @@ async function openSpice(url) {
     password: '',
     screen_id: 'screen',
     onsuccess: () => {
-      if (!ended) reconnector.connected();
+      opened = true;
+      if (!over) reconnector.connected();
     },
     onerror: (e) => {
-      if (ended) return;
+      if (over) return;
       conn.end();
       window.removeEventListener('resize', onResize);
       if (current === conn) current = undefined;
-      reconnector.lost({ reason: e?.message ?? 'connection lost' });
+      // spice-html5 reports no close code; a refused resume token shows as an error like any other.
+      reconnector.lost(ended({ reason: e?.message ?? 'connection lost' }, undefined, opened));
     },
   });
   window.addEventListener('resize', onResize);

@@ -24,6 +24,7 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { VERSION } from '../version.js';
 import { OneportError } from '../errors.js';
+import { type ProbeProtocol, probeAnswer, probeGreeting } from '../../protocols/probe.js';
 import { LeaderLease, type LeaderInfo } from './lease.js';
 import { Membership, type NodeInfo, type PeerView } from './membership.js';
 import { ACTING_HEADER, CLIENT_HEADER, FORWARDED_BY_HEADER, NODE_SERVERNAME, Peers, checkNode, peerNodeId, type NodeIdentity } from './peers.js';
@@ -48,8 +49,11 @@ export interface ClusterStatus {
   readonly nodes: readonly Record<string, unknown>[];
 }
 
-/** Console probe: the TCP connection is accepted (and a VNC console sends its RFB banner). */
-export function probeConsole(host: string, port: number, protocol: string, timeoutMs: number): Promise<boolean> {
+/**
+ * Console probe: the console answers its protocol (protocols/probe.ts: the RFB banner, a SPICE
+ * link reply, an RDP X.224 Connection Confirm) within the deadline, on one short connection.
+ */
+export function probeConsole(host: string, port: number, protocol: ProbeProtocol, timeoutMs: number): Promise<boolean> {
   return new Promise((resolve) => {
     const s = net.connect({ host, port });
     let seen = Buffer.alloc(0);
@@ -61,12 +65,15 @@ export function probeConsole(host: string, port: number, protocol: string, timeo
     const timer = setTimeout(() => done(false), timeoutMs);
     s.on('error', () => done(false));
     s.on('connect', () => {
-      if (protocol !== 'vnc') done(true);
+      const hello = probeGreeting(protocol);
+      if (hello.length) s.write(hello);
     });
     s.on('data', (d: Buffer) => {
-      seen = Buffer.concat([seen, d]).subarray(0, 16);
-      if (seen.length >= 4) done(seen.subarray(0, 4).toString('latin1') === 'RFB ');
+      seen = Buffer.concat([seen, d]).subarray(0, 64);
+      const r = probeAnswer(protocol, seen);
+      if (r.kind !== 'more') done(r.kind === 'match');
     });
+    s.on('end', () => done(false));
   });
 }
 

@@ -75,7 +75,9 @@ t.test('log in, open the desktop in noVNC, see its picture; the viewer reconnect
 
   // Every WebSocket went to the gateway's tunnel: the console's own port never reached the page.
   t.ok(sockets.length >= 2, `${sockets.length} WebSocket connections`);
-  for (const url of sockets) t.match(url, new RegExp(`^wss://[^/]+:${gw.port}/tunnel/desk/vnc\\?ticket=[a-z0-9]+$`));
+  t.match(sockets[0], new RegExp(`^wss://[^/]+:${gw.port}/tunnel/desk/vnc\\?ticket=[a-z0-9]+$`), 'the first connection with a ticket');
+  // Reconnects go back with the resume token of that ticket answer: no new ticket needed.
+  for (const url of sockets.slice(1)) t.match(url, new RegExp(`^wss://[^/]+:${gw.port}/tunnel/desk/vnc\\?resume=[^&]+$`), 'a reconnect with the resume token');
   t.notOk(sockets.some((u) => u.includes(String(vncPort))), 'the VNC port is never seen by the browser');
   t.same(problems, [], 'no script errors or CSP violations');
 
@@ -84,6 +86,50 @@ t.test('log in, open the desktop in noVNC, see its picture; the viewer reconnect
   const tunnels = () => gw.logs.filter((l) => l.event === 'tunnel' && l.vm === 'desk' && l.transport === 'websocket');
   await t.resolves(waitFor(() => tunnels().length >= 2), 'the gateway logged the tunnels');
   t.ok(tunnels().every((l) => Number(l.bytesToClient) > 12 && Number(l.bytesToConsole) > 12), 'RFB went both ways through the gateway');
+});
+
+t.test('a resume token the gateway refuses (4401): the viewer falls back to a fresh ticket at once', { skip: outsideNetns }, async (t) => {
+  const vncPort = await closedPort();
+  let xvnc = await startXvnc(t, vncPort);
+  await solidRoot(xvnc.display, hex(ORANGE));
+  const gw = await startTestGateway(t);
+  await gw.addUser('carol', 'carol-password-1');
+  await gw.addVm('desk', [{ protocol: 'vnc', host: '127.0.0.1', port: vncPort, publishedPort: 5900 }], ['carol']);
+  const context = await launch(t);
+  const page = await context.newPage();
+  // The first ticket answer carries a forged resume token: the gateway will refuse it.
+  let tampered = 0;
+  await page.route('**/api/desktops/desk/tickets', async (route) => {
+    const res = await route.fetch();
+    const body = (await res.json()) as Record<string, unknown>;
+    if (tampered++ === 0) body.resume = `${String(body.resume).slice(0, -4)}AAAA`;
+    await route.fulfill({ response: res, json: body });
+  });
+  const sockets: string[] = [];
+  page.on('websocket', (ws) => sockets.push(ws.url()));
+  await page.goto(gw.url);
+  await page.fill('#login input[name=user]', 'carol');
+  await page.fill('#login input[name=password]', 'carol-password-1');
+  await page.click('#login button[type=submit]');
+  await page.locator('li.desktop[data-vm="desk"] [data-protocol=vnc] a.open').click();
+  await page.locator('#status[data-state=connected]').waitFor({ timeout: 30_000 });
+  await waitForCanvasColour(page, ORANGE);
+
+  await xvnc.stop();
+  await page.locator('#status:not([data-state=connected])').waitFor({ timeout: 15_000 });
+  xvnc = await startXvnc(t, vncPort);
+  await solidRoot(xvnc.display, hex(TEAL));
+  await page.locator('#status[data-state=connected]').waitFor({ timeout: 60_000 });
+  await waitForCanvasColour(page, TEAL);
+  const kinds = sockets.map((u) => (new URL(u).searchParams.has('resume') ? 'resume' : 'ticket'));
+  t.comment(`connections: ${kinds.join(', ')}`);
+  t.equal(kinds[0], 'ticket', 'first with the ticket');
+  t.equal(kinds[1], 'resume', 'then with the (forged) resume token');
+  t.equal(kinds.at(-1), 'ticket', 'and, that refused, back with a fresh ticket');
+  t.equal(tampered, 2, 'a second ticket answer was fetched');
+  const refused = gw.logs.filter((l) => l.event === 'tunnel-refused' && l.code === 'ONEPORT_ERR_TICKET_INVALID');
+  t.ok(refused.length >= 1, 'the gateway refused the forged token');
+  t.equal(kinds.filter((k) => k === 'resume').length, 1, 'the refused token was not tried again');
 });
 
 t.test('the portal works on a phone-sized screen', { skip: outsideNetns }, async (t) => {

@@ -3,6 +3,7 @@
  * (no sesman: its login screen is enough), the gateway in-process, and xfreerdp as a user runs it
  * with the command line the portal shows.
  */
+import { probeConsole } from '../../gateway/cluster/cluster.js';
 import t, { type Test } from 'tap';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -121,6 +122,8 @@ t.test('xfreerdp /v:<ticket>.<vm> /proxy:http://gateway completes X.224 and TLS 
   const dir = mkdtempSync(join(tmpdir(), 'oneport-rdp-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const xrdp = await startXrdp(t, dir);
+  // The recovery probe a new owner runs (protocols/probe.ts) recognises xrdp's X.224 Connection Confirm.
+  t.equal(await probeConsole('127.0.0.1', xrdp.port, 'rdp', 5000), true, 'the RDP console probe recognises xrdp');
   const gw = await startTestGateway(t);
   await gw.addUser('alice', 'alice-password-1');
   // The console's port is known only to the directory; the client names the published 3389.

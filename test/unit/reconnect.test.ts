@@ -1,9 +1,10 @@
 /**
  * The viewer's reconnect policy (web/reconnect.js, plain JavaScript served to browsers): jittered
- * exponential backoff, a cap, a budget, and a reset after a stable connection. Fake time only.
+ * exponential backoff, a cap, a budget, and a reset after a stable connection; which attempts are
+ * reconnects; and the resume token a reconnect uses instead of a new ticket. Fake time only.
  */
 import t from 'tap';
-import { DEFAULTS, Reconnector, backoffDelay, type ReconnectStatus } from '../../web/reconnect.js';
+import { DEFAULTS, RESUME_MARGIN_MS, Reconnector, ResumeToken, backoffDelay, type AttemptInfo, type ReconnectStatus } from '../../web/reconnect.js';
 
 function fakeTime() {
   let now = 0;
@@ -127,4 +128,110 @@ t.test('retryNow skips the wait; stop cancels it', async (t) => {
   r.stop('you disconnected');
   t.equal(clock.pending(), 0);
   t.equal(r.state, 'stopped');
+});
+
+t.test('attempts after a loss are reconnects; the first one and a user\'s start() are not', async (t) => {
+  const clock = fakeTime();
+  const calls: AttemptInfo[] = [];
+  const statuses: ReconnectStatus[] = [];
+  const r = new Reconnector((a) => calls.push(a), (s) => statuses.push(s), { maxAttempts: 2 }, { ...clock, random: () => 1 });
+  r.start();
+  t.same(calls.at(-1), { attempt: 1, reconnecting: false }, 'the first connection');
+  t.equal(statuses.at(-1)!.reconnecting, false);
+  r.connected();
+  clock.advance(60_000);
+  r.lost({ reason: 'the desktop moved', retryMs: 0 });
+  t.equal(statuses.at(-1)!.reconnecting, true, 'waiting to reconnect');
+  clock.advance(0);
+  t.same(calls.at(-1), { attempt: 1, reconnecting: true }, 'after a stable connection the count starts over, but it is a reconnect');
+  t.equal(statuses.at(-1)!.state, 'connecting');
+  t.equal(statuses.at(-1)!.reconnecting, true, 'the status says so (the viewer shows "Reconnecting")');
+  r.lost();
+  r.retryNow();
+  t.same(calls.at(-1), { attempt: 2, reconnecting: true }, 'retryNow is a reconnect too');
+  r.lost();
+  t.equal(r.state, 'stopped', 'budget spent');
+  r.start();
+  t.same(calls.at(-1), { attempt: 1, reconnecting: false }, 'the user\'s Reconnect starts afresh');
+});
+
+t.test('the resume token of the last ticket answer: kept, used until shortly before it expires, forgotten when refused', async (t) => {
+  let now = Date.parse('2026-01-01T00:00:00Z');
+  const token = new ResumeToken({ now: () => now });
+  t.equal(token.path('desk', 'vnc'), undefined, 'nothing before a ticket answer');
+  token.remember({ ticket: 'abc', resume: 'v1.eyJ4IjoxfQ.sig+/=', resumeExpiresAt: new Date(now + 600_000).toISOString() });
+  t.ok(token.usable());
+  t.equal(token.path('desk', 'vnc'), '/tunnel/desk/vnc?resume=v1.eyJ4IjoxfQ.sig%2B%2F%3D', 'a tunnel path with the token, URL-encoded');
+  t.equal(token.path('my desk/2', 'spice'), '/tunnel/my%20desk%2F2/spice?resume=v1.eyJ4IjoxfQ.sig%2B%2F%3D', 'the VM name encoded too');
+
+  t.equal(token.refused(4502), false, 'a console that does not answer is no reason to drop the token');
+  t.equal(token.refused(4001), false, 'nor a reroute');
+  t.equal(token.refused(1006), false, 'nor a lost connection');
+  t.equal(token.refused(undefined), false, 'nor an unknown end');
+  t.ok(token.usable(), 'still usable');
+
+  now += 600_000 - RESUME_MARGIN_MS - 1;
+  t.ok(token.usable(), 'usable until the margin before expiry');
+  now += 1;
+  t.notOk(token.usable(), 'not started with less than the margin left');
+  t.equal(token.path('desk', 'vnc'), undefined, 'so the viewer gets a fresh ticket');
+
+  token.remember({ resume: 'second', resumeExpiresAt: new Date(now + 600_000).toISOString() });
+  t.equal(token.path('desk', 'vnc'), '/tunnel/desk/vnc?resume=second', 'a new ticket answer brings a new token');
+  t.equal(token.refused(4401), true, 'a refused token (4401)...');
+  t.equal(token.path('desk', 'vnc'), undefined, '...is forgotten: the next attempt gets a fresh ticket');
+  t.equal(token.refused(4401), true, 'refused again: still nothing to use');
+
+  token.remember({ resume: 'third', resumeExpiresAt: new Date(now + 600_000).toISOString() });
+  token.remember({ ticket: 'no resume token in this answer' });
+  t.equal(token.path('desk', 'vnc'), undefined, 'an answer without a token forgets the old one');
+  token.remember({ resume: 'fourth', resumeExpiresAt: 'not a date' });
+  t.notOk(token.usable(), 'nor is a token with an unreadable expiry kept');
+  token.remember(null);
+  t.notOk(token.usable());
+});
+
+t.test('a viewer-like loop: reconnects use the resume token, a refusal falls back to one fresh ticket at once', async (t) => {
+  // The policy of web/viewer.js without the DOM: each attempt either resumes or fetches a ticket.
+  const clock = fakeTime();
+  let now = 0;
+  const token = new ResumeToken({ now: () => now });
+  const used: string[] = [];
+  let ticketNext = false;
+  const r = new Reconnector(
+    ({ reconnecting }) => {
+      const path = reconnecting && !ticketNext ? token.path('desk', 'vnc') : undefined;
+      ticketNext = false;
+      if (path) used.push('resume');
+      else {
+        used.push('ticket');
+        token.remember({ resume: `r${used.length}`, resumeExpiresAt: new Date(now + 600_000).toISOString() });
+      }
+    },
+    () => {},
+    {},
+    { ...clock, random: () => 1 },
+  );
+  r.start();
+  r.connected();
+  const end = (code: number, info: { retryMs?: number; reason?: string } = {}): void => {
+    const viaResume = used.at(-1) === 'resume';
+    r.lost(viaResume && token.refused(code) ? { retryMs: 0, reason: 'resume refused' } : info);
+  };
+  end(4001, { retryMs: 100 });
+  clock.advance(100);
+  end(4502);
+  clock.advance(20_000);
+  r.connected();
+  end(1006);
+  clock.advance(20_000);
+  end(4401);
+  clock.advance(0);
+  t.same(used, ['ticket', 'resume', 'resume', 'resume', 'ticket'], 'resumes after each loss; one ticket right after the refusal');
+  r.connected();
+  now += 11 * 60_000;
+  end(1006);
+  clock.advance(20_000);
+  t.equal(used.at(-1), 'ticket', 'a token past its time is not tried: a ticket instead');
+  t.equal(r.state, 'connecting');
 });
