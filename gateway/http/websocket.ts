@@ -15,6 +15,7 @@ import type { GatewayContext } from '../context.js';
 import { connInfo } from '../conninfo.js';
 import { OneportError, toOneportError } from '../errors.js';
 import { isProtocol } from '../routing.js';
+import type { VmRecord } from '../directory/directory.js';
 import { type CloseReason, WebSocketPump } from '../tunnel/pump.js';
 import { openConsole, trackTunnel } from '../tunnel/open.js';
 import { RESUMABLE_SUBPROTOCOL, ResumableSession } from '../tunnel/session.js';
@@ -137,7 +138,13 @@ async function runTunnel(ctx: GatewayContext, ws: WebSocket, r: WsRequest): Prom
     protocolLabel = r.protocolText;
     let credential: Credential;
     if (r.ticket) credential = { kind: 'ticket', ticket: r.ticket };
-    else if (r.resume) credential = { kind: 'resume', token: r.resume, user: r.cookie ? (await ctx.auth.session(r.cookie)).user.name : undefined };
+    else if (r.resume) {
+      // The browser always sends its cookie; an expired or revoked session must not spoil a valid
+      // resume token (the token is the credential here). A live session must be the token's user.
+      let cookieUser: string | undefined;
+      if (r.cookie) cookieUser = await ctx.auth.session(r.cookie).then((s) => s.user.name, () => undefined);
+      credential = { kind: 'resume', token: r.resume, user: cookieUser };
+    }
     else if (r.cookie) credential = { kind: 'session', user: (await ctx.auth.session(r.cookie)).user };
     else throw new OneportError('ONEPORT_ERR_AUTH_REQUIRED', 'ticket missing');
     const authorized = await authorizeTunnel(ctx, {
@@ -166,7 +173,7 @@ async function runTunnel(ctx: GatewayContext, ws: WebSocket, r: WsRequest): Prom
       const { graceMs, maxBufferBytes } = ctx.config.tunnel.resume;
       pump = new ResumableSession(owner, consoleSocket, ws, { idleTimeoutMs: ctx.config.tunnel.idleTimeoutMs, wsCloseFor: closeFor, graceMs, maxBufferBytes }, (s, parked) => ctx.sessions.update(s, parked), queued);
     } else {
-      pump = new WebSocketPump(ws, consoleSocket, { idleTimeoutMs: ctx.config.tunnel.idleTimeoutMs, wsCloseFor: closeFor }, queued);
+      pump = new WebSocketPump(ws, consoleSocket, { idleTimeoutMs: ctx.config.tunnel.idleTimeoutMs, wsCloseFor: closeFor, judgeConsoleEnd: hopEndJudge(ctx, target.vm) }, queued);
     }
     keepAlive(ws, ctx.config.tunnel.wsPingIntervalMs, pump.done);
     trackTunnel(ctx, target, 'websocket', r.client, pump, r.acceptedAt);
@@ -247,4 +254,21 @@ async function resumeSession(ctx: GatewayContext, ws: WebSocket, r: WsRequest, s
     if (ctx.noisyLog.take(`resume:${err.code}`) >= 0) ctx.log.info({ event: 'resume-refused', client: r.client, code: err.code }, err.message);
     if (ws.readyState === WebSocket.OPEN) ws.close(err.wsClose, err.code);
   }
+}
+
+/**
+ * For a tunnel hopped to the VM's owner node: when the hop ends cleanly, was it the console, or
+ * the owner node going away (a killed process closes its sockets cleanly too)? A node that no
+ * longer answers its port, or a VM that changed owner meanwhile, means "reconnect" (4001).
+ */
+function hopEndJudge(ctx: GatewayContext, vm: VmRecord): (() => Promise<CloseReason | undefined>) | undefined {
+  const { cluster } = ctx;
+  if (!cluster || vm.node === cluster.nodeId || ctx.config.cluster.consoleDial !== 'via-owner') return undefined;
+  return async () => {
+    const now = ctx.dir.getVm(vm.name);
+    if (!now || now.node !== vm.node || now.epoch !== vm.epoch) return 'rerouted';
+    const owner = cluster.node(vm.node);
+    if (!owner || owner.state !== 'up') return 'rerouted';
+    return (await cluster.peers.probe(owner.info.address, 500)) ? undefined : 'rerouted';
+  };
 }

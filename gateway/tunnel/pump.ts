@@ -144,16 +144,18 @@ export class WebSocketPump extends Pump {
   private inFlight = 0;
   private consolePaused = false;
   private readonly wsCloseFor: WsCloseFor;
+  private readonly judge: (() => Promise<CloseReason | undefined>) | undefined;
 
   constructor(
     private readonly ws: WebSocket,
     console: net.Socket,
-    opts: PumpOptions & { readonly wsCloseFor: WsCloseFor },
+    opts: PumpOptions & { readonly wsCloseFor: WsCloseFor; readonly judgeConsoleEnd?: (() => Promise<CloseReason | undefined>) | undefined },
     /** Messages the client sent while the console was being dialled. */
     queued: readonly Buffer[] = [],
   ) {
     super(console, opts);
     this.wsCloseFor = opts.wsCloseFor;
+    this.judge = opts.judgeConsoleEnd;
     for (const b of queued) console.write(b);
     ws.on('message', (data: Buffer | ArrayBuffer | Buffer[]) => {
       const chunk = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
@@ -182,16 +184,33 @@ export class WebSocketPump extends Pump {
       this.reason ??= code === 1009 ? 'too-large' : 'client-closed';
       this.endAndLinger(this.console);
     });
-    console.on('end', () => {
-      this.reason ??= 'console-closed';
-      this.closeWs();
-    });
+    console.on('end', () => void this.consoleEnded());
     console.on('close', () => {
-      this.closeWs();
-      this.finish();
+      void this.consoleEnded().then(() => {
+        this.closeWs();
+        this.finish();
+      });
     });
     // A console socket handed over paused (a hop that read its response head) flows from here.
     console.resume();
+  }
+
+  private judging: Promise<void> | undefined;
+
+  /**
+   * The console leg ended without an error. Through a hop, that is also what the owner node's
+   * death looks like (its sockets close cleanly): `judgeConsoleEnd` tells the two apart, so the
+   * client hears "reconnect" (4001) rather than "normal end".
+   */
+  private consoleEnded(): Promise<void> {
+    return (this.judging ??= (async () => {
+      if (this.reason === undefined && this.judge) {
+        const verdict = await this.judge().catch(() => undefined);
+        this.reason ??= verdict;
+      }
+      this.reason ??= 'console-closed';
+      this.closeWs();
+    })());
   }
 
   private closeWs(): void {
