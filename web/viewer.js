@@ -6,6 +6,7 @@
 // portal session), falling back to a fresh ticket when the gateway refuses the resume (4401). The
 // status line says what is going on.
 import { Reconnector, ResumeToken } from './reconnect.js';
+import { OneportChannel } from './oneport-channel.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -126,8 +127,18 @@ async function openVnc(url, ended) {
   } catch {
     throw new FatalError('the VNC client (noVNC) is not installed on the gateway');
   }
-  // We open the WebSocket ourselves to see its close code, which noVNC does not report.
-  const ws = new WebSocket(url, ['binary']);
+  // We open the tunnel ourselves to see its close code, which noVNC does not report. With a resume
+  // token at hand it is a oneport.v1 channel: a dropped leg (Wi-Fi to LTE, a laptop lid) is
+  // resumed underneath noVNC, which keeps its desktop; only a real end reaches the reconnector.
+  const ws = resumeToken.usable()
+    ? new OneportChannel(url, {
+        resume: /** @type {string} */ (resumeToken.token),
+        onStatus: (st) => {
+          if (st.state === 'resuming') setStatus('Connection lost; resuming the session…', 'resuming');
+          else if (st.state === 'resumed') setStatus('Connected', 'connected');
+        },
+      })
+    : new WebSocket(url, ['binary']);
   ws.binaryType = 'arraybuffer';
   let close;
   ws.addEventListener('close', (e) => (close = e));
