@@ -41,6 +41,20 @@ const sessionRuns = Number(args['session-runs'] ?? (args.quick ? 5 : 20));
 const teardowns: Array<() => unknown> = [];
 const t = { teardown: (fn: () => unknown) => teardowns.push(fn) };
 
+/** Every wait in the benchmark is bounded: a stuck step fails the run instead of hanging it. */
+function withTimeout<T>(p: Promise<T>, what: string, ms = 30_000): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms)))]).finally(() => clearTimeout(timer));
+}
+
+async function until(check: () => Promise<boolean>, what: string, ms = 30_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check().catch(() => false))) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 function logTime(l: LogLine): number {
   return typeof l.time === 'number' ? l.time : Date.parse(String(l.time));
 }
@@ -196,6 +210,11 @@ async function main(): Promise<void> {
   for (let i = 0; i < sessionRuns; i++) {
     const { node: leader } = await leaderOf(live, live.map(() => 0));
     const token = await adminToken(leader);
+    // Every live node must be up in the leader's view first (a move to a node it has not seen is refused).
+    await until(async () => {
+      const view = (await leader.api<{ nodes: Array<{ id: string; state: string }> }>('GET', '/api/cluster', { token })).body;
+      return live.every((n) => view.nodes.some((v) => v.id === n.id && v.state === 'up'));
+    }, 'all nodes up');
     const others = live.filter((n) => n !== leader);
     const [owner, replica] = others as [ClusterNode, ClusterNode];
     const entry = leader; // the entry node survives the owner
@@ -212,8 +231,9 @@ async function main(): Promise<void> {
     let s1 = await firstByte(entry, `ticket=${t1.ticket}`);
     const moveClosed = once(s1.ws, 'close');
     const movedAt = Date.now();
-    await leader.api('POST', '/api/vms/sdesk/move', { token, body: { node: replica.id } });
-    await moveClosed;
+    const moved = await leader.api('POST', '/api/vms/sdesk/move', { token, body: { node: replica.id } });
+    if (moved.status !== 200) throw new Error(`move refused: ${moved.status} ${JSON.stringify(moved.body)}`);
+    await withTimeout(moveClosed, 'the moved session to be closed');
     s1 = await firstByte(entry, `resume=${encodeURIComponent(t1.resume)}`);
     moveToByte.push(s1.at - movedAt);
     s1.ws.close();
@@ -232,8 +252,8 @@ async function main(): Promise<void> {
     owner.kill('SIGKILL');
     await stopConsole(); // the console dies with its host...
     await startConsole(); // ...and the hypervisor has it running on the replica
-    await dropped;
-    const back = await firstByte(entry, `resume=${encodeURIComponent(t1.resume)}`);
+    await withTimeout(dropped, 'the killed session to be closed');
+    const back = await withTimeout(firstByte(entry, `resume=${encodeURIComponent(t1.resume)}`), 'the first byte after the owner died');
     killToByte.push(back.at - killedAt);
     back.ws.close();
     live.splice(live.indexOf(owner), 1);

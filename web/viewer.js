@@ -233,12 +233,15 @@ function closeInfo(e) {
   if (e.code === 4001) {
     // Reroute: the VM moved; come back now, or after the delay the gateway asks for.
     let retryMs = 0;
+    let node;
     try {
-      retryMs = Math.max(0, Math.min(30_000, Number(JSON.parse(e.reason).retryMs) || 0));
+      const hint = JSON.parse(e.reason);
+      retryMs = Math.max(0, Math.min(30_000, Number(hint.retryMs) || 0));
+      if (typeof hint.node === 'string' && /^[A-Za-z0-9._-]{1,63}$/.test(hint.node)) node = hint.node;
     } catch {
       /* no hint */
     }
-    return { retryMs, reason: 'the desktop moved' };
+    return { retryMs, reason: node ? `the desktop moved to node ${node}` : 'the desktop moved' };
   }
   const reasons = { 1000: 'the desktop closed the connection', 1001: 'the gateway is restarting', 1006: 'connection lost', 4401: 'ticket refused', 4502: 'the desktop does not answer', 4503: 'the desktop is recovering' };
   return { reason: reasons[e.code] ?? (e.reason || `closed (${e.code})`) };

@@ -214,15 +214,18 @@ const HOP_REROUTE_GRACE_MS = 1000;
 export function rerouteMoved(ctx: GatewayContext, vmName: string): number {
   const vm = ctx.dir.getVm(vmName);
   let n = 0;
+  // CONTRACT section 4: JSON with retryMs (jittered, so a crowd does not come back at once),
+  // plus the new owner, for the client's "moved to node X".
+  const reason = (): string => JSON.stringify({ retryMs: Math.floor(Math.random() * ctx.config.tunnel.rerouteRetryMs), ...(vm ? { node: vm.node } : {}) });
   for (const t of ctx.tunnels.byVm(vmName)) {
     if (vm && vm.node === t.node) continue;
     if (t.transport === 'hop') {
       // The entry node tells its client (4001) and closes the hop itself; closing here first
       // would reach it as a plain console close. Only a hop left open (its entry node did not
       // hear of the move) is closed from this side, a moment later.
-      setTimeout(() => t.pump.close('rerouted'), HOP_REROUTE_GRACE_MS).unref();
+      setTimeout(() => t.pump.close('rerouted', reason()), HOP_REROUTE_GRACE_MS).unref();
     } else {
-      t.pump.close('rerouted');
+      t.pump.close('rerouted', reason());
     }
     n++;
   }

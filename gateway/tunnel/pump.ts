@@ -145,6 +145,8 @@ export class WebSocketPump extends Pump {
   private consolePaused = false;
   private readonly wsCloseFor: WsCloseFor;
   private readonly judge: (() => Promise<CloseReason | undefined>) | undefined;
+  /** A close reason text given by whoever ended the tunnel (a reroute names the new owner). */
+  private closeMessage: string | undefined;
 
   constructor(
     private readonly ws: WebSocket,
@@ -216,7 +218,7 @@ export class WebSocketPump extends Pump {
   private closeWs(): void {
     if (this.ws.readyState === WebSocket.OPEN || this.ws.readyState === WebSocket.CONNECTING) {
       const { code, message } = this.wsCloseFor(this.reason ?? 'console-closed');
-      this.ws.close(code, message);
+      this.ws.close(code, this.closeMessage ?? message);
       // A client that never answers the close handshake is cut after the linger time.
       const t = setTimeout(() => this.ws.terminate(), this.opts.lingerMs ?? 5000);
       t.unref();
@@ -224,8 +226,9 @@ export class WebSocketPump extends Pump {
     }
   }
 
-  close(reason: CloseReason): void {
+  close(reason: CloseReason, message?: string): void {
     this.reason ??= reason;
+    this.closeMessage = message;
     this.closeWs();
     this.console.destroy();
   }

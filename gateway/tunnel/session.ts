@@ -60,6 +60,7 @@ export class ResumableSession extends Pump {
   private unackedIn = 0;
   private consolePaused = false;
   private ended = false;
+  private closeMessage: string | undefined;
   /** Legs attached over the session's life (1 = never resumed). */
   legs = 0;
 
@@ -232,7 +233,7 @@ export class ResumableSession extends Pump {
     this.ws = undefined;
     if (ws && (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING)) {
       const { code, message } = this.sopts.wsCloseFor(this.reason ?? 'console-closed');
-      ws.close(code, message);
+      ws.close(code, this.closeMessage ?? message);
       const t = setTimeout(() => ws.terminate(), this.sopts.lingerMs ?? 5000);
       t.unref();
       ws.once('close', () => clearTimeout(t));
@@ -242,8 +243,9 @@ export class ResumableSession extends Pump {
     this.onPark(this, false);
   }
 
-  close(reason: CloseReason): void {
+  close(reason: CloseReason, message?: string): void {
     this.reason ??= reason;
+    this.closeMessage = message;
     this.end();
   }
 

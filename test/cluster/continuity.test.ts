@@ -154,6 +154,7 @@ t.test('planned move mid-session: the old session ends cleanly, the client lands
   );
   const closed = await client.closed;
   t.equal(closed.code, 4001, 'ended on purpose with 4001');
+  t.match(JSON.parse(closed.reason) as object, { retryMs: Number, node: replica.id }, 'naming the new owner');
   t.ok(closed.at - movedAt < 5000, `told ${closed.at - movedAt} ms after the move command started`);
   const hopClosed = await owner.waitFor((l) => l.event === 'tunnel' && l.transport === 'hop' && l.vm === 'desk', 5_000, { after: marks.owner });
   t.match(hopClosed.closeReason, /^(client-closed|rerouted)$/, `the old owner's side ended too (${String(hopClosed.closeReason)})`);
