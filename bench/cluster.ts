@@ -27,7 +27,7 @@ import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { Redis } from 'ioredis';
 import { startRedis } from '../test/helpers/redis.js';
-import { makeCluster, type ClusterNode, type LogLine } from '../test/helpers/cluster.js';
+import { adminToken, makeCluster, type ClusterNode, type LogLine } from '../test/helpers/cluster.js';
 import { rawRequest, basic } from '../test/helpers/net.js';
 import { RedisDirectory } from '../gateway/directory/redis.js';
 import { toVmRecord, vmSchema, type VmRecord } from '../gateway/directory/directory.js';
@@ -88,18 +88,6 @@ async function leaderOf(nodes: ClusterNode[], after: number[]): Promise<{ node: 
   return Promise.race(nodes.map((n, i) => n.waitFor((l) => l.event === 'leader-elected', 20_000, { after: after[i] ?? 0 }).then((line) => ({ node: n, line }))));
 }
 
-async function adminToken(node: ClusterNode): Promise<string> {
-  const admin = await node.admin();
-  for (;;) {
-    try {
-      await admin.putUser('bench', { password: 'bench-password-1', roles: ['admin'] });
-      break;
-    } catch {
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-  return (await node.api<{ token: string }>('POST', '/api/login', { body: { user: 'bench', password: 'bench-password-1' } })).body.token;
-}
 
 async function main(): Promise<void> {
   const started = Date.now();
@@ -132,7 +120,7 @@ async function main(): Promise<void> {
     const token = await adminToken(leader);
     const [owner, replica] = live.filter((n) => n !== leader) as [ClusterNode, ClusterNode];
     const name = `desk${i}`;
-    await leader.api('PUT', `/api/vms/${name}`, { token, body: { node: owner.id, replica: replica.id, endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port: consolePort }], users: ['bench'] } });
+    await leader.api('PUT', `/api/vms/${name}`, { token, body: { node: owner.id, replica: replica.id, endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port: consolePort }], users: ['root'] } });
     for (const n of live) {
       for (;;) {
         const r = await n.api<{ node?: string }>('GET', `/api/vms/${name}`, { token });
@@ -147,7 +135,7 @@ async function main(): Promise<void> {
     for (;;) {
       const ticket = await leader.api<{ ticket?: string }>('POST', `/api/desktops/${name}/tickets`, { token, body: { protocol: 'vnc' } });
       if (ticket.body.ticket) {
-        const res = await rawRequest(leader.port, `CONNECT ${name}:5900 HTTP/1.1\r\nProxy-Authorization: ${basic('bench', ticket.body.ticket)}\r\n\r\n`).catch(() => undefined);
+        const res = await rawRequest(leader.port, `CONNECT ${name}:5900 HTTP/1.1\r\nProxy-Authorization: ${basic('root', ticket.body.ticket)}\r\n\r\n`).catch(() => undefined);
         res?.socket.destroy();
         if (res?.status === 200) {
           first = Date.now();
@@ -218,7 +206,7 @@ async function main(): Promise<void> {
     const others = live.filter((n) => n !== leader);
     const [owner, replica] = others as [ClusterNode, ClusterNode];
     const entry = leader; // the entry node survives the owner
-    await leader.api('PUT', '/api/vms/sdesk', { token, body: { node: owner.id, replica: replica.id, endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port: sessionPort }], users: ['bench'] } });
+    await leader.api('PUT', '/api/vms/sdesk', { token, body: { node: owner.id, replica: replica.id, endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port: sessionPort }], users: ['root'] } });
     for (const n of live) {
       for (;;) {
         const r = await n.api<{ node?: string; state?: string }>('GET', '/api/vms/sdesk', { token });

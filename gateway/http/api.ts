@@ -170,8 +170,12 @@ route('GET', '/api/desktops/:p/console.vv', 'console.vv', async (c) => {
   const p = await c.principal();
   const vm = lookupVm(c.ctx.dir, decodeURIComponent(c.params[0] ?? ''));
   if (!isAssigned(vm, p.user)) throw new OneportError('ONEPORT_ERR_NOT_ASSIGNED');
-  const protocol = protocolSchema.safeParse(new URL(c.req.url ?? '/', 'https://x').searchParams.get('protocol') ?? 'spice');
+  const query = new URL(c.req.url ?? '/', 'https://x').searchParams;
+  const protocol = protocolSchema.safeParse(query.get('protocol') ?? 'spice');
   if (!protocol.success || protocol.data === 'rdp') throw new OneportError('ONEPORT_ERR_VALIDATION', 'protocol must be spice or vnc');
+  // proxy=https: the client speaks TLS to the gateway before CONNECT (it checks our certificate).
+  const proxyScheme = query.get('proxy') ?? 'http';
+  if (proxyScheme !== 'http' && proxyScheme !== 'https') throw new OneportError('ONEPORT_ERR_VALIDATION', 'proxy must be http or https');
   const t = await ticketResponse(c, p.user, vm, protocol.data);
   const [host, port] = String(t.connectWithTicket).split(/:(?=\d+$)/);
   // The Host header goes into the file: only a plain host[:port], else our first server name.
@@ -181,7 +185,7 @@ route('GET', '/api/desktops/:p/console.vv', 'console.vv', async (c) => {
     `type=${protocol.data}`,
     `host=${host}`,
     `port=${port}`,
-    `proxy=http://${gatewayHost}`,
+    `proxy=${proxyScheme}://${gatewayHost}`,
     `title=${vm.name} (oneport)`,
     'delete-this-file=1',
     '',

@@ -9,7 +9,7 @@ import tls from 'node:tls';
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { startRedis } from '../helpers/redis.js';
-import { makeCluster, eventually, type ClusterNode } from '../helpers/cluster.js';
+import { makeCluster, eventually, electedLeader, adminToken } from '../helpers/cluster.js';
 import { startBackend, rawRequest, readResponse, echoRoundTrip, basic } from '../helpers/net.js';
 
 const CLI = fileURLToPath(new URL('../../gateway/cli.ts', import.meta.url));
@@ -20,33 +20,20 @@ interface ClusterView {
   directory: { version: number };
 }
 
-async function leaderOf(nodes: ClusterNode[]): Promise<ClusterNode> {
-  const line = await Promise.race(nodes.map((n) => n.waitFor((l) => l.event === 'leader-elected', 20_000).then(() => n)));
-  return line;
-}
 
 t.test('a three-node cluster', async (t) => {
   const redis = await startRedis(t);
   const cluster = makeCluster(t, redis.url);
   const [a, b, c] = await Promise.all(['n1', 'n2', 'n3'].map((id) => cluster.start(id)));
   const nodes = [a!, b!, c!];
-  const leader = await leaderOf(nodes);
+  const leader = await electedLeader(nodes);
   const followers = nodes.filter((n) => n !== leader);
   t.comment(`leader: ${leader.id}`);
 
-  // The first admin, created through a follower's control socket: forwarded to the leader.
-  const admin = await followers[0]!.admin();
-  await eventually(async () => {
-    try {
-      return await admin.putUser('root', { password: 'root-password-1', roles: ['admin'] });
-    } catch (err) {
-      if (/leader/i.test(String(err))) return undefined;
-      throw err;
-    }
-  }, 10_000, 'admin user through a follower');
-  const login = await followers[1]!.api<{ token: string }>('POST', '/api/login', { body: { user: 'root', password: 'root-password-1' } });
-  t.equal(login.status, 200, 'the new admin logs in on another follower');
-  const token = login.body.token;
+  // The first admin, created through a follower's control socket (forwarded to the leader), logs
+  // in on the other follower.
+  const token = await adminToken(followers[0]!, followers[1]!);
+  t.ok(token, 'the new admin logs in on another follower');
 
   t.test('every node reports the same leader and three nodes up', async (t) => {
     for (const n of nodes) {

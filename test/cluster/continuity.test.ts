@@ -17,7 +17,8 @@ import { fileURLToPath } from 'node:url';
 import { WebSocket } from 'ws';
 import { OneportChannel } from '../../web/oneport-channel.js';
 import { startRedis, freePort } from '../helpers/redis.js';
-import { makeCluster, eventually, type ClusterNode, type LogLine, type TestCluster } from '../helpers/cluster.js';
+import { makeCluster, eventually, electedLeader, adminToken, type ClusterNode, type LogLine, type TestCluster } from '../helpers/cluster.js';
+import { fixedPortConsole, type FixedConsole } from '../helpers/console.js';
 
 const CLI = fileURLToPath(new URL('../../gateway/cli.ts', import.meta.url));
 const BANNER = 'RFB 003.008\n';
@@ -27,25 +28,11 @@ function logTime(l: LogLine): number {
 }
 
 /** A VNC-like console: greets, then echoes; tells which "host" it runs on. */
-async function consoleOn(t: Test, port: number, host: string): Promise<{ close: () => Promise<void>; accepted: () => number }> {
-  let accepted = 0;
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((s) => {
-    accepted++;
-    sockets.add(s);
-    s.on('error', () => {});
-    s.on('close', () => sockets.delete(s));
+function consoleOn(t: Test, port: number, host: string): Promise<FixedConsole> {
+  return fixedPortConsole(t, port, (s) => {
     s.write(BANNER);
     s.on('data', (d: Buffer) => s.write(`${host}:${d.toString()}`));
   });
-  server.listen(port, '127.0.0.1');
-  await once(server, 'listening');
-  const close = async (): Promise<void> => {
-    for (const s of sockets) s.destroy();
-    if (server.listening) await new Promise<void>((r) => server.close(() => r()));
-  };
-  t.teardown(close);
-  return { close, accepted: () => accepted };
 }
 
 interface Client {
@@ -87,11 +74,9 @@ async function prepare(t: Test): Promise<{ cluster: TestCluster; nodes: ClusterN
   const redis = await startRedis(t);
   const cluster = makeCluster(t, redis.url);
   const nodes = await Promise.all(['c1', 'c2', 'c3', 'c4'].map((id) => cluster.start(id)));
-  const leader = await Promise.race(nodes.map((n) => n.waitFor((l) => l.event === 'leader-elected', 20_000).then(() => n)));
+  const leader = await electedLeader(nodes);
   const [owner, replica, entry] = nodes.filter((n) => n !== leader) as [ClusterNode, ClusterNode, ClusterNode];
-  const admin = await leader.admin();
-  await eventually(async () => admin.putUser('root', { password: 'root-password-1', roles: ['admin'] }).catch(() => undefined), 10_000, 'admin');
-  const token = (await leader.api<{ token: string }>('POST', '/api/login', { body: { user: 'root', password: 'root-password-1' } })).body.token;
+  const token = await adminToken(leader);
   const port = await freePort();
   await leader.api('PUT', '/api/users/alice', { token, body: { password: 'alice-password-1' } });
   await leader.api('PUT', '/api/vms/desk', { token, body: { node: owner.id, replica: replica.id, endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port }], users: ['alice'] } });

@@ -7,59 +7,26 @@
  */
 import t from 'tap';
 import net from 'node:net';
-import { once } from 'node:events';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startRedis, redisClient, freePort } from '../helpers/redis.js';
-import { makeCluster, eventually, type ClusterNode, type LogLine } from '../helpers/cluster.js';
+import { makeCluster, eventually, electedLeader, adminToken, type ClusterNode, type LogLine } from '../helpers/cluster.js';
+import { fixedPortConsole } from '../helpers/console.js';
 import { rawRequest, echoRoundTrip, basic } from '../helpers/net.js';
 
 const RFB_BANNER = 'RFB 003.008\n';
+/** A VNC console greets first (the recovery probe waits for this), then echoes. */
+const greetAndEcho = (s: net.Socket): void => {
+  s.write(RFB_BANNER);
+  s.pipe(s);
+};
 
 function logTime(l: LogLine): number {
   return typeof l.time === 'number' ? l.time : Date.parse(String(l.time));
 }
 
-async function electedLeader(nodes: ClusterNode[]): Promise<ClusterNode> {
-  return Promise.race(nodes.map((n) => n.waitFor((l) => l.event === 'leader-elected', 20_000).then(() => n)));
-}
 
-/** An echo console on a fixed port (a VM's console that a hypervisor starts on some node). */
-async function consoleOn(t: { teardown(fn: () => unknown): void }, port: number): Promise<{ accepted: () => number; close: () => Promise<void> }> {
-  let accepted = 0;
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((s) => {
-    accepted++;
-    sockets.add(s);
-    s.on('error', () => {});
-    s.on('close', () => sockets.delete(s));
-    // A VNC console greets first (the recovery probe waits for this), then echoes.
-    s.write(RFB_BANNER);
-    s.pipe(s);
-  });
-  server.listen(port, '127.0.0.1');
-  await once(server, 'listening');
-  const close = async (): Promise<void> => {
-    for (const s of sockets) s.destroy();
-    if (server.listening) await new Promise<void>((r) => server.close(() => r()));
-  };
-  t.teardown(close);
-  return { accepted: () => accepted, close };
-}
 
-async function loginAdmin(node: ClusterNode): Promise<string> {
-  const admin = await node.admin();
-  await eventually(async () => {
-    try {
-      return await admin.putUser('root', { password: 'root-password-1', roles: ['admin'] });
-    } catch (err) {
-      if (/leader|directory/i.test(String(err))) return undefined;
-      throw err;
-    }
-  }, 10_000, 'admin user');
-  const r = await node.api<{ token: string }>('POST', '/api/login', { body: { user: 'root', password: 'root-password-1' } });
-  return r.body.token;
-}
 
 t.test('owner killed: its VM is promoted on the replica, the hook runs once, tunnels follow', async (t) => {
   const redis = await startRedis(t);
@@ -70,10 +37,10 @@ t.test('owner killed: its VM is promoted on the replica, the hook runs once, tun
   const nodes = await Promise.all(['f1', 'f2', 'f3'].map((id) => cluster.start(id, { cluster: { failoverHook: hook } })));
   const leader = await electedLeader(nodes);
   const [owner, replica] = nodes.filter((n) => n !== leader) as [ClusterNode, ClusterNode];
-  const token = await loginAdmin(leader);
+  const token = await adminToken(leader);
 
   const port = await freePort();
-  const original = await consoleOn(t, port);
+  const original = await fixedPortConsole(t, port, greetAndEcho);
   const endpoints = [{ protocol: 'vnc', host: '127.0.0.1', port }];
   let r = await leader.api('PUT', '/api/vms/desk', { token, body: { node: owner.id, replica: replica.id, endpoints, users: ['alice'] } });
   t.equal(r.status, 200, 'VM with a replica');
@@ -111,7 +78,7 @@ t.test('owner killed: its VM is promoted on the replica, the hook runs once, tun
   const held = rawRequest(holder.port, `CONNECT desk:5900 HTTP/1.1\r\nProxy-Authorization: ${basic('alice', await ticket(leader, alice, 'desk'))}\r\n\r\n`);
   await holder.waitFor((l) => l.event === 'tunnel-hold' && l.vm === 'desk', 10_000, { after: holdMark });
 
-  const restarted = await consoleOn(t, port);
+  const restarted = await fixedPortConsole(t, port, greetAndEcho);
   const running = await replica.waitFor((l) => l.event === 'vm-running' && l.vm === 'desk', 10_000);
   t.equal(running.epoch, vm.epoch, 'running at the new epoch once the console answers on the replica');
   const heldRes = await held;
@@ -151,7 +118,7 @@ t.test('leader paused past its lease (SIGSTOP), then resumed: none of its writes
   const cluster = makeCluster(t, redis.url);
   const nodes = await Promise.all(['s1', 's2', 's3'].map((id) => cluster.start(id)));
   const leader = await electedLeader(nodes);
-  const token = await loginAdmin(leader);
+  const token = await adminToken(leader);
   const oldEpoch = Number((await leader.waitFor((l) => l.event === 'leader-elected')).epoch);
   const others = nodes.filter((n) => n !== leader);
   const marks = others.map((n) => n.logs.length);

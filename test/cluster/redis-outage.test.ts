@@ -7,26 +7,10 @@
  */
 import t from 'tap';
 import { startRedis, startSentinel, redisClient } from '../helpers/redis.js';
-import { makeCluster, eventually, type ClusterNode } from '../helpers/cluster.js';
+import { makeCluster, eventually, electedLeader, adminToken } from '../helpers/cluster.js';
 import { rawRequest, echoRoundTrip, basic, startBackend } from '../helpers/net.js';
 
-async function electedLeader(nodes: ClusterNode[]): Promise<ClusterNode> {
-  return Promise.race(nodes.map((n) => n.waitFor((l) => l.event === 'leader-elected', 20_000).then(() => n)));
-}
 
-async function setup(node: ClusterNode): Promise<string> {
-  const admin = await node.admin();
-  await eventually(async () => {
-    try {
-      return await admin.putUser('root', { password: 'root-password-1', roles: ['admin'] });
-    } catch (err) {
-      if (/leader|directory/i.test(String(err))) return undefined;
-      throw err;
-    }
-  }, 15_000, 'admin user');
-  const r = await node.api<{ token: string }>('POST', '/api/login', { body: { user: 'root', password: 'root-password-1' } });
-  return r.body.token;
-}
 
 function connectTls(port: number, ca: string, vm: string, user: string, password: string): Promise<Awaited<ReturnType<typeof rawRequest>>> {
   return rawRequest(port, `CONNECT ${vm}:5900 HTTP/1.1\r\nHost: ${vm}:5900\r\nProxy-Authorization: ${basic(user, password)}\r\n\r\n`, { ca });
@@ -37,7 +21,7 @@ t.test('Redis killed and restarted: routing continues from the mirror, resync af
   const cluster = makeCluster(t, redis.url);
   const nodes = await Promise.all(['r1', 'r2'].map((id) => cluster.start(id)));
   const leader = await electedLeader(nodes);
-  const token = await setup(leader);
+  const token = await adminToken(leader);
   const [owner, entry] = [nodes[0]!, nodes[1]!];
   const desk = await startBackend(t);
   let r = await leader.api('PUT', '/api/vms/desk', { token, body: { node: owner.id, endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port: desk.port }], users: ['alice'] } });
@@ -98,7 +82,7 @@ t.test('Sentinel: master killed, writes resume, mirrors resync, one leader', asy
   const cluster = makeCluster(t, master.url, { cluster: { redis: { sentinels: sentinel.clientOptions.sentinels, name: sentinel.clientOptions.name } } });
   const nodes = await Promise.all(['z1', 'z2', 'z3'].map((id) => cluster.start(id)));
   const leader = await electedLeader(nodes);
-  const token = await setup(leader);
+  const token = await adminToken(leader);
   t.equal(await redisClient(t, master.url).wait(1, 5_000), 1, 'the replica has the writes');
 
   const marks = nodes.map((n) => n.logs.length);

@@ -1,11 +1,17 @@
 /**
  * Run by remote-viewer.test.ts inside `unshare -n`. remote-viewer never exits on an error (it
  * opens a dialog), so the test reads its --spice-debug log and stops it itself.
+ *
+ * Two cases: `proxy=http://` (clear-text CONNECT) and `proxy=https://` (TLS to the gateway, then
+ * CONNECT). For https, GLib/GnuTLS checks the gateway's certificate against the system store
+ * (/etc/ssl/certs/ca-certificates.crt on Debian). The host's store is left alone: remote-viewer
+ * runs in its own mount namespace (`unshare -m`) where a bundle holding only the test gateway's
+ * CA is bind-mounted over that file, for that process tree only.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent, request } from 'undici';
@@ -15,7 +21,9 @@ import { startQemuSpice } from '../helpers/qemu.js';
 import { startXvfb } from '../helpers/x11.js';
 import { outsideNetns } from '../helpers/netns.js';
 
-t.test('remote-viewer opens the downloaded .vv and brings up SPICE channels through the gateway', { skip: outsideNetns }, async (t) => {
+const SYSTEM_BUNDLE = '/etc/ssl/certs/ca-certificates.crt';
+
+async function openVv(t: Test, proxy: 'http' | 'https'): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'oneport-rv-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const spicePort = await closedPort();
@@ -35,18 +43,29 @@ t.test('remote-viewer opens the downloaded .vv and brings up SPICE channels thro
     body: JSON.stringify({ user: 'alice', password: 'alice-password-1' }),
   });
   const { token } = (await login.body.json()) as { token: string };
-  const vv = await request(`${base}/api/desktops/vm1/console.vv?protocol=spice`, { dispatcher, headers: { authorization: `Bearer ${token}` } });
+  const query = proxy === 'https' ? '?protocol=spice&proxy=https' : '?protocol=spice';
+  const vv = await request(`${base}/api/desktops/vm1/console.vv${query}`, { dispatcher, headers: { authorization: `Bearer ${token}` } });
   t.equal(vv.statusCode, 200);
   t.equal(vv.headers['content-type'], 'application/x-virt-viewer');
   const text = await vv.body.text();
-  t.match(text, new RegExp(`^proxy=http://127\\.0\\.0\\.1:${gw.port}$`, 'm'), 'proxy= points at the gateway');
+  t.match(text, new RegExp(`^proxy=${proxy}://127\\.0\\.0\\.1:${gw.port}$`, 'm'), `proxy=${proxy}:// points at the gateway`);
   t.match(text, /^host=[a-z0-9]{1,63}\.vm1$/m, 'host= carries the ticket in front of the VM name');
   t.notMatch(text, String(spicePort), 'the console port is not in the file');
   const file = join(dir, 'vm1.vv');
   writeFileSync(file, text);
 
   const x = await startXvfb(t);
-  const rv = spawn('remote-viewer', ['--spice-debug', file], {
+  // https: a private mount namespace where the system bundle is the test gateway's CA alone.
+  // `unshare -m` makes mounts private and execs (no fork), so rv is remote-viewer itself.
+  let cmd = 'remote-viewer';
+  let args = ['--spice-debug', file];
+  if (proxy === 'https') {
+    const bundle = join(dir, 'ca-certificates.crt');
+    writeFileSync(bundle, gw.caCert);
+    cmd = 'unshare';
+    args = ['-m', '--propagation', 'private', 'sh', '-c', 'mount --bind "$0" "$1" && exec remote-viewer --spice-debug "$2"', bundle, SYSTEM_BUNDLE, file];
+  }
+  const rv = spawn(cmd, args, {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, DISPLAY: x.display, HOME: dir, XDG_RUNTIME_DIR: dir, NO_AT_BRIDGE: '1', G_MESSAGES_DEBUG: 'all' },
   });
@@ -73,5 +92,18 @@ t.test('remote-viewer opens the downloaded .vv and brings up SPICE channels thro
   while (gw.logs.filter((l) => l.event === 'tunnel' && l.vm === 'vm1').length < 4 && Date.now() < end2) await new Promise((r) => setTimeout(r, 50));
   const tunnels = gw.logs.filter((l) => l.event === 'tunnel' && l.vm === 'vm1');
   t.ok(tunnels.length >= 4, `one CONNECT tunnel per channel (${tunnels.length})`);
-  t.ok(tunnels.every((l) => l.transport === 'connect' && l.protocol === 'spice'), 'all clear-text CONNECT, SPICE');
+  const transport = proxy === 'https' ? 'connect-tls' : 'connect';
+  t.ok(tunnels.every((l) => l.transport === transport && l.protocol === 'spice'), `all ${transport} (${proxy === 'https' ? 'TLS' : 'clear-text'} CONNECT), SPICE`, {
+    transports: tunnels.map((l) => l.transport),
+  });
+}
+
+t.test('remote-viewer opens the downloaded .vv and brings up SPICE channels through the gateway', { skip: outsideNetns }, async (t) => {
+  await openVv(t, 'http');
+});
+
+t.test('remote-viewer with proxy=https:// trusts the gateway through the system store (private mount namespace)', {
+  skip: outsideNetns || (existsSync(SYSTEM_BUNDLE) ? false : `${SYSTEM_BUNDLE} is missing (apt-get install ca-certificates)`),
+}, async (t) => {
+  await openVv(t, 'https');
 });

@@ -1,7 +1,9 @@
 /**
  * remote-viewer (virt-viewer, spice-gtk) opens the .vv file the portal hands out and reaches
- * QEMU's SPICE server through the gateway's clear-text CONNECT, the ticket in the host name.
- * Inside a private network namespace (`unshare -n`, loopback only).
+ * QEMU's SPICE server through the gateway's clear-text CONNECT, the ticket in the host name; then
+ * the same with `proxy=https://` (TLS CONNECT, the gateway's CA trusted through a bind-mounted
+ * system bundle in a private mount namespace). Inside a private network namespace (`unshare -n`,
+ * loopback only).
  */
 import t from 'tap';
 import { missingCommands, netnsUnavailable, spawnInNetns } from '../helpers/netns.js';

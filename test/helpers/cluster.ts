@@ -213,3 +213,28 @@ export async function eventually<T>(check: () => Promise<T | undefined> | T | un
     await new Promise((r) => setTimeout(r, 50));
   }
 }
+
+/** The first node that logs `leader-elected` (after line `after[i]` of node i's log). */
+export function electedLeader(nodes: readonly ClusterNode[], after: readonly number[] = [], timeoutMs = 20_000): Promise<ClusterNode> {
+  return Promise.race(nodes.map((n, i) => n.waitFor((l) => l.event === 'leader-elected', timeoutMs, { after: after[i] ?? 0 }).then(() => n)));
+}
+
+/**
+ * Create admin `root` through `node`'s control socket (as the machine's administrator; forwarded
+ * to the leader when `node` follows), retrying while the cluster has no leader or no Redis, then
+ * log in on `loginAt` (default: the same node). Returns the session token.
+ */
+export async function adminToken(node: ClusterNode, loginAt: ClusterNode = node): Promise<string> {
+  const admin = await node.admin();
+  await eventually(async () => {
+    try {
+      return await admin.putUser('root', { password: 'root-password-1', roles: ['admin'] });
+    } catch (err) {
+      if (/leader|directory/i.test(String(err))) return undefined;
+      throw err;
+    }
+  }, 15_000, 'admin user');
+  const r = await loginAt.api<{ token: string }>('POST', '/api/login', { body: { user: 'root', password: 'root-password-1' } });
+  if (r.status !== 200) throw new Error(`admin login: ${r.status}`);
+  return r.body.token;
+}

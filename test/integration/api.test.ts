@@ -83,6 +83,18 @@ t.test('login, session cookie, desktops, tickets that work, logout', async (t) =
   t.equal(vv.status, 200);
   t.match(vv.headers['content-type'], 'application/x-virt-viewer');
   t.match(vv.body, /\[virt-viewer\][\s\S]*type=vnc[\s\S]*host=[a-z2-7]{50}\.desk[\s\S]*port=5900[\s\S]*proxy=http:\/\/localhost:/);
+  const vvs = await api('GET', '/api/desktops/desk/console.vv?protocol=vnc&proxy=https', { cookie });
+  t.match(vvs.body, /proxy=https:\/\/localhost:/, 'proxy=https on request');
+  const vvBad = await api('GET', '/api/desktops/desk/console.vv?protocol=vnc&proxy=ftp', { cookie });
+  t.equal(vvBad.status, 400, 'any other proxy scheme: 400');
+  t.equal(vvBad.body.error.code, 'ONEPORT_ERR_VALIDATION');
+  const vvHost = await rawRequest(gw.port, `GET /api/desktops/desk/console.vv?protocol=vnc HTTP/1.1\r\nHost: evil.example/x\r\nCookie: ${cookie}\r\nConnection: close\r\n\r\n`, { ca: gw.caCert });
+  t.match(vvHost.head, /^HTTP\/1\.1 200/);
+  const vvChunks: Buffer[] = [vvHost.rest];
+  for await (const c of vvHost.socket) vvChunks.push(c as Buffer);
+  const vvText = Buffer.concat(vvChunks).toString();
+  t.match(vvText, /proxy=http:\/\/localhost\r?\n/, 'a Host header that is not a plain host[:port] is replaced by the first server name');
+  t.notMatch(vvText, /evil/);
 
   t.equal((await api('POST', '/api/logout', { cookie })).status, 200);
   const after = await api('GET', '/api/desktops', { cookie });

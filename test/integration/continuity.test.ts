@@ -13,29 +13,10 @@ import { WebSocket } from 'ws';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { rawRequest, readResponse, echoRoundTrip, basic, closedPort } from '../helpers/net.js';
 import { freePort } from '../helpers/redis.js';
+import { fixedPortConsole } from '../helpers/console.js';
 import { mintToken } from '../../gateway/auth/tokens.js';
 import type { ConfigInput } from '../../gateway/config.js';
 
-/** An echo console on a known port that can be stopped and started again (a VM restarting). */
-async function console_(t: Test, port: number): Promise<{ accepted: () => number; close: () => Promise<void> }> {
-  let accepted = 0;
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((s) => {
-    accepted++;
-    sockets.add(s);
-    s.on('error', () => {});
-    s.on('close', () => sockets.delete(s));
-    s.pipe(s);
-  });
-  server.listen(port, '127.0.0.1');
-  await once(server, 'listening');
-  const close = async (): Promise<void> => {
-    for (const s of sockets) s.destroy();
-    if (server.listening) await new Promise<void>((r) => server.close(() => r()));
-  };
-  t.teardown(close);
-  return { accepted: () => accepted, close };
-}
 
 async function setup(t: Test, config: ConfigInput = {}): Promise<{ gw: TestGateway; port: number }> {
   const gw = await startTestGateway(t, config);
@@ -76,7 +57,7 @@ t.test('a CONNECT client of a recovering VM is held, then carried through when i
   s.write(`CONNECT desk:5900 HTTP/1.1\r\nProxy-Authorization: ${basic('alice', ticket)}\r\n\r\n`);
   await waitLog(gw, (l) => l.event === 'tunnel-hold' && l.vm === 'desk');
   t.equal(early, '', 'no status line while held');
-  const restarted = await console_(t, port);
+  const restarted = await fixedPortConsole(t, port, (s) => s.pipe(s));
   // Same tick: no byte can slip between the two listeners.
   s.removeAllListeners('data');
   const response = readResponse(s);
@@ -116,7 +97,7 @@ t.test('a console that refuses while its VM runs on a live owner is not held: 50
 
 t.test('a planned move ends live tunnels on purpose; the client returns with its resume token', async (t) => {
   const { gw, port } = await setup(t);
-  const desk = await console_(t, port);
+  const desk = await fixedPortConsole(t, port, (s) => s.pipe(s));
   const { ticket, resume } = await gw.ticket('alice', 'desk');
   const ws = openWs(t, gw, `/tunnel/desk/vnc?ticket=${ticket}`);
   await once(ws, 'open');
@@ -156,7 +137,7 @@ t.test('a planned move ends live tunnels on purpose; the client returns with its
 
 t.test('resume token misuse is refused with the contract codes', async (t) => {
   const { gw, port } = await setup(t, { auth: { resumeTtlMs: 60_000 } });
-  await console_(t, port);
+  await fixedPortConsole(t, port, (s) => s.pipe(s));
   const { resume } = await gw.ticket('alice', 'desk');
   const cases: Array<[string, string, RegExp]> = [
     ['another user (Basic bob:<alice token>)', `Proxy-Authorization: ${basic('bob', resume)}`, /^HTTP\/1\.1 407/],

@@ -14,6 +14,7 @@ import { WebSocket } from 'ws';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { freePort } from '../helpers/redis.js';
 import { rawRequest } from '../helpers/net.js';
+import { fixedPortConsole, type FixedConsole } from '../helpers/console.js';
 // The browser library, run as is.
 import { OneportChannel } from '../../web/oneport-channel.js';
 
@@ -26,23 +27,14 @@ function pattern(seed: number, offset: number, length: number): Buffer {
   return b;
 }
 
-interface Console {
-  accepted: () => number;
+interface Console extends FixedConsole {
   received: () => Buffer[];
-  close(): Promise<void>;
-  kill(): void;
 }
 
 /** A console that sends `total` pattern bytes in 16 KiB writes and keeps what it receives. */
 async function streamingConsole(t: Test, port: number, total: number): Promise<Console> {
-  let accepted = 0;
   const received: Buffer[] = [];
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((s) => {
-    accepted++;
-    sockets.add(s);
-    s.on('error', () => {});
-    s.on('close', () => sockets.delete(s));
+  const c = await fixedPortConsole(t, port, (s) => {
     s.on('data', (d: Buffer) => received.push(d));
     let offset = 0;
     const pump = (): void => {
@@ -58,14 +50,7 @@ async function streamingConsole(t: Test, port: number, total: number): Promise<C
     };
     pump();
   });
-  server.listen(port, '127.0.0.1');
-  await once(server, 'listening');
-  const close = async (): Promise<void> => {
-    for (const s of sockets) s.destroy();
-    if (server.listening) await new Promise<void>((r) => server.close(() => r()));
-  };
-  t.teardown(close);
-  return { accepted: () => accepted, received: () => received, close, kill: () => sockets.forEach((s) => s.destroy()) };
+  return { ...c, received: () => received };
 }
 
 async function setup(t: Test, total: number, config: Record<string, unknown> = {}): Promise<{ gw: TestGateway; console: Console }> {
