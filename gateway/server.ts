@@ -91,7 +91,14 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       throw err;
     });
     dir = redisDir;
-    store = opts.store ?? (await RedisAuthStore.open({ redis, prefix: `${config.cluster.prefix}auth:` }));
+    store =
+      opts.store ??
+      (await RedisAuthStore.open({ redis, prefix: `${config.cluster.prefix}auth:` }).catch(async (err: unknown) => {
+        // Nothing half-started stays behind: the directory's and the cluster's connections go too.
+        await redisDir.close();
+        conn.disconnect();
+        throw err;
+      }));
   } else {
     dir = opts.directory ?? new MemoryDirectory(state.paths.directory);
     if (dir instanceof MemoryDirectory) await dir.flush();
