@@ -18,6 +18,7 @@ import { HOP_HEADER } from '../cluster/peers.js';
 import { TICKET_RE } from '../auth/tickets.js';
 import { StreamPump } from '../tunnel/pump.js';
 import { type TunnelTarget, dialConsole, openConsole, trackTunnel } from '../tunnel/open.js';
+import type { Transport } from '../tunnel/registry.js';
 import { type Credential, authorizeTunnel, isToken } from './authorize.js';
 import { writeRawError } from './respond.js';
 
@@ -97,13 +98,7 @@ export async function handleConnect(ctx: GatewayContext, req: IncomingMessage, s
     // Held here, with no status line sent, while the VM changes hands.
     const { socket: consoleSocket, target } = await openConsole(ctx, authorized, abort.signal);
     socket.removeListener('close', onGone);
-    if (socket.destroyed) {
-      consoleSocket.destroy();
-      throw new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', 'client went away');
-    }
-    socket.write('HTTP/1.1 200 Connection established\r\n\r\n');
-    const pump = new StreamPump(socket, consoleSocket, { idleTimeoutMs: ctx.config.tunnel.idleTimeoutMs }, head);
-    trackTunnel(ctx, target, transport, client, pump, info?.acceptedAt ?? process.hrtime.bigint());
+    splice(ctx, socket, consoleSocket, target, { transport, client, head, acceptedAt: info?.acceptedAt }, 'client went away');
   } catch (e) {
     socket.removeListener('close', onGone);
     const err = toOneportError(e);
@@ -157,13 +152,7 @@ async function handleHop(ctx: GatewayContext, req: IncomingMessage, socket: net.
     };
     const consoleSocket = await dialConsole(ctx, target, abort.signal);
     socket.removeListener('close', onGone);
-    if (socket.destroyed) {
-      consoleSocket.destroy();
-      throw new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', 'the sending node went away');
-    }
-    socket.write('HTTP/1.1 200 Connection established\r\n\r\n');
-    const pump = new StreamPump(socket, consoleSocket, { idleTimeoutMs: ctx.config.tunnel.idleTimeoutMs }, head);
-    trackTunnel(ctx, target, 'hop', `${from}/${client}`, pump, info?.acceptedAt ?? process.hrtime.bigint());
+    splice(ctx, socket, consoleSocket, target, { transport: 'hop', client: `${from}/${client}`, head, acceptedAt: info?.acceptedAt }, 'the sending node went away');
   } catch (e) {
     socket.removeListener('close', onGone);
     const err = toOneportError(e);
@@ -174,4 +163,22 @@ async function handleHop(ctx: GatewayContext, req: IncomingMessage, socket: net.
     }
     writeRawError(socket, err, { extraHeaders: { 'Oneport-Error': err.code } });
   }
+}
+
+/** The console answered: say 200, splice the two sockets, and register the tunnel (both CONNECT paths). */
+function splice(
+  ctx: GatewayContext,
+  socket: net.Socket,
+  consoleSocket: net.Socket,
+  target: TunnelTarget,
+  leg: { transport: Transport; client: string; head: Buffer; acceptedAt: bigint | undefined },
+  goneMessage: string,
+): void {
+  if (socket.destroyed) {
+    consoleSocket.destroy();
+    throw new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', goneMessage);
+  }
+  socket.write('HTTP/1.1 200 Connection established\r\n\r\n');
+  const pump = new StreamPump(socket, consoleSocket, { idleTimeoutMs: ctx.config.tunnel.idleTimeoutMs }, leg.head);
+  trackTunnel(ctx, target, leg.transport, leg.client, pump, leg.acceptedAt ?? process.hrtime.bigint());
 }

@@ -21,7 +21,7 @@ import { startRedis } from '../helpers/redis.js';
 import { makeCluster, eventually, type ClusterNode } from '../helpers/cluster.js';
 import { closedPort } from '../helpers/net.js';
 import { solidRoot, startXvnc } from '../helpers/x11.js';
-import { launchChromium, waitForCanvasColour } from '../helpers/page.js';
+import { launchChromium, loginViaPortal, waitForCanvasColour } from '../helpers/page.js';
 import { outsideNetns } from '../helpers/netns.js';
 
 const ARTIFACTS = fileURLToPath(new URL('../../test-artifacts/', import.meta.url));
@@ -106,10 +106,7 @@ for (const how of ['SIGKILL', 'SIGSTOP'] as const) {
     page.on('websocket', (ws) => sockets.push(ws.url()));
     const count = (what: string): number => requests.filter((r) => r === what).length;
 
-    await page.goto(`https://127.0.0.1:${a.port}/`);
-    await page.fill('#login input[name=user]', 'alice');
-    await page.fill('#login input[name=password]', 'alice-password-1');
-    await page.click('#login button[type=submit]');
+    await loginViaPortal(page, `https://127.0.0.1:${a.port}/`, 'alice', 'alice-password-1');
     const item = page.locator('li.desktop[data-vm="desk"]');
     await item.waitFor({ timeout: 30_000 });
     await item.locator('[data-protocol=vnc] a.open').click();

@@ -10,7 +10,7 @@ import { startTestGateway } from '../helpers/gateway.js';
 import { probeConsole } from '../../gateway/cluster/cluster.js';
 import { closedPort } from '../helpers/net.js';
 import { startQemuSpice } from '../helpers/qemu.js';
-import { launchChromium, waitForCanvasText } from '../helpers/page.js';
+import { launchChromium, loginViaPortal, waitForCanvasText } from '../helpers/page.js';
 import { outsideNetns } from '../helpers/netns.js';
 
 const ARTIFACTS = fileURLToPath(new URL('../../test-artifacts/', import.meta.url));
@@ -35,10 +35,7 @@ t.test('log in, open the SPICE desktop in spice-html5, see the BIOS screen; reco
   const sockets: string[] = [];
   page.on('websocket', (ws) => sockets.push(ws.url()));
 
-  await page.goto(gw.url);
-  await page.fill('#login input[name=user]', 'alice');
-  await page.fill('#login input[name=password]', 'alice-password-1');
-  await page.click('#login button[type=submit]');
+  await loginViaPortal(page, gw.url, 'alice', 'alice-password-1');
   await page.locator('li.desktop[data-vm="vm1"] [data-protocol=spice] a.open').click();
   await page.waitForURL(/\/viewer\.html\?vm=vm1&protocol=spice/);
   await page.locator('#status[data-state=connected]').waitFor({ timeout: 60_000 });

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { startTestGateway } from '../helpers/gateway.js';
 import { closedPort } from '../helpers/net.js';
 import { solidRoot, startXvnc } from '../helpers/x11.js';
-import { launchChromium, sidewaysOverflow, waitForCanvasColour } from '../helpers/page.js';
+import { launchChromium, loginViaPortal, sidewaysOverflow, waitForCanvasColour } from '../helpers/page.js';
 import { outsideNetns } from '../helpers/netns.js';
 
 const ARTIFACTS = fileURLToPath(new URL('../../test-artifacts/', import.meta.url));
@@ -48,10 +48,7 @@ t.test('log in, open the desktop in noVNC, see its picture; the viewer reconnect
   const sockets: string[] = [];
   page.on('websocket', (ws) => sockets.push(ws.url()));
 
-  await page.goto(gw.url);
-  await page.fill('#login input[name=user]', 'alice');
-  await page.fill('#login input[name=password]', 'alice-password-1');
-  await page.click('#login button[type=submit]');
+  await loginViaPortal(page, gw.url, 'alice', 'alice-password-1');
   const item = page.locator('li.desktop[data-vm="desk"]');
   await item.waitFor();
   t.equal(await item.locator('.state').textContent(), 'running', 'the desktop is listed with its state');
@@ -110,10 +107,7 @@ t.test('a resume token the gateway refuses (4401): the viewer falls back to a fr
   });
   const sockets: string[] = [];
   page.on('websocket', (ws) => sockets.push(ws.url()));
-  await page.goto(gw.url);
-  await page.fill('#login input[name=user]', 'carol');
-  await page.fill('#login input[name=password]', 'carol-password-1');
-  await page.click('#login button[type=submit]');
+  await loginViaPortal(page, gw.url, 'carol', 'carol-password-1');
   await page.locator('li.desktop[data-vm="desk"] [data-protocol=vnc] a.open').click();
   await page.locator('#status[data-state=connected]').waitFor({ timeout: 30_000 });
   await waitForCanvasColour(page, ORANGE);
@@ -145,10 +139,7 @@ t.test('the portal works on a phone-sized screen', { skip: outsideNetns }, async
   const context = await launch(t);
   const page = await context.newPage();
   await page.setViewportSize({ width: 360, height: 640 });
-  await page.goto(gw.url);
-  await page.fill('#login input[name=user]', 'bob');
-  await page.fill('#login input[name=password]', 'bob-password-1');
-  await page.click('#login button[type=submit]');
+  await loginViaPortal(page, gw.url, 'bob', 'bob-password-1');
   const item = page.locator('li.desktop[data-vm="phone-desk"]');
   await item.waitFor();
   await item.locator('button.freerdp').click();

@@ -93,3 +93,11 @@ export function sidewaysOverflow(page: Page): Promise<number> {
     return g.document.documentElement.scrollWidth - g.innerWidth;
   });
 }
+
+/** Log in through the portal's form, as a person would (the caller waits for what comes next). */
+export async function loginViaPortal(page: Page, url: string, user: string, password: string): Promise<void> {
+  await page.goto(url);
+  await page.fill('#login input[name=user]', user);
+  await page.fill('#login input[name=password]', password);
+  await page.click('#login button[type=submit]');
+}
