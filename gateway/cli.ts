@@ -62,6 +62,14 @@ program
   .action(async (opts: GlobalOpts) => {
     const cfg = config(opts);
     const gw = await startGateway(cfg);
+    // Last resort: a bug that escapes every handler is logged and counted; the process keeps
+    // serving, because exiting would drop every tunnel on this node for one bad request.
+    const lastResort = (where: string) => (e: unknown): void => {
+      gw.ctx.metrics.internalErrors.inc({ where });
+      gw.ctx.log.error({ err: e, event: 'last-resort', where }, `${where}: kept serving`);
+    };
+    process.on('unhandledRejection', lastResort('unhandledRejection'));
+    process.on('uncaughtException', lastResort('uncaughtException'));
     process.stderr.write(`oneport ${VERSION} serving on ${gw.url}  (CA: ${cfg.state}/ca.pem)\n`);
     let signals = 0;
     const stop = (sig: string): void => {

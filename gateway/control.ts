@@ -18,9 +18,15 @@ export class ControlServer {
     private readonly path: string,
   ) {
     this.server = http.createServer((req, res) => {
-      void handleApi(ctx, req, res, { local: true }).then((handled) => {
-        if (!handled) sendError(res, new OneportError('ONEPORT_ERR_NOT_FOUND'));
-      });
+      handleApi(ctx, req, res, { local: true }).then(
+        (handled) => {
+          if (!handled) sendError(res, new OneportError('ONEPORT_ERR_NOT_FOUND'));
+        },
+        (e: unknown) => {
+          ctx.log.error({ err: e, event: 'handler-failed', where: 'control' }, 'control request failed');
+          sendError(res, e);
+        },
+      );
     });
   }
 

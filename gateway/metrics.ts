@@ -51,6 +51,12 @@ export class Metrics {
     labelNames: ['result'] as const,
     registers: [this.registry],
   });
+  readonly internalErrors = new Counter({
+    name: 'oneport_internal_errors_total',
+    help: 'Failures no handler answered (a bug): logged at error level, the connection closed, the process kept serving',
+    labelNames: ['where'] as const,
+    registers: [this.registry],
+  });
   readonly httpRequests = new Counter({
     name: 'oneport_http_requests_total',
     help: 'HTTP requests answered (API, portal, health), by route and status',

@@ -20,7 +20,7 @@ import {
 import { hashPassword } from '../auth/passwords.js';
 import { lookupVm } from '../routing.js';
 import { SESSION_COOKIE, clearedSessionCookie, readCookie, sessionCookie } from './cookies.js';
-import { pathOf, safeHost, sendError, sendJson } from './respond.js';
+import { decodePathSegment, pathOf, safeHost, sendError, sendJson } from './respond.js';
 import { connInfo } from '../conninfo.js';
 import type { TokenPayload } from '../auth/tokens.js';
 import { VERSION } from '../version.js';
@@ -162,13 +162,13 @@ route('GET', '/api/desktops', 'desktops', async (c) => {
 route('POST', '/api/desktops/:p/tickets', 'tickets', async (c) => {
   const p = await c.principal();
   const body = await c.body(ticketSchema);
-  const vm = lookupVm(c.ctx.dir, decodeURIComponent(c.params[0] ?? ''));
+  const vm = lookupVm(c.ctx.dir, c.params[0] ?? '');
   if (!isAssigned(vm, p.user)) throw new OneportError('ONEPORT_ERR_NOT_ASSIGNED');
   sendJson(c.res, 200, await ticketResponse(c, p.user, vm, body.protocol));
 });
 route('GET', '/api/desktops/:p/console.vv', 'console.vv', async (c) => {
   const p = await c.principal();
-  const vm = lookupVm(c.ctx.dir, decodeURIComponent(c.params[0] ?? ''));
+  const vm = lookupVm(c.ctx.dir, c.params[0] ?? '');
   if (!isAssigned(vm, p.user)) throw new OneportError('ONEPORT_ERR_NOT_ASSIGNED');
   const query = new URL(c.req.url ?? '/', 'https://x').searchParams;
   const protocol = protocolSchema.safeParse(query.get('protocol') ?? 'spice');
@@ -221,11 +221,11 @@ route('GET', '/api/vms', 'vms', async (c) => {
 });
 route('GET', '/api/vms/:p', 'vm', async (c) => {
   await c.admin();
-  sendJson(c.res, 200, lookupVm(c.ctx.dir, decodeURIComponent(c.params[0] ?? '')));
+  sendJson(c.res, 200, lookupVm(c.ctx.dir, c.params[0] ?? ''));
 });
 route('PUT', '/api/vms/:p', 'vm', async (c) => {
   await c.admin();
-  const name = decodeURIComponent(c.params[0] ?? '');
+  const name = c.params[0] ?? '';
   const body = await c.body(z.record(z.string(), z.unknown()));
   const parsed = vmSchema.safeParse({ ...body, name });
   if (!parsed.success) throw validationError(parsed.error);
@@ -235,13 +235,13 @@ route('PUT', '/api/vms/:p', 'vm', async (c) => {
 }, { leader: true });
 route('DELETE', '/api/vms/:p', 'vm', async (c) => {
   await c.admin();
-  if (!(await c.ctx.dir.deleteVm(decodeURIComponent(c.params[0] ?? '')))) throw new OneportError('ONEPORT_ERR_UNKNOWN_VM');
+  if (!(await c.ctx.dir.deleteVm(c.params[0] ?? ''))) throw new OneportError('ONEPORT_ERR_UNKNOWN_VM');
   sendJson(c.res, 200, { ok: true });
 }, { leader: true });
 route('POST', '/api/vms/:p/move', 'move', async (c) => {
   await c.admin();
   const { node } = await c.body(moveSchema);
-  const vm = lookupVm(c.ctx.dir, decodeURIComponent(c.params[0] ?? ''));
+  const vm = lookupVm(c.ctx.dir, c.params[0] ?? '');
   if (c.ctx.cluster) {
     const target = c.ctx.cluster.node(node);
     if (!target || target.state !== 'up') throw new OneportError('ONEPORT_ERR_VALIDATION', `node ${node} is not an up member of the cluster`);
@@ -264,7 +264,7 @@ route('GET', '/api/users', 'users', async (c) => {
 });
 route('PUT', '/api/users/:p', 'user', async (c) => {
   await c.admin();
-  const name = userNameSchema.safeParse(decodeURIComponent(c.params[0] ?? ''));
+  const name = userNameSchema.safeParse(c.params[0] ?? '');
   if (!name.success) throw validationError(name.error);
   const body = await c.body(userBodySchema);
   const existing = c.ctx.dir.getUser(name.data);
@@ -282,7 +282,7 @@ route('PUT', '/api/users/:p', 'user', async (c) => {
 }, { leader: true });
 route('DELETE', '/api/users/:p', 'user', async (c) => {
   await c.admin();
-  if (!(await c.ctx.dir.deleteUser(decodeURIComponent(c.params[0] ?? '')))) throw new OneportError('ONEPORT_ERR_NOT_FOUND', 'no such user');
+  if (!(await c.ctx.dir.deleteUser(c.params[0] ?? ''))) throw new OneportError('ONEPORT_ERR_NOT_FOUND', 'no such user');
   sendJson(c.res, 200, { ok: true });
 }, { leader: true });
 route('POST', '/api/tickets', 'admin-ticket', async (c) => {
@@ -365,7 +365,8 @@ export async function handleApi(ctx: GatewayContext, req: IncomingMessage, res: 
       ctx.metrics.httpRequests.inc({ route: r.name, status: String(status) });
       return true;
     }
-    const params = (r.pattern.exec(path) ?? []).slice(1);
+    // Path parameters arrive %-encoded; a malformed escape is a 400, not an internal error.
+    const params = (r.pattern.exec(path) ?? []).slice(1).map(decodePathSegment);
     const local = opts.local || (vouched !== undefined && req.headers[ACTING_HEADER] === 'local-admin');
     let cached: Promise<Principal> | undefined;
     const principal = (): Promise<Principal> => (cached ??= resolvePrincipal(ctx, req, local));

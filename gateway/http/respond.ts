@@ -5,7 +5,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { STATUS_CODES } from 'node:http';
-import { type OneportError, toOneportError } from '../errors.js';
+import { OneportError, toOneportError } from '../errors.js';
 
 export const SECURITY_HEADERS: Readonly<Record<string, string>> = {
   'X-Content-Type-Options': 'nosniff',
@@ -73,6 +73,24 @@ export function pathOf(req: IncomingMessage): string {
   const url = req.url ?? '/';
   const q = url.indexOf('?');
   return q < 0 ? url : url.slice(0, q);
+}
+
+/** The request target as a URL; a target that does not parse is the client's error (400). */
+export function parseRequestUrl(target: string | undefined): URL {
+  try {
+    return new URL(target ?? '/', 'https://gateway.invalid');
+  } catch {
+    throw new OneportError('ONEPORT_ERR_BAD_REQUEST', 'malformed request target');
+  }
+}
+
+/** One %-encoded path segment; a malformed escape is the client's error (400). */
+export function decodePathSegment(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    throw new OneportError('ONEPORT_ERR_BAD_REQUEST', 'malformed %-escape in the path');
+  }
 }
 
 /** A Host header we are willing to echo (a redirect, a .vv file's proxy=): host or host:port, nothing else. */

@@ -60,6 +60,19 @@ function writeRaw408(socket: Duplex): void {
   setTimeout(() => socket.destroy(), 1000).unref();
 }
 
+/**
+ * Runs one request handler whose promise nobody awaits: a failure it did not answer itself is
+ * logged and the socket closed, never left to become an unhandled rejection (which would stop
+ * the process and every tunnel in it).
+ */
+function guard(ctx: GatewayContext, what: string, socket: Duplex, work: Promise<unknown>): void {
+  work.catch((e: unknown) => {
+    ctx.metrics.internalErrors.inc({ where: what });
+    ctx.log.error({ err: e, event: 'handler-failed', where: what }, `${what} handler failed`);
+    writeRawError(socket, e);
+  });
+}
+
 function configure(ctx: GatewayContext, server: http.Server): http.Server {
   server.maxHeadersCount = ctx.config.http.maxHeaders + 1;
   // These servers never listen (the listener hands them sockets), but Node starts enforcing
@@ -98,15 +111,19 @@ export function createTlsHttpServer(ctx: GatewayContext, portal: Portal): http.S
       if (await handleApi(ctx, req, res, { local: false })) return;
       if (portal.serve(req, res)) return;
       sendError(res, new OneportError('ONEPORT_ERR_NOT_FOUND'));
-    })().catch((e: unknown) => sendError(res, e));
+    })().catch((e: unknown) => {
+      ctx.metrics.internalErrors.inc({ where: 'request' });
+      ctx.log.error({ err: e, event: 'handler-failed', where: 'request' }, 'request handler failed');
+      sendError(res, e);
+    });
   });
   server.on('connect', (req: IncomingMessage, socket: net.Socket, head: Buffer) => {
     if (refuseTooManyHeaders(ctx, req, socket)) return;
-    void handleConnect(ctx, req, socket, head);
+    guard(ctx, 'connect', socket, handleConnect(ctx, req, socket, head));
   });
   server.on('upgrade', (req: IncomingMessage, socket: net.Socket, head: Buffer) => {
     if (refuseTooManyHeaders(ctx, req, socket)) return;
-    void handleUpgrade(ctx, wss, req, socket, head);
+    guard(ctx, 'upgrade', socket, handleUpgrade(ctx, wss, req, socket, head));
   });
   return server;
 }
@@ -131,7 +148,7 @@ export function createClearHttpServer(ctx: GatewayContext): http.Server {
   });
   server.on('connect', (req: IncomingMessage, socket: net.Socket, head: Buffer) => {
     if (refuseTooManyHeaders(ctx, req, socket)) return;
-    void handleConnect(ctx, req, socket, head);
+    guard(ctx, 'connect', socket, handleConnect(ctx, req, socket, head));
   });
   server.on('upgrade', (req: IncomingMessage, socket: net.Socket) => {
     writeRawError(socket, new OneportError('ONEPORT_ERR_BAD_REQUEST', 'WebSocket tunnels need TLS: use wss://'));

@@ -21,7 +21,7 @@ import { openConsole, trackTunnel } from '../tunnel/open.js';
 import { RESUMABLE_SUBPROTOCOL, ResumableSession } from '../tunnel/session.js';
 import { newId } from '../auth/tokens.js';
 import { type Credential, authorizeTunnel } from './authorize.js';
-import { writeRawError } from './respond.js';
+import { decodePathSegment, parseRequestUrl, writeRawError } from './respond.js';
 import { SESSION_COOKIE, readCookie } from './cookies.js';
 
 const TUNNEL_PATH = /^\/tunnel\/([^/?#]{1,200})\/([^/?#]{1,16})$/;
@@ -75,15 +75,21 @@ export function originAllowed(ctx: GatewayContext, req: IncomingMessage): boolea
 export async function handleUpgrade(ctx: GatewayContext, wss: WebSocketServer, req: IncomingMessage, socket: net.Socket, head: Buffer): Promise<void> {
   const info = connInfo(socket);
   const client = info?.remoteAddress ?? socket.remoteAddress ?? 'unknown';
-  const url = new URL(req.url ?? '/', 'https://gateway.invalid');
-  const m = TUNNEL_PATH.exec(url.pathname);
-  // Refusals before the upgrade are plain HTTP answers.
+  // Refusals before the upgrade are plain HTTP answers. Everything parsed from the request line
+  // is parsed in here: a malformed URL or %-escape is the client's error, never ours.
+  let url: URL;
+  let vmName: string;
+  let protocolText: string;
   try {
     if (!info?.tls) throw new OneportError('ONEPORT_ERR_TLS_REQUIRED');
     if (info.limited) throw new OneportError('ONEPORT_ERR_RATE_LIMITED', undefined, { retryAfter: 5 });
     if (ctx.lifecycle.shuttingDown) throw new OneportError('ONEPORT_ERR_SHUTTING_DOWN', undefined, { retryAfter: 5 });
     if ((req.headers.upgrade ?? '').toLowerCase() !== 'websocket') throw new OneportError('ONEPORT_ERR_BAD_REQUEST', 'only WebSocket upgrades');
+    url = parseRequestUrl(req.url);
+    const m = TUNNEL_PATH.exec(url.pathname);
     if (!m) throw new OneportError('ONEPORT_ERR_NOT_FOUND', 'WebSocket tunnels live at /tunnel/<vm>/<protocol>');
+    vmName = decodePathSegment(m[1] ?? '').toLowerCase();
+    protocolText = decodePathSegment(m[2] ?? '').toLowerCase();
     if (!originAllowed(ctx, req)) throw new OneportError('ONEPORT_ERR_ORIGIN');
   } catch (e) {
     const err = toOneportError(e);
@@ -92,8 +98,6 @@ export async function handleUpgrade(ctx: GatewayContext, wss: WebSocketServer, r
     writeRawError(socket, err);
     return;
   }
-  const vmName = decodeURIComponent(m[1] ?? '').toLowerCase();
-  const protocolText = decodeURIComponent(m[2] ?? '').toLowerCase();
   const ticket = url.searchParams.get('ticket');
   const resume = url.searchParams.get('resume');
   const session = url.searchParams.get('session');
@@ -102,8 +106,12 @@ export async function handleUpgrade(ctx: GatewayContext, wss: WebSocketServer, r
 
   wss.handleUpgrade(req, socket, head, (ws) => {
     const r: WsRequest = { vmName, protocolText, ticket, resume, cookie, client, acceptedAt: info.acceptedAt };
-    if (session !== null && ws.protocol === RESUMABLE_SUBPROTOCOL) void resumeSession(ctx, ws, r, session, receivedText);
-    else void runTunnel(ctx, ws, r);
+    const work = session !== null && ws.protocol === RESUMABLE_SUBPROTOCOL ? resumeSession(ctx, ws, r, session, receivedText) : runTunnel(ctx, ws, r);
+    work.catch((e: unknown) => {
+      ctx.metrics.internalErrors.inc({ where: 'websocket' });
+      ctx.log.error({ err: e, event: 'handler-failed', where: 'websocket', client }, 'WebSocket handler failed');
+      ws.terminate();
+    });
   });
 }
 
