@@ -11,6 +11,10 @@ import type { Logger, RateLimitedLog } from './log.js';
 import type { TunnelRegistry } from './tunnel/registry.js';
 import type { Cluster } from './cluster/cluster.js';
 import type { SessionRegistry } from './tunnel/session.js';
+import type { BrokerDeps } from './tunnel/broker.js';
+import type { ResumeDeps } from './tunnel/resume.js';
+import type { LeaderLink } from './http/forward.js';
+import type net from 'node:net';
 
 export interface GatewayContext {
   readonly config: Config;
@@ -27,8 +31,16 @@ export interface GatewayContext {
   readonly ownOrigins: () => readonly string[];
   /** Resumable (oneport.v1) sessions held on this node. */
   readonly sessions: SessionRegistry;
-  /** Set when the node runs in a cluster (config.cluster.redis). */
+  /** Set when the node runs in a cluster (config.cluster.redis): status, leadership (API only). */
   readonly cluster: Cluster | undefined;
+  /** What the tunnel broker needs (tunnel/broker.ts): the entrances hand it requests and legs. */
+  readonly broker: BrokerDeps;
+  /** What resuming a parked `oneport.v1` session needs (tunnel/resume.ts). */
+  readonly resume: ResumeDeps;
+  /** Where a follower forwards directory changes (cluster only). */
+  readonly leaderLink: LeaderLink | undefined;
+  /** The cluster node id behind a verified node certificate on this socket; undefined otherwise (and outside a cluster). */
+  readonly peerNode: (socket: net.Socket) => string | undefined;
   /** How fresh the directory is: always fresh for the embedded one; the mirror's age in a cluster. */
   readonly directoryState: () => { readonly connected: boolean; readonly ageMs: number };
 }

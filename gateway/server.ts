@@ -18,8 +18,13 @@ import { Metrics } from './metrics.js';
 import { type Logger, RateLimitedLog, createLogger } from './log.js';
 import { TunnelRegistry } from './tunnel/registry.js';
 import { Listener } from './listener.js';
-import { rerouteMoved } from './tunnel/open.js';
 import { SessionRegistry } from './tunnel/session.js';
+import { followMoves } from './tunnel/reroute.js';
+import { localReach } from './tunnel/reach.js';
+import { VmWatcher } from './tunnel/watcher.js';
+import { RedisSessionLocator } from './tunnel/session-locator.js';
+import { clusterReach } from './cluster/reach.js';
+import { relayResume } from './cluster/relay.js';
 import { createClearHttpServer, createTlsHttpServer } from './http/servers.js';
 import { Portal } from './http/portal.js';
 import { ensureNodeCert, ensureState } from './state.js';
@@ -27,7 +32,7 @@ import { RedisDirectory, createConnection } from './directory/redis.js';
 import { RedisAuthStore } from './auth/redis-store.js';
 import { Cluster } from './cluster/cluster.js';
 import { NODE_SERVERNAME, type NodeIdentity } from './cluster/peers.js';
-import type { RedisOptions } from 'ioredis';
+import type { Redis, RedisOptions } from 'ioredis';
 import { certificateMatchesName } from '../certs/ca.js';
 import { startRfbServer, type RfbServer } from './demo/rfb.js';
 import { ControlServer } from './control.js';
@@ -70,6 +75,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   const metrics = new Metrics({ defaultMetrics: true });
   let cluster: Cluster | undefined;
   let nodeIdentity: NodeIdentity | undefined;
+  let redisConnection: Redis | undefined;
   let dir: Directory;
   let store: AuthStore;
   const redisTarget = config.cluster.redis;
@@ -86,6 +92,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       throw new Error(`cluster: cannot reach Redis: ${(err as Error).message}`, { cause: err });
     }
     cluster = new Cluster({ config, redis: conn, identity, log, metrics, epochFile: state.paths.epoch });
+    redisConnection = conn;
     const redisDir = await RedisDirectory.open({ redis, prefix: config.cluster.prefix, log, fence: cluster.fence() }).catch((err: unknown) => {
       conn.disconnect();
       throw err;
@@ -114,7 +121,20 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   const auth = new Authenticator(dir, store, { ...config.auth, ...config.limits }, metrics);
   const tunnels = new TunnelRegistry();
   const lifecycle = { listening: false, shuttingDown: false };
+  const noisyLog = new RateLimitedLog();
   let ownOrigins: string[] = [];
+  // How consoles are reached, and where sessions live: the cluster's answers, or a single node's.
+  const reach = cluster ? clusterReach(cluster, dir, config, metrics) : localReach({ dialTimeoutMs: config.tunnel.dialTimeoutMs, metrics });
+  const locator = cluster && redisConnection ? new RedisSessionLocator(redisConnection, config.cluster.prefix, config.nodeId) : undefined;
+  const watcher = new VmWatcher(dir);
+  const sessions = new SessionRegistry(
+    locator
+      ? {
+          put: (id, parked) => locator.put(id, parked ? config.tunnel.resume.graceMs : 24 * 3600 * 1000),
+          forget: (id) => locator.forget(id),
+        }
+      : undefined,
+  );
   const ctx: GatewayContext = {
     config,
     dir,
@@ -122,29 +142,38 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     store,
     metrics,
     log,
-    noisyLog: new RateLimitedLog(),
+    noisyLog,
     tunnels,
     lifecycle,
     ownOrigins: () => ownOrigins,
     cluster,
     directoryState,
-    sessions: new SessionRegistry(
-      cluster
-        ? {
-            put: (id, parked) => cluster.recordSession(id, parked ? config.tunnel.resume.graceMs : 24 * 3600 * 1000),
-            forget: (id) => cluster.forgetSession(id),
-          }
-        : undefined,
-    ),
+    sessions,
+    broker: { dir, auth, reach, watcher, tunnels, metrics, log, noisyLog, lifecycle, nodeId: cluster?.nodeId, holdMs: config.tunnel.holdMs },
+    resume: {
+      auth,
+      dir,
+      sessions,
+      metrics,
+      log,
+      noisyLog,
+      pingIntervalMs: config.tunnel.wsPingIntervalMs,
+      relay:
+        cluster && locator && nodeIdentity
+          ? {
+              self: cluster.nodeId,
+              holder: (id) => locator.holder(id),
+              relay: (holder, ws, vm, protocol, q, queued) =>
+                relayResume({ identity: nodeIdentity!, handshakeTimeoutMs: config.tunnel.dialTimeoutMs, log, peerAddress: (n) => cluster.peerAddress(n) }, holder, ws, vm, protocol, q, queued),
+            }
+          : undefined,
+    },
+    leaderLink: cluster ? { nodeId: cluster.nodeId, leaderPeer: () => cluster.leaderPeer(), dispatcher: cluster.peers.agent } : undefined,
+    peerNode: (socket) => cluster?.peerNode(socket),
   };
 
   // Sessions follow their VM: a change of owner ends its tunnels here at once (clients reconnect).
-  dir.on('change', (c: { kind: string; name?: string }) => {
-    if (c.kind === 'vm' && c.name !== undefined) rerouteMoved(ctx, c.name);
-  });
-  dir.on('resync', () => {
-    for (const name of new Set(tunnels.list().map((t) => t.vm))) rerouteMoved(ctx, name);
-  });
+  const stopFollowing = followMoves({ dir, tunnels, metrics, log, rerouteRetryMs: config.tunnel.rerouteRetryMs });
 
   const contexts = buildSecureContexts(config, state.server, nodeIdentity);
   const tlsHttp = createTlsHttpServer(ctx, new Portal(WEB_ROOT));
@@ -241,6 +270,8 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       listener.destroyAll();
       await stopped;
       await control?.close();
+      stopFollowing();
+      watcher.close();
       await cluster?.stop();
       await demo?.close();
       await store.close();

@@ -15,7 +15,6 @@
 import { execFile } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
-import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Redis } from 'ioredis';
 import { request } from 'undici';
 import type { Config } from '../config.js';
@@ -23,12 +22,10 @@ import type { Directory, VmRecord } from '../directory/directory.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { VERSION } from '../version.js';
-import { OneportError } from '../errors.js';
 import { type ProbeProtocol, probeAnswer, probeGreeting } from '../../protocols/probe.js';
 import { LeaderLease, type LeaderInfo } from './lease.js';
 import { Membership, type NodeInfo, type PeerView } from './membership.js';
-import { ACTING_HEADER, CLIENT_HEADER, FORWARDED_BY_HEADER, NODE_SERVERNAME, Peers, checkNode, peerNodeId, type NodeIdentity } from './peers.js';
-import { WebSocket as WsSocket } from 'ws';
+import { Peers, peerNodeId, type NodeIdentity } from './peers.js';
 import { X509Certificate } from 'node:crypto';
 
 export interface ClusterDeps {
@@ -356,91 +353,20 @@ export class Cluster {
     }
   }
 
+  /** The address of node `id` when it is an up member (a peer to talk to), else undefined. */
+  peerAddress(id: string): string | undefined {
+    const p = this.members.get(id);
+    return p && p.state === 'up' ? p.info.address : undefined;
+  }
+
   /**
-   * A directory change that only the leader makes, received by a follower: send the request to
-   * the leader over node TLS and relay its answer. The leader checks the caller's credentials
-   * itself (sessions are signed with the shared keys); we vouch only for the client address and,
-   * for the local control socket, for the machine's administrator.
+   * The leader as a peer to forward to, waiting (up to twice the lease) through an election
+   * rather than failing the caller at once; undefined when there is none, or it is this node.
    */
-  async forward(req: IncomingMessage, res: ServerResponse, opts: { local: boolean; client: string; body: Buffer }): Promise<void> {
+  async leaderPeer(): Promise<{ node: string; address: string } | undefined> {
     const leader = await this.awaitLeader(this.deps.config.cluster.leaseMs * 2);
-    const peer = leader ? this.members.get(leader.node) : undefined;
-    if (!leader || !peer || peer.state !== 'up') throw new OneportError('ONEPORT_ERR_NOT_LEADER', undefined, { retryAfter: 1 });
-    const headers: Record<string, string> = { [FORWARDED_BY_HEADER]: this.nodeId, [CLIENT_HEADER]: opts.client };
-    for (const h of ['content-type', 'authorization', 'cookie', 'origin']) {
-      const v = req.headers[h];
-      if (typeof v === 'string') headers[h] = v;
-    }
-    if (opts.local) headers[ACTING_HEADER] = 'local-admin';
-    let upstream;
-    try {
-      upstream = await request(`https://${peer.info.address}${req.url ?? '/'}`, {
-        method: (req.method ?? 'GET') as 'PUT',
-        headers,
-        body: opts.body.length ? opts.body : null,
-        dispatcher: this.peers.agent,
-        signal: AbortSignal.timeout(this.deps.config.http.requestTimeoutMs),
-      });
-    } catch (err) {
-      throw new OneportError('ONEPORT_ERR_NOT_LEADER', `the leader ${leader.node} did not answer; try again`, { retryAfter: 1, cause: err });
-    }
-    const text = await upstream.body.text();
-    const out: Record<string, string> = { 'Cache-Control': 'no-store', 'Oneport-Leader': leader.node };
-    for (const h of ['content-type', 'retry-after']) {
-      const v = upstream.headers[h];
-      if (typeof v === 'string') out[h] = v;
-    }
-    res.writeHead(upstream.statusCode, out);
-    res.end(text);
-  }
-
-  /** Where a resumable session is held (`<prefix>session:<id>` -> node), for a client that comes back elsewhere. */
-  recordSession(id: string, ttlMs: number): void {
-    this.deps.redis.set(`${this.deps.config.cluster.prefix}session:${id}`, this.nodeId, 'PX', ttlMs).catch(() => undefined);
-  }
-
-  forgetSession(id: string): void {
-    this.deps.redis.del(`${this.deps.config.cluster.prefix}session:${id}`).catch(() => undefined);
-  }
-
-  async sessionNode(id: string): Promise<string | undefined> {
-    if (!/^[A-Za-z0-9_-]{1,64}$/.test(id)) return undefined;
-    return (await this.deps.redis.get(`${this.deps.config.cluster.prefix}session:${id}`).catch(() => null)) ?? undefined;
-  }
-
-  /**
-   * The client of a session held on node `holder` came back here: open the same resume request
-   * on the holder, over node TLS, and relay messages both ways (text stays text, binary binary).
-   */
-  async relayResume(holder: string, client: WsSocket, vm: string, protocol: string, q: { resume: string; session: string; received: number }, queued: readonly Buffer[]): Promise<void> {
-    const peer = this.members.get(holder);
-    if (!peer || peer.state !== 'up') throw new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', `the node holding the session (${holder}) is not reachable`);
-    const { identity } = this.deps;
-    const url = `wss://${peer.info.address}/tunnel/${encodeURIComponent(vm)}/${protocol}?resume=${encodeURIComponent(q.resume)}&session=${encodeURIComponent(q.session)}&received=${q.received}`;
-    const upstream = new WsSocket(url, ['oneport.v1'], {
-      ca: identity.ca,
-      cert: identity.cert.cert,
-      key: identity.cert.key,
-      // Passed through to tls.connect (not in ws's types): ask for the holder's node certificate.
-      ...({ servername: NODE_SERVERNAME } as object),
-      // ws types this hook as boolean-returning; TLS wants Error | undefined: the holder must be that node.
-      checkServerIdentity: checkNode(holder) as never,
-      handshakeTimeout: this.deps.config.tunnel.dialTimeoutMs,
-      headers: { [FORWARDED_BY_HEADER]: this.nodeId },
-    });
-    upstream.on('error', () => upstream.terminate());
-    await new Promise<void>((resolve, reject) => {
-      upstream.once('open', () => resolve());
-      upstream.once('close', () => reject(new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', `node ${holder} refused the relay`)));
-    });
-    for (const b of queued) upstream.send(b, { binary: true });
-    upstream.on('message', (d: Buffer, isBinary: boolean) => client.readyState === WsSocket.OPEN && client.send(d, { binary: isBinary }));
-    client.on('message', (d: Buffer, isBinary: boolean) => upstream.readyState === WsSocket.OPEN && upstream.send(d, { binary: isBinary }));
-    const safeCode = (c: number): number => (c === 1005 || c === 1006 || c === 1015 ? 1011 : c);
-    upstream.on('close', (code: number, reason: Buffer) => client.readyState === WsSocket.OPEN && client.close(safeCode(code), reason.toString()));
-    // The client's leg dropping must look the same to the holder: not a clean 1000 unless it was.
-    client.on('close', (code: number) => (code === 1000 || code === 1001 ? upstream.close(code) : upstream.terminate()));
-    this.deps.log.info({ event: 'session-relayed', vm, session: q.session, holder }, `resumed session on ${vm} relayed to ${holder}`);
+    const address = leader ? this.peerAddress(leader.node) : undefined;
+    return leader && address ? { node: leader.node, address } : undefined;
   }
 
   /** The leader, waiting (up to `ms`) through an election rather than failing the caller at once. */

@@ -14,9 +14,9 @@ import { Agent, request } from 'undici';
 import { NODE_OU } from '../../certs/ca.js';
 import type { Pem } from '../../certs/ca.js';
 import { OneportError } from '../errors.js';
+import { ReachFailure } from '../tunnel/failures.js';
+import type { ReachedConsole } from '../tunnel/reach.js';
 
-/** The request header that marks a node-to-node hop; its value is the sending node's id. */
-export const HOP_HEADER = 'oneport-hop';
 /** On forwarded API calls: the node that forwarded it, the client's address, the acting identity. */
 export const FORWARDED_BY_HEADER = 'oneport-forwarded-by';
 export const CLIENT_HEADER = 'oneport-client';
@@ -123,29 +123,35 @@ export class Peers {
 
   /**
    * The hop: CONNECT through node `nodeId` to the VM's console. Resolves with the raw tunnel
-   * socket once the owner answered 200; an owner's refusal becomes the same error here.
+   * socket once the owner answered 200 (and how many of the socket's bytes were the hop's own
+   * request and answer); an owner's refusal becomes a coded failure here.
    */
-  async hop(address: string, nodeId: string, req: { vm: string; protocol: string; port: number; user: string; epoch: number }, signal: AbortSignal, timeoutMs: number): Promise<net.Socket> {
+  async hop(address: string, nodeId: string, req: { vm: string; protocol: string; port: number; user: string; epoch: number }, signal: AbortSignal, timeoutMs: number): Promise<ReachedConsole> {
     const deadline = AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]);
     let s: tls.TLSSocket;
     try {
       s = await this.connect(address, nodeId, deadline, timeoutMs);
     } catch (err) {
-      throw new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', `the VM's node ${nodeId} did not answer`, { cause: err });
+      if (signal.aborted) throw new ReachFailure('CLIENT_GONE', { cause: err });
+      throw new ReachFailure('OWNER_SILENT', { message: `the VM's node ${nodeId} did not answer`, cause: err });
     }
-    s.write(
+    const request =
       `CONNECT ${req.vm}:${req.port} HTTP/1.1\r\nHost: ${req.vm}:${req.port}\r\nDesktop-Protocol: ${req.protocol}\r\n` +
-        `Oneport-Hop: ${this.id.nodeId}\r\nOneport-User: ${req.user}\r\nOneport-Epoch: ${req.epoch}\r\n\r\n`,
-    );
+      `Oneport-Hop: ${this.id.nodeId}\r\nOneport-User: ${req.user}\r\nOneport-Epoch: ${req.epoch}\r\n\r\n`;
+    s.write(request);
     const status = await readStatus(s, deadline).catch((err: Error) => {
       s.destroy();
-      throw new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', `the VM's node ${nodeId} did not answer the hop`, { cause: err });
+      if (signal.aborted) throw new ReachFailure('CLIENT_GONE', { cause: err });
+      throw new ReachFailure('HOP_CLOSED', { message: `the VM's node ${nodeId} did not answer the hop`, cause: err });
     });
-    if (status.code === 200) return s;
+    if (status.code === 200) return { socket: s, preface: { written: Buffer.byteLength(request), read: status.headBytes } };
     s.destroy();
-    if (status.code === 503) throw new OneportError(status.error === 'ONEPORT_ERR_VM_DOWN' ? 'ONEPORT_ERR_VM_DOWN' : 'ONEPORT_ERR_VM_RECOVERING', undefined, { retryAfter: 5 });
+    if (status.code === 503) {
+      if (status.error === 'ONEPORT_ERR_VM_DOWN') throw new OneportError('ONEPORT_ERR_VM_DOWN', undefined, { retryAfter: 5 });
+      throw new ReachFailure('OWNER_MOVING', { code: 'ONEPORT_ERR_VM_RECOVERING', retryAfter: 5 });
+    }
     if (status.code === 404) throw new OneportError('ONEPORT_ERR_NO_SUCH_PROTOCOL');
-    throw new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', `node ${nodeId} answered ${status.code}`);
+    throw new ReachFailure('HOP_STATUS', { message: `node ${nodeId} answered ${status.code}` });
   }
 
   /** Does the node's port answer a TLS handshake and /healthz within the deadline? */
@@ -174,10 +180,10 @@ const MAX_RESPONSE_HEAD = 4096;
  * Read an HTTP response head from a hop (bounded, under the deadline), leaving any bytes after it
  * in the socket. Returns the status and the ONEPORT_ERR code when the owner sent one.
  */
-function readStatus(s: tls.TLSSocket, signal: AbortSignal): Promise<{ code: number; error: string | undefined }> {
+function readStatus(s: tls.TLSSocket, signal: AbortSignal): Promise<{ code: number; error: string | undefined; headBytes: number }> {
   return new Promise((resolve, reject) => {
     let buf = Buffer.alloc(0);
-    const done = (err: Error | undefined, v?: { code: number; error: string | undefined }): void => {
+    const done = (err: Error | undefined, v?: { code: number; error: string | undefined; headBytes: number }): void => {
       s.removeListener('data', onData);
       s.removeListener('close', onClose);
       signal.removeEventListener('abort', onAbort);
@@ -198,7 +204,7 @@ function readStatus(s: tls.TLSSocket, signal: AbortSignal): Promise<{ code: numb
       const rest = buf.subarray(end + 4);
       const code = Number(/^HTTP\/1\.[01] (\d{3})/.exec(head)?.[1] ?? 0);
       const error = /^oneport-error:\s*(\S+)/im.exec(head)?.[1];
-      done(undefined, { code, error });
+      done(undefined, { code, error, headBytes: end + 4 });
       if (rest.length && code === 200) s.unshift(rest);
     };
     s.on('data', onData);

@@ -24,6 +24,7 @@ import { decodePathSegment, pathOf, safeHost, sendError, sendJson } from './resp
 import { connInfo } from '../conninfo.js';
 import type { TokenPayload } from '../auth/tokens.js';
 import { VERSION } from '../version.js';
+import { forwardToLeader } from './forward.js';
 import { ACTING_HEADER, CLIENT_HEADER, FORWARDED_BY_HEADER } from '../cluster/peers.js';
 
 export interface Principal {
@@ -322,7 +323,7 @@ async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
  */
 function forwardedBy(ctx: GatewayContext, req: IncomingMessage): { node: string; client: string | undefined } | undefined {
   if (!ctx.cluster || req.headers[FORWARDED_BY_HEADER] === undefined) return undefined;
-  const node = ctx.cluster.peerNode(req.socket);
+  const node = ctx.peerNode(req.socket);
   if (node === undefined) return undefined;
   const c = req.headers[CLIENT_HEADER];
   return { node, client: typeof c === 'string' && c.length <= 64 ? c : undefined };
@@ -360,7 +361,7 @@ export async function handleApi(ctx: GatewayContext, req: IncomingMessage, res: 
       // Never a second hop: a forwarded call that finds no leader here fails, and the client retries.
       if (vouched !== undefined) throw new OneportError('ONEPORT_ERR_NOT_LEADER', undefined, { retryAfter: 1 });
       const body = await readBody(req, ctx.config.http.maxBodyBytes);
-      await ctx.cluster.forward(req, res, { local: opts.local, client, body });
+      await forwardToLeader(ctx.leaderLink!, req, res, { local: opts.local, client, body, timeoutMs: ctx.config.http.requestTimeoutMs });
       status = res.statusCode;
       ctx.metrics.httpRequests.inc({ route: r.name, status: String(status) });
       return true;

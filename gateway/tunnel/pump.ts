@@ -13,6 +13,7 @@
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocket } from 'ws';
+import { closeWebSocket } from './close.js';
 
 export type CloseReason =
   | 'client-closed'
@@ -22,7 +23,9 @@ export type CloseReason =
   | 'idle'
   | 'shutdown'
   | 'rerouted'
-  | 'too-large';
+  | 'too-large'
+  /** The user's access ended (user deleted, VM unassigned, logout, password change, terminated by an admin). */
+  | 'revoked';
 
 export interface PumpResult {
   readonly reason: CloseReason;
@@ -35,6 +38,8 @@ export interface PumpOptions {
   readonly idleTimeoutMs: number;
   /** After one side finished, how long the other gets to flush before it is destroyed. */
   readonly lingerMs?: number;
+  /** Bytes on the console socket that were not the tunnel's (a hop's request and answer): not counted. */
+  readonly preface?: { readonly written: number; readonly read: number };
 }
 
 /** The close code and reason a WebSocket client gets for each way a tunnel ends. */
@@ -75,10 +80,11 @@ export abstract class Pump {
 
   protected finish(): void {
     if (this.idleTimer) clearTimeout(this.idleTimer);
+    const preface = this.opts.preface ?? { written: 0, read: 0 };
     this.resolveDone({
       reason: this.reason ?? 'client-closed',
-      bytesToConsole: this.console.bytesWritten,
-      bytesToClient: this.console.bytesRead,
+      bytesToConsole: Math.max(0, this.console.bytesWritten - preface.written),
+      bytesToClient: Math.max(0, this.console.bytesRead - preface.read),
     });
   }
 
@@ -216,14 +222,8 @@ export class WebSocketPump extends Pump {
   }
 
   private closeWs(): void {
-    if (this.ws.readyState === WebSocket.OPEN || this.ws.readyState === WebSocket.CONNECTING) {
-      const { code, message } = this.wsCloseFor(this.reason ?? 'console-closed');
-      this.ws.close(code, this.closeMessage ?? message);
-      // A client that never answers the close handshake is cut after the linger time.
-      const t = setTimeout(() => this.ws.terminate(), this.opts.lingerMs ?? 5000);
-      t.unref();
-      this.ws.once('close', () => clearTimeout(t));
-    }
+    const { code, message } = this.wsCloseFor(this.reason ?? 'console-closed');
+    closeWebSocket(this.ws, code, this.closeMessage ?? message, this.opts.lingerMs);
   }
 
   close(reason: CloseReason, message?: string): void {

@@ -4,9 +4,9 @@
  */
 import type { Protocol } from '../directory/directory.js';
 import type { CloseReason, Pump } from './pump.js';
+import type { Transport } from './request.js';
 
-/** 'hop': a tunnel another node sent here because this node owns the VM. */
-export type Transport = 'connect' | 'connect-tls' | 'websocket' | 'hop';
+export type { Transport };
 
 export interface Tunnel {
   readonly id: number;
@@ -50,6 +50,11 @@ export class TunnelRegistry {
 
   byVm(vm: string): Tunnel[] {
     return this.list().filter((t) => t.vm === vm);
+  }
+
+  /** The VMs that have at least one tunnel here. */
+  vms(): Set<string> {
+    return new Set(this.list().map((t) => t.vm));
   }
 
   closeAll(reason: CloseReason): void {

@@ -21,6 +21,8 @@
 import type net from 'node:net';
 import { WebSocket } from 'ws';
 import { type CloseReason, Pump, type PumpOptions, type WsCloseFor } from './pump.js';
+import { ReplayBuffer } from './replay-buffer.js';
+import { closeWebSocket } from './close.js';
 
 export const RESUMABLE_SUBPROTOCOL = 'oneport.v1';
 
@@ -45,20 +47,29 @@ export interface SessionOwner {
 /** Why a resume was refused (the caller maps it to a close code). */
 export type ResumeRefusal = 'gone' | 'not-yours' | 'offset';
 
+/** WebSocket sends in flight above this pause the console until the client has taken them. */
+const WS_HIGH_WATER = 1024 * 1024;
+const WS_LOW_WATER = 256 * 1024;
+
 export class ResumableSession extends Pump {
   /** Bytes taken from the client legs and written to the console. */
   private received = 0;
-  /** Console bytes sent towards the client (offset of the next byte). */
-  private sent = 0;
-  /** Console bytes the client acknowledged: replay starts no earlier than this. */
-  private acked = 0;
-  private readonly replay: Buffer[] = [];
-  private replayBytes = 0;
+  /** Console bytes, by absolute offset, kept until the client acknowledges them. */
+  private readonly replay = new ReplayBuffer();
+  /**
+   * Console bytes handed to the network on the current leg (ws send callbacks): a client cannot
+   * acknowledge more than this, so acks never trim what it has not been sent.
+   */
+  private flushed = 0;
+  /** Bytes queued on the current leg and not yet flushed. */
+  private inFlight = 0;
   private ws: WebSocket | undefined;
   private graceTimer: NodeJS.Timeout | undefined;
   private ackTimer: NodeJS.Timeout | undefined;
   private unackedIn = 0;
-  private consolePaused = false;
+  /** Why the console is paused: the replay bound, the leg's send queue, or both. */
+  private pausedForReplay = false;
+  private pausedForLeg = false;
   private ended = false;
   private closeMessage: string | undefined;
   /** Legs attached over the session's life (1 = never resumed). */
@@ -94,7 +105,7 @@ export class ResumableSession extends Pump {
   /** Attach a (new) client leg: hello, replay from `clientReceived`, then live. */
   attach(ws: WebSocket, clientReceived: number, queued: readonly Buffer[] = []): ResumeRefusal | undefined {
     if (this.ended) return 'gone';
-    if (clientReceived < this.acked || clientReceived > this.sent) return 'offset';
+    if (!this.replay.canReplayFrom(clientReceived)) return 'offset';
     const old = this.ws;
     this.ws = undefined;
     if (old) {
@@ -107,14 +118,13 @@ export class ResumableSession extends Pump {
     this.graceTimer = undefined;
     this.legs++;
     this.ws = ws;
+    // The new leg starts with nothing in flight; what the client has is what it says it has.
+    this.inFlight = 0;
+    this.flushed = clientReceived;
+    this.setLegPaused(false);
     this.send(JSON.stringify({ type: 'hello', session: this.owner.id, graceMs: this.sopts.graceMs, received: this.received, resumed: this.legs > 1 }));
     // Replay what the client has not got, from its offset.
-    let offset = this.sent - this.replayBytes;
-    for (const chunk of this.replay) {
-      const end = offset + chunk.length;
-      if (end > clientReceived) this.sendBinary(chunk.subarray(Math.max(0, clientReceived - offset)));
-      offset = end;
-    }
+    for (const chunk of this.replay.since(clientReceived)) this.sendBinary(chunk);
     for (const b of queued) this.fromClient(b);
     ws.on('message', (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => {
       const chunk = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
@@ -139,6 +149,9 @@ export class ResumableSession extends Pump {
   }
 
   private park(): void {
+    // Nothing can be sent while parked; the replay bound alone limits what the console may add.
+    this.inFlight = 0;
+    this.setLegPaused(false);
     this.graceTimer = setTimeout(() => {
       this.reason ??= 'client-closed';
       this.end();
@@ -168,55 +181,68 @@ export class ResumableSession extends Pump {
   }
 
   private control(raw: Buffer): void {
+    if (raw.length > 256) return;
     let msg: { type?: unknown; received?: unknown };
     try {
       msg = JSON.parse(raw.toString('utf8')) as typeof msg;
     } catch {
       return;
     }
-    if (msg.type === 'ack' && typeof msg.received === 'number' && Number.isSafeInteger(msg.received) && msg.received > this.acked && msg.received <= this.sent) {
-      this.acked = msg.received;
-      this.trim();
-    }
-  }
-
-  /** Drop replay chunks the client acknowledged. */
-  private trim(): void {
-    let start = this.sent - this.replayBytes;
-    while (this.replay.length > 0 && start + this.replay[0]!.length <= this.acked) {
-      const c = this.replay.shift()!;
-      this.replayBytes -= c.length;
-      start += c.length;
-    }
-    if (this.consolePaused && this.replayBytes <= this.sopts.maxBufferBytes / 2) {
-      this.consolePaused = false;
-      this.console.resume();
+    // An ack may not run ahead of what was actually put on the wire to this client.
+    if (msg.type === 'ack' && typeof msg.received === 'number' && msg.received > this.replay.acked && msg.received <= this.flushed) {
+      this.replay.ackTo(msg.received);
+      this.checkReplayBound();
     }
   }
 
   private fromConsole(chunk: Buffer): void {
-    this.sent += chunk.length;
-    this.replay.push(chunk);
-    this.replayBytes += chunk.length;
-    if (this.replayBytes > this.sopts.maxBufferBytes) {
-      if (this.ws) {
-        // A live client that does not acknowledge: slow down the console instead of dropping it.
-        this.consolePaused = true;
-        this.console.pause();
-      } else {
-        // Parked and the console keeps talking: the bound is reached, end cleanly.
-        this.reason ??= 'too-large';
-        this.end();
-        return;
-      }
+    this.replay.append(chunk);
+    if (this.replay.size > this.sopts.maxBufferBytes && !this.ws) {
+      // Parked and the console keeps talking: the bound is reached, end cleanly.
+      this.reason ??= 'too-large';
+      this.end();
+      return;
     }
+    this.checkReplayBound();
     this.sendBinary(chunk);
   }
 
+  /** A client that does not acknowledge slows the console down instead of growing the buffer. */
+  private checkReplayBound(): void {
+    const over = this.replay.size > this.sopts.maxBufferBytes;
+    if (over && !this.pausedForReplay) {
+      this.pausedForReplay = true;
+      this.updateConsoleFlow();
+    } else if (this.pausedForReplay && this.replay.size <= this.sopts.maxBufferBytes / 2) {
+      this.pausedForReplay = false;
+      this.updateConsoleFlow();
+    }
+  }
+
+  private setLegPaused(paused: boolean): void {
+    if (this.pausedForLeg === paused) return;
+    this.pausedForLeg = paused;
+    this.updateConsoleFlow();
+  }
+
+  private updateConsoleFlow(): void {
+    if (this.ended) return;
+    if (this.pausedForReplay || this.pausedForLeg) this.console.pause();
+    else this.console.resume();
+  }
+
+  /** Send console bytes on the current leg with backpressure: a client that does not read pauses the console. */
   private sendBinary(chunk: Buffer): void {
     const ws = this.ws;
     if (!ws || ws.readyState !== WebSocket.OPEN) return;
-    ws.send(chunk, { binary: true });
+    this.inFlight += chunk.length;
+    ws.send(chunk, { binary: true }, (err) => {
+      if (this.ws !== ws) return;
+      this.inFlight -= chunk.length;
+      if (!err) this.flushed += chunk.length;
+      if (this.pausedForLeg && this.inFlight <= WS_LOW_WATER) this.setLegPaused(false);
+    });
+    if (this.inFlight > WS_HIGH_WATER) this.setLegPaused(true);
   }
 
   private send(text: string): void {
@@ -231,12 +257,9 @@ export class ResumableSession extends Pump {
     clearTimeout(this.ackTimer);
     const ws = this.ws;
     this.ws = undefined;
-    if (ws && (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING)) {
+    if (ws) {
       const { code, message } = this.sopts.wsCloseFor(this.reason ?? 'console-closed');
-      ws.close(code, this.closeMessage ?? message);
-      const t = setTimeout(() => ws.terminate(), this.sopts.lingerMs ?? 5000);
-      t.unref();
-      ws.once('close', () => clearTimeout(t));
+      closeWebSocket(ws, code, this.closeMessage ?? message, this.sopts.lingerMs);
     }
     this.console.destroy();
     this.finish();
@@ -260,7 +283,7 @@ export class ResumableSession extends Pump {
 
   /** Bytes kept for replay right now (for tests and metrics). */
   get buffered(): number {
-    return this.replayBytes;
+    return this.replay.size;
   }
 }
 

@@ -1,0 +1,134 @@
+/**
+ * One owner for a tunnel's life. An entrance turns its transport into a request and a client leg
+ * (legs/); `openTunnel` does the rest, in order:
+ *
+ *   authorize (authorize.ts) -> hold while the VM changes hands and reach its console (hold.ts,
+ *   with the Reach handed in) -> attach the leg -> register -> one log line when it ends
+ *
+ * and owns the one refusal path: count the refusal, log it (rate-limited, or at error level for a
+ * bug), answer through the leg. Nothing here knows whether the node is part of a cluster.
+ */
+import type { Authenticator } from '../auth/authenticator.js';
+import type { Directory } from '../directory/directory.js';
+import { OneportError, toOneportError } from '../errors.js';
+import type { Logger, RateLimitedLog } from '../log.js';
+import type { Metrics } from '../metrics.js';
+import { authorizeTunnel } from './authorize.js';
+import { reachHeld } from './hold.js';
+import type { ClientLeg } from './legs/leg.js';
+import type { Pump } from './pump.js';
+import type { Reach } from './reach.js';
+import type { TunnelRegistry, Tunnel } from './registry.js';
+import type { TunnelRequest, TunnelTarget } from './request.js';
+import type { VmWatcher } from './watcher.js';
+
+export interface BrokerDeps {
+  readonly dir: Directory;
+  readonly auth: Authenticator;
+  readonly reach: Reach;
+  readonly watcher: VmWatcher;
+  readonly tunnels: TunnelRegistry;
+  readonly metrics: Metrics;
+  readonly log: Logger;
+  /** For log lines any client can trigger at will. */
+  readonly noisyLog: RateLimitedLog;
+  readonly lifecycle: { readonly shuttingDown: boolean };
+  /** This node's id in a cluster (a hop is accepted only for VMs it owns). */
+  readonly nodeId: string | undefined;
+  /** How long a client may be held while its VM changes hands (config tunnel.holdMs). */
+  readonly holdMs: number;
+}
+
+let nextTunnelId = 1;
+
+/** Authorize, hold, reach, attach, register. Never rejects: a refusal is answered through the leg. */
+export async function openTunnel(deps: BrokerDeps, request: TunnelRequest, leg: ClientLeg): Promise<Tunnel | undefined> {
+  let protocol = 'unknown';
+  try {
+    if (deps.lifecycle.shuttingDown) throw new OneportError('ONEPORT_ERR_SHUTTING_DOWN', undefined, { retryAfter: 5 });
+    const authorized = await authorizeTunnel(deps, request);
+    protocol = authorized.endpoint.protocol;
+    // Held here (no status line for CONNECT, an open WebSocket) while the VM changes hands.
+    const { console, target } = await reachHeld(deps, authorized, leg.gone);
+    let pump: Pump;
+    try {
+      pump = leg.attach(console, target, { endJudge: deps.reach.endJudge(target.vm) });
+    } catch (e) {
+      console.socket.destroy();
+      throw e;
+    }
+    return register(deps, target, leg, pump);
+  } catch (e) {
+    refuseTunnel(deps, leg, e, protocol);
+    return undefined;
+  }
+}
+
+/**
+ * The one refusal path, also for refusals an entrance finds before it has a request (a malformed
+ * CONNECT target, a bad header): count, log, answer through the leg.
+ */
+export function refuseTunnel(deps: Pick<BrokerDeps, 'metrics' | 'log' | 'noisyLog'>, leg: ClientLeg, e: unknown, protocol = 'unknown'): OneportError {
+  const err = toOneportError(e);
+  deps.metrics.tunnels.inc({ protocol, transport: leg.transport, result: err.code });
+  const event = leg.transport === 'hop' ? 'hop-refused' : 'tunnel-refused';
+  if (err.code === 'ONEPORT_ERR_INTERNAL') {
+    deps.metrics.internalErrors.inc({ where: leg.transport });
+    deps.log.error({ err: e, event, transport: leg.transport, client: leg.client, ...leg.logFields }, `${leg.transport} tunnel failed`);
+  } else if (deps.noisyLog.take(`${leg.transport}:${err.code}`) >= 0) {
+    deps.log.info({ event, transport: leg.transport, client: leg.client, code: err.code, status: err.status, ...leg.logFields }, err.message);
+  }
+  leg.refuse(err);
+  return err;
+}
+
+/** A running tunnel: in the registry, counted, and logged once when it ends. */
+function register(deps: BrokerDeps, target: TunnelTarget, leg: ClientLeg, pump: Pump): Tunnel {
+  const { metrics, tunnels, log } = deps;
+  const transport = leg.transport;
+  const labels = { protocol: target.endpoint.protocol, transport };
+  const tunnel: Tunnel = {
+    id: nextTunnelId++,
+    vm: target.vm.name,
+    protocol: target.endpoint.protocol,
+    transport,
+    user: target.user.name,
+    sessionId: target.sessionId,
+    client: leg.client,
+    startedAt: Date.now(),
+    node: target.vm.node,
+    epoch: target.vm.epoch,
+    pump,
+  };
+  tunnels.add(tunnel);
+  metrics.tunnelsActive.inc(labels);
+  metrics.tunnels.inc({ ...labels, result: 'ok' });
+  const setupMs = Number(process.hrtime.bigint() - leg.acceptedAt) / 1e6;
+  void pump.done.then((r) => {
+    tunnels.delete(tunnel);
+    metrics.tunnelsActive.dec(labels);
+    metrics.tunnelBytes.inc({ direction: 'to_console' }, r.bytesToConsole);
+    metrics.tunnelBytes.inc({ direction: 'to_client' }, r.bytesToClient);
+    log.info(
+      {
+        event: 'tunnel',
+        tunnel: tunnel.id,
+        user: tunnel.user,
+        vm: tunnel.vm,
+        protocol: tunnel.protocol,
+        transport,
+        client: leg.client,
+        via: target.via,
+        session: tunnel.sessionId,
+        consoleNode: target.vm.node,
+        bytesToConsole: r.bytesToConsole,
+        bytesToClient: r.bytesToClient,
+        setupMs: Math.round(setupMs * 100) / 100,
+        durationMs: Date.now() - tunnel.startedAt,
+        closeReason: r.reason,
+      },
+      'tunnel closed',
+    );
+  });
+  return tunnel;
+}

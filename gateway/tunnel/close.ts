@@ -1,0 +1,42 @@
+/**
+ * How a tunnel's end reaches a WebSocket client: one table from the reason the tunnel ended to the
+ * close code (CONTRACT section 4), and one way to close a WebSocket politely with a bound on how
+ * long a client that never answers the close handshake is kept.
+ */
+import { WebSocket } from 'ws';
+import type { CloseReason } from './pump.js';
+
+/** The close code and default reason text for each way a tunnel ends. */
+export const CLOSE_CODES: Readonly<Record<CloseReason, { readonly code: number; readonly message: string }>> = {
+  'client-closed': { code: 1000, message: 'console closed' },
+  'console-closed': { code: 1000, message: 'console closed' },
+  'client-error': { code: 1000, message: 'console closed' },
+  'console-error': { code: 4502, message: 'console connection lost' },
+  idle: { code: 1000, message: 'idle timeout' },
+  shutdown: { code: 1001, message: 'gateway shutting down' },
+  // CONTRACT section 4: reconnect now (with the resume token), after retryMs (jittered, so a
+  // crowd does not come back at once). Whoever reroutes usually supplies the text (naming the node).
+  rerouted: { code: 4001, message: '{"retryMs":0}' },
+  'too-large': { code: 1009, message: 'message too large' },
+  revoked: { code: 4003, message: 'access revoked' },
+};
+
+/** A reroute's close reason: JSON with a jittered `retryMs` below `boundMs`, and the new owner when known. */
+export function rerouteMessage(boundMs: number, node?: string): string {
+  return JSON.stringify({ retryMs: Math.floor(Math.random() * boundMs), ...(node !== undefined ? { node } : {}) });
+}
+
+/** The close code and text for `reason`; a reroute gets a jittered retryMs below `rerouteRetryMs`. */
+export function wsCloseFor(reason: CloseReason, rerouteRetryMs = 500): { code: number; message: string } {
+  if (reason === 'rerouted') return { code: 4001, message: rerouteMessage(rerouteRetryMs) };
+  return CLOSE_CODES[reason];
+}
+
+/** Start the close handshake (if the socket is still open) and cut a client that never answers it after `lingerMs`. */
+export function closeWebSocket(ws: WebSocket, code: number, message: string, lingerMs = 5000): void {
+  if (ws.readyState !== WebSocket.OPEN && ws.readyState !== WebSocket.CONNECTING) return;
+  ws.close(code, message);
+  const t = setTimeout(() => ws.terminate(), lingerMs);
+  t.unref();
+  ws.once('close', () => clearTimeout(t));
+}

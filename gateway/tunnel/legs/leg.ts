@@ -1,0 +1,52 @@
+/**
+ * A client leg: the client's side of a tunnel, as its transport carries it. The broker decides
+ * (authorize, hold, reach, register, log); a leg only speaks its transport: how to say "no", how
+ * to say "yes" and relay bytes, and when its client has gone.
+ */
+import type { OneportError } from '../../errors.js';
+import type { Pump, CloseReason } from '../pump.js';
+import type { ReachedConsole } from '../reach.js';
+import type { Transport, TunnelTarget } from '../request.js';
+
+export interface AttachOptions {
+  /** For a console reached through another node: tells its death from a console close (reach.ts). */
+  readonly endJudge?: (() => Promise<CloseReason | undefined>) | undefined;
+}
+
+export interface ClientLeg {
+  readonly transport: Transport;
+  /** The client's address (the real one, after a trusted PROXY header). */
+  readonly client: string;
+  /** When the connection was accepted (process.hrtime.bigint()), for the setup time. */
+  readonly acceptedAt: bigint;
+  /** Aborted when the client leaves before the tunnel is attached: cancels holding and dialling. */
+  readonly gone: AbortSignal;
+  /** Extra fields for the refusal log line (e.g. which node sent a hop). */
+  readonly logFields?: Readonly<Record<string, unknown>>;
+  /**
+   * The console answered: answer the client and start relaying. Throws a OneportError when the
+   * leg cannot take it (the client left meanwhile, it sent too much early data); the broker then
+   * closes the console socket.
+   */
+  attach(console: ReachedConsole, target: TunnelTarget, opts: AttachOptions): Pump;
+  /** Refused: answer in the transport's own words (status line, close code), then close. */
+  refuse(err: OneportError): void;
+}
+
+/**
+ * A leg that can only say no, in a plain HTTP answer: for refusals an entrance makes before its
+ * transport exists (a WebSocket upgrade refused before the handshake), so they take the broker's
+ * one refusal path too.
+ */
+export function answerOnlyLeg(transport: Transport, client: string, answer: (err: OneportError) => void): ClientLeg {
+  return {
+    transport,
+    client,
+    acceptedAt: process.hrtime.bigint(),
+    gone: AbortSignal.abort(),
+    attach() {
+      throw new Error('a refusal-only leg cannot carry a tunnel');
+    },
+    refuse: answer,
+  };
+}
