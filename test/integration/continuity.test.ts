@@ -166,6 +166,50 @@ t.test('resume token misuse is refused with the contract codes', async (t) => {
   t.equal((await closeOf(revoked)).code, 4401, 'after "log out everywhere" (password change): 4401');
 });
 
+t.test('100 clients held through one failover: no MaxListenersExceededWarning, no listener left behind', async (t) => {
+  const { gw, port } = await setup(t);
+  const warnings: Error[] = [];
+  const onWarning = (w: Error): void => void warnings.push(w);
+  process.on('warning', onWarning);
+  t.teardown(() => process.removeListener('warning', onWarning));
+  const dir = gw.ctx.dir;
+  const before = { change: dir.listenerCount('change'), resync: dir.listenerCount('resync') };
+  await setState(gw, 'recovering', { epoch: 1 });
+  const N = 100;
+  const tickets = await Promise.all(Array.from({ length: N }, () => gw.ticket('alice', 'desk')));
+  const clients = await Promise.all(
+    tickets.map(async ({ ticket }) => {
+      const s = net.connect(gw.port, '127.0.0.1');
+      s.on('error', () => {});
+      t.teardown(() => s.destroy());
+      await once(s, 'connect');
+      s.write(`CONNECT desk:5900 HTTP/1.1\r\nProxy-Authorization: ${basic('alice', ticket)}\r\n\r\n`);
+      return s;
+    }),
+  );
+  await until(() => gw.ctx.broker.watcher.size === N);
+  t.equal(gw.ctx.broker.watcher.size, N, `${N} clients held`);
+  t.equal(dir.listenerCount('change'), before.change, 'holding added no directory listener');
+  await fixedPortConsole(t, port, (c) => c.pipe(c));
+  await setState(gw, 'running', { epoch: 1 });
+  const answers = await Promise.all(clients.map((s) => readResponse(s)));
+  t.same([...new Set(answers.map((a) => a.status))], [200], 'every held client carried through');
+  t.equal(gw.ctx.broker.watcher.size, 0, 'no waiter left');
+  t.same({ change: dir.listenerCount('change'), resync: dir.listenerCount('resync') }, before, 'the directory has the listeners it had before');
+  // Warnings are emitted on the next tick; give them that tick before looking.
+  await new Promise((r) => setImmediate(r));
+  t.same(warnings.filter((w) => w.name === 'MaxListenersExceededWarning').map((w) => w.message), [], 'no MaxListenersExceededWarning');
+  for (const s of clients) s.destroy();
+});
+
+async function until(check: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
 function waitLog(gw: TestGateway, pred: (l: Record<string, unknown>) => boolean, timeoutMs = 10_000): Promise<Record<string, unknown>> {
   const found = gw.logs.find(pred);
   if (found) return Promise.resolve(found);
