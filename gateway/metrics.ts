@@ -51,6 +51,12 @@ export class Metrics {
     labelNames: ['result'] as const,
     registers: [this.registry],
   });
+  readonly revoked = new Counter({
+    name: 'oneport_tunnels_revoked_total',
+    help: 'Tunnels and parked sessions ended because the user\'s access ended (user-deleted, password-changed, vm-deleted, unassigned, terminated)',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
   readonly internalErrors = new Counter({
     name: 'oneport_internal_errors_total',
     help: 'Failures no handler answered (a bug): logged at error level, the connection closed, the process kept serving',

@@ -20,6 +20,7 @@ import { TunnelRegistry } from './tunnel/registry.js';
 import { Listener } from './listener.js';
 import { SessionRegistry } from './tunnel/session.js';
 import { followMoves } from './tunnel/reroute.js';
+import { followRevocations } from './tunnel/revoke.js';
 import { localReach } from './tunnel/reach.js';
 import { VmWatcher } from './tunnel/watcher.js';
 import { RedisSessionLocator } from './tunnel/session-locator.js';
@@ -174,6 +175,8 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
 
   // Sessions follow their VM: a change of owner ends its tunnels here at once (clients reconnect).
   const stopFollowing = followMoves({ dir, tunnels, metrics, log, rerouteRetryMs: config.tunnel.rerouteRetryMs });
+  // Revocation reaches live tunnels: a deleted user, a changed password, an unassigned VM.
+  const stopRevoking = followRevocations({ dir, tunnels, metrics, log });
 
   const contexts = buildSecureContexts(config, state.server, nodeIdentity);
   const tlsHttp = createTlsHttpServer(ctx, new Portal(WEB_ROOT));
@@ -271,6 +274,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       await stopped;
       await control?.close();
       stopFollowing();
+      stopRevoking();
       watcher.close();
       await cluster?.stop();
       await demo?.close();

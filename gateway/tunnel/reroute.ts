@@ -28,17 +28,19 @@ const HOP_REROUTE_GRACE_MS = 1000;
 
 export function rerouteMoved(deps: RerouteDeps, vmName: string): number {
   const vm = deps.dir.getVm(vmName);
+  // A deleted VM did not move: its tunnels end for good (revoke.ts), not "reconnect".
+  if (!vm) return 0;
   let n = 0;
   for (const t of deps.tunnels.byVm(vmName)) {
-    if (vm && vm.node === t.node) continue;
-    const reason = rerouteMessage(deps.rerouteRetryMs, vm?.node);
+    if (vm.node === t.node) continue;
+    const reason = rerouteMessage(deps.rerouteRetryMs, vm.node);
     if (t.transport === 'hop') setTimeout(() => t.pump.close('rerouted', reason), HOP_REROUTE_GRACE_MS).unref();
     else t.pump.close('rerouted', reason);
     n++;
   }
   if (n > 0) {
     deps.metrics.rerouted.inc(n);
-    deps.log.info({ event: 'tunnels-rerouted', vm: vmName, tunnels: n, node: vm?.node ?? null, epoch: vm?.epoch ?? null }, `${vmName} moved: ${n} tunnel(s) told to reconnect`);
+    deps.log.info({ event: 'tunnels-rerouted', vm: vmName, tunnels: n, node: vm.node, epoch: vm.epoch }, `${vmName} moved: ${n} tunnel(s) told to reconnect`);
   }
   return n;
 }

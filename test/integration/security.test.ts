@@ -2,10 +2,12 @@
  * Regression tests for the security review (issue 10): each names the finding it covers and fails
  * without its fix. Real gateway, real sockets on loopback.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { once } from 'node:events';
+import { WebSocket } from 'ws';
 import { basic, echoRoundTrip, rawRequest } from '../helpers/net.js';
 import { setupDesk } from '../helpers/scenario.js';
+import type { TestGateway } from '../helpers/gateway.js';
 
 const upgrade = (path: string, proto = 'websocket'): string =>
   `GET ${path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: ${proto}\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`;
@@ -39,3 +41,76 @@ t.test('1: requests that once stopped the process get 400, and every tunnel keep
   tunnel.socket.end();
   await once(tunnel.socket, 'close');
 });
+
+/** A WebSocket tunnel to desk for alice, open and echoing. */
+async function openWsTunnel(t: Test, gw: TestGateway): Promise<{ ws: WebSocket; closed: Promise<{ code: number; reason: string }> }> {
+  const { ticket } = await gw.ticket('alice', 'desk');
+  const ws = new WebSocket(`wss://127.0.0.1:${gw.port}/tunnel/desk/vnc?ticket=${ticket}`, ['binary'], { ca: gw.caCert });
+  ws.on('error', () => {});
+  t.teardown(() => ws.terminate());
+  const closed = new Promise<{ code: number; reason: string }>((resolve) => ws.once('close', (code: number, reason: Buffer) => resolve({ code, reason: reason.toString() })));
+  await once(ws, 'open');
+  const echoed = once(ws, 'message');
+  ws.send(Buffer.from('hi'));
+  await echoed;
+  return { ws, closed };
+}
+
+t.test('5: revocation reaches live tunnels: user deleted, password changed, VM unassigned or deleted', async (t) => {
+  const cases: Array<[string, (gw: TestGateway) => Promise<unknown>, string]> = [
+    ['user deleted', (gw) => gw.ctx.dir.deleteUser('alice'), 'user-deleted'],
+    // What `PUT /api/users/alice {password}` and `oneport user add alice --password` write.
+    ['password changed', (gw) => gw.ctx.dir.putUser({ ...gw.ctx.dir.getUser('alice')!, passwordHash: 'scrypt$changed', sessionsNotBefore: Date.now() }), 'password-changed'],
+    ['VM unassigned', async (gw) => gw.ctx.dir.putVm({ ...gw.ctx.dir.getVm('desk')!, users: [] }), 'unassigned'],
+    ['VM deleted', (gw) => gw.ctx.dir.deleteVm('desk'), 'vm-deleted'],
+  ];
+  for (const [name, revoke, reason] of cases) {
+    const { gw } = await setupDesk(t);
+    const { ticket } = await gw.ticket('alice', 'desk');
+    const tunnel = await rawRequest(gw.port, `CONNECT desk:5900 HTTP/1.1\r\nProxy-Authorization: ${basic('alice', ticket)}\r\n\r\n`, { ca: gw.caCert });
+    t.equal(tunnel.status, 200, `${name}: a CONNECT tunnel is open`);
+    tunnel.socket.on('error', () => {});
+    const connectClosed = once(tunnel.socket, 'close');
+    tunnel.socket.resume();
+    const { closed } = await openWsTunnel(t, gw);
+    if (name === 'password changed') await new Promise((r) => setTimeout(r, 5)); // sessionsNotBefore is a ms clock
+    await revoke(gw);
+    const ws = await closed;
+    t.equal(ws.code, 4003, `${name}: the WebSocket tunnel ends with 4003`);
+    t.match(JSON.parse(ws.reason), { code: 'ONEPORT_ERR_FORBIDDEN', reason }, `${name}: the reason says why`);
+    await connectClosed;
+    t.pass(`${name}: the CONNECT tunnel is closed`);
+    await gw.ctx.tunnels.whenEmpty();
+    t.ok(gw.logs.some((l) => l.event === 'tunnels-revoked' && l.reason === reason), `${name}: logged`);
+  }
+});
+
+t.test('5: a parked oneport.v1 session is ended by revocation, and a resume after an unassignment is refused', async (t) => {
+  const { gw } = await setupDesk(t);
+  const { ticket, resume } = await gw.ticket('alice', 'desk');
+  const ws = new WebSocket(`wss://127.0.0.1:${gw.port}/tunnel/desk/vnc?ticket=${ticket}`, ['oneport.v1'], { ca: gw.caCert });
+  ws.on('error', () => {});
+  t.teardown(() => ws.terminate());
+  const [hello] = (await once(ws, 'message')) as [Buffer];
+  const session = (JSON.parse(hello.toString()) as { session: string }).session;
+  // The leg drops without a close: the session parks.
+  (ws as unknown as { _socket: import('node:net').Socket })._socket.destroy();
+  await until(() => gw.ctx.sessions.get(session)?.parked === true);
+  await gw.ctx.dir.putVm({ ...gw.ctx.dir.getVm('desk')!, users: [] });
+  await until(() => gw.ctx.sessions.get(session) === undefined);
+  t.pass('the parked session ended when access ended');
+  const again = new WebSocket(`wss://127.0.0.1:${gw.port}/tunnel/desk/vnc?resume=${encodeURIComponent(resume)}&session=${session}&received=0`, ['oneport.v1'], { ca: gw.caCert });
+  again.on('error', () => {});
+  t.teardown(() => again.terminate());
+  const [code] = (await once(again, 'close')) as [number];
+  t.not(code, 1000, `the resume is refused (${code})`);
+  t.ok([4003, 4001].includes(code), 'with "forbidden" or "start afresh" (where the fresh tunnel is then refused)');
+});
+
+async function until(check: () => boolean, timeoutMs = 5000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
