@@ -75,9 +75,17 @@ export const configSchema = z
       .prefault({}),
     limits: z
       .object({
-        /** Open connections on the port, all clients together; beyond it, new ones are dropped. @default 20000 */
+        /**
+         * Open connections on the port, all clients together; beyond it, new ones are dropped. Above
+         * 80% of it, an address holding its fair share (this / (addresses connected + 1)) is
+         * refused at accept, so the last slots stay free for others (admission.ts). @default 20000
+         */
         maxConnections: positive.default(20000),
-        /** Open connections from one client address; beyond it, HTTP clients get 429. @default 256 */
+        /**
+         * Open connections from one client address (an IPv6 client by its /64; after a trusted
+         * PROXY header, the client it names); beyond it, new ones are closed at accept, before TLS
+         * or HTTP (no 429). Trusted PROXY balancers are not held to it. @default 256
+         */
         maxConnectionsPerAddress: positive.default(256),
         /** Largest WebSocket message a client may send (noVNC sends small input events). @default 256 KiB */
         wsMaxPayloadBytes: z.number().int().min(1024).default(256 * 1024),

@@ -8,6 +8,10 @@
  *   HTTP         -> the clear-text server (CONNECT with a ticket, redirect, or 400)
  *   anything else, or silence until the deadline -> closed, counted, logged (rate-limited)
  *
+ * Before any of that, at accept, a connection is admitted or refused (admission.ts: the per-address
+ * limit and the fair share near the global cap), and again once a PROXY header named the client.
+ * A refused connection is destroyed at once: it never holds a slot through the deadlines.
+ *
  * Every socket gets its error listener before anything else happens to it.
  */
 import net from 'node:net';
@@ -19,6 +23,7 @@ import { httpDetector } from '../protocols/http.js';
 import type { GatewayContext } from './context.js';
 import { type ConnInfo, newConnInfo, normaliseAddress, setConnInfo } from './conninfo.js';
 import { parseCidr } from './config.js';
+import { ConnectionCounts, type Refusal, addressKey } from './admission.js';
 
 export type Route = 'tls' | 'http';
 
@@ -30,6 +35,12 @@ export interface ListenerHandlers {
   readonly secureContext: (servername: string | undefined) => tls.SecureContext;
   /** Ask TLS clients for a certificate (verified against the secure context's CA, never required). */
   readonly requestClientCert?: boolean;
+  /**
+   * Addresses that speak for many clients and are not held to the per-address rules at accept
+   * (cluster peers: their node-to-node hops carry other clients' tunnels). Trusted PROXY
+   * balancers are exempt without being listed here.
+   */
+  readonly exempt?: (address: string) => boolean;
 }
 
 type Candidate = { route: Route | 'proxy'; detector: Detector<unknown> };
@@ -60,7 +71,9 @@ export function decide(head: Uint8Array, allowProxy: boolean): Verdict {
 
 export class Listener {
   readonly server: net.Server;
-  private readonly perAddress = new Map<string, number>();
+  private readonly counts: ConnectionCounts;
+  /** The key each open connection is counted under (moves when a PROXY header names the client). */
+  private readonly countedAs = new Map<net.Socket, string>();
   private readonly sockets = new Set<net.Socket>();
   private readonly detecting = new Set<net.Socket>();
   private readonly trusted = new net.BlockList();
@@ -73,6 +86,7 @@ export class Listener {
       const c = parseCidr(t);
       if (c) this.trusted.addSubnet(c.address, c.prefix, c.family);
     }
+    this.counts = new ConnectionCounts(ctx.config.limits);
     this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false, noDelay: true }, (s) => this.accept(s));
     this.server.maxConnections = ctx.config.limits.maxConnections;
     this.server.on('drop', () => this.ctx.metrics.connections.inc({ result: 'dropped-max-connections' }));
@@ -106,24 +120,46 @@ export class Listener {
   private accept(socket: net.Socket): void {
     socket.on('error', () => socket.destroy());
     const info = newConnInfo(socket.remoteAddress ?? 'unknown', socket.remotePort ?? 0);
+    const key = addressKey(info.remoteAddress);
+    // Refused before anything is read or any timer set: an address over its limit costs one
+    // accept and one counter increment, and never holds a slot of limits.maxConnections.
+    const refusal = this.exempt(info.remoteAddress) ? undefined : this.counts.check(key);
+    if (refusal) {
+      this.refuse(socket, info, refusal);
+      return;
+    }
     setConnInfo(socket, info);
     this.sockets.add(socket);
     this.ctx.metrics.connectionsActive.inc();
-    this.countAddress(info, +1);
+    this.counts.add(key);
+    this.countedAs.set(socket, key);
     socket.once('close', () => {
       this.sockets.delete(socket);
       this.detecting.delete(socket);
       this.ctx.metrics.connectionsActive.dec();
-      this.countAddress(info, -1);
+      this.uncount(socket);
     });
     this.detect(socket, info);
   }
 
-  private countAddress(info: ConnInfo, delta: 1 | -1): void {
-    const n = (this.perAddress.get(info.remoteAddress) ?? 0) + delta;
-    if (n <= 0) this.perAddress.delete(info.remoteAddress);
-    else this.perAddress.set(info.remoteAddress, n);
-    if (delta > 0 && n > this.ctx.config.limits.maxConnectionsPerAddress) info.limited = true;
+  /** Trusted PROXY balancers and the peers the gateway was told about speak for many clients. */
+  private exempt(address: string): boolean {
+    return this.isTrustedProxy(address) || (this.handlers.exempt?.(address) ?? false);
+  }
+
+  private isTrustedProxy(address: string): boolean {
+    return this.trusted.check(address, net.isIPv6(address) ? 'ipv6' : 'ipv4');
+  }
+
+  private uncount(socket: net.Socket): void {
+    const key = this.countedAs.get(socket);
+    if (key === undefined) return;
+    this.countedAs.delete(socket);
+    this.counts.remove(key);
+  }
+
+  private refuse(socket: net.Socket, info: ConnInfo, refusal: Refusal): void {
+    this.reject(socket, info, refusal, Buffer.alloc(0), refusal === 'address-limit' ? 'connection refused: too many connections from this address' : 'connection refused: the port is nearly full and this address holds more than its share');
   }
 
   private detect(socket: net.Socket, info: ConnInfo, allowProxy = true, initial?: Buffer): void {
@@ -175,31 +211,38 @@ export class Listener {
   }
 
   private onProxy(socket: net.Socket, info: ConnInfo, proxy: ProxyInfo, head: Buffer): void {
-    if (!this.trusted.check(info.remoteAddress, net.isIPv6(info.remoteAddress) ? 'ipv6' : 'ipv4')) {
+    if (!this.isTrustedProxy(info.remoteAddress)) {
       this.reject(socket, info, 'proxy-untrusted', head);
       return;
     }
     this.ctx.metrics.connections.inc({ result: 'proxy' });
     if (proxy.source) {
-      // The balancer's own address carries everyone's connections: the per-address limit is
-      // decided again for the client the header names.
-      this.countAddress(info, -1);
+      // The balancer's own address carries everyone's connections (it was not held to the
+      // per-address rules at accept): the connection now counts for the client the header names,
+      // and is admitted or refused for it, like any connection at accept.
+      this.uncount(socket);
       info.remoteAddress = normaliseAddress(proxy.source.address);
       info.remotePort = proxy.source.port;
-      info.limited = false;
-      this.countAddress(info, +1);
+      const key = addressKey(info.remoteAddress);
+      const refusal = this.exempt(info.remoteAddress) ? undefined : this.counts.check(key);
+      if (refusal) {
+        this.refuse(socket, info, refusal);
+        return;
+      }
+      this.counts.add(key);
+      this.countedAs.set(socket, key);
     }
     socket.resume();
     this.detect(socket, info, false, head.subarray(proxy.headerLength));
   }
 
-  private reject(socket: net.Socket, info: ConnInfo, reason: string, head: Buffer): void {
+  private reject(socket: net.Socket, info: ConnInfo, reason: string, head: Buffer, message = 'connection closed: protocol not recognised'): void {
     this.ctx.metrics.connections.inc({ result: `rejected-${reason}` });
     const suppressed = this.ctx.noisyLog.take(`reject:${reason}`);
     if (suppressed >= 0) {
       this.ctx.log.info(
         { event: 'connection-rejected', reason, client: info.remoteAddress, firstBytes: head.subarray(0, 8).toString('hex'), suppressed },
-        'connection closed: protocol not recognised',
+        message,
       );
     }
     socket.destroy();
