@@ -17,7 +17,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import type { Detection, Detector } from '../protocols/detector.js';
-import { proxyDetector, type ProxyInfo } from '../protocols/proxy.js';
+import { createProxyDetector, proxyDetector, type ProxyInfo } from '../protocols/proxy.js';
 import { tlsDetector } from '../protocols/tls.js';
 import { httpDetector } from '../protocols/http.js';
 import type { GatewayContext } from './context.js';
@@ -43,14 +43,18 @@ export interface ListenerHandlers {
   readonly exempt?: (address: string) => boolean;
 }
 
-type Candidate = { route: Route | 'proxy'; detector: Detector<unknown> };
+export type Candidate = { readonly route: Route | 'proxy'; readonly detector: Detector<unknown> };
 
-/** Tried in order; a PROXY header can only come first. */
-const CANDIDATES: readonly Candidate[] = [
-  { route: 'proxy', detector: proxyDetector as Detector<unknown> },
-  { route: 'tls', detector: tlsDetector as Detector<unknown> },
-  { route: 'http', detector: httpDetector as Detector<unknown> },
-];
+/** Tried in order; a PROXY header can only come first. `proxy` carries the configured v2 size bound. */
+export function candidates(proxy: Detector<ProxyInfo> = proxyDetector): readonly Candidate[] {
+  return [
+    { route: 'proxy', detector: proxy as Detector<unknown> },
+    { route: 'tls', detector: tlsDetector as Detector<unknown> },
+    { route: 'http', detector: httpDetector as Detector<unknown> },
+  ];
+}
+
+const DEFAULT_CANDIDATES = candidates();
 
 export type Verdict =
   | { kind: 'route'; route: Route | 'proxy'; info: unknown }
@@ -58,9 +62,9 @@ export type Verdict =
   | { kind: 'more' };
 
 /** Pure: the three-way answers of all detectors folded into one decision. */
-export function decide(head: Uint8Array, allowProxy: boolean): Verdict {
+export function decide(head: Uint8Array, allowProxy: boolean, table: readonly Candidate[] = DEFAULT_CANDIDATES): Verdict {
   let more = false;
-  for (const c of CANDIDATES) {
+  for (const c of table) {
     if (c.route === 'proxy' && !allowProxy) continue;
     const d: Detection<unknown> = c.detector.detect(head);
     if (d.kind === 'match') return { kind: 'route', route: c.route, info: d.info };
@@ -77,6 +81,7 @@ export class Listener {
   private readonly sockets = new Set<net.Socket>();
   private readonly detecting = new Set<net.Socket>();
   private readonly trusted = new net.BlockList();
+  private readonly table: readonly Candidate[];
 
   constructor(
     private readonly ctx: GatewayContext,
@@ -87,6 +92,14 @@ export class Listener {
       if (c) this.trusted.addSubnet(c.address, c.prefix, c.family);
     }
     this.counts = new ConnectionCounts(ctx.config.limits);
+    const { maxV2HeaderBytes } = ctx.config.proxyProtocol;
+    this.table = candidates(createProxyDetector({ maxV2HeaderBytes }));
+    if (ctx.config.proxyProtocol.trusted.length > 0 && maxV2HeaderBytes > ctx.config.detect.maxBytes) {
+      ctx.log.warn(
+        { event: 'config-warning', maxV2HeaderBytes, detectMaxBytes: ctx.config.detect.maxBytes },
+        'proxyProtocol.maxV2HeaderBytes is above detect.maxBytes: PROXY v2 headers longer than detect.maxBytes are still refused; raise both',
+      );
+    }
     this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false, noDelay: true }, (s) => this.accept(s));
     this.server.maxConnections = ctx.config.limits.maxConnections;
     this.server.on('drop', () => this.ctx.metrics.connections.inc({ result: 'dropped-max-connections' }));
@@ -174,7 +187,7 @@ export class Listener {
     };
     const onEnd = (): void => finish({ kind: 'reject' }, 'closed-early');
     const evaluate = (): void => {
-      const v = decide(head.subarray(0, maxBytes), allowProxy);
+      const v = decide(head.subarray(0, maxBytes), allowProxy, this.table);
       if (v.kind === 'more' && head.length < maxBytes) return;
       finish(v.kind === 'more' ? { kind: 'reject' } : v, v.kind === 'more' ? 'too-many-bytes' : 'unrecognised');
     };

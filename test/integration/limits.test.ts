@@ -11,6 +11,7 @@ import net from 'node:net';
 import type { TestGateway } from '../helpers/gateway.js';
 import { connectionCount, setupDesk } from '../helpers/scenario.js';
 import { basic, closedWithin, connectRaw, echoRoundTrip, rawRequest, until } from '../helpers/net.js';
+import * as F from '../fixtures/packets.js';
 
 function errorCode(body: string): string | undefined {
   try {
@@ -25,6 +26,9 @@ function forge(ticket: string): string {
   const i = ticket.length - 8;
   return `${ticket.slice(0, i)}${ticket[i] === 'a' ? 'b' : 'a'}${ticket.slice(i + 1)}`;
 }
+
+/** Deadlines far beyond any test's own: only the protection under test can close a connection in time. */
+const FAR = 60_000;
 
 const clearConnect = (ticket: string, vm = 'desk'): string => `CONNECT ${ticket}.${vm}:5900 HTTP/1.1\r\nHost: ${ticket}.${vm}:5900\r\n\r\n`;
 
@@ -99,6 +103,32 @@ t.test('PROXY protocol from a trusted balancer: v1 and v2 name the real client',
   t.equal(await connectionCount(gw, 'proxy'), 2);
 });
 
+t.test('PROXY v2 with the large TLVs cloud balancers send: accepted up to proxyProtocol.maxV2HeaderBytes', async (t) => {
+  const { gw, echo } = await setupDesk(t, { proxyProtocol: { trusted: ['127.0.0.1'] }, detect: { timeoutMs: FAR } });
+  // Default bound (4 KiB): a 1,000-byte header (AWS, Azure, GCP and SSL TLVs), then one exactly
+  // at 4096 = detect.maxBytes, each followed in the same write by a CONNECT that must parse.
+  for (const [name, header] of [['cloud TLVs, 1,000 bytes', F.PROXY_V2_CLOUD_TLVS], ['4,096 bytes, at both limits', F.proxyV2Tcp4WithTlvs(4096)]] as const) {
+    const r = await rawRequest(gw.port, Buffer.concat([header, Buffer.from(clearConnect((await gw.ticket('alice', 'desk')).ticket))]), { timeoutMs: 2000 });
+    t.equal(r.status, 200, `${name}: 200`);
+    t.same(await echoRoundTrip(r.socket, Buffer.from('tlv')), Buffer.from('tlv'), `${name}: not a byte past the header was taken`);
+    r.socket.destroy();
+  }
+  await gw.ctx.tunnels.whenEmpty();
+  t.same(gw.logs.filter((l) => l.event === 'tunnel').map((l) => l.client), ['192.0.2.10', '192.0.2.10'], 'tunnels belong to the client the header names');
+
+  const small = await setupDesk(t, { proxyProtocol: { trusted: ['127.0.0.1'], maxV2HeaderBytes: 1024 }, detect: { timeoutMs: FAR } });
+  const at = await rawRequest(small.gw.port, Buffer.concat([F.proxyV2Tcp4WithTlvs(1024), Buffer.from(clearConnect((await small.gw.ticket('alice', 'desk')).ticket))]), { timeoutMs: 2000 });
+  t.equal(at.status, 200, 'maxV2HeaderBytes 1024: a 1,024-byte header is accepted');
+  at.socket.destroy();
+  const s = await connectRaw(small.gw.port);
+  s.write(Buffer.concat([F.proxyV2Tcp4WithTlvs(1025), Buffer.from(clearConnect((await small.gw.ticket('alice', 'desk')).ticket))]));
+  const { data } = await closedWithin(s, 2000);
+  t.equal(data.length, 0, 'one byte over: closed at once, without an answer');
+  t.equal(await connectionCount(small.gw, 'rejected-unrecognised'), 1, 'counted as rejected-unrecognised');
+  t.equal(small.echo.accepted, 1, 'no tunnel for it');
+  t.equal(echo.accepted, 2);
+});
+
 t.test('PROXY protocol from anyone else closes the connection', async (t) => {
   const none = await setupDesk(t, { proxyProtocol: { trusted: [] } });
   const only1 = await setupDesk(t, { proxyProtocol: { trusted: ['127.0.0.1'] } });
@@ -128,8 +158,6 @@ t.test('PROXY protocol from anyone else closes the connection', async (t) => {
 // -------------------------------------------------------------------------------------------
 // Per-address connection limit, login and ticket budgets
 
-/** Deadlines far beyond any test's own: only a refusal at accept can close a connection in time. */
-const FAR = 60_000;
 const farDeadlines = { detect: { timeoutMs: FAR }, tls: { handshakeTimeoutMs: FAR }, http: { headersTimeoutMs: FAR, requestTimeoutMs: FAR } } as const;
 
 async function activeConnections(gw: TestGateway): Promise<number> {
