@@ -73,6 +73,48 @@ export function decide(head: Uint8Array, allowProxy: boolean, table: readonly Ca
   return more ? { kind: 'more' } : { kind: 'reject' };
 }
 
+/**
+ * The bytes peeked so far. Storage grows by doubling, so a client trickling a long PROXY header
+ * one byte per segment costs linear copying, not a copy of everything so far per byte. Buffers
+ * handed in (the first chunk, the bytes after a PROXY header) are never written to: they are
+ * copied on the first append.
+ */
+export class Peeked {
+  private store: Buffer;
+  private len: number;
+  private owned = false;
+
+  constructor(initial: Buffer) {
+    this.store = initial;
+    this.len = initial.length;
+  }
+
+  get length(): number {
+    return this.len;
+  }
+
+  get bytes(): Buffer {
+    return this.store.subarray(0, this.len);
+  }
+
+  append(chunk: Buffer): void {
+    if (this.len === 0) {
+      this.store = chunk;
+      this.len = chunk.length;
+      this.owned = false;
+      return;
+    }
+    if (!this.owned || this.len + chunk.length > this.store.length) {
+      const grown = Buffer.allocUnsafe(Math.max(2 * this.len, this.len + chunk.length));
+      this.store.copy(grown, 0, 0, this.len);
+      this.store = grown;
+      this.owned = true;
+    }
+    chunk.copy(this.store, this.len);
+    this.len += chunk.length;
+  }
+}
+
 export class Listener {
   readonly server: net.Server;
   private readonly counts: ConnectionCounts;
@@ -178,17 +220,17 @@ export class Listener {
   private detect(socket: net.Socket, info: ConnInfo, allowProxy = true, initial?: Buffer): void {
     const { timeoutMs, maxBytes } = this.ctx.config.detect;
     this.detecting.add(socket);
-    let head = initial ?? Buffer.alloc(0);
+    const peeked = new Peeked(initial ?? Buffer.alloc(0));
     let done = false;
     const timer = setTimeout(() => finish({ kind: 'reject' }, 'timeout'), timeoutMs);
     const onData = (chunk: Buffer): void => {
-      head = head.length === 0 ? chunk : Buffer.concat([head, chunk]);
+      peeked.append(chunk);
       evaluate();
     };
     const onEnd = (): void => finish({ kind: 'reject' }, 'closed-early');
     const evaluate = (): void => {
-      const v = decide(head.subarray(0, maxBytes), allowProxy, this.table);
-      if (v.kind === 'more' && head.length < maxBytes) return;
+      const v = decide(peeked.bytes.subarray(0, maxBytes), allowProxy, this.table);
+      if (v.kind === 'more' && peeked.length < maxBytes) return;
       finish(v.kind === 'more' ? { kind: 'reject' } : v, v.kind === 'more' ? 'too-many-bytes' : 'unrecognised');
     };
     const finish = (v: Verdict, rejectReason: string): void => {
@@ -200,6 +242,7 @@ export class Listener {
       socket.removeListener('close', onEnd);
       socket.pause();
       this.detecting.delete(socket);
+      const head = peeked.bytes;
       if (v.kind !== 'route') {
         this.reject(socket, info, rejectReason, head);
         return;
@@ -220,7 +263,7 @@ export class Listener {
     // A reset (error, then close, no 'end') must not leave the deadline timer and this closure
     // alive until detect.timeoutMs, nor be counted later as a timeout.
     socket.on('close', onEnd);
-    if (head.length > 0) evaluate();
+    if (peeked.length > 0) evaluate();
   }
 
   private onProxy(socket: net.Socket, info: ConnInfo, proxy: ProxyInfo, head: Buffer): void {

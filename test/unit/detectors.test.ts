@@ -11,7 +11,7 @@ import { httpDetector } from '../../protocols/http.js';
 import { V2_DEFAULT_MAX, V2_HARD_MAX, V2_MIN_MAX, createProxyDetector, proxyDetector } from '../../protocols/proxy.js';
 import { spiceDetector } from '../../protocols/spice.js';
 import { vncDetector } from '../../protocols/vnc.js';
-import { candidates, decide } from '../../gateway/listener.js';
+import { Peeked, candidates, decide } from '../../gateway/listener.js';
 import * as F from '../fixtures/packets.js';
 
 interface Case {
@@ -206,4 +206,27 @@ t.test('the listener decision: first bytes of real clients, any split', async (t
     }),
     { numRuns: 3000 },
   );
+});
+
+t.test('the listener\'s peek buffer: any split gives the same bytes, and buffers handed in are never written', async (t) => {
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 64 }), fc.array(fc.uint8Array({ maxLength: 300 }), { maxLength: 40 }), (initial, chunks) => {
+      const first = Buffer.from(initial);
+      const given = chunks.map((c) => Buffer.from(c));
+      const copies = [first, ...given].map((b) => Buffer.from(b));
+      const p = new Peeked(first);
+      for (const c of given) p.append(c);
+      const expected = Buffer.concat(copies);
+      return p.length === expected.length && p.bytes.equals(expected) && [first, ...given].every((b, i) => b.equals(copies[i]!));
+    }),
+    { numRuns: 2000 },
+  );
+  // 65,551 one-byte appends (the largest PROXY v2 header, trickled) copy linearly: a few ms, not seconds.
+  const p = new Peeked(Buffer.alloc(0));
+  const one = Buffer.from([0x41]);
+  const started = process.hrtime.bigint();
+  for (let i = 0; i < 65551; i++) p.append(one);
+  const ms = Number(process.hrtime.bigint() - started) / 1e6;
+  t.equal(p.length, 65551);
+  t.ok(ms < 500, `65,551 one-byte appends in ${ms.toFixed(1)} ms`);
 });
