@@ -7,6 +7,7 @@ import { homedir, hostname } from 'node:os';
 import { isIP } from 'node:net';
 import { resolve } from 'node:path';
 import { z } from 'zod';
+import { V2_DEFAULT_MAX, V2_HARD_MAX, V2_MIN_MAX } from '../protocols/proxy.js';
 
 const SECOND = 1000;
 const MINUTE = 60 * SECOND;
@@ -45,14 +46,20 @@ export const configSchema = z
       .object({
         /** First bytes must identify the protocol within this. @default 10 s */
         timeoutMs: positive.default(10 * SECOND),
-        /** ...and within this many bytes. @default 4 KiB */
-        maxBytes: z.number().int().min(64).max(65536).default(4096),
+        /** ...and within this many bytes; at most 16 + 65535, the largest PROXY v2 header. @default 4 KiB */
+        maxBytes: z.number().int().min(64).max(V2_HARD_MAX).default(4096),
       })
       .prefault({}),
     proxyProtocol: z
       .object({
         /** Addresses (or CIDRs) allowed to send a PROXY v1/v2 header, e.g. your load balancer. @default none */
         trusted: z.array(cidrSchema).default([]),
+        /**
+         * Largest PROXY v2 header accepted, TLVs included (cloud balancers add their own); from
+         * 232 (16 + the AF_UNIX address block) to 65551 (16 + the 16-bit length). A header must
+         * also fit in detect.maxBytes. @default 4 KiB
+         */
+        maxV2HeaderBytes: z.number().int().min(V2_MIN_MAX).max(V2_HARD_MAX).default(V2_DEFAULT_MAX),
       })
       .prefault({}),
     http: z
@@ -75,9 +82,17 @@ export const configSchema = z
       .prefault({}),
     limits: z
       .object({
-        /** Open connections on the port, all clients together; beyond it, new ones are dropped. @default 20000 */
+        /**
+         * Open connections on the port, all clients together; beyond it, new ones are dropped. Above
+         * 80% of it, an address holding its fair share (this / (addresses connected + 1)) is
+         * refused at accept, so the last slots stay free for others (admission.ts). @default 20000
+         */
         maxConnections: positive.default(20000),
-        /** Open connections from one client address; beyond it, HTTP clients get 429. @default 256 */
+        /**
+         * Open connections from one client address (an IPv6 client by its /64; after a trusted
+         * PROXY header, the client it names); beyond it, new ones are closed at accept, before TLS
+         * or HTTP (no 429). Trusted PROXY balancers are not held to it. @default 256
+         */
         maxConnectionsPerAddress: positive.default(256),
         /** Largest WebSocket message a client may send (noVNC sends small input events). @default 256 KiB */
         wsMaxPayloadBytes: z.number().int().min(1024).default(256 * 1024),

@@ -12,7 +12,10 @@ export interface ConnInfo {
   servername?: string | undefined;
   /** process.hrtime.bigint() at accept. */
   readonly acceptedAt: bigint;
-  /** Over the per-address connection limit: HTTP clients get 429, nothing else is served. */
+  /**
+   * @deprecated Never set any more: connections over the per-address limit are refused at accept
+   * (listener.ts, admission.ts). Kept, always false, until its last readers are gone.
+   */
   limited: boolean;
 }
 

@@ -8,17 +8,22 @@
  *   HTTP         -> the clear-text server (CONNECT with a ticket, redirect, or 400)
  *   anything else, or silence until the deadline -> closed, counted, logged (rate-limited)
  *
+ * Before any of that, at accept, a connection is admitted or refused (admission.ts: the per-address
+ * limit and the fair share near the global cap), and again once a PROXY header named the client.
+ * A refused connection is destroyed at once: it never holds a slot through the deadlines.
+ *
  * Every socket gets its error listener before anything else happens to it.
  */
 import net from 'node:net';
 import tls from 'node:tls';
 import type { Detection, Detector } from '../protocols/detector.js';
-import { proxyDetector, type ProxyInfo } from '../protocols/proxy.js';
+import { createProxyDetector, proxyDetector, type ProxyInfo } from '../protocols/proxy.js';
 import { tlsDetector } from '../protocols/tls.js';
 import { httpDetector } from '../protocols/http.js';
 import type { GatewayContext } from './context.js';
 import { type ConnInfo, newConnInfo, normaliseAddress, setConnInfo } from './conninfo.js';
 import { parseCidr } from './config.js';
+import { ConnectionCounts, type Refusal, addressKey } from './admission.js';
 
 export type Route = 'tls' | 'http';
 
@@ -30,16 +35,26 @@ export interface ListenerHandlers {
   readonly secureContext: (servername: string | undefined) => tls.SecureContext;
   /** Ask TLS clients for a certificate (verified against the secure context's CA, never required). */
   readonly requestClientCert?: boolean;
+  /**
+   * Addresses that speak for many clients and are not held to the per-address rules at accept
+   * (cluster peers: their node-to-node hops carry other clients' tunnels). Trusted PROXY
+   * balancers are exempt without being listed here.
+   */
+  readonly exempt?: (address: string) => boolean;
 }
 
-type Candidate = { route: Route | 'proxy'; detector: Detector<unknown> };
+export type Candidate = { readonly route: Route | 'proxy'; readonly detector: Detector<unknown> };
 
-/** Tried in order; a PROXY header can only come first. */
-const CANDIDATES: readonly Candidate[] = [
-  { route: 'proxy', detector: proxyDetector as Detector<unknown> },
-  { route: 'tls', detector: tlsDetector as Detector<unknown> },
-  { route: 'http', detector: httpDetector as Detector<unknown> },
-];
+/** Tried in order; a PROXY header can only come first. `proxy` carries the configured v2 size bound. */
+export function candidates(proxy: Detector<ProxyInfo> = proxyDetector): readonly Candidate[] {
+  return [
+    { route: 'proxy', detector: proxy as Detector<unknown> },
+    { route: 'tls', detector: tlsDetector as Detector<unknown> },
+    { route: 'http', detector: httpDetector as Detector<unknown> },
+  ];
+}
+
+const DEFAULT_CANDIDATES = candidates();
 
 export type Verdict =
   | { kind: 'route'; route: Route | 'proxy'; info: unknown }
@@ -47,9 +62,9 @@ export type Verdict =
   | { kind: 'more' };
 
 /** Pure: the three-way answers of all detectors folded into one decision. */
-export function decide(head: Uint8Array, allowProxy: boolean): Verdict {
+export function decide(head: Uint8Array, allowProxy: boolean, table: readonly Candidate[] = DEFAULT_CANDIDATES): Verdict {
   let more = false;
-  for (const c of CANDIDATES) {
+  for (const c of table) {
     if (c.route === 'proxy' && !allowProxy) continue;
     const d: Detection<unknown> = c.detector.detect(head);
     if (d.kind === 'match') return { kind: 'route', route: c.route, info: d.info };
@@ -58,12 +73,57 @@ export function decide(head: Uint8Array, allowProxy: boolean): Verdict {
   return more ? { kind: 'more' } : { kind: 'reject' };
 }
 
+/**
+ * The bytes peeked so far. Storage grows by doubling, so a client trickling a long PROXY header
+ * one byte per segment costs linear copying, not a copy of everything so far per byte. Buffers
+ * handed in (the first chunk, the bytes after a PROXY header) are never written to: they are
+ * copied on the first append.
+ */
+export class Peeked {
+  private store: Buffer;
+  private len: number;
+  private owned = false;
+
+  constructor(initial: Buffer) {
+    this.store = initial;
+    this.len = initial.length;
+  }
+
+  get length(): number {
+    return this.len;
+  }
+
+  get bytes(): Buffer {
+    return this.store.subarray(0, this.len);
+  }
+
+  append(chunk: Buffer): void {
+    if (this.len === 0) {
+      this.store = chunk;
+      this.len = chunk.length;
+      this.owned = false;
+      return;
+    }
+    if (!this.owned || this.len + chunk.length > this.store.length) {
+      const grown = Buffer.allocUnsafe(Math.max(2 * this.len, this.len + chunk.length));
+      this.store.copy(grown, 0, 0, this.len);
+      this.store = grown;
+      this.owned = true;
+    }
+    chunk.copy(this.store, this.len);
+    this.len += chunk.length;
+  }
+}
+
 export class Listener {
   readonly server: net.Server;
-  private readonly perAddress = new Map<string, number>();
+  private readonly counts: ConnectionCounts;
+  /** The key each open connection is counted under (moves when a PROXY header names the client). */
+  private readonly countedAs = new Map<net.Socket, string>();
   private readonly sockets = new Set<net.Socket>();
   private readonly detecting = new Set<net.Socket>();
   private readonly trusted = new net.BlockList();
+  private readonly table: readonly Candidate[];
 
   constructor(
     private readonly ctx: GatewayContext,
@@ -72,6 +132,15 @@ export class Listener {
     for (const t of ctx.config.proxyProtocol.trusted) {
       const c = parseCidr(t);
       if (c) this.trusted.addSubnet(c.address, c.prefix, c.family);
+    }
+    this.counts = new ConnectionCounts(ctx.config.limits);
+    const { maxV2HeaderBytes } = ctx.config.proxyProtocol;
+    this.table = candidates(createProxyDetector({ maxV2HeaderBytes }));
+    if (ctx.config.proxyProtocol.trusted.length > 0 && maxV2HeaderBytes > ctx.config.detect.maxBytes) {
+      ctx.log.warn(
+        { event: 'config-warning', maxV2HeaderBytes, detectMaxBytes: ctx.config.detect.maxBytes },
+        'proxyProtocol.maxV2HeaderBytes is above detect.maxBytes: PROXY v2 headers longer than detect.maxBytes are still refused; raise both',
+      );
     }
     this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false, noDelay: true }, (s) => this.accept(s));
     this.server.maxConnections = ctx.config.limits.maxConnections;
@@ -106,40 +175,62 @@ export class Listener {
   private accept(socket: net.Socket): void {
     socket.on('error', () => socket.destroy());
     const info = newConnInfo(socket.remoteAddress ?? 'unknown', socket.remotePort ?? 0);
+    const key = addressKey(info.remoteAddress);
+    // Refused before anything is read or any timer set: an address over its limit costs one
+    // accept and one counter increment, and never holds a slot of limits.maxConnections.
+    const refusal = this.exempt(info.remoteAddress) ? undefined : this.counts.check(key);
+    if (refusal) {
+      this.refuse(socket, info, refusal);
+      return;
+    }
     setConnInfo(socket, info);
     this.sockets.add(socket);
     this.ctx.metrics.connectionsActive.inc();
-    this.countAddress(info, +1);
+    this.counts.add(key);
+    this.countedAs.set(socket, key);
     socket.once('close', () => {
       this.sockets.delete(socket);
       this.detecting.delete(socket);
       this.ctx.metrics.connectionsActive.dec();
-      this.countAddress(info, -1);
+      this.uncount(socket);
     });
     this.detect(socket, info);
   }
 
-  private countAddress(info: ConnInfo, delta: 1 | -1): void {
-    const n = (this.perAddress.get(info.remoteAddress) ?? 0) + delta;
-    if (n <= 0) this.perAddress.delete(info.remoteAddress);
-    else this.perAddress.set(info.remoteAddress, n);
-    if (delta > 0 && n > this.ctx.config.limits.maxConnectionsPerAddress) info.limited = true;
+  /** Trusted PROXY balancers and the peers the gateway was told about speak for many clients. */
+  private exempt(address: string): boolean {
+    return this.isTrustedProxy(address) || (this.handlers.exempt?.(address) ?? false);
+  }
+
+  private isTrustedProxy(address: string): boolean {
+    return this.trusted.check(address, net.isIPv6(address) ? 'ipv6' : 'ipv4');
+  }
+
+  private uncount(socket: net.Socket): void {
+    const key = this.countedAs.get(socket);
+    if (key === undefined) return;
+    this.countedAs.delete(socket);
+    this.counts.remove(key);
+  }
+
+  private refuse(socket: net.Socket, info: ConnInfo, refusal: Refusal): void {
+    this.reject(socket, info, refusal, Buffer.alloc(0), refusal === 'address-limit' ? 'connection refused: too many connections from this address' : 'connection refused: the port is nearly full and this address holds more than its share');
   }
 
   private detect(socket: net.Socket, info: ConnInfo, allowProxy = true, initial?: Buffer): void {
     const { timeoutMs, maxBytes } = this.ctx.config.detect;
     this.detecting.add(socket);
-    let head = initial ?? Buffer.alloc(0);
+    const peeked = new Peeked(initial ?? Buffer.alloc(0));
     let done = false;
     const timer = setTimeout(() => finish({ kind: 'reject' }, 'timeout'), timeoutMs);
     const onData = (chunk: Buffer): void => {
-      head = head.length === 0 ? chunk : Buffer.concat([head, chunk]);
+      peeked.append(chunk);
       evaluate();
     };
     const onEnd = (): void => finish({ kind: 'reject' }, 'closed-early');
     const evaluate = (): void => {
-      const v = decide(head.subarray(0, maxBytes), allowProxy);
-      if (v.kind === 'more' && head.length < maxBytes) return;
+      const v = decide(peeked.bytes.subarray(0, maxBytes), allowProxy, this.table);
+      if (v.kind === 'more' && peeked.length < maxBytes) return;
       finish(v.kind === 'more' ? { kind: 'reject' } : v, v.kind === 'more' ? 'too-many-bytes' : 'unrecognised');
     };
     const finish = (v: Verdict, rejectReason: string): void => {
@@ -151,6 +242,7 @@ export class Listener {
       socket.removeListener('close', onEnd);
       socket.pause();
       this.detecting.delete(socket);
+      const head = peeked.bytes;
       if (v.kind !== 'route') {
         this.reject(socket, info, rejectReason, head);
         return;
@@ -171,35 +263,42 @@ export class Listener {
     // A reset (error, then close, no 'end') must not leave the deadline timer and this closure
     // alive until detect.timeoutMs, nor be counted later as a timeout.
     socket.on('close', onEnd);
-    if (head.length > 0) evaluate();
+    if (peeked.length > 0) evaluate();
   }
 
   private onProxy(socket: net.Socket, info: ConnInfo, proxy: ProxyInfo, head: Buffer): void {
-    if (!this.trusted.check(info.remoteAddress, net.isIPv6(info.remoteAddress) ? 'ipv6' : 'ipv4')) {
+    if (!this.isTrustedProxy(info.remoteAddress)) {
       this.reject(socket, info, 'proxy-untrusted', head);
       return;
     }
     this.ctx.metrics.connections.inc({ result: 'proxy' });
     if (proxy.source) {
-      // The balancer's own address carries everyone's connections: the per-address limit is
-      // decided again for the client the header names.
-      this.countAddress(info, -1);
+      // The balancer's own address carries everyone's connections (it was not held to the
+      // per-address rules at accept): the connection now counts for the client the header names,
+      // and is admitted or refused for it, like any connection at accept.
+      this.uncount(socket);
       info.remoteAddress = normaliseAddress(proxy.source.address);
       info.remotePort = proxy.source.port;
-      info.limited = false;
-      this.countAddress(info, +1);
+      const key = addressKey(info.remoteAddress);
+      const refusal = this.exempt(info.remoteAddress) ? undefined : this.counts.check(key);
+      if (refusal) {
+        this.refuse(socket, info, refusal);
+        return;
+      }
+      this.counts.add(key);
+      this.countedAs.set(socket, key);
     }
     socket.resume();
     this.detect(socket, info, false, head.subarray(proxy.headerLength));
   }
 
-  private reject(socket: net.Socket, info: ConnInfo, reason: string, head: Buffer): void {
+  private reject(socket: net.Socket, info: ConnInfo, reason: string, head: Buffer, message = 'connection closed: protocol not recognised'): void {
     this.ctx.metrics.connections.inc({ result: `rejected-${reason}` });
     const suppressed = this.ctx.noisyLog.take(`reject:${reason}`);
     if (suppressed >= 0) {
       this.ctx.log.info(
         { event: 'connection-rejected', reason, client: info.remoteAddress, firstBytes: head.subarray(0, 8).toString('hex'), suppressed },
-        'connection closed: protocol not recognised',
+        message,
       );
     }
     socket.destroy();

@@ -192,6 +192,8 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     secureContext: contexts,
     // Nodes present their node certificates on the same port (cluster only).
     requestClientCert: cluster !== undefined,
+    // Hops from other nodes carry many clients' tunnels: not held to the per-address limit.
+    ...(cluster ? { exempt: (address: string) => cluster.isNodeAddress(address) } : {}),
   });
 
   let demo: RfbServer | undefined;

@@ -5,6 +5,12 @@
  * The header is the only thing the listener consumes from a connection: once it matched and came
  * from a trusted address, `headerLength` bytes are dropped and detection continues on what
  * follows, with the client's real address.
+ *
+ * A v2 header may carry TLVs after the addresses (spec 2.2.7: cloud balancers add their own, e.g.
+ * AWS 0xEA VPC endpoint id, GCP 0xE0 PSC connection id, Azure 0xEE link id, plus SSL details), up
+ * to the 16-bit length field: 16 + 65535 bytes. We accept headers up to a configured bound
+ * (createProxyDetector) and skip the TLVs; the answer is still three-way: a header announcing more
+ * than the bound is "no" as soon as its length field is in, one still arriving is "more".
  */
 import { isIPv4, isIPv6 } from 'node:net';
 import { type Detection, type Detector, MORE, NO, match, prefixState } from './detector.js';
@@ -19,8 +25,12 @@ export interface ProxyInfo {
 
 /** Spec 2.1: a v1 header is at most 107 bytes including CRLF. */
 export const V1_MAX = 107;
-/** We accept v2 headers (address block + TLVs) up to this many bytes in all; the spec allows 64 KiB. */
-export const V2_MAX = 16 + 512;
+/** Spec 2.2: the length after the 16-byte fixed part is 16 bits; no v2 header is longer than this. */
+export const V2_HARD_MAX = 16 + 0xffff;
+/** Default bound on a whole v2 header (fixed part, addresses, TLVs): room for cloud balancers' TLVs. */
+export const V2_DEFAULT_MAX = 4096;
+/** Spec 2.2: the largest address block (AF_UNIX, 216 bytes) after the fixed part; bounds below it make no sense. */
+export const V2_MIN_MAX = 16 + 216;
 
 const V1_PREFIX = Buffer.from('PROXY ', 'latin1');
 export const V2_SIGNATURE = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
@@ -51,7 +61,7 @@ function isPort(s: string): boolean {
   return Number(s) <= 65535;
 }
 
-function detectV2(head: Uint8Array): Detection<ProxyInfo> {
+function detectV2(head: Uint8Array, maxHeaderBytes: number): Detection<ProxyInfo> {
   if (head.length < 16) return MORE;
   const verCmd = head[12] ?? 0;
   if (verCmd >> 4 !== 2) return NO;
@@ -60,7 +70,7 @@ function detectV2(head: Uint8Array): Detection<ProxyInfo> {
   const family = head[13] ?? 0;
   const length = ((head[14] ?? 0) << 8) | (head[15] ?? 0);
   const headerLength = 16 + length;
-  if (headerLength > V2_MAX) return NO;
+  if (headerLength > maxHeaderBytes) return NO;
   if (head.length < headerLength) return MORE;
   // LOCAL: the balancer talks for itself (health check); keep the connection's own address.
   if (command === 0) return match({ version: 2, headerLength });
@@ -101,18 +111,28 @@ function compressV6(groups: string[]): string {
   return `${groups.slice(0, best).join(':')}::${groups.slice(best + bestLen).join(':')}`;
 }
 
-export const proxyDetector = {
-  name: 'proxy',
-  detect(head: Uint8Array): Detection<ProxyInfo> {
-    if (head.length === 0) return MORE;
-    if (head[0] === 0x50) {
-      const s = prefixState(head, V1_PREFIX);
-      return s === 'match' ? detectV1(head) : s === 'more' ? MORE : NO;
-    }
-    if (head[0] === 0x0d) {
-      const s = prefixState(head, V2_SIGNATURE);
-      return s === 'match' ? detectV2(head) : s === 'more' ? MORE : NO;
-    }
-    return NO;
-  },
-} satisfies Detector<ProxyInfo>;
+/**
+ * A PROXY detector accepting v2 headers of at most `maxV2HeaderBytes` in all (clamped to
+ * V2_MIN_MAX..V2_HARD_MAX). The listener's detection byte cap and deadline still apply on top.
+ */
+export function createProxyDetector(opts: { readonly maxV2HeaderBytes?: number } = {}): Detector<ProxyInfo> {
+  const maxV2 = Math.min(V2_HARD_MAX, Math.max(V2_MIN_MAX, Math.floor(opts.maxV2HeaderBytes ?? V2_DEFAULT_MAX)));
+  return {
+    name: 'proxy',
+    detect(head: Uint8Array): Detection<ProxyInfo> {
+      if (head.length === 0) return MORE;
+      if (head[0] === 0x50) {
+        const s = prefixState(head, V1_PREFIX);
+        return s === 'match' ? detectV1(head) : s === 'more' ? MORE : NO;
+      }
+      if (head[0] === 0x0d) {
+        const s = prefixState(head, V2_SIGNATURE);
+        return s === 'match' ? detectV2(head, maxV2) : s === 'more' ? MORE : NO;
+      }
+      return NO;
+    },
+  } satisfies Detector<ProxyInfo>;
+}
+
+/** With the default bound (V2_DEFAULT_MAX). */
+export const proxyDetector = createProxyDetector();

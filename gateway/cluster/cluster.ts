@@ -17,7 +17,8 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import type { Redis } from 'ioredis';
 import { request } from 'undici';
-import type { Config } from '../config.js';
+import { type Config, parseListen } from '../config.js';
+import { normaliseAddress } from '../conninfo.js';
 import type { Directory, VmRecord } from '../directory/directory.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
@@ -132,6 +133,21 @@ export class Cluster {
 
   get nodeId(): string {
     return this.deps.config.nodeId;
+  }
+
+  /**
+   * Does another node of the view advertise its port at `address` (a connection's peer IP)? Its
+   * node-to-node hops carry many clients' tunnels, so the listener does not hold it to the
+   * per-address limit. Only nodes advertised by IP literal are recognised; the list is read per
+   * call because it is a handful of nodes and changes as they come and go.
+   */
+  isNodeAddress(address: string): boolean {
+    for (const p of this.members.all()) {
+      if (p.info.id === this.nodeId) continue;
+      const at = parseListen(p.info.address);
+      if (at && normaliseAddress(at.host) === address) return true;
+    }
+    return false;
   }
 
   /** The directory's fence: hand this to RedisDirectory before it opens. */

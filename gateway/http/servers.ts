@@ -13,7 +13,6 @@ import { handleConnect } from './connect.js';
 import { createWebSocketServer, handleUpgrade } from './websocket.js';
 import { safeHost, sendError, writeRawError, SECURITY_HEADERS } from './respond.js';
 import type { Portal } from './portal.js';
-import { connInfo } from '../conninfo.js';
 
 function serverOptions(ctx: GatewayContext): http.ServerOptions {
   const h = ctx.config.http;
@@ -82,14 +81,6 @@ function configure(ctx: GatewayContext, server: http.Server): http.Server {
   return server;
 }
 
-/** A connection over limits.maxConnectionsPerAddress: every request on it gets 429 (README, conninfo.ts). */
-function refuseLimited(req: IncomingMessage, res: ServerResponse): boolean {
-  if (!connInfo(req.socket)?.limited) return false;
-  res.setHeader('Connection', 'close');
-  sendError(res, new OneportError('ONEPORT_ERR_RATE_LIMITED', 'too many connections from your address', { retryAfter: 5 }));
-  return true;
-}
-
 function refuseTooManyHeaders(ctx: GatewayContext, req: IncomingMessage, socket: Duplex): boolean {
   if (!tooManyHeaders(ctx, req)) return false;
   writeRawError(socket, new OneportError('ONEPORT_ERR_HEADERS_TOO_LARGE', 'too many request headers'));
@@ -105,7 +96,6 @@ export function createTlsHttpServer(ctx: GatewayContext, portal: Portal): http.S
       sendError(res, new OneportError('ONEPORT_ERR_HEADERS_TOO_LARGE', 'too many request headers'));
       return;
     }
-    if (refuseLimited(req, res)) return;
     res.setHeader('Strict-Transport-Security', 'max-age=31536000');
     void (async () => {
       if (await handleApi(ctx, req, res, { local: false })) return;
@@ -136,7 +126,6 @@ export function createClearHttpServer(ctx: GatewayContext): http.Server {
       sendError(res, new OneportError('ONEPORT_ERR_HEADERS_TOO_LARGE', 'too many request headers'));
       return;
     }
-    if (refuseLimited(req, res)) return;
     if (req.method === 'GET' || req.method === 'HEAD') {
       const host = safeHost(req.headers.host) ?? ctx.config.serverNames[0] ?? 'localhost';
       const location = `https://${host}${(req.url ?? '/').startsWith('/') ? req.url : '/'}`;

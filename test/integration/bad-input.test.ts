@@ -32,8 +32,10 @@ t.test('limits.maxConnections: connections beyond it are dropped and counted', a
   const { gw } = await setupDesk(t, { limits: { maxConnections: 3 } });
   const held: net.Socket[] = [];
   t.teardown(() => held.forEach((s) => s.destroy()));
-  for (let i = 0; i < 3; i++) held.push(await connected(gw.port));
-  const extra = await connected(gw.port);
+  // Three addresses, one connection each: none holds more than its fair share (admission.ts), so
+  // only the global cap stands in the way of a fourth.
+  for (const address of ['127.0.0.1', '127.0.0.2', '127.0.0.3']) held.push(await connected(gw.port, address));
+  const extra = await connected(gw.port, '127.0.0.4');
   await closedByServer(extra, 5000);
   t.equal(await connectionCount(gw, 'dropped-max-connections'), 1);
   held.shift()!.destroy();

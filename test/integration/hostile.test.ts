@@ -20,6 +20,7 @@ import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { connectionCount, setupDesk, startStreamer } from '../helpers/scenario.js';
 import { basic, closedWithin, connectRaw, echoRoundTrip, rawRequest, until } from '../helpers/net.js';
 import { createCa, issueServerCert } from '../../certs/ca.js';
+import * as F from '../fixtures/packets.js';
 
 /** A deadline far beyond any test's own: a protection that relies on it would make the test fail. */
 const FAR = 60_000;
@@ -115,6 +116,28 @@ t.test('first bytes that never decide are closed at detect.maxBytes', async (t) 
   }
   t.equal(await connectionCount(gw, 'rejected-too-many-bytes'), 2, 'counted as rejected-too-many-bytes');
   t.equal(await connectionCount(gw, 'rejected-proxy-untrusted'), 0, 'never got as far as the PROXY trust check');
+});
+
+t.test('a long PROXY v2 header is still bounded by detect.maxBytes and detect.timeoutMs', async (t) => {
+  // maxV2HeaderBytes allows 8 KiB, but detection stops at 1 KiB: a 2,000-byte header trickled in
+  // is closed at the byte cap, not accepted, and not left to the (far) deadline.
+  const capped = await setupDesk(t, { proxyProtocol: { trusted: ['127.0.0.1'], maxV2HeaderBytes: 8192 }, detect: { timeoutMs: FAR, maxBytes: 1024 } });
+  const header = F.proxyV2Tcp4WithTlvs(2000);
+  const s = await connectRaw(capped.gw.port);
+  for (let i = 0; i < header.length; i += 100) s.write(header.subarray(i, i + 100));
+  const { data } = await closedWithin(s, 3000);
+  t.equal(data.length, 0, 'closed without an answer');
+  t.equal(await connectionCount(capped.gw, 'rejected-too-many-bytes'), 1, 'counted as rejected-too-many-bytes');
+  t.equal(await connectionCount(capped.gw, 'proxy'), 0, 'the header was never accepted');
+  t.ok(capped.gw.logs.some((l) => l.event === 'config-warning'), 'the configuration that cannot work is pointed out at start');
+
+  // A header announcing 4,000 bytes (within every bound) that stops after 100: the deadline ends it.
+  const slow = await setupDesk(t, { proxyProtocol: { trusted: ['127.0.0.1'] }, detect: { timeoutMs: 300 } });
+  const s2 = await connectRaw(slow.gw.port);
+  s2.write(F.proxyV2Tcp4WithTlvs(4000).subarray(0, 100));
+  const closed = await closedWithin(s2, 3000);
+  t.ok(closed.elapsedMs >= 250, `closed at the deadline (${closed.elapsedMs} ms)`);
+  t.equal(await connectionCount(slow.gw, 'rejected-timeout'), 1, 'counted as rejected-timeout');
 });
 
 t.test('slowloris: headers trickled byte by byte are cut at http.headersTimeoutMs', async (t) => {

@@ -1,15 +1,17 @@
 /**
  * Limits against a real gateway on loopback: header size and count (431), PROXY protocol trust,
- * connections per address, login and ticket brute-force budgets (429 + Retry-After).
+ * connections per address and the fair share near the global cap (refused at accept), login and
+ * ticket brute-force budgets (429 + Retry-After).
  *
  * Other client addresses come from 127.0.0.0/8 (`localAddress`), so per-address limits can be
  * seen to apply to one address and not to its neighbours.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import net from 'node:net';
 import type { TestGateway } from '../helpers/gateway.js';
 import { connectionCount, setupDesk } from '../helpers/scenario.js';
 import { basic, closedWithin, connectRaw, echoRoundTrip, rawRequest, until } from '../helpers/net.js';
+import * as F from '../fixtures/packets.js';
 
 function errorCode(body: string): string | undefined {
   try {
@@ -24,6 +26,9 @@ function forge(ticket: string): string {
   const i = ticket.length - 8;
   return `${ticket.slice(0, i)}${ticket[i] === 'a' ? 'b' : 'a'}${ticket.slice(i + 1)}`;
 }
+
+/** Deadlines far beyond any test's own: only the protection under test can close a connection in time. */
+const FAR = 60_000;
 
 const clearConnect = (ticket: string, vm = 'desk'): string => `CONNECT ${ticket}.${vm}:5900 HTTP/1.1\r\nHost: ${ticket}.${vm}:5900\r\n\r\n`;
 
@@ -98,6 +103,32 @@ t.test('PROXY protocol from a trusted balancer: v1 and v2 name the real client',
   t.equal(await connectionCount(gw, 'proxy'), 2);
 });
 
+t.test('PROXY v2 with the large TLVs cloud balancers send: accepted up to proxyProtocol.maxV2HeaderBytes', async (t) => {
+  const { gw, echo } = await setupDesk(t, { proxyProtocol: { trusted: ['127.0.0.1'] }, detect: { timeoutMs: FAR } });
+  // Default bound (4 KiB): a 1,000-byte header (AWS, Azure, GCP and SSL TLVs), then one exactly
+  // at 4096 = detect.maxBytes, each followed in the same write by a CONNECT that must parse.
+  for (const [name, header] of [['cloud TLVs, 1,000 bytes', F.PROXY_V2_CLOUD_TLVS], ['4,096 bytes, at both limits', F.proxyV2Tcp4WithTlvs(4096)]] as const) {
+    const r = await rawRequest(gw.port, Buffer.concat([header, Buffer.from(clearConnect((await gw.ticket('alice', 'desk')).ticket))]), { timeoutMs: 2000 });
+    t.equal(r.status, 200, `${name}: 200`);
+    t.same(await echoRoundTrip(r.socket, Buffer.from('tlv')), Buffer.from('tlv'), `${name}: not a byte past the header was taken`);
+    r.socket.destroy();
+  }
+  await gw.ctx.tunnels.whenEmpty();
+  t.same(gw.logs.filter((l) => l.event === 'tunnel').map((l) => l.client), ['192.0.2.10', '192.0.2.10'], 'tunnels belong to the client the header names');
+
+  const small = await setupDesk(t, { proxyProtocol: { trusted: ['127.0.0.1'], maxV2HeaderBytes: 1024 }, detect: { timeoutMs: FAR } });
+  const at = await rawRequest(small.gw.port, Buffer.concat([F.proxyV2Tcp4WithTlvs(1024), Buffer.from(clearConnect((await small.gw.ticket('alice', 'desk')).ticket))]), { timeoutMs: 2000 });
+  t.equal(at.status, 200, 'maxV2HeaderBytes 1024: a 1,024-byte header is accepted');
+  at.socket.destroy();
+  const s = await connectRaw(small.gw.port);
+  s.write(Buffer.concat([F.proxyV2Tcp4WithTlvs(1025), Buffer.from(clearConnect((await small.gw.ticket('alice', 'desk')).ticket))]));
+  const { data } = await closedWithin(s, 2000);
+  t.equal(data.length, 0, 'one byte over: closed at once, without an answer');
+  t.equal(await connectionCount(small.gw, 'rejected-unrecognised'), 1, 'counted as rejected-unrecognised');
+  t.equal(small.echo.accepted, 1, 'no tunnel for it');
+  t.equal(echo.accepted, 2);
+});
+
 t.test('PROXY protocol from anyone else closes the connection', async (t) => {
   const none = await setupDesk(t, { proxyProtocol: { trusted: [] } });
   const only1 = await setupDesk(t, { proxyProtocol: { trusted: ['127.0.0.1'] } });
@@ -127,34 +158,101 @@ t.test('PROXY protocol from anyone else closes the connection', async (t) => {
 // -------------------------------------------------------------------------------------------
 // Per-address connection limit, login and ticket budgets
 
-t.test('limits.maxConnectionsPerAddress: the third connection from one address gets 429, other addresses do not', async (t) => {
-  const { gw } = await setupDesk(t, { limits: { maxConnectionsPerAddress: 2 } });
+const farDeadlines = { detect: { timeoutMs: FAR }, tls: { handshakeTimeoutMs: FAR }, http: { headersTimeoutMs: FAR, requestTimeoutMs: FAR } } as const;
+
+async function activeConnections(gw: TestGateway): Promise<number> {
+  return (await gw.ctx.metrics.connectionsActive.get()).values.reduce((sum, v) => sum + v.value, 0);
+}
+
+/** Opens a connection and expects the gateway to close it at once, without a byte. */
+async function refusedAtOnce(t: Test, gw: TestGateway, what: string, opts: { localAddress?: string; write?: string } = {}): Promise<void> {
+  const s = await connectRaw(gw.port, opts.localAddress ? { localAddress: opts.localAddress } : {});
+  if (opts.write !== undefined) s.write(opts.write);
+  const { data } = await closedWithin(s, 2000);
+  t.equal(data.length, 0, `${what}: closed at once, nothing sent`);
+}
+
+t.test('limits.maxConnectionsPerAddress: connections over it are closed at accept, before detection, TLS or headers', async (t) => {
+  const perAddress = 10;
+  // Without the refusal at accept, one address holding perAddress + 30 idle connections fills
+  // the whole port until the (far) deadlines, and 127.0.0.2 is dropped.
+  const { gw } = await setupDesk(t, { ...farDeadlines, limits: { maxConnectionsPerAddress: perAddress, maxConnections: perAddress + 30 } });
   const open: net.Socket[] = [];
   t.teardown(() => open.forEach((s) => s.destroy()));
-  for (let i = 0; i < 2; i++) {
-    const r = await rawRequest(gw.port, clearConnect((await gw.ticket('alice', 'desk')).ticket));
-    t.equal(r.status, 200, `tunnel ${i + 1} from 127.0.0.1`);
-    open.push(r.socket as net.Socket);
-  }
-  const { ticket } = await gw.ticket('alice', 'desk');
-  const third = await rawRequest(gw.port, clearConnect(ticket));
-  t.equal(third.status, 429, 'a third connection from 127.0.0.1: 429');
-  t.match(third.head, /\r\nRetry-After: [1-9]\d*/i, 'with Retry-After');
-  t.equal(errorCode(third.body), 'ONEPORT_ERR_RATE_LIMITED');
-  const tls3 = await rawRequest(gw.port, 'GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n', { ca: gw.caCert, timeoutMs: 5000 });
-  t.equal(tls3.status, 429, 'over TLS too');
+  for (let i = 0; i < perAddress; i++) open.push(await connectRaw(gw.port));
+  await until(async () => (await activeConnections(gw)) === perAddress);
+  for (let i = 0; i < 30; i++) await refusedAtOnce(t, gw, `extra connection ${i + 1} from 127.0.0.1`);
+  await t.rejects(rawRequest(gw.port, 'GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n', { ca: gw.caCert, timeoutMs: 2000 }), 'a TLS client gets no handshake (a reset, not a 429)');
+  t.equal(await connectionCount(gw, 'rejected-address-limit'), 31, 'counted as rejected-address-limit');
+  const lines = gw.logs.filter((l) => l.event === 'connection-rejected' && l.reason === 'address-limit');
+  t.ok(lines.length >= 1 && lines.length <= 10, `logged at a bounded rate (${lines.length} lines for 31 refusals)`);
+  t.match(lines[0], { client: '127.0.0.1' });
 
-  // The ticket the refused request carried was not spent: 127.0.0.3 redeems it.
-  const other = await rawRequest(gw.port, clearConnect(ticket), { localAddress: '127.0.0.3' });
-  t.equal(other.status, 200, '127.0.0.3 is not limited by 127.0.0.1');
+  // Another address is served, with a working tunnel.
+  const other = await rawRequest(gw.port, clearConnect((await gw.ticket('alice', 'desk')).ticket), { localAddress: '127.0.0.2', timeoutMs: 2000 });
+  t.equal(other.status, 200, '127.0.0.2 is not limited by 127.0.0.1');
+  t.same(await echoRoundTrip(other.socket, Buffer.from('ok')), Buffer.from('ok'));
   open.push(other.socket as net.Socket);
 
   // The limit counts open connections: one closes, a new one is allowed.
   open.shift()?.destroy();
-  await until(() => gw.ctx.tunnels.size === 2, { timeoutMs: 5000 });
-  const again = await rawRequest(gw.port, clearConnect((await gw.ticket('alice', 'desk')).ticket));
+  await until(async () => (await activeConnections(gw)) === perAddress);
+  const again = await rawRequest(gw.port, clearConnect((await gw.ticket('alice', 'desk')).ticket), { timeoutMs: 2000 });
   t.equal(again.status, 200, 'after one of them closed, 127.0.0.1 may connect again');
   open.push(again.socket as net.Socket);
+});
+
+t.test('limits.maxConnections: near the cap, an address holding more than its fair share cannot take the last slots', async (t) => {
+  const max = 40;
+  // The per-address limit is above the global cap: only the fair-share rule keeps room.
+  const { gw } = await setupDesk(t, { ...farDeadlines, limits: { maxConnections: max, maxConnectionsPerAddress: 1000 } });
+  const open: net.Socket[] = [];
+  t.teardown(() => open.forEach((s) => s.destroy()));
+  // Up to 80% of the cap (32) nobody is asked for a fair share.
+  for (let i = 0; i < 32; i++) open.push(await connectRaw(gw.port));
+  await until(async () => (await activeConnections(gw)) === 32);
+  // Above it, 127.0.0.1 holds 32 of 40, more than the share of one of two addresses (20).
+  for (let i = 0; i < 8; i++) await refusedAtOnce(t, gw, `connection ${33 + i} from 127.0.0.1`);
+  t.equal(await connectionCount(gw, 'rejected-fair-share'), 8, 'counted as rejected-fair-share');
+  for (const address of ['127.0.0.2', '127.0.0.3']) {
+    const r = await rawRequest(gw.port, clearConnect((await gw.ticket('alice', 'desk')).ticket), { localAddress: address, timeoutMs: 2000 });
+    t.equal(r.status, 200, `${address} still gets a tunnel`);
+    t.same(await echoRoundTrip(r.socket, Buffer.from(address)), Buffer.from(address));
+    open.push(r.socket as net.Socket);
+  }
+});
+
+t.test('after a PROXY header, the per-address limit applies to the client it names (IPv6 by its /64), not to the balancer', async (t) => {
+  const perAddress = 5;
+  const { gw } = await setupDesk(t, { ...farDeadlines, proxyProtocol: { trusted: ['127.0.0.1'] }, limits: { maxConnectionsPerAddress: perAddress } });
+  const open: net.Socket[] = [];
+  t.teardown(() => open.forEach((s) => s.destroy()));
+  const header = (client: string): string => `PROXY ${client.includes(':') ? 'TCP6' : 'TCP4'} ${client} ${client.includes(':') ? '2001:db8::443' : '198.51.100.1'} 40000 443\r\n`;
+  // Five clients of one /64, each a different address: the limit counts them together.
+  for (let i = 1; i <= perAddress; i++) {
+    const s = await connectRaw(gw.port);
+    s.write(header(`2001:db8:1:2::${i}`));
+    open.push(s);
+  }
+  await until(async () => (await connectionCount(gw, 'proxy')) === perAddress);
+  // The balancer sends the same /64 many more times: each closed as soon as its header is read.
+  for (let i = 0; i < 30; i++) await refusedAtOnce(t, gw, `client 2001:db8:1:2::${100 + i} through the balancer`, { write: header(`2001:db8:1:2::${100 + i}`) });
+  t.equal(await connectionCount(gw, 'rejected-address-limit'), 30, 'counted as rejected-address-limit');
+  t.match(gw.logs.find((l) => l.event === 'connection-rejected' && l.reason === 'address-limit'), { client: '2001:db8:1:2::100' }, 'logged with the client the header named');
+
+  // The balancer itself (35 connections from 127.0.0.1) is not limited, nor are other clients.
+  for (const client of ['2001:db8:1:3::1', '192.0.2.60', '::ffff:192.0.2.61']) {
+    const r = await rawRequest(gw.port, `${header(client)}${clearConnect((await gw.ticket('alice', 'desk')).ticket)}`, { timeoutMs: 2000 });
+    t.equal(r.status, 200, `${client} through the balancer: 200`);
+    open.push(r.socket as net.Socket);
+  }
+
+  // The count moved to the named client and leaves with its connection.
+  for (const s of open.splice(0, perAddress)) s.destroy();
+  await until(async () => (await activeConnections(gw)) === 3);
+  const back = await rawRequest(gw.port, `${header('2001:db8:1:2::ffff')}${clearConnect((await gw.ticket('alice', 'desk')).ticket)}`, { timeoutMs: 2000 });
+  t.equal(back.status, 200, 'once its connections closed, the /64 is served again');
+  open.push(back.socket as net.Socket);
 });
 
 const login = (user: string, password: string): string => {

@@ -30,6 +30,15 @@ t.test('flags over environment over file', async (t) => {
   t.throws(() => loadConfig({ configFile: `${dir}/missing.json`, env: {} }), ConfigError);
 });
 
+t.test('proxyProtocol.maxV2HeaderBytes: 4 KiB by default, from an AF_UNIX address block to the largest v2 header', async (t) => {
+  t.equal(buildConfig({}).proxyProtocol.maxV2HeaderBytes, 4096);
+  t.equal(buildConfig({ proxyProtocol: { maxV2HeaderBytes: 65551 }, detect: { maxBytes: 65551 } }).detect.maxBytes, 65551);
+  for (const bad of [231, 65552, 1.5]) {
+    const err = t.throws(() => buildConfig({ proxyProtocol: { maxV2HeaderBytes: bad } })) as ConfigError;
+    t.match(err.problems.join('\n'), /proxyProtocol\.maxV2HeaderBytes/, `${bad} refused`);
+  }
+});
+
 t.test('listen addresses', async (t) => {
   t.same(parseListen(':8443'), { host: '0.0.0.0', port: 8443 });
   t.same(parseListen('[::1]:443'), { host: '::1', port: 443 });

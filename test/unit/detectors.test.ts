@@ -8,10 +8,10 @@ import fc from 'fast-check';
 import type { Detector } from '../../protocols/detector.js';
 import { tlsDetector } from '../../protocols/tls.js';
 import { httpDetector } from '../../protocols/http.js';
-import { proxyDetector } from '../../protocols/proxy.js';
+import { V2_DEFAULT_MAX, V2_HARD_MAX, V2_MIN_MAX, createProxyDetector, proxyDetector } from '../../protocols/proxy.js';
 import { spiceDetector } from '../../protocols/spice.js';
 import { vncDetector } from '../../protocols/vnc.js';
-import { decide } from '../../gateway/listener.js';
+import { Peeked, candidates, decide } from '../../gateway/listener.js';
 import * as F from '../fixtures/packets.js';
 
 interface Case {
@@ -45,7 +45,7 @@ const suites: Array<{ detector: Detector<unknown>; valid: Buffer[]; cases: Case[
   },
   {
     detector: proxyDetector as Detector<unknown>,
-    valid: [F.PROXY_V1_TCP4, F.PROXY_V1_TCP6, F.PROXY_V1_UNKNOWN, F.PROXY_V2_TCP4, F.PROXY_V2_LOCAL, F.PROXY_V2_TCP6],
+    valid: [F.PROXY_V1_TCP4, F.PROXY_V1_TCP6, F.PROXY_V1_UNKNOWN, F.PROXY_V2_TCP4, F.PROXY_V2_LOCAL, F.PROXY_V2_TCP6, F.PROXY_V2_CLOUD_TLVS],
     cases: [
       { name: 'v1 with bad address', bytes: Buffer.from('PROXY TCP4 999.0.0.1 1.2.3.4 1 2\r\n'), expect: 'no' },
       { name: 'v1 family mismatch', bytes: Buffer.from('PROXY TCP6 1.2.3.4 1.2.3.4 1 2\r\n'), expect: 'no' },
@@ -122,6 +122,55 @@ t.test('PROXY headers parse to the client address', async (t) => {
   t.same(local, { kind: 'match', info: { version: 2, headerLength: 16 } });
 });
 
+t.test('PROXY v2 size: TLVs up to the configured bound, three-way, never past the header', async (t) => {
+  const bound = 1024;
+  const d = createProxyDetector({ maxV2HeaderBytes: bound });
+  const atLimit = F.proxyV2Tcp4WithTlvs(bound);
+  const over = F.proxyV2Tcp4WithTlvs(bound + 1);
+  const source = { address: '192.0.2.10', port: 56324 };
+  const table: Array<[string, Buffer, 'match' | 'no' | 'more']> = [
+    ['too short: signature and part of the fixed header', Buffer.concat([F.PROXY_V2_SIG, F.hex('21 11')]), 'more'],
+    ['too short: the header at the limit, not all in yet', atLimit.subarray(0, bound - 1), 'more'],
+    ['invalid: version nibble 1', Buffer.concat([F.PROXY_V2_SIG, F.hex('11 11 00 0c')]), 'no'],
+    ['invalid: command 2', Buffer.concat([F.PROXY_V2_SIG, F.hex('22 11 00 0c')]), 'no'],
+    ['invalid: TCP4 with an 8-byte address block', Buffer.concat([F.PROXY_V2_SIG, F.hex('21 11 00 08 01 02 03 04 05 06 07 08')]), 'no'],
+    ['valid with the cloud balancers\' TLVs (1,000 bytes)', F.PROXY_V2_CLOUD_TLVS, 'match'],
+    ['exactly at the limit', atLimit, 'match'],
+    ['one byte over the limit', over, 'no'],
+    ['one byte over: refused as soon as the length field is in', over.subarray(0, 16), 'no'],
+  ];
+  for (const [name, bytes, kind] of table) t.equal(d.detect(bytes).kind, kind, name);
+  t.same(d.detect(atLimit), { kind: 'match', info: { version: 2, headerLength: bound, source } }, 'the header at the limit parses to the client');
+  const cloud = d.detect(F.PROXY_V2_CLOUD_TLVS);
+  t.same(cloud, { kind: 'match', info: { version: 2, headerLength: 1000, source } }, 'TLVs are skipped, the addresses read');
+  // What follows the header is the client's: headerLength stops at the header.
+  const followed = d.detect(Buffer.concat([atLimit, F.TLS_CLIENT_HELLO]));
+  t.equal(followed.kind === 'match' ? followed.info.headerLength : -1, bound, 'a ClientHello after the header is not part of it');
+
+  t.equal(proxyDetector.detect(F.proxyV2Tcp4WithTlvs(V2_DEFAULT_MAX)).kind, 'match', `default: ${V2_DEFAULT_MAX} bytes accepted`);
+  t.equal(proxyDetector.detect(F.proxyV2Tcp4WithTlvs(V2_DEFAULT_MAX + 1)).kind, 'no', `default: ${V2_DEFAULT_MAX + 1} refused`);
+  const widest = createProxyDetector({ maxV2HeaderBytes: 1e9 });
+  t.equal(widest.detect(F.proxyV2Tcp4WithTlvs(V2_HARD_MAX)).kind, 'match', 'a bound above the spec is clamped to 16 + 65535, the largest header there is');
+  const narrowest = createProxyDetector({ maxV2HeaderBytes: 0 });
+  t.equal(narrowest.detect(F.proxyV2Tcp4WithTlvs(V2_MIN_MAX)).kind, 'match', 'a bound below an AF_UNIX address block is raised to it');
+  t.equal(narrowest.detect(F.proxyV2Tcp4WithTlvs(V2_MIN_MAX + 1)).kind, 'no');
+
+  // The listener's table carries the configured detector.
+  const bounded = candidates(d);
+  t.equal(decide(atLimit, true, bounded).kind, 'route', 'decide: at the limit, a PROXY route');
+  t.equal(decide(over, true, bounded).kind, 'reject', 'decide: one byte over, rejected');
+  t.equal(decide(F.PROXY_V2_CLOUD_TLVS, true).kind, 'route', 'decide with the default table: the cloud TLVs are fine');
+
+  // Byte by byte, the header at the limit is "more" until its last byte, then a match.
+  let first = -1;
+  for (let i = 1; i <= atLimit.length && first < 0; i++) {
+    const k = d.detect(atLimit.subarray(0, i)).kind;
+    if (k === 'no') t.fail(`prefix of ${i} bytes said no`);
+    if (k === 'match') first = i;
+  }
+  t.equal(first, bound, 'matches exactly when the last header byte is in');
+});
+
 t.test('the listener decision: first bytes of real clients, any split', async (t) => {
   const table: Array<[string, Buffer, string]> = [
     ['curl TLS', F.TLS_CLIENT_HELLO, 'tls'],
@@ -157,4 +206,27 @@ t.test('the listener decision: first bytes of real clients, any split', async (t
     }),
     { numRuns: 3000 },
   );
+});
+
+t.test('the listener\'s peek buffer: any split gives the same bytes, and buffers handed in are never written', async (t) => {
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 64 }), fc.array(fc.uint8Array({ maxLength: 300 }), { maxLength: 40 }), (initial, chunks) => {
+      const first = Buffer.from(initial);
+      const given = chunks.map((c) => Buffer.from(c));
+      const copies = [first, ...given].map((b) => Buffer.from(b));
+      const p = new Peeked(first);
+      for (const c of given) p.append(c);
+      const expected = Buffer.concat(copies);
+      return p.length === expected.length && p.bytes.equals(expected) && [first, ...given].every((b, i) => b.equals(copies[i]!));
+    }),
+    { numRuns: 2000 },
+  );
+  // 65,551 one-byte appends (the largest PROXY v2 header, trickled) copy linearly: a few ms, not seconds.
+  const p = new Peeked(Buffer.alloc(0));
+  const one = Buffer.from([0x41]);
+  const started = process.hrtime.bigint();
+  for (let i = 0; i < 65551; i++) p.append(one);
+  const ms = Number(process.hrtime.bigint() - started) / 1e6;
+  t.equal(p.length, 65551);
+  t.ok(ms < 500, `65,551 one-byte appends in ${ms.toFixed(1)} ms`);
 });
