@@ -1,8 +1,8 @@
 /**
  * Who is this? Passwords (login API, Basic credentials inside TLS), session tokens (API, portal
  * cookie), console tickets (tunnels) and resume tokens. Every failure is counted against the
- * client address (and user), and a client over its budget is refused before any hashing or
- * lookup is done. Nothing here logs a secret.
+ * client address (IPv6: its /64) and, for passwords, against the user from that address; a client
+ * over its budget is refused before any hashing or lookup is done. Nothing here logs a secret.
  */
 import { randomBytes } from 'node:crypto';
 import { OneportError } from '../errors.js';
@@ -12,7 +12,7 @@ import { verifyPassword } from './passwords.js';
 import type { AuthStore } from './store.js';
 import { checkTicket, mintTicket } from './tickets.js';
 import { type TokenPayload, mintToken, verifyToken } from './tokens.js';
-import { AttemptLimiter } from './limits.js';
+import { AttemptLimiter, ConcurrencyGate, addressKey } from './limits.js';
 
 export interface AuthSettings {
   readonly ticketTtlMs: number;
@@ -21,7 +21,12 @@ export interface AuthSettings {
   readonly loginsPerUserPerMinute: number;
   readonly loginsPerAddressPerMinute: number;
   readonly authFailuresPerAddressPerMinute: number;
+  readonly concurrentHashesPerAddress: number;
+  readonly concurrentHashes: number;
 }
+
+/** Longest user name a limiter key holds (names are at most 64; Basic credentials could be longer). */
+const MAX_KEYED_NAME = 128;
 
 export interface IssuedTicket {
   readonly ticket: string;
@@ -38,9 +43,18 @@ export interface TicketGrant {
 }
 
 export class Authenticator {
+  /**
+   * Keyed on user AND address, never on the user alone: a per-user budget shared by every address
+   * cannot tell the guesser from the user, so once a guesser spends it the user's right password is
+   * refused too (a lockout switch for anyone who knows a user name), and if it did not refuse the
+   * user it would limit nothing. Per user and address, a client that knows the password is limited
+   * only by its own failures; a guesser spread over many addresses is bounded by each address's
+   * budget (loginsPerAddress, IPv6 per /64), scrypt's cost and the concurrency gate.
+   */
   private readonly loginsPerUser: AttemptLimiter;
   private readonly loginsPerAddress: AttemptLimiter;
   private readonly failuresPerAddress: AttemptLimiter;
+  private readonly hashing: ConcurrencyGate;
 
   constructor(
     private readonly dir: Directory,
@@ -51,21 +65,39 @@ export class Authenticator {
     this.loginsPerUser = new AttemptLimiter(settings.loginsPerUserPerMinute);
     this.loginsPerAddress = new AttemptLimiter(settings.loginsPerAddressPerMinute);
     this.failuresPerAddress = new AttemptLimiter(settings.authFailuresPerAddressPerMinute);
+    this.hashing = new ConcurrencyGate(settings.concurrentHashesPerAddress, settings.concurrentHashes);
   }
 
-  /** Password check for the login API and Basic credentials (callers ensure TLS). */
+  /**
+   * Password check for the login API and Basic credentials (callers ensure TLS). Order matters:
+   * a slot in the hashing gate (429 at once when the address or everyone has too many hashes
+   * running), then one attempt reserved from each budget BEFORE scrypt runs, so parallel guesses
+   * cannot all pass a check made before any of them was counted. A right password gives its
+   * attempts back: the budgets count failures.
+   */
   async password(name: string, password: string, client: string): Promise<UserRecord> {
-    await this.loginsPerAddress.check(client);
-    await this.loginsPerUser.check(name);
-    const user = this.dir.getUser(name);
-    const ok = await verifyPassword(password, user?.passwordHash);
-    if (!ok || !user) {
-      this.metrics.authFailures.inc({ kind: 'password' });
-      await Promise.all([this.loginsPerAddress.count(client), this.loginsPerUser.count(name)]);
-      throw new OneportError('ONEPORT_ERR_BAD_CREDENTIALS');
+    const address = addressKey(client);
+    const userKey = `${address}\0${name.slice(0, MAX_KEYED_NAME)}`;
+    const leave = this.hashing.enter(address);
+    try {
+      await this.loginsPerAddress.take(address);
+      try {
+        await this.loginsPerUser.take(userKey);
+      } catch (e) {
+        await this.loginsPerAddress.refund(address);
+        throw e;
+      }
+      const user = this.dir.getUser(name);
+      const ok = await verifyPassword(password, user?.passwordHash);
+      if (!ok || !user) {
+        this.metrics.authFailures.inc({ kind: 'password' });
+        throw new OneportError('ONEPORT_ERR_BAD_CREDENTIALS');
+      }
+      await Promise.all([this.loginsPerAddress.refund(address), this.loginsPerUser.refund(userKey)]);
+      return user;
+    } finally {
+      leave();
     }
-    await this.loginsPerUser.reset(name);
-    return user;
   }
 
   async login(name: string, password: string, client: string): Promise<{ user: UserRecord; token: string; expiresAt: number }> {
@@ -119,14 +151,14 @@ export class Authenticator {
     return { user, sessionId: payload.sid };
   }
 
-  /** Refuse early when this address has failed too often. */
+  /** Refuse early when this address (IPv6: its /64) has failed too often. */
   async checkAddress(client: string): Promise<void> {
-    await this.failuresPerAddress.check(client);
+    await this.failuresPerAddress.check(addressKey(client));
   }
 
   async countFailure(client: string, kind: 'ticket' | 'password' | 'session'): Promise<void> {
     this.metrics.authFailures.inc({ kind });
-    await this.failuresPerAddress.count(client);
+    await this.failuresPerAddress.count(addressKey(client));
   }
 
   /**

@@ -101,6 +101,59 @@ async function passwordFailures(gw: TestGateway): Promise<number> {
 }
 
 // -------------------------------------------------------------------------------------------
+// Point 4: login budgets under concurrency, and no lockout switch
+
+t.test('4: 30 parallel guesses for one user: at most the budget is hashed; the real user still logs in from elsewhere', async (t) => {
+  // The hashing gate set wide open: here only the reservation before hashing may refuse.
+  const { gw } = await setupDesk(t, { limits: { loginsPerUserPerMinute: 10, loginsPerAddressPerMinute: 1000, concurrentHashesPerAddress: 100, concurrentHashes: 100 } });
+  const guesses = Array.from({ length: 30 }, (_, i) => ({ request: post('/api/login', { user: 'alice', password: `wrong-guess-${i}` }), localAddress: '127.0.0.5' }));
+  const answers = await simultaneously(gw, guesses);
+  const statuses = answers.map((a) => a.status);
+  const evaluated = statuses.filter((s) => s === 401).length;
+  t.equal(evaluated, 10, 'exactly the budget of 10 guesses was evaluated');
+  t.equal(statuses.filter((s) => s === 429).length, 30 - evaluated, 'every other guess got 429');
+  t.ok(answers.filter((a) => a.status === 429).every((a) => /\r\nRetry-After: [1-9]\d*/i.test(a.head) && errorCode(a.body) === 'ONEPORT_ERR_RATE_LIMITED'), 'each 429 is ONEPORT_ERR_RATE_LIMITED with Retry-After');
+  t.equal(await passwordFailures(gw), 10, 'and 10 password hashes failed');
+
+  const real = await call(gw, post('/api/login', { user: 'alice', password: 'alice-password-1' }), '127.0.0.6');
+  t.equal(real.status, 200, "the user's right password from another address is not locked out");
+  t.notOk(gw.logText().includes('wrong-guess-'), 'guesses never reach the logs');
+});
+
+t.test('4: password hashing is bounded per address and in total (429 + Retry-After beyond)', async (t) => {
+  const { gw } = await setupDesk(t, {
+    limits: { concurrentHashesPerAddress: 2, concurrentHashes: 3, loginsPerUserPerMinute: 100, loginsPerAddressPerMinute: 100 },
+  });
+  // Different (unknown) users, so only the concurrency bound can refuse them.
+  const oneAddress = await simultaneously(gw, Array.from({ length: 10 }, (_, i) => ({ request: post('/api/login', { user: `nobody${i}`, password: 'x' }), localAddress: '127.0.0.7' })));
+  const refused = oneAddress.filter((a) => a.status === 429);
+  t.ok(refused.length >= 1, `one address, 10 at once with a bound of 2: ${refused.length} got 429`);
+  t.ok(refused.every((a) => /\r\nRetry-After: [1-9]\d*/i.test(a.head) && errorCode(a.body) === 'ONEPORT_ERR_RATE_LIMITED'), 'as ONEPORT_ERR_RATE_LIMITED with Retry-After');
+  t.equal(oneAddress.filter((a) => a.status === 401).length + refused.length, 10, 'the rest were evaluated (401)');
+
+  const spread = await simultaneously(gw, Array.from({ length: 10 }, (_, i) => ({ request: post('/api/login', { user: `other${i}`, password: 'x' }), localAddress: `127.0.1.${10 + i}` })));
+  t.ok(spread.filter((a) => a.status === 429).length >= 1, 'ten addresses, one each, with a total bound of 3: some got 429');
+
+  const after = await call(gw, post('/api/login', { user: 'alice', password: 'alice-password-1' }), '127.0.0.7');
+  t.equal(after.status, 200, 'once the burst is over, the same address logs in (the refusals did not count as failures)');
+});
+
+t.test('4 + IPv6: address budgets are shared by a whole /64', async (t) => {
+  const { gw } = await setupDesk(t, { limits: { loginsPerAddressPerMinute: 2, loginsPerUserPerMinute: 100 } });
+  const attempt = (client: string): Promise<string> =>
+    gw.ctx.auth.password('nobody', 'x', client).then(
+      () => 'ok',
+      (e: unknown) => (e instanceof OneportError ? e.code : String(e)),
+    );
+  t.equal(await attempt('2001:db8:1:2::1'), 'ONEPORT_ERR_BAD_CREDENTIALS');
+  t.equal(await attempt('2001:db8:1:2:ffff::9'), 'ONEPORT_ERR_BAD_CREDENTIALS');
+  t.equal(await attempt('2001:0db8:0001:0002:abcd::1'), 'ONEPORT_ERR_RATE_LIMITED', 'a third address in the same /64 shares its budget');
+  t.equal(await attempt('2001:db8:1:3::1'), 'ONEPORT_ERR_BAD_CREDENTIALS', 'the next /64 has its own');
+  t.equal(await attempt('192.0.2.1'), 'ONEPORT_ERR_BAD_CREDENTIALS', 'IPv4 addresses are still counted one by one');
+  t.equal(await attempt('192.0.2.2'), 'ONEPORT_ERR_BAD_CREDENTIALS');
+});
+
+// -------------------------------------------------------------------------------------------
 // Point 9 and --password-stdin, as a user runs the command
 
 const CLI = fileURLToPath(new URL('../../gateway/cli.ts', import.meta.url));
