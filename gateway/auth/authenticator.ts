@@ -121,14 +121,31 @@ export class Authenticator {
     await this.store.revokeSession(payload.sid, payload.exp);
   }
 
-  /** A console ticket (and its resume token) for a user already allowed on the VM. */
-  async issueTicket(user: UserRecord, vm: VmRecord, protocol: Protocol): Promise<IssuedTicket> {
+  /**
+   * A console ticket (and its resume token) for a user already allowed on the VM.
+   *
+   * `session`: the API session asking (portal, API client). The ticket and the resume token then
+   * record its id and die with it (logout, revocation; a password change ends them through
+   * sessionsNotBefore anyway), and neither outlives it: a revocation is kept only until the
+   * session's own expiry, so a longer-lived resume token would come back to life after that.
+   * Without a session (admin API, CLI: `oneport ticket`) they are bound to user + VM only.
+   */
+  async issueTicket(user: UserRecord, vm: VmRecord, protocol: Protocol, session?: TokenPayload): Promise<IssuedTicket> {
     if (!isAssigned(vm, user)) throw new OneportError('ONEPORT_ERR_NOT_ASSIGNED');
     if (!vm.endpoints.some((e) => e.protocol === protocol)) throw new OneportError('ONEPORT_ERR_NO_SUCH_PROTOCOL');
     const keys = this.dir.keys();
-    const { ticket, claims } = mintTicket(keys, vm.name, protocol, this.settings.ticketTtlMs);
-    await this.store.putTicket({ id: claims.id, user: user.name, vm: vm.name, protocol, expiresAt: claims.expiresAt });
-    const resume = mintToken(keys, 'resume', { sub: user.name, vm: vm.name }, this.settings.resumeTtlMs);
+    const now = Date.now();
+    const left = session ? session.exp - now : Infinity;
+    const { ticket, claims } = mintTicket(keys, vm.name, protocol, Math.min(this.settings.ticketTtlMs, left), now);
+    await this.store.putTicket({
+      id: claims.id,
+      user: user.name,
+      vm: vm.name,
+      protocol,
+      expiresAt: claims.expiresAt,
+      ...(session ? { session: session.sid } : {}),
+    });
+    const resume = mintToken(keys, 'resume', { sub: user.name, vm: vm.name, ...(session ? { ses: session.sid } : {}) }, Math.min(this.settings.resumeTtlMs, left), now);
     return { ticket, expiresAt: claims.expiresAt, resume: resume.token, resumeExpiresAt: resume.payload.exp };
   }
 
@@ -144,11 +161,26 @@ export class Authenticator {
       throw new OneportError('ONEPORT_ERR_TICKET_INVALID', 'resume token invalid, expired, or for another VM or user');
     }
     const user = this.dir.getUser(payload.sub);
-    if (!user || payload.iat < user.sessionsNotBefore) {
+    if (!user || payload.iat < user.sessionsNotBefore || (payload.ses !== undefined && (await this.resumeSessionRevoked(payload.ses)))) {
       this.metrics.authFailures.inc({ kind: 'session' });
       throw new OneportError('ONEPORT_ERR_SESSION_INVALID');
     }
     return { user, sessionId: payload.sid };
+  }
+
+  /**
+   * Was the API session that minted a resume token revoked? While the shared store (Redis) cannot
+   * be reached, resume tokens keep working (DECISIONS 2026-12-03: existing tunnels and resume
+   * tokens survive a Redis outage); user, expiry and sessionsNotBefore are still checked, from the
+   * directory mirror. So a logged-out resume token works during an outage, for at most its 10 min.
+   */
+  private async resumeSessionRevoked(sid: string): Promise<boolean> {
+    try {
+      return await this.store.isSessionRevoked(sid);
+    } catch (e) {
+      if (e instanceof OneportError && e.code === 'ONEPORT_ERR_DIRECTORY_UNAVAILABLE') return false;
+      throw e;
+    }
   }
 
   /** Refuse early when this address (IPv6: its /64) has failed too often. */
@@ -178,6 +210,11 @@ export class Authenticator {
     }
     if (claimedUser !== undefined && claimedUser !== '' && claimedUser !== r.record.user) {
       await this.countFailure(client, 'ticket');
+      throw new OneportError('ONEPORT_ERR_TICKET_INVALID');
+    }
+    // Issued in an API session that has been logged out since: dead, like its resume token.
+    if (r.record.session !== undefined && (await this.store.isSessionRevoked(r.record.session))) {
+      this.metrics.authFailures.inc({ kind: 'session' });
       throw new OneportError('ONEPORT_ERR_TICKET_INVALID');
     }
     const user = this.dir.getUser(r.record.user);

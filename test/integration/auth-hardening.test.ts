@@ -6,7 +6,7 @@
  * IPv6 budgets per /64, and `oneport user add --password-stdin`. Each fails without its fix.
  * Real gateway, real sockets on loopback, a real redis-server.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
@@ -151,6 +151,92 @@ t.test('4 + IPv6: address budgets are shared by a whole /64', async (t) => {
   t.equal(await attempt('2001:db8:1:3::1'), 'ONEPORT_ERR_BAD_CREDENTIALS', 'the next /64 has its own');
   t.equal(await attempt('192.0.2.1'), 'ONEPORT_ERR_BAD_CREDENTIALS', 'IPv4 addresses are still counted one by one');
   t.equal(await attempt('192.0.2.2'), 'ONEPORT_ERR_BAD_CREDENTIALS');
+});
+
+// -------------------------------------------------------------------------------------------
+// Point 6: resume tokens die with their session; revocations survive a restart
+
+t.test('6: logout kills the resume tokens and unused tickets the session minted, from any address', async (t) => {
+  const { gw } = await setupDesk(t);
+  const s1 = await login(gw, 'alice', 'alice-password-1');
+  const s2 = await login(gw, 'alice', 'alice-password-1');
+  const a = await apiTicket(gw, s1.token);
+  const unused = await apiTicket(gw, s1.token);
+  const b = await apiTicket(gw, s2.token);
+  const byAdmin = await gw.ticket('alice', 'desk');
+  t.equal((await resumeTunnel(gw, a.resume)).status, 200, 'before logout the resume token opens a tunnel');
+
+  t.equal((await call(gw, post('/api/logout', {}, { Authorization: `Bearer ${s1.token}` }))).status, 200, 'logout');
+  for (const from of [undefined, '127.0.0.8']) {
+    const r = await resumeTunnel(gw, a.resume, from);
+    t.equal(r.status, 407, `after logout the resume token is refused (from ${from ?? '127.0.0.1'})`);
+    t.equal(r.code, 'ONEPORT_ERR_SESSION_INVALID');
+  }
+  const ticket = await rawRequest(gw.port, `CONNECT ${unused.connectWithTicket} HTTP/1.1\r\n\r\n`);
+  ticket.socket.destroy();
+  t.equal(ticket.status, 407, 'a ticket the session minted and never used is dead too');
+  t.equal((await resumeTunnel(gw, b.resume)).status, 200, "another session's resume token is untouched");
+  t.equal((await resumeTunnel(gw, byAdmin.resume)).status, 200, 'a ticket issued without a session (admin, CLI) keeps its resume token: it has no session to end');
+  t.notOk(gw.logText().includes(a.resume), 'resume tokens never reach the logs');
+});
+
+t.test('6: a password change kills resume tokens minted before it', async (t) => {
+  const { gw } = await setupDesk(t);
+  const s = await login(gw, 'alice', 'alice-password-1');
+  const a = await apiTicket(gw, s.token);
+  const alice = gw.ctx.dir.getUser('alice')!;
+  await gw.ctx.dir.putUser({ ...alice, sessionsNotBefore: Date.now() + 1 });
+  t.equal((await resumeTunnel(gw, a.resume)).status, 407);
+});
+
+async function restartOnSameState(t: Test, store?: () => Promise<RedisAuthStore>): Promise<void> {
+  const state = mkdtempSync(join(tmpdir(), 'oneport-restart-'));
+  t.teardown(() => rmSync(state, { recursive: true, force: true }));
+  const echo = await startBackend(t);
+  const first = await startTestGateway(t, {}, { state, ...(store ? { store: await store() } : {}) });
+  await first.addUser('alice', 'alice-password-1');
+  await first.addVm('desk', [{ protocol: 'vnc', host: '127.0.0.1', port: echo.port, publishedPort: 5900 }], ['alice']);
+  const out = await login(first, 'alice', 'alice-password-1');
+  const kept = await login(first, 'alice', 'alice-password-1');
+  const a = await apiTicket(first, out.token);
+  const k = await apiTicket(first, kept.token);
+  t.equal((await call(first, post('/api/logout', {}, { Authorization: `Bearer ${out.token}` }))).status, 200, 'logout');
+  await first.close({ drainMs: 0 });
+  if (!store) {
+    const file = join(state, 'revoked-sessions.json');
+    t.equal(statSync(file).mode & 0o777, 0o600, 'the revocations file is private');
+    const text = readFileSync(file, 'utf8');
+    t.notOk(text.includes(out.token) || text.includes(a.resume), 'it holds session ids, never tokens');
+  }
+
+  const second = await startTestGateway(t, {}, { state, ...(store ? { store: await store() } : {}) });
+  t.equal((await call(second, get('/api/desktops', out.token))).status, 401, 'after a restart the logged-out session token is still refused');
+  const r = await resumeTunnel(second, a.resume);
+  t.equal(r.status, 407, 'and so is its resume token');
+  t.equal((await call(second, get('/api/desktops', kept.token))).status, 200, 'a session that was not logged out still works');
+  t.equal((await resumeTunnel(second, k.resume)).status, 200, 'and so does its resume token');
+}
+
+t.test('6: revocations survive a restart (embedded store: a file in the state folder)', async (t) => {
+  await restartOnSameState(t);
+});
+
+t.test('6: revocations survive a restart (Redis store) and the resume check consults Redis', async (t) => {
+  const redis = await startRedis(t);
+  await restartOnSameState(t, () => RedisAuthStore.open({ redis: redis.url, prefix: 'test:auth:' }));
+});
+
+t.test('6: while Redis is away, resume tokens keep working (DECISIONS 2026-12-03)', async (t) => {
+  const redis = await startRedis(t);
+  const echo = await startBackend(t);
+  const viaRedis = await startTestGateway(t, {}, { store: await RedisAuthStore.open({ redis: redis.url, prefix: 'test:auth:' }) });
+  await viaRedis.addUser('alice', 'alice-password-1');
+  await viaRedis.addVm('desk', [{ protocol: 'vnc', host: '127.0.0.1', port: echo.port, publishedPort: 5900 }], ['alice']);
+  const s = await login(viaRedis, 'alice', 'alice-password-1');
+  const a = await apiTicket(viaRedis, s.token);
+  await redis.kill();
+  t.equal((await resumeTunnel(viaRedis, a.resume)).status, 200, 'the revocation check cannot be made: the resume token is accepted');
+  t.equal((await call(viaRedis, get('/api/desktops', s.token))).status, 503, 'while the session itself cannot be checked (503, as before)');
 });
 
 // -------------------------------------------------------------------------------------------
