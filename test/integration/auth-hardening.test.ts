@@ -240,6 +240,23 @@ t.test('6: while Redis is away, resume tokens keep working (DECISIONS 2026-12-03
 });
 
 // -------------------------------------------------------------------------------------------
+// Small items: __Host- cookie, ticket budget
+
+t.test('session cookie: __Host- prefix (Secure, Path=/, no Domain), and it authenticates', async (t) => {
+  const { gw } = await setupDesk(t);
+  const s = await login(gw, 'alice', 'alice-password-1');
+  const set = /\r\nSet-Cookie: (__Host-oneport_session=[^\r]*)/i.exec(s.head)?.[1];
+  t.ok(set, 'the session cookie is __Host-oneport_session');
+  t.match(set, /; Secure/);
+  t.match(set, /; Path=\/(;|$)/);
+  t.notMatch(set, /Domain=/i);
+  const r = await call(gw, `GET /api/desktops HTTP/1.1\r\nHost: localhost\r\nCookie: ${s.cookie}\r\nConnection: close\r\n\r\n`);
+  t.equal(r.status, 200, 'the cookie authenticates API calls');
+  const out = await call(gw, post('/api/logout', {}, { Cookie: s.cookie }));
+  t.match(out.head, /\r\nSet-Cookie: __Host-oneport_session=; [^\r]*Max-Age=0/i, 'logout clears it');
+});
+
+// -------------------------------------------------------------------------------------------
 // Point 9 and --password-stdin, as a user runs the command
 
 const CLI = fileURLToPath(new URL('../../gateway/cli.ts', import.meta.url));
