@@ -101,6 +101,11 @@ export const configSchema = z
         concurrentHashes: positive.default(16),
         /** Failed tunnel authentications per client address (IPv6: one /64) per minute. @default 30 */
         authFailuresPerAddressPerMinute: positive.default(30),
+        /**
+         * Console tickets one user may ask for per minute in API sessions (portal, tickets call,
+         * console.vv); beyond it, 429. Admin and CLI tickets are not counted. @default 60
+         */
+        ticketsPerUserPerMinute: positive.default(60),
       })
       .prefault({}),
     tunnel: z

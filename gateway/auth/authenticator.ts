@@ -23,6 +23,7 @@ export interface AuthSettings {
   readonly authFailuresPerAddressPerMinute: number;
   readonly concurrentHashesPerAddress: number;
   readonly concurrentHashes: number;
+  readonly ticketsPerUserPerMinute: number;
 }
 
 /** Longest user name a limiter key holds (names are at most 64; Basic credentials could be longer). */
@@ -55,6 +56,8 @@ export class Authenticator {
   private readonly loginsPerAddress: AttemptLimiter;
   private readonly failuresPerAddress: AttemptLimiter;
   private readonly hashing: ConcurrencyGate;
+  /** Tickets users ask for in their sessions: each one is a store record (memory or Redis). */
+  private readonly ticketsPerUser: AttemptLimiter;
 
   constructor(
     private readonly dir: Directory,
@@ -66,6 +69,7 @@ export class Authenticator {
     this.loginsPerAddress = new AttemptLimiter(settings.loginsPerAddressPerMinute);
     this.failuresPerAddress = new AttemptLimiter(settings.authFailuresPerAddressPerMinute);
     this.hashing = new ConcurrencyGate(settings.concurrentHashesPerAddress, settings.concurrentHashes);
+    this.ticketsPerUser = new AttemptLimiter(settings.ticketsPerUserPerMinute);
   }
 
   /**
@@ -129,10 +133,13 @@ export class Authenticator {
    * sessionsNotBefore anyway), and neither outlives it: a revocation is kept only until the
    * session's own expiry, so a longer-lived resume token would come back to life after that.
    * Without a session (admin API, CLI: `oneport ticket`) they are bound to user + VM only.
+   * Tickets asked for in a session count against the user's `ticketsPerUserPerMinute` (429 beyond);
+   * an admin's or the CLI's are not counted.
    */
   async issueTicket(user: UserRecord, vm: VmRecord, protocol: Protocol, session?: TokenPayload): Promise<IssuedTicket> {
     if (!isAssigned(vm, user)) throw new OneportError('ONEPORT_ERR_NOT_ASSIGNED');
     if (!vm.endpoints.some((e) => e.protocol === protocol)) throw new OneportError('ONEPORT_ERR_NO_SUCH_PROTOCOL');
+    if (session) await this.ticketsPerUser.take(user.name);
     const keys = this.dir.keys();
     const now = Date.now();
     const left = session ? session.exp - now : Infinity;
