@@ -301,3 +301,21 @@ t.test('9: --state on an unsafe existing folder is refused and left as it was; a
   t.equal(ok.code, 0, ok.stderr);
   t.equal(statSync(fresh).mode & 0o777, 0o700, 'a new folder is created 0700');
 });
+
+t.test('user add --password-stdin: the password is read from stdin, not argv', async (t) => {
+  const state = mkdtempSync(join(tmpdir(), 'oneport-cli-'));
+  t.teardown(() => rmSync(state, { recursive: true, force: true }));
+  const r = await runCli(['user', 'add', 'bob', '--password-stdin', '--state', state], 'bob-password-from-stdin\n');
+  t.equal(r.code, 0, r.stderr);
+  t.notOk(r.stdout.includes('bob-password-from-stdin'), 'the password is not echoed');
+  const dir = JSON.parse(readFileSync(join(state, 'directory.json'), 'utf8')) as { users: Array<{ name: string; passwordHash: string }> };
+  const bob = dir.users.find((u) => u.name === 'bob');
+  t.ok(bob && (await verifyPassword('bob-password-from-stdin', bob.passwordHash)), 'the stored hash is of the line read (without its newline)');
+  const both = await runCli(['user', 'add', 'bob', '--password', 'x', '--password-stdin', '--state', state], 'y\n');
+  t.equal(both.code, 1, '--password and --password-stdin together are refused');
+  const empty = await runCli(['user', 'add', 'carol', '--password-stdin', '--state', state], '');
+  t.equal(empty.code, 1, 'nothing on stdin: refused');
+  t.match(empty.stderr, /no password on standard input/);
+  const help = await runCli(['user', 'add', '--help']);
+  t.match(help.stdout, /visible\s+to\s+other\s+local\s+users/i, 'help warns that --password is visible');
+});
