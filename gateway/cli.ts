@@ -101,15 +101,18 @@ const user = program.command('user').description('manage users');
 user
   .command('add <name>')
   .description('add a user, or change one (a new password logs the user out everywhere)')
-  .option('-p, --password <password>', 'password (default: a random one, printed once)')
+  .option('-p, --password <password>', 'password (default: a random one, printed once); visible to other local users in the process list, prefer --password-stdin')
+  .option('--password-stdin', 'read the password from the first line of standard input')
   .option('--admin', 'give the admin role')
   .option('-g, --groups <list>', 'comma-separated groups', csv)
-  .action(async (name: string, o: { password?: string; admin?: boolean; groups?: string[] }) => {
+  .action(async (name: string, o: { password?: string; passwordStdin?: boolean; admin?: boolean; groups?: string[] }) => {
+    if (o.password !== undefined && o.passwordStdin) throw new InvalidArgumentError('give --password or --password-stdin, not both');
+    const given = o.passwordStdin ? await readPasswordLine(process.stdin) : o.password;
     const admin = await openAdmin(config().state);
     try {
-      const password = o.password ?? randomPassword();
+      const password = given ?? randomPassword();
       await admin.putUser(name, { password, roles: o.admin ? ['user', 'admin'] : undefined, groups: o.groups });
-      console.log(`user ${name} saved${o.password ? '' : `; password: ${password}`}`);
+      console.log(`user ${name} saved${given !== undefined ? '' : `; password: ${password}`}`);
     } finally {
       await admin.close();
     }
@@ -271,6 +274,29 @@ clusterCmd
       await admin.close();
     }
   });
+
+/** Longest password the API takes (characters); a line of more is refused, not cut. */
+const MAX_PASSWORD_LENGTH = 1024;
+
+/** The first line of `input`, without its line ending; read no further than a password can be long. */
+async function readPasswordLine(input: NodeJS.ReadableStream): Promise<string> {
+  const limit = MAX_PASSWORD_LENGTH * 4; // bytes: up to 4 per character in UTF-8
+  let buf = Buffer.alloc(0);
+  let complete = false;
+  for await (const chunk of input) {
+    buf = Buffer.concat([buf, typeof chunk === 'string' ? Buffer.from(chunk) : chunk]);
+    const nl = buf.indexOf(0x0a);
+    if (nl >= 0) {
+      buf = buf.subarray(0, nl);
+      complete = true;
+    }
+    if (complete || buf.length > limit) break;
+  }
+  const line = buf.toString('utf8').replace(/\r$/, '');
+  if (buf.length > limit || line.length > MAX_PASSWORD_LENGTH) throw new InvalidArgumentError(`--password-stdin: the password is longer than ${MAX_PASSWORD_LENGTH} characters`);
+  if (line === '') throw new InvalidArgumentError('--password-stdin: no password on standard input');
+  return line;
+}
 
 function csv(v: string): string[] {
   return v

@@ -98,11 +98,29 @@ export const configSchema = z
         wsMaxPayloadBytes: z.number().int().min(1024).default(256 * 1024),
         /** Client-to-console bytes queued while the console connection is being set up. @default 1 MiB */
         preConnectBufferBytes: positive.default(1024 * 1024),
-        /** Logins per user per minute, and per client address per minute. */
+        /**
+         * Failed logins per minute for one user from one client address (IPv6: one /64). Keyed on
+         * user and address so that guesses from elsewhere never lock out a client that knows the
+         * password. @default 10
+         */
         loginsPerUserPerMinute: positive.default(10),
+        /** Failed logins per minute from one client address (IPv6: one /64), all users together. @default 30 */
         loginsPerAddressPerMinute: positive.default(30),
-        /** Failed tunnel authentications per client address per minute. @default 30 */
+        /**
+         * Password checks (scrypt: about 32 MiB and tens of ms each) running at once for one client
+         * address (IPv6: one /64); beyond it, 429 at once. A SPICE client giving a password opens
+         * several channels together. @default 8
+         */
+        concurrentHashesPerAddress: positive.default(8),
+        /** Password checks running at once, all clients together; beyond it, 429 at once. @default 16 */
+        concurrentHashes: positive.default(16),
+        /** Failed tunnel authentications per client address (IPv6: one /64) per minute. @default 30 */
         authFailuresPerAddressPerMinute: positive.default(30),
+        /**
+         * Console tickets one user may ask for per minute in API sessions (portal, tickets call,
+         * console.vv); beyond it, 429. Admin and CLI tickets are not counted. @default 60
+         */
+        ticketsPerUserPerMinute: positive.default(60),
       })
       .prefault({}),
     tunnel: z

@@ -110,7 +110,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   } else {
     dir = opts.directory ?? new MemoryDirectory(state.paths.directory);
     if (dir instanceof MemoryDirectory) await dir.flush();
-    store = opts.store ?? new MemoryAuthStore();
+    store = opts.store ?? new MemoryAuthStore({ revocationsFile: state.paths.revokedSessions });
   }
   const directoryState = (): { connected: boolean; ageMs: number } => {
     if (dir instanceof RedisDirectory) {

@@ -1,9 +1,11 @@
 /**
  * The state folder (`~/.oneport` by default): the embedded directory, the cluster CA and the
- * server certificate. Created on first use with private permissions; certificates that no longer
- * cover the configured names or expire within 30 days are reissued from the CA.
+ * server certificate. Created on first use with private permissions (0700); an existing folder
+ * is used only if it is ours and nobody else can write to it, and its mode is never changed
+ * (`--state /tmp` must not lock everyone else out of /tmp). Certificates that no longer cover the
+ * configured names or expire within 30 days are reissued from the CA.
  */
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { X509Certificate } from 'node:crypto';
 import { type Pem, certificateNames, createCa, issueNodeCert, issueServerCert } from '../certs/ca.js';
@@ -20,6 +22,8 @@ export interface StatePaths {
   readonly nodeKey: string;
   /** The highest leader epoch this node has seen (cluster). */
   readonly epoch: string;
+  /** Logged-out API sessions, until they expire (embedded auth store). */
+  readonly revokedSessions: string;
 }
 
 export function statePaths(root: string): StatePaths {
@@ -34,6 +38,7 @@ export function statePaths(root: string): StatePaths {
     nodeCert: join(root, 'node.pem'),
     nodeKey: join(root, 'node-key.pem'),
     epoch: join(root, 'epoch'),
+    revokedSessions: join(root, 'revoked-sessions.json'),
   };
 }
 
@@ -50,8 +55,7 @@ export interface EnsuredState {
 export function ensureState(root: string, serverNames: readonly string[]): EnsuredState {
   const paths = statePaths(root);
   const created: string[] = [];
-  mkdirSync(root, { recursive: true, mode: 0o700 });
-  chmodSync(root, 0o700);
+  prepareStateFolder(root);
   let ca: Pem;
   if (existsSync(paths.caCert) && existsSync(paths.caKey)) {
     ca = { cert: readFileSync(paths.caCert, 'utf8'), key: readFileSync(paths.caKey, 'utf8') };
@@ -100,6 +104,37 @@ export function ensureNodeCert(state: EnsuredState, nodeId: string, names: reado
   writePrivate(paths.nodeKey, pem.key);
   writeFileSync(paths.nodeCert, pem.cert, { mode: 0o644 });
   return pem;
+}
+
+/** The state folder is unfit: not ours, or writable by others. The message says how to fix it. */
+export class StateFolderError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'StateFolderError';
+  }
+}
+
+/**
+ * Create `root` (and missing parents) with mode 0700, or accept an existing folder only if the
+ * current user owns it and neither group nor others may write to it: anyone who can write there
+ * could swap the CA key, the directory or the control socket. An existing folder is never
+ * chmodded; refusing is the caller's cue to pick a folder of its own.
+ */
+export function prepareStateFolder(root: string): void {
+  // mkdir's mode is filtered by the umask, which can only take bits away from 0700.
+  if (mkdirSync(root, { recursive: true, mode: 0o700 }) !== undefined) return;
+  const st = statSync(root);
+  if (!st.isDirectory()) throw new StateFolderError(`state folder ${root} is not a folder`);
+  const uid = process.getuid?.();
+  if (uid !== undefined && st.uid !== uid) {
+    throw new StateFolderError(`state folder ${root} belongs to uid ${st.uid}, not to this user (uid ${uid}); use a folder of your own (--state)`);
+  }
+  if ((st.mode & 0o022) !== 0) {
+    const who = st.mode & 0o002 ? 'world' : 'group';
+    throw new StateFolderError(
+      `state folder ${root} is ${who}-writable (mode ${(st.mode & 0o7777).toString(8)}); use a folder of your own (--state), or run chmod go-w on it`,
+    );
+  }
 }
 
 function writePrivate(file: string, text: string): void {

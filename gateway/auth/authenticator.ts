@@ -1,8 +1,8 @@
 /**
  * Who is this? Passwords (login API, Basic credentials inside TLS), session tokens (API, portal
  * cookie), console tickets (tunnels) and resume tokens. Every failure is counted against the
- * client address (and user), and a client over its budget is refused before any hashing or
- * lookup is done. Nothing here logs a secret.
+ * client address (IPv6: its /64) and, for passwords, against the user from that address; a client
+ * over its budget is refused before any hashing or lookup is done. Nothing here logs a secret.
  */
 import { randomBytes } from 'node:crypto';
 import { OneportError } from '../errors.js';
@@ -12,7 +12,7 @@ import { verifyPassword } from './passwords.js';
 import type { AuthStore } from './store.js';
 import { checkTicket, mintTicket } from './tickets.js';
 import { type TokenPayload, mintToken, verifyToken } from './tokens.js';
-import { AttemptLimiter } from './limits.js';
+import { AttemptLimiter, ConcurrencyGate, addressKey } from './limits.js';
 
 export interface AuthSettings {
   readonly ticketTtlMs: number;
@@ -21,7 +21,13 @@ export interface AuthSettings {
   readonly loginsPerUserPerMinute: number;
   readonly loginsPerAddressPerMinute: number;
   readonly authFailuresPerAddressPerMinute: number;
+  readonly concurrentHashesPerAddress: number;
+  readonly concurrentHashes: number;
+  readonly ticketsPerUserPerMinute: number;
 }
+
+/** Longest user name a limiter key holds (names are at most 64; Basic credentials could be longer). */
+const MAX_KEYED_NAME = 128;
 
 export interface IssuedTicket {
   readonly ticket: string;
@@ -38,9 +44,20 @@ export interface TicketGrant {
 }
 
 export class Authenticator {
+  /**
+   * Keyed on user AND address, never on the user alone: a per-user budget shared by every address
+   * cannot tell the guesser from the user, so once a guesser spends it the user's right password is
+   * refused too (a lockout switch for anyone who knows a user name), and if it did not refuse the
+   * user it would limit nothing. Per user and address, a client that knows the password is limited
+   * only by its own failures; a guesser spread over many addresses is bounded by each address's
+   * budget (loginsPerAddress, IPv6 per /64), scrypt's cost and the concurrency gate.
+   */
   private readonly loginsPerUser: AttemptLimiter;
   private readonly loginsPerAddress: AttemptLimiter;
   private readonly failuresPerAddress: AttemptLimiter;
+  private readonly hashing: ConcurrencyGate;
+  /** Tickets users ask for in their sessions: each one is a store record (memory or Redis). */
+  private readonly ticketsPerUser: AttemptLimiter;
 
   constructor(
     private readonly dir: Directory,
@@ -51,21 +68,40 @@ export class Authenticator {
     this.loginsPerUser = new AttemptLimiter(settings.loginsPerUserPerMinute);
     this.loginsPerAddress = new AttemptLimiter(settings.loginsPerAddressPerMinute);
     this.failuresPerAddress = new AttemptLimiter(settings.authFailuresPerAddressPerMinute);
+    this.hashing = new ConcurrencyGate(settings.concurrentHashesPerAddress, settings.concurrentHashes);
+    this.ticketsPerUser = new AttemptLimiter(settings.ticketsPerUserPerMinute);
   }
 
-  /** Password check for the login API and Basic credentials (callers ensure TLS). */
+  /**
+   * Password check for the login API and Basic credentials (callers ensure TLS). Order matters:
+   * a slot in the hashing gate (429 at once when the address or everyone has too many hashes
+   * running), then one attempt reserved from each budget BEFORE scrypt runs, so parallel guesses
+   * cannot all pass a check made before any of them was counted. A right password gives its
+   * attempts back: the budgets count failures.
+   */
   async password(name: string, password: string, client: string): Promise<UserRecord> {
-    await this.loginsPerAddress.check(client);
-    await this.loginsPerUser.check(name);
-    const user = this.dir.getUser(name);
-    const ok = await verifyPassword(password, user?.passwordHash);
-    if (!ok || !user) {
-      this.metrics.authFailures.inc({ kind: 'password' });
-      await Promise.all([this.loginsPerAddress.count(client), this.loginsPerUser.count(name)]);
-      throw new OneportError('ONEPORT_ERR_BAD_CREDENTIALS');
+    const address = addressKey(client);
+    const userKey = `${address}\0${name.slice(0, MAX_KEYED_NAME)}`;
+    const leave = this.hashing.enter(address);
+    try {
+      await this.loginsPerAddress.take(address);
+      try {
+        await this.loginsPerUser.take(userKey);
+      } catch (e) {
+        await this.loginsPerAddress.refund(address);
+        throw e;
+      }
+      const user = this.dir.getUser(name);
+      const ok = await verifyPassword(password, user?.passwordHash);
+      if (!ok || !user) {
+        this.metrics.authFailures.inc({ kind: 'password' });
+        throw new OneportError('ONEPORT_ERR_BAD_CREDENTIALS');
+      }
+      await Promise.all([this.loginsPerAddress.refund(address), this.loginsPerUser.refund(userKey)]);
+      return user;
+    } finally {
+      leave();
     }
-    await this.loginsPerUser.reset(name);
-    return user;
   }
 
   async login(name: string, password: string, client: string): Promise<{ user: UserRecord; token: string; expiresAt: number }> {
@@ -89,14 +125,34 @@ export class Authenticator {
     await this.store.revokeSession(payload.sid, payload.exp);
   }
 
-  /** A console ticket (and its resume token) for a user already allowed on the VM. */
-  async issueTicket(user: UserRecord, vm: VmRecord, protocol: Protocol): Promise<IssuedTicket> {
+  /**
+   * A console ticket (and its resume token) for a user already allowed on the VM.
+   *
+   * `session`: the API session asking (portal, API client). The ticket and the resume token then
+   * record its id and die with it (logout, revocation; a password change ends them through
+   * sessionsNotBefore anyway), and neither outlives it: a revocation is kept only until the
+   * session's own expiry, so a longer-lived resume token would come back to life after that.
+   * Without a session (admin API, CLI: `oneport ticket`) they are bound to user + VM only.
+   * Tickets asked for in a session count against the user's `ticketsPerUserPerMinute` (429 beyond);
+   * an admin's or the CLI's are not counted.
+   */
+  async issueTicket(user: UserRecord, vm: VmRecord, protocol: Protocol, session?: TokenPayload): Promise<IssuedTicket> {
     if (!isAssigned(vm, user)) throw new OneportError('ONEPORT_ERR_NOT_ASSIGNED');
     if (!vm.endpoints.some((e) => e.protocol === protocol)) throw new OneportError('ONEPORT_ERR_NO_SUCH_PROTOCOL');
+    if (session) await this.ticketsPerUser.take(user.name);
     const keys = this.dir.keys();
-    const { ticket, claims } = mintTicket(keys, vm.name, protocol, this.settings.ticketTtlMs);
-    await this.store.putTicket({ id: claims.id, user: user.name, vm: vm.name, protocol, expiresAt: claims.expiresAt });
-    const resume = mintToken(keys, 'resume', { sub: user.name, vm: vm.name }, this.settings.resumeTtlMs);
+    const now = Date.now();
+    const left = session ? session.exp - now : Infinity;
+    const { ticket, claims } = mintTicket(keys, vm.name, protocol, Math.min(this.settings.ticketTtlMs, left), now);
+    await this.store.putTicket({
+      id: claims.id,
+      user: user.name,
+      vm: vm.name,
+      protocol,
+      expiresAt: claims.expiresAt,
+      ...(session ? { session: session.sid } : {}),
+    });
+    const resume = mintToken(keys, 'resume', { sub: user.name, vm: vm.name, ...(session ? { ses: session.sid } : {}) }, Math.min(this.settings.resumeTtlMs, left), now);
     return { ticket, expiresAt: claims.expiresAt, resume: resume.token, resumeExpiresAt: resume.payload.exp };
   }
 
@@ -112,21 +168,36 @@ export class Authenticator {
       throw new OneportError('ONEPORT_ERR_TICKET_INVALID', 'resume token invalid, expired, or for another VM or user');
     }
     const user = this.dir.getUser(payload.sub);
-    if (!user || payload.iat < user.sessionsNotBefore) {
+    if (!user || payload.iat < user.sessionsNotBefore || (payload.ses !== undefined && (await this.resumeSessionRevoked(payload.ses)))) {
       this.metrics.authFailures.inc({ kind: 'session' });
       throw new OneportError('ONEPORT_ERR_SESSION_INVALID');
     }
     return { user, sessionId: payload.sid };
   }
 
-  /** Refuse early when this address has failed too often. */
+  /**
+   * Was the API session that minted a resume token revoked? While the shared store (Redis) cannot
+   * be reached, resume tokens keep working (DECISIONS 2026-12-03: existing tunnels and resume
+   * tokens survive a Redis outage); user, expiry and sessionsNotBefore are still checked, from the
+   * directory mirror. So a logged-out resume token works during an outage, for at most its 10 min.
+   */
+  private async resumeSessionRevoked(sid: string): Promise<boolean> {
+    try {
+      return await this.store.isSessionRevoked(sid);
+    } catch (e) {
+      if (e instanceof OneportError && e.code === 'ONEPORT_ERR_DIRECTORY_UNAVAILABLE') return false;
+      throw e;
+    }
+  }
+
+  /** Refuse early when this address (IPv6: its /64) has failed too often. */
   async checkAddress(client: string): Promise<void> {
-    await this.failuresPerAddress.check(client);
+    await this.failuresPerAddress.check(addressKey(client));
   }
 
   async countFailure(client: string, kind: 'ticket' | 'password' | 'session'): Promise<void> {
     this.metrics.authFailures.inc({ kind });
-    await this.failuresPerAddress.count(client);
+    await this.failuresPerAddress.count(addressKey(client));
   }
 
   /**
@@ -146,6 +217,11 @@ export class Authenticator {
     }
     if (claimedUser !== undefined && claimedUser !== '' && claimedUser !== r.record.user) {
       await this.countFailure(client, 'ticket');
+      throw new OneportError('ONEPORT_ERR_TICKET_INVALID');
+    }
+    // Issued in an API session that has been logged out since: dead, like its resume token.
+    if (r.record.session !== undefined && (await this.store.isSessionRevoked(r.record.session))) {
+      this.metrics.authFailures.inc({ kind: 'session' });
       throw new OneportError('ONEPORT_ERR_TICKET_INVALID');
     }
     const user = this.dir.getUser(r.record.user);

@@ -1,10 +1,20 @@
 /**
  * Brute-force limits (rate-limiter-flexible, in memory; the cluster issue can swap in its Redis
- * limiter with the same calls). Failures are counted; a key over its budget is refused before any
- * password hashing or ticket lookup is done.
+ * limiter with the same calls), a bound on concurrent work per client, and the key a client
+ * address is limited under.
+ *
+ * Two ways to spend a budget: `check` + `count` for cheap checks (ticket MACs) where only failures
+ * count, and `take` (+ `refund` on success) for expensive ones (password hashing), where the
+ * attempt must be reserved BEFORE the work: checking first and counting after let 30 parallel
+ * guesses all pass a check that allowed 10.
  */
-import { RateLimiterMemory } from 'rate-limiter-flexible';
+import { isIP } from 'node:net';
+import { RateLimiterMemory, RateLimiterRes } from 'rate-limiter-flexible';
 import { OneportError } from '../errors.js';
+
+function rateLimited(msBeforeNext: number): OneportError {
+  return new OneportError('ONEPORT_ERR_RATE_LIMITED', undefined, { retryAfter: Math.max(1, Math.ceil(msBeforeNext / 1000)) });
+}
 
 export class AttemptLimiter {
   private readonly limiter: RateLimiterMemory;
@@ -16,16 +26,108 @@ export class AttemptLimiter {
   /** Throws ONEPORT_ERR_RATE_LIMITED (with Retry-After) if `key` used up its budget. */
   async check(key: string): Promise<void> {
     const res = await this.limiter.get(key);
-    if (res && res.consumedPoints >= this.points) {
-      throw new OneportError('ONEPORT_ERR_RATE_LIMITED', undefined, { retryAfter: Math.max(1, Math.ceil(res.msBeforeNext / 1000)) });
-    }
+    if (res && res.consumedPoints >= this.points) throw rateLimited(res.msBeforeNext);
   }
 
   async count(key: string): Promise<void> {
     await this.limiter.penalty(key, 1);
   }
 
+  /**
+   * Reserve one attempt for `key` now, atomically; throws ONEPORT_ERR_RATE_LIMITED (with
+   * Retry-After) when none is left. Give it back with `refund` if the attempt should not count.
+   */
+  async take(key: string): Promise<void> {
+    try {
+      await this.limiter.consume(key, 1);
+    } catch (e) {
+      if (e instanceof RateLimiterRes) throw rateLimited(e.msBeforeNext);
+      throw e;
+    }
+  }
+
+  async refund(key: string): Promise<void> {
+    // Not below zero: a window that ended during the attempt must not start the next one in credit.
+    const res = await this.limiter.get(key);
+    if (res && res.consumedPoints > 0) await this.limiter.reward(key, 1);
+  }
+
   async reset(key: string): Promise<void> {
     await this.limiter.delete(key);
   }
+}
+
+/**
+ * At most `perKey` jobs at once for one key and `total` for all keys together; a job beyond
+ * either is refused at once (429, Retry-After 1 s) rather than queued, so a flood of password
+ * guesses cannot fill libuv's thread pool (scrypt, 32 MiB each) and starve everyone else.
+ */
+export class ConcurrencyGate {
+  private readonly running = new Map<string, number>();
+  private all = 0;
+
+  constructor(
+    readonly perKey: number,
+    readonly total: number,
+  ) {}
+
+  /** Jobs running now (for tests and metrics). */
+  get size(): number {
+    return this.all;
+  }
+
+  /** A slot for `key`, or ONEPORT_ERR_RATE_LIMITED. The returned function frees it (idempotent). */
+  enter(key: string): () => void {
+    const mine = this.running.get(key) ?? 0;
+    if (mine >= this.perKey || this.all >= this.total) throw rateLimited(1000);
+    this.running.set(key, mine + 1);
+    this.all++;
+    let left = false;
+    return () => {
+      if (left) return;
+      left = true;
+      this.all--;
+      const n = (this.running.get(key) ?? 1) - 1;
+      if (n <= 0) this.running.delete(key);
+      else this.running.set(key, n);
+    };
+  }
+}
+
+/**
+ * The key a client address is limited under. IPv4: the address. IPv6: its /64, because one
+ * subscriber usually holds a whole /64 (RFC 6177) and picks a fresh address from it at will, so
+ * per-/128 budgets would be no budget at all. IPv4-mapped IPv6 (`::ffff:192.0.2.1`, how a
+ * dual-stack socket reports IPv4 clients) is the IPv4 address; otherwise every IPv4 client would
+ * share the /64 `0:0:0:0::/64`. Anything that is not an IP address (`local`) is its own key.
+ */
+export function addressKey(address: string): string {
+  const bare = address.replace(/%.*$/, '');
+  if (isIP(bare) !== 6) return address;
+  const groups = ipv6Groups(bare);
+  if (groups.slice(0, 5).every((g) => g === 0) && groups[5] === 0xffff) {
+    const [hi = 0, lo = 0] = groups.slice(6);
+    return `${hi >> 8}.${hi & 0xff}.${lo >> 8}.${lo & 0xff}`;
+  }
+  return `${groups
+    .slice(0, 4)
+    .map((g) => g.toString(16))
+    .join(':')}::/64`;
+}
+
+/** The eight 16-bit groups of a valid IPv6 address (`::` expanded, a dotted IPv4 tail converted). */
+function ipv6Groups(address: string): number[] {
+  const parse = (part: string): number[] =>
+    part === ''
+      ? []
+      : part.split(':').flatMap((g) => {
+          if (!g.includes('.')) return [parseInt(g, 16)];
+          const [a = 0, b = 0, c = 0, d = 0] = g.split('.').map(Number);
+          return [(a << 8) | b, (c << 8) | d];
+        });
+  const [head = '', tail] = address.split('::');
+  const h = parse(head);
+  if (tail === undefined) return h;
+  const t = parse(tail);
+  return [...h, ...new Array<number>(8 - h.length - t.length).fill(0), ...t];
 }

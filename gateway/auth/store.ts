@@ -1,9 +1,16 @@
 /**
  * Shared, short-lived auth state: console ticket redemption and session revocation. It must be
  * cluster-wide (a ticket redeemed on one node is spent on all), so it sits behind an async
- * interface: memory here, Redis in the cluster issue, with the same semantics.
+ * interface: memory here (one node), Redis for a cluster (redis-store.ts), with the same semantics.
+ *
+ * Revocations must survive a restart (CONTRACT section 6), or a logged-out session token, and the
+ * resume tokens it minted, would work again after one: the memory store keeps them in a file in
+ * the state folder (`revoked-sessions.json`), replaced atomically on every revocation and pruned of
+ * entries whose session has expired anyway. Tickets stay in memory: they live 60 s.
  */
+import { readFileSync, statSync } from 'node:fs';
 import type { Protocol } from '../directory/directory.js';
+import { writeAtomic } from '../directory/memory.js';
 
 export interface TicketRecord {
   /** Hex of the ticket's random id; the ticket string itself is never stored. */
@@ -12,6 +19,8 @@ export interface TicketRecord {
   readonly vm: string;
   readonly protocol: Protocol;
   readonly expiresAt: number;
+  /** The API session that asked for the ticket, if any: revoking it kills the ticket too. */
+  readonly session?: string;
 }
 
 export type Redemption =
@@ -39,15 +48,95 @@ interface TicketState {
   boundTo?: { client: string; sessionId: string };
 }
 
+export interface MemoryAuthStoreOptions {
+  /** @default Date.now */
+  readonly now?: () => number;
+  /** Where revocations are kept across restarts. @default none (memory only: tests) */
+  readonly revocationsFile?: string;
+}
+
+const REVOCATIONS_FORMAT = 'oneport-revoked-sessions/1';
+/** A revocations file is one short line per logged-out session still within its lifetime. */
+const MAX_REVOCATIONS_FILE_BYTES = 64 * 1024 * 1024;
+const SESSION_ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
+
 export class MemoryAuthStore implements AuthStore {
   private readonly tickets = new Map<string, TicketState>();
   private readonly revoked = new Map<string, number>();
   private readonly sweeper: NodeJS.Timeout;
+  private readonly now: () => number;
+  private readonly file: string | undefined;
+  /** The write under way, and the one queued behind it (which will include every change so far). */
+  private writing: Promise<void> | undefined;
+  private queued: Promise<void> | undefined;
 
-  constructor(private readonly now: () => number = Date.now) {
+  /**
+   * Reads the revocations file, if given and present. Throws if it is not one we wrote (rather
+   * than start with logged-out sessions alive again); deleting it is the operator's call.
+   */
+  constructor(opts: MemoryAuthStoreOptions | (() => number) = {}) {
+    const o = typeof opts === 'function' ? { now: opts } : opts;
+    this.now = o.now ?? Date.now;
+    this.file = o.revocationsFile;
+    if (this.file) this.load(this.file);
     // Expired entries are dropped in the background; lookups check expiry themselves.
     this.sweeper = setInterval(() => this.sweep(), 30_000);
     this.sweeper.unref();
+  }
+
+  private load(file: string): void {
+    let text: string;
+    try {
+      if (statSync(file).size > MAX_REVOCATIONS_FILE_BYTES) throw new Error(`larger than ${MAX_REVOCATIONS_FILE_BYTES} bytes`);
+      text = readFileSync(file, 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw new Error(`cannot read the session revocations file ${file}: ${(e as Error).message}`, { cause: e });
+    }
+    const bad = (why: string): Error =>
+      new Error(`session revocations file ${file} is damaged (${why}); logged-out sessions would work again without it: delete it only if that is acceptable`);
+    let data: unknown;
+    try {
+      data = JSON.parse(text);
+    } catch {
+      throw bad('not JSON');
+    }
+    const shape = data as { format?: unknown; revoked?: unknown };
+    if (typeof data !== 'object' || data === null || shape.format !== REVOCATIONS_FORMAT || typeof shape.revoked !== 'object' || shape.revoked === null) {
+      throw bad(`not ${REVOCATIONS_FORMAT}`);
+    }
+    const t = this.now();
+    for (const [sid, until] of Object.entries(shape.revoked)) {
+      if (!SESSION_ID_RE.test(sid) || typeof until !== 'number' || !Number.isFinite(until)) throw bad('a malformed entry');
+      if (until > t) this.revoked.set(sid, until);
+    }
+  }
+
+  /**
+   * Write the revocations (pruned of expired ones). Resolves once a write that began after this
+   * call has reached the disk; concurrent calls share one queued write.
+   */
+  private persist(): Promise<void> {
+    const file = this.file;
+    if (!file) return Promise.resolve();
+    if (!this.writing) {
+      const t = this.now();
+      const revoked: Record<string, number> = {};
+      for (const [sid, until] of this.revoked) if (until > t) revoked[sid] = until;
+      const w = writeAtomic(file, `${JSON.stringify({ format: REVOCATIONS_FORMAT, revoked })}\n`);
+      this.writing = w.finally(() => {
+        this.writing = undefined;
+      });
+      return this.writing;
+    }
+    // The write under way may have serialised the map before this change: queue one more.
+    this.queued ??= this.writing
+      .catch(() => undefined)
+      .then(() => {
+        this.queued = undefined;
+        return this.persist();
+      });
+    return this.queued;
   }
 
   private sweep(): void {
@@ -75,8 +164,11 @@ export class MemoryAuthStore implements AuthStore {
     return { outcome: 'refused', reason: 'replay' };
   }
 
+  /** Resolves once the revocation is on disk (when there is a file): a logout is final when answered. */
   async revokeSession(sessionId: string, until: number): Promise<void> {
-    this.revoked.set(sessionId, until);
+    if (until <= this.now()) return;
+    this.revoked.set(sessionId, Math.max(until, this.revoked.get(sessionId) ?? 0));
+    await this.persist();
   }
 
   async isSessionRevoked(sessionId: string): Promise<boolean> {
@@ -86,5 +178,6 @@ export class MemoryAuthStore implements AuthStore {
 
   async close(): Promise<void> {
     clearInterval(this.sweeper);
+    await (this.queued ?? this.writing)?.catch(() => undefined);
   }
 }

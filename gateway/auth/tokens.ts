@@ -1,6 +1,7 @@
 /**
- * Signed bearer tokens: API sessions (hours, revocable) and resume tokens (bound to user + VM, at
- * most 10 minutes; used to reconnect without a new login). Format:
+ * Signed bearer tokens: API sessions (hours, revocable) and resume tokens (bound to user + VM and
+ * to the API session that minted them, at most 10 minutes; used to reconnect without a new login).
+ * Format:
  *
  *   v1.<base64url(JSON payload)>.<base64url(HMAC-SHA256(key, purpose 0x00 payload))>
  *
@@ -24,9 +25,16 @@ export interface TokenPayload {
   readonly exp: number;
   /** Resume tokens: the VM they reconnect to. */
   readonly vm?: string;
+  /**
+   * Resume tokens minted in an API session: that session's `sid`. Logging it out (or revoking it)
+   * kills the resume token. Absent for tickets issued without a session (admin API, CLI).
+   */
+  readonly ses?: string;
 }
 
 const MAX_TOKEN_LENGTH = 1024;
+/** Ids we mint are 16 characters (newId); anything much longer is not ours. */
+const MAX_ID_LENGTH = 64;
 
 function sign(secret: string, purpose: TokenPurpose, body: string): Buffer {
   return createHmac('sha256', Buffer.from(secret, 'base64')).update(`${purpose}\0`).update(body).digest();
@@ -39,7 +47,7 @@ export function newId(): string {
 export function mintToken(
   keys: KeyRing,
   purpose: TokenPurpose,
-  claims: { sub: string; sid?: string; vm?: string },
+  claims: { sub: string; sid?: string; vm?: string; ses?: string },
   ttlMs: number,
   now = Date.now(),
 ): { token: string; payload: TokenPayload } {
@@ -50,6 +58,7 @@ export function mintToken(
     iat: now,
     exp: now + ttlMs,
     ...(claims.vm === undefined ? {} : { vm: claims.vm }),
+    ...(claims.ses === undefined ? {} : { ses: claims.ses }),
   };
   const body = Buffer.from(JSON.stringify(payload)).toString('base64url');
   return { token: `v1.${body}.${sign(keys.current.secret, purpose, body).toString('base64url')}`, payload };
@@ -74,6 +83,7 @@ export function verifyToken(keys: KeyRing, purpose: TokenPurpose, token: string,
   const given = Buffer.from(macText, 'base64url');
   if (given.length !== expected.length || !timingSafeEqual(given, expected)) return undefined;
   if (typeof payload.exp !== 'number' || payload.exp <= now) return undefined;
-  if (typeof payload.sub !== 'string' || typeof payload.sid !== 'string') return undefined;
+  if (typeof payload.sub !== 'string' || typeof payload.sid !== 'string' || payload.sid.length > MAX_ID_LENGTH) return undefined;
+  if (payload.ses !== undefined && (typeof payload.ses !== 'string' || payload.ses.length > MAX_ID_LENGTH)) return undefined;
   return payload;
 }

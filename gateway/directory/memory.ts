@@ -135,7 +135,8 @@ export class MemoryDirectory extends EventEmitter implements Directory {
   }
 }
 
-async function writeAtomic(file: string, text: string): Promise<void> {
+/** Replace `file` with `text` (mode 0600) so that a crash leaves the old or the new one, never half. */
+export async function writeAtomic(file: string, text: string): Promise<void> {
   mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
   const tmp = `${file}.${process.pid}.tmp`;
   const fh = await open(tmp, 'w', 0o600);

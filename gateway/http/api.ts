@@ -92,11 +92,15 @@ function publicUser(u: UserRecord): Record<string, unknown> {
   return { name: u.name, roles: u.roles, groups: u.groups };
 }
 
-async function ticketResponse(c: Call, user: UserRecord, vm: VmRecord, protocolIn: string | undefined): Promise<Record<string, unknown>> {
+/**
+ * `session`: the caller's own API session, when the ticket is for the caller (portal, API): the
+ * ticket and its resume token die with it. Admin tickets for someone else carry none.
+ */
+async function ticketResponse(c: Call, user: UserRecord, vm: VmRecord, protocolIn: string | undefined, session?: TokenPayload): Promise<Record<string, unknown>> {
   const protocol = (protocolIn ?? vm.endpoints[0]?.protocol ?? 'vnc') as VmRecord['endpoints'][number]['protocol'];
   const endpoint = vm.endpoints.find((e) => e.protocol === protocol);
   if (!endpoint) throw new OneportError('ONEPORT_ERR_NO_SUCH_PROTOCOL');
-  const t = await c.ctx.auth.issueTicket(user, vm, protocol);
+  const t = await c.ctx.auth.issueTicket(user, vm, protocol, session);
   return {
     vm: vm.name,
     protocol,
@@ -165,7 +169,7 @@ route('POST', '/api/desktops/:p/tickets', 'tickets', async (c) => {
   const body = await c.body(ticketSchema);
   const vm = lookupVm(c.ctx.dir, c.params[0] ?? '');
   if (!isAssigned(vm, p.user)) throw new OneportError('ONEPORT_ERR_NOT_ASSIGNED');
-  sendJson(c.res, 200, await ticketResponse(c, p.user, vm, body.protocol));
+  sendJson(c.res, 200, await ticketResponse(c, p.user, vm, body.protocol, p.session));
 });
 route('GET', '/api/desktops/:p/console.vv', 'console.vv', async (c) => {
   const p = await c.principal();
@@ -177,7 +181,7 @@ route('GET', '/api/desktops/:p/console.vv', 'console.vv', async (c) => {
   // proxy=https: the client speaks TLS to the gateway before CONNECT (it checks our certificate).
   const proxyScheme = query.get('proxy') ?? 'http';
   if (proxyScheme !== 'http' && proxyScheme !== 'https') throw new OneportError('ONEPORT_ERR_VALIDATION', 'proxy must be http or https');
-  const t = await ticketResponse(c, p.user, vm, protocol.data);
+  const t = await ticketResponse(c, p.user, vm, protocol.data, p.session);
   const [host, port] = String(t.connectWithTicket).split(/:(?=\d+$)/);
   // The Host header goes into the file: only a plain host[:port], else our first server name.
   const gatewayHost = safeHost(c.req.headers.host) ?? c.ctx.config.serverNames[0] ?? 'localhost';

@@ -13,6 +13,7 @@ import { startGateway, type Gateway } from '../../gateway/server.js';
 import { hashPassword } from '../../gateway/auth/passwords.js';
 import { type EndpointInput, type VmRecord, toVmRecord, vmSchema } from '../../gateway/directory/directory.js';
 import { REDACT_PATHS } from '../../gateway/log.js';
+import type { AuthStore } from '../../gateway/auth/store.js';
 
 export interface TestGateway extends Gateway {
   /** Every log line so far, parsed. */
@@ -36,9 +37,13 @@ function cachedHash(p: string): Promise<string> {
   return h;
 }
 
-export async function startTestGateway(t: Teardown, input: ConfigInput = {}, opts: { demo?: boolean } = {}): Promise<TestGateway> {
-  const state = mkdtempSync(join(tmpdir(), 'oneport-test-'));
-  t.teardown(() => rmSync(state, { recursive: true, force: true }));
+/**
+ * @param opts.state an existing state folder to start on (a restart); the caller removes it.
+ * @param opts.store an auth store instead of the embedded one (the gateway closes it).
+ */
+export async function startTestGateway(t: Teardown, input: ConfigInput = {}, opts: { demo?: boolean; state?: string; store?: AuthStore } = {}): Promise<TestGateway> {
+  const state = opts.state ?? mkdtempSync(join(tmpdir(), 'oneport-test-'));
+  if (opts.state === undefined) t.teardown(() => rmSync(state, { recursive: true, force: true }));
   const logs: Array<Record<string, unknown>> = [];
   const lines: string[] = [];
   const sink = new Writable({
@@ -64,7 +69,7 @@ export async function startTestGateway(t: Teardown, input: ConfigInput = {}, opt
     demo: { enabled: opts.demo ?? false, ...(input.demo ?? {}) },
     shutdown: { drainMs: 2000, ...(input.shutdown ?? {}) },
   });
-  const gw = await startGateway(config, { logger, announce: () => {} });
+  const gw = await startGateway(config, { logger, announce: () => {}, ...(opts.store ? { store: opts.store } : {}) });
   t.teardown(() => gw.close({ drainMs: 0 }));
   const dir = gw.ctx.dir;
   return Object.assign(gw, {

@@ -57,7 +57,7 @@ t.test('login, session cookie, desktops, tickets that work, logout', async (t) =
   t.type(login.body.token, 'string');
   t.ok(Date.parse(login.body.expiresAt) > Date.now());
   const setCookie = String(login.headers['set-cookie']);
-  for (const attr of ['oneport_session=', 'HttpOnly', 'Secure', 'SameSite=Strict', 'Path=/']) t.match(setCookie, attr, `cookie has ${attr}`);
+  for (const attr of ['__Host-oneport_session=', 'HttpOnly', 'Secure', 'SameSite=Strict', 'Path=/']) t.match(setCookie, attr, `cookie has ${attr}`);
   const cookie = setCookie.split(';')[0] ?? '';
 
   const desktops = await api('GET', '/api/desktops', { cookie });

@@ -102,7 +102,7 @@ async function sessionCookie(gw: TestGateway, user: string, password: string): P
     { ca: gw.caCert },
   );
   r.socket.destroy();
-  const cookie = /\r\nSet-Cookie: (oneport_session=[^;\r]+)/i.exec(r.head)?.[1];
+  const cookie = /\r\nSet-Cookie: (__Host-oneport_session=[^;\r]+)/i.exec(r.head)?.[1];
   if (r.status !== 200 || !cookie) throw new Error(`login failed: ${r.head}`);
   return cookie;
 }
