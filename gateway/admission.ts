@@ -15,43 +15,14 @@
  *   80% the rule stays out of the way of one busy address (a NAT, a SPICE client's channels).
  * The global cap itself is Node's server.maxConnections (connections beyond it are dropped).
  */
-import { isIPv4, isIPv6 } from 'node:net';
 
 /** Above this share of limits.maxConnections, addresses are held to their fair share. */
 export const HIGH_WATER = 0.8;
 
 export type Refusal = 'address-limit' | 'fair-share';
 
-/**
- * The key an address is counted under: IPv4 (and IPv4-mapped IPv6, ::ffff:a.b.c.d) by the address,
- * IPv6 by its /64, the smallest block a single site is usually given (RFC 6177), so one host
- * cannot take a fresh address per connection. Anything else (a name, 'unknown') is its own key.
- */
-export function addressKey(address: string): string {
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
-  if (mapped && isIPv4(mapped[1] ?? '')) return mapped[1] ?? address;
-  if (isIPv4(address)) return address;
-  const zone = address.indexOf('%');
-  const bare = zone < 0 ? address : address.slice(0, zone);
-  if (!isIPv6(bare)) return address;
-  const groups = expandV6(bare);
-  return `${groups.slice(0, 4).map((g) => g.toString(16)).join(':')}::/64`;
-}
 
-/** The eight 16-bit groups of a valid IPv6 address (with '::' and an embedded IPv4 tail). */
-function expandV6(address: string): number[] {
-  let text = address.toLowerCase();
-  const v4 = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(text);
-  if (v4) {
-    const [a, b, c, d] = v4.slice(1).map(Number) as [number, number, number, number];
-    text = `${text.slice(0, v4.index)}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
-  }
-  const [head = '', tail] = text.split('::');
-  const left = head ? head.split(':') : [];
-  const right = tail ? tail.split(':') : [];
-  const zeros = tail === undefined ? [] : Array<string>(8 - left.length - right.length).fill('0');
-  return [...left, ...zeros, ...right].map((g) => parseInt(g, 16));
-}
+export { addressKey } from './address.js';
 
 export class ConnectionCounts {
   private readonly perKey = new Map<string, number>();

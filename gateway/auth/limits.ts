@@ -8,7 +8,6 @@
  * attempt must be reserved BEFORE the work: checking first and counting after let 30 parallel
  * guesses all pass a check that allowed 10.
  */
-import { isIP } from 'node:net';
 import { RateLimiterMemory, RateLimiterRes } from 'rate-limiter-flexible';
 import { OneportError } from '../errors.js';
 
@@ -94,40 +93,4 @@ export class ConcurrencyGate {
   }
 }
 
-/**
- * The key a client address is limited under. IPv4: the address. IPv6: its /64, because one
- * subscriber usually holds a whole /64 (RFC 6177) and picks a fresh address from it at will, so
- * per-/128 budgets would be no budget at all. IPv4-mapped IPv6 (`::ffff:192.0.2.1`, how a
- * dual-stack socket reports IPv4 clients) is the IPv4 address; otherwise every IPv4 client would
- * share the /64 `0:0:0:0::/64`. Anything that is not an IP address (`local`) is its own key.
- */
-export function addressKey(address: string): string {
-  const bare = address.replace(/%.*$/, '');
-  if (isIP(bare) !== 6) return address;
-  const groups = ipv6Groups(bare);
-  if (groups.slice(0, 5).every((g) => g === 0) && groups[5] === 0xffff) {
-    const [hi = 0, lo = 0] = groups.slice(6);
-    return `${hi >> 8}.${hi & 0xff}.${lo >> 8}.${lo & 0xff}`;
-  }
-  return `${groups
-    .slice(0, 4)
-    .map((g) => g.toString(16))
-    .join(':')}::/64`;
-}
-
-/** The eight 16-bit groups of a valid IPv6 address (`::` expanded, a dotted IPv4 tail converted). */
-function ipv6Groups(address: string): number[] {
-  const parse = (part: string): number[] =>
-    part === ''
-      ? []
-      : part.split(':').flatMap((g) => {
-          if (!g.includes('.')) return [parseInt(g, 16)];
-          const [a = 0, b = 0, c = 0, d = 0] = g.split('.').map(Number);
-          return [(a << 8) | b, (c << 8) | d];
-        });
-  const [head = '', tail] = address.split('::');
-  const h = parse(head);
-  if (tail === undefined) return h;
-  const t = parse(tail);
-  return [...h, ...new Array<number>(8 - h.length - t.length).fill(0), ...t];
-}
+export { addressKey } from '../address.js';
