@@ -12,18 +12,13 @@ export interface ConnInfo {
   servername?: string | undefined;
   /** process.hrtime.bigint() at accept. */
   readonly acceptedAt: bigint;
-  /**
-   * @deprecated Never set any more: connections over the per-address limit are refused at accept
-   * (listener.ts, admission.ts). Kept, always false, until its last readers are gone.
-   */
-  limited: boolean;
 }
 
 const infos = new WeakMap<object, ConnInfo>();
 let nextId = 1;
 
 export function newConnInfo(remoteAddress: string, remotePort: number): ConnInfo {
-  return { id: nextId++, remoteAddress: normaliseAddress(remoteAddress), remotePort, tls: false, acceptedAt: process.hrtime.bigint(), limited: false };
+  return { id: nextId++, remoteAddress: normaliseAddress(remoteAddress), remotePort, tls: false, acceptedAt: process.hrtime.bigint() };
 }
 
 export function setConnInfo(socket: object, info: ConnInfo): void {

@@ -96,7 +96,6 @@ export async function handleConnect(ctx: GatewayContext, req: IncomingMessage, s
   });
   let request: TunnelRequest;
   try {
-    if (info?.limited) throw new OneportError('ONEPORT_ERR_RATE_LIMITED', 'too many connections from your address', { retryAfter: 5 });
     request = connectRequest(req, tls, client);
   } catch (e) {
     refuseTunnel(ctx.broker, leg, e);

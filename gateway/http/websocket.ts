@@ -63,7 +63,6 @@ export async function handleUpgrade(ctx: GatewayContext, wss: WebSocketServer, r
   let protocolText: string;
   try {
     if (!info?.tls) throw new OneportError('ONEPORT_ERR_TLS_REQUIRED');
-    if (info.limited) throw new OneportError('ONEPORT_ERR_RATE_LIMITED', undefined, { retryAfter: 5 });
     if (ctx.lifecycle.shuttingDown) throw new OneportError('ONEPORT_ERR_SHUTTING_DOWN', undefined, { retryAfter: 5 });
     if ((req.headers.upgrade ?? '').toLowerCase() !== 'websocket') throw new OneportError('ONEPORT_ERR_BAD_REQUEST', 'only WebSocket upgrades');
     url = parseRequestUrl(req.url);
