@@ -12,6 +12,7 @@ import { proxyDetector } from '../../protocols/proxy.js';
 import { spiceDetector } from '../../protocols/spice.js';
 import { vncDetector } from '../../protocols/vnc.js';
 import { rdpDetector, rdpPreconnectionDetector } from '../../protocols/rdp.js';
+import { rdgRequestDetector } from '../../protocols/tsgu.js';
 import { decide } from '../../gateway/listener.js';
 import * as F from '../fixtures/packets.js';
 import * as R from '../fixtures/rdp-packets.js';
@@ -91,6 +92,17 @@ const suites: Array<{ detector: Detector<unknown>; valid: Buffer[]; cases: Case[
       { name: 'TLS', bytes: F.TLS_CLIENT_HELLO, expect: 'no' },
       { name: 'HTTP', bytes: F.BROWSER_GET, expect: 'no' },
       { name: 'PROXY v2', bytes: F.PROXY_V2_TCP4, expect: 'no' },
+    ],
+  },
+  {
+    detector: rdgRequestDetector as Detector<unknown>,
+    valid: [R.FREERDP_RDG_OUT_WEBSOCKET, R.FREERDP_RDG_IN_PROBE, R.FREERDP_RDG_IN_CHUNKED].map((s) => Buffer.from(s, 'latin1')),
+    cases: [
+      { name: 'method without its space', bytes: Buffer.from('RDG_IN_DATA'), expect: 'more' },
+      { name: 'longer method', bytes: Buffer.from('RDG_OUT_DATAX / HTTP/1.1'), expect: 'no' },
+      { name: 'lower case', bytes: Buffer.from('rdg_out_data / HTTP/1.1'), expect: 'no' },
+      { name: 'a plain GET (Node handles it)', bytes: F.BROWSER_GET, expect: 'no' },
+      { name: 'RPC over HTTP', bytes: Buffer.from('RPC_IN_DATA /rpc/rpcproxy.dll HTTP/1.1'), expect: 'no' },
     ],
   },
   {
