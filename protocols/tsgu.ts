@@ -15,9 +15,13 @@
  * tunnel auth with the client's host name; channel create with one resource (the `/v:` name), port
  * 3389, protocol 3; then DATA packets of at most 65535 bytes of RDP each.
  *
- * Beware when answering FreeRDP 2.11: it tests responses with FAILED(hr), the top bit, so the
- * spec's HRESULT_CODE(...) forms (E_PROXY_TS_CONNECTFAILED 0x59DD and friends) read as success
- * there. Refuse with a full HRESULT (E_PROXY_RAP_ACCESSDENIED, E_PROXY_INTERNALERROR, ...).
+ * Checked against xfreerdp 2.11.7 with a loopback mock gateway built from this module alone: it
+ * takes the 101 computed by websocketAccept() and every answer encodePacket() writes, sends its
+ * RDP bytes, and answers CLOSE_CHANNEL. It stops on E_PROXY_COOKIE_AUTHENTICATION_ACCESS_DENIED in
+ * the tunnel response and on E_PROXY_RAP_ACCESSDENIED in the channel response. But it tests
+ * FAILED(hr), the top bit, so the spec's HRESULT_CODE(...) forms read as success: after a channel
+ * response of E_PROXY_TS_CONNECTFAILED (0x59DD) it went on sending data. Refuse with a full
+ * HRESULT (E_PROXY_RAP_ACCESSDENIED, E_PROXY_INTERNALERROR, ...).
  */
 import { createHash } from 'node:crypto';
 import { type Detection, type Detector, MORE, NO, match, prefixState } from './detector.js';
