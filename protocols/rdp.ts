@@ -15,7 +15,11 @@
  * What real clients send (FreeRDP 2.11.7, captured; fixtures in test/fixtures/rdp-packets.ts):
  * `/load-balance-info:<s>` puts `<s>` verbatim as the routing token line, with no `Cookie: msts=`
  * prefix (as mstsc does with an .rdp file's loadbalanceinfo), so a token is whatever line comes
- * before the negotiation request; `/pcb:<s>` sends a v2 PDU whose cchPCB counts two NULs.
+ * before the negotiation request; `/pcb:<s>` sends a v2 PDU whose cchPCB counts two NULs. Answered
+ * with RDP_NEG_FAILURE, FreeRDP reconnects twice, downgrading (SSL only, then standard RDP
+ * security), unless `/sec:` forces one protocol: the routing token comes again each time, the
+ * preconnection PDU only the first time. A ticket in the blob therefore does not reach those
+ * retries; a refusal costs three connections.
  */
 import { type Detection, type Detector, MORE, NO, match } from './detector.js';
 import {

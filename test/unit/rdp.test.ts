@@ -149,6 +149,16 @@ t.test('the whole opening: optional preconnection PDU, then the request', async 
   t.same(parseRdpOpening(Buffer.concat([R.FREERDP_PCB_BLOB, R.SHADOW_CC_SSL])), { kind: 'error', code: 'not-connection-request' });
 });
 
+t.test('FreeRDP\'s retries after a negotiation failure: the routing token stays, the PDU does not', async (t) => {
+  const opened = R.FREERDP_MSTS_RETRIES.map((b) => parseRdpOpening(b));
+  t.same(opened.map((o) => o.kind === 'ok' && o.value.preconnection !== null), [true, false, false]);
+  t.same(opened.map((o) => (o.kind === 'ok' ? o.value.request.token : null)), Array(3).fill({ kind: 'msts', value: 'tk1abc.win10' }));
+  t.same(opened.map((o) => (o.kind === 'ok' ? o.value.request.negotiation?.requestedProtocols ?? null : 'error')), [3, 1, null]);
+  for (const b of [...R.FREERDP_RETRIES_AFTER_FAILURE, R.FREERDP_RETRY_AFTER_SSL_NOT_ALLOWED]) {
+    t.match(parseRdpOpening(b), { kind: 'ok', value: { preconnection: null, request: { token: { kind: 'mstshash', value: 'demo' } } } });
+  }
+});
+
 // ---------------------------------------------------------------------------------------------
 // Properties
 
