@@ -11,8 +11,11 @@ import { httpDetector } from '../../protocols/http.js';
 import { V2_DEFAULT_MAX, V2_HARD_MAX, V2_MIN_MAX, createProxyDetector, proxyDetector } from '../../protocols/proxy.js';
 import { spiceDetector } from '../../protocols/spice.js';
 import { vncDetector } from '../../protocols/vnc.js';
+import { rdpDetector, rdpPreconnectionDetector } from '../../protocols/rdp.js';
+import { rdgRequestDetector } from '../../protocols/tsgu.js';
 import { Peeked, candidates, decide } from '../../gateway/listener.js';
 import * as F from '../fixtures/packets.js';
+import * as R from '../fixtures/rdp-packets.js';
 
 interface Case {
   readonly name: string;
@@ -61,6 +64,46 @@ const suites: Array<{ detector: Detector<unknown>; valid: Buffer[]; cases: Case[
     detector: spiceDetector as Detector<unknown>,
     valid: [F.SPICE_LINK],
     cases: [{ name: 'RFB', bytes: F.RFB_BANNER, expect: 'no' }],
+  },
+  {
+    detector: rdpDetector as Detector<unknown>,
+    valid: [R.FREERDP_CR, R.FREERDP_CR_RDP_SECURITY, R.FREERDP_CR_LOAD_BALANCE_INFO, R.FREERDP_CR_MSTS],
+    cases: [
+      { name: 'TPKT header only', bytes: F.hex('03 00 00 2a 25'), expect: 'more' },
+      { name: 'TPKT version 2', bytes: F.hex('02 00 00 13 0e e0'), expect: 'no' },
+      { name: 'length longer than one LI byte allows', bytes: F.hex('03 00 01 04 ff e0'), expect: 'no' },
+      { name: 'LI disagrees with the TPKT length', bytes: F.hex('03 00 00 13 0f e0'), expect: 'no' },
+      { name: 'a Connection Confirm (a server, not a client)', bytes: R.SHADOW_CC_SSL, expect: 'no' },
+      { name: 'a preconnection PDU (detected separately)', bytes: R.FREERDP_PCB_BLOB, expect: 'no' },
+      { name: 'TLS', bytes: F.TLS_CLIENT_HELLO, expect: 'no' },
+    ],
+  },
+  {
+    detector: rdpPreconnectionDetector as Detector<unknown>,
+    valid: [R.FREERDP_PCB_BLOB, R.FREERDP_PCB_ID_ONLY, F.hex('10000000 00000000 01000000 07000000')],
+    cases: [
+      { name: 'fixed part cut short', bytes: R.FREERDP_PCB_BLOB.subarray(0, 17), expect: 'more' },
+      { name: 'cbSize 17', bytes: F.hex('11000000 00000000 02000000 00000000 0000'), expect: 'no' },
+      { name: 'cbSize beyond the blob cap', bytes: F.hex('00 10 00 00'), expect: 'no' },
+      { name: 'Flags set', bytes: F.hex('10000000 01000000 01000000 00000000'), expect: 'no' },
+      { name: 'v1 size with version 2', bytes: F.hex('10000000 00000000 02000000 00000000'), expect: 'no' },
+      { name: 'cchPCB disagrees with cbSize', bytes: F.hex('2e000000 00000000 02000000 00000000 0d00'), expect: 'no' },
+      { name: 'TPKT', bytes: R.FREERDP_CR, expect: 'no' },
+      { name: 'TLS', bytes: F.TLS_CLIENT_HELLO, expect: 'no' },
+      { name: 'HTTP', bytes: F.BROWSER_GET, expect: 'no' },
+      { name: 'PROXY v2', bytes: F.PROXY_V2_TCP4, expect: 'no' },
+    ],
+  },
+  {
+    detector: rdgRequestDetector as Detector<unknown>,
+    valid: [R.FREERDP_RDG_OUT_WEBSOCKET, R.FREERDP_RDG_IN_PROBE, R.FREERDP_RDG_IN_CHUNKED].map((s) => Buffer.from(s, 'latin1')),
+    cases: [
+      { name: 'method without its space', bytes: Buffer.from('RDG_IN_DATA'), expect: 'more' },
+      { name: 'longer method', bytes: Buffer.from('RDG_OUT_DATAX / HTTP/1.1'), expect: 'no' },
+      { name: 'lower case', bytes: Buffer.from('rdg_out_data / HTTP/1.1'), expect: 'no' },
+      { name: 'a plain GET (Node handles it)', bytes: F.BROWSER_GET, expect: 'no' },
+      { name: 'RPC over HTTP', bytes: Buffer.from('RPC_IN_DATA /rpc/rpcproxy.dll HTTP/1.1'), expect: 'no' },
+    ],
   },
   {
     detector: vncDetector as Detector<unknown>,
