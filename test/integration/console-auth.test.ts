@@ -1,6 +1,7 @@
 /**
  * The console-side handshakes against real servers: TigerVNC's Xvnc with a VNC password and QEMU's
- * SPICE server with a password. The gateway will authenticate to consoles itself (users never see
+ * SPICE server with a password (QEMU 7.2: `-object secret,id=spicepw,file=<f>` and
+ * `-spice port=<n>,addr=127.0.0.1,password-secret=spicepw`). The gateway will authenticate to consoles itself (users never see
  * console passwords); these tests show the protocols/ pieces are accepted by the real thing, with
  * the right password, and refused with a wrong one. One more runs a real VNC client nobody here
  * wrote (vncsnapshot, RFB 3.3) through a minimal relay built from the same pieces: the client is
@@ -28,7 +29,18 @@ import {
   securityChoiceMessage,
   vncAuthResponse,
 } from '../../protocols/vnc-auth.js';
+import {
+  SPICE_CHANNEL,
+  SPICE_COMMON_CAP,
+  SPICE_LINK_ERR,
+  parseSpiceLinkReply,
+  parseSpiceLinkResult,
+  spiceAuthMechanismMessage,
+  spiceLinkMessMessage,
+  spiceTicket,
+} from '../../protocols/spice-auth.js';
 import { missingCommands } from '../helpers/netns.js';
+import { startQemuSpice } from '../helpers/qemu.js';
 import { freePort } from '../helpers/redis.js';
 import { solidRoot, startXvnc } from '../helpers/x11.js';
 
@@ -203,3 +215,41 @@ t.test(
     t.ok(got.every((v, i) => Math.abs(v - ([0x20, 0xc0, 0x40][i] ?? 0)) <= 40), `in the root window's colour (got ${got.join(',')})`);
   },
 );
+
+/** Link one SPICE channel as the gateway will, with `password`; the link result. */
+async function spiceLink(t: Test, port: number, password: string, authSelection: boolean): Promise<{ result: number; wire: Wire }> {
+  const w = await dial(t, port);
+  const caps = (1 << SPICE_COMMON_CAP.AUTH_SPICE) | (1 << SPICE_COMMON_CAP.MINI_HEADER) | (authSelection ? 1 << SPICE_COMMON_CAP.PROTOCOL_AUTH_SELECTION : 0);
+  w.socket.write(spiceLinkMessMessage({ connectionId: 0, channelType: SPICE_CHANNEL.MAIN, channelId: 0, commonCaps: [caps], channelCaps: [] }));
+  const reply = await w.read(parseSpiceLinkReply, 'SpiceLinkReply');
+  if (reply.error !== SPICE_LINK_ERR.OK) throw new Error(`link error ${reply.error}`);
+  const ticket = spiceTicket(password, reply.publicKey);
+  if (!ticket.ok) throw new Error(`${ticket.code}: ${ticket.reason}`);
+  if (authSelection) w.socket.write(spiceAuthMechanismMessage());
+  w.socket.write(ticket.value);
+  return { result: await w.read(parseSpiceLinkResult, 'link result'), wire: w };
+}
+
+t.test('QEMU SPICE with a password accepts our ticket and refuses a wrong one', { skip: missingCommands([['qemu-system-x86_64', 'qemu-system-x86']]) }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'oneport-spiceauth-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const password = 'c0ns0le-only';
+  const passwordFile = join(dir, 'password');
+  writeFileSync(passwordFile, password, { mode: 0o600 });
+  const port = await freePort();
+  await startQemuSpice(t, port, { passwordFile });
+
+  const good = await spiceLink(t, port, password, true);
+  t.equal(good.result, SPICE_LINK_ERR.OK, 'right password, with auth selection (as spice-html5 links): OK');
+  // The main channel then starts talking: SPICE_MSG_MAIN_INIT (103) under a mini header.
+  const first = await good.wire.read((b): Parse<number> => (b.length < 6 ? { kind: 'more' } : { kind: 'done', value: b.readUInt16LE(0), length: 6 }), 'first message');
+  t.equal(first, 103, 'and the main channel sends MAIN_INIT');
+  good.wire.socket.destroy();
+
+  const legacy = await spiceLink(t, port, password, false);
+  t.equal(legacy.result, SPICE_LINK_ERR.OK, 'right password, ticket without an auth mechanism (older clients): OK');
+  legacy.wire.socket.destroy();
+
+  const bad = await spiceLink(t, port, 'c0ns0le-onlY', true);
+  t.equal(bad.result, SPICE_LINK_ERR.PERMISSION_DENIED, 'wrong password: permission denied');
+});
