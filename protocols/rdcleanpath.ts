@@ -65,6 +65,16 @@ export const RDCLEANPATH_LIMITS: RdcleanpathLimits = Object.freeze({
   certs: 16, // chain length
 });
 
+/** Tighter caps for what a gateway reads: requests from not-yet-authorized browsers. */
+export const RDCLEANPATH_REQUEST_LIMITS: RdcleanpathLimits = Object.freeze({
+  pduBytes: 16 * 1024, // 16 KiB
+  stringBytes: 2 * 1024, // 2 KiB
+  preconnectionBlobBytes: 4 * 1024, // 4 KiB
+  x224Bytes: 4 * 1024, // 4 KiB
+  certBytes: 0,
+  certs: 0,
+});
+
 export type RdcleanpathErrorCode = 'malformed' | 'too-large' | 'unsupported-version' | 'missing-field' | 'invalid-field';
 
 export interface RdcleanpathError {
@@ -117,6 +127,8 @@ const T_UTF8 = 12;
 const T_SEQUENCE = 16;
 /** SEQUENCE > [1] > SEQUENCE > [0] > INTEGER is the deepest path: five levels. */
 const MAX_DEPTH = 5;
+/** Elements in the largest PDU but for its certificates: 19 for the fields, 9 for the error. */
+const MAX_ELEMENTS = 32;
 /** The version field is always these six bytes in DER: [0] { INTEGER 3390 }. */
 const VERSION_FIELD = Buffer.from([0xa0, 0x04, 0x02, 0x02, RDCLEANPATH_VERSION >> 8, RDCLEANPATH_VERSION & 0xff]);
 
@@ -146,6 +158,11 @@ export function rdcleanpathFrame(bytes: Uint8Array, limits: RdcleanpathLimits = 
 export function decodeRdcleanpath(bytes: Uint8Array, limits: RdcleanpathLimits = RDCLEANPATH_LIMITS): Parse<RdcleanpathPdu, RdcleanpathErrorCode> {
   const frame = rdcleanpathFrame(bytes, limits);
   if (frame.kind !== 'done') return frame;
+  // forge builds an object per DER element; a PDU of thousands of empty elements would cost
+  // milliseconds before the schema refused it, so count them first, building nothing.
+  if (countElements(bytes, 0, frame.length, 0, MAX_ELEMENTS + limits.certs) < 0) {
+    return failure('malformed', 'more DER elements than an RDCleanPath PDU has');
+  }
   const der = view(bytes).subarray(0, frame.length).toString('binary');
   let tree: Asn1;
   try {
@@ -288,6 +305,28 @@ function readLength(bytes: Uint8Array, at: number): Parse<number, RdcleanpathErr
   for (let i = 1; i <= n; i++) value = value * 256 + (bytes[at + i] ?? 0);
   if (value < 0x80 || (bytes[at + 1] ?? 0) === 0) return failure('malformed', 'non-minimal length (BER, not DER)');
   return done(value, 1 + n);
+}
+
+/**
+ * Count TLV elements in bytes[start, end) down to MAX_DEPTH, spending `budget`; -1 once it is
+ * spent. Malformed lengths stop the count early: forge then finds and reports them.
+ */
+function countElements(b: Uint8Array, start: number, end: number, depth: number, budget: number): number {
+  let at = start;
+  while (at < end) {
+    if (--budget < 0) return -1;
+    const len = readLength(b, at + 1);
+    if (len.kind !== 'done') return budget;
+    const bodyStart = at + 1 + len.length;
+    const bodyEnd = bodyStart + len.value;
+    if (bodyEnd > end) return budget;
+    if (((b[at] ?? 0) & 0x20) !== 0 && depth + 1 < MAX_DEPTH) {
+      budget = countElements(b, bodyStart, bodyEnd, depth + 1, budget);
+      if (budget < 0) return -1;
+    }
+    at = bodyEnd;
+  }
+  return budget;
 }
 
 /**

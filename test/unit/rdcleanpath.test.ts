@@ -9,6 +9,7 @@ import fc from 'fast-check';
 import { isDeepStrictEqual } from 'node:util';
 import {
   RDCLEANPATH_LIMITS,
+  RDCLEANPATH_REQUEST_LIMITS,
   RDCLEANPATH_VERSION,
   type RdcleanpathPdu,
   decodeRdcleanpath,
@@ -182,6 +183,18 @@ t.test('named fixtures', async (t) => {
   t.equal(bare.kind === 'done' && !rdcleanpathMessage(bare.value).ok, true, 'a request without X.224 or blob is not a message');
   const blank = decodeRdcleanpath(seq(VERSION, ctx(2, utf8('d')), ctx(3, utf8('t')), ctx(5, utf8('  '))));
   t.equal(blank.kind === 'done' && !rdcleanpathMessage(blank.value).ok, true, 'a blank VMConnect blob is not a message');
+});
+
+t.test('request limits: what a gateway reads from anonymous browsers', async (t) => {
+  t.match(decodeRdcleanpath(BROWSER_REQUEST, RDCLEANPATH_REQUEST_LIMITS), { kind: 'done' }, 'a request fits');
+  t.match(decodeRdcleanpath(IRONRDP.response, RDCLEANPATH_REQUEST_LIMITS), { kind: 'error', code: 'too-large' }, 'a certificate chain does not');
+  t.match(rdcleanpathFrame(hex('3082 4001'), RDCLEANPATH_REQUEST_LIMITS), { kind: 'error', code: 'too-large' }, 'over 16 KiB, refused from the header');
+  const elements = Buffer.alloc(16 * 1024 - 10);
+  for (let i = 0; i < elements.length; i += 2) elements[i] = 0x04;
+  const flood = Buffer.concat([hex('3082'), Buffer.from([(elements.length + 6) >> 8, (elements.length + 6) & 0xff]), VERSION, elements]);
+  const started = process.hrtime.bigint();
+  t.match(decodeRdcleanpath(flood, RDCLEANPATH_REQUEST_LIMITS), { kind: 'error', code: 'malformed' }, '8000 empty elements are refused');
+  t.comment(`in ${Number(process.hrtime.bigint() - started) / 1e6} ms`);
 });
 
 t.test('encoding refuses what decoding would refuse', async (t) => {
