@@ -1,27 +1,72 @@
 /**
- * The result shape every binary parser in protocols/ returns, and the bounded readers they share.
+ * The one result shape of every message parser in protocols/ (RDP and MS-TSGU packets, and the
+ * handshake codecs: RDCleanPath, RFB security, SPICE link), and the bounded readers they share. Like a detector's answer it is three-way, because these parsers run
+ * over bytes that arrive in pieces: a TCP segment or a WebSocket message may hold half a message,
+ * exactly one, or one and the start of the next.
  *
- * A parse is three-way and total, like a detector's answer: 'ok' with the value and the number of
- * bytes it took, 'more' while the input is a proper prefix of something that could still parse,
- * 'error' with a stable code once it never will. Parsers check lengths before they read, and the
- * readers below return 0 past the end instead of throwing, so no input can make a parser throw.
+ * - `done`: a whole message, `length` bytes long, was read from the front of the input; bytes past
+ *   `length` belong to whatever follows and are the caller's.
+ * - `more`: the input is a proper prefix of a message that could still be valid. `need`, when
+ *   known, is the total number of bytes the message takes (not how many are missing).
+ * - `error`: no amount of further bytes can make this a valid message. `code` is stable and meant
+ *   for code (metrics, mapping to a close reason); `reason` is for people and logs.
+ *
+ * Parsers are pure and total: any input gives one of the three, never an exception, and every
+ * length they trust from the wire is checked against a cap first.
  */
 
-export type Parse<T, E extends string> =
-  | { readonly kind: 'ok'; readonly value: T; readonly length: number }
-  | { readonly kind: 'more' }
-  | { readonly kind: 'error'; readonly code: E };
-
-export const MORE_BYTES: { readonly kind: 'more' } = Object.freeze({ kind: 'more' });
-
-export function parsed<T>(value: T, length: number): { readonly kind: 'ok'; readonly value: T; readonly length: number } {
-  return { kind: 'ok', value, length };
+export interface Done<T> {
+  readonly kind: 'done';
+  readonly value: T;
+  readonly length: number;
+}
+export interface More {
+  readonly kind: 'more';
+  readonly need?: number;
+}
+export interface Failure<C extends string> {
+  readonly kind: 'error';
+  readonly code: C;
+  readonly reason: string;
 }
 
-export function failed<E extends string>(code: E): { readonly kind: 'error'; readonly code: E } {
-  return { kind: 'error', code };
+export type Parse<T, C extends string = string> = Done<T> | More | Failure<C>;
+
+export function done<T>(value: T, length: number): Done<T> {
+  return { kind: 'done', value, length };
 }
 
+export function more(need?: number): More {
+  return need === undefined ? { kind: 'more' } : { kind: 'more', need };
+}
+
+/** A parse that never will succeed; `reason` defaults to the code (binary codecs often need no more). */
+export function failure<C extends string>(code: C, reason: string = code): Failure<C> {
+  return { kind: 'error', code, reason };
+}
+
+/** The shared 'more' answer with no size known yet. */
+export const MORE_BYTES: More = Object.freeze({ kind: 'more' });
+
+/** For builders and other non-streaming steps: a value or a coded failure. */
+export type Result<T, C extends string = string> =
+  | { readonly ok: true; readonly value: T }
+  | { readonly ok: false; readonly code: C; readonly reason: string };
+
+export function ok<T>(value: T): Result<T, never> {
+  return { ok: true, value };
+}
+
+export function err<C extends string>(code: C, reason: string): Result<never, C> {
+  return { ok: false, code, reason };
+}
+
+/** A Buffer view of any Uint8Array, without copying. */
+export function view(bytes: Uint8Array): Buffer {
+  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+/* Bounded readers: 0 past the end instead of a throw; parsers check lengths before they trust a value. */
 export const u8 = (b: Uint8Array, at: number): number => b[at] ?? 0;
 export const u16be = (b: Uint8Array, at: number): number => (u8(b, at) << 8) | u8(b, at + 1);
 export const u16le = (b: Uint8Array, at: number): number => u8(b, at) | (u8(b, at + 1) << 8);

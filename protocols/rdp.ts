@@ -23,7 +23,7 @@
  */
 import { type Detection, type Detector, MORE, NO, match } from './detector.js';
 import {
-  type Parse, MORE_BYTES, asciiAt, checkUint, failed, indexOfCrlf, parsed, toUtf16z, u16be, u16le, u32le, u8, utf16z,
+  type Parse, MORE_BYTES, asciiAt, checkUint, failure, indexOfCrlf, done, toUtf16z, u16be, u16le, u32le, u8, utf16z,
 } from './parse.js';
 
 export const TPKT_VERSION = 3;
@@ -209,18 +209,18 @@ export type X224Error =
 /** TPKT + X.224 header checks shared by request and confirm; the TPDU's length, or an error. */
 function x224Header(b: Uint8Array, code: number): Parse<number, X224Error> {
   if (b.length < 1) return MORE_BYTES;
-  if (b[0] !== TPKT_VERSION) return failed('not-tpkt');
+  if (b[0] !== TPKT_VERSION) return failure('not-tpkt');
   if (b.length < 2) return MORE_BYTES;
-  if (b[1] !== 0x00) return failed('not-tpkt');
+  if (b[1] !== 0x00) return failure('not-tpkt');
   if (b.length < 4) return MORE_BYTES;
   const length = u16be(b, 2);
-  if (length < X224_FIXED_LENGTH || length > X224_MAX_LENGTH) return failed('bad-length');
+  if (length < X224_FIXED_LENGTH || length > X224_MAX_LENGTH) return failure('bad-length');
   if (b.length < 5) return MORE_BYTES;
-  if (u8(b, 4) !== length - 5) return failed('bad-length-indicator');
+  if (u8(b, 4) !== length - 5) return failure('bad-length-indicator');
   if (b.length < 6) return MORE_BYTES;
-  if (u8(b, 5) !== code) return failed(code === X224_CONNECTION_REQUEST ? 'not-connection-request' : 'not-connection-confirm');
+  if (u8(b, 5) !== code) return failure(code === X224_CONNECTION_REQUEST ? 'not-connection-request' : 'not-connection-confirm');
   if (b.length < length) return MORE_BYTES;
-  return parsed(length, length);
+  return done(length, length);
 }
 
 /**
@@ -229,7 +229,7 @@ function x224Header(b: Uint8Array, code: number): Parse<number, X224Error> {
  */
 export function parseConnectionRequest(b: Uint8Array): Parse<ConnectionRequest, X224Error> {
   const h = x224Header(b, X224_CONNECTION_REQUEST);
-  if (h.kind !== 'ok') return h;
+  if (h.kind !== 'done') return h;
   const end = h.value;
   let at = X224_FIXED_LENGTH;
 
@@ -238,14 +238,14 @@ export function parseConnectionRequest(b: Uint8Array): Parse<ConnectionRequest, 
     const kind = asciiAt(b, at, MSTSHASH) ? 'mstshash' : asciiAt(b, at, MSTS) ? 'msts' : 'raw';
     const start = at + (kind === 'mstshash' ? MSTSHASH.length : kind === 'msts' ? MSTS.length : 0);
     const crlf = indexOfCrlf(b, start, end);
-    if (crlf < 0) return failed('unterminated-token');
+    if (crlf < 0) return failure('unterminated-token');
     token = { kind, value: Buffer.from(b.buffer, b.byteOffset + start, crlf - start).toString('latin1') };
     at = crlf + 2;
   }
 
   let negotiation: NegotiationRequest | null = null;
   if (at < end) {
-    if (b[at] !== NegType.REQUEST || end - at < NEG_LENGTH || u16le(b, at + 2) !== NEG_LENGTH) return failed('bad-negotiation');
+    if (b[at] !== NegType.REQUEST || end - at < NEG_LENGTH || u16le(b, at + 2) !== NEG_LENGTH) return failure('bad-negotiation');
     const flags = u8(b, at + 1);
     const requestedProtocols = u32le(b, at + 4);
     at += NEG_LENGTH;
@@ -256,16 +256,16 @@ export function parseConnectionRequest(b: Uint8Array): Parse<ConnectionRequest, 
         b[at] !== NegType.CORRELATION_INFO ||
         u16le(b, at + 2) !== CORRELATION_INFO_LENGTH
       ) {
-        return failed('bad-correlation-info');
+        return failure('bad-correlation-info');
       }
       correlationId = Uint8Array.from(b.subarray(at + 4, at + 20));
       at += CORRELATION_INFO_LENGTH;
     }
     negotiation = { flags, requestedProtocols, correlationId };
   }
-  if (at !== end) return failed('trailing-bytes');
+  if (at !== end) return failure('trailing-bytes');
 
-  return parsed({ dstRef: u16be(b, 6), srcRef: u16be(b, 8), classOption: u8(b, 10), token, negotiation }, end);
+  return done({ dstRef: u16be(b, 6), srcRef: u16be(b, 8), classOption: u8(b, 10), token, negotiation }, end);
 }
 
 function tokenBytes(token: RoutingToken): Buffer {
@@ -356,23 +356,23 @@ export interface ConnectionConfirm {
 /** Parse a console's Connection Confirm (what the RDCleanPath answer carries back). */
 export function parseConnectionConfirm(b: Uint8Array): Parse<ConnectionConfirm, X224Error> {
   const h = x224Header(b, X224_CONNECTION_CONFIRM);
-  if (h.kind !== 'ok') return h;
+  if (h.kind !== 'done') return h;
   const end = h.value;
   const at = X224_FIXED_LENGTH;
   let negotiation: NegotiationAnswer | null = null;
   if (at < end) {
     const type = u8(b, at);
     if ((type !== NegType.RESPONSE && type !== NegType.FAILURE) || end - at < NEG_LENGTH || u16le(b, at + 2) !== NEG_LENGTH) {
-      return failed('bad-negotiation');
+      return failure('bad-negotiation');
     }
     const flags = u8(b, at + 1);
     const value = u32le(b, at + 4);
     negotiation = type === NegType.RESPONSE
       ? { type: 'response', flags, selectedProtocol: value }
       : { type: 'failure', flags, failureCode: value };
-    if (at + NEG_LENGTH !== end) return failed('trailing-bytes');
+    if (at + NEG_LENGTH !== end) return failure('trailing-bytes');
   }
-  return parsed({ dstRef: u16be(b, 6), srcRef: u16be(b, 8), classOption: u8(b, 10), negotiation }, end);
+  return done({ dstRef: u16be(b, 6), srcRef: u16be(b, 8), classOption: u8(b, 10), negotiation }, end);
 }
 
 export function encodeConnectionConfirm(cc: ConnectionConfirm): Buffer {
@@ -424,30 +424,30 @@ export function parsePreconnectionPdu(b: Uint8Array, maxChars = PCB_MAX_CHARS): 
   const maxLength = PCB_V2_MIN_LENGTH + 2 * maxChars;
   if (b.length < 4) {
     // Refuse an impossible size as soon as its bytes show it, as the detector does.
-    if (b.length >= 1 && u8(b, 0) % 2 !== 0) return failed('bad-length');
-    if (b.length >= 2 && u8(b, 1) > maxLength >> 8) return failed('too-long');
-    if (b.length >= 3 && u8(b, 2) !== 0) return failed('too-long');
+    if (b.length >= 1 && u8(b, 0) % 2 !== 0) return failure('bad-length');
+    if (b.length >= 2 && u8(b, 1) > maxLength >> 8) return failure('too-long');
+    if (b.length >= 3 && u8(b, 2) !== 0) return failure('too-long');
     return MORE_BYTES;
   }
   const length = u32le(b, 0);
-  if (length > maxLength) return failed('too-long');
-  if (length !== PCB_V1_LENGTH && length < PCB_V2_MIN_LENGTH) return failed('bad-length');
-  for (let i = 4; i < Math.min(b.length, 8); i++) if (b[i] !== 0) return failed('bad-flags');
+  if (length > maxLength) return failure('too-long');
+  if (length !== PCB_V1_LENGTH && length < PCB_V2_MIN_LENGTH) return failure('bad-length');
+  for (let i = 4; i < Math.min(b.length, 8); i++) if (b[i] !== 0) return failure('bad-flags');
   if (b.length < 8) return MORE_BYTES;
   const flags = u32le(b, 4);
   const expected = length === PCB_V1_LENGTH ? 1 : 2;
-  if (b.length >= 9 && u8(b, 8) !== expected) return failed('bad-version');
-  for (let i = 9; i < Math.min(b.length, 12); i++) if (b[i] !== 0) return failed('bad-version');
+  if (b.length >= 9 && u8(b, 8) !== expected) return failure('bad-version');
+  for (let i = 9; i < Math.min(b.length, 12); i++) if (b[i] !== 0) return failure('bad-version');
   if (b.length < 12) return MORE_BYTES;
   const version = expected;
   if (b.length < (version === 1 ? PCB_V1_LENGTH : PCB_V2_MIN_LENGTH)) return MORE_BYTES;
   const id = u32le(b, 12);
-  if (version === 1) return parsed({ version: 1, flags, id, blob: null }, length);
-  if (PCB_V2_MIN_LENGTH + 2 * u16le(b, 16) !== length) return failed('bad-length');
+  if (version === 1) return done({ version: 1, flags, id, blob: null }, length);
+  if (PCB_V2_MIN_LENGTH + 2 * u16le(b, 16) !== length) return failure('bad-length');
   if (b.length < length) return MORE_BYTES;
   const blob = utf16z(b.subarray(PCB_V2_MIN_LENGTH, length));
-  if (blob === null) return failed('bad-blob');
-  return parsed({ version: 2, flags, id, blob }, length);
+  if (blob === null) return failure('bad-blob');
+  return done({ version: 2, flags, id, blob }, length);
 }
 
 /** v1 when `blob` is null; v2 otherwise, the blob NUL-terminated (cchPCB 0 for an empty blob). */
@@ -478,7 +478,7 @@ export interface RdpOpening {
 /**
  * What a native client sends before it waits for an answer: an optional preconnection PDU, then
  * the Connection Request. A PDU's cbSize is even and at least 16, so a first byte of 03 can only be
- * TPKT. 'ok' carries the total length of both; whatever follows is not part of the opening.
+ * TPKT. 'done' carries the total length of both; whatever follows is not part of the opening.
  */
 export function parseRdpOpening(
   b: Uint8Array,
@@ -489,12 +489,12 @@ export function parseRdpOpening(
   let offset = 0;
   if (b[0] !== TPKT_VERSION) {
     const p = parsePreconnectionPdu(b, maxChars);
-    if (p.kind === 'error') return failed(`preconnection-${p.code}`);
+    if (p.kind === 'error') return failure(`preconnection-${p.code}`);
     if (p.kind === 'more') return p;
     preconnection = p.value;
     offset = p.length;
   }
   const r = parseConnectionRequest(b.subarray(offset));
-  if (r.kind !== 'ok') return r;
-  return parsed({ preconnection, request: r.value }, offset + r.length);
+  if (r.kind !== 'done') return r;
+  return done({ preconnection, request: r.value }, offset + r.length);
 }

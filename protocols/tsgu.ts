@@ -26,7 +26,7 @@
 import { createHash } from 'node:crypto';
 import { type Detection, type Detector, MORE, NO, match, prefixState } from './detector.js';
 import {
-  type Parse, MORE_BYTES, checkUint, failed, indexOfCrlf, parsed, toUtf16z, u16le, u32le, u64le, u8, utf16z,
+  type Parse, MORE_BYTES, checkUint, failure, indexOfCrlf, done, toUtf16z, u16le, u32le, u64le, u8, utf16z,
 } from './parse.js';
 
 /** HTTP_PACKET_TYPE (2.2.5.3.3). */
@@ -199,10 +199,10 @@ export type TsguError =
 export function framePacket(b: Uint8Array, maxPacketBytes = DEFAULT_MAX_PACKET_BYTES): Parse<number, TsguError> {
   if (b.length < PACKET_HEADER_LENGTH) return MORE_BYTES;
   const length = u32le(b, 4);
-  if (length < PACKET_HEADER_LENGTH) return failed('bad-packet-length');
-  if (length > maxPacketBytes) return failed('packet-too-large');
+  if (length < PACKET_HEADER_LENGTH) return failure('bad-packet-length');
+  if (length > maxPacketBytes) return failure('packet-too-large');
   if (b.length < length) return MORE_BYTES;
-  return parsed(length, length);
+  return done(length, length);
 }
 
 /** A bounds-checked reader over one packet body; the first failure sticks and reads return 0. */
@@ -259,10 +259,10 @@ class Body {
  */
 export function decodePacket(b: Uint8Array, maxPacketBytes = DEFAULT_MAX_PACKET_BYTES): Parse<TsguPacket, TsguError> {
   const f = framePacket(b, maxPacketBytes);
-  if (f.kind !== 'ok') return f;
+  if (f.kind !== 'done') return f;
   const r = new Body(b, PACKET_HEADER_LENGTH, f.value);
   const packet = decodeBody(u16le(b, 0), r);
-  return r.error ? failed(r.error) : parsed(packet, f.value);
+  return r.error ? failure(r.error) : done(packet, f.value);
 }
 
 function decodeBody(type: number, r: Body): TsguPacket {
@@ -554,7 +554,7 @@ export class TsguPacketReader {
     if (this.buffered < length) return MORE_BYTES;
     const d = decodePacket(this.take(length), this.maxPacketBytes);
     if (d.kind === 'error') return (this.failure = d);
-    if (d.kind === 'more') return (this.failure = failed('bad-packet-length')); // cannot happen: the packet is whole
+    if (d.kind === 'more') return (this.failure = failure('bad-packet-length')); // cannot happen: the packet is whole
     return { kind: 'packet', packet: d.value, length };
   }
 
@@ -679,14 +679,14 @@ const TARGET = /^\/[\x21-\x7e]*$/;
 const SINGLE = new Set(['content-length', 'transfer-encoding', 'upgrade', 'sec-websocket-key', 'rdg-connection-id', 'rdg-auth-scheme', 'host', 'authorization']);
 
 /**
- * Parse the head of an RDG_OUT_DATA / RDG_IN_DATA request at the start of `b`: 'ok' once the
+ * Parse the head of an RDG_OUT_DATA / RDG_IN_DATA request at the start of `b`: 'done' once the
  * blank line is in (length = bytes up to and including it; the body, if any, follows), 'more'
  * before, 'error' as soon as the head cannot be one, including when no blank line comes within
  * `maxHeadBytes`. Lines end in CR LF; obsolete line folding is refused.
  */
 export function parseRdgRequestHead(b: Uint8Array, maxHeadBytes = DEFAULT_MAX_HEAD_BYTES): Parse<RdgRequestHead, RdgHeadError> {
   const d = rdgRequestDetector.detect(b);
-  if (d.kind === 'no') return failed('not-rdg');
+  if (d.kind === 'no') return failure('not-rdg');
   if (d.kind === 'more') return MORE_BYTES;
   const limit = Math.min(b.length, maxHeadBytes);
   let end = -1;
@@ -696,30 +696,30 @@ export function parseRdgRequestHead(b: Uint8Array, maxHeadBytes = DEFAULT_MAX_HE
       break;
     }
   }
-  if (end < 0) return b.length >= maxHeadBytes ? failed('head-too-large') : MORE_BYTES;
+  if (end < 0) return b.length >= maxHeadBytes ? failure('head-too-large') : MORE_BYTES;
   const text = Buffer.from(b.buffer, b.byteOffset, end).toString('latin1');
   const lines = text.split('\r\n');
-  if (lines.some((l) => l.includes('\r') || l.includes('\n') || l.includes('\0'))) return failed('bad-header');
+  if (lines.some((l) => l.includes('\r') || l.includes('\n') || l.includes('\0'))) return failure('bad-header');
 
   const requestLine = /^(RDG_OUT_DATA|RDG_IN_DATA) (\S+) HTTP\/(\d)\.(\d)$/.exec(lines[0] ?? '');
-  if (!requestLine) return failed('bad-request-line');
+  if (!requestLine) return failure('bad-request-line');
   const [, method, target, major, minor] = requestLine as unknown as [string, RdgMethod, string, string, string];
-  if (!TARGET.test(target)) return failed('bad-request-line');
-  if (major !== '1' || (minor !== '0' && minor !== '1')) return failed('bad-version');
+  if (!TARGET.test(target)) return failure('bad-request-line');
+  if (major !== '1' || (minor !== '0' && minor !== '1')) return failure('bad-version');
 
   const headers: Array<readonly [string, string]> = [];
   const single = new Map<string, string>();
   for (const line of lines.slice(1)) {
-    if (headers.length >= MAX_HEADER_COUNT) return failed('too-many-headers');
+    if (headers.length >= MAX_HEADER_COUNT) return failure('too-many-headers');
     const colon = line.indexOf(':');
-    if (colon <= 0) return failed('bad-header');
+    if (colon <= 0) return failure('bad-header');
     const name = line.slice(0, colon);
     const value = line.slice(colon + 1).replace(/^[ \t]+|[ \t]+$/g, '');
-    if (!TOKEN.test(name) || !FIELD_VALUE.test(value)) return failed('bad-header');
+    if (!TOKEN.test(name) || !FIELD_VALUE.test(value)) return failure('bad-header');
     const key = name.toLowerCase();
     if (SINGLE.has(key)) {
       const seen = single.get(key);
-      if (seen !== undefined && seen !== value) return failed('duplicate-header');
+      if (seen !== undefined && seen !== value) return failure('duplicate-header');
       single.set(key, value);
     }
     headers.push([name, value]);
@@ -730,28 +730,28 @@ export function parseRdgRequestHead(b: Uint8Array, maxHeadBytes = DEFAULT_MAX_HE
   let contentLength: number | null = null;
   const cl = get('content-length');
   if (cl !== null) {
-    if (!/^\d{1,15}$/.test(cl)) return failed('bad-content-length');
+    if (!/^\d{1,15}$/.test(cl)) return failure('bad-content-length');
     contentLength = Number(cl);
   }
   let chunked = false;
   const te = get('transfer-encoding');
   if (te !== null) {
-    if (te.toLowerCase() !== 'chunked') return failed('unsupported-transfer-encoding');
+    if (te.toLowerCase() !== 'chunked') return failure('unsupported-transfer-encoding');
     chunked = true;
   }
   // RFC 9112 6.3: both at once is how request smuggling starts; refuse rather than pick one.
-  if (chunked && contentLength !== null) return failed('content-length-and-chunked');
+  if (chunked && contentLength !== null) return failure('content-length-and-chunked');
 
   const connectionTokens = all('connection').flatMap((v) => v.split(',')).map((s) => s.trim().toLowerCase());
   const websocket = (get('upgrade') ?? '').toLowerCase() === 'websocket' && connectionTokens.includes('upgrade');
   const websocketKey = get('sec-websocket-key');
-  if (websocketKey !== null && !/^[\x21-\x7e]+$/.test(websocketKey)) return failed('bad-websocket-key');
-  if (websocketKey !== null && websocketKey.length > MAX_WEBSOCKET_KEY_LENGTH) return failed('bad-websocket-key');
+  if (websocketKey !== null && !/^[\x21-\x7e]+$/.test(websocketKey)) return failure('bad-websocket-key');
+  if (websocketKey !== null && websocketKey.length > MAX_WEBSOCKET_KEY_LENGTH) return failure('bad-websocket-key');
 
   const q = target.indexOf('?');
   const path = q < 0 ? target : target.slice(0, q);
   const query = new URLSearchParams(q < 0 ? '' : target.slice(q + 1));
-  return parsed(
+  return done(
     {
       method,
       target,
@@ -803,39 +803,39 @@ const MAX_CHUNK_LINE = 1024;
 export function parseChunk(b: Uint8Array, maxChunkBytes = DEFAULT_MAX_CHUNK_BYTES): Parse<Chunk, ChunkError> {
   const lineEnd = indexOfCrlf(b, 0, Math.min(b.length, MAX_CHUNK_LINE));
   if (lineEnd < 0) {
-    if (b.length >= MAX_CHUNK_LINE) return failed('bad-chunk-size');
+    if (b.length >= MAX_CHUNK_LINE) return failure('bad-chunk-size');
     // Refuse a size that is not hex, or already too large, before its line ends.
     let digits = 0;
     while (digits < b.length && isHex(u8(b, digits))) digits++;
-    if (digits > 8) return failed('bad-chunk-size');
+    if (digits > 8) return failure('bad-chunk-size');
     if (digits > 0 && parseInt(Buffer.from(b.buffer, b.byteOffset, digits).toString('latin1'), 16) > maxChunkBytes) {
-      return failed('chunk-too-large');
+      return failure('chunk-too-large');
     }
-    if (digits < b.length && (digits === 0 || !';\t \r'.includes(String.fromCharCode(u8(b, digits))))) return failed('bad-chunk-size');
+    if (digits < b.length && (digits === 0 || !';\t \r'.includes(String.fromCharCode(u8(b, digits))))) return failure('bad-chunk-size');
     return MORE_BYTES;
   }
   const line = Buffer.from(b.buffer, b.byteOffset, lineEnd).toString('latin1');
   const m = /^([0-9A-Fa-f]{1,8})[\t ]*(;.*)?$/.exec(line);
-  if (!m) return failed('bad-chunk-size');
+  if (!m) return failure('bad-chunk-size');
   const size = parseInt(m[1] ?? '', 16);
-  if (size > maxChunkBytes) return failed('chunk-too-large');
+  if (size > maxChunkBytes) return failure('chunk-too-large');
   const start = lineEnd + 2;
   if (size === 0) {
     // Trailers: lines until an empty one.
     let at = start;
     for (;;) {
       const e = indexOfCrlf(b, at, Math.min(b.length, start + MAX_CHUNK_LINE));
-      if (e < 0) return b.length - start >= MAX_CHUNK_LINE ? failed('trailers-too-large') : MORE_BYTES;
-      if (e === at) return parsed({ data: b.subarray(start, start), last: true }, e + 2);
+      if (e < 0) return b.length - start >= MAX_CHUNK_LINE ? failure('trailers-too-large') : MORE_BYTES;
+      if (e === at) return done({ data: b.subarray(start, start), last: true }, e + 2);
       at = e + 2;
     }
   }
   if (b.length < start + size + 2) {
-    if (b.length > start + size && b[start + size] !== 0x0d) return failed('bad-chunk-end');
+    if (b.length > start + size && b[start + size] !== 0x0d) return failure('bad-chunk-end');
     return MORE_BYTES;
   }
-  if (b[start + size] !== 0x0d || b[start + size + 1] !== 0x0a) return failed('bad-chunk-end');
-  return parsed({ data: b.subarray(start, start + size), last: false }, start + size + 2);
+  if (b[start + size] !== 0x0d || b[start + size + 1] !== 0x0a) return failure('bad-chunk-end');
+  return done({ data: b.subarray(start, start + size), last: false }, start + size + 2);
 }
 
 function isHex(c: number): boolean {

@@ -18,7 +18,13 @@ export interface Qemu {
   stop(): Promise<void>;
 }
 
-export async function startQemuSpice(t: Teardown, port: number): Promise<Qemu> {
+/**
+ * `passwordFile`: SPICE asks for the password in that file (QEMU 7.2's way: a secret object;
+ * `-spice password=` is deprecated). Without it, no password.
+ */
+export async function startQemuSpice(t: Teardown, port: number, opts: { passwordFile?: string } = {}): Promise<Qemu> {
+  const auth = opts.passwordFile === undefined ? [] : ['-object', `secret,id=spicepw,file=${opts.passwordFile}`];
+  const ticketing = opts.passwordFile === undefined ? 'disable-ticketing=on' : 'password-secret=spicepw';
   const proc = spawn(
     'qemu-system-x86_64',
     [
@@ -27,7 +33,8 @@ export async function startQemuSpice(t: Teardown, port: number): Promise<Qemu> {
       '-m', '64',
       '-display', 'none',
       '-vga', 'qxl',
-      '-spice', `port=${port},addr=127.0.0.1,disable-ticketing=on`,
+      ...auth,
+      '-spice', `port=${port},addr=127.0.0.1,${ticketing}`,
     ],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );

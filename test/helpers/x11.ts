@@ -65,17 +65,18 @@ async function startX(t: Teardown, cmd: string, args: string[], deadlineMs = 20_
 }
 
 /**
- * Xvnc on a free display, its VNC server on `127.0.0.1:<rfbPort>` without VNC authentication
- * (the gateway authenticates; the console port is known only to the directory).
+ * Xvnc on a free display, its VNC server on `127.0.0.1:<rfbPort>`, by default without VNC
+ * authentication (the gateway authenticates; the console port is known only to the directory).
+ * `security` replaces the security options, e.g. `['-SecurityTypes', 'VncAuth', '-rfbauth', file]`.
  */
-export async function startXvnc(t: Teardown, rfbPort: number, geometry = '320x240'): Promise<XServer> {
+export async function startXvnc(t: Teardown, rfbPort: number, geometry = '320x240', security: readonly string[] = ['-SecurityTypes', 'None']): Promise<XServer> {
   const x = await startX(t, 'Xvnc', [
     '-geometry', geometry,
     '-depth', '24',
     '-rfbport', String(rfbPort),
     '-interface', '127.0.0.1',
     '-localhost',
-    '-SecurityTypes', 'None',
+    ...security,
     '-nolisten', 'tcp',
     '-AlwaysShared',
   ]);

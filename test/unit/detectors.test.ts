@@ -10,6 +10,7 @@ import { tlsDetector } from '../../protocols/tls.js';
 import { httpDetector } from '../../protocols/http.js';
 import { V2_DEFAULT_MAX, V2_HARD_MAX, V2_MIN_MAX, createProxyDetector, proxyDetector } from '../../protocols/proxy.js';
 import { spiceDetector } from '../../protocols/spice.js';
+import { rdcleanpathDetector } from '../../protocols/rdcleanpath.js';
 import { vncDetector } from '../../protocols/vnc.js';
 import { rdpDetector, rdpPreconnectionDetector } from '../../protocols/rdp.js';
 import { rdgRequestDetector } from '../../protocols/tsgu.js';
@@ -58,6 +59,20 @@ const suites: Array<{ detector: Detector<unknown>; valid: Buffer[]; cases: Case[
       { name: 'v2 huge length', bytes: Buffer.concat([F.PROXY_V2_SIG, F.hex('21 11 ff ff')]), expect: 'no' },
       { name: 'v2 TCP4 with short address block', bytes: Buffer.concat([F.PROXY_V2_SIG, F.hex('21 11 00 04 01 02 03 04')]), expect: 'no' },
       { name: 'HTTP', bytes: F.BROWSER_GET, expect: 'no' },
+    ],
+  },
+  {
+    detector: rdcleanpathDetector as Detector<unknown>,
+    // IronRDP's own test request and HTTP-error response (ironrdp-testsuite-core, rdcleanpath.rs).
+    valid: [
+      F.hex('3032 a004 0202 0d3e a20d 0c0b 64657374696e6174696f6e a30c 0c0a 70726f78792061757468 a505 0c03 504342 a606 0404 deadbeff'),
+      F.hex('3015 a004 0202 0d3e a10d 300b a003 0201 01 a104 0202 01f4'),
+    ],
+    cases: [
+      { name: 'version 5', bytes: F.hex('3005 a003 0201 05'), expect: 'no' },
+      { name: 'indefinite length', bytes: F.hex('3080 a004 0202 0d3e'), expect: 'no' },
+      { name: 'over 64 KiB', bytes: F.hex('3083 010000'), expect: 'no' },
+      { name: 'TLS', bytes: F.TLS_CLIENT_HELLO, expect: 'no' },
     ],
   },
   {

@@ -27,7 +27,7 @@ t.test('Connection Requests FreeRDP 2.11 sent', async (t) => {
   ];
   for (const [name, bytes, expect] of table) {
     const r = parseConnectionRequest(bytes);
-    if (r.kind !== 'ok') {
+    if (r.kind !== 'done') {
       t.fail(`${name}: ${JSON.stringify(r)}`);
       continue;
     }
@@ -42,18 +42,18 @@ t.test('stripping the routing token keeps the rest and fixes TPKT length and LI'
   const bare = probeGreeting('rdp'); // 03 00 00 13 0e e0 ... RDP_NEG_REQ for SSL | HYBRID
   for (const bytes of [R.FREERDP_CR_LOAD_BALANCE_INFO, R.FREERDP_CR_MSTS, R.FREERDP_CR]) {
     const r = parseConnectionRequest(bytes);
-    t.equal(r.kind, 'ok');
-    if (r.kind === 'ok') t.same(stripRoutingToken(r.value), bare);
+    t.equal(r.kind, 'done');
+    if (r.kind === 'done') t.same(stripRoutingToken(r.value), bare);
   }
   const legacy = parseConnectionRequest(R.FREERDP_CR_RDP_SECURITY);
-  if (legacy.kind === 'ok') t.same(stripRoutingToken(legacy.value), hex('03 00 00 0b 06 e0 00 00 00 00 00'), 'no negotiation request either');
+  if (legacy.kind === 'done') t.same(stripRoutingToken(legacy.value), hex('03 00 00 0b 06 e0 00 00 00 00 00'), 'no negotiation request either');
   const withCorrelation: ConnectionRequest = {
     dstRef: 0, srcRef: 0, classOption: 0,
     token: { kind: 'msts', value: 'tk.vm' },
     negotiation: { flags: NegRequestFlag.CORRELATION_INFO_PRESENT, requestedProtocols: 3, correlationId: new Uint8Array(16).fill(7) },
   };
   const stripped = parseConnectionRequest(stripRoutingToken(withCorrelation));
-  t.match(stripped, { kind: 'ok', length: 11 + 8 + 36, value: { token: null, negotiation: withCorrelation.negotiation } }, 'correlation info survives');
+  t.match(stripped, { kind: 'done', length: 11 + 8 + 36, value: { token: null, negotiation: withCorrelation.negotiation } }, 'correlation info survives');
 });
 
 t.test('malformed Connection Requests: a code, never a throw', async (t) => {
@@ -80,17 +80,17 @@ t.test('malformed Connection Requests: a code, never a throw', async (t) => {
     t.equal(r.kind === 'error' ? r.code : r.kind, code, name);
   }
   const extra = parseConnectionRequest(Buffer.concat([R.FREERDP_CR, hex('16')]));
-  t.match(extra, { kind: 'ok', length: R.FREERDP_CR.length }, 'an extra byte after the TPKT is not taken');
+  t.match(extra, { kind: 'done', length: R.FREERDP_CR.length }, 'an extra byte after the TPKT is not taken');
   t.throws(() => encodeConnectionRequest({ dstRef: 0, srcRef: 0, classOption: 0, token: { kind: 'raw', value: 'a\r\nb' }, negotiation: null }), RangeError);
   t.throws(() => encodeConnectionRequest({ dstRef: 0, srcRef: 0, classOption: 0, token: { kind: 'raw', value: 'x'.repeat(300) }, negotiation: null }), RangeError);
 });
 
 t.test('Connection Confirms a console sent, and the failure we build', async (t) => {
-  t.match(parseConnectionConfirm(R.SHADOW_CC_SSL), { kind: 'ok', length: 19, value: { negotiation: { type: 'response', flags: 3, selectedProtocol: RdpProtocol.SSL } } });
-  t.match(parseConnectionConfirm(R.SHADOW_CC_RDP), { kind: 'ok', value: { negotiation: { type: 'response', selectedProtocol: RdpProtocol.RDP } } });
-  t.match(parseConnectionConfirm(R.SHADOW_CC_HYBRID_REQUIRED), { kind: 'ok', value: { negotiation: { type: 'failure', failureCode: NegFailureCode.HYBRID_REQUIRED_BY_SERVER } } });
+  t.match(parseConnectionConfirm(R.SHADOW_CC_SSL), { kind: 'done', length: 19, value: { negotiation: { type: 'response', flags: 3, selectedProtocol: RdpProtocol.SSL } } });
+  t.match(parseConnectionConfirm(R.SHADOW_CC_RDP), { kind: 'done', value: { negotiation: { type: 'response', selectedProtocol: RdpProtocol.RDP } } });
+  t.match(parseConnectionConfirm(R.SHADOW_CC_HYBRID_REQUIRED), { kind: 'done', value: { negotiation: { type: 'failure', failureCode: NegFailureCode.HYBRID_REQUIRED_BY_SERVER } } });
   t.same(buildNegotiationFailure(NegFailureCode.HYBRID_REQUIRED_BY_SERVER), R.SHADOW_CC_HYBRID_REQUIRED, 'byte for byte what a real server sends');
-  t.match(parseConnectionConfirm(hex('03 00 00 0b 06 d0 00 00 12 34 00')), { kind: 'ok', value: { srcRef: 0x1234, negotiation: null } });
+  t.match(parseConnectionConfirm(hex('03 00 00 0b 06 d0 00 00 12 34 00')), { kind: 'done', value: { srcRef: 0x1234, negotiation: null } });
   const cases: Array<[string, Buffer, string]> = [
     ['half a header', hex('03 00 00'), 'more'],
     ['a Connection Request', R.FREERDP_CR, 'not-connection-confirm'],
@@ -105,17 +105,17 @@ t.test('Connection Confirms a console sent, and the failure we build', async (t)
 });
 
 t.test('preconnection PDUs FreeRDP 2.11 sent', async (t) => {
-  t.same(parsePreconnectionPdu(R.FREERDP_PCB_BLOB), { kind: 'ok', length: 46, value: { version: 2, flags: 0, id: 0, blob: 'tk1abc.win10' } }, '/pcb: (two NULs)');
-  t.match(parsePreconnectionPdu(R.FREERDP_PCB_BLOB_ID7), { kind: 'ok', value: { id: 7, blob: 'tk1abc.win10' } }, '/pcb: /pcid:7');
-  t.same(parsePreconnectionPdu(R.FREERDP_PCB_ID_ONLY), { kind: 'ok', length: 18, value: { version: 2, flags: 0, id: 42, blob: '' } }, '/pcid: alone');
+  t.same(parsePreconnectionPdu(R.FREERDP_PCB_BLOB), { kind: 'done', length: 46, value: { version: 2, flags: 0, id: 0, blob: 'tk1abc.win10' } }, '/pcb: (two NULs)');
+  t.match(parsePreconnectionPdu(R.FREERDP_PCB_BLOB_ID7), { kind: 'done', value: { id: 7, blob: 'tk1abc.win10' } }, '/pcb: /pcid:7');
+  t.same(parsePreconnectionPdu(R.FREERDP_PCB_ID_ONLY), { kind: 'done', length: 18, value: { version: 2, flags: 0, id: 42, blob: '' } }, '/pcid: alone');
   t.same(rdpPreconnectionDetector.detect(R.FREERDP_PCB_BLOB), { kind: 'match', info: { length: 46, version: 2 } });
   t.same(encodePreconnectionPdu({ id: 42, blob: '' }), R.FREERDP_PCB_ID_ONLY, 'empty blob: cchPCB 0, as FreeRDP');
   const v1 = encodePreconnectionPdu({ id: 9, blob: null });
   t.same(v1, hex('10000000 00000000 01000000 09000000'));
-  t.same(parsePreconnectionPdu(v1), { kind: 'ok', length: 16, value: { version: 1, flags: 0, id: 9, blob: null } });
+  t.same(parsePreconnectionPdu(v1), { kind: 'done', length: 16, value: { version: 1, flags: 0, id: 9, blob: null } });
   const ours = encodePreconnectionPdu({ id: 0, blob: 'tk1abc.win10' });
   t.equal(ours.length, 44, 'we terminate with one NUL');
-  t.match(parsePreconnectionPdu(ours), { kind: 'ok', value: { blob: 'tk1abc.win10' } });
+  t.match(parsePreconnectionPdu(ours), { kind: 'done', value: { blob: 'tk1abc.win10' } });
 
   const cases: Array<[string, Buffer, string]> = [
     ['three bytes', hex('2e 00 00'), 'more'],
@@ -138,24 +138,24 @@ t.test('preconnection PDUs FreeRDP 2.11 sent', async (t) => {
 
 t.test('the whole opening: optional preconnection PDU, then the request', async (t) => {
   t.match(parseRdpOpening(R.FREERDP_PCB_THEN_CR), {
-    kind: 'ok',
+    kind: 'done',
     length: R.FREERDP_PCB_THEN_CR.length,
     value: { preconnection: { id: 0, blob: 'tk1abc.win10' }, request: { token: { kind: 'mstshash', value: 'demo' } } },
   });
-  t.match(parseRdpOpening(R.FREERDP_PCB_THEN_MSTS_CR), { kind: 'ok', value: { request: { token: { kind: 'msts', value: 'tk1abc.win10' } } } });
-  t.match(parseRdpOpening(R.FREERDP_CR_LOAD_BALANCE_INFO), { kind: 'ok', value: { preconnection: null } });
+  t.match(parseRdpOpening(R.FREERDP_PCB_THEN_MSTS_CR), { kind: 'done', value: { request: { token: { kind: 'msts', value: 'tk1abc.win10' } } } });
+  t.match(parseRdpOpening(R.FREERDP_CR_LOAD_BALANCE_INFO), { kind: 'done', value: { preconnection: null } });
   t.same(parseRdpOpening(R.FREERDP_PCB_BLOB), { kind: 'more' }, 'PDU without its request yet');
-  t.same(parseRdpOpening(hex('11000000')), { kind: 'error', code: 'preconnection-bad-length' });
-  t.same(parseRdpOpening(Buffer.concat([R.FREERDP_PCB_BLOB, R.SHADOW_CC_SSL])), { kind: 'error', code: 'not-connection-request' });
+  t.match(parseRdpOpening(hex('11000000')), { kind: 'error', code: 'preconnection-bad-length' });
+  t.match(parseRdpOpening(Buffer.concat([R.FREERDP_PCB_BLOB, R.SHADOW_CC_SSL])), { kind: 'error', code: 'not-connection-request' });
 });
 
 t.test('FreeRDP\'s retries after a negotiation failure: the routing token stays, the PDU does not', async (t) => {
   const opened = R.FREERDP_MSTS_RETRIES.map((b) => parseRdpOpening(b));
-  t.same(opened.map((o) => o.kind === 'ok' && o.value.preconnection !== null), [true, false, false]);
-  t.same(opened.map((o) => (o.kind === 'ok' ? o.value.request.token : null)), Array(3).fill({ kind: 'msts', value: 'tk1abc.win10' }));
-  t.same(opened.map((o) => (o.kind === 'ok' ? o.value.request.negotiation?.requestedProtocols ?? null : 'error')), [3, 1, null]);
+  t.same(opened.map((o) => o.kind === 'done' && o.value.preconnection !== null), [true, false, false]);
+  t.same(opened.map((o) => (o.kind === 'done' ? o.value.request.token : null)), Array(3).fill({ kind: 'msts', value: 'tk1abc.win10' }));
+  t.same(opened.map((o) => (o.kind === 'done' ? o.value.request.negotiation?.requestedProtocols ?? null : 'error')), [3, 1, null]);
   for (const b of [...R.FREERDP_RETRIES_AFTER_FAILURE, R.FREERDP_RETRY_AFTER_SSL_NOT_ALLOWED]) {
-    t.match(parseRdpOpening(b), { kind: 'ok', value: { preconnection: null, request: { token: { kind: 'mstshash', value: 'demo' } } } });
+    t.match(parseRdpOpening(b), { kind: 'done', value: { preconnection: null, request: { token: { kind: 'mstshash', value: 'demo' } } } });
   }
 });
 
@@ -189,11 +189,11 @@ t.test('property: Connection Request round trip, and every proper prefix is "mor
     fc.property(request, (cr) => {
       const bytes = encodeConnectionRequest(cr);
       const r = parseConnectionRequest(bytes);
-      if (r.kind !== 'ok' || r.length !== bytes.length) return false;
+      if (r.kind !== 'done' || r.length !== bytes.length) return false;
       if (JSON.stringify(r.value) !== JSON.stringify(cr)) return false;
       for (let i = 0; i < bytes.length; i++) if (parseConnectionRequest(bytes.subarray(0, i)).kind !== 'more') return false;
       const stripped = parseConnectionRequest(stripRoutingToken(r.value));
-      return stripped.kind === 'ok' && stripped.value.token === null && stripped.length <= bytes.length;
+      return stripped.kind === 'done' && stripped.value.token === null && stripped.length <= bytes.length;
     }),
     { seed: SEED, numRuns: 500 },
   );
@@ -213,7 +213,7 @@ t.test('property: Connection Confirm and preconnection PDU round trips', async (
   fc.assert(
     fc.property(confirm, (cc: ConnectionConfirm) => {
       const r = parseConnectionConfirm(encodeConnectionConfirm(cc));
-      return r.kind === 'ok' && JSON.stringify(r.value) === JSON.stringify(cc);
+      return r.kind === 'done' && JSON.stringify(r.value) === JSON.stringify(cc);
     }),
     { seed: SEED, numRuns: 500 },
   );
@@ -223,7 +223,7 @@ t.test('property: Connection Confirm and preconnection PDU round trips', async (
       const bytes = encodePreconnectionPdu({ id, blob: b });
       const r = parsePreconnectionPdu(bytes);
       const detected = rdpPreconnectionDetector.detect(bytes);
-      return r.kind === 'ok' && r.length === bytes.length && r.value.id === id && r.value.blob === b && detected.kind === 'match';
+      return r.kind === 'done' && r.length === bytes.length && r.value.id === id && r.value.blob === b && detected.kind === 'match';
     }),
     { seed: SEED, numRuns: 500 },
   );
@@ -257,8 +257,8 @@ t.test('property: junk never throws, and detectors never contradict parsers', as
       parseRdpOpening(bytes);
       const d = rdpDetector.detect(bytes);
       const p = rdpPreconnectionDetector.detect(bytes);
-      if (cr.kind === 'ok' && d.kind !== 'match') return false;
-      if (pcb.kind === 'ok' && p.kind !== 'match') return false;
+      if (cr.kind === 'done' && d.kind !== 'match') return false;
+      if (pcb.kind === 'done' && p.kind !== 'match') return false;
       if (d.kind === 'no' && cr.kind !== 'error') return false;
       if (p.kind === 'no' && pcb.kind !== 'error') return false;
       return true;
