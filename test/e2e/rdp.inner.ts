@@ -132,9 +132,7 @@ t.test('xfreerdp /v:<ticket>.<vm> /proxy:http://gateway completes X.224 and TLS 
 
   const { connectWithTicket } = await ticketFromApi(t, gw);
   t.match(connectWithTicket, /^[a-z0-9]{1,63}\.win:3389$/, 'the ticket is a DNS label in front of the VM name');
-  const okStarted = Date.now();
-  const ok = await runXfreerdp(x.display, dir, [`/v:${connectWithTicket}`, `/proxy:http://127.0.0.1:${gw.port}`, '/cert:ignore', '/auth-only', '/u:x', '/p:y', '/log-level:DEBUG']);
-  t.comment(`legit run: ${Date.now() - okStarted} ms\n${ok.out.split('\n').filter((l) => /nego|proxy|tcp|transport|tls|Connect|connect/i.test(l)).slice(0, 80).join('\n')}`);
+  const ok = await runXfreerdp(x.display, dir, [`/v:${connectWithTicket}`, `/proxy:http://127.0.0.1:${gw.port}`, '/cert:ignore', '/auth-only', '/u:x', '/p:y']);
   t.equal(ok.code, 0, 'xfreerdp /auth-only exits 0 once X.224 and TLS went through', { output: ok.out });
   t.match(xrdp.log(), /TLS connection established from 127\.0\.0\.1/, "xrdp's log says the TLS connection was established");
   await t.resolves(
@@ -151,7 +149,8 @@ t.test('xfreerdp /v:<ticket>.<vm> /proxy:http://gateway completes X.224 and TLS 
   // Seen once in many runs: xfreerdp stuck after the gateway's 407. Either way it must not get through.
   const forgedStarted = Date.now();
   const forged = await runXfreerdp(x.display, dir, [`/v:${'a'.repeat(50)}.win:3389`, `/proxy:http://127.0.0.1:${gw.port}`, '/cert:ignore', '/auth-only', '/u:x', '/p:y'], 15_000);
-  t.comment(`forged run: ${Date.now() - forgedStarted} ms, exit ${String(forged.code)}\n${forged.out}`);
+  // About 1-2.5 s here, alone or beside a loaded machine; the 15 s kill seen once is not reproduced.
+  t.comment(`forged ticket: xfreerdp gave up after ${Date.now() - forgedStarted} ms (exit ${String(forged.code)})`);
   t.not(forged.code, 0, 'a made-up ticket gets nowhere', { output: forged.out });
   t.ok(gw.logs.some((l) => l.event === 'tunnel-refused'), 'the gateway refused it', { output: forged.out });
   t.equal(established(), before, 'and xrdp saw no connection for it');
