@@ -36,7 +36,7 @@ program
 function config(extra: Partial<GlobalOpts> = {}): Config {
   const g = { ...program.opts<GlobalOpts>(), ...extra };
   const overrides: Record<string, unknown> = { state: g.state, listen: g.listen };
-  if (g.demo === false) overrides.demo = { enabled: false };
+  if (g.demo !== undefined) overrides.demo = { enabled: g.demo };
   if (g.logLevel) overrides.log = { level: g.logLevel };
   if (g.nodeId) overrides.nodeId = g.nodeId;
   if (g.redis !== undefined || g.advertise !== undefined) {
@@ -54,7 +54,8 @@ program
   .command('serve')
   .description('run the gateway')
   .option('-l, --listen <host:port>', 'address of the one port (default 0.0.0.0:8443)')
-  .option('--no-demo', 'do not start the built-in demo desktop')
+  .option('--demo', 'also serve the built-in demo desktop (VM "demo", user "demo"); `npm start` does')
+  .option('--no-demo', 'do not serve the demo desktop, even if the config file asks for it')
   .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent')
   .option('--redis <url>', 'join the cluster whose directory is in this Redis (redis:// or rediss://; env ONEPORT_REDIS)')
   .option('--node-id <id>', 'this node\'s id in the cluster (env ONEPORT_NODE_ID; default the host name)')

@@ -167,8 +167,12 @@ export const configSchema = z
       .prefault({}),
     demo: z
       .object({
-        /** Run the built-in test-pattern desktop as VM "demo" with a "demo" user. @default true */
-        enabled: z.boolean().default(true),
+        /**
+         * Run the built-in test-pattern desktop as VM "demo" with a "demo" user. Off unless asked
+         * for: `npm start` asks (`serve --demo`) for the first-run experience; a production node
+         * never serves a demo desktop and user by accident. @default false
+         */
+        enabled: z.boolean().default(false),
       })
       .prefault({}),
     cluster: z

@@ -83,7 +83,7 @@ async function api(port: number, ca: string, method: string, path: string, body?
 t.test('serve: first start makes a CA and the demo user, prints its password once; SIGTERM exits 0', async (t) => {
   const state = mkdtempSync(join(tmpdir(), 'oneport-cli-'));
   t.teardown(() => rmSync(state, { recursive: true, force: true }));
-  const first = await serve(t, state);
+  const first = await serve(t, state, ['--demo']);
   const password = /password "([^"]+)"/.exec(first.stderr())?.[1];
   t.ok(password, 'the demo password is printed');
   for (const f of ['ca.pem', 'ca-key.pem', 'server.pem', 'server-key.pem', 'directory.json', 'control.sock']) t.ok(existsSync(join(state, f)), f);
@@ -117,11 +117,24 @@ t.test('serve: first start makes a CA and the demo user, prints its password onc
   // Stopped: the CLI edits the file; the next start keeps users and prints no password.
   const list = await runCli(['--state', state, 'user', 'list']);
   t.match(list.stdout, 'bob');
-  const second = await serve(t, state);
+  const second = await serve(t, state, ['--demo']);
   t.notMatch(second.stderr(), /password "/, 'no password printed when the demo user exists');
   t.equal((await api(second.port, ca, 'POST', '/api/login', { user: 'bob', password: 'bob-password-1' })).status, 200, 'state survived the restart');
   second.proc.kill('SIGTERM');
   t.equal(await second.exited, 0);
+});
+
+t.test('serve without --demo (a node not started by npm start) serves no demo desktop or user', async (t) => {
+  const state = mkdtempSync(join(tmpdir(), 'oneport-cli-'));
+  t.teardown(() => rmSync(state, { recursive: true, force: true }));
+  const node = await serve(t, state);
+  t.notMatch(node.stderr(), /password "/, 'no demo password printed');
+  const ca = readFileSync(join(state, 'ca.pem'), 'utf8');
+  t.equal((await api(node.port, ca, 'POST', '/api/login', { user: 'demo', password: 'anything-at-all' })).status, 401, 'no demo user');
+  const list = await runCli(['--state', state, 'vm', 'list']);
+  t.notMatch(list.stdout, /\bdemo\b/, 'no demo VM');
+  node.proc.kill('SIGTERM');
+  t.equal(await node.exited, 0);
 });
 
 t.test('init, ticket without a gateway, bad config', async (t) => {
