@@ -364,6 +364,12 @@ export async function handleApi(ctx: GatewayContext, req: IncomingMessage, res: 
     if (r.leader && ctx.cluster && !ctx.cluster.isLeader()) {
       // Never a second hop: a forwarded call that finds no leader here fails, and the client retries.
       if (vouched !== undefined) throw new OneportError('ONEPORT_ERR_NOT_LEADER', undefined, { retryAfter: 1 });
+      // Every directory change is an admin's: the caller proves it here before anything is sent
+      // to the leader (which checks again), so no unauthenticated request crosses to it.
+      if (!opts.local) {
+        const p = await resolvePrincipal(ctx, req, false);
+        if (!p.user.roles.includes('admin')) throw new OneportError('ONEPORT_ERR_ADMIN_ONLY');
+      }
       const body = await readBody(req, ctx.config.http.maxBodyBytes);
       await forwardToLeader(ctx.leaderLink!, req, res, { local: opts.local, client, body, timeoutMs: ctx.config.http.requestTimeoutMs });
       status = res.statusCode;
