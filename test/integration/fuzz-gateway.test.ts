@@ -112,12 +112,12 @@ const HEADER_VALUES: Record<string, fc.Arbitrary<string>> = {
   'if-none-match': fc.constantFrom('*', ',,', 'W/', '"x", W/"y"'),
 };
 const headerName = fc.oneof(
-  { weight: 6, arbitrary: fc.constantFrom(...Object.keys(HEADER_VALUES)).chain((n) => fc.mixedCase(fc.constant(n))) },
+  { weight: 12, arbitrary: fc.constantFrom(...Object.keys(HEADER_VALUES)).chain((n) => fc.mixedCase(fc.constant(n))) },
   fc.stringMatching(/^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,20}$/),
   latin1Text(10),
 );
 const header = headerName.chain((name) =>
-  fc.tuple(fc.constant(name), fc.oneof({ weight: 4, arbitrary: HEADER_VALUES[name.toLowerCase()] ?? latin1Text(40) }, fc.constantFrom(...HOSTILE_HEADER_VALUES), latin1Text(60))),
+  fc.tuple(fc.constant(name), fc.oneof({ weight: 8, arbitrary: HEADER_VALUES[name.toLowerCase()] ?? latin1Text(40) }, fc.constantFrom(...HOSTILE_HEADER_VALUES), latin1Text(60))),
 );
 const UPGRADE_HEADERS: Array<[string, string]> = [
   ['Upgrade', 'websocket'],
@@ -131,10 +131,11 @@ const request = fc
     method: fc.oneof({ weight: 8, arbitrary: fc.constantFrom('GET', 'CONNECT') }, fc.constantFrom('POST', 'HEAD', 'PUT', 'DELETE', 'OPTIONS', 'PATCH', 'TRACE', 'get', 'CONNECTX')),
     path,
     authority,
-    version: fc.oneof({ weight: 8, arbitrary: fc.constant('HTTP/1.1') }, fc.constantFrom('HTTP/1.0', 'HTTP/2.0', 'HTTP/1.1 x', 'http/1.1', '')),
-    upgrade: fc.boolean(),
+    version: fc.oneof({ weight: 16, arbitrary: fc.constant('HTTP/1.1') }, fc.constantFrom('HTTP/1.0', 'HTTP/2.0', 'HTTP/1.1 x', 'http/1.1', '')),
+    // Mostly a well-formed upgrade, so the hostile parts reach the tunnel code behind ws.
+    upgrade: fc.oneof({ weight: 3, arbitrary: fc.constant(true) }, fc.constant(false)),
     headers: fc.array(header, { maxLength: 6 }),
-    eol: fc.oneof({ weight: 9, arbitrary: fc.constant('\r\n') }, fc.constantFrom('\n', '\r')),
+    eol: fc.oneof({ weight: 19, arbitrary: fc.constant('\r\n') }, fc.constantFrom('\n', '\r')),
     body: fc.oneof({ weight: 4, arbitrary: fc.constant('') }, fc.constantFrom('{}', '{"user":"alice","password":"x"}', 'zz\r\n', '\x81\x80\0\0\0\0'), latin1Text(40)),
     utf8: fc.boolean(),
   })
