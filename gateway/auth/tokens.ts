@@ -81,6 +81,10 @@ export function verifyToken(keys: KeyRing, purpose: TokenPurpose, token: string,
   if (!key) return undefined;
   const expected = sign(key.secret, purpose, body);
   const given = Buffer.from(macText, 'base64url');
+  // Node's decoder skips characters outside the alphabet and ignores the last character's spare
+  // bits, so one MAC has endless spellings (`<mac>!`, `!<mac>`, ...). Only the canonical one is
+  // the token: a token string is then one credential, as a ticket is (base32.ts).
+  if (given.toString('base64url') !== macText) return undefined;
   if (given.length !== expected.length || !timingSafeEqual(given, expected)) return undefined;
   if (typeof payload.exp !== 'number' || payload.exp <= now) return undefined;
   if (typeof payload.sub !== 'string' || typeof payload.sid !== 'string' || payload.sid.length > MAX_ID_LENGTH) return undefined;

@@ -93,8 +93,13 @@ export function decodePathSegment(segment: string): string {
   }
 }
 
-/** A Host header we are willing to echo (a redirect, a .vv file's proxy=): host or host:port, nothing else. */
+/**
+ * A Host header we are willing to echo (a redirect, a .vv file's proxy=): host or host:port, and
+ * only one that makes a valid https URL. The shape alone lets through `localhost:99999`, `[::::]`
+ * or `256.1.1.1`, which would become a Location or a proxy= line no client can use.
+ */
 export function safeHost(host: string | undefined): string | undefined {
   if (!host || host.length > 255) return undefined;
-  return /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$/.test(host) ? host : undefined;
+  if (!/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$/.test(host)) return undefined;
+  return URL.canParse(`https://${host}/`) ? host : undefined;
 }
