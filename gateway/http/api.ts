@@ -313,10 +313,17 @@ async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   if (declared > limit) throw new OneportError('ONEPORT_ERR_PAYLOAD_TOO_LARGE');
   const chunks: Buffer[] = [];
   let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > limit) throw new OneportError('ONEPORT_ERR_PAYLOAD_TOO_LARGE');
-    chunks.push(chunk as Buffer);
+  try {
+    for await (const chunk of req) {
+      size += (chunk as Buffer).length;
+      if (size > limit) throw new OneportError('ONEPORT_ERR_PAYLOAD_TOO_LARGE');
+      chunks.push(chunk as Buffer);
+    }
+  } catch (e) {
+    // The body broke off (client gone, request timeout, bad chunk framing): the client's doing,
+    // answered as a bad request if anyone is still there, never an internal error.
+    if (e instanceof OneportError) throw e;
+    throw new OneportError('ONEPORT_ERR_BAD_REQUEST', 'the request body ended early or was malformed', { cause: e });
   }
   return Buffer.concat(chunks);
 }

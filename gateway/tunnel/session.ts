@@ -182,12 +182,15 @@ export class ResumableSession extends Pump {
 
   private control(raw: Buffer): void {
     if (raw.length > 256) return;
-    let msg: { type?: unknown; received?: unknown };
+    let parsed: unknown;
     try {
-      msg = JSON.parse(raw.toString('utf8')) as typeof msg;
+      parsed = JSON.parse(raw.toString('utf8'));
     } catch {
       return;
     }
+    // Any JSON value may arrive ("null", a number, an array): only an object is a control message.
+    if (typeof parsed !== 'object' || parsed === null) return;
+    const msg = parsed as { type?: unknown; received?: unknown };
     // An ack may not run ahead of what was actually put on the wire to this client.
     if (msg.type === 'ack' && typeof msg.received === 'number' && msg.received > this.replay.acked && msg.received <= this.flushed) {
       this.replay.ackTo(msg.received);

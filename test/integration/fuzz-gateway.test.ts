@@ -25,6 +25,7 @@ import { FUZZ_SEED, runs } from '../helpers/fuzz.js';
 import { HOSTILE_HEADER_VALUES, HOSTILE_PATHS, HOSTILE_REQUESTS, HOSTILE_STRINGS, type HostileRequest, proxyV1 } from '../fixtures/hostile-corpus.js';
 import { PROXY_V2_SIG } from '../fixtures/packets.js';
 import type { TestGateway } from '../helpers/gateway.js';
+import { WebSocket } from 'ws';
 
 /** PROXY headers are believed from here (config proxyProtocol.trusted)... */
 const TRUSTED = '127.0.0.1';
@@ -294,15 +295,6 @@ function leftEarlyOrSentJunk(c: Case): boolean {
   return c.halfClose === true || end < 0 || end + 4 < text.length;
 }
 
-/**
- * KNOWN BUG, not ours to fix here (gateway/http/api.ts is being edited elsewhere); reproduced by
- * the todo test at the end of this file. Remove this filter with the fix.
- */
-function isKnownAbortedBody(line: Record<string, unknown>): boolean {
-  const err = line.err as { message?: unknown } | undefined;
-  return line.msg === 'API request failed' && err?.message === 'aborted';
-}
-
 // ---------------------------------------------------------------------------------------------
 
 t.test('the hostile corpus, hand-written and generated from the committed seed, leaves the gateway serving and clean', async (t) => {
@@ -355,9 +347,7 @@ t.test('the hostile corpus, hand-written and generated from the committed seed, 
   t.equal(health.status, 200, 'the gateway still answers');
   health.socket.destroy();
   const errorLines = gw.logs.filter((l) => typeof l.level === 'number' && l.level >= 50);
-  const known = errorLines.filter(isKnownAbortedBody).length;
-  if (known > 0) t.comment(`${known} error-level line(s) of the known aborted-body bug (todo test below) left out`);
-  t.same(errorLines.filter((l) => !isKnownAbortedBody(l)), [], 'nothing was logged at error level');
+  t.same(errorLines, [], 'nothing was logged at error level');
   t.equal(await total(gw.ctx.metrics.internalErrors), 0, 'oneport_internal_errors_total is 0');
 
   // Everything the corpus opened is released: connections, tunnels, console legs, parked sessions.
@@ -375,11 +365,6 @@ t.test('the hostile corpus, hand-written and generated from the committed seed, 
 
 t.test(
   'a request body that breaks off (client gone, timeout, bad chunk) is not an internal error',
-  {
-    todo:
-      'gateway/http/api.ts readBody: the request stream\'s "aborted" error (ECONNRESET) becomes ONEPORT_ERR_INTERNAL, ' +
-      'logged at error level ("API request failed") and counted as a 500, by any client before it logs in',
-  },
   async (t) => {
     const { gw } = await setupDesk(t);
     // Found by the corpus: a body shorter than its Content-Length, then FIN (the server's own
@@ -403,15 +388,18 @@ t.test(
   },
 );
 
-// KNOWN BUG, not ours to fix here (gateway/tunnel/ is being edited elsewhere), and not run: it stops
-// the whole process, so no test in this file could report it. Frames after the upgrade are
-// fuzzed only once it is fixed (the corpus sends one binary probe frame after a 101).
-t.todo(
-  'a text frame "null" on an open oneport.v1 tunnel is ignored, not a process exit: ' +
-    'GET /tunnel/desk/vnc?ticket=<valid> with Sec-WebSocket-Protocol: oneport.v1, then the masked text frame ' +
-    '81 84 00 00 00 00 6e 75 6c 6c; TypeError: Cannot read properties of null (reading \'type\') at ' +
-    'ResumableSession.control (gateway/tunnel/session.ts:177), thrown from the ws message handler, uncaught',
-  async (t) => {
-    t.comment('not run: it would stop this test process too');
-  },
-);
+t.test('a text frame of any JSON value on an open oneport.v1 tunnel is ignored, not a process exit', async (t) => {
+  const { gw } = await setupDesk(t);
+  const { ticket } = await gw.ticket('alice', 'desk');
+  const ws = new WebSocket(`wss://127.0.0.1:${gw.port}/tunnel/desk/vnc?ticket=${ticket}`, ['oneport.v1'], { ca: gw.caCert });
+  ws.on('error', () => {});
+  t.teardown(() => ws.terminate());
+  await once(ws, 'message'); // hello
+  // Found by the corpus: "null" threw a TypeError in the ws message handler, uncaught.
+  for (const text of ['null', '1', '"ack"', '[]', 'true', '{"type":null}', '{"type":"ack","received":null}']) ws.send(text);
+  const echoed = once(ws, 'message');
+  ws.send(Buffer.from('still here'), { binary: true });
+  const [data] = (await echoed) as [Buffer];
+  t.equal(data.toString(), 'still here', 'the session carries on');
+  t.equal(await total(gw.ctx.metrics.internalErrors), 0, 'nothing failed');
+});

@@ -16,7 +16,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Detection, Detector } from '../../protocols/detector.js';
 import { tlsDetector } from '../../protocols/tls.js';
 import { HTTP_METHODS, httpDetector } from '../../protocols/http.js';
-import { V1_MAX, V2_MAX, V2_SIGNATURE, proxyDetector, type ProxyInfo } from '../../protocols/proxy.js';
+import { V1_MAX, V2_DEFAULT_MAX, V2_SIGNATURE, proxyDetector, type ProxyInfo } from '../../protocols/proxy.js';
 import { spiceDetector } from '../../protocols/spice.js';
 import { vncDetector } from '../../protocols/vnc.js';
 import { probeAnswer } from '../../protocols/probe.js';
@@ -140,7 +140,8 @@ function checkInfo(name: string, head: Uint8Array, d: Detection<unknown>): boole
       return (HTTP_METHODS as readonly string[]).includes((d.info as { method: string }).method);
     case 'proxy': {
       const p = d.info as ProxyInfo;
-      const max = p.version === 1 ? V1_MAX : V2_MAX;
+      // proxyDetector is the default-configured detector.
+      const max = p.version === 1 ? V1_MAX : V2_DEFAULT_MAX;
       if (!Number.isInteger(p.headerLength) || p.headerLength < 8 || p.headerLength > head.length || p.headerLength > max) return false;
       if (p.source === undefined) return true;
       return isIP(p.source.address) !== 0 && p.source.address.length <= 60 && Number.isInteger(p.source.port) && p.source.port >= 0 && p.source.port <= 65535;
