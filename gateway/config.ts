@@ -153,6 +153,13 @@ export const configSchema = z
       .object({
         /** Console ticket lifetime (CONTRACT: at most 60 s). @default 60 s */
         ticketTtlMs: z.number().int().min(1000).max(60 * SECOND).default(60 * SECOND),
+        /**
+         * After its first use a ticket is accepted again only from the same address, for the same
+         * console session, within this window: a SPICE client's other channels (opened within a
+         * second or two of the main one) and an RDP client's retries after security negotiation.
+         * Never a new session later on. @default 10000 (10 seconds)
+         */
+        ticketReuseMs: z.number().int().min(0).max(60 * SECOND).default(10 * SECOND),
         /** Resume token lifetime (CONTRACT: at most 10 min). @default 10 min */
         resumeTtlMs: z.number().int().min(1000).max(10 * MINUTE).default(10 * MINUTE),
         /** API / portal session lifetime. @default 8 h */

@@ -82,6 +82,9 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   const redisTarget = config.cluster.redis;
   if (redisTarget !== undefined && !opts.directory) {
     const redis = redisOptions(redisTarget, config.cluster.redisCa ? readFileSync(config.cluster.redisCa, 'utf8') : undefined);
+    for (const gap of redisExposure(redisTarget)) {
+      log.warn({ event: 'redis-insecure', gap }, `Redis ${gap}: whoever reaches it can read the ticket signing keys (any user's session, admins' too) and rewrite the directory; see README "Security"`);
+    }
     const identity = { nodeId: config.nodeId, ca: state.ca.cert, cert: ensureNodeCert(state, config.nodeId, config.serverNames) };
     nodeIdentity = identity;
     const conn = createConnection(redis, { connectionName: 'oneport-cluster', commandTimeout: 1000, connectTimeout: 2000 });
@@ -343,6 +346,29 @@ function buildServerContexts(config: Config, selfMade: { cert: string; key: stri
     }
     return ctx;
   };
+}
+
+/**
+ * What the Redis connection leaves open: no password (anyone who reaches it reads the signing
+ * keys) and no TLS (anyone on the path does). Warned at start, once each.
+ */
+export function redisExposure(r: NonNullable<Config['cluster']['redis']>): string[] {
+  const gaps: string[] = [];
+  if (typeof r === 'string') {
+    let u: URL | undefined;
+    try {
+      u = new URL(r);
+    } catch {
+      return gaps;
+    }
+    if (!u.password) gaps.push('has no password (redis://user:password@...)');
+    const loopback = /^(127\.|\[?::1\]?$|localhost$)/.test(u.hostname);
+    if (u.protocol !== 'rediss:' && !loopback) gaps.push('is reached without TLS (rediss://)');
+    return gaps;
+  }
+  if (r.password === undefined) gaps.push('has no password (cluster.redis.password)');
+  if (!r.tls) gaps.push('is reached without TLS (cluster.redis.tls)');
+  return gaps;
 }
 
 /** ioredis options from the config: a URL, or Sentinel with its options. */

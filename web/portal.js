@@ -78,7 +78,7 @@ function protocolActions(li, d, p) {
         // FreeRDP 2 sends no proxy credentials and cannot speak TLS to a proxy: the ticket
         // rides in the host name and the proxy is this port in clear text.
         const cmd = `xfreerdp /v:${t.connectWithTicket} /proxy:http://${location.host} /u:<windows user>`;
-        showDetail(li, 'Run this within the next minute:', cmd, `The ticket works once and expires in ${secondsLeft(t.expiresAt)} s. Get a new command for each connection.`);
+        showDetail(li, 'Run this within the next minute:', cmd, `The ticket opens one console session: unused, it expires in ${secondsLeft(t.expiresAt)} s; once used, only that session's own reconnects from this computer are let in, for a few seconds. Get a new command for each connection.`);
       } catch (e) {
         handleError(e);
       }

@@ -16,6 +16,8 @@ import { AttemptLimiter, ConcurrencyGate, addressKey } from './limits.js';
 
 export interface AuthSettings {
   readonly ticketTtlMs: number;
+  /** After its first use, a ticket opens further connections of that console session from the same address for this long. */
+  readonly ticketReuseMs: number;
   readonly resumeTtlMs: number;
   readonly sessionTtlMs: number;
   readonly loginsPerUserPerMinute: number;
@@ -210,7 +212,7 @@ export class Authenticator {
       await this.countFailure(client, 'ticket');
       throw new OneportError('ONEPORT_ERR_TICKET_INVALID');
     }
-    const r = await this.store.redeemTicket(check.claims.id, client, Date.now(), randomBytes(9).toString('base64url'));
+    const r = await this.store.redeemTicket(check.claims.id, client, Date.now(), randomBytes(9).toString('base64url'), this.settings.ticketReuseMs);
     if (r.outcome === 'refused' || r.record.vm !== vm.name || r.record.protocol !== protocol) {
       await this.countFailure(client, 'ticket');
       throw new OneportError('ONEPORT_ERR_TICKET_INVALID');

@@ -6,13 +6,13 @@
  * | key                     | type   | content                                                  |
  * |-------------------------|--------|----------------------------------------------------------|
  * | `<prefix>t:<ticket id>`  | hash   | `rec` TicketRecord JSON, `exp` expiresAt (ms), and once  |
- * |                         |        | redeemed `client` and `sid`; PX expiry = expiresAt + grace |
+ * |                         |        | redeemed `client`, `sid` and `at`; PX expiry = expiresAt + grace |
  * | `<prefix>r:<session id>` | string | revoked until (ms); PX expiry = until + grace             |
  *
  * Redemption is ONE Lua script: find, check expiry against the caller's clock (as the memory store
  * does; Redis's own expiry only collects garbage, `graceMs` after the ticket's end so that a late
  * redemption still says 'expired' rather than 'unknown'), bind on first use, answer 'again' to the
- * bound address, refuse everyone else. Scripts run one at a time, so of any number of racing
+ * bound address within the reuse window, refuse everyone else. Scripts run one at a time, so of any number of racing
  * redemptions exactly one is 'first'.
  */
 import type { RedisOptions, Redis } from 'ioredis';
@@ -42,19 +42,19 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 `;
 
-/** ARGV: client, now, new session id. Returns {outcome, record JSON or reason, session id}. */
+/** ARGV: client, now, new session id, reuse window (ms). Returns {outcome, record JSON or reason, session id}. */
 const REDEEM_LUA = `
-local h = redis.call('HMGET', KEYS[1], 'rec', 'exp', 'client', 'sid')
+local h = redis.call('HMGET', KEYS[1], 'rec', 'exp', 'client', 'sid', 'at')
 if not h[1] then return {'refused', 'unknown'} end
 if tonumber(h[2]) <= tonumber(ARGV[2]) then
   redis.call('DEL', KEYS[1])
   return {'refused', 'expired'}
 end
 if not h[3] then
-  redis.call('HSET', KEYS[1], 'client', ARGV[1], 'sid', ARGV[3])
+  redis.call('HSET', KEYS[1], 'client', ARGV[1], 'sid', ARGV[3], 'at', ARGV[2])
   return {'first', h[1], ARGV[3]}
 end
-if h[3] == ARGV[1] then return {'again', h[1], h[4]} end
+if h[3] == ARGV[1] and tonumber(ARGV[2]) - tonumber(h[5] or ARGV[2]) <= tonumber(ARGV[4]) then return {'again', h[1], h[4]} end
 return {'refused', 'replay'}
 `;
 
@@ -116,8 +116,8 @@ export class RedisAuthStore implements AuthStore {
     await this.call('store ticket', () => this.script('oneportTicketPut')(`${this.prefix}t:${record.id}`, JSON.stringify(record), record.expiresAt, ttl));
   }
 
-  async redeemTicket(id: string, client: string, now: number, newSessionId: string): Promise<Redemption> {
-    const r = await this.call<[string, string, string?]>('redeem ticket', () => this.script('oneportTicketRedeem')(`${this.prefix}t:${id}`, client, now, newSessionId));
+  async redeemTicket(id: string, client: string, now: number, newSessionId: string, reuseMs: number): Promise<Redemption> {
+    const r = await this.call<[string, string, string?]>('redeem ticket', () => this.script('oneportTicketRedeem')(`${this.prefix}t:${id}`, client, now, newSessionId, reuseMs));
     const [outcome, a, sid] = r;
     if (outcome === 'first' || outcome === 'again') return { outcome, record: JSON.parse(a) as TicketRecord, sessionId: sid ?? '' };
     if (a === 'unknown' || a === 'expired' || a === 'replay') return { outcome: 'refused', reason: a };

@@ -37,7 +37,12 @@ export interface AuthStore {
    * from the same client address before expiry return 'again' with the same session id; anything
    * else is refused.
    */
-  redeemTicket(id: string, client: string, now: number, newSessionId: string): Promise<Redemption>;
+  /**
+   * Spend a ticket: the first redemption binds it to `client` and a new console session; later
+   * ones are accepted only from that address and within `reuseMs` of the first (the other
+   * connections of one console session: SPICE channels, an RDP client's retries), else 'replay'.
+   */
+  redeemTicket(id: string, client: string, now: number, newSessionId: string, reuseMs: number): Promise<Redemption>;
   revokeSession(sessionId: string, until: number): Promise<void>;
   isSessionRevoked(sessionId: string): Promise<boolean>;
   close(): Promise<void>;
@@ -45,7 +50,7 @@ export interface AuthStore {
 
 interface TicketState {
   record: TicketRecord;
-  boundTo?: { client: string; sessionId: string };
+  boundTo?: { client: string; sessionId: string; at: number };
 }
 
 export interface MemoryAuthStoreOptions {
@@ -149,7 +154,7 @@ export class MemoryAuthStore implements AuthStore {
     this.tickets.set(record.id, { record });
   }
 
-  async redeemTicket(id: string, client: string, now: number, newSessionId: string): Promise<Redemption> {
+  async redeemTicket(id: string, client: string, now: number, newSessionId: string, reuseMs: number): Promise<Redemption> {
     const s = this.tickets.get(id);
     if (!s) return { outcome: 'refused', reason: 'unknown' };
     if (s.record.expiresAt <= now) {
@@ -157,10 +162,10 @@ export class MemoryAuthStore implements AuthStore {
       return { outcome: 'refused', reason: 'expired' };
     }
     if (!s.boundTo) {
-      s.boundTo = { client, sessionId: newSessionId };
+      s.boundTo = { client, sessionId: newSessionId, at: now };
       return { outcome: 'first', record: s.record, sessionId: newSessionId };
     }
-    if (s.boundTo.client === client) return { outcome: 'again', record: s.record, sessionId: s.boundTo.sessionId };
+    if (s.boundTo.client === client && now - s.boundTo.at <= reuseMs) return { outcome: 'again', record: s.record, sessionId: s.boundTo.sessionId };
     return { outcome: 'refused', reason: 'replay' };
   }
 

@@ -18,31 +18,41 @@ function ticket(overrides: Partial<TicketRecord> = {}): TicketRecord {
 }
 const sid = (): string => randomBytes(9).toString('base64url');
 
+/** The reuse window the conformance tests pass (config auth.ticketReuseMs). */
+const REUSE = 10_000;
+
 function conformance(name: string, make: Make): void {
   t.test(`${name}: ticket redemption and session revocation semantics`, async (t) => {
     const [a, b] = await make(t);
     const rec = ticket();
     const first = sid();
 
-    t.same(await a.redeemTicket(rec.id, '10.0.0.1', Date.now(), sid()), { outcome: 'refused', reason: 'unknown' }, 'an unknown ticket');
+    t.same(await a.redeemTicket(rec.id, '10.0.0.1', Date.now(), sid(), REUSE), { outcome: 'refused', reason: 'unknown' }, 'an unknown ticket');
     await a.putTicket(rec);
-    t.same(await b.redeemTicket(rec.id, '10.0.0.1', rec.expiresAt - 1, first), { outcome: 'first', record: rec, sessionId: first }, 'first use, one ms before expiry, on any node');
-    t.same(await a.redeemTicket(rec.id, '10.0.0.1', Date.now(), sid()), { outcome: 'again', record: rec, sessionId: first }, 'same address: the same session (a SPICE channel)');
-    t.same(await b.redeemTicket(rec.id, '10.0.0.2', Date.now(), sid()), { outcome: 'refused', reason: 'replay' }, 'another address: a replay');
-    t.same(await a.redeemTicket(rec.id, '10.0.0.1', rec.expiresAt, sid()), { outcome: 'refused', reason: 'expired' }, 'at expiry, even for the bound address');
-    t.same(await a.redeemTicket(rec.id, '10.0.0.1', Date.now(), sid()), { outcome: 'refused', reason: 'unknown' }, 'an expired ticket is dropped');
+    t.same(await b.redeemTicket(rec.id, '10.0.0.1', rec.expiresAt - 1, first, REUSE), { outcome: 'first', record: rec, sessionId: first }, 'first use, one ms before expiry, on any node');
+    t.same(await a.redeemTicket(rec.id, '10.0.0.1', Date.now(), sid(), REUSE), { outcome: 'again', record: rec, sessionId: first }, 'same address: the same session (a SPICE channel)');
+    t.same(await b.redeemTicket(rec.id, '10.0.0.2', Date.now(), sid(), REUSE), { outcome: 'refused', reason: 'replay' }, 'another address: a replay');
+    t.same(await a.redeemTicket(rec.id, '10.0.0.1', rec.expiresAt, sid(), REUSE), { outcome: 'refused', reason: 'expired' }, 'at expiry, even for the bound address');
+    t.same(await a.redeemTicket(rec.id, '10.0.0.1', Date.now(), sid(), REUSE), { outcome: 'refused', reason: 'unknown' }, 'an expired ticket is dropped');
+
+    const windowed = ticket();
+    await a.putTicket(windowed);
+    const t0 = Date.now();
+    t.equal((await b.redeemTicket(windowed.id, '10.0.0.6', t0, sid(), REUSE)).outcome, 'first');
+    t.equal((await a.redeemTicket(windowed.id, '10.0.0.6', t0 + REUSE, sid(), REUSE)).outcome, 'again', 'the same address at the end of the reuse window: still that session');
+    t.same(await b.redeemTicket(windowed.id, '10.0.0.6', t0 + REUSE + 1, sid(), REUSE), { outcome: 'refused', reason: 'replay' }, 'after the window: spent, even from the same address');
 
     const late = ticket();
     await b.putTicket(late);
-    t.same(await a.redeemTicket(late.id, '10.0.0.3', late.expiresAt + 5_000, sid()), { outcome: 'refused', reason: 'expired' }, 'never used, redeemed late');
+    t.same(await a.redeemTicket(late.id, '10.0.0.3', late.expiresAt + 5_000, sid(), REUSE), { outcome: 'refused', reason: 'expired' }, 'never used, redeemed late');
 
     const reissued = ticket();
     await a.putTicket(reissued);
     const s1 = sid();
-    t.equal((await a.redeemTicket(reissued.id, '10.0.0.4', Date.now(), s1)).outcome, 'first');
+    t.equal((await a.redeemTicket(reissued.id, '10.0.0.4', Date.now(), s1, REUSE)).outcome, 'first');
     await b.putTicket(reissued);
     const s2 = sid();
-    t.same(await a.redeemTicket(reissued.id, '10.0.0.5', Date.now(), s2), { outcome: 'first', record: reissued, sessionId: s2 }, 'putting a ticket again starts it afresh');
+    t.same(await a.redeemTicket(reissued.id, '10.0.0.5', Date.now(), s2, REUSE), { outcome: 'first', record: reissued, sessionId: s2 }, 'putting a ticket again starts it afresh');
 
     const session = sid();
     t.equal(await a.isSessionRevoked(session), false);
@@ -59,7 +69,7 @@ function conformance(name: string, make: Make): void {
     for (let round = 0; round < 50; round++) {
       const rec = ticket();
       await a.putTicket(rec);
-      const tries = Array.from({ length: 8 }, (_, i) => (i % 2 ? a : b).redeemTicket(rec.id, `10.1.0.${i}`, Date.now(), `s${round}-${i}`));
+      const tries = Array.from({ length: 8 }, (_, i) => (i % 2 ? a : b).redeemTicket(rec.id, `10.1.0.${i}`, Date.now(), `s${round}-${i}`, REUSE));
       const results = await Promise.all(tries);
       const firsts = results.filter((r) => r.outcome === 'first');
       if (firsts.length !== 1) t.fail(`round ${round}: ${firsts.length} firsts`, { results });
@@ -67,7 +77,7 @@ function conformance(name: string, make: Make): void {
       // Same address racing: one first, the rest join its session.
       const shared = ticket();
       await b.putTicket(shared);
-      const same = await Promise.all(Array.from({ length: 6 }, (_, i) => (i % 2 ? a : b).redeemTicket(shared.id, '10.2.0.1', Date.now(), `x${round}-${i}`)));
+      const same = await Promise.all(Array.from({ length: 6 }, (_, i) => (i % 2 ? a : b).redeemTicket(shared.id, '10.2.0.1', Date.now(), `x${round}-${i}`, REUSE)));
       const opened = same.filter((r) => r.outcome === 'first');
       if (opened.length !== 1 || !same.every((r) => r.outcome !== 'refused' && r.sessionId === (opened[0] as { sessionId: string } | undefined)?.sessionId)) {
         t.fail(`round ${round}: same-address redemptions must share one session`, { same });
@@ -102,7 +112,7 @@ t.test('RedisAuthStore: Redis gone means a clear error, not a silent refusal', a
   const s = await RedisAuthStore.open({ redis: redis.url });
   t.teardown(() => s.close());
   await redis.kill();
-  await t.rejects(s.redeemTicket('00', '10.0.0.1', Date.now(), sid()), DirectoryUnavailableError);
+  await t.rejects(s.redeemTicket('00', '10.0.0.1', Date.now(), sid(), REUSE), DirectoryUnavailableError);
   await t.rejects(s.isSessionRevoked('x'), DirectoryUnavailableError);
   await t.rejects(RedisAuthStore.open({ redis: redis.url }), DirectoryUnavailableError);
 });

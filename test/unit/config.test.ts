@@ -55,3 +55,12 @@ t.test('version matches package.json', async (t) => {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
   t.equal(VERSION, pkg.version);
 });
+
+t.test('a Redis without a password, or reached without TLS off this host, is named at start', async (t) => {
+  const { redisExposure } = await import('../../gateway/server.js');
+  t.same(redisExposure('redis://127.0.0.1:6379'), ['has no password (redis://user:password@...)'], 'loopback without TLS is fine, without a password is not');
+  t.same(redisExposure('redis://10.0.0.5:6379').length, 2, 'a remote one in clear text without a password: both');
+  t.same(redisExposure('rediss://oneport:s3cret@10.0.0.5:6380'), [], 'TLS and a password: nothing to say');
+  t.same(redisExposure({ sentinels: [{ host: '10.0.0.5', port: 26379 }], name: 'm', password: 'x', tls: true } as never), []);
+  t.same(redisExposure({ sentinels: [{ host: '10.0.0.5', port: 26379 }], name: 'm' } as never).length, 2);
+});

@@ -66,14 +66,14 @@ t.test('single use: first, again from the same address, refused elsewhere and af
   const store = new MemoryAuthStore(() => now);
   t.teardown(() => store.close());
   await store.putTicket({ id: 'abc', user: 'u', vm: 'demo', protocol: 'spice', expiresAt: now + 60_000 });
-  const first = await store.redeemTicket('abc', '10.0.0.1', now, 's1');
+  const first = await store.redeemTicket('abc', '10.0.0.1', now, 's1', 10_000);
   t.equal(first.outcome, 'first');
-  const again = await store.redeemTicket('abc', '10.0.0.1', now, 's2');
+  const again = await store.redeemTicket('abc', '10.0.0.1', now, 's2', 10_000);
   t.same(again.outcome === 'again' && again.sessionId, 's1', 'a SPICE channel joins the same session');
-  t.same(await store.redeemTicket('abc', '10.0.0.2', now, 's3'), { outcome: 'refused', reason: 'replay' });
-  t.same(await store.redeemTicket('nope', '10.0.0.1', now, 's4'), { outcome: 'refused', reason: 'unknown' });
+  t.same(await store.redeemTicket('abc', '10.0.0.2', now, 's3', 10_000), { outcome: 'refused', reason: 'replay' });
+  t.same(await store.redeemTicket('nope', '10.0.0.1', now, 's4', 10_000), { outcome: 'refused', reason: 'unknown' });
   now += 60_000;
-  t.same(await store.redeemTicket('abc', '10.0.0.1', now, 's5'), { outcome: 'refused', reason: 'expired' });
+  t.same(await store.redeemTicket('abc', '10.0.0.1', now, 's5', 10_000), { outcome: 'refused', reason: 'expired' });
 });
 
 t.test('tokens: purpose, expiry, tampering', async (t) => {

@@ -27,6 +27,7 @@ import { toVmRecord, vmSchema, type VmRecord } from '../../gateway/directory/dir
 import { MemoryAuthStore } from '../../gateway/auth/store.js';
 import { Authenticator } from '../../gateway/auth/authenticator.js';
 import { Metrics } from '../../gateway/metrics.js';
+import { buildConfig } from '../../gateway/config.js';
 import { RateLimitedLog, type Logger } from '../../gateway/log.js';
 import type { OneportError } from '../../gateway/errors.js';
 
@@ -214,7 +215,8 @@ async function brokerScene(t: { teardown(f: () => unknown): void }, reach: Reach
   const store = new MemoryAuthStore();
   t.teardown(() => store.close());
   const metrics = new Metrics();
-  const auth = new Authenticator(dir, store, { ticketTtlMs: 60_000, resumeTtlMs: 600_000, sessionTtlMs: 3_600_000, loginsPerUserPerMinute: 10, loginsPerAddressPerMinute: 10, authFailuresPerAddressPerMinute: 100, concurrentHashesPerAddress: 8, concurrentHashes: 16, ticketsPerUserPerMinute: 60 }, metrics);
+  const config = buildConfig({});
+  const auth = new Authenticator(dir, store, { ...config.auth, ...config.limits }, metrics);
   const { log, lines } = memoryLog();
   const watcher = new VmWatcher(dir);
   t.teardown(() => watcher.close());
