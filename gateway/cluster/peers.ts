@@ -14,6 +14,7 @@ import { Agent, request } from 'undici';
 import { NODE_OU } from '../../certs/ca.js';
 import type { Pem } from '../../certs/ca.js';
 import { OneportError } from '../errors.js';
+import { parseHostPort } from '../hostport.js';
 
 /** The request header that marks a node-to-node hop; its value is the sending node's id. */
 export const HOP_HEADER = 'oneport-hop';
@@ -59,10 +60,11 @@ export function checkNode(expected: string | undefined) {
   };
 }
 
+/** A node's advertised `host:port` (IPv6 bracketed), as dialled. */
 export function splitAddress(address: string): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(address);
-  if (!m) throw new Error(`bad node address ${address}`);
-  return { host: m[1] ?? m[2]!, port: Number(m[3]) };
+  const parsed = parseHostPort(address);
+  if (!parsed) throw new Error(`bad node address ${address}`);
+  return parsed;
 }
 
 export class Peers {
