@@ -29,6 +29,7 @@ import { Redis } from 'ioredis';
 import { startRedis } from '../test/helpers/redis.js';
 import { adminToken, makeCluster, type ClusterNode, type LogLine } from '../test/helpers/cluster.js';
 import { rawRequest, basic } from '../test/helpers/net.js';
+import { deadline, eventually } from '../test/helpers/wait.js';
 import { RedisDirectory } from '../gateway/directory/redis.js';
 import { toVmRecord, vmSchema, type VmRecord } from '../gateway/directory/directory.js';
 
@@ -43,16 +44,7 @@ const t = { teardown: (fn: () => unknown) => teardowns.push(fn) };
 
 /** Every wait in the benchmark is bounded: a stuck step fails the run instead of hanging it. */
 function withTimeout<T>(p: Promise<T>, what: string, ms = 30_000): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms)))]).finally(() => clearTimeout(timer));
-}
-
-async function until(check: () => Promise<boolean>, what: string, ms = 30_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check().catch(() => false))) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  return Promise.race([p, deadline(ms, what)]);
 }
 
 function logTime(l: LogLine): number {
@@ -199,10 +191,10 @@ async function main(): Promise<void> {
     const { node: leader } = await leaderOf(live, live.map(() => 0));
     const token = await adminToken(leader);
     // Every live node must be up in the leader's view first (a move to a node it has not seen is refused).
-    await until(async () => {
+    await eventually(async () => {
       const view = (await leader.api<{ nodes: Array<{ id: string; state: string }> }>('GET', '/api/cluster', { token })).body;
-      return live.every((n) => view.nodes.some((v) => v.id === n.id && v.state === 'up'));
-    }, 'all nodes up');
+      return live.every((n) => view.nodes.some((v) => v.id === n.id && v.state === 'up')) ? true : undefined;
+    }, 30_000, 'all nodes up');
     const others = live.filter((n) => n !== leader);
     const [owner, replica] = others as [ClusterNode, ClusterNode];
     const entry = leader; // the entry node survives the owner

@@ -9,7 +9,8 @@ import tls from 'node:tls';
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { startRedis } from '../helpers/redis.js';
-import { makeCluster, eventually, electedLeader, adminToken } from '../helpers/cluster.js';
+import { makeCluster, electedLeader, adminToken } from '../helpers/cluster.js';
+import { eventually } from '../helpers/wait.js';
 import { startBackend, rawRequest, readResponse, echoRoundTrip, basic } from '../helpers/net.js';
 
 const CLI = fileURLToPath(new URL('../../gateway/cli.ts', import.meta.url));

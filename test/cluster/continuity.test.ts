@@ -17,7 +17,8 @@ import { fileURLToPath } from 'node:url';
 import { WebSocket } from 'ws';
 import { OneportChannel } from '../../web/oneport-channel.js';
 import { startRedis, freePort } from '../helpers/redis.js';
-import { makeCluster, eventually, electedLeader, adminToken, type ClusterNode, type LogLine, type TestCluster } from '../helpers/cluster.js';
+import { makeCluster, electedLeader, adminToken, type ClusterNode, type LogLine, type TestCluster } from '../helpers/cluster.js';
+import { eventually } from '../helpers/wait.js';
 import { fixedPortConsole, type FixedConsole } from '../helpers/console.js';
 
 const CLI = fileURLToPath(new URL('../../gateway/cli.ts', import.meta.url));

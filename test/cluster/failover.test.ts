@@ -10,7 +10,8 @@ import net from 'node:net';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startRedis, redisClient, freePort } from '../helpers/redis.js';
-import { makeCluster, eventually, electedLeader, adminToken, type ClusterNode, type LogLine } from '../helpers/cluster.js';
+import { makeCluster, electedLeader, adminToken, type ClusterNode, type LogLine } from '../helpers/cluster.js';
+import { eventually } from '../helpers/wait.js';
 import { fixedPortConsole } from '../helpers/console.js';
 import { rawRequest, echoRoundTrip, basic } from '../helpers/net.js';
 

@@ -11,6 +11,7 @@ import { closedPort } from '../helpers/net.js';
 import { solidRoot, startXvnc } from '../helpers/x11.js';
 import { launchChromium, loginViaPortal, sidewaysOverflow, waitForCanvasColour } from '../helpers/page.js';
 import { outsideNetns } from '../helpers/netns.js';
+import { until } from '../helpers/wait.js';
 
 const ARTIFACTS = fileURLToPath(new URL('../../test-artifacts/', import.meta.url));
 mkdirSync(ARTIFACTS, { recursive: true });
@@ -84,7 +85,7 @@ t.test('log in, open the desktop in noVNC, see its picture; the viewer reconnect
   await page.click('#disconnect');
   await page.locator('#status[data-state=stopped]').waitFor();
   const tunnels = () => gw.logs.filter((l) => l.event === 'tunnel' && l.vm === 'desk' && l.transport === 'websocket');
-  await t.resolves(waitFor(() => tunnels().length >= 2), 'the gateway logged the tunnels');
+  await t.resolves(until(() => tunnels().length >= 2, { intervalMs: 50 }), 'the gateway logged the tunnels');
   t.ok(tunnels().every((l) => Number(l.bytesToClient) > 12 && Number(l.bytesToConsole) > 12), 'RFB went both ways through the gateway');
 });
 
@@ -151,11 +152,3 @@ t.test('the portal works on a phone-sized screen', { skip: outsideNetns }, async
   t.ok(overflow <= 0, `nothing sticks out sideways (${overflow} px)`);
   await page.screenshot({ path: join(ARTIFACTS, 'portal-phone.png'), fullPage: true });
 });
-
-async function waitFor(cond: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}

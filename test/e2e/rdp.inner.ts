@@ -16,6 +16,7 @@ import { closedPort } from '../helpers/net.js';
 import { testPki } from '../helpers/certs.js';
 import { startXvfb, waitForPort } from '../helpers/x11.js';
 import { outsideNetns } from '../helpers/netns.js';
+import { until } from '../helpers/wait.js';
 
 interface Run {
   /** null when it had to be killed at the deadline. */
@@ -136,7 +137,7 @@ t.test('xfreerdp /v:<ticket>.<vm> /proxy:http://gateway completes X.224 and TLS 
   t.equal(ok.code, 0, 'xfreerdp /auth-only exits 0 once X.224 and TLS went through', { output: ok.out });
   t.match(xrdp.log(), /TLS connection established from 127\.0\.0\.1/, "xrdp's log says the TLS connection was established");
   await t.resolves(
-    waitFor(() => gw.logs.some((l) => l.event === 'tunnel' && l.vm === 'win')),
+    until(() => gw.logs.some((l) => l.event === 'tunnel' && l.vm === 'win'), { intervalMs: 50 }),
     'the gateway logged the tunnel',
   );
   const tunnel = gw.logs.find((l) => l.event === 'tunnel' && l.vm === 'win')!;
@@ -152,11 +153,3 @@ t.test('xfreerdp /v:<ticket>.<vm> /proxy:http://gateway completes X.224 and TLS 
   t.ok(gw.logs.some((l) => l.event === 'tunnel-refused'), 'the gateway refused it', { output: forged.out });
   t.equal(established(), before, 'and xrdp saw no connection for it');
 });
-
-async function waitFor(cond: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}

@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { Agent, request } from 'undici';
 import { createCa, issueClientCert, type Pem } from '../../certs/ca.js';
 import { openAdmin, type Admin } from '../../gateway/admin.js';
+import { eventually } from './wait.js';
 
 interface Teardown {
   teardown(fn: () => unknown): void;
@@ -196,22 +197,6 @@ async function spawnNode(id: string, state: string, config: string, agent: Agent
     },
   };
   return node;
-}
-
-/** Resolves when `check` returns a value other than undefined; polls a live system's state. */
-export async function eventually<T>(check: () => Promise<T | undefined> | T | undefined, timeoutMs = 10_000, what = 'condition'): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await check();
-      if (v !== undefined) return v;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline) throw new Error(`${what}: not reached within ${timeoutMs} ms${last ? ` (${String(last)})` : ''}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 /** The first node that logs `leader-elected` (after line `after[i]` of node i's log). */

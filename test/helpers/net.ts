@@ -146,16 +146,6 @@ export function echoRoundTrip(socket: net.Socket | tls.TLSSocket, data: Buffer, 
   });
 }
 
-/** Resolves when `predicate` holds, checking on each `event` of `emitter` (no polling loop). */
-export async function until(check: () => boolean | Promise<boolean>, opts: { timeoutMs?: number; intervalMs?: number } = {}): Promise<void> {
-  // Used only where the thing to observe has no event (e.g. a counter in another module).
-  const deadline = Date.now() + (opts.timeoutMs ?? 10_000);
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, opts.intervalMs ?? 20));
-  }
-}
-
 /** A plain TCP connection to the gateway on loopback (optionally from another 127.x address), connected. */
 export async function connectRaw(port: number, opts: { localAddress?: string } = {}): Promise<net.Socket> {
   const s = net.connect({ port, host: '127.0.0.1', ...(opts.localAddress ? { localAddress: opts.localAddress } : {}) });

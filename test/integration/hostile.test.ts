@@ -18,7 +18,8 @@ import { join } from 'node:path';
 import { WebSocket } from 'ws';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { connectionCount, setupDesk, startStreamer } from '../helpers/scenario.js';
-import { basic, closedWithin, connectRaw, echoRoundTrip, rawRequest, until } from '../helpers/net.js';
+import { basic, closedWithin, connectRaw, echoRoundTrip, rawRequest } from '../helpers/net.js';
+import { deadline, until } from '../helpers/wait.js';
 import { createCa, issueServerCert } from '../../certs/ca.js';
 
 /** A deadline far beyond any test's own: a protection that relies on it would make the test fail. */
@@ -30,14 +31,6 @@ async function gauge(g: { get(): Promise<{ values: Array<{ value: number }> }> }
 
 async function tlsFailures(gw: TestGateway): Promise<number> {
   return gauge(gw.ctx.metrics.tlsErrors);
-}
-
-/** Rejects after `ms` with `what` in the message: the other side of a deadline race. */
-function deadline(ms: number, what: string): Promise<never> {
-  return new Promise((_, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms);
-    timer.unref();
-  });
 }
 
 /** The first of `events` that `emitter` emits, with its arguments; never rejects (unlike events.once on 'error'). */

@@ -9,7 +9,8 @@ import t from 'tap';
 import net from 'node:net';
 import type { TestGateway } from '../helpers/gateway.js';
 import { connectionCount, setupDesk } from '../helpers/scenario.js';
-import { basic, closedWithin, connectRaw, echoRoundTrip, rawRequest, until } from '../helpers/net.js';
+import { basic, closedWithin, connectRaw, echoRoundTrip, rawRequest } from '../helpers/net.js';
+import { until } from '../helpers/wait.js';
 
 function errorCode(body: string): string | undefined {
   try {

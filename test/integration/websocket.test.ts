@@ -13,6 +13,7 @@ import { WebSocket, type ClientOptions } from 'ws';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { setupDesk, startStreamer } from '../helpers/scenario.js';
 import { closedPort, rawRequest } from '../helpers/net.js';
+import { deadline } from '../helpers/wait.js';
 import type { ConfigInput } from '../../gateway/config.js';
 
 async function setup(t: Test, config: ConfigInput = {}) {
@@ -21,13 +22,6 @@ async function setup(t: Test, config: ConfigInput = {}) {
   await gw.addVm('bobs', [{ protocol: 'vnc', host: '127.0.0.1', port: echo.port }], ['bob']);
   await gw.addVm('dead', [{ protocol: 'vnc', host: '127.0.0.1', port: await closedPort() }], ['alice']);
   return { gw, echo };
-}
-
-function deadline(ms: number, what: string): Promise<never> {
-  return new Promise((_, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms);
-    timer.unref();
-  });
 }
 
 function openWs(t: Test, gw: TestGateway, path: string, opts: ClientOptions = {}, protocols: string[] = ['binary'], scheme = 'wss'): WebSocket {
