@@ -9,11 +9,11 @@ import t from 'tap';
 import net from 'node:net';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startRedis, redisClient, freePort } from '../helpers/redis.js';
+import { startRedis, redisClient } from '../helpers/redis.js';
 import { makeCluster, electedLeader, adminToken, type ClusterNode, type LogLine } from '../helpers/cluster.js';
 import { eventually } from '../helpers/wait.js';
 import { fixedPortConsole } from '../helpers/console.js';
-import { rawRequest, echoRoundTrip, basic } from '../helpers/net.js';
+import { rawRequest, echoRoundTrip, basic, freePort } from '../helpers/net.js';
 
 const RFB_BANNER = 'RFB 003.008\n';
 /** A VNC console greets first (the recovery probe waits for this), then echoes. */

@@ -7,11 +7,10 @@ import { once } from 'node:events';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import net from 'node:net';
 import { WebSocket, createWebSocketStream } from 'ws';
 import jpeg from 'jpeg-js';
 import { startTestGateway } from '../helpers/gateway.js';
-import { startBackend } from '../helpers/net.js';
+import { freePort, startBackend } from '../helpers/net.js';
 import { startRfbServer, patternPixel, TEST_PATTERN_BARS } from '../../gateway/demo/rfb.js';
 import { rfbConnect, rfbRequestFrame, pixelAt } from '../helpers/rfb-client.js';
 
@@ -170,14 +169,6 @@ async function fetchJson(gw: { port: number; caCert: string }, path: string, bod
   } finally {
     await dispatcher.close();
   }
-}
-
-async function freePort(): Promise<number> {
-  const s = net.createServer().listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
 }
 
 /** socat -d -d says "listening on" once its socket is bound: wait for that line. */

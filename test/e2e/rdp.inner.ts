@@ -12,9 +12,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent, request } from 'undici';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
-import { closedPort } from '../helpers/net.js';
+import { closedPort, waitForPort } from '../helpers/net.js';
 import { testPki } from '../helpers/certs.js';
-import { startXvfb, waitForPort } from '../helpers/x11.js';
+import { startXvfb } from '../helpers/x11.js';
 import { outsideNetns } from '../helpers/netns.js';
 import { until } from '../helpers/wait.js';
 

@@ -12,8 +12,7 @@ import { once } from 'node:events';
 import { createHash } from 'node:crypto';
 import { WebSocket } from 'ws';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
-import { freePort } from '../helpers/redis.js';
-import { rawRequest } from '../helpers/net.js';
+import { freePort, rawRequest } from '../helpers/net.js';
 import { until } from '../helpers/wait.js';
 import { fixedPortConsole, type FixedConsole } from '../helpers/console.js';
 // The browser library, run as is.
