@@ -15,11 +15,11 @@ import { once } from 'node:events';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { WebSocket } from 'ws';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { connectionCount, setupDesk, startStreamer } from '../helpers/scenario.js';
 import { basic, closedWithin, connectRaw, echoRoundTrip, rawRequest } from '../helpers/net.js';
 import { deadline, until } from '../helpers/wait.js';
+import { opened, openWs } from '../helpers/ws.js';
 import { createCa, issueServerCert } from '../../certs/ca.js';
 
 /** A deadline far beyond any test's own: a protection that relies on it would make the test fail. */
@@ -346,10 +346,8 @@ t.test('graceful stop: refuses new connections, drains open tunnels, then closes
   const r = await rawRequest(gw.port, clearConnect((await gw.ticket('alice', 'desk')).ticket));
   t.equal(r.status, 200);
   const sock = r.socket;
-  const ws = new WebSocket(`wss://127.0.0.1:${gw.port}/tunnel/desk/vnc?ticket=${(await gw.ticket('alice', 'desk')).ticket}`, ['binary'], { ca: gw.caCert });
-  ws.on('error', () => {});
-  t.teardown(() => ws.terminate());
-  await Promise.race([once(ws, 'open'), deadline(5000, 'WebSocket open')]);
+  const ws = openWs(t, gw, `/tunnel/desk/vnc?ticket=${(await gw.ticket('alice', 'desk')).ticket}`);
+  await opened(ws);
   const wsEcho = (text: string): Promise<string> =>
     Promise.race([
       new Promise<string>((resolve) => {
