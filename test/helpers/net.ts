@@ -156,6 +156,15 @@ export function readResponse(socket: net.Socket | tls.TLSSocket, timeoutMs = 10_
   });
 }
 
+/** The ONEPORT_ERR_* code of a JSON error body (e.g. `rawRequest`'s `body`), if it is one. */
+export function errorCode(body: string): string | undefined {
+  try {
+    return (JSON.parse(body) as { error?: { code?: string } }).error?.code;
+  } catch {
+    return undefined;
+  }
+}
+
 export function basic(user: string, secret: string): string {
   return `Basic ${Buffer.from(`${user}:${secret}`).toString('base64')}`;
 }

@@ -16,7 +16,7 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
-import { connectionCount, setupDesk, startStreamer } from '../helpers/scenario.js';
+import { clearConnect, connectionCount, setupDesk, startStreamer } from '../helpers/scenario.js';
 import { basic, closedWithin, connectRaw, echoRoundTrip, rawRequest } from '../helpers/net.js';
 import { deadline, until } from '../helpers/wait.js';
 import { opened, openWs } from '../helpers/ws.js';
@@ -46,8 +46,6 @@ function firstOf(emitter: NodeJS.EventEmitter, events: string[]): Promise<[strin
     });
   });
 }
-
-const clearConnect = (ticket: string): string => `CONNECT ${ticket}.desk:5900 HTTP/1.1\r\nHost: ${ticket}.desk:5900\r\n\r\n`;
 
 // -------------------------------------------------------------------------------------------
 // First bytes (CONTRACT section 1)

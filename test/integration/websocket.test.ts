@@ -11,8 +11,8 @@ import { randomBytes } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import { WebSocket, type ClientOptions } from 'ws';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
-import { setupDesk, startStreamer } from '../helpers/scenario.js';
-import { closedPort, rawRequest } from '../helpers/net.js';
+import { forge, setupDesk, startStreamer } from '../helpers/scenario.js';
+import { closedPort, errorCode, rawRequest } from '../helpers/net.js';
 import { deadline } from '../helpers/wait.js';
 import { closeOf, openWs } from '../helpers/ws.js';
 import type { ConfigInput } from '../../gateway/config.js';
@@ -66,14 +66,6 @@ function echo(ws: WebSocket, data: Buffer, ms = 5000): Promise<Buffer> {
   return Promise.race([result, deadline(ms, 'WebSocket echo')]);
 }
 
-function errorCode(body: string): string | undefined {
-  try {
-    return (JSON.parse(body) as { error?: { code?: string } }).error?.code;
-  } catch {
-    return undefined;
-  }
-}
-
 async function sessionCookie(gw: TestGateway, user: string, password: string): Promise<string> {
   const body = JSON.stringify({ user, password });
   const r = await rawRequest(
@@ -85,11 +77,6 @@ async function sessionCookie(gw: TestGateway, user: string, password: string): P
   const cookie = /\r\nSet-Cookie: (oneport_session=[^;\r]+)/i.exec(r.head)?.[1];
   if (r.status !== 200 || !cookie) throw new Error(`login failed: ${r.head}`);
   return cookie;
-}
-
-function forge(ticket: string): string {
-  const i = ticket.length - 8;
-  return `${ticket.slice(0, i)}${ticket[i] === 'a' ? 'b' : 'a'}${ticket.slice(i + 1)}`;
 }
 
 // -------------------------------------------------------------------------------------------
