@@ -27,7 +27,7 @@ import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { Redis } from 'ioredis';
 import { startRedis } from '../test/helpers/redis.js';
-import { adminToken, makeCluster, type ClusterNode, type LogLine } from '../test/helpers/cluster.js';
+import { adminToken, logTime, makeCluster, type ClusterNode, type LogLine } from '../test/helpers/cluster.js';
 import { rawRequest, basic } from '../test/helpers/net.js';
 import { deadline, eventually } from '../test/helpers/wait.js';
 import { RedisDirectory } from '../gateway/directory/redis.js';
@@ -45,10 +45,6 @@ const t = { teardown: (fn: () => unknown) => teardowns.push(fn) };
 /** Every wait in the benchmark is bounded: a stuck step fails the run instead of hanging it. */
 function withTimeout<T>(p: Promise<T>, what: string, ms = 30_000): Promise<T> {
   return Promise.race([p, deadline(ms, what)]);
-}
-
-function logTime(l: LogLine): number {
-  return typeof l.time === 'number' ? l.time : Date.parse(String(l.time));
 }
 
 interface Dist {
@@ -79,7 +75,6 @@ async function echoConsole(): Promise<number> {
 async function leaderOf(nodes: ClusterNode[], after: number[]): Promise<{ node: ClusterNode; line: LogLine }> {
   return Promise.race(nodes.map((n, i) => n.waitFor((l) => l.event === 'leader-elected', 20_000, { after: after[i] ?? 0 }).then((line) => ({ node: n, line }))));
 }
-
 
 async function main(): Promise<void> {
   const started = Date.now();

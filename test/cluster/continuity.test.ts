@@ -17,17 +17,13 @@ import { WebSocket } from 'ws';
 import { OneportChannel } from '../../web/oneport-channel.js';
 import { startRedis } from '../helpers/redis.js';
 import { freePort } from '../helpers/net.js';
-import { makeCluster, electedLeader, adminToken, type ClusterNode, type LogLine, type TestCluster } from '../helpers/cluster.js';
+import { makeCluster, electedLeader, adminToken, logTime, type ClusterNode, type TestCluster } from '../helpers/cluster.js';
 import { eventually } from '../helpers/wait.js';
 import { opened, openWs } from '../helpers/ws.js';
 import { fixedPortConsole, type FixedConsole } from '../helpers/console.js';
 
 const CLI = fileURLToPath(new URL('../../gateway/cli.ts', import.meta.url));
 const BANNER = 'RFB 003.008\n';
-
-function logTime(l: LogLine): number {
-  return typeof l.time === 'number' ? l.time : Date.parse(String(l.time));
-}
 
 /** A VNC-like console: greets, then echoes; tells which "host" it runs on. */
 function consoleOn(t: Test, port: number, host: string): Promise<FixedConsole> {

@@ -199,6 +199,11 @@ async function spawnNode(id: string, state: string, config: string, agent: Agent
   return node;
 }
 
+/** When a log line was written (ms since the epoch), whether pino wrote the time as a number or a string. */
+export function logTime(l: { time?: unknown }): number {
+  return typeof l.time === 'number' ? l.time : Date.parse(String(l.time));
+}
+
 /** The first node that logs `leader-elected` (after line `after[i]` of node i's log). */
 export function electedLeader(nodes: readonly ClusterNode[], after: readonly number[] = [], timeoutMs = 20_000): Promise<ClusterNode> {
   return Promise.race(nodes.map((n, i) => n.waitFor((l) => l.event === 'leader-elected', timeoutMs, { after: after[i] ?? 0 }).then(() => n)));
