@@ -3,11 +3,20 @@
  * not evaluated from strings in the page (Playwright's waitForFunction evals); instead a plain
  * function is called through the DevTools protocol, polled from here until it holds.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { type BrowserContext, type Page, chromium } from 'playwright-core';
 import { until } from './wait.js';
+
+const ARTIFACTS = fileURLToPath(new URL('../../test-artifacts/', import.meta.url));
+
+/** Where a test keeps `name` (a screenshot) for people to look at: test-artifacts/, created on first use. */
+export function artifact(name: string): string {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  return join(ARTIFACTS, name);
+}
 
 /**
  * Debian's Chromium, headless, with a fresh profile removed at teardown; never a downloaded

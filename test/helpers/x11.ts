@@ -99,7 +99,7 @@ export async function xRun(display: string, cmd: string, args: string[]): Promis
   if (code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${code}: ${err}`);
 }
 
-/** Paint the whole root window one colour (`#rrggbb`). */
-export function solidRoot(display: string, colour: string): Promise<void> {
-  return xRun(display, 'xsetroot', ['-solid', colour]);
+/** Paint the whole root window one colour, given as [r, g, b] (0-255), the form canvases are checked in. */
+export function solidRoot(display: string, rgb: readonly number[]): Promise<void> {
+  return xRun(display, 'xsetroot', ['-solid', `#${rgb.map((v) => v.toString(16).padStart(2, '0')).join('')}`]);
 }
