@@ -8,6 +8,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { type RawData, WebSocket } from 'ws';
 import { BANNER, DONE, MODE_ECHO, MODE_SINK, MODE_SOURCE } from './ipc.js';
+import { ByteQueue } from '../test/helpers/bytes.js';
 
 export interface Conn {
   /** Queue bytes; a promise means "wait before writing more" (backpressure). */
@@ -27,98 +28,6 @@ export type Opener = () => Promise<Conn>;
 
 const DEFAULT_READ_TIMEOUT_MS = 15_000;
 
-/** Bytes in arrival order; one pending reader at a time. */
-class ByteQueue {
-  private chunks: Buffer[] = [];
-  private length = 0;
-  private waiter: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void; timer: NodeJS.Timeout } | undefined;
-  private failure: Error | undefined;
-
-  private skipping: { left: number; resolve: () => void; reject: (e: Error) => void; timer: NodeJS.Timeout } | undefined;
-
-  push(chunk: Buffer): void {
-    const k = this.skipping;
-    if (k) {
-      const used = Math.min(k.left, chunk.length);
-      k.left -= used;
-      if (k.left === 0) {
-        this.skipping = undefined;
-        clearTimeout(k.timer);
-        k.resolve();
-      }
-      if (used === chunk.length) return;
-      chunk = chunk.subarray(used);
-    }
-    this.chunks.push(chunk);
-    this.length += chunk.length;
-    this.serve();
-  }
-
-  /** Count off n bytes (those already queued first) without storing them. */
-  discard(n: number, timeoutMs: number): Promise<void> {
-    if (this.waiter || this.skipping) return Promise.reject(new Error('concurrent read'));
-    const queued = Math.min(n, this.length);
-    if (queued > 0) this.take(queued);
-    const left = n - queued;
-    if (left === 0) return Promise.resolve();
-    if (this.failure) return Promise.reject(this.failure);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        const k = this.skipping;
-        this.skipping = undefined;
-        reject(new Error(`timed out after ${timeoutMs} ms with ${k?.left ?? '?'} of ${n} bytes still to come`));
-      }, timeoutMs);
-      this.skipping = { left, resolve, reject, timer };
-    });
-  }
-
-  fail(err: Error): void {
-    this.failure ??= err;
-    const k = this.skipping;
-    if (k) {
-      this.skipping = undefined;
-      clearTimeout(k.timer);
-      k.reject(err);
-    }
-    const w = this.waiter;
-    if (w && this.length < w.n) {
-      this.waiter = undefined;
-      clearTimeout(w.timer);
-      w.reject(err);
-    }
-  }
-
-  read(n: number, timeoutMs: number): Promise<Buffer> {
-    if (this.waiter) return Promise.reject(new Error('concurrent read'));
-    if (this.length >= n) return Promise.resolve(this.take(n));
-    if (this.failure) return Promise.reject(this.failure);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.waiter = undefined;
-        reject(new Error(`timed out after ${timeoutMs} ms waiting for ${n} bytes (have ${this.length})`));
-      }, timeoutMs);
-      this.waiter = { n, resolve, reject, timer };
-    });
-  }
-
-  private serve(): void {
-    const w = this.waiter;
-    if (!w || this.length < w.n) return;
-    this.waiter = undefined;
-    clearTimeout(w.timer);
-    w.resolve(this.take(w.n));
-  }
-
-  private take(n: number): Buffer {
-    const all = this.chunks.length === 1 ? (this.chunks[0] as Buffer) : Buffer.concat(this.chunks, this.length);
-    const out = all.subarray(0, n);
-    const rest = all.subarray(n);
-    this.chunks = rest.length > 0 ? [rest] : [];
-    this.length = rest.length;
-    return out;
-  }
-}
-
 function tlsDescription(s: net.Socket | tls.TLSSocket): string | undefined {
   if (!(s instanceof tls.TLSSocket)) return undefined;
   const c = s.getCipher();
@@ -137,8 +46,8 @@ class StreamConn implements Conn {
     this.tls = tlsDescription(socket);
     if (leftover && leftover.length > 0) this.q.push(leftover);
     socket.on('data', (b: Buffer) => this.q.push(b));
-    socket.on('error', (e) => this.q.fail(e));
-    socket.on('close', () => this.q.fail(new Error('connection closed')));
+    socket.on('error', (e) => this.q.end(e));
+    socket.on('close', () => this.q.end(new Error('connection closed')));
     socket.resume();
   }
 
@@ -198,7 +107,7 @@ class WsConn implements Conn {
   }
 
   private fail(e: Error): void {
-    this.q.fail(e);
+    this.q.end(e);
     const w = this.waiting;
     this.waiting = undefined;
     w?.reject(e);

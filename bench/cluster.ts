@@ -27,8 +27,9 @@ import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { Redis } from 'ioredis';
 import { startRedis } from '../test/helpers/redis.js';
-import { adminToken, makeCluster, type ClusterNode, type LogLine } from '../test/helpers/cluster.js';
+import { adminToken, logTime, makeCluster, type ClusterNode, type LogLine } from '../test/helpers/cluster.js';
 import { rawRequest, basic } from '../test/helpers/net.js';
+import { deadline, eventually } from '../test/helpers/wait.js';
 import { RedisDirectory } from '../gateway/directory/redis.js';
 import { toVmRecord, vmSchema, type VmRecord } from '../gateway/directory/directory.js';
 
@@ -43,20 +44,7 @@ const t = { teardown: (fn: () => unknown) => teardowns.push(fn) };
 
 /** Every wait in the benchmark is bounded: a stuck step fails the run instead of hanging it. */
 function withTimeout<T>(p: Promise<T>, what: string, ms = 30_000): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms)))]).finally(() => clearTimeout(timer));
-}
-
-async function until(check: () => Promise<boolean>, what: string, ms = 30_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check().catch(() => false))) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-function logTime(l: LogLine): number {
-  return typeof l.time === 'number' ? l.time : Date.parse(String(l.time));
+  return Promise.race([p, deadline(ms, what)]);
 }
 
 interface Dist {
@@ -87,7 +75,6 @@ async function echoConsole(): Promise<number> {
 async function leaderOf(nodes: ClusterNode[], after: number[]): Promise<{ node: ClusterNode; line: LogLine }> {
   return Promise.race(nodes.map((n, i) => n.waitFor((l) => l.event === 'leader-elected', 20_000, { after: after[i] ?? 0 }).then((line) => ({ node: n, line }))));
 }
-
 
 async function main(): Promise<void> {
   const started = Date.now();
@@ -199,10 +186,10 @@ async function main(): Promise<void> {
     const { node: leader } = await leaderOf(live, live.map(() => 0));
     const token = await adminToken(leader);
     // Every live node must be up in the leader's view first (a move to a node it has not seen is refused).
-    await until(async () => {
+    await eventually(async () => {
       const view = (await leader.api<{ nodes: Array<{ id: string; state: string }> }>('GET', '/api/cluster', { token })).body;
-      return live.every((n) => view.nodes.some((v) => v.id === n.id && v.state === 'up'));
-    }, 'all nodes up');
+      return live.every((n) => view.nodes.some((v) => v.id === n.id && v.state === 'up')) ? true : undefined;
+    }, 30_000, 'all nodes up');
     const others = live.filter((n) => n !== leader);
     const [owner, replica] = others as [ClusterNode, ClusterNode];
     const entry = leader; // the entry node survives the owner

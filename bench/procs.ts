@@ -1,12 +1,13 @@
 /**
  * Child processes for the benchmark: the gateway and backend (Node, with an IPC channel) and the
- * peers (HAProxy, websockify). Free loopback ports, waiting until a port accepts, CPU time of a
- * process tree from /proc, and stopping everything we started (also on error and on exit).
+ * peers (HAProxy, websockify). Waiting until a peer's port accepts, CPU time of a process tree
+ * from /proc, and stopping everything we started (also on error and on exit). Free ports come
+ * from test/helpers/net.ts.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync, readdirSync } from 'node:fs';
-import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { waitForPort } from '../test/helpers/net.js';
 
 const started = new Set<ChildProcess>();
 
@@ -90,36 +91,15 @@ export function tail(file: string, lines = 15): string {
   }
 }
 
-/** A loopback port nobody listens on right now (bound to port 0, then released). */
-export async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((resolve, reject) => {
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => resolve());
-  });
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
-
 /** Poll until 127.0.0.1:port accepts a TCP connection; fail early if the peer exits. */
 export async function waitAccepting(peer: Peer, port: number, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
   let dead: string | undefined;
   void peer.exited.then((how) => (dead = how));
-  for (;;) {
+  try {
+    await waitForPort(port, timeoutMs, () => dead !== undefined);
+  } catch {
     if (dead) throw new Error(`${peer.name} ${dead} before accepting on ${port}${tail(peer.logFile)}`);
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = net.connect({ host: '127.0.0.1', port });
-      s.once('connect', () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.once('error', () => resolve(false));
-    });
-    if (ok) return;
-    if (Date.now() > deadline) throw new Error(`${peer.name} did not accept on 127.0.0.1:${port} within ${timeoutMs} ms${tail(peer.logFile)}`);
-    await sleep(50);
+    throw new Error(`${peer.name} did not accept on 127.0.0.1:${port} within ${timeoutMs} ms${tail(peer.logFile)}`);
   }
 }
 

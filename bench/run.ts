@@ -40,7 +40,8 @@ import {
   wsOpener,
 } from './clients.js';
 import type { BackendReady, GatewayChildOptions, GatewayReady, GatewayReply } from './ipc.js';
-import { type Peer, firstMessage, freePort, spawnPeer, stopAll, tail, treeCpuSeconds, waitAccepting } from './procs.js';
+import { type Peer, firstMessage, spawnPeer, stopAll, tail, treeCpuSeconds, waitAccepting } from './procs.js';
+import { freePort } from '../test/helpers/net.js';
 import { type MicroResult, fmtNs, runMicro } from './micro.js';
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));

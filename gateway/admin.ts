@@ -7,15 +7,10 @@ import http from 'node:http';
 import { existsSync } from 'node:fs';
 import { OneportError, type ErrorCode } from './errors.js';
 import { MemoryDirectory } from './directory/memory.js';
-import { type UserRecord, type VmInput, type VmRecord, toVmRecord, userNameSchema, vmSchema } from './directory/directory.js';
-import { hashPassword } from './auth/passwords.js';
+import type { VmInput, VmRecord } from './directory/directory.js';
+import * as commands from './directory/commands.js';
+import type { UserInput } from './directory/commands.js';
 import { statePaths } from './state.js';
-
-export interface UserInput {
-  password?: string | undefined;
-  roles?: Array<'user' | 'admin'> | undefined;
-  groups?: string[] | undefined;
-}
 
 export interface Admin {
   readonly mode: 'running-gateway' | 'offline';
@@ -119,38 +114,20 @@ class OfflineAdmin implements Admin {
   readonly mode = 'offline' as const;
   constructor(private readonly dir: MemoryDirectory) {}
 
-  async putUser(name: string, input: UserInput): Promise<unknown> {
-    const parsedName = userNameSchema.safeParse(name);
-    if (!parsedName.success) throw new OneportError('ONEPORT_ERR_VALIDATION', parsedName.error.issues[0]?.message);
-    const existing = this.dir.getUser(name);
-    if (!existing && input.password === undefined) throw new OneportError('ONEPORT_ERR_VALIDATION', 'a new user needs a password');
-    const user: UserRecord = {
-      name,
-      passwordHash: input.password === undefined ? (existing?.passwordHash ?? '') : await hashPassword(input.password),
-      roles: input.roles ?? existing?.roles ?? ['user'],
-      groups: input.groups ?? existing?.groups ?? [],
-      sessionsNotBefore: input.password === undefined ? (existing?.sessionsNotBefore ?? 0) : Date.now(),
-    };
-    await this.dir.putUser(user);
-    return { name: user.name, roles: user.roles, groups: user.groups };
+  putUser(name: string, input: UserInput): Promise<unknown> {
+    return commands.putUser(this.dir, name, input);
   }
-  async deleteUser(name: string): Promise<void> {
-    if (!(await this.dir.deleteUser(name))) throw new OneportError('ONEPORT_ERR_NOT_FOUND', 'no such user');
+  deleteUser(name: string): Promise<void> {
+    return commands.deleteUser(this.dir, name);
   }
   async listUsers(): Promise<unknown[]> {
-    return this.dir.listUsers().map((u) => ({ name: u.name, roles: u.roles, groups: u.groups }));
+    return this.dir.listUsers().map(commands.publicUser);
   }
-  async putVm(input: VmInput): Promise<unknown> {
-    const parsed = vmSchema.safeParse(input);
-    if (!parsed.success) {
-      throw new OneportError('ONEPORT_ERR_VALIDATION', parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
-    }
-    const vm = toVmRecord(parsed.data);
-    await this.dir.putVm(vm);
-    return vm;
+  putVm(input: VmInput): Promise<unknown> {
+    return commands.putVm(this.dir, input);
   }
-  async deleteVm(name: string): Promise<void> {
-    if (!(await this.dir.deleteVm(name))) throw new OneportError('ONEPORT_ERR_UNKNOWN_VM');
+  deleteVm(name: string): Promise<void> {
+    return commands.deleteVm(this.dir, name);
   }
   async listVms(): Promise<VmRecord[]> {
     return [...this.dir.listVms()];
@@ -161,12 +138,9 @@ class OfflineAdmin implements Admin {
   async cluster(): Promise<unknown> {
     throw new Error('the gateway is not running');
   }
-  async moveVm(name: string, node: string): Promise<VmRecord> {
-    const vm = this.dir.getVm(name);
-    if (!vm) throw new OneportError('ONEPORT_ERR_UNKNOWN_VM');
-    const moved: VmRecord = { ...vm, node, replica: vm.replica === node ? vm.node : vm.replica, epoch: vm.epoch + 1 };
-    await this.dir.putVm(moved);
-    return moved;
+  moveVm(name: string, node: string): Promise<VmRecord> {
+    // No cluster membership to check: offline, the directory file is the whole world.
+    return commands.moveVm(this.dir, name, node);
   }
   async rotateKeys(): Promise<void> {
     await this.dir.rotateKeys();

@@ -11,6 +11,7 @@ import { MemoryDirectory } from './directory/memory.js';
 import { openAdmin } from './admin.js';
 import { randomPassword } from './auth/passwords.js';
 import { PROTOCOLS, type EndpointInput, type Protocol } from './directory/directory.js';
+import { parseHostPort, parsePort } from './hostport.js';
 import { VERSION } from './version.js';
 
 interface GlobalOpts {
@@ -306,11 +307,13 @@ function csv(v: string): string[] {
     .filter(Boolean);
 }
 
+/** `host:port` or `host:port@published-port` (`[v6]:port` for IPv6). */
 function endpoint(protocol: Protocol, v: string): EndpointInput {
-  const m = /^(\[[0-9a-fA-F:.]+\]|[^:@[\]]+):(\d{1,5})(?:@(\d{1,5}))?$/.exec(v);
-  if (!m) throw new InvalidArgumentError('expected host:port or host:port@published-port');
-  const host = (m[1] ?? '').replace(/^\[|\]$/g, '');
-  return { protocol, host, port: Number(m[2]), ...(m[3] ? { publishedPort: Number(m[3]) } : {}) };
+  const at = v.lastIndexOf('@');
+  const address = parseHostPort(at < 0 ? v : v.slice(0, at));
+  const publishedPort = at < 0 ? undefined : parsePort(v.slice(at + 1));
+  if (!address || (at >= 0 && publishedPort === undefined)) throw new InvalidArgumentError('expected host:port or host:port@published-port (ports 1-65535)');
+  return { protocol, host: address.host, port: address.port, ...(publishedPort !== undefined ? { publishedPort } : {}) };
 }
 
 program.parseAsync(process.argv).catch((e: unknown) => {

@@ -8,6 +8,7 @@ import { isIP } from 'node:net';
 import { resolve } from 'node:path';
 import { z } from 'zod';
 import { V2_DEFAULT_MAX, V2_HARD_MAX, V2_MIN_MAX } from '../protocols/proxy.js';
+import { parseHostPort } from './hostport.js';
 
 const SECOND = 1000;
 const MINUTE = 60 * SECOND;
@@ -321,14 +322,11 @@ export function loadConfig(opts: LoadOptions = {}): Config {
   return buildConfig(merged);
 }
 
+/** An address to listen on: port 0 lets the system pick, an empty host (`:port`) is every IPv4 address. */
 export function parseListen(s: string): { host: string; port: number } | undefined {
-  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(s);
-  if (!m) return undefined;
-  const port = Number(m[3]);
-  if (port > 65535) return undefined;
-  const host = m[1] ?? (m[2] || '0.0.0.0');
-  if (m[1] !== undefined && isIP(m[1]) !== 6) return undefined;
-  return { host, port };
+  const parsed = parseHostPort(s, { portZero: true, emptyHost: true });
+  if (!parsed) return undefined;
+  return { host: parsed.host || '0.0.0.0', port: parsed.port };
 }
 
 export function parseCidr(s: string): { address: string; prefix: number; family: 'ipv4' | 'ipv6' } | undefined {

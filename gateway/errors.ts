@@ -4,6 +4,7 @@
  * the HTTP status, except that "who are you?" (401) becomes 407 there, as a proxy must answer.
  * README's "Error codes" section documents each code; a unit test keeps the two in step.
  */
+import type { z } from 'zod';
 
 export interface ErrorSpec {
   readonly status: number;
@@ -75,4 +76,12 @@ export function isOneportError(e: unknown): e is OneportError {
 /** Anything thrown, as a OneportError (unknown failures become INTERNAL, message hidden). */
 export function toOneportError(e: unknown): OneportError {
   return isOneportError(e) ? e : new OneportError('ONEPORT_ERR_INTERNAL', undefined, { cause: e });
+}
+
+/** A failed schema check as ONEPORT_ERR_VALIDATION: one `field: problem` per issue (`body` for the whole input). */
+export function validationError(e: z.ZodError): OneportError {
+  return new OneportError(
+    'ONEPORT_ERR_VALIDATION',
+    e.issues.map((i) => `${i.path.join('.') || 'body'}: ${i.message}`).join('; '),
+  );
 }

@@ -7,6 +7,7 @@ import { isIP } from 'node:net';
 import { OneportError } from './errors.js';
 import { type Directory, type Endpoint, type Protocol, type VmRecord, PROTOCOLS, WELL_KNOWN_PORT } from './directory/directory.js';
 import { TICKET_RE } from './auth/tickets.js';
+import { parseHostPort } from './hostport.js';
 
 export interface Authority {
   /** Lowercased host as the client wrote it (without brackets). */
@@ -16,30 +17,15 @@ export interface Authority {
   readonly literal: boolean;
 }
 
-/** Parse a CONNECT request-target (RFC 9110 section 9.3.6: authority-form, host:port). */
+/**
+ * Parse a CONNECT request-target (RFC 9110 section 9.3.6: authority-form, host:port; a host is
+ * required and the port is 1-65535). The host is lowercased, and marked when it is an address.
+ */
 export function parseAuthority(target: string): Authority | undefined {
-  if (target.length === 0 || target.length > 300) return undefined;
-  let host: string;
-  let portText: string;
-  if (target.startsWith('[')) {
-    const end = target.indexOf(']');
-    if (end < 0 || target[end + 1] !== ':') return undefined;
-    host = target.slice(1, end);
-    portText = target.slice(end + 2);
-    if (isIP(host.split('%')[0] ?? '') !== 6) return undefined;
-  } else {
-    const colon = target.lastIndexOf(':');
-    if (colon <= 0) return undefined;
-    host = target.slice(0, colon);
-    portText = target.slice(colon + 1);
-    if (host.includes(':')) return undefined;
-  }
-  if (!/^[0-9]{1,5}$/.test(portText)) return undefined;
-  const port = Number(portText);
-  if (port < 1 || port > 65535) return undefined;
-  if (!/^[A-Za-z0-9._%:-]+$/.test(host)) return undefined;
-  host = host.toLowerCase();
-  return { host, port, literal: isAddressLiteral(host) };
+  const parsed = parseHostPort(target);
+  if (!parsed) return undefined;
+  const host = parsed.host.toLowerCase();
+  return { host, port: parsed.port, literal: isAddressLiteral(host) };
 }
 
 /**

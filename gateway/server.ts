@@ -7,7 +7,8 @@ import tls from 'node:tls';
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
-import type { Config } from './config.js';
+import { type Config, parseListen } from './config.js';
+import { formatHostPort } from './hostport.js';
 import type { GatewayContext } from './context.js';
 import { type Directory, type UserRecord, toVmRecord, vmSchema } from './directory/directory.js';
 import { MemoryDirectory } from './directory/memory.js';
@@ -224,16 +225,18 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     }
   }
 
-  const { host: listenHost, port: listenPort } = parseListenOrThrow(config.listen);
-  const address = await listener.listen(listenHost, listenPort);
+  const listen = parseListen(config.listen);
+  if (!listen) throw new Error(`bad listen address ${config.listen}`);
+  const address = await listener.listen(listen.host, listen.port);
   lifecycle.listening = true;
-  const displayHost = address.family === 'IPv6' ? `[${address.address}]` : address.address;
-  ownOrigins = config.serverNames.map((n) => `https://${n.includes(':') ? `[${n}]` : n}:${address.port}`);
+  const anyAddress = address.address === '0.0.0.0' || address.address === '::';
+  const bound = formatHostPort(address.address, address.port);
+  ownOrigins = config.serverNames.map((n) => `https://${formatHostPort(n, address.port)}`);
   if (address.port === 443) ownOrigins.push(...config.serverNames.map((n) => `https://${n}`));
 
   if (cluster) {
-    const advertise = config.cluster.advertise ?? `${address.address === '0.0.0.0' || address.address === '::' ? config.serverNames[0] : address.address}:${address.port}`;
-    const advertised = advertise.includes(':') && !advertise.startsWith('[') && advertise.split(':').length > 2 ? `[${advertise.slice(0, advertise.lastIndexOf(':'))}]${advertise.slice(advertise.lastIndexOf(':'))}` : advertise;
+    // Bound to every address: the other nodes reach us by our first server name.
+    const advertised = config.cluster.advertise ?? (anyAddress ? formatHostPort(config.serverNames[0] ?? 'localhost', address.port) : bound);
     await cluster.start({
       dir,
       address: advertised,
@@ -252,7 +255,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   }
   log.info(
     { event: 'listening', address: address.address, port: address.port, directory: dir.kind, node: config.nodeId, cluster: cluster !== undefined },
-    `oneport listening on ${displayHost}:${address.port}`,
+    `oneport listening on ${bound}`,
   );
 
   let closing: Promise<void> | undefined;
@@ -294,18 +297,12 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     ctx,
     host: address.address,
     port: address.port,
-    url: `https://${displayHost === '0.0.0.0' || displayHost === '[::]' ? 'localhost' : displayHost}:${address.port}/`,
+    url: `https://${anyAddress ? formatHostPort('localhost', address.port) : bound}/`,
     caCert: state.ca.cert,
     demoPassword,
     demo,
     close,
   };
-}
-
-function parseListenOrThrow(listen: string): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(listen);
-  if (!m) throw new Error(`bad listen address ${listen}`);
-  return { host: m[1] ?? (m[2] || '0.0.0.0'), port: Number(m[3]) };
 }
 
 /**

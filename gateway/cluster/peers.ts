@@ -16,6 +16,7 @@ import type { Pem } from '../../certs/ca.js';
 import { OneportError } from '../errors.js';
 import { ReachFailure } from '../tunnel/failures.js';
 import type { ReachedConsole } from '../tunnel/reach.js';
+import { parseHostPort } from '../hostport.js';
 
 /** On forwarded API calls: the node that forwarded it, the client's address, the acting identity. */
 export const FORWARDED_BY_HEADER = 'oneport-forwarded-by';
@@ -59,10 +60,11 @@ export function checkNode(expected: string | undefined) {
   };
 }
 
+/** A node's advertised `host:port` (IPv6 bracketed), as dialled. */
 export function splitAddress(address: string): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(address);
-  if (!m) throw new Error(`bad node address ${address}`);
-  return { host: m[1] ?? m[2]!, port: Number(m[3]) };
+  const parsed = parseHostPort(address);
+  if (!parsed) throw new Error(`bad node address ${address}`);
+  return parsed;
 }
 
 export class Peers {

@@ -5,19 +5,10 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { z } from 'zod';
 import type { GatewayContext } from '../context.js';
-import { OneportError } from '../errors.js';
-import {
-  type UserRecord,
-  type VmRecord,
-  isAssigned,
-  protocolSchema,
-  toVmRecord,
-  userNameSchema,
-  vmSchema,
-  vmsForUser,
-  ROLES,
-} from '../directory/directory.js';
-import { hashPassword } from '../auth/passwords.js';
+import { OneportError, validationError } from '../errors.js';
+import { type UserRecord, type VmRecord, isAssigned, protocolSchema, userNameSchema, vmsForUser } from '../directory/directory.js';
+import * as commands from '../directory/commands.js';
+import { moveSchema, publicUser, userInputSchema } from '../directory/commands.js';
 import { lookupVm } from '../routing.js';
 import { SESSION_COOKIE, clearedSessionCookie, readCookie, sessionCookie } from './cookies.js';
 import { decodePathSegment, pathOf, safeHost, sendError, sendJson } from './respond.js';
@@ -75,21 +66,9 @@ function route(method: string, path: string, name: string, handler: Handler, opt
 const loginSchema = z.object({ user: z.string().min(1).max(64), password: z.string().min(1).max(1024) }).strict();
 const ticketSchema = z.object({ protocol: protocolSchema.optional() }).strict();
 const adminTicketSchema = z.object({ user: userNameSchema, vm: z.string(), protocol: protocolSchema.optional() }).strict();
-const userBodySchema = z
-  .object({
-    password: z.string().min(8).max(1024).optional(),
-    roles: z.array(z.enum(ROLES)).optional(),
-    groups: z.array(z.string().min(1).max(64)).optional(),
-  })
-  .strict();
-const moveSchema = z.object({ node: z.string().min(1).max(63) }).strict();
 
 function publicVm(vm: VmRecord): Record<string, unknown> {
   return { vm: vm.name, protocols: vm.endpoints.map((e) => e.protocol), state: vm.state, node: vm.node };
-}
-
-function publicUser(u: UserRecord): Record<string, unknown> {
-  return { name: u.name, roles: u.roles, groups: u.groups };
 }
 
 /**
@@ -232,29 +211,19 @@ route('PUT', '/api/vms/:p', 'vm', async (c) => {
   await c.admin();
   const name = c.params[0] ?? '';
   const body = await c.body(z.record(z.string(), z.unknown()));
-  const parsed = vmSchema.safeParse({ ...body, name });
-  if (!parsed.success) throw validationError(parsed.error);
-  const vm = toVmRecord(parsed.data);
-  await c.ctx.dir.putVm(vm);
-  sendJson(c.res, 200, vm);
+  sendJson(c.res, 200, await commands.putVm(c.ctx.dir, { ...body, name }));
 }, { leader: true });
 route('DELETE', '/api/vms/:p', 'vm', async (c) => {
   await c.admin();
-  if (!(await c.ctx.dir.deleteVm(c.params[0] ?? ''))) throw new OneportError('ONEPORT_ERR_UNKNOWN_VM');
+  await commands.deleteVm(c.ctx.dir, c.params[0] ?? '');
   sendJson(c.res, 200, { ok: true });
 }, { leader: true });
 route('POST', '/api/vms/:p/move', 'move', async (c) => {
   await c.admin();
   const { node } = await c.body(moveSchema);
-  const vm = lookupVm(c.ctx.dir, c.params[0] ?? '');
-  if (c.ctx.cluster) {
-    const target = c.ctx.cluster.node(node);
-    if (!target || target.state !== 'up') throw new OneportError('ONEPORT_ERR_VALIDATION', `node ${node} is not an up member of the cluster`);
-  }
-  // The replica stays where it was, unless the VM moves onto it (then the old owner takes its place).
-  const moved: VmRecord = { ...vm, node, replica: vm.replica === node ? vm.node : vm.replica, epoch: vm.epoch + 1 };
-  if (!(await c.ctx.dir.putVm(moved, { ifEpoch: vm.epoch }))) throw new OneportError('ONEPORT_ERR_CONFLICT');
-  sendJson(c.res, 200, moved);
+  const cluster = c.ctx.cluster;
+  const isUpNode = cluster ? (n: string): boolean => cluster.node(n)?.state === 'up' : undefined;
+  sendJson(c.res, 200, await commands.moveVm(c.ctx.dir, c.params[0] ?? '', node, { isUpNode }));
 }, { leader: true });
 route('POST', '/api/keys/rotate', 'rotate-keys', async (c) => {
   await c.admin();
@@ -269,25 +238,14 @@ route('GET', '/api/users', 'users', async (c) => {
 });
 route('PUT', '/api/users/:p', 'user', async (c) => {
   await c.admin();
-  const name = userNameSchema.safeParse(c.params[0] ?? '');
-  if (!name.success) throw validationError(name.error);
-  const body = await c.body(userBodySchema);
-  const existing = c.ctx.dir.getUser(name.data);
-  if (!existing && body.password === undefined) throw new OneportError('ONEPORT_ERR_VALIDATION', 'a new user needs a password');
-  const user: UserRecord = {
-    name: name.data,
-    passwordHash: body.password === undefined ? (existing?.passwordHash ?? '') : await hashPassword(body.password),
-    roles: body.roles ?? existing?.roles ?? ['user'],
-    groups: body.groups ?? existing?.groups ?? [],
-    // A new password logs the user out everywhere.
-    sessionsNotBefore: body.password === undefined ? (existing?.sessionsNotBefore ?? 0) : Date.now(),
-  };
-  await c.ctx.dir.putUser(user);
-  sendJson(c.res, 200, publicUser(user));
+  // The name is checked before the body is read, so a bad name is the error a client sees first.
+  const name = commands.checkUserName(c.params[0] ?? '');
+  const body = await c.body(userInputSchema);
+  sendJson(c.res, 200, await commands.putUser(c.ctx.dir, name, body));
 }, { leader: true });
 route('DELETE', '/api/users/:p', 'user', async (c) => {
   await c.admin();
-  if (!(await c.ctx.dir.deleteUser(c.params[0] ?? ''))) throw new OneportError('ONEPORT_ERR_NOT_FOUND', 'no such user');
+  await commands.deleteUser(c.ctx.dir, c.params[0] ?? '');
   sendJson(c.res, 200, { ok: true });
 }, { leader: true });
 route('POST', '/api/tickets', 'admin-ticket', async (c) => {
@@ -299,13 +257,6 @@ route('POST', '/api/tickets', 'admin-ticket', async (c) => {
   if (!isAssigned(vm, user)) throw new OneportError('ONEPORT_ERR_NOT_ASSIGNED');
   sendJson(c.res, 200, await ticketResponse(c, user, vm, body.protocol));
 });
-
-function validationError(e: z.ZodError): OneportError {
-  return new OneportError(
-    'ONEPORT_ERR_VALIDATION',
-    e.issues.map((i) => `${i.path.join('.') || 'body'}: ${i.message}`).join('; '),
-  );
-}
 
 /** The request body, at most `limit` bytes. */
 async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {

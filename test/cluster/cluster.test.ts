@@ -9,7 +9,8 @@ import tls from 'node:tls';
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { startRedis } from '../helpers/redis.js';
-import { makeCluster, eventually, electedLeader, adminToken } from '../helpers/cluster.js';
+import { makeCluster, electedLeader, adminToken, logTime } from '../helpers/cluster.js';
+import { eventually } from '../helpers/wait.js';
 import { startBackend, rawRequest, readResponse, echoRoundTrip, basic } from '../helpers/net.js';
 
 const CLI = fileURLToPath(new URL('../../gateway/cli.ts', import.meta.url));
@@ -19,7 +20,6 @@ interface ClusterView {
   nodes: Array<{ id: string; state: string; leader: boolean; mirror: { version: number } | null }>;
   directory: { version: number };
 }
-
 
 t.test('a three-node cluster', async (t) => {
   const redis = await startRedis(t);
@@ -173,10 +173,6 @@ function cli(state: string, args: string[]): Promise<string> {
       else resolve(stdout);
     });
   });
-}
-
-function logTime(l: { time?: unknown }): number {
-  return typeof l.time === 'number' ? l.time : Date.parse(String(l.time));
 }
 
 function tlsRequest(port: number, text: string, opts: { ca: string; cert?: string; key?: string }): Promise<string> {

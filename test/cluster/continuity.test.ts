@@ -11,21 +11,19 @@
  */
 import t, { type Test } from 'tap';
 import net from 'node:net';
-import { once } from 'node:events';
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { WebSocket } from 'ws';
 import { OneportChannel } from '../../web/oneport-channel.js';
-import { startRedis, freePort } from '../helpers/redis.js';
-import { makeCluster, eventually, electedLeader, adminToken, type ClusterNode, type LogLine, type TestCluster } from '../helpers/cluster.js';
+import { startRedis } from '../helpers/redis.js';
+import { freePort } from '../helpers/net.js';
+import { makeCluster, electedLeader, adminToken, logTime, type ClusterNode, type TestCluster } from '../helpers/cluster.js';
+import { eventually } from '../helpers/wait.js';
+import { opened, openWs } from '../helpers/ws.js';
 import { fixedPortConsole, type FixedConsole } from '../helpers/console.js';
 
 const CLI = fileURLToPath(new URL('../../gateway/cli.ts', import.meta.url));
 const BANNER = 'RFB 003.008\n';
-
-function logTime(l: LogLine): number {
-  return typeof l.time === 'number' ? l.time : Date.parse(String(l.time));
-}
 
 /** A VNC-like console: greets, then echoes; tells which "host" it runs on. */
 function consoleOn(t: Test, port: number, host: string): Promise<FixedConsole> {
@@ -42,9 +40,7 @@ interface Client {
 }
 
 async function openClient(t: Test, cluster: TestCluster, node: ClusterNode, query: string): Promise<Client> {
-  const ws = new WebSocket(`wss://127.0.0.1:${node.port}/tunnel/desk/vnc?${query}`, ['binary'], { ca: cluster.ca.cert });
-  ws.on('error', () => {});
-  t.teardown(() => ws.terminate());
+  const ws = openWs(t, { port: node.port, caCert: cluster.ca.cert }, `/tunnel/desk/vnc?${query}`);
   const messages: string[] = [];
   const waiters: Array<() => void> = [];
   ws.on('message', (d: Buffer) => {
@@ -52,7 +48,8 @@ async function openClient(t: Test, cluster: TestCluster, node: ClusterNode, quer
     for (const w of waiters.splice(0)) w();
   });
   const closed = new Promise<{ code: number; reason: string; at: number }>((resolve) => ws.once('close', (code: number, reason: Buffer) => resolve({ code, reason: reason.toString(), at: Date.now() })));
-  await Promise.race([once(ws, 'open'), closed.then((c) => Promise.reject(new Error(`closed ${c.code} ${c.reason}`)))]);
+  // Generous: three gateway processes share two cores here.
+  await opened(ws, 30_000);
   const next = async (pred: (all: string) => boolean): Promise<string> => {
     while (!pred(messages.join(''))) await new Promise<void>((r) => waiters.push(r));
     return messages.join('');

@@ -9,10 +9,11 @@ import t from 'tap';
 import net from 'node:net';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startRedis, redisClient, freePort } from '../helpers/redis.js';
-import { makeCluster, eventually, electedLeader, adminToken, type ClusterNode, type LogLine } from '../helpers/cluster.js';
+import { startRedis, redisClient } from '../helpers/redis.js';
+import { makeCluster, electedLeader, adminToken, logTime, type ClusterNode } from '../helpers/cluster.js';
+import { eventually } from '../helpers/wait.js';
 import { fixedPortConsole } from '../helpers/console.js';
-import { rawRequest, echoRoundTrip, basic } from '../helpers/net.js';
+import { rawRequest, echoRoundTrip, basic, freePort } from '../helpers/net.js';
 
 const RFB_BANNER = 'RFB 003.008\n';
 /** A VNC console greets first (the recovery probe waits for this), then echoes. */
@@ -20,13 +21,6 @@ const greetAndEcho = (s: net.Socket): void => {
   s.write(RFB_BANNER);
   s.pipe(s);
 };
-
-function logTime(l: LogLine): number {
-  return typeof l.time === 'number' ? l.time : Date.parse(String(l.time));
-}
-
-
-
 
 t.test('owner killed: its VM is promoted on the replica, the hook runs once, tunnels follow', async (t) => {
   const redis = await startRedis(t);

@@ -10,7 +10,8 @@
 import t from 'tap';
 import type net from 'node:net';
 import { startRedis } from '../helpers/redis.js';
-import { adminToken, electedLeader, eventually, makeCluster } from '../helpers/cluster.js';
+import { adminToken, electedLeader, makeCluster } from '../helpers/cluster.js';
+import { eventually } from '../helpers/wait.js';
 import { closedWithin, connectRaw, echoRoundTrip, rawRequest, startBackend } from '../helpers/net.js';
 
 t.test('hops from another node are not held to the per-address limit; clients are', async (t) => {

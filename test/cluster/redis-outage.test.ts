@@ -7,7 +7,8 @@
  */
 import t from 'tap';
 import { startRedis, startSentinel, redisClient } from '../helpers/redis.js';
-import { makeCluster, eventually, electedLeader, adminToken } from '../helpers/cluster.js';
+import { makeCluster, electedLeader, adminToken } from '../helpers/cluster.js';
+import { eventually } from '../helpers/wait.js';
 import { rawRequest, echoRoundTrip, basic, startBackend } from '../helpers/net.js';
 
 

@@ -9,7 +9,8 @@
 import t from 'tap';
 import { randomBytes, createHash } from 'node:crypto';
 import { startRedis } from '../helpers/redis.js';
-import { makeCluster, eventually, electedLeader, adminToken, type ClusterNode } from '../helpers/cluster.js';
+import { makeCluster, electedLeader, adminToken, type ClusterNode } from '../helpers/cluster.js';
+import { eventually } from '../helpers/wait.js';
 import { startBackend, rawRequest, basic, closedPort } from '../helpers/net.js';
 
 const HOLD_MS = 20_000;

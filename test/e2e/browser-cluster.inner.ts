@@ -13,23 +13,18 @@
  * deleted first, so the session cookie cannot be what carries it through).
  */
 import t, { type Test } from 'tap';
-import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { Page } from 'playwright-core';
 import { startRedis } from '../helpers/redis.js';
-import { makeCluster, eventually, type ClusterNode } from '../helpers/cluster.js';
+import { makeCluster, type ClusterNode } from '../helpers/cluster.js';
+import { eventually } from '../helpers/wait.js';
 import { closedPort } from '../helpers/net.js';
 import { solidRoot, startXvnc } from '../helpers/x11.js';
-import { launchChromium, loginViaPortal, waitForCanvasColour } from '../helpers/page.js';
+import { artifact, launchChromium, loginViaPortal, waitForCanvasColour } from '../helpers/page.js';
 import { outsideNetns } from '../helpers/netns.js';
 
-const ARTIFACTS = fileURLToPath(new URL('../../test-artifacts/', import.meta.url));
-mkdirSync(ARTIFACTS, { recursive: true });
 
 const ORANGE = [0xff, 0x80, 0x00] as const;
 const TEAL = [0x00, 0x80, 0x80] as const;
-const hex = (c: readonly number[]): string => `#${c.map((v) => v.toString(16).padStart(2, '0')).join('')}`;
 
 interface Setup {
   leader: ClusterNode;
@@ -94,7 +89,7 @@ for (const how of ['SIGKILL', 'SIGSTOP'] as const) {
     const tag = how.toLowerCase();
     const { leader, b, c, a, vncPort } = await setup(t);
     const onB = await startXvnc(t, vncPort);
-    await solidRoot(onB.display, hex(ORANGE));
+    await solidRoot(onB.display, ORANGE);
 
     const context = await launchChromium(t);
     const page = await context.newPage();
@@ -114,7 +109,7 @@ for (const how of ['SIGKILL', 'SIGSTOP'] as const) {
     await page.locator('#status[data-state=connected]').waitFor({ timeout: 30_000 });
     await waitForCanvasColour(page, ORANGE);
     t.pass(`node ${a.id}'s viewer shows the console on ${b.id} (orange)`);
-    await page.screenshot({ path: join(ARTIFACTS, `browser-cluster-${tag}-before.png`) });
+    await page.screenshot({ path: artifact(`browser-cluster-${tag}-before.png`) });
     t.equal(count('POST /api/login'), 1, 'logged in once');
     t.equal(count('POST /api/desktops/desk/tickets'), 1, 'one ticket');
 
@@ -132,7 +127,7 @@ for (const how of ['SIGKILL', 'SIGSTOP'] as const) {
 
     await page.locator('#status:not([data-state=connected])').waitFor({ timeout: 30_000 });
     t.match(await page.locator('#status').textContent(), /Reconnecting/, 'the viewer says it is reconnecting');
-    await page.screenshot({ path: join(ARTIFACTS, `browser-cluster-${tag}-reconnecting.png`) });
+    await page.screenshot({ path: artifact(`browser-cluster-${tag}-reconnecting.png`) });
 
     const moved = await leader.waitFor((l) => l.event === 'vm-failover' && l.vm === 'desk', 30_000, { after: mark });
     t.equal(moved.to, c.id, `the leader moved desk to its replica ${c.id}`);
@@ -142,12 +137,12 @@ for (const how of ['SIGKILL', 'SIGSTOP'] as const) {
     if (how === 'SIGSTOP') t.equal(first.closeReason, 'rerouted', 'a hung owner: the viewer was told to reroute (4001)');
 
     const onC = await startXvnc(t, vncPort);
-    await solidRoot(onC.display, hex(TEAL));
+    await solidRoot(onC.display, TEAL);
     await c.waitFor((l) => l.event === 'vm-running' && l.vm === 'desk', 30_000);
     await page.locator('#status[data-state=connected]').waitFor({ timeout: 60_000 });
     await waitForCanvasColour(page, TEAL);
     t.pass(`the viewer shows the VM restarted on ${c.id} (teal)`);
-    await page.screenshot({ path: join(ARTIFACTS, `browser-cluster-${tag}-after.png`) });
+    await page.screenshot({ path: artifact(`browser-cluster-${tag}-after.png`) });
 
     const log = await statusLog(page);
     t.comment(`status bar: ${log.join(' -> ')}`);

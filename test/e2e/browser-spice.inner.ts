@@ -3,18 +3,13 @@
  * the gateway in-process, headless Chromium opening the desktop from the portal.
  */
 import t from 'tap';
-import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { startTestGateway } from '../helpers/gateway.js';
 import { probeConsole } from '../../gateway/cluster/cluster.js';
 import { closedPort } from '../helpers/net.js';
 import { startQemuSpice } from '../helpers/qemu.js';
-import { launchChromium, loginViaPortal, waitForCanvasText } from '../helpers/page.js';
+import { artifact, launchChromium, loginViaPortal, waitForCanvasText } from '../helpers/page.js';
 import { outsideNetns } from '../helpers/netns.js';
 
-const ARTIFACTS = fileURLToPath(new URL('../../test-artifacts/', import.meta.url));
-mkdirSync(ARTIFACTS, { recursive: true });
 
 t.test('log in, open the SPICE desktop in spice-html5, see the BIOS screen; reconnect after QEMU restarts', { skip: outsideNetns }, async (t) => {
   const spicePort = await closedPort();
@@ -41,7 +36,7 @@ t.test('log in, open the SPICE desktop in spice-html5, see the BIOS screen; reco
   await page.locator('#status[data-state=connected]').waitFor({ timeout: 60_000 });
   await waitForCanvasText(page);
   t.pass('the SPICE display shows the BIOS text screen');
-  await page.screenshot({ path: join(ARTIFACTS, 'browser-spice-connected.png') });
+  await page.screenshot({ path: artifact('browser-spice-connected.png') });
   const firstSession = sockets.length;
   t.ok(firstSession >= 3, `one WebSocket per SPICE channel (${firstSession}: main, display, inputs, cursor...)`);
 
@@ -51,7 +46,7 @@ t.test('log in, open the SPICE desktop in spice-html5, see the BIOS screen; reco
   await page.locator('#status[data-state=connected]').waitFor({ timeout: 60_000 });
   await waitForCanvasText(page);
   t.pass('after QEMU restarted the viewer reconnected by itself');
-  await page.screenshot({ path: join(ARTIFACTS, 'browser-spice-reconnected.png') });
+  await page.screenshot({ path: artifact('browser-spice-reconnected.png') });
 
   t.ok(sockets.length > firstSession, 'new WebSockets for the new session');
   for (const url of sockets.slice(0, firstSession)) t.match(url, new RegExp(`^wss://[^/]+:${gw.port}/tunnel/vm1/spice\\?ticket=[a-z0-9]+$`), 'first session: the ticket');

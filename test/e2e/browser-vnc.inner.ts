@@ -3,21 +3,16 @@
  * in-process, and headless Chromium using the portal as a person would.
  */
 import t from 'tap';
-import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { startTestGateway } from '../helpers/gateway.js';
 import { closedPort } from '../helpers/net.js';
 import { solidRoot, startXvnc } from '../helpers/x11.js';
-import { launchChromium, loginViaPortal, sidewaysOverflow, waitForCanvasColour } from '../helpers/page.js';
+import { artifact, launchChromium, loginViaPortal, sidewaysOverflow, waitForCanvasColour } from '../helpers/page.js';
 import { outsideNetns } from '../helpers/netns.js';
+import { until } from '../helpers/wait.js';
 
-const ARTIFACTS = fileURLToPath(new URL('../../test-artifacts/', import.meta.url));
-mkdirSync(ARTIFACTS, { recursive: true });
 
 const ORANGE = [0xff, 0x80, 0x00] as const;
 const TEAL = [0x00, 0x80, 0x80] as const;
-const hex = (c: readonly number[]): string => `#${c.map((v) => v.toString(16).padStart(2, '0')).join('')}`;
 
 const launch = launchChromium;
 
@@ -25,7 +20,7 @@ t.test('log in, open the desktop in noVNC, see its picture; the viewer reconnect
   // In this namespace the port space is private; the browser is never told this port.
   const vncPort = await closedPort();
   let xvnc = await startXvnc(t, vncPort);
-  await solidRoot(xvnc.display, hex(ORANGE));
+  await solidRoot(xvnc.display, ORANGE);
 
   const gw = await startTestGateway(t);
   await gw.addUser('alice', 'alice-password-1');
@@ -59,19 +54,19 @@ t.test('log in, open the desktop in noVNC, see its picture; the viewer reconnect
   await page.locator('#status[data-state=connected]').waitFor({ timeout: 30_000 });
   await waitForCanvasColour(page, ORANGE);
   t.pass('the canvas shows the VNC server\'s orange root window');
-  await page.screenshot({ path: join(ARTIFACTS, 'browser-vnc-connected.png') });
+  await page.screenshot({ path: artifact('browser-vnc-connected.png') });
 
   // Restart the VNC server; this time the picture is teal, so an old frame cannot pass the check.
   await xvnc.stop();
   await page.locator('#status:not([data-state=connected])').waitFor({ timeout: 15_000 });
   t.match(await page.locator('#status').textContent(), /Reconnect|Connecting/, 'the viewer says it is reconnecting');
-  await page.screenshot({ path: join(ARTIFACTS, 'browser-vnc-reconnecting.png') });
+  await page.screenshot({ path: artifact('browser-vnc-reconnecting.png') });
   xvnc = await startXvnc(t, vncPort);
-  await solidRoot(xvnc.display, hex(TEAL));
+  await solidRoot(xvnc.display, TEAL);
   await page.locator('#status[data-state=connected]').waitFor({ timeout: 60_000 });
   await waitForCanvasColour(page, TEAL);
   t.pass('after the restart the viewer reconnected by itself and shows the new picture');
-  await page.screenshot({ path: join(ARTIFACTS, 'browser-vnc-reconnected.png') });
+  await page.screenshot({ path: artifact('browser-vnc-reconnected.png') });
 
   // Every WebSocket went to the gateway's tunnel: the console's own port never reached the page.
   t.ok(sockets.length >= 2, `${sockets.length} WebSocket connections`);
@@ -84,14 +79,14 @@ t.test('log in, open the desktop in noVNC, see its picture; the viewer reconnect
   await page.click('#disconnect');
   await page.locator('#status[data-state=stopped]').waitFor();
   const tunnels = () => gw.logs.filter((l) => l.event === 'tunnel' && l.vm === 'desk' && l.transport === 'websocket');
-  await t.resolves(waitFor(() => tunnels().length >= 2), 'the gateway logged the tunnels');
+  await t.resolves(until(() => tunnels().length >= 2, { intervalMs: 50 }), 'the gateway logged the tunnels');
   t.ok(tunnels().every((l) => Number(l.bytesToClient) > 12 && Number(l.bytesToConsole) > 12), 'RFB went both ways through the gateway');
 });
 
 t.test('a resume token the gateway refuses (4401): the viewer falls back to a fresh ticket at once', { skip: outsideNetns }, async (t) => {
   const vncPort = await closedPort();
   let xvnc = await startXvnc(t, vncPort);
-  await solidRoot(xvnc.display, hex(ORANGE));
+  await solidRoot(xvnc.display, ORANGE);
   const gw = await startTestGateway(t);
   await gw.addUser('carol', 'carol-password-1');
   await gw.addVm('desk', [{ protocol: 'vnc', host: '127.0.0.1', port: vncPort, publishedPort: 5900 }], ['carol']);
@@ -115,7 +110,7 @@ t.test('a resume token the gateway refuses (4401): the viewer falls back to a fr
   await xvnc.stop();
   await page.locator('#status:not([data-state=connected])').waitFor({ timeout: 15_000 });
   xvnc = await startXvnc(t, vncPort);
-  await solidRoot(xvnc.display, hex(TEAL));
+  await solidRoot(xvnc.display, TEAL);
   await page.locator('#status[data-state=connected]').waitFor({ timeout: 60_000 });
   await waitForCanvasColour(page, TEAL);
   const kinds = sockets.map((u) => (new URL(u).searchParams.has('resume') ? 'resume' : 'ticket'));
@@ -149,13 +144,5 @@ t.test('the portal works on a phone-sized screen', { skip: outsideNetns }, async
   t.match(cmd, new RegExp(`^xfreerdp /v:[a-z0-9]+\\.phone-desk:3389 /proxy:http://[^ ]+:${gw.port} `), 'the FreeRDP command carries a ticket in the host name');
   const overflow = await sidewaysOverflow(page);
   t.ok(overflow <= 0, `nothing sticks out sideways (${overflow} px)`);
-  await page.screenshot({ path: join(ARTIFACTS, 'portal-phone.png'), fullPage: true });
+  await page.screenshot({ path: artifact('portal-phone.png'), fullPage: true });
 });
-
-async function waitFor(cond: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Agent, request } from 'undici';
+import { apiClient } from '../helpers/api.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const CLI = join(ROOT, 'gateway', 'cli.ts');
@@ -65,21 +66,6 @@ async function serve(t: { teardown(f: () => unknown): void }, state: string, ext
   return { proc, port, stderr: () => err, stdout: () => out, exited };
 }
 
-async function api(port: number, ca: string, method: string, path: string, body?: unknown, token?: string): Promise<{ status: number; body: any }> {
-  const dispatcher = new Agent({ connect: { ca } });
-  try {
-    const r = await request(`https://localhost:${port}${path}`, {
-      method: method as 'GET',
-      dispatcher,
-      headers: { ...(body ? { 'content-type': 'application/json' } : {}), ...(token ? { authorization: `Bearer ${token}` } : {}) },
-      body: body ? JSON.stringify(body) : undefined,
-    });
-    return { status: r.statusCode, body: await r.body.json() };
-  } finally {
-    await dispatcher.close();
-  }
-}
-
 t.test('serve: first start makes a CA and the demo user, prints its password once; SIGTERM exits 0', async (t) => {
   const state = mkdtempSync(join(tmpdir(), 'oneport-cli-'));
   t.teardown(() => rmSync(state, { recursive: true, force: true }));
@@ -88,10 +74,11 @@ t.test('serve: first start makes a CA and the demo user, prints its password onc
   t.ok(password, 'the demo password is printed');
   for (const f of ['ca.pem', 'ca-key.pem', 'server.pem', 'server-key.pem', 'directory.json', 'control.sock']) t.ok(existsSync(join(state, f)), f);
   const ca = readFileSync(join(state, 'ca.pem'), 'utf8');
-  t.equal((await api(first.port, ca, 'GET', '/healthz')).status, 200, 'HTTPS verified against the CA it made');
-  const login = await api(first.port, ca, 'POST', '/api/login', { user: 'demo', password });
+  const api = apiClient(t, { port: first.port, caCert: ca });
+  t.equal((await api('GET', '/healthz')).status, 200, 'HTTPS verified against the CA it made');
+  const login = await api('POST', '/api/login', { body: { user: 'demo', password } });
   t.equal(login.status, 200, 'the printed password logs in');
-  const desktops = await api(first.port, ca, 'GET', '/api/desktops', undefined, login.body.token);
+  const desktops = await api('GET', '/api/desktops', { token: login.body.token });
   t.same(desktops.body.map((d: { vm: string }) => d.vm), ['demo']);
   t.notOk(first.stdout().includes(password!), 'the password is not in the JSON logs');
 
@@ -100,9 +87,9 @@ t.test('serve: first start makes a CA and the demo user, prints its password onc
   t.equal(add.code, 0, add.stderr);
   const addVm = await runCli(['--state', state, 'vm', 'add', 'bobs', '--vnc', '127.0.0.1:5999@5901', '--users', 'bob']);
   t.equal(addVm.code, 0, addVm.stderr);
-  const bob = await api(first.port, ca, 'POST', '/api/login', { user: 'bob', password: 'bob-password-1' });
+  const bob = await api('POST', '/api/login', { body: { user: 'bob', password: 'bob-password-1' } });
   t.equal(bob.status, 200, 'a user added by the CLI can log in at once');
-  t.same((await api(first.port, ca, 'GET', '/api/desktops', undefined, bob.body.token)).body.map((d: { vm: string }) => d.vm), ['bobs']);
+  t.same((await api('GET', '/api/desktops', { token: bob.body.token })).body.map((d: { vm: string }) => d.vm), ['bobs']);
   const ticket = await runCli(['--state', state, 'ticket', 'demo', '--user', 'demo']);
   t.equal(ticket.code, 0, ticket.stderr);
   t.match(JSON.parse(ticket.stdout), { ticket: /^[a-z2-7]{50}$/, connect: 'demo:5900' });
@@ -119,7 +106,8 @@ t.test('serve: first start makes a CA and the demo user, prints its password onc
   t.match(list.stdout, 'bob');
   const second = await serve(t, state, ['--demo']);
   t.notMatch(second.stderr(), /password "/, 'no password printed when the demo user exists');
-  t.equal((await api(second.port, ca, 'POST', '/api/login', { user: 'bob', password: 'bob-password-1' })).status, 200, 'state survived the restart');
+  const api2 = apiClient(t, { port: second.port, caCert: ca });
+  t.equal((await api2('POST', '/api/login', { body: { user: 'bob', password: 'bob-password-1' } })).status, 200, 'state survived the restart');
   second.proc.kill('SIGTERM');
   t.equal(await second.exited, 0);
 });
@@ -130,7 +118,8 @@ t.test('serve without --demo (a node not started by npm start) serves no demo de
   const node = await serve(t, state);
   t.notMatch(node.stderr(), /password "/, 'no demo password printed');
   const ca = readFileSync(join(state, 'ca.pem'), 'utf8');
-  t.equal((await api(node.port, ca, 'POST', '/api/login', { user: 'demo', password: 'anything-at-all' })).status, 401, 'no demo user');
+  const api = apiClient(t, { port: node.port, caCert: ca });
+  t.equal((await api('POST', '/api/login', { body: { user: 'demo', password: 'anything-at-all' } })).status, 401, 'no demo user');
   const list = await runCli(['--state', state, 'vm', 'list']);
   t.notMatch(list.stdout, /\bdemo\b/, 'no demo VM');
   node.proc.kill('SIGTERM');

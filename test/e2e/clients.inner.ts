@@ -7,11 +7,11 @@ import { once } from 'node:events';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import net from 'node:net';
 import { WebSocket, createWebSocketStream } from 'ws';
 import jpeg from 'jpeg-js';
 import { startTestGateway } from '../helpers/gateway.js';
-import { startBackend } from '../helpers/net.js';
+import { freePort, startBackend } from '../helpers/net.js';
+import { apiClient, ok } from '../helpers/api.js';
 import { startRfbServer, patternPixel, TEST_PATTERN_BARS } from '../../gateway/demo/rfb.js';
 import { rfbConnect, rfbRequestFrame, pixelAt } from '../helpers/rfb-client.js';
 
@@ -101,8 +101,9 @@ t.test("socat's PROXY client (HTTP/1.0, no Host) with proxyauth, and with the ti
 t.test('a WebSocket client speaks raw RFB 3.8 through /tunnel/<vm>/vnc to the built-in desktop', async (t) => {
   const gw = await startTestGateway(t, {}, { demo: true });
   t.ok(gw.demoPassword, 'the demo user was created with a password');
-  const login = await fetchJson(gw, '/api/login', { user: 'demo', password: gw.demoPassword });
-  const issued = await fetchJson(gw, '/api/desktops/demo/tickets', { protocol: 'vnc' }, login.token);
+  const api = apiClient(t, gw);
+  const login = ok(await api('POST', '/api/login', { body: { user: 'demo', password: gw.demoPassword } }), 'login');
+  const issued = ok(await api('POST', '/api/desktops/demo/tickets', { body: { protocol: 'vnc' }, token: login.token }), 'ticket');
   const ws = new WebSocket(`wss://localhost:${gw.port}${issued.websocket}`, ['binary'], { ca: gw.caCert });
   t.teardown(() => ws.terminate());
   await once(ws, 'open');
@@ -153,32 +154,6 @@ t.test('vncsnapshot (a VNC client nobody here wrote) takes a picture of the demo
   }
   t.equal(rfb.accepted, 1, 'the console saw exactly one connection, through the gateway');
 });
-
-async function fetchJson(gw: { port: number; caCert: string }, path: string, body: unknown, token?: string): Promise<any> {
-  const { Agent, request } = await import('undici');
-  const dispatcher = new Agent({ connect: { ca: gw.caCert } });
-  try {
-    const r = await request(`https://localhost:${gw.port}${path}`, {
-      method: 'POST',
-      dispatcher,
-      headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
-      body: JSON.stringify(body),
-    });
-    const json = await r.body.json();
-    if (r.statusCode !== 200) throw new Error(`${path}: ${r.statusCode} ${JSON.stringify(json)}`);
-    return json;
-  } finally {
-    await dispatcher.close();
-  }
-}
-
-async function freePort(): Promise<number> {
-  const s = net.createServer().listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 /** socat -d -d says "listening on" once its socket is bound: wait for that line. */
 function socatListening(stderr: NodeJS.ReadableStream, timeoutMs = 5000): Promise<void> {

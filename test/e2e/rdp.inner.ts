@@ -10,12 +10,13 @@ import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Agent, request } from 'undici';
+import { apiClient, ok } from '../helpers/api.js';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
-import { closedPort } from '../helpers/net.js';
+import { closedPort, waitForPort } from '../helpers/net.js';
 import { testPki } from '../helpers/certs.js';
-import { startXvfb, waitForPort } from '../helpers/x11.js';
+import { startXvfb } from '../helpers/x11.js';
 import { outsideNetns } from '../helpers/netns.js';
+import { until } from '../helpers/wait.js';
 
 interface Run {
   /** null when it had to be killed at the deadline. */
@@ -100,22 +101,9 @@ function runXfreerdp(display: string, home: string, args: string[], timeoutMs = 
 
 /** A console ticket the way a user gets one: log in to the API, ask for an RDP ticket. */
 async function ticketFromApi(t: Test, gw: TestGateway): Promise<{ connectWithTicket: string; ticket: string }> {
-  const dispatcher = new Agent({ connect: { ca: gw.caCert, servername: 'localhost' } });
-  t.teardown(() => dispatcher.close());
-  const call = async (path: string, body: unknown, token?: string): Promise<Record<string, string>> => {
-    const r = await request(`https://localhost:${gw.port}${path}`, {
-      method: 'POST',
-      dispatcher,
-      headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
-      body: JSON.stringify(body),
-    });
-    const data = (await r.body.json()) as Record<string, string>;
-    if (r.statusCode !== 200) throw new Error(`${path}: ${r.statusCode} ${JSON.stringify(data)}`);
-    return data;
-  };
-  const { token } = await call('/api/login', { user: 'alice', password: 'alice-password-1' });
-  const issued = await call('/api/desktops/win/tickets', { protocol: 'rdp' }, token);
-  return { connectWithTicket: issued.connectWithTicket!, ticket: issued.ticket! };
+  const api = apiClient(t, gw);
+  const { token } = ok(await api<{ token: string }>('POST', '/api/login', { body: { user: 'alice', password: 'alice-password-1' } }), 'login');
+  return ok(await api<{ connectWithTicket: string; ticket: string }>('POST', '/api/desktops/win/tickets', { body: { protocol: 'rdp' }, token }), 'ticket');
 }
 
 t.test('xfreerdp /v:<ticket>.<vm> /proxy:http://gateway completes X.224 and TLS with xrdp through the tunnel', { skip: outsideNetns }, async (t) => {
@@ -136,7 +124,7 @@ t.test('xfreerdp /v:<ticket>.<vm> /proxy:http://gateway completes X.224 and TLS 
   t.equal(ok.code, 0, 'xfreerdp /auth-only exits 0 once X.224 and TLS went through', { output: ok.out });
   t.match(xrdp.log(), /TLS connection established from 127\.0\.0\.1/, "xrdp's log says the TLS connection was established");
   await t.resolves(
-    waitFor(() => gw.logs.some((l) => l.event === 'tunnel' && l.vm === 'win')),
+    until(() => gw.logs.some((l) => l.event === 'tunnel' && l.vm === 'win'), { intervalMs: 50 }),
     'the gateway logged the tunnel',
   );
   const tunnel = gw.logs.find((l) => l.event === 'tunnel' && l.vm === 'win')!;
@@ -155,11 +143,3 @@ t.test('xfreerdp /v:<ticket>.<vm> /proxy:http://gateway completes X.224 and TLS 
   t.ok(gw.logs.some((l) => l.event === 'tunnel-refused'), 'the gateway refused it', { output: forged.out });
   t.equal(established(), before, 'and xrdp saw no connection for it');
 });
-
-async function waitFor(cond: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}

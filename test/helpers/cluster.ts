@@ -8,9 +8,11 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Agent, request } from 'undici';
+import { Agent } from 'undici';
 import { createCa, issueClientCert, type Pem } from '../../certs/ca.js';
 import { openAdmin, type Admin } from '../../gateway/admin.js';
+import { eventually } from './wait.js';
+import { apiCall, type ApiResponse } from './api.js';
 
 interface Teardown {
   teardown(fn: () => unknown): void;
@@ -30,8 +32,8 @@ export interface ClusterNode {
   readonly logs: LogLine[];
   /** Resolves with the first log line (already seen or to come) matching `pred`. */
   waitFor(pred: (l: LogLine) => boolean, timeoutMs?: number, opts?: { after?: number }): Promise<LogLine>;
-  /** JSON API call over TLS (trusting the cluster CA). */
-  api<T = unknown>(method: string, path: string, opts?: { body?: unknown; token?: string }): Promise<{ status: number; body: T; headers: Record<string, unknown> }>;
+  /** JSON API call over TLS (trusting the cluster CA), bounded at 10 s. */
+  api<T = unknown>(method: string, path: string, opts?: { body?: unknown; token?: string }): Promise<ApiResponse<T>>;
   /** The control socket client (acts as the machine's administrator). */
   admin(): Promise<Admin>;
   kill(signal?: NodeJS.Signals): void;
@@ -164,26 +166,8 @@ async function spawnNode(id: string, state: string, config: string, agent: Agent
     proc,
     logs,
     waitFor,
-    async api<T>(method: string, path: string, opts: { body?: unknown; token?: string } = {}) {
-      const headers: Record<string, string> = {};
-      if (opts.body !== undefined) headers['content-type'] = 'application/json';
-      if (opts.token) headers.authorization = `Bearer ${opts.token}`;
-      const res = await request(`https://127.0.0.1:${port}${path}`, {
-        method: method as 'GET',
-        headers,
-        body: opts.body === undefined ? null : JSON.stringify(opts.body),
-        dispatcher: agent,
-        signal: AbortSignal.timeout(10_000),
-      });
-      const text = await res.body.text();
-      let body: unknown = text;
-      try {
-        body = JSON.parse(text);
-      } catch {
-        // not JSON
-      }
-      return { status: res.statusCode, body: body as T, headers: res.headers };
-    },
+    api: <T>(method: string, path: string, opts: { body?: unknown; token?: string } = {}) =>
+      apiCall<T>(agent, `https://127.0.0.1:${port}`, method, path, { ...opts, timeoutMs: 10_000 }),
     admin: () => openAdmin(state),
     kill: (signal = 'SIGKILL') => {
       if (exitCode === undefined) proc.kill(signal);
@@ -198,20 +182,9 @@ async function spawnNode(id: string, state: string, config: string, agent: Agent
   return node;
 }
 
-/** Resolves when `check` returns a value other than undefined; polls a live system's state. */
-export async function eventually<T>(check: () => Promise<T | undefined> | T | undefined, timeoutMs = 10_000, what = 'condition'): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await check();
-      if (v !== undefined) return v;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline) throw new Error(`${what}: not reached within ${timeoutMs} ms${last ? ` (${String(last)})` : ''}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+/** When a log line was written (ms since the epoch), whether pino wrote the time as a number or a string. */
+export function logTime(l: { time?: unknown }): number {
+  return typeof l.time === 'number' ? l.time : Date.parse(String(l.time));
 }
 
 /** The first node that logs `leader-elected` (after line `after[i]` of node i's log). */

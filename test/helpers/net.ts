@@ -1,6 +1,7 @@
 /**
- * Small real-socket helpers for tests: backends that echo or count, a raw CONNECT client that
- * reads the status line itself, and waiting on events instead of sleeping.
+ * Small real-socket helpers for tests and benchmarks: free ports, waiting until a port accepts,
+ * backends that echo or count, a raw CONNECT client that reads the status line itself, and
+ * waiting on events instead of sleeping.
  */
 import net from 'node:net';
 import tls from 'node:tls';
@@ -49,13 +50,45 @@ export async function startBackend(t: Teardown, onSocket: (s: net.Socket) => voi
   return b;
 }
 
-/** A port on loopback where nothing listens (bound, then closed). */
-export async function closedPort(): Promise<number> {
-  const s = net.createServer().listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
+/**
+ * A loopback port nobody listens on right now (bound to port 0, then released), for a server a
+ * test starts later; never Redis's well-known 6379, which a test's own redis-server may want.
+ */
+export async function freePort(): Promise<number> {
+  for (;;) {
+    const s = net.createServer();
+    await new Promise<void>((resolve, reject) => {
+      s.once('error', reject);
+      s.listen(0, '127.0.0.1', () => resolve());
+    });
+    const port = (s.address() as net.AddressInfo).port;
+    await new Promise<void>((r) => s.close(() => r()));
+    if (port !== 6379) return port;
+  }
+}
+
+/** The same, named for what a test means by it: a console address where dialling is refused. */
+export const closedPort = freePort;
+
+/**
+ * Resolves once something accepts on 127.0.0.1:`port`, checking every 50 ms; fails early when
+ * `gaveUp()` says the process that should listen there is gone.
+ */
+export async function waitForPort(port: number, deadlineMs: number, gaveUp: () => boolean = () => false): Promise<void> {
+  const end = Date.now() + deadlineMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = net.connect(port, '127.0.0.1');
+      s.once('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (gaveUp() || Date.now() > end) throw new Error(`nothing accepts on 127.0.0.1:${port}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
 
 export interface RawConnectResult {
@@ -123,6 +156,15 @@ export function readResponse(socket: net.Socket | tls.TLSSocket, timeoutMs = 10_
   });
 }
 
+/** The ONEPORT_ERR_* code of a JSON error body (e.g. `rawRequest`'s `body`), if it is one. */
+export function errorCode(body: string): string | undefined {
+  try {
+    return (JSON.parse(body) as { error?: { code?: string } }).error?.code;
+  } catch {
+    return undefined;
+  }
+}
+
 export function basic(user: string, secret: string): string {
   return `Basic ${Buffer.from(`${user}:${secret}`).toString('base64')}`;
 }
@@ -144,16 +186,6 @@ export function echoRoundTrip(socket: net.Socket | tls.TLSSocket, data: Buffer, 
     socket.resume();
     socket.write(data);
   });
-}
-
-/** Resolves when `predicate` holds, checking on each `event` of `emitter` (no polling loop). */
-export async function until(check: () => boolean | Promise<boolean>, opts: { timeoutMs?: number; intervalMs?: number } = {}): Promise<void> {
-  // Used only where the thing to observe has no event (e.g. a counter in another module).
-  const deadline = Date.now() + (opts.timeoutMs ?? 10_000);
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, opts.intervalMs ?? 20));
-  }
 }
 
 /** A plain TCP connection to the gateway on loopback (optionally from another 127.x address), connected. */

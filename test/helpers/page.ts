@@ -3,10 +3,20 @@
  * not evaluated from strings in the page (Playwright's waitForFunction evals); instead a plain
  * function is called through the DevTools protocol, polled from here until it holds.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { type BrowserContext, type Page, chromium } from 'playwright-core';
+import { until } from './wait.js';
+
+const ARTIFACTS = fileURLToPath(new URL('../../test-artifacts/', import.meta.url));
+
+/** Where a test keeps `name` (a screenshot) for people to look at: test-artifacts/, created on first use. */
+export function artifact(name: string): string {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  return join(ARTIFACTS, name);
+}
 
 /**
  * Debian's Chromium, headless, with a fresh profile removed at teardown; never a downloaded
@@ -70,20 +80,12 @@ function canvasShowsText(): boolean {
   return grey > 200;
 }
 
-async function poll(check: () => Promise<boolean>, what: string, timeoutMs: number): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting until ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 export function waitForCanvasColour(page: Page, rgb: readonly number[], timeoutMs = 30_000): Promise<void> {
-  return poll(() => page.evaluate(canvasIsColour, [...rgb]), `the canvas shows rgb(${rgb.join(',')})`, timeoutMs);
+  return until(() => page.evaluate(canvasIsColour, [...rgb]), { what: `the canvas shows rgb(${rgb.join(',')})`, timeoutMs, intervalMs: 100 });
 }
 
 export function waitForCanvasText(page: Page, timeoutMs = 60_000): Promise<void> {
-  return poll(() => page.evaluate(canvasShowsText), 'the canvas shows a text screen', timeoutMs);
+  return until(() => page.evaluate(canvasShowsText), { what: 'the canvas shows a text screen', timeoutMs, intervalMs: 100 });
 }
 
 /** Horizontal overflow of the page in CSS pixels (0 when nothing sticks out sideways). */

@@ -5,7 +5,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { waitForPort } from './x11.js';
+import { waitForPort } from './net.js';
 
 interface Teardown {
   teardown(fn: () => unknown): void;

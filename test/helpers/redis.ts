@@ -13,6 +13,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
+import { freePort } from './net.js';
 
 interface Teardown {
   teardown(fn: () => unknown): void;
@@ -48,17 +49,6 @@ export interface StartRedisOptions {
   readonly waitForLines?: readonly string[];
   /** Also listen with TLS (these PEM files) on a second free port: `tlsPort` in the result. */
   readonly tls?: { readonly cert: string; readonly key: string; readonly ca: string };
-}
-
-/** A free loopback port (bound, then closed), never Redis's well-known 6379. */
-export async function freePort(): Promise<number> {
-  for (;;) {
-    const s = net.createServer().listen(0, '127.0.0.1');
-    await once(s, 'listening');
-    const port = (s.address() as net.AddressInfo).port;
-    await new Promise<void>((r) => s.close(() => r()));
-    if (port !== 6379) return port;
-  }
 }
 
 export async function startRedis(t: Teardown, opts: StartRedisOptions = {}): Promise<RedisServer> {

@@ -1,6 +1,7 @@
 /**
  * The scene most integration tests start from: a gateway, an echo console, user "alice" with VM
- * "desk" (vnc, published on 5900); and small readers for the gateway's own counters.
+ * "desk" (vnc, published on 5900); requests and tickets aimed at it; and small readers for the
+ * gateway's own counters.
  */
 import type { Test } from 'tap';
 import type net from 'node:net';
@@ -14,6 +15,17 @@ export async function setupDesk(t: Test, config: ConfigInput = {}): Promise<{ gw
   await gw.addUser('alice', 'alice-password-1');
   await gw.addVm('desk', [{ protocol: 'vnc', host: '127.0.0.1', port: echo.port, publishedPort: 5900 }], ['alice']);
   return { gw, echo };
+}
+
+/** A clear-text CONNECT carrying the ticket in the host name (`<ticket>.<vm>:5900`), as RDP clients send it. */
+export function clearConnect(ticket: string, vm = 'desk'): string {
+  return `CONNECT ${ticket}.${vm}:5900 HTTP/1.1\r\nHost: ${ticket}.${vm}:5900\r\n\r\n`;
+}
+
+/** The same ticket shape (so it is tried as a ticket), one character changed inside its MAC. */
+export function forge(ticket: string): string {
+  const i = ticket.length - 8;
+  return `${ticket.slice(0, i)}${ticket[i] === 'a' ? 'b' : 'a'}${ticket.slice(i + 1)}`;
 }
 
 /** oneport_connections_total for one result label. */

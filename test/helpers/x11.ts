@@ -6,8 +6,8 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import net from 'node:net';
 import type { Readable } from 'node:stream';
+import { waitForPort } from './net.js';
 
 interface Teardown {
   teardown(fn: () => unknown): void;
@@ -80,6 +80,8 @@ export async function startXvnc(t: Teardown, rfbPort: number, geometry = '320x24
     '-nolisten', 'tcp',
     '-AlwaysShared',
   ]);
+  // The X server writes its display number before every extension's listener is guaranteed up,
+  // so the VNC port is checked by connecting.
   await waitForPort(rfbPort, 10_000, () => x.proc.exitCode !== null);
   return x;
 }
@@ -98,28 +100,7 @@ export async function xRun(display: string, cmd: string, args: string[]): Promis
   if (code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${code}: ${err}`);
 }
 
-/** Paint the whole root window one colour (`#rrggbb`). */
-export function solidRoot(display: string, colour: string): Promise<void> {
-  return xRun(display, 'xsetroot', ['-solid', colour]);
-}
-
-/**
- * Resolves once something accepts on the port. The X server writes its display number before
- * every extension's listener is guaranteed up, so the VNC port is checked by connecting.
- */
-export async function waitForPort(port: number, deadlineMs: number, gaveUp: () => boolean = () => false): Promise<void> {
-  const end = Date.now() + deadlineMs;
-  for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = net.connect(port, '127.0.0.1');
-      s.once('connect', () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.once('error', () => resolve(false));
-    });
-    if (ok) return;
-    if (gaveUp() || Date.now() > end) throw new Error(`nothing accepts on 127.0.0.1:${port}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+/** Paint the whole root window one colour, given as [r, g, b] (0-255), the form canvases are checked in. */
+export function solidRoot(display: string, rgb: readonly number[]): Promise<void> {
+  return xRun(display, 'xsetroot', ['-solid', `#${rgb.map((v) => v.toString(16).padStart(2, '0')).join('')}`]);
 }

@@ -3,40 +3,9 @@
  * changes, health, metrics; errors with codes.
  */
 import t from 'tap';
-import { Agent, request } from 'undici';
-import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
+import { startTestGateway } from '../helpers/gateway.js';
 import { startBackend, rawRequest } from '../helpers/net.js';
-
-interface Res {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: any;
-}
-
-function client(t: { teardown(f: () => unknown): void }, gw: TestGateway) {
-  const dispatcher = new Agent({ connect: { ca: gw.caCert, servername: 'localhost' } });
-  t.teardown(() => dispatcher.close());
-  return async (method: string, path: string, opts: { body?: unknown; token?: string; cookie?: string; headers?: Record<string, string> } = {}): Promise<Res> => {
-    const headers: Record<string, string> = { ...opts.headers };
-    if (opts.body !== undefined) headers['content-type'] ??= 'application/json';
-    if (opts.token) headers.authorization = `Bearer ${opts.token}`;
-    if (opts.cookie) headers.cookie = opts.cookie;
-    const r = await request(`https://localhost:${gw.port}${path}`, {
-      method: method as 'GET',
-      dispatcher,
-      headers,
-      body: opts.body === undefined ? undefined : typeof opts.body === 'string' ? opts.body : JSON.stringify(opts.body),
-    });
-    const text = await r.body.text();
-    let body: unknown = text;
-    try {
-      body = JSON.parse(text);
-    } catch {
-      /* not JSON */
-    }
-    return { status: r.statusCode, headers: r.headers, body };
-  };
-}
+import { apiClient } from '../helpers/api.js';
 
 t.test('login, session cookie, desktops, tickets that work, logout', async (t) => {
   const gw = await startTestGateway(t);
@@ -44,7 +13,7 @@ t.test('login, session cookie, desktops, tickets that work, logout', async (t) =
   await gw.addUser('alice', 'alice-password-1');
   await gw.addVm('desk', [{ protocol: 'vnc', host: '127.0.0.1', port: echo.port }], ['alice']);
   await gw.addVm('hidden', [{ protocol: 'vnc', host: '127.0.0.1', port: echo.port }], ['bob']);
-  const api = client(t, gw);
+  const api = apiClient(t, gw);
 
   const bad = await api('POST', '/api/login', { body: { user: 'alice', password: 'wrong' } });
   t.equal(bad.status, 401);
@@ -107,7 +76,7 @@ t.test('login, session cookie, desktops, tickets that work, logout', async (t) =
 
 t.test('errors have codes; unknown routes and methods', async (t) => {
   const gw = await startTestGateway(t);
-  const api = client(t, gw);
+  const api = apiClient(t, gw);
   const none = await api('GET', '/api/desktops');
   t.equal(none.status, 401);
   t.equal(none.body.error.code, 'ONEPORT_ERR_AUTH_REQUIRED');
@@ -128,7 +97,7 @@ t.test('admin API: users and VMs, admin only', async (t) => {
   const gw = await startTestGateway(t);
   await gw.addUser('root', 'root-password-1', { admin: true });
   await gw.addUser('alice', 'alice-password-1');
-  const api = client(t, gw);
+  const api = apiClient(t, gw);
   const adminToken = (await api('POST', '/api/login', { body: { user: 'root', password: 'root-password-1' } })).body.token;
   const aliceToken = (await api('POST', '/api/login', { body: { user: 'alice', password: 'alice-password-1' } })).body.token;
 
@@ -154,7 +123,7 @@ t.test('admin API: users and VMs, admin only', async (t) => {
 
 t.test('health, readiness, metrics, cluster', async (t) => {
   const gw = await startTestGateway(t);
-  const api = client(t, gw);
+  const api = apiClient(t, gw);
   t.same((await api('GET', '/healthz')).body, { status: 'ok' });
   const ready = await api('GET', '/readyz');
   t.equal(ready.status, 200);
@@ -184,7 +153,7 @@ t.test('clear text: GET is redirected to https, other methods get 400, login ref
 
 t.test('the portal is served with its types, caching and CSP', async (t) => {
   const gw = await startTestGateway(t);
-  const api = client(t, gw);
+  const api = apiClient(t, gw);
   const index = await api('GET', '/');
   t.equal(index.status, 200);
   t.match(index.headers['content-type'], 'text/html');

@@ -41,7 +41,7 @@ import {
 } from '../../protocols/spice-auth.js';
 import { missingCommands } from '../helpers/netns.js';
 import { startQemuSpice } from '../helpers/qemu.js';
-import { freePort } from '../helpers/redis.js';
+import { freePort } from '../helpers/net.js';
 import { solidRoot, startXvnc } from '../helpers/x11.js';
 
 const WAIT_MS = 10_000;
@@ -165,7 +165,7 @@ t.test(
   async (t) => {
     const password = 'relay-me';
     const { port: consolePort, display } = await xvncWithPassword(t, password);
-    await solidRoot(display, '#20c040');
+    await solidRoot(display, [0x20, 0xc0, 0x40]);
 
     // The relay: the gateway's future VNC leg in miniature, without tickets or routing.
     const relay = net.createServer((client) => {

@@ -9,11 +9,10 @@
 import t, { type Test } from 'tap';
 import net from 'node:net';
 import { once } from 'node:events';
-import { WebSocket } from 'ws';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
-import { rawRequest, readResponse, echoRoundTrip, basic, closedPort } from '../helpers/net.js';
-import { freePort } from '../helpers/redis.js';
+import { rawRequest, readResponse, echoRoundTrip, basic, closedPort, freePort } from '../helpers/net.js';
 import { fixedPortConsole } from '../helpers/console.js';
+import { closeOf, opened, openWs } from '../helpers/ws.js';
 import { mintToken } from '../../gateway/auth/tokens.js';
 import type { ConfigInput } from '../../gateway/config.js';
 
@@ -26,17 +25,6 @@ async function setup(t: Test, config: ConfigInput = {}): Promise<{ gw: TestGatew
   await gw.addVm('desk', [{ protocol: 'vnc', host: '127.0.0.1', port }], ['alice', 'bob']);
   await gw.addVm('other', [{ protocol: 'vnc', host: '127.0.0.1', port: await closedPort() }], ['alice']);
   return { gw, port };
-}
-
-function openWs(t: Test, gw: TestGateway, path: string): WebSocket {
-  const ws = new WebSocket(`wss://127.0.0.1:${gw.port}${path}`, ['binary'], { ca: gw.caCert });
-  ws.on('error', () => {});
-  t.teardown(() => ws.terminate());
-  return ws;
-}
-
-function closeOf(ws: WebSocket): Promise<{ code: number; reason: string }> {
-  return new Promise((resolve) => ws.once('close', (code: number, reason: Buffer) => resolve({ code, reason: reason.toString() })));
 }
 
 async function setState(gw: TestGateway, state: 'running' | 'recovering' | 'migrating' | 'down', extra: Record<string, unknown> = {}): Promise<void> {
@@ -100,7 +88,7 @@ t.test('a planned move ends live tunnels on purpose; the client returns with its
   const desk = await fixedPortConsole(t, port, (s) => s.pipe(s));
   const { ticket, resume } = await gw.ticket('alice', 'desk');
   const ws = openWs(t, gw, `/tunnel/desk/vnc?ticket=${ticket}`);
-  await once(ws, 'open');
+  await opened(ws);
   ws.send(Buffer.from('ping'));
   await once(ws, 'message');
   const { ticket: t2 } = await gw.ticket('alice', 'desk');

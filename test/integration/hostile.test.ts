@@ -15,10 +15,11 @@ import { once } from 'node:events';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { WebSocket } from 'ws';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
-import { connectionCount, setupDesk, startStreamer } from '../helpers/scenario.js';
-import { basic, closedWithin, connectRaw, echoRoundTrip, rawRequest, until } from '../helpers/net.js';
+import { clearConnect, connectionCount, setupDesk, startStreamer } from '../helpers/scenario.js';
+import { basic, closedWithin, connectRaw, echoRoundTrip, rawRequest } from '../helpers/net.js';
+import { deadline, until } from '../helpers/wait.js';
+import { opened, openWs } from '../helpers/ws.js';
 import { createCa, issueServerCert } from '../../certs/ca.js';
 import * as F from '../fixtures/packets.js';
 
@@ -31,14 +32,6 @@ async function gauge(g: { get(): Promise<{ values: Array<{ value: number }> }> }
 
 async function tlsFailures(gw: TestGateway): Promise<number> {
   return gauge(gw.ctx.metrics.tlsErrors);
-}
-
-/** Rejects after `ms` with `what` in the message: the other side of a deadline race. */
-function deadline(ms: number, what: string): Promise<never> {
-  return new Promise((_, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms);
-    timer.unref();
-  });
 }
 
 /** The first of `events` that `emitter` emits, with its arguments; never rejects (unlike events.once on 'error'). */
@@ -54,8 +47,6 @@ function firstOf(emitter: NodeJS.EventEmitter, events: string[]): Promise<[strin
     });
   });
 }
-
-const clearConnect = (ticket: string): string => `CONNECT ${ticket}.desk:5900 HTTP/1.1\r\nHost: ${ticket}.desk:5900\r\n\r\n`;
 
 // -------------------------------------------------------------------------------------------
 // First bytes (CONTRACT section 1)
@@ -376,10 +367,8 @@ t.test('graceful stop: refuses new connections, drains open tunnels, then closes
   const r = await rawRequest(gw.port, clearConnect((await gw.ticket('alice', 'desk')).ticket));
   t.equal(r.status, 200);
   const sock = r.socket;
-  const ws = new WebSocket(`wss://127.0.0.1:${gw.port}/tunnel/desk/vnc?ticket=${(await gw.ticket('alice', 'desk')).ticket}`, ['binary'], { ca: gw.caCert });
-  ws.on('error', () => {});
-  t.teardown(() => ws.terminate());
-  await Promise.race([once(ws, 'open'), deadline(5000, 'WebSocket open')]);
+  const ws = openWs(t, gw, `/tunnel/desk/vnc?ticket=${(await gw.ticket('alice', 'desk')).ticket}`);
+  await opened(ws);
   const wsEcho = (text: string): Promise<string> =>
     Promise.race([
       new Promise<string>((resolve) => {

@@ -9,28 +9,13 @@
 import t, { type Test } from 'tap';
 import net from 'node:net';
 import type { TestGateway } from '../helpers/gateway.js';
-import { connectionCount, setupDesk } from '../helpers/scenario.js';
-import { basic, closedWithin, connectRaw, echoRoundTrip, rawRequest, until } from '../helpers/net.js';
+import { clearConnect, connectionCount, forge, setupDesk } from '../helpers/scenario.js';
+import { basic, closedWithin, connectRaw, echoRoundTrip, errorCode, rawRequest } from '../helpers/net.js';
+import { until } from '../helpers/wait.js';
 import * as F from '../fixtures/packets.js';
-
-function errorCode(body: string): string | undefined {
-  try {
-    return (JSON.parse(body) as { error?: { code?: string } }).error?.code;
-  } catch {
-    return undefined;
-  }
-}
-
-/** The same ticket shape (so it is tried as a ticket), one character changed inside its MAC. */
-function forge(ticket: string): string {
-  const i = ticket.length - 8;
-  return `${ticket.slice(0, i)}${ticket[i] === 'a' ? 'b' : 'a'}${ticket.slice(i + 1)}`;
-}
 
 /** Deadlines far beyond any test's own: only the protection under test can close a connection in time. */
 const FAR = 60_000;
-
-const clearConnect = (ticket: string, vm = 'desk'): string => `CONNECT ${ticket}.${vm}:5900 HTTP/1.1\r\nHost: ${ticket}.${vm}:5900\r\n\r\n`;
 
 // -------------------------------------------------------------------------------------------
 // Headers

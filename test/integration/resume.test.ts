@@ -12,11 +12,14 @@ import { once } from 'node:events';
 import { createHash } from 'node:crypto';
 import { WebSocket } from 'ws';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
-import { freePort } from '../helpers/redis.js';
-import { rawRequest } from '../helpers/net.js';
+import { freePort, rawRequest } from '../helpers/net.js';
+import { until } from '../helpers/wait.js';
 import { fixedPortConsole, type FixedConsole } from '../helpers/console.js';
 // The browser library, run as is.
 import { OneportChannel } from '../../web/oneport-channel.js';
+
+/** Session state lives in the gateway's registry, which has no event to await: polled, closely. */
+const POLL = { timeoutMs: 15_000, intervalMs: 10 };
 
 const MiB = 1024 * 1024;
 
@@ -115,7 +118,7 @@ t.test('client leg cut mid-transfer, three times: every byte arrives once, in or
   const all = Buffer.concat(got);
   t.equal(all.length, total, 'exactly the bytes the console sent, none doubled');
   t.equal(sha(all), sha(pattern(1, 0, total)), 'in order, none lost');
-  await waitFor(() => c.received().reduce((n, b) => n + b.length, 0) >= upTotal, 'console got the upload');
+  await until(() => c.received().reduce((n, b) => n + b.length, 0) >= upTotal, { what: 'console got the upload', ...POLL });
   const up = Buffer.concat(c.received());
   t.equal(up.length, upTotal, 'the console got exactly what the client sent');
   t.equal(sha(up), sha(pattern(7, 0, upTotal)), 'in order');
@@ -124,7 +127,7 @@ t.test('client leg cut mid-transfer, three times: every byte arrives once, in or
   const resumed = gw.logs.filter((l) => l.event === 'session-resumed');
   t.ok(resumed.length >= 3, `the gateway logged ${resumed.length} resumes`);
   ch.close();
-  await waitFor(() => gw.ctx.sessions.size === 0, 'a clean close ends the session');
+  await until(() => gw.ctx.sessions.size === 0, { what: 'a clean close ends the session', ...POLL });
 });
 
 t.test('the gateway serves the channel to browsers', async (t) => {
@@ -143,14 +146,14 @@ t.test('resume refusals: another user, a bad offset, after the grace period, aft
   // Park it: cut the leg and stop the channel from resuming by itself.
   ch.resume = () => undefined;
   cut(ch);
-  await waitFor(() => gw.ctx.sessions.get(session)?.parked === true, 'parked');
+  await until(() => gw.ctx.sessions.get(session)?.parked === true, { what: 'parked', ...POLL });
 
   const b = await gw.ticket('bob', 'desk');
   t.equal(await attempt(gw, b.resume, session, 0), 4401, "bob's resume token on alice's session: 4401");
   t.equal(await attempt(gw, a.resume, session, 10 * MiB), 4401, 'an offset past what was sent: 4401');
   t.equal(await attempt(gw, 'v1.bad.token', session, 0), 4401, 'a bad token: 4401');
   t.equal(await attempt(gw, a.resume, 'no-such-session', 0), 4001, 'an unknown session: 4001, reconnect fresh');
-  await waitFor(() => gw.ctx.sessions.get(session) === undefined, 'the grace period ends the session', 5000);
+  await until(() => gw.ctx.sessions.get(session) === undefined, { what: 'the grace period ends the session', ...POLL, timeoutMs: 5000 });
   t.equal(await attempt(gw, a.resume, session, 0), 4001, 'after the grace period: 4001');
   t.equal(c.accepted(), 1);
 
@@ -161,9 +164,9 @@ t.test('resume refusals: another user, a bad offset, after the grace period, aft
   const s2 = ch2.session!;
   ch2.resume = () => undefined;
   cut(ch2);
-  await waitFor(() => gw.ctx.sessions.get(s2)?.parked === true, 'parked');
+  await until(() => gw.ctx.sessions.get(s2)?.parked === true, { what: 'parked', ...POLL });
   c.kill();
-  await waitFor(() => gw.ctx.sessions.get(s2) === undefined, 'console death ends the session');
+  await until(() => gw.ctx.sessions.get(s2) === undefined, { what: 'console death ends the session', ...POLL });
   t.equal(await attempt(gw, a2.resume, s2, 0), 4001, 'resume after the console died: 4001');
 });
 
@@ -176,12 +179,4 @@ async function attempt(gw: TestGateway, resume: string, session: string, receive
 
 function sha(b: Buffer): string {
   return createHash('sha256').update(b).digest('hex');
-}
-
-async function waitFor(cond: () => boolean, what: string, timeoutMs = 15_000): Promise<void> {
-  const started = Date.now();
-  while (!cond()) {
-    if (Date.now() - started > timeoutMs) throw new Error(`${what}: not within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
 }

@@ -11,8 +11,10 @@ import { randomBytes } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import { WebSocket, type ClientOptions } from 'ws';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
-import { setupDesk, startStreamer } from '../helpers/scenario.js';
-import { closedPort, rawRequest } from '../helpers/net.js';
+import { forge, setupDesk, startStreamer } from '../helpers/scenario.js';
+import { closedPort, errorCode, rawRequest } from '../helpers/net.js';
+import { deadline } from '../helpers/wait.js';
+import { closeOf, openWs } from '../helpers/ws.js';
 import type { ConfigInput } from '../../gateway/config.js';
 
 async function setup(t: Test, config: ConfigInput = {}) {
@@ -21,20 +23,6 @@ async function setup(t: Test, config: ConfigInput = {}) {
   await gw.addVm('bobs', [{ protocol: 'vnc', host: '127.0.0.1', port: echo.port }], ['bob']);
   await gw.addVm('dead', [{ protocol: 'vnc', host: '127.0.0.1', port: await closedPort() }], ['alice']);
   return { gw, echo };
-}
-
-function deadline(ms: number, what: string): Promise<never> {
-  return new Promise((_, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms);
-    timer.unref();
-  });
-}
-
-function openWs(t: Test, gw: TestGateway, path: string, opts: ClientOptions = {}, protocols: string[] = ['binary'], scheme = 'wss'): WebSocket {
-  const ws = new WebSocket(`${scheme}://127.0.0.1:${gw.port}${path}`, protocols, { ca: gw.caCert, ...opts });
-  ws.on('error', () => {});
-  t.teardown(() => ws.terminate());
-  return ws;
 }
 
 type Outcome =
@@ -58,14 +46,6 @@ function handshake(ws: WebSocket, ms = 5000): Promise<Outcome> {
   return Promise.race([result, deadline(ms, 'WebSocket handshake')]);
 }
 
-/** The close code and reason the client got. */
-function closed(ws: WebSocket, ms = 5000): Promise<{ code: number; reason: string }> {
-  const result = new Promise<{ code: number; reason: string }>((resolve) => {
-    ws.once('close', (code: number, reason: Buffer) => resolve({ code, reason: reason.toString() }));
-  });
-  return Promise.race([result, deadline(ms, 'WebSocket close')]);
-}
-
 /** Sends `data` and collects binary messages until as many bytes came back. */
 function echo(ws: WebSocket, data: Buffer, ms = 5000): Promise<Buffer> {
   const result = new Promise<Buffer>((resolve, reject) => {
@@ -86,14 +66,6 @@ function echo(ws: WebSocket, data: Buffer, ms = 5000): Promise<Buffer> {
   return Promise.race([result, deadline(ms, 'WebSocket echo')]);
 }
 
-function errorCode(body: string): string | undefined {
-  try {
-    return (JSON.parse(body) as { error?: { code?: string } }).error?.code;
-  } catch {
-    return undefined;
-  }
-}
-
 async function sessionCookie(gw: TestGateway, user: string, password: string): Promise<string> {
   const body = JSON.stringify({ user, password });
   const r = await rawRequest(
@@ -105,11 +77,6 @@ async function sessionCookie(gw: TestGateway, user: string, password: string): P
   const cookie = /\r\nSet-Cookie: (__Host-oneport_session=[^;\r]+)/i.exec(r.head)?.[1];
   if (r.status !== 200 || !cookie) throw new Error(`login failed: ${r.head}`);
   return cookie;
-}
-
-function forge(ticket: string): string {
-  const i = ticket.length - 8;
-  return `${ticket.slice(0, i)}${ticket[i] === 'a' ? 'b' : 'a'}${ticket.slice(i + 1)}`;
 }
 
 // -------------------------------------------------------------------------------------------
@@ -244,7 +211,7 @@ t.test('close codes: 4401, 4004, 4003, 4502', async (t) => {
   const { gw, echo: backend } = await setup(t);
   const cookie = await sessionCookie(gw, 'alice', 'alice-password-1');
   const expectClose = async (name: string, ws: WebSocket, code: number, reason: RegExp): Promise<void> => {
-    const c = closed(ws);
+    const c = closeOf(ws);
     t.match(await handshake(ws), { kind: 'open' }, `${name}: upgraded (failures after the upgrade are close codes)`);
     const got = await c;
     t.equal(got.code, code, `${name}: ${code}`);
@@ -282,7 +249,7 @@ t.test('a message over limits.wsMaxPayloadBytes closes with 1009; one under it i
   t.match(await handshake(ws), { kind: 'open' });
   const under = randomBytes(2000);
   t.same(await echo(ws, under), under, '2,000 bytes (cap 2,048) are relayed');
-  const c = closed(ws);
+  const c = closeOf(ws);
   ws.send(randomBytes(4096));
   t.equal((await c).code, 1009, '4,096 bytes: 1009');
   await Promise.race([gw.ctx.tunnels.whenEmpty(), deadline(5000, 'tunnel still open')]);
@@ -390,7 +357,7 @@ t.test('ticket brute force over WebSocket: after authFailuresPerAddressPerMinute
   let last = '';
   for (let i = 0; i < 4; i++) {
     const ws = openWs(t, gw, `/tunnel/desk/vnc?ticket=${forge((await gw.ticket('alice', 'desk')).ticket)}`);
-    const c = closed(ws);
+    const c = closeOf(ws);
     await handshake(ws);
     const r = await c;
     codes.push(r.code);

@@ -3,6 +3,7 @@ import net from 'node:net';
 import { once } from 'node:events';
 import { patternPixel, startRfbServer, TEST_PATTERN_BARS } from '../../gateway/demo/rfb.js';
 import { pixelAt, rfbConnect, rfbRequestFrame } from '../helpers/rfb-client.js';
+import { streamQueue } from '../helpers/bytes.js';
 
 // Guards on every wait, so a broken server fails a test in seconds rather than at tap's timeout.
 const WAIT_MS = 5_000;
@@ -15,75 +16,9 @@ async function connect(port: number): Promise<net.Socket> {
   return s;
 }
 
-/**
- * What a test socket received, read in flowing mode. (Paused-mode `socket.read(n)` plus awaiting
- * 'readable' spins on process.nextTick in Node 20 while fewer than n bytes are buffered, starving
- * the event loop.) Like a slow client, it stops taking data past a few megabytes nobody asked for.
- */
-class Inbox {
-  private chunks: Buffer[] = [];
-  private length = 0;
-  private need = 0;
-  private closed = false;
-  private wake: (() => void) | undefined;
-
-  constructor(private readonly socket: net.Socket) {
-    socket.on('data', (d: Buffer) => {
-      this.chunks.push(d);
-      this.length += d.length;
-      if (this.length > 4 * 1024 * 1024 && this.length >= this.need) socket.pause();
-      this.wake?.();
-    });
-    socket.on('close', () => {
-      this.closed = true;
-      this.wake?.();
-    });
-  }
-
-  private async until(ready: () => boolean, what: string): Promise<void> {
-    this.socket.resume();
-    while (!ready()) {
-      await new Promise<void>((resolve, reject) => {
-        const timer = setTimeout(() => {
-          this.wake = undefined;
-          reject(new Error(`${what}: nothing for ${WAIT_MS} ms (${this.length} bytes buffered)`));
-        }, WAIT_MS);
-        this.wake = () => {
-          clearTimeout(timer);
-          this.wake = undefined;
-          resolve();
-        };
-      });
-    }
-  }
-
-  async read(n: number): Promise<Buffer> {
-    this.need = n;
-    await this.until(() => this.length >= n || this.closed, `waiting for ${n} bytes`);
-    this.need = 0;
-    if (this.length < n) throw new Error(`connection closed after ${this.length} of ${n} bytes`);
-    const all = Buffer.concat(this.chunks, this.length);
-    this.chunks = [all.subarray(n)];
-    this.length -= n;
-    return all.subarray(0, n);
-  }
-
-  async rest(): Promise<Buffer> {
-    await this.until(() => this.closed, 'waiting for the server to close');
-    return Buffer.concat(this.chunks, this.length);
-  }
-}
-
-const inboxes = new WeakMap<net.Socket, Inbox>();
-function inbox(s: net.Socket): Inbox {
-  let i = inboxes.get(s);
-  if (!i) inboxes.set(s, (i = new Inbox(s)));
-  return i;
-}
-
 /** Exactly `n` bytes from the socket. */
 function read(s: net.Socket, n: number): Promise<Buffer> {
-  return inbox(s).read(n);
+  return streamQueue(s).read(n, WAIT_MS);
 }
 
 async function write(s: net.Socket, data: Buffer | string): Promise<void> {
@@ -92,7 +27,7 @@ async function write(s: net.Socket, data: Buffer | string): Promise<void> {
 
 /** Resolves, with whatever was sent and not read yet, once the server has closed the connection. */
 function serverCloses(s: net.Socket): Promise<Buffer> {
-  return inbox(s).rest();
+  return streamQueue(s).rest(WAIT_MS);
 }
 
 /** The 3.8 handshake by hand; returns the ServerInit's width and height. */

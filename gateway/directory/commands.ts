@@ -1,0 +1,101 @@
+/**
+ * Directory commands: the changes an administrator makes (add or change a user, remove one, add
+ * or replace a VM, move one to another node, remove one). One implementation for both ways in:
+ * the JSON API's admin routes (http/api.ts) and the CLI's offline path on the directory file
+ * (admin.ts), so that a command validates and answers the same whether or not a gateway runs.
+ *
+ * Each command validates its input with the directory's schemas, builds the record, writes it
+ * through the `Directory` interface and returns what the API answers; failures are
+ * OneportErrors with the API's codes and messages.
+ */
+import { z } from 'zod';
+import { OneportError, validationError } from '../errors.js';
+import { hashPassword } from '../auth/passwords.js';
+import { type Directory, type UserRecord, type VmRecord, ROLES, toVmRecord, userNameSchema, vmSchema } from './directory.js';
+
+/** PUT /api/users/<name>: every field optional; a new user needs a password. */
+export const userInputSchema = z
+  .object({
+    password: z.string().min(8).max(1024).optional(),
+    roles: z.array(z.enum(ROLES)).optional(),
+    groups: z.array(z.string().min(1).max(64)).optional(),
+  })
+  .strict();
+export type UserInput = z.input<typeof userInputSchema>;
+
+/** POST /api/vms/<vm>/move. */
+export const moveSchema = z.object({ node: z.string().min(1).max(63) }).strict();
+
+/** A user as the API shows it: never the password hash. */
+export interface PublicUser {
+  readonly name: string;
+  readonly roles: UserRecord['roles'];
+  readonly groups: UserRecord['groups'];
+}
+
+export function publicUser(u: UserRecord): PublicUser {
+  return { name: u.name, roles: u.roles, groups: u.groups };
+}
+
+function parse<T>(schema: z.ZodType<T>, input: unknown): T {
+  const parsed = schema.safeParse(input);
+  if (!parsed.success) throw validationError(parsed.error);
+  return parsed.data;
+}
+
+/** A valid user name, or ONEPORT_ERR_VALIDATION (the API checks it before reading the body). */
+export function checkUserName(name: string): string {
+  return parse(userNameSchema, name);
+}
+
+/** Add a user, or change the fields given. A new password logs the user out everywhere. */
+export async function putUser(dir: Directory, name: string, input: unknown): Promise<PublicUser> {
+  const userName = checkUserName(name);
+  const body = parse(userInputSchema, input);
+  const existing = dir.getUser(userName);
+  if (!existing && body.password === undefined) throw new OneportError('ONEPORT_ERR_VALIDATION', 'a new user needs a password');
+  const user: UserRecord = {
+    name: userName,
+    passwordHash: body.password === undefined ? (existing?.passwordHash ?? '') : await hashPassword(body.password),
+    roles: body.roles ?? existing?.roles ?? ['user'],
+    groups: body.groups ?? existing?.groups ?? [],
+    sessionsNotBefore: body.password === undefined ? (existing?.sessionsNotBefore ?? 0) : Date.now(),
+  };
+  await dir.putUser(user);
+  return publicUser(user);
+}
+
+export async function deleteUser(dir: Directory, name: string): Promise<void> {
+  if (!(await dir.deleteUser(name))) throw new OneportError('ONEPORT_ERR_NOT_FOUND', 'no such user');
+}
+
+/** Add or replace a VM; published ports default to the protocols' well-known ones. */
+export async function putVm(dir: Directory, input: unknown): Promise<VmRecord> {
+  const vm = toVmRecord(parse(vmSchema, input));
+  await dir.putVm(vm);
+  return vm;
+}
+
+export async function deleteVm(dir: Directory, name: string): Promise<void> {
+  if (!(await dir.deleteVm(name))) throw new OneportError('ONEPORT_ERR_UNKNOWN_VM');
+}
+
+export interface MoveOptions {
+  /** In a cluster: is `node` an up member? A move to anything else is refused. Unset: any node. */
+  readonly isUpNode?: ((node: string) => boolean) | undefined;
+}
+
+/**
+ * Planned migration: `node` owns the VM from now on, with the epoch bumped. Written
+ * compare-and-set on the epoch read, so a concurrent change is ONEPORT_ERR_CONFLICT, not lost.
+ */
+export async function moveVm(dir: Directory, name: string, nodeIn: string, opts: MoveOptions = {}): Promise<VmRecord> {
+  const { node } = parse(moveSchema, { node: nodeIn });
+  const vm = dir.getVm(name);
+  if (!vm) throw new OneportError('ONEPORT_ERR_UNKNOWN_VM');
+  if (opts.isUpNode && !opts.isUpNode(node)) throw new OneportError('ONEPORT_ERR_VALIDATION', `node ${node} is not an up member of the cluster`);
+  // The replica stays where it was, unless the VM moves onto it (then the old owner takes its place).
+  const moved: VmRecord = { ...vm, node, replica: vm.replica === node ? vm.node : vm.replica, epoch: vm.epoch + 1 };
+  if (!(await dir.putVm(moved, { ifEpoch: vm.epoch }))) throw new OneportError('ONEPORT_ERR_CONFLICT');
+  return moved;
+}
