@@ -41,6 +41,8 @@ export interface GatewayContext {
   readonly leaderLink: LeaderLink | undefined;
   /** The cluster node id behind a verified node certificate on this socket; undefined otherwise (and outside a cluster). */
   readonly peerNode: (socket: net.Socket) => string | undefined;
+  /** An API session was logged out here: end its live tunnels on every node. */
+  readonly loggedOut: (sid: string) => void;
   /** How fresh the directory is: always fresh for the embedded one; the mirror's age in a cluster. */
   readonly directoryState: () => { readonly connected: boolean; readonly ageMs: number };
 }

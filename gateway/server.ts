@@ -21,7 +21,8 @@ import { TunnelRegistry } from './tunnel/registry.js';
 import { Listener } from './listener.js';
 import { SessionRegistry } from './tunnel/session.js';
 import { followMoves } from './tunnel/reroute.js';
-import { followRevocations } from './tunnel/revoke.js';
+import { followRevocations, revokeApiSession } from './tunnel/revoke.js';
+import { LogoutFeed } from './cluster/logouts.js';
 import { localReach } from './tunnel/reach.js';
 import { VmWatcher } from './tunnel/watcher.js';
 import { RedisSessionLocator } from './tunnel/session-locator.js';
@@ -175,12 +176,19 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     },
     leaderLink: cluster ? { nodeId: cluster.nodeId, leaderPeer: () => cluster.leaderPeer(), dispatcher: cluster.peers.agent } : undefined,
     peerNode: (socket) => cluster?.peerNode(socket),
+    loggedOut: (sid) => {
+      revokeApiSession({ tunnels, metrics, log }, sid);
+      logouts?.publish(sid);
+    },
   };
 
   // Sessions follow their VM: a change of owner ends its tunnels here at once (clients reconnect).
   const stopFollowing = followMoves({ dir, tunnels, metrics, log, rerouteRetryMs: config.tunnel.rerouteRetryMs });
   // Revocation reaches live tunnels: a deleted user, a changed password, an unassigned VM.
   const stopRevoking = followRevocations({ dir, tunnels, metrics, log });
+  // ... and a logout, on every node.
+  const logouts = cluster && redisConnection ? new LogoutFeed(redisConnection, `${config.cluster.prefix}logout`, config.nodeId, log, (sid) => revokeApiSession({ tunnels, metrics, log }, sid)) : undefined;
+  await logouts?.start();
 
   const contexts = buildSecureContexts(config, state.server, nodeIdentity);
   const tlsHttp = createTlsHttpServer(ctx, new Portal(WEB_ROOT));
@@ -283,6 +291,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       await control?.close();
       stopFollowing();
       stopRevoking();
+      await logouts?.stop();
       watcher.close();
       await cluster?.stop();
       await demo?.close();

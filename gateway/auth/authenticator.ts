@@ -43,6 +43,8 @@ export interface TicketGrant {
   /** Console session the connection belongs to (shared by a SPICE client's channels). */
   readonly sessionId: string;
   readonly first: boolean;
+  /** The API session the ticket was asked for in (portal, API), if any: its logout ends the tunnel. */
+  readonly apiSession?: string | undefined;
 }
 
 export class Authenticator {
@@ -163,7 +165,7 @@ export class Authenticator {
    * names, by the user it names, on any node, with no new login. `claimedUser` (Basic credentials,
    * or the portal session's user) must be the token's user.
    */
-  async resume(token: string, vmName: string, client: string, claimedUser?: string): Promise<{ user: UserRecord; sessionId: string }> {
+  async resume(token: string, vmName: string, client: string, claimedUser?: string): Promise<{ user: UserRecord; sessionId: string; apiSession?: string | undefined }> {
     const payload = verifyToken(this.dir.keys(), 'resume', token);
     if (!payload || payload.vm !== vmName || (claimedUser !== undefined && claimedUser !== '' && claimedUser !== payload.sub)) {
       await this.countFailure(client, 'ticket');
@@ -174,7 +176,7 @@ export class Authenticator {
       this.metrics.authFailures.inc({ kind: 'session' });
       throw new OneportError('ONEPORT_ERR_SESSION_INVALID');
     }
-    return { user, sessionId: payload.sid };
+    return { user, sessionId: payload.sid, apiSession: payload.ses };
   }
 
   /**
@@ -229,6 +231,6 @@ export class Authenticator {
     const user = this.dir.getUser(r.record.user);
     // The user may have been removed or unassigned since the ticket was issued.
     if (!user || !isAssigned(vm, user)) throw new OneportError('ONEPORT_ERR_NOT_ASSIGNED');
-    return { user, sessionId: r.sessionId, first: r.outcome === 'first' };
+    return { user, sessionId: r.sessionId, first: r.outcome === 'first', apiSession: r.record.session };
   }
 }

@@ -132,7 +132,10 @@ route('POST', '/api/login', 'login', async (c) => {
 });
 route('POST', '/api/logout', 'logout', async (c) => {
   const p = await c.principal();
-  if (p.session) await c.ctx.auth.logout(p.session);
+  if (p.session) {
+    await c.ctx.auth.logout(p.session);
+    c.ctx.loggedOut(p.session.sid);
+  }
   sendJson(c.res, 200, { ok: true }, { 'Set-Cookie': clearedSessionCookie() });
 });
 route('GET', '/api/me', 'me', async (c) => {

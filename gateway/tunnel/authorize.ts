@@ -47,7 +47,7 @@ export async function authorizeTunnel(deps: AuthorizeDeps, req: TunnelRequest): 
       const afterLookup = metrics.observeSetup('lookup', started);
       const grant = await auth.redeemTicket(cred.ticket, vm, endpoint.protocol, req.client, cred.user);
       metrics.observeSetup('auth', afterLookup);
-      return { vm, endpoint, user: grant.user, sessionId: grant.sessionId, via: 'ticket' };
+      return { vm, endpoint, user: grant.user, sessionId: grant.sessionId, via: 'ticket', apiSession: grant.apiSession };
     }
     case 'resume': {
       await auth.checkAddress(req.client);
@@ -59,7 +59,7 @@ export async function authorizeTunnel(deps: AuthorizeDeps, req: TunnelRequest): 
       const endpoint = selectEndpoint(vm, req.hints);
       checkVmState(vm, hold);
       metrics.observeSetup('auth', started);
-      return { vm, endpoint, user: grant.user, sessionId: grant.sessionId, via: 'resume' };
+      return { vm, endpoint, user: grant.user, sessionId: grant.sessionId, via: 'resume', apiSession: grant.apiSession };
     }
     case 'node': {
       // Another node authenticated the client and redeemed its ticket; this node checks that it
@@ -77,11 +77,14 @@ export async function authorizeTunnel(deps: AuthorizeDeps, req: TunnelRequest): 
     case 'password':
     case 'session': {
       let user: UserRecord;
+      let apiSession: string | undefined;
       if (cred.kind === 'password') {
         if (!req.tls) throw new OneportError('ONEPORT_ERR_CLEARTEXT_PASSWORD');
         user = await auth.password(cred.user, cred.password, req.client);
       } else {
-        user = (await auth.session(cred.token)).user;
+        const s = await auth.session(cred.token);
+        user = s.user;
+        apiSession = s.payload.sid;
       }
       const afterAuth = metrics.observeSetup('auth', started);
       const vm = lookupVm(dir, req.vmName);
@@ -89,7 +92,7 @@ export async function authorizeTunnel(deps: AuthorizeDeps, req: TunnelRequest): 
       const endpoint = selectEndpoint(vm, req.hints);
       checkVmState(vm, hold);
       metrics.observeSetup('lookup', afterAuth);
-      return { vm, endpoint, user, sessionId: newId(), via: cred.kind };
+      return { vm, endpoint, user, sessionId: newId(), via: cred.kind, apiSession };
     }
   }
 }

@@ -99,6 +99,7 @@ function register(deps: BrokerDeps, target: TunnelTarget, leg: ClientLeg, pump: 
     node: target.vm.node,
     epoch: target.vm.epoch,
     pump,
+    apiSession: target.apiSession,
   };
   tunnels.add(tunnel);
   metrics.tunnelsActive.inc(labels);

@@ -21,6 +21,8 @@ export interface Tunnel {
   readonly node: string;
   readonly epoch: number;
   readonly pump: Pump;
+  /** The API session (portal login) behind the tunnel's credential, if any. */
+  readonly apiSession?: string | undefined;
 }
 
 export class TunnelRegistry {

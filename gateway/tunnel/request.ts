@@ -40,4 +40,6 @@ export interface TunnelTarget {
   readonly sessionId: string;
   /** How the client proved who it is (for the log line); 'hop' = another node vouched for it. */
   readonly via: 'ticket' | 'password' | 'session' | 'resume' | 'hop';
+  /** The API session (portal login) the credential came from, if any: its logout ends the tunnel. */
+  readonly apiSession?: string | undefined;
 }

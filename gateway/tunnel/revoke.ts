@@ -19,7 +19,7 @@ export interface RevokeDeps {
   readonly log: Logger;
 }
 
-export type RevokeReason = 'user-deleted' | 'password-changed' | 'vm-deleted' | 'unassigned' | 'terminated';
+export type RevokeReason = 'user-deleted' | 'password-changed' | 'vm-deleted' | 'unassigned' | 'logged-out' | 'terminated';
 
 /** Why `t` may no longer run, by the directory as it is now; undefined when it may. */
 export function revocationOf(dir: Directory, t: Tunnel): RevokeReason | undefined {
@@ -52,6 +52,11 @@ function recheck(deps: RevokeDeps, affected: readonly Tunnel[]): void {
     if (why) byReason.set(why, [...(byReason.get(why) ?? []), t]);
   }
   for (const [why, ts] of byReason) revokeTunnels(deps, ts, why);
+}
+
+/** An API session was logged out (here or on another node): end the tunnels its credentials opened. */
+export function revokeApiSession(deps: Pick<RevokeDeps, 'tunnels' | 'metrics' | 'log'>, sid: string): number {
+  return revokeTunnels(deps, deps.tunnels.list().filter((t) => t.apiSession === sid && t.transport !== 'hop'), 'logged-out');
 }
 
 /** Follow the directory for the node's life; returns the function that stops it. */

@@ -8,6 +8,7 @@
  */
 import t from 'tap';
 import { randomBytes, createHash } from 'node:crypto';
+import { once } from 'node:events';
 import { startRedis } from '../helpers/redis.js';
 import { makeCluster, electedLeader, adminToken, type ClusterNode } from '../helpers/cluster.js';
 import { eventually } from '../helpers/wait.js';
@@ -55,6 +56,21 @@ t.test('tunnels to a VM on another node', async (t) => {
     t.match(r.body, 'ONEPORT_ERR_CONSOLE_UNREACHABLE');
     t.ok(ms < HOLD_MS / 4, `answered in ${ms} ms, not after the hold time (${HOLD_MS} ms)`);
     t.notOk(direct.logs.some((l) => l.event === 'tunnel-hold' && l.vm === 'gone'), 'the client was never held');
+  });
+
+  t.test('a logout on one node ends the tunnels its session opened through another node', async (t) => {
+    const token = (await direct.api<{ token: string }>('POST', '/api/login', { body: { user: 'alice', password: 'alice-password-1' } })).body.token;
+    const ticket = (await direct.api<{ ticket: string }>('POST', '/api/desktops/echo/tickets', { token, body: { protocol: 'vnc' } })).body.ticket;
+    const r = await rawRequest(viaOwner.port, `CONNECT echo:5900 HTTP/1.1\r\nProxy-Authorization: ${basic('alice', ticket)}\r\n\r\n`, { ca });
+    t.equal(r.status, 200, 'a tunnel entering at another node than the one that logged in');
+    r.socket.on('error', () => {});
+    const closed = once(r.socket, 'close');
+    r.socket.resume();
+    const mark = viaOwner.logs.length;
+    t.equal((await direct.api('POST', '/api/logout', { token })).status, 200, 'logged out on the first node');
+    await closed;
+    const line = await viaOwner.waitFor((l) => l.event === 'tunnels-revoked' && l.reason === 'logged-out', 10_000, { after: mark });
+    t.equal(line.tunnels, 1, 'the other node ended it');
   });
 
   t.test('a hopped tunnel counts exactly the bytes that crossed it, on the entry node and on the owner', async (t) => {

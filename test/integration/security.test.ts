@@ -8,6 +8,7 @@ import { WebSocket } from 'ws';
 import { basic, echoRoundTrip, rawRequest } from '../helpers/net.js';
 import { setupDesk } from '../helpers/scenario.js';
 import type { TestGateway } from '../helpers/gateway.js';
+import { apiClient, ok } from '../helpers/api.js';
 
 const upgrade = (path: string, proto = 'websocket'): string =>
   `GET ${path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: ${proto}\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`;
@@ -114,3 +115,29 @@ async function until(check: () => boolean, timeoutMs = 5000): Promise<void> {
     await new Promise((r) => setTimeout(r, 10));
   }
 }
+
+t.test('5: a logout ends the live tunnels its session opened (tickets and resume tokens), not the user\'s other sessions', async (t) => {
+  const { gw } = await setupDesk(t);
+  const api = apiClient(t, gw);
+  const login = async (): Promise<string> => ok(await api<{ token: string }>('POST', '/api/login', { body: { user: 'alice', password: 'alice-password-1' } })).token;
+  const [mine, other] = [await login(), await login()];
+  const open = async (token: string): Promise<{ closed: Promise<{ code: number; reason: string }> }> => {
+    const { ticket } = ok(await api<{ ticket: string }>('POST', '/api/desktops/desk/tickets', { token, body: { protocol: 'vnc' } }));
+    const ws = new WebSocket(`wss://127.0.0.1:${gw.port}/tunnel/desk/vnc?ticket=${ticket}`, ['binary'], { ca: gw.caCert });
+    ws.on('error', () => {});
+    t.teardown(() => ws.terminate());
+    const closed = new Promise<{ code: number; reason: string }>((resolve) => ws.once('close', (code: number, reason: Buffer) => resolve({ code, reason: reason.toString() })));
+    await once(ws, 'open');
+    return { closed };
+  };
+  const { closed: mineClosed } = await open(mine);
+  let otherEnded = false;
+  void (await open(other)).closed.then(() => (otherEnded = true));
+  t.equal((await api('POST', '/api/logout', { token: mine })).status, 200);
+  const closed = await mineClosed;
+  t.equal(closed.code, 4003, 'the logged-out session\'s tunnel ends with 4003');
+  t.match(JSON.parse(closed.reason), { reason: 'logged-out' });
+  await until(() => gw.logs.some((l) => l.event === 'tunnels-revoked' && l.reason === 'logged-out'));
+  t.equal(gw.ctx.tunnels.size, 1, 'the other session\'s tunnel stays');
+  t.notOk(otherEnded, 'and its client was not closed');
+});
