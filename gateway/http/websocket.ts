@@ -33,6 +33,11 @@ export function createWebSocketServer(ctx: GatewayContext): WebSocketServer {
     noServer: true,
     clientTracking: false,
     perMessageDeflate: false,
+    // ws answers pings itself; a client that floods pings and never reads gets cut once this many
+    // answers wait unsent, so pongs cannot pile up in memory behind a full socket.
+    autoPong: true,
+    // (ws 8.18+; not in @types/ws yet.)
+    ...({ maxPendingAutoPongs: 60 } as object),
     maxPayload: ctx.config.limits.wsMaxPayloadBytes,
     handleProtocols: (offered) => SUBPROTOCOLS.find((p) => offered.has(p)) ?? false,
   });

@@ -6,7 +6,7 @@ import t, { type Test } from 'tap';
 import { once } from 'node:events';
 import { WebSocket } from 'ws';
 import { basic, echoRoundTrip, rawRequest } from '../helpers/net.js';
-import { setupDesk } from '../helpers/scenario.js';
+import { setupDesk, startStreamer } from '../helpers/scenario.js';
 import type { TestGateway } from '../helpers/gateway.js';
 import { apiClient, ok } from '../helpers/api.js';
 
@@ -140,4 +140,28 @@ t.test('5: a logout ends the live tunnels its session opened (tickets and resume
   await until(() => gw.logs.some((l) => l.event === 'tunnels-revoked' && l.reason === 'logged-out'));
   t.equal(gw.ctx.tunnels.size, 1, 'the other session\'s tunnel stays');
   t.notOk(otherEnded, 'and its client was not closed');
+});
+
+t.test('suspected: a client that floods pings and never reads is cut, not buffered without bound', async (t) => {
+  const gw = (await setupDesk(t)).gw;
+  const streamer = await startStreamer(t);
+  await gw.addVm('stream', [{ protocol: 'vnc', host: '127.0.0.1', port: streamer.port, publishedPort: 5900 }], ['alice']);
+  const { ticket } = await gw.ticket('alice', 'stream');
+  const ws = new WebSocket(`wss://127.0.0.1:${gw.port}/tunnel/stream/vnc?ticket=${ticket}`, ['binary'], { ca: gw.caCert });
+  ws.on('error', () => {});
+  t.teardown(() => ws.terminate());
+  await once(ws, 'open');
+  const closed = once(ws, 'close');
+  // Stop reading: the console's stream fills every buffer between us, then our pongs wait.
+  (ws as unknown as { _socket: import('node:net').Socket })._socket.pause();
+  const payload = Buffer.alloc(125, 1);
+  const flood = setInterval(() => {
+    for (let i = 0; i < 200 && ws.readyState === WebSocket.OPEN; i++) ws.ping(payload);
+  }, 5);
+  t.teardown(() => clearInterval(flood));
+  await closed;
+  clearInterval(flood);
+  t.pass('the gateway cut the client');
+  await gw.ctx.tunnels.whenEmpty();
+  t.equal(gw.ctx.tunnels.size, 0, 'and its tunnel is gone');
 });
