@@ -46,6 +46,9 @@ export function revokeTunnels(deps: Pick<RevokeDeps, 'metrics' | 'log'>, tunnels
 
 /** Check the tunnels a directory change may concern. */
 function recheck(deps: RevokeDeps, affected: readonly Tunnel[]): void {
+  // A directory back at version 0 lost its data (Redis restarted empty, `reseed: false`): that is
+  // no admin's decision, and ending every tunnel for it would turn a storage fault into an outage.
+  if (deps.dir.version() === 0) return;
   const byReason = new Map<RevokeReason, Tunnel[]>();
   for (const t of affected) {
     const why = revocationOf(deps.dir, t);
