@@ -285,6 +285,15 @@ export class ResumableSession extends Pump {
   get buffered(): number {
     return this.replay.size;
   }
+
+  /**
+   * Console bytes handed to the current leg and not yet flushed to its socket (ws send callbacks
+   * outstanding): the session's memory beyond the replay buffer. Bounded by WS_HIGH_WATER plus
+   * one console read, or by the replay sent at once to a resumed leg.
+   */
+  get inFlightBytes(): number {
+    return this.inFlight;
+  }
 }
 
 /**
