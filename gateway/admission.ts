@@ -14,6 +14,10 @@
  *   is still free for an address that holds nothing (which is never refused by this rule). Below
  *   80% the rule stays out of the way of one busy address (a NAT, a SPICE client's channels).
  * The global cap itself is Node's server.maxConnections (connections beyond it are dropped).
+ *
+ * A parked resumable session (tunnel/session.ts) keeps its console connection for a client whose
+ * socket is gone; it holds a count for the address that parked it (`hold`), so dropping legs on
+ * purpose does not free slots for more: the count is released when the session resumes or ends.
  */
 
 /** Above this share of limits.maxConnections, addresses are held to their fair share. */
@@ -54,6 +58,20 @@ export class ConnectionCounts {
   add(key: string): void {
     this.perKey.set(key, this.holding(key) + 1);
     this.open++;
+  }
+
+  /**
+   * Count one connection for `key` that is not a socket (a parked session), without checking: it
+   * takes the place of the socket that just closed. Returns the release, which is idempotent.
+   */
+  hold(key: string): () => void {
+    this.add(key);
+    let held = true;
+    return () => {
+      if (!held) return;
+      held = false;
+      this.remove(key);
+    };
   }
 
   remove(key: string): void {

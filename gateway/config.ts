@@ -92,7 +92,8 @@ export const configSchema = z
         /**
          * Open connections from one client address (an IPv6 client by its /64; after a trusted
          * PROXY header, the client it names); beyond it, new ones are closed at accept, before TLS
-         * or HTTP (no 429). Trusted PROXY balancers are not held to it. @default 256
+         * or HTTP (no 429). Trusted PROXY balancers are not held to it. A parked oneport.v1
+         * session counts as a connection of the address whose leg dropped. @default 256
          */
         maxConnectionsPerAddress: positive.default(256),
         /** Largest WebSocket message a client may send (noVNC sends small input events). @default 256 KiB */
@@ -146,6 +147,30 @@ export const configSchema = z
             graceMs: positive.default(30 * SECOND),
             /** Console bytes kept for replay; a parked session that needs more ends. @default 16 MiB */
             maxBufferBytes: z.number().int().min(64 * 1024).default(16 * 1024 * 1024),
+            /**
+             * Resumable sessions one user may hold on this node, live or parked. A new one beyond
+             * it ends the user's oldest parked session, or, with none parked, is refused (1013
+             * ONEPORT_ERR_SESSION_LIMIT). @default 16
+             */
+            maxSessionsPerUser: positive.default(16),
+            /** Parked sessions one user may hold on this node; one more parking ends the user's oldest parked one. @default 8 */
+            maxParkedPerUser: positive.default(8),
+            /**
+             * Parked sessions on this node, all users; one more parking ends the oldest parked
+             * session of the user holding the most. @default 1024
+             */
+            maxParked: positive.default(1024),
+            /**
+             * Replay bytes on this node, all sessions. Over it, parked sessions end, the one with
+             * the most bytes first; while still over, new resumable sessions are refused (1013
+             * ONEPORT_ERR_RESUME_BUSY) and live ones keep at most 1 MiB unacknowledged (their
+             * consoles wait for the clients' acks). At least maxBufferBytes. @default 256 MiB
+             */
+            maxBufferedBytes: z.number().int().min(64 * 1024).default(256 * 1024 * 1024),
+          })
+          .refine((r) => r.maxBufferedBytes >= r.maxBufferBytes, {
+            message: 'maxBufferedBytes (all sessions) must be at least maxBufferBytes (one session)',
+            path: ['maxBufferedBytes'],
           })
           .prefault({}),
       })

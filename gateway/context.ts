@@ -10,11 +10,13 @@ import type { Metrics } from './metrics.js';
 import type { Logger, RateLimitedLog } from './log.js';
 import type { TunnelRegistry } from './tunnel/registry.js';
 import type { Cluster } from './cluster/cluster.js';
-import type { SessionRegistry } from './tunnel/session.js';
+import type { ResumableSession } from './tunnel/session.js';
+import type { SessionRegistry } from './tunnel/session-registry.js';
 import type { BrokerDeps } from './tunnel/broker.js';
 import type { ResumeDeps } from './tunnel/resume.js';
 import type { LeaderLink } from './http/forward.js';
 import type net from 'node:net';
+import type { ConnectionCounts } from './admission.js';
 
 export interface GatewayContext {
   readonly config: Config;
@@ -29,8 +31,10 @@ export interface GatewayContext {
   readonly lifecycle: { listening: boolean; shuttingDown: boolean };
   /** The gateway's own origins (scheme://host:port) for the WebSocket Origin check. */
   readonly ownOrigins: () => readonly string[];
+  /** Connections counted per client address (admission.ts): the listener's sockets and parked sessions. */
+  readonly connections: ConnectionCounts;
   /** Resumable (oneport.v1) sessions held on this node. */
-  readonly sessions: SessionRegistry;
+  readonly sessions: SessionRegistry<ResumableSession>;
   /** Set when the node runs in a cluster (config.cluster.redis): status, leadership (API only). */
   readonly cluster: Cluster | undefined;
   /** What the tunnel broker needs (tunnel/broker.ts): the entrances hand it requests and legs. */

@@ -33,6 +33,8 @@ export const ERRORS = {
   ONEPORT_ERR_METHOD_NOT_ALLOWED: { status: 405, wsClose: 1008, message: 'method not allowed' },
   ONEPORT_ERR_PAYLOAD_TOO_LARGE: { status: 413, wsClose: 1009, message: 'request body too large' },
   ONEPORT_ERR_RATE_LIMITED: { status: 429, wsClose: 1013, message: 'too many attempts or connections; try again later' },
+  ONEPORT_ERR_SESSION_LIMIT: { status: 429, wsClose: 1013, message: 'you hold as many resumable sessions on this node as you may; close one' },
+  ONEPORT_ERR_RESUME_BUSY: { status: 503, wsClose: 1013, message: 'this node holds as many resumable-session bytes as it may; try again shortly' },
   ONEPORT_ERR_HEADERS_TOO_LARGE: { status: 431, wsClose: 1008, message: 'request headers too large or too many' },
   ONEPORT_ERR_INTERNAL: { status: 500, wsClose: 1011, message: 'internal error' },
   ONEPORT_ERR_CONSOLE_UNREACHABLE: { status: 502, wsClose: 4502, message: 'the console did not answer' },

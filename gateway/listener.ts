@@ -23,7 +23,7 @@ import { httpDetector } from '../protocols/http.js';
 import type { GatewayContext } from './context.js';
 import { type ConnInfo, newConnInfo, normaliseAddress, setConnInfo } from './conninfo.js';
 import { parseCidr } from './config.js';
-import { ConnectionCounts, type Refusal, addressKey } from './admission.js';
+import { type ConnectionCounts, type Refusal, addressKey } from './admission.js';
 
 export type Route = 'tls' | 'http';
 
@@ -133,7 +133,8 @@ export class Listener {
       const c = parseCidr(t);
       if (c) this.trusted.addSubnet(c.address, c.prefix, c.family);
     }
-    this.counts = new ConnectionCounts(ctx.config.limits);
+    // Shared with the parked sessions, which hold counts for the addresses that parked them.
+    this.counts = ctx.connections;
     const { maxV2HeaderBytes } = ctx.config.proxyProtocol;
     this.table = candidates(createProxyDetector({ maxV2HeaderBytes }));
     if (ctx.config.proxyProtocol.trusted.length > 0 && maxV2HeaderBytes > ctx.config.detect.maxBytes) {

@@ -146,6 +146,17 @@ export class Metrics {
     help: 'Resumable sessions whose client leg dropped, waiting for the client to come back',
     registers: [this.registry],
   });
+  readonly sessionReplayBytes = new Gauge({
+    name: 'oneport_session_replay_bytes',
+    help: 'Console bytes kept for replay by all resumable sessions on this node (tunnel.resume.maxBufferedBytes bounds it)',
+    registers: [this.registry],
+  });
+  readonly sessionCaps = new Counter({
+    name: 'oneport_session_caps_total',
+    help: 'Resumable sessions a cap ended (parked ones giving way) or refused (new ones), by cap (sessions-per-user, parked-per-user, parked, buffered-bytes) and action',
+    labelNames: ['cap', 'action'] as const,
+    registers: [this.registry],
+  });
   readonly hooks = new Counter({
     name: 'oneport_failover_hooks_total',
     help: 'Failover hooks run on this node, by result',

@@ -19,7 +19,9 @@ import { Metrics } from './metrics.js';
 import { type Logger, RateLimitedLog, createLogger } from './log.js';
 import { TunnelRegistry } from './tunnel/registry.js';
 import { Listener } from './listener.js';
-import { SessionRegistry } from './tunnel/session.js';
+import { SessionRegistry } from './tunnel/session-registry.js';
+import type { ResumableSession } from './tunnel/session.js';
+import { ConnectionCounts } from './admission.js';
 import { followMoves } from './tunnel/reroute.js';
 import { followRevocations, revokeApiSession } from './tunnel/revoke.js';
 import { LogoutFeed } from './cluster/logouts.js';
@@ -133,14 +135,26 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   const reach = cluster ? clusterReach(cluster, dir, config, metrics) : localReach({ dialTimeoutMs: config.tunnel.dialTimeoutMs, metrics });
   const locator = cluster && redisConnection ? new RedisSessionLocator(redisConnection, config.cluster.prefix, config.nodeId) : undefined;
   const watcher = new VmWatcher(dir);
-  const sessions = new SessionRegistry(
-    locator
+  // Per-address counts: the listener's sockets, and parked sessions for the address that parked them.
+  const connections = new ConnectionCounts(config.limits);
+  const sessions = new SessionRegistry<ResumableSession>({
+    ...(locator
       ? {
-          put: (id, parked) => locator.put(id, parked ? config.tunnel.resume.graceMs : 24 * 3600 * 1000),
-          forget: (id) => locator.forget(id),
+          record: {
+            put: (id: string, parked: boolean) => locator.put(id, parked ? config.tunnel.resume.graceMs : 24 * 3600 * 1000),
+            forget: (id: string) => locator.forget(id),
+          },
         }
-      : undefined,
-  );
+      : {}),
+    caps: config.tunnel.resume,
+    connections,
+    onCap: (e) => {
+      metrics.sessionCaps.inc({ cap: e.cap, action: e.action });
+      if (noisyLog.take(`session-cap:${e.cap}:${e.action}`) >= 0) {
+        log.info({ event: e.action === 'ended' ? 'session-capped' : 'session-refused', cap: e.cap, user: e.user, session: e.session }, e.action === 'ended' ? `parked session ended: ${e.cap} cap` : `new resumable session refused: ${e.cap} cap`);
+      }
+    },
+  });
   const ctx: GatewayContext = {
     config,
     dir,
@@ -154,6 +168,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     ownOrigins: () => ownOrigins,
     cluster,
     directoryState,
+    connections,
     sessions,
     broker: { dir, auth, reach, watcher, tunnels, metrics, log, noisyLog, lifecycle, nodeId: cluster?.nodeId, holdMs: config.tunnel.holdMs },
     resume: {

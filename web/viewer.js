@@ -243,6 +243,21 @@ function closeInfo(e) {
     }
     return { retryMs, reason: node ? `the desktop moved to node ${node}` : 'the desktop moved' };
   }
+  if (e.code === 1013) {
+    // A cap on resumable sessions (README "Transparent resume"), or too many attempts: try again
+    // with the usual backoff, or after the wait the gateway asks for.
+    let code = e.reason;
+    let retryMs;
+    try {
+      const hint = JSON.parse(e.reason);
+      code = hint.code;
+      if (hint.retryMs !== undefined) retryMs = Math.max(0, Math.min(30_000, Number(hint.retryMs) || 0));
+    } catch {
+      /* a bare code */
+    }
+    const text = code === 'ONEPORT_ERR_SESSION_LIMIT' ? 'you have as many desktop sessions open as you may; close one' : code === 'ONEPORT_ERR_RESUME_BUSY' ? 'the gateway is busy' : 'too many attempts';
+    return retryMs === undefined ? { reason: text } : { retryMs, reason: text };
+  }
   const reasons = { 1000: 'the desktop closed the connection', 1001: 'the gateway is restarting', 1006: 'connection lost', 4401: 'ticket refused', 4502: 'the desktop does not answer', 4503: 'the desktop is recovering' };
   return { reason: reasons[e.code] ?? (e.reason || `closed (${e.code})`) };
 }

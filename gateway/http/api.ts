@@ -113,6 +113,7 @@ route('GET', '/metrics', 'metrics', async (c) => {
   c.ctx.metrics.directoryAge.set(st.ageMs / 1000);
   c.ctx.metrics.directoryConnected.set(st.connected ? 1 : 0);
   c.ctx.metrics.sessionsParked.set(c.ctx.sessions.parkedCount);
+  c.ctx.metrics.sessionReplayBytes.set(c.ctx.sessions.bufferedBytes);
   if (c.ctx.cluster) {
     c.ctx.metrics.clusterLeader.set(c.ctx.cluster.isLeader() ? 1 : 0);
     c.ctx.metrics.clusterEpoch.set(c.ctx.cluster.leader()?.epoch ?? c.ctx.cluster.lease.highestEpoch());

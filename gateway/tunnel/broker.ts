@@ -2,8 +2,9 @@
  * One owner for a tunnel's life. An entrance turns its transport into a request and a client leg
  * (legs/); `openTunnel` does the rest, in order:
  *
- *   authorize (authorize.ts) -> hold while the VM changes hands and reach its console (hold.ts,
- *   with the Reach handed in) -> attach the leg -> register -> one log line when it ends
+ *   authorize (authorize.ts) -> the leg's own limits (admit) -> hold while the VM changes hands
+ *   and reach its console (hold.ts, with the Reach handed in) -> attach the leg -> register ->
+ *   one log line when it ends
  *
  * and owns the one refusal path: count the refusal, log it (rate-limited, or at error level for a
  * bug), answer through the leg. Nothing here knows whether the node is part of a cluster.
@@ -48,6 +49,7 @@ export async function openTunnel(deps: BrokerDeps, request: TunnelRequest, leg: 
     if (deps.lifecycle.shuttingDown) throw new OneportError('ONEPORT_ERR_SHUTTING_DOWN', undefined, { retryAfter: 5 });
     const authorized = await authorizeTunnel(deps, request);
     protocol = authorized.endpoint.protocol;
+    leg.admit?.(authorized);
     // Held here (no status line for CONNECT, an open WebSocket) while the VM changes hands.
     const { console, target } = await reachHeld(deps, authorized, leg.gone);
     let pump: Pump;

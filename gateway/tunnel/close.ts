@@ -19,6 +19,8 @@ export const CLOSE_CODES: Readonly<Record<CloseReason, { readonly code: number; 
   rerouted: { code: 4001, message: '{"retryMs":0}' },
   'too-large': { code: 1009, message: 'message too large' },
   revoked: { code: 4003, message: 'access revoked' },
+  // Only parked sessions are ended by a cap, so no client sees this; it names the reason in the log.
+  'session-cap': { code: 1013, message: 'resumable session limit reached' },
 };
 
 /** A reroute's close reason: JSON with a jittered `retryMs` below `boundMs`, and the new owner when known. */

@@ -25,7 +25,9 @@ export type CloseReason =
   | 'rerouted'
   | 'too-large'
   /** The user's access ended (user deleted, VM unassigned, logout, password change, terminated by an admin). */
-  | 'revoked';
+  | 'revoked'
+  /** A parked resumable session gave way to a cap on sessions or replay bytes (session-registry.ts). */
+  | 'session-cap';
 
 export interface PumpResult {
   readonly reason: CloseReason;

@@ -12,7 +12,8 @@ import { OneportError, toOneportError } from '../errors.js';
 import type { Logger, RateLimitedLog } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { keepAlive } from './legs/websocket.js';
-import type { SessionRegistry } from './session.js';
+import type { ResumableSession } from './session.js';
+import type { SessionRegistry } from './session-registry.js';
 
 /** Where sessions are held across the cluster, and how to hand a leg to the node holding one. */
 export interface SessionRelay {
@@ -26,7 +27,7 @@ export interface SessionRelay {
 export interface ResumeDeps {
   readonly auth: Authenticator;
   readonly dir: Directory;
-  readonly sessions: SessionRegistry;
+  readonly sessions: SessionRegistry<ResumableSession>;
   readonly metrics: Metrics;
   readonly log: Logger;
   readonly noisyLog: RateLimitedLog;
@@ -68,7 +69,7 @@ export async function resumeSession(deps: ResumeDeps, ws: WebSocket, r: ResumeRe
       // Access may have ended while the session was parked.
       if (!vm || !isAssigned(vm, grant.user)) throw new OneportError('ONEPORT_ERR_NOT_ASSIGNED');
       ws.removeListener('message', onMessage);
-      const refused = local.attach(ws, received, queued);
+      const refused = local.attach(ws, r.client, received, queued);
       if (refused) throw new OneportError('ONEPORT_ERR_TICKET_INVALID', refused === 'offset' ? 'cannot replay from that offset' : 'session ended');
       deps.metrics.resumes.inc({ result: 'ok' });
       deps.log.info({ event: 'session-resumed', vm: r.vmName, user: grant.user.name, session: r.session, legs: local.legs, client: r.client }, `session on ${r.vmName} resumed`);

@@ -89,3 +89,16 @@ t.test('the per-address limit comes first, and a tiny cap still admits a newcome
   one.add('a');
   t.equal(one.check('a'), 'fair-share');
 });
+
+t.test('hold: a parked session counts against its address until released, once', async (t) => {
+  const c = new ConnectionCounts({ maxConnections: 1000, maxConnectionsPerAddress: 2 });
+  c.add('a');
+  const release = c.hold('a');
+  t.equal(c.holding('a'), 2, 'the hold counts like a connection');
+  t.equal(c.check('a'), 'address-limit', 'so the address is at its limit');
+  release();
+  release();
+  t.equal(c.holding('a'), 1, 'released once, however often called');
+  t.equal(c.total, 1);
+  t.equal(c.check('a'), undefined);
+});

@@ -39,6 +39,19 @@ t.test('proxyProtocol.maxV2HeaderBytes: 4 KiB by default, from an AF_UNIX addres
   }
 });
 
+t.test('tunnel.resume caps: defaults, and the node budget holds at least one session\'s buffer', async (t) => {
+  t.same(
+    { ...buildConfig({}).tunnel.resume },
+    { graceMs: 30_000, maxBufferBytes: 16 * 1024 * 1024, maxSessionsPerUser: 16, maxParkedPerUser: 8, maxParked: 1024, maxBufferedBytes: 256 * 1024 * 1024 },
+  );
+  const err = t.throws(() => buildConfig({ tunnel: { resume: { maxBufferBytes: 2 * 1024 * 1024, maxBufferedBytes: 1024 * 1024 } } })) as ConfigError;
+  t.match(err.problems.join('\n'), /tunnel\.resume\.maxBufferedBytes: .*at least maxBufferBytes/);
+  for (const key of ['maxSessionsPerUser', 'maxParkedPerUser', 'maxParked']) {
+    const e = t.throws(() => buildConfig({ tunnel: { resume: { [key]: 0 } } })) as ConfigError;
+    t.match(e.problems.join('\n'), new RegExp(`tunnel\\.resume\\.${key}`), `${key}: 0 refused`);
+  }
+});
+
 t.test('listen addresses', async (t) => {
   t.same(parseListen(':8443'), { host: '0.0.0.0', port: 8443 });
   t.same(parseListen('[::1]:443'), { host: '::1', port: 443 });

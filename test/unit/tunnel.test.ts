@@ -20,7 +20,8 @@ import { StreamLeg } from '../../gateway/tunnel/legs/stream.js';
 import { WebSocketLeg } from '../../gateway/tunnel/legs/websocket.js';
 import { StreamPump, type Pump } from '../../gateway/tunnel/pump.js';
 import { TunnelRegistry } from '../../gateway/tunnel/registry.js';
-import { SessionRegistry } from '../../gateway/tunnel/session.js';
+import { SessionRegistry } from '../../gateway/tunnel/session-registry.js';
+import type { ResumableSession } from '../../gateway/tunnel/session.js';
 import type { TunnelTarget } from '../../gateway/tunnel/request.js';
 import { MemoryDirectory } from '../../gateway/directory/memory.js';
 import { toVmRecord, vmSchema, type VmRecord } from '../../gateway/directory/directory.js';
@@ -357,7 +358,7 @@ t.test('websocket leg: early messages kept up to a bound, close codes for refusa
   await once(wss, 'listening');
   t.teardown(() => new Promise<void>((r) => wss.close(() => r())));
   const url = `ws://127.0.0.1:${(wss.address() as net.AddressInfo).port}/`;
-  const legOpts = { client: 'x', acceptedAt: 0n, idleTimeoutMs: 0, pingIntervalMs: 50, rerouteRetryMs: 100, preConnectBufferBytes: 8, resume: { sessions: new SessionRegistry(), graceMs: 1000, maxBufferBytes: 1 << 20 } };
+  const legOpts = { client: 'x', acceptedAt: 0n, idleTimeoutMs: 0, pingIntervalMs: 50, rerouteRetryMs: 100, preConnectBufferBytes: 8, resume: { sessions: new SessionRegistry<ResumableSession>(), graceMs: 1000, maxBufferBytes: 1 << 20 } };
   const open = async (): Promise<[WebSocket, WebSocket]> => {
     const c = new WebSocket(url);
     const [s] = (await once(wss, 'connection')) as [WebSocket];

@@ -24,6 +24,12 @@ export interface ClientLeg {
   /** Extra fields for the refusal log line (e.g. which node sent a hop). */
   readonly logFields?: Readonly<Record<string, unknown>>;
   /**
+   * The client is authorized for `target`, before its console is dialled: throws a OneportError
+   * when a limit of the leg's own kind refuses it (a `oneport.v1` leg: the session caps), so a
+   * refused client costs no console connection. The leg checks again at `attach`.
+   */
+  admit?(target: TunnelTarget): void;
+  /**
    * The console answered: answer the client and start relaying. Throws a OneportError when the
    * leg cannot take it (the client left meanwhile, it sent too much early data); the broker then
    * closes the console socket.

@@ -12,7 +12,8 @@ import { ReachFailure } from '../failures.js';
 import { type CloseReason, type Pump, WebSocketPump } from '../pump.js';
 import type { ReachedConsole } from '../reach.js';
 import type { TunnelTarget } from '../request.js';
-import { RESUMABLE_SUBPROTOCOL, ResumableSession, type SessionRegistry } from '../session.js';
+import { RESUMABLE_SUBPROTOCOL, ResumableSession } from '../session.js';
+import type { SessionCap, SessionRegistry } from '../session-registry.js';
 import { newId } from '../../auth/tokens.js';
 import type { AttachOptions, ClientLeg } from './leg.js';
 
@@ -26,7 +27,17 @@ export interface WebSocketLegOptions {
   /** Bytes kept from the client before the console answered; beyond, the tunnel is refused. */
   readonly preConnectBufferBytes: number;
   /** For `oneport.v1` legs: where sessions are registered, and their grace and replay bounds. */
-  readonly resume: { readonly sessions: SessionRegistry; readonly graceMs: number; readonly maxBufferBytes: number };
+  readonly resume: { readonly sessions: SessionRegistry<ResumableSession>; readonly graceMs: number; readonly maxBufferBytes: number };
+}
+
+/**
+ * A new resumable session a cap refuses: 1013 "try again later", with the code saying which
+ * (README "Transparent resume"): a user at their cap must close one; a full node may clear soon.
+ */
+export function capRefusal(cap: SessionCap): OneportError {
+  return cap === 'buffered-bytes'
+    ? new OneportError('ONEPORT_ERR_RESUME_BUSY', undefined, { retryAfter: 5 })
+    : new OneportError('ONEPORT_ERR_SESSION_LIMIT');
 }
 
 /** Ping every interval; a client that has not answered the previous ping is gone. Stops when the socket closes. */
@@ -85,6 +96,12 @@ export class WebSocketLeg implements ClientLeg {
     this.ws.removeListener('close', this.onClose);
   }
 
+  admit(target: TunnelTarget): void {
+    if (this.ws.protocol !== RESUMABLE_SUBPROTOCOL) return;
+    const cap = this.opts.resume.sessions.precheck(target.user.name);
+    if (cap) throw capRefusal(cap);
+  }
+
   attach(console: ReachedConsole, target: TunnelTarget, attachOpts: AttachOptions): Pump {
     this.detach();
     if (this.ws.readyState !== WebSocket.OPEN) throw new ReachFailure('CLIENT_GONE');
@@ -94,8 +111,11 @@ export class WebSocketLeg implements ClientLeg {
     let pump: Pump;
     if (this.ws.protocol === RESUMABLE_SUBPROTOCOL) {
       const { sessions, graceMs, maxBufferBytes } = this.opts.resume;
+      // Parked sessions that must give way end here; the broker closes the console if refused.
+      const cap = sessions.admit(target.user.name);
+      if (cap) throw capRefusal(cap);
       const owner = { id: newId(), user: target.user.name, vm: target.vm.name, protocol: target.endpoint.protocol };
-      pump = new ResumableSession(owner, console.socket, this.ws, { idleTimeoutMs, wsCloseFor: closeFor, graceMs, maxBufferBytes, preface: console.preface }, (s, parked) => sessions.update(s, parked), this.queued);
+      pump = new ResumableSession(owner, console.socket, this.ws, this.client, { idleTimeoutMs, wsCloseFor: closeFor, graceMs, maxBufferBytes, preface: console.preface }, sessions, this.queued);
     } else {
       pump = new WebSocketPump(this.ws, console.socket, { idleTimeoutMs, wsCloseFor: closeFor, judgeConsoleEnd: attachOpts.endJudge, preface: console.preface }, this.queued);
     }
