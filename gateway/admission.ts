@@ -5,7 +5,7 @@
  *
  * Two rules, both answered before a byte is read (DECISIONS 2026-12-03: refuse at accept, a reset
  * instead of a 429 is acceptable):
- * - limits.maxConnectionsPerAddress: an address (an IPv6 client by its /64, see addressKey)
+ * - limits.maxConnectionsPerAddress: an address (an IPv6 client by its /64, see address.ts)
  *   holding that many is refused.
  * - Fair share near the global cap: once the node holds HIGH_WATER (80%) of limits.maxConnections,
  *   an address is refused when it already holds its fair share, maxConnections / (A + 1), A being
@@ -26,7 +26,6 @@ export const HIGH_WATER = 0.8;
 export type Refusal = 'address-limit' | 'fair-share';
 
 
-export { addressKey } from './address.js';
 
 export class ConnectionCounts {
   private readonly perKey = new Map<string, number>();

@@ -23,7 +23,8 @@ import { httpDetector } from '../protocols/http.js';
 import type { GatewayContext } from './context.js';
 import { type ConnInfo, newConnInfo, normaliseAddress, setConnInfo } from './conninfo.js';
 import { parseCidr } from './config.js';
-import { type ConnectionCounts, type Refusal, addressKey } from './admission.js';
+import type { ConnectionCounts, Refusal } from './admission.js';
+import { addressKey } from './address.js';
 
 export type Route = 'tls' | 'http';
 

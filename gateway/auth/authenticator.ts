@@ -12,7 +12,8 @@ import { verifyPassword } from './passwords.js';
 import type { AuthStore } from './store.js';
 import { checkTicket, mintTicket } from './tickets.js';
 import { type TokenPayload, mintToken, verifyToken } from './tokens.js';
-import { AttemptLimiter, ConcurrencyGate, addressKey } from './limits.js';
+import { AttemptLimiter, ConcurrencyGate } from './limits.js';
+import { addressKey } from '../address.js';
 
 export interface AuthSettings {
   readonly ticketTtlMs: number;

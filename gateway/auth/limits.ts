@@ -93,4 +93,3 @@ export class ConcurrencyGate {
   }
 }
 
-export { addressKey } from '../address.js';
