@@ -29,9 +29,17 @@ export interface Admin {
   close(): Promise<void>;
 }
 
-export async function openAdmin(stateRoot: string): Promise<Admin> {
+/**
+ * The running gateway's control socket when it answers; else the directory file. A cluster node's
+ * directory lives in Redis and its file is never read, so without a running node there is nothing
+ * to edit offline: `opts.cluster` refuses that instead of "saving" into a file nobody reads.
+ */
+export async function openAdmin(stateRoot: string, opts: { cluster?: boolean } = {}): Promise<Admin> {
   const paths = statePaths(stateRoot);
   if (existsSync(paths.controlSocket) && (await reachable(paths.controlSocket))) return new ControlAdmin(paths.controlSocket);
+  if (opts.cluster) {
+    throw new Error('this node belongs to a cluster (cluster.redis is set): its directory is in Redis, so changes go through a running node. Start this node, or run the command on another node (with --state of that node).');
+  }
   return new OfflineAdmin(new MemoryDirectory(paths.directory));
 }
 

@@ -110,7 +110,7 @@ user
   .action(async (name: string, o: { password?: string; passwordStdin?: boolean; admin?: boolean; groups?: string[] }) => {
     if (o.password !== undefined && o.passwordStdin) throw new InvalidArgumentError('give --password or --password-stdin, not both');
     const given = o.passwordStdin ? await readPasswordLine(process.stdin) : o.password;
-    const admin = await openAdmin(config().state);
+    const admin = await openAdminFor(config());
     try {
       const password = given ?? randomPassword();
       await admin.putUser(name, { password, roles: o.admin ? ['user', 'admin'] : undefined, groups: o.groups });
@@ -123,7 +123,7 @@ user
   .command('list')
   .description('list users')
   .action(async () => {
-    const admin = await openAdmin(config().state);
+    const admin = await openAdminFor(config());
     try {
       console.table(await admin.listUsers());
     } finally {
@@ -134,7 +134,7 @@ user
   .command('remove <name>')
   .description('remove a user')
   .action(async (name: string) => {
-    const admin = await openAdmin(config().state);
+    const admin = await openAdminFor(config());
     try {
       await admin.deleteUser(name);
       console.log(`user ${name} removed`);
@@ -160,7 +160,7 @@ vm
     const cfg = config();
     const endpoints = [o.vnc, o.spice, o.rdp].filter((e): e is EndpointInput => e !== undefined);
     if (endpoints.length === 0) throw new InvalidArgumentError('give at least one of --vnc, --spice, --rdp');
-    const admin = await openAdmin(cfg.state);
+    const admin = await openAdminFor(cfg);
     try {
       await admin.putVm({ name, node: o.node ?? cfg.nodeId, ...(o.replica ? { replica: o.replica } : {}), endpoints, users: o.users ?? [], groups: o.groups ?? [] });
       console.log(`vm ${name} saved`);
@@ -172,7 +172,7 @@ vm
   .command('move <name> <node>')
   .description('planned migration: <node> owns the VM from now on; routing follows at once')
   .action(async (name: string, node: string) => {
-    const admin = await openAdmin(config().state);
+    const admin = await openAdminFor(config());
     try {
       const moved = await admin.moveVm(name, node);
       console.log(`vm ${name} now on ${moved.node} (epoch ${moved.epoch})`);
@@ -184,7 +184,7 @@ vm
   .command('list')
   .description('list VMs')
   .action(async () => {
-    const admin = await openAdmin(config().state);
+    const admin = await openAdminFor(config());
     try {
       console.table(
         (await admin.listVms()).map((v) => ({
@@ -204,7 +204,7 @@ vm
   .command('remove <name>')
   .description('remove a VM')
   .action(async (name: string) => {
-    const admin = await openAdmin(config().state);
+    const admin = await openAdminFor(config());
     try {
       await admin.deleteVm(name);
       console.log(`vm ${name} removed`);
@@ -219,7 +219,7 @@ program
   .requiredOption('-u, --user <name>', 'the user the ticket is for')
   .addOption(new Option('-p, --protocol <protocol>', 'rdp, vnc or spice (default: the VM\'s first)').choices(PROTOCOLS))
   .action(async (vmName: string, o: { user: string; protocol?: string }) => {
-    const admin = await openAdmin(config().state);
+    const admin = await openAdminFor(config());
     try {
       console.log(JSON.stringify(await admin.ticket(o.user, vmName, o.protocol), null, 2));
     } finally {
@@ -232,7 +232,7 @@ clusterCmd
   .command('rotate-keys')
   .description('new ticket signing key; the previous one stays valid until the next rotation')
   .action(async () => {
-    const admin = await openAdmin(config().state);
+    const admin = await openAdminFor(config());
     try {
       await admin.rotateKeys();
       console.log('ticket signing key rotated');
@@ -245,7 +245,7 @@ clusterCmd
   .description('leader, nodes and directory versions (needs the running gateway)')
   .option('--json', 'print the raw JSON of GET /api/cluster')
   .action(async (o: { json?: boolean }) => {
-    const admin = await openAdmin(config().state);
+    const admin = await openAdminFor(config());
     try {
       const status = (await admin.cluster()) as {
         self: string;
@@ -298,6 +298,11 @@ async function readPasswordLine(input: NodeJS.ReadableStream): Promise<string> {
   if (buf.length > limit || line.length > MAX_PASSWORD_LENGTH) throw new InvalidArgumentError(`--password-stdin: the password is longer than ${MAX_PASSWORD_LENGTH} characters`);
   if (line === '') throw new InvalidArgumentError('--password-stdin: no password on standard input');
   return line;
+}
+
+/** The admin for this state folder; a cluster node's directory can only be changed through a running node. */
+function openAdminFor(cfg: Config): ReturnType<typeof openAdmin> {
+  return openAdmin(cfg.state, { cluster: cfg.cluster.redis !== undefined });
 }
 
 function csv(v: string): string[] {

@@ -144,6 +144,13 @@ t.test('init, ticket without a gateway, bad config', async (t) => {
   t.equal(bad.code, 1);
   t.match(bad.stderr, /listen: must be host:port/);
   t.match(bad.stderr, /tls\.minVersion/);
+  // A stopped cluster node: its directory is in Redis, so nothing is "saved" into a file no one reads.
+  const clusterCfg = join(state, 'cluster.json');
+  writeFileSync(clusterCfg, JSON.stringify({ state, cluster: { redis: 'redis://127.0.0.1:1' } }));
+  const offline = await runCli(['--config', clusterCfg, 'user', 'add', 'carol', '--password', 'carol-password-1']);
+  t.equal(offline.code, 1, 'user add on a stopped cluster node is refused');
+  t.match(offline.stderr, /belongs to a cluster/);
+  t.notMatch(readFileSync(join(state, 'directory.json'), 'utf8'), 'carol', 'and nothing was written');
   const badVm = await runCli(['--state', state, 'vm', 'add', '10.0.0.1', '--vnc', '127.0.0.1:5900']);
   t.equal(badVm.code, 1, 'VM names cannot be addresses');
 });
