@@ -77,8 +77,11 @@ function protocolActions(li, d, p) {
         const t = await api('POST', `/api/desktops/${vm}/tickets`, { protocol: 'rdp' });
         // FreeRDP 2 sends no proxy credentials and cannot speak TLS to a proxy: the ticket
         // rides in the host name and the proxy is this port in clear text.
-        const cmd = `xfreerdp /v:${t.connectWithTicket} /proxy:http://${location.host} /u:<windows user>`;
-        showDetail(li, 'Run this within the next minute:', cmd, `The ticket opens one console session: unused, it expires in ${secondsLeft(t.expiresAt)} s; once used, only that session's own reconnects from this computer are let in, for a few seconds. Get a new command for each connection.`);
+        // Nothing in it a shell would read as syntax (no <, >, quotes): safe to paste as it is.
+        // FreeRDP asks for the Windows user and password itself; /cert:tofu trusts the desktop's
+        // self-signed certificate the first time and warns if it ever changes.
+        const cmd = `xfreerdp /v:${t.connectWithTicket} /proxy:http://${location.host} /cert:tofu`;
+        showDetail(li, 'Run this within the next minute:', cmd, `FreeRDP asks for your Windows user and password (or add /u:NAME). The ticket opens one console session: unused, it expires in ${secondsLeft(t.expiresAt)} s; once used, only that session's own reconnects from this computer are let in, for a few seconds. Get a new command for each connection.`);
       } catch (e) {
         handleError(e);
       }
