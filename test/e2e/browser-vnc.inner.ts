@@ -142,6 +142,8 @@ t.test('the portal works on a phone-sized screen', { skip: outsideNetns }, async
   await command.waitFor();
   const cmd = (await command.textContent()) ?? '';
   t.match(cmd, new RegExp(`^xfreerdp /v:[a-z0-9]+\\.phone-desk:3389 /proxy:http://[^ ]+:${gw.port} `), 'the FreeRDP command carries a ticket in the host name');
+  t.match(cmd, /^[A-Za-z0-9 /:.@_-]+$/, 'nothing in it a shell would parse (no <, >, quotes, $): safe to paste');
+  t.match(cmd, / \/cert:tofu$/, 'and it trusts a self-signed desktop certificate on first use');
   const overflow = await sidewaysOverflow(page);
   t.ok(overflow <= 0, `nothing sticks out sideways (${overflow} px)`);
   await page.screenshot({ path: artifact('portal-phone.png'), fullPage: true });
