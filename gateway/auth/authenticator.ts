@@ -144,6 +144,7 @@ export class Authenticator {
     const now = Date.now();
     const left = session ? session.exp - now : Infinity;
     const { ticket, claims } = mintTicket(keys, vm.name, protocol, Math.min(this.settings.ticketTtlMs, left), now);
+    const resume = mintToken(keys, 'resume', { sub: user.name, vm: vm.name, ...(session ? { ses: session.sid } : {}) }, Math.min(this.settings.resumeTtlMs, left), now);
     await this.store.putTicket({
       id: claims.id,
       user: user.name,
@@ -151,8 +152,8 @@ export class Authenticator {
       protocol,
       expiresAt: claims.expiresAt,
       ...(session ? { session: session.sid } : {}),
+      console: resume.payload.sid,
     });
-    const resume = mintToken(keys, 'resume', { sub: user.name, vm: vm.name, ...(session ? { ses: session.sid } : {}) }, Math.min(this.settings.resumeTtlMs, left), now);
     return { ticket, expiresAt: claims.expiresAt, resume: resume.token, resumeExpiresAt: resume.payload.exp };
   }
 
@@ -161,7 +162,7 @@ export class Authenticator {
    * names, by the user it names, on any node, with no new login. `claimedUser` (Basic credentials,
    * or the portal session's user) must be the token's user.
    */
-  async resume(token: string, vmName: string, client: string, claimedUser?: string): Promise<{ user: UserRecord; sessionId: string }> {
+  async resume(token: string, vmName: string, client: string, claimedUser?: string): Promise<{ user: UserRecord; sessionId: string; issuedAt: number }> {
     const payload = verifyToken(this.dir.keys(), 'resume', token);
     if (!payload || payload.vm !== vmName || (claimedUser !== undefined && claimedUser !== '' && claimedUser !== payload.sub)) {
       await this.countFailure(client, 'ticket');
@@ -172,7 +173,8 @@ export class Authenticator {
       this.metrics.authFailures.inc({ kind: 'session' });
       throw new OneportError('ONEPORT_ERR_SESSION_INVALID');
     }
-    return { user, sessionId: payload.sid };
+    // The console session began no earlier than its ticket was issued, with this token.
+    return { user, sessionId: payload.sid, issuedAt: payload.iat };
   }
 
   /**
@@ -227,6 +229,7 @@ export class Authenticator {
     const user = this.dir.getUser(r.record.user);
     // The user may have been removed or unassigned since the ticket was issued.
     if (!user || !isAssigned(vm, user)) throw new OneportError('ONEPORT_ERR_NOT_ASSIGNED');
-    return { user, sessionId: r.sessionId, first: r.outcome === 'first' };
+    // One console session for the ticket's connections and for reconnects with its resume token.
+    return { user, sessionId: r.record.console ?? r.sessionId, first: r.outcome === 'first' };
   }
 }
