@@ -120,7 +120,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     return { connected: true, ageMs: 0 };
   };
   const auth = new Authenticator(dir, store, { ...config.auth, ...config.limits }, metrics);
-  const tunnels = new TunnelRegistry();
+  const tunnels = new TunnelRegistry(config.nodeId);
   const lifecycle = { listening: false, shuttingDown: false };
   const noisyLog = new RateLimitedLog();
   let ownOrigins: string[] = [];

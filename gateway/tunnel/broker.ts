@@ -39,8 +39,6 @@ export interface BrokerDeps {
   readonly holdMs: number;
 }
 
-let nextTunnelId = 1;
-
 /** Authorize, hold, reach, attach, register. Never rejects: a refusal is answered through the leg. */
 export async function openTunnel(deps: BrokerDeps, request: TunnelRequest, leg: ClientLeg): Promise<Tunnel | undefined> {
   let protocol = 'unknown';
@@ -88,7 +86,7 @@ function register(deps: BrokerDeps, target: TunnelTarget, leg: ClientLeg, pump: 
   const transport = leg.transport;
   const labels = { protocol: target.endpoint.protocol, transport };
   const tunnel: Tunnel = {
-    id: nextTunnelId++,
+    id: tunnels.nextId(),
     vm: target.vm.name,
     protocol: target.endpoint.protocol,
     transport,

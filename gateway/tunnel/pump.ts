@@ -78,14 +78,22 @@ export abstract class Pump {
     this.finish();
   }
 
+  /**
+   * Bytes relayed to the console so far, read live off the console socket (it sees every byte in
+   * both directions), without a hop's own request and answer.
+   */
+  get bytesToConsole(): number {
+    return Math.max(0, this.console.bytesWritten - (this.opts.preface?.written ?? 0));
+  }
+
+  /** Bytes relayed to the client so far (see bytesToConsole). */
+  get bytesToClient(): number {
+    return Math.max(0, this.console.bytesRead - (this.opts.preface?.read ?? 0));
+  }
+
   protected finish(): void {
     if (this.idleTimer) clearTimeout(this.idleTimer);
-    const preface = this.opts.preface ?? { written: 0, read: 0 };
-    this.resolveDone({
-      reason: this.reason ?? 'client-closed',
-      bytesToConsole: Math.max(0, this.console.bytesWritten - preface.written),
-      bytesToClient: Math.max(0, this.console.bytesRead - preface.read),
-    });
+    this.resolveDone({ reason: this.reason ?? 'client-closed', bytesToConsole: this.bytesToConsole, bytesToClient: this.bytesToClient });
   }
 
   /** Half-close a side (unless it already finished writing), give it a moment to flush, then destroy it. */

@@ -9,7 +9,8 @@ import type { Transport } from './request.js';
 export type { Transport };
 
 export interface Tunnel {
-  readonly id: number;
+  /** `<node>:<n>`: unique in the cluster (node ids are), so an admin can name it on any node. */
+  readonly id: string;
   readonly vm: string;
   readonly protocol: Protocol;
   readonly transport: Transport;
@@ -26,6 +27,15 @@ export interface Tunnel {
 export class TunnelRegistry {
   private readonly tunnels = new Set<Tunnel>();
   private waiters: Array<() => void> = [];
+  private next = 1;
+
+  /** @param node this node's id: the prefix of the tunnel ids minted here. */
+  constructor(readonly node = 'local') {}
+
+  /** A new tunnel id, `<node>:<n>`. */
+  nextId(): string {
+    return `${this.node}:${this.next++}`;
+  }
 
   get size(): number {
     return this.tunnels.size;
@@ -50,6 +60,15 @@ export class TunnelRegistry {
 
   byVm(vm: string): Tunnel[] {
     return this.list().filter((t) => t.vm === vm);
+  }
+
+  byUser(user: string): Tunnel[] {
+    return this.list().filter((t) => t.user === user);
+  }
+
+  get(id: string): Tunnel | undefined {
+    for (const t of this.tunnels) if (t.id === id) return t;
+    return undefined;
   }
 
   /** The VMs that have at least one tunnel here. */

@@ -247,6 +247,9 @@ t.test('broker: authorize, reach, attach, register and one log line; refusals go
   clientSide.write('ping');
   const [echoed] = (await once(clientSide, 'data')) as [Buffer];
   t.equal(echoed.toString(), 'ping', 'bytes flow through the attached pump');
+  t.same([tunnel!.pump.bytesToConsole, tunnel!.pump.bytesToClient], [4, 4], 'byte counts are readable while the tunnel runs');
+  t.match(tunnel!.id, /^local:\d+$/, 'tunnel ids are <node>:<n>');
+  t.equal(deps.tunnels.get(tunnel!.id), tunnel, 'and find the tunnel');
   clientSide.end();
   await tunnel!.pump.done;
   await until(() => lines.some((l) => l.event === 'tunnel'));
