@@ -8,6 +8,7 @@ import { isIP } from 'node:net';
 import { resolve } from 'node:path';
 import { z } from 'zod';
 import { V2_DEFAULT_MAX, V2_HARD_MAX, V2_MIN_MAX } from '../protocols/proxy.js';
+import { MAX_TIMER_MS, maxSessionsSchema } from './directory/directory.js';
 
 const SECOND = 1000;
 const MINUTE = 60 * SECOND;
@@ -121,14 +122,28 @@ export const configSchema = z
          * console.vv); beyond it, 429. Admin and CLI tickets are not counted. @default 60
          */
         ticketsPerUserPerMinute: positive.default(60),
+        /**
+         * Console sessions one user may have open at once, cluster-wide (a SPICE client's channels
+         * and reconnects with the resume token are one session); beyond, 429 / 4429
+         * ONEPORT_ERR_SESSION_LIMIT. The user record's maxSessions overrides it; 0 = unlimited. @default 0
+         */
+        maxSessionsPerUser: maxSessionsSchema.default(0),
+        /** Console sessions open on one VM at once, cluster-wide; the VM record's maxSessions overrides it; 0 = unlimited. @default 0 */
+        maxSessionsPerVm: maxSessionsSchema.default(0),
       })
       .prefault({}),
     tunnel: z
       .object({
         /** The console must accept the TCP connection within this. @default 5 s */
         dialTimeoutMs: positive.default(5 * SECOND),
-        /** A tunnel with no bytes either way for this long is closed; 0 disables. @default 1 h */
+        /** A tunnel with no bytes either way for this long is closed; 0 disables. A VM's policy overrides it. @default 1 h */
         idleTimeoutMs: ms.default(HOUR),
+        /**
+         * A console session ends this long after it began (WebSocket close 4008; CONNECT closed),
+         * parked time included; 0 = no limit. A VM's policy overrides it. At most about 24.8 days
+         * (a timer's bound). @default 0
+         */
+        maxSessionMs: ms.max(MAX_TIMER_MS).default(0),
         /** WebSocket ping interval; a client that misses a pong is dropped. @default 30 s */
         wsPingIntervalMs: positive.default(30 * SECOND),
         /**

@@ -57,6 +57,11 @@ export class Metrics {
     labelNames: ['reason'] as const,
     registers: [this.registry],
   });
+  readonly sessionsExpired = new Counter({
+    name: 'oneport_sessions_expired_total',
+    help: 'Tunnels ended because their console session reached its maximum session time (close 4008)',
+    registers: [this.registry],
+  });
   readonly internalErrors = new Counter({
     name: 'oneport_internal_errors_total',
     help: 'Failures no handler answered (a bug): logged at error level, the connection closed, the process kept serving',

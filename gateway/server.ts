@@ -150,7 +150,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     cluster,
     directoryState,
     sessions,
-    broker: { dir, auth, reach, watcher, tunnels, metrics, log, noisyLog, lifecycle, nodeId: cluster?.nodeId, holdMs: config.tunnel.holdMs },
+    broker: { dir, auth, reach, watcher, tunnels, metrics, log, noisyLog, lifecycle, nodeId: cluster?.nodeId, holdMs: config.tunnel.holdMs, policy: { idleTimeoutMs: config.tunnel.idleTimeoutMs, maxSessionMs: config.tunnel.maxSessionMs } },
     resume: {
       auth,
       dir,

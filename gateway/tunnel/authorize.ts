@@ -59,7 +59,7 @@ export async function authorizeTunnel(deps: AuthorizeDeps, req: TunnelRequest): 
       const endpoint = selectEndpoint(vm, req.hints);
       checkVmState(vm, hold);
       metrics.observeSetup('auth', started);
-      return { vm, endpoint, user: grant.user, sessionId: grant.sessionId, via: 'resume' };
+      return { vm, endpoint, user: grant.user, sessionId: grant.sessionId, sessionSince: grant.issuedAt, via: 'resume' };
     }
     case 'node': {
       // Another node authenticated the client and redeemed its ticket; this node checks that it

@@ -2,8 +2,10 @@
  * One owner for a tunnel's life. An entrance turns its transport into a request and a client leg
  * (legs/); `openTunnel` does the rest, in order:
  *
- *   authorize (authorize.ts) -> hold while the VM changes hands and reach its console (hold.ts,
- *   with the Reach handed in) -> attach the leg -> register -> one log line when it ends
+ *   authorize (authorize.ts) -> the session's controls (policy.ts: idle timeout, maximum session
+ *   time) -> hold while the VM changes hands and reach its console (hold.ts, with the Reach handed
+ *   in) -> attach the leg -> register (with the session's one expiry timer) -> one log line when
+ *   it ends
  *
  * and owns the one refusal path: count the refusal, log it (rate-limited, or at error level for a
  * bug), answer through the leg. Nothing here knows whether the node is part of a cluster.
@@ -14,7 +16,9 @@ import { OneportError, toOneportError } from '../errors.js';
 import type { Logger, RateLimitedLog } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { authorizeTunnel } from './authorize.js';
+import { sessionExpiredMessage } from './close.js';
 import { reachHeld } from './hold.js';
+import { type EffectivePolicy, type PolicyDefaults, effectivePolicy } from './policy.js';
 import type { ClientLeg } from './legs/leg.js';
 import type { Pump } from './pump.js';
 import type { Reach } from './reach.js';
@@ -37,6 +41,8 @@ export interface BrokerDeps {
   readonly nodeId: string | undefined;
   /** How long a client may be held while its VM changes hands (config tunnel.holdMs). */
   readonly holdMs: number;
+  /** Idle timeout and maximum session time where a VM's policy says nothing (config tunnel.*). */
+  readonly policy: PolicyDefaults;
 }
 
 /** Authorize, hold, reach, attach, register. Never rejects: a refusal is answered through the leg. */
@@ -46,16 +52,19 @@ export async function openTunnel(deps: BrokerDeps, request: TunnelRequest, leg: 
     if (deps.lifecycle.shuttingDown) throw new OneportError('ONEPORT_ERR_SHUTTING_DOWN', undefined, { retryAfter: 5 });
     const authorized = await authorizeTunnel(deps, request);
     protocol = authorized.endpoint.protocol;
+    const policy = policyFor(deps, authorized);
+    const deadline = sessionDeadline(authorized, policy, Date.now());
+    if (deadline !== undefined && deadline <= Date.now()) throw new OneportError('ONEPORT_ERR_SESSION_EXPIRED');
     // Held here (no status line for CONNECT, an open WebSocket) while the VM changes hands.
     const { console, target } = await reachHeld(deps, authorized, leg.gone);
     let pump: Pump;
     try {
-      pump = leg.attach(console, target, { endJudge: deps.reach.endJudge(target.vm) });
+      pump = leg.attach(console, target, { endJudge: deps.reach.endJudge(target.vm), idleTimeoutMs: policy.idleTimeoutMs });
     } catch (e) {
       console.socket.destroy();
       throw e;
     }
-    return register(deps, target, leg, pump);
+    return register(deps, target, leg, pump, { policy, deadline });
   } catch (e) {
     refuseTunnel(deps, leg, e, protocol);
     return undefined;
@@ -80,8 +89,28 @@ export function refuseTunnel(deps: Pick<BrokerDeps, 'metrics' | 'log' | 'noisyLo
   return err;
 }
 
+/**
+ * The VM's policy for this user. A hop's user is only a name the sending node vouched for: its
+ * groups come from the directory, so the owner's side of the tunnel idles out with the entry's.
+ */
+function policyFor(deps: BrokerDeps, target: TunnelTarget): EffectivePolicy {
+  const user = target.via === 'hop' ? (deps.dir.getUser(target.user.name) ?? target.user) : target.user;
+  return effectivePolicy(target.vm, user, deps.policy);
+}
+
+/**
+ * When the console session must end (undefined: never). Counted from the session's beginning: a
+ * SPICE client's later channels and a reconnect with the resume token (counted from its ticket's
+ * issue) end with the first; a parked `oneport.v1` session is one tunnel, so parked time counts.
+ * The entry node enforces it; a hop ends with its entry's tunnel.
+ */
+function sessionDeadline(target: TunnelTarget, policy: EffectivePolicy, now: number): number | undefined {
+  if (policy.maxSessionMs === 0 || target.via === 'hop') return undefined;
+  return Math.min(now, target.sessionSince ?? now) + policy.maxSessionMs;
+}
+
 /** A running tunnel: in the registry, counted, and logged once when it ends. */
-function register(deps: BrokerDeps, target: TunnelTarget, leg: ClientLeg, pump: Pump): Tunnel {
+function register(deps: BrokerDeps, target: TunnelTarget, leg: ClientLeg, pump: Pump, controls: { policy: EffectivePolicy; deadline: number | undefined }): Tunnel {
   const { metrics, tunnels, log } = deps;
   const transport = leg.transport;
   const labels = { protocol: target.endpoint.protocol, transport };
@@ -96,13 +125,23 @@ function register(deps: BrokerDeps, target: TunnelTarget, leg: ClientLeg, pump: 
     startedAt: Date.now(),
     node: target.vm.node,
     epoch: target.vm.epoch,
+    expiresAt: controls.deadline,
     pump,
   };
+  // One timer per tunnel at most, cleared when it ends.
+  const expiry =
+    controls.deadline === undefined
+      ? undefined
+      : setTimeout(() => {
+          metrics.sessionsExpired.inc();
+          pump.close('session-expired', sessionExpiredMessage(controls.policy.maxSessionMs));
+        }, Math.max(0, controls.deadline - Date.now())).unref();
   tunnels.add(tunnel);
   metrics.tunnelsActive.inc(labels);
   metrics.tunnels.inc({ ...labels, result: 'ok' });
   const setupMs = Number(process.hrtime.bigint() - leg.acceptedAt) / 1e6;
   void pump.done.then((r) => {
+    clearTimeout(expiry);
     tunnels.delete(tunnel);
     metrics.tunnelsActive.dec(labels);
     metrics.tunnelBytes.inc({ direction: 'to_console' }, r.bytesToConsole);

@@ -25,7 +25,9 @@ export type CloseReason =
   | 'rerouted'
   | 'too-large'
   /** The user's access ended (user deleted, VM unassigned, logout, password change, terminated by an admin). */
-  | 'revoked';
+  | 'revoked'
+  /** The console session reached its maximum session time (policy.ts). */
+  | 'session-expired';
 
 export interface PumpResult {
   readonly reason: CloseReason;
@@ -66,7 +68,7 @@ export abstract class Pump {
     }
   }
 
-  /** End the tunnel now (shutdown, reroute). Idempotent. */
+  /** End the tunnel now (shutdown, reroute, revocation, session time over). Idempotent. */
   abstract close(reason: CloseReason, message?: string): void;
 
   protected abstract destroyClient(): void;

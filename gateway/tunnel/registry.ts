@@ -21,6 +21,8 @@ export interface Tunnel {
   /** The VM's owner and epoch when the tunnel opened: a change of owner reroutes it. */
   readonly node: string;
   readonly epoch: number;
+  /** When the session's maximum session time ends it (ms); undefined: no limit. */
+  readonly expiresAt?: number | undefined;
   readonly pump: Pump;
 }
 

@@ -220,7 +220,7 @@ async function brokerScene(t: { teardown(f: () => unknown): void }, reach: Reach
   t.teardown(() => watcher.close());
   await dir.putUser({ name: 'alice', passwordHash: 'x', roles: ['user'], groups: [], sessionsNotBefore: 0 });
   await dir.putVm(vm('desk'));
-  const deps: BrokerDeps = { dir, auth, reach, watcher, tunnels: new TunnelRegistry(), metrics, log, noisyLog: new RateLimitedLog(), lifecycle: { shuttingDown: false }, nodeId: undefined, holdMs: 1000 };
+  const deps: BrokerDeps = { dir, auth, reach, watcher, tunnels: new TunnelRegistry(), metrics, log, noisyLog: new RateLimitedLog(), lifecycle: { shuttingDown: false }, nodeId: undefined, holdMs: 1000, policy: { idleTimeoutMs: 0, maxSessionMs: 0 } };
   return { deps, dir, auth, lines };
 }
 
@@ -320,11 +320,11 @@ t.test('stream leg: 200 then raw bytes; a refusal is a complete proxy answer; th
     });
 
   const [c1, s1] = await pair();
-  const leg = new StreamLeg(s1, { transport: 'connect-tls', client: 'x', acceptedAt: 0n, head: Buffer.from('early'), idleTimeoutMs: 0 });
+  const leg = new StreamLeg(s1, { transport: 'connect-tls', client: 'x', acceptedAt: 0n, head: Buffer.from('early') });
   const console1 = net.connect(port, '127.0.0.1');
   await once(console1, 'connect');
   const got = read(c1);
-  const pump = leg.attach({ socket: console1, preface: NO_PREFACE }, undefined, {});
+  const pump = leg.attach({ socket: console1, preface: NO_PREFACE }, undefined, { idleTimeoutMs: 0 });
   c1.end('late');
   const r = await pump.done;
   t.equal(await got, 'HTTP/1.1 200 Connection established\r\n\r\nearlylate', '200, then the early bytes and the rest echoed');
@@ -333,22 +333,22 @@ t.test('stream leg: 200 then raw bytes; a refusal is a complete proxy answer; th
   const [c2, s2] = await pair();
   const refused = read(c2);
   const { OneportError } = await import('../../gateway/errors.js');
-  new StreamLeg(s2, { transport: 'connect', client: 'x', acceptedAt: 0n, head: Buffer.alloc(0), idleTimeoutMs: 0 }).refuse(new OneportError('ONEPORT_ERR_TICKET_INVALID'));
+  new StreamLeg(s2, { transport: 'connect', client: 'x', acceptedAt: 0n, head: Buffer.alloc(0) }).refuse(new OneportError('ONEPORT_ERR_TICKET_INVALID'));
   t.match(await refused, /^HTTP\/1\.1 407 [^\r]*\r\n(.*\r\n)*Proxy-Authenticate: Basic realm="oneport"\r\n/, '401 becomes 407 with Proxy-Authenticate');
 
   const [c3, s3] = await pair();
   const hopRefused = read(c3);
-  new StreamLeg(s3, { transport: 'hop', client: 'x', acceptedAt: 0n, head: Buffer.alloc(0), idleTimeoutMs: 0, hop: { from: 'n2' } }).refuse(new OneportError('ONEPORT_ERR_VM_DOWN'));
+  new StreamLeg(s3, { transport: 'hop', client: 'x', acceptedAt: 0n, head: Buffer.alloc(0), hop: { from: 'n2' } }).refuse(new OneportError('ONEPORT_ERR_VM_DOWN'));
   t.match(await hopRefused, /^HTTP\/1\.1 503 [^\r]*\r\n(.*\r\n)*Oneport-Error: ONEPORT_ERR_VM_DOWN\r\n/, 'a hop refusal names its code for the sending node');
 
   const [c4, s4] = await pair();
-  const goneLeg = new StreamLeg(s4, { transport: 'connect', client: 'x', acceptedAt: 0n, head: Buffer.alloc(0), idleTimeoutMs: 0 });
+  const goneLeg = new StreamLeg(s4, { transport: 'connect', client: 'x', acceptedAt: 0n, head: Buffer.alloc(0) });
   c4.resetAndDestroy();
   await once(goneLeg.gone, 'abort');
   t.ok(goneLeg.gone.aborted, 'the client leaving aborts the leg\'s signal');
   const console4 = net.connect(port, '127.0.0.1');
   await once(console4, 'connect');
-  t.throws(() => goneLeg.attach({ socket: console4, preface: NO_PREFACE }, undefined, {}), like({ failure: 'CLIENT_GONE' }), 'and it will not attach');
+  t.throws(() => goneLeg.attach({ socket: console4, preface: NO_PREFACE }, undefined, { idleTimeoutMs: 0 }), like({ failure: 'CLIENT_GONE' }), 'and it will not attach');
   console4.destroy();
 });
 
@@ -358,7 +358,7 @@ t.test('websocket leg: early messages kept up to a bound, close codes for refusa
   await once(wss, 'listening');
   t.teardown(() => new Promise<void>((r) => wss.close(() => r())));
   const url = `ws://127.0.0.1:${(wss.address() as net.AddressInfo).port}/`;
-  const legOpts = { client: 'x', acceptedAt: 0n, idleTimeoutMs: 0, pingIntervalMs: 50, rerouteRetryMs: 100, preConnectBufferBytes: 8, resume: { sessions: new SessionRegistry(), graceMs: 1000, maxBufferBytes: 1 << 20 } };
+  const legOpts = { client: 'x', acceptedAt: 0n, pingIntervalMs: 50, rerouteRetryMs: 100, preConnectBufferBytes: 8, resume: { sessions: new SessionRegistry(), graceMs: 1000, maxBufferBytes: 1 << 20 } };
   const open = async (): Promise<[WebSocket, WebSocket]> => {
     const c = new WebSocket(url);
     const [s] = (await once(wss, 'connection')) as [WebSocket];
@@ -374,7 +374,7 @@ t.test('websocket leg: early messages kept up to a bound, close codes for refusa
   const console1 = net.connect(port, '127.0.0.1');
   await once(console1, 'connect');
   const echoed = once(c1, 'message');
-  const pump = leg.attach({ socket: console1, preface: NO_PREFACE }, target(vm('desk')), {});
+  const pump = leg.attach({ socket: console1, preface: NO_PREFACE }, target(vm('desk')), { idleTimeoutMs: 0 });
   t.equal(((await echoed)[0] as Buffer).toString(), 'early', 'a message sent before the console answered reaches it');
   const pings = { n: 0 };
   c1.on('ping', () => pings.n++);
@@ -393,7 +393,7 @@ t.test('websocket leg: early messages kept up to a bound, close codes for refusa
   await bigMessage;
   const console2 = net.connect(port, '127.0.0.1');
   await once(console2, 'connect');
-  t.throws(() => leg2.attach({ socket: console2, preface: NO_PREFACE }, target(vm('desk')), {}), like({ code: 'ONEPORT_ERR_PAYLOAD_TOO_LARGE' }), 'more early data than the bound: refused');
+  t.throws(() => leg2.attach({ socket: console2, preface: NO_PREFACE }, target(vm('desk')), { idleTimeoutMs: 0 }), like({ code: 'ONEPORT_ERR_PAYLOAD_TOO_LARGE' }), 'more early data than the bound: refused');
   console2.destroy();
   const { OneportError } = await import('../../gateway/errors.js');
   const closed = once(c2, 'close');

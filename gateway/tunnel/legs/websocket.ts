@@ -19,7 +19,6 @@ import type { AttachOptions, ClientLeg } from './leg.js';
 export interface WebSocketLegOptions {
   readonly client: string;
   readonly acceptedAt: bigint;
-  readonly idleTimeoutMs: number;
   readonly pingIntervalMs: number;
   /** Bound of the jittered wait told to rerouted clients. */
   readonly rerouteRetryMs: number;
@@ -89,7 +88,8 @@ export class WebSocketLeg implements ClientLeg {
     this.detach();
     if (this.ws.readyState !== WebSocket.OPEN) throw new ReachFailure('CLIENT_GONE');
     if (this.overflow) throw new OneportError('ONEPORT_ERR_PAYLOAD_TOO_LARGE', 'too much data before the console answered');
-    const { idleTimeoutMs, rerouteRetryMs } = this.opts;
+    const { rerouteRetryMs } = this.opts;
+    const { idleTimeoutMs } = attachOpts;
     const closeFor = (why: CloseReason): { code: number; message: string } => wsCloseFor(why, rerouteRetryMs);
     let pump: Pump;
     if (this.ws.protocol === RESUMABLE_SUBPROTOCOL) {
