@@ -7,7 +7,7 @@ import http from 'node:http';
 import { existsSync } from 'node:fs';
 import { OneportError, type ErrorCode } from './errors.js';
 import { MemoryDirectory } from './directory/memory.js';
-import { type UserRecord, type VmInput, type VmRecord, toVmRecord, userNameSchema, vmSchema } from './directory/directory.js';
+import { type UserRecord, type VmInput, type VmRecord, maxSessionsSchema, toVmRecord, userNameSchema, vmSchema } from './directory/directory.js';
 import { hashPassword } from './auth/passwords.js';
 import { statePaths } from './state.js';
 
@@ -15,6 +15,8 @@ export interface UserInput {
   password?: string | undefined;
   roles?: Array<'user' | 'admin'> | undefined;
   groups?: string[] | undefined;
+  /** Console sessions at once, cluster-wide; 0 = unlimited; null = back to the configured default. */
+  maxSessions?: number | null | undefined;
 }
 
 export interface Admin {
@@ -124,21 +126,24 @@ class OfflineAdmin implements Admin {
     if (!parsedName.success) throw new OneportError('ONEPORT_ERR_VALIDATION', parsedName.error.issues[0]?.message);
     const existing = this.dir.getUser(name);
     if (!existing && input.password === undefined) throw new OneportError('ONEPORT_ERR_VALIDATION', 'a new user needs a password');
+    const maxSessions = input.maxSessions === undefined ? existing?.maxSessions : (input.maxSessions ?? undefined);
+    if (maxSessions !== undefined && !maxSessionsSchema.safeParse(maxSessions).success) throw new OneportError('ONEPORT_ERR_VALIDATION', 'maxSessions: a whole number from 0 to 100000');
     const user: UserRecord = {
       name,
       passwordHash: input.password === undefined ? (existing?.passwordHash ?? '') : await hashPassword(input.password),
       roles: input.roles ?? existing?.roles ?? ['user'],
       groups: input.groups ?? existing?.groups ?? [],
       sessionsNotBefore: input.password === undefined ? (existing?.sessionsNotBefore ?? 0) : Date.now(),
+      ...(maxSessions !== undefined ? { maxSessions } : {}),
     };
     await this.dir.putUser(user);
-    return { name: user.name, roles: user.roles, groups: user.groups };
+    return { name: user.name, roles: user.roles, groups: user.groups, ...(maxSessions !== undefined ? { maxSessions } : {}) };
   }
   async deleteUser(name: string): Promise<void> {
     if (!(await this.dir.deleteUser(name))) throw new OneportError('ONEPORT_ERR_NOT_FOUND', 'no such user');
   }
   async listUsers(): Promise<unknown[]> {
-    return this.dir.listUsers().map((u) => ({ name: u.name, roles: u.roles, groups: u.groups }));
+    return this.dir.listUsers().map((u) => ({ name: u.name, roles: u.roles, groups: u.groups, ...(u.maxSessions !== undefined ? { maxSessions: u.maxSessions } : {}) }));
   }
   async putVm(input: VmInput): Promise<unknown> {
     const parsed = vmSchema.safeParse(input);

@@ -23,6 +23,8 @@ import { followMoves } from './tunnel/reroute.js';
 import { followRevocations } from './tunnel/revoke.js';
 import { localReach } from './tunnel/reach.js';
 import { VmWatcher } from './tunnel/watcher.js';
+import { SessionCaps } from './tunnel/session-caps.js';
+import { RedisSessionCounter } from './cluster/session-counts.js';
 import { RedisSessionLocator } from './tunnel/session-locator.js';
 import { clusterReach } from './cluster/reach.js';
 import { relayResume } from './cluster/relay.js';
@@ -128,6 +130,25 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   const reach = cluster ? clusterReach(cluster, dir, config, metrics) : localReach({ dialTimeoutMs: config.tunnel.dialTimeoutMs, metrics });
   const locator = cluster && redisConnection ? new RedisSessionLocator(redisConnection, config.cluster.prefix, config.nodeId) : undefined;
   const watcher = new VmWatcher(dir);
+  // Session caps: counted in memory on one node, in Redis across a cluster.
+  const caps = new SessionCaps({
+    dir,
+    defaults: config.limits,
+    counter:
+      cluster && redisConnection
+        ? new RedisSessionCounter({
+            redis: redisConnection,
+            prefix: config.cluster.prefix,
+            nodeId: config.nodeId,
+            refreshMs: config.cluster.heartbeatMs,
+            ttlMs: config.cluster.nodeTimeoutMs * 2,
+            onRefreshError: (err) => log.debug({ event: 'session-caps-refresh-error', err: err.message }, 'session caps: refresh failed'),
+          })
+        : undefined,
+    metrics,
+    log,
+    noisyLog,
+  });
   const sessions = new SessionRegistry(
     locator
       ? {
@@ -150,7 +171,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     cluster,
     directoryState,
     sessions,
-    broker: { dir, auth, reach, watcher, tunnels, metrics, log, noisyLog, lifecycle, nodeId: cluster?.nodeId, holdMs: config.tunnel.holdMs, policy: { idleTimeoutMs: config.tunnel.idleTimeoutMs, maxSessionMs: config.tunnel.maxSessionMs } },
+    broker: { dir, auth, reach, watcher, tunnels, metrics, log, noisyLog, lifecycle, nodeId: cluster?.nodeId, holdMs: config.tunnel.holdMs, policy: { idleTimeoutMs: config.tunnel.idleTimeoutMs, maxSessionMs: config.tunnel.maxSessionMs }, caps },
     resume: {
       auth,
       dir,
@@ -278,6 +299,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       stopFollowing();
       stopRevoking();
       watcher.close();
+      caps.close();
       await cluster?.stop();
       await demo?.close();
       await store.close();

@@ -10,6 +10,7 @@ import {
   type UserRecord,
   type VmRecord,
   isAssigned,
+  maxSessionsSchema,
   protocolSchema,
   toVmRecord,
   userNameSchema,
@@ -80,6 +81,8 @@ const userBodySchema = z
     password: z.string().min(8).max(1024).optional(),
     roles: z.array(z.enum(ROLES)).optional(),
     groups: z.array(z.string().min(1).max(64)).optional(),
+    /** Console sessions at once, cluster-wide; 0 = unlimited; null = back to limits.maxSessionsPerUser. */
+    maxSessions: maxSessionsSchema.nullable().optional(),
   })
   .strict();
 const moveSchema = z.object({ node: z.string().min(1).max(63) }).strict();
@@ -89,7 +92,7 @@ function publicVm(vm: VmRecord): Record<string, unknown> {
 }
 
 function publicUser(u: UserRecord): Record<string, unknown> {
-  return { name: u.name, roles: u.roles, groups: u.groups };
+  return { name: u.name, roles: u.roles, groups: u.groups, ...(u.maxSessions !== undefined ? { maxSessions: u.maxSessions } : {}) };
 }
 
 /**
@@ -274,7 +277,7 @@ route('PUT', '/api/users/:p', 'user', async (c) => {
   const body = await c.body(userBodySchema);
   const existing = c.ctx.dir.getUser(name.data);
   if (!existing && body.password === undefined) throw new OneportError('ONEPORT_ERR_VALIDATION', 'a new user needs a password');
-  const user: UserRecord = {
+  let user: UserRecord = {
     name: name.data,
     passwordHash: body.password === undefined ? (existing?.passwordHash ?? '') : await hashPassword(body.password),
     roles: body.roles ?? existing?.roles ?? ['user'],
@@ -282,6 +285,8 @@ route('PUT', '/api/users/:p', 'user', async (c) => {
     // A new password logs the user out everywhere.
     sessionsNotBefore: body.password === undefined ? (existing?.sessionsNotBefore ?? 0) : Date.now(),
   };
+  const maxSessions = body.maxSessions === undefined ? existing?.maxSessions : (body.maxSessions ?? undefined);
+  if (maxSessions !== undefined) user = { ...user, maxSessions };
   await c.ctx.dir.putUser(user);
   sendJson(c.res, 200, publicUser(user));
 }, { leader: true });

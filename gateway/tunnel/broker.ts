@@ -3,7 +3,7 @@
  * (legs/); `openTunnel` does the rest, in order:
  *
  *   authorize (authorize.ts) -> the session's controls (policy.ts: idle timeout, maximum session
- *   time) -> hold while the VM changes hands and reach its console (hold.ts, with the Reach handed
+ *   time; session-caps.ts: a slot under the user's and the VM's caps) -> hold while the VM changes hands and reach its console (hold.ts, with the Reach handed
  *   in) -> attach the leg -> register (with the session's one expiry timer) -> one log line when
  *   it ends
  *
@@ -22,6 +22,7 @@ import { type EffectivePolicy, type PolicyDefaults, effectivePolicy } from './po
 import type { ClientLeg } from './legs/leg.js';
 import type { Pump } from './pump.js';
 import type { Reach } from './reach.js';
+import type { SessionCaps, SessionSlot } from './session-caps.js';
 import type { TunnelRegistry, Tunnel } from './registry.js';
 import type { TunnelRequest, TunnelTarget } from './request.js';
 import type { VmWatcher } from './watcher.js';
@@ -43,6 +44,8 @@ export interface BrokerDeps {
   readonly holdMs: number;
   /** Idle timeout and maximum session time where a VM's policy says nothing (config tunnel.*). */
   readonly policy: PolicyDefaults;
+  /** Concurrent sessions per user and per VM: this node's, counted cluster-wide in a cluster. */
+  readonly caps: SessionCaps;
 }
 
 /** Authorize, hold, reach, attach, register. Never rejects: a refusal is answered through the leg. */
@@ -53,18 +56,26 @@ export async function openTunnel(deps: BrokerDeps, request: TunnelRequest, leg: 
     const authorized = await authorizeTunnel(deps, request);
     protocol = authorized.endpoint.protocol;
     const policy = policyFor(deps, authorized);
-    const deadline = sessionDeadline(authorized, policy, Date.now());
-    if (deadline !== undefined && deadline <= Date.now()) throw new OneportError('ONEPORT_ERR_SESSION_EXPIRED');
-    // Held here (no status line for CONNECT, an open WebSocket) while the VM changes hands.
-    const { console, target } = await reachHeld(deps, authorized, leg.gone);
-    let pump: Pump;
+    // A new session over a cap is refused here, before any dial; the slot is this tunnel's share
+    // of its session until it ends.
+    const slot = await deps.caps.acquire(authorized);
     try {
-      pump = leg.attach(console, target, { endJudge: deps.reach.endJudge(target.vm), idleTimeoutMs: policy.idleTimeoutMs });
+      const deadline = sessionDeadline(authorized, policy, slot.startedAt);
+      if (deadline !== undefined && deadline <= Date.now()) throw new OneportError('ONEPORT_ERR_SESSION_EXPIRED');
+      // Held here (no status line for CONNECT, an open WebSocket) while the VM changes hands.
+      const { console, target } = await reachHeld(deps, authorized, leg.gone);
+      let pump: Pump;
+      try {
+        pump = leg.attach(console, target, { endJudge: deps.reach.endJudge(target.vm), idleTimeoutMs: policy.idleTimeoutMs });
+      } catch (e) {
+        console.socket.destroy();
+        throw e;
+      }
+      return register(deps, target, leg, pump, { policy, deadline, slot });
     } catch (e) {
-      console.socket.destroy();
+      slot.release();
       throw e;
     }
-    return register(deps, target, leg, pump, { policy, deadline });
   } catch (e) {
     refuseTunnel(deps, leg, e, protocol);
     return undefined;
@@ -100,17 +111,17 @@ function policyFor(deps: BrokerDeps, target: TunnelTarget): EffectivePolicy {
 
 /**
  * When the console session must end (undefined: never). Counted from the session's beginning: a
- * SPICE client's later channels and a reconnect with the resume token (counted from its ticket's
- * issue) end with the first; a parked `oneport.v1` session is one tunnel, so parked time counts.
+ * SPICE client's later channels (the session as held here, session-caps.ts) and a reconnect with
+ * the resume token (counted from its ticket's issue) end with the first; a parked `oneport.v1` session is one tunnel, so parked time counts.
  * The entry node enforces it; a hop ends with its entry's tunnel.
  */
-function sessionDeadline(target: TunnelTarget, policy: EffectivePolicy, now: number): number | undefined {
+function sessionDeadline(target: TunnelTarget, policy: EffectivePolicy, heldSince: number): number | undefined {
   if (policy.maxSessionMs === 0 || target.via === 'hop') return undefined;
-  return Math.min(now, target.sessionSince ?? now) + policy.maxSessionMs;
+  return Math.min(heldSince, target.sessionSince ?? heldSince) + policy.maxSessionMs;
 }
 
 /** A running tunnel: in the registry, counted, and logged once when it ends. */
-function register(deps: BrokerDeps, target: TunnelTarget, leg: ClientLeg, pump: Pump, controls: { policy: EffectivePolicy; deadline: number | undefined }): Tunnel {
+function register(deps: BrokerDeps, target: TunnelTarget, leg: ClientLeg, pump: Pump, controls: { policy: EffectivePolicy; deadline: number | undefined; slot: SessionSlot }): Tunnel {
   const { metrics, tunnels, log } = deps;
   const transport = leg.transport;
   const labels = { protocol: target.endpoint.protocol, transport };
@@ -142,6 +153,7 @@ function register(deps: BrokerDeps, target: TunnelTarget, leg: ClientLeg, pump: 
   const setupMs = Number(process.hrtime.bigint() - leg.acceptedAt) / 1e6;
   void pump.done.then((r) => {
     clearTimeout(expiry);
+    controls.slot.release();
     tunnels.delete(tunnel);
     metrics.tunnelsActive.dec(labels);
     metrics.tunnelBytes.inc({ direction: 'to_console' }, r.bytesToConsole);

@@ -33,11 +33,11 @@ async function wsTunnel(t: Test, gw: TestGateway, user = 'alice', vm = 'desk', p
 }
 
 /** A CONNECT tunnel (TLS) to `vm` with a fresh ticket for `user`, open. */
-async function connectTunnel(gw: TestGateway, user = 'alice', vm = 'desk'): Promise<{ status: number; socket: net.Socket; head: string }> {
+async function connectTunnel(gw: TestGateway, user = 'alice', vm = 'desk'): Promise<{ status: number; socket: net.Socket; head: string; body: string }> {
   const { ticket } = await gw.ticket(user, vm);
   const r = await rawRequest(gw.port, `CONNECT ${vm}:5900 HTTP/1.1\r\nProxy-Authorization: ${basic(user, ticket)}\r\n\r\n`, { ca: gw.caCert });
   r.socket.on('error', () => {});
-  return { status: r.status, socket: r.socket as net.Socket, head: r.head };
+  return { status: r.status, socket: r.socket as net.Socket, head: r.head, body: r.body };
 }
 
 async function setPolicy(gw: TestGateway, extra: Record<string, unknown>): Promise<void> {
@@ -101,4 +101,56 @@ t.test('maximum session time: 4008 with a JSON reason, CONNECT closed, parked ti
   t.ok(Date.now() - parkedAt < 5000, 'the parked session ended at its time, long before the 30 s grace period');
   await until(() => gw.logs.filter((l) => l.event === 'tunnel' && l.closeReason === 'session-expired').length === 3);
   t.pass('logged as session-expired');
+});
+
+t.test('session caps on one node: per user and per VM; a SPICE client\'s second channel is the same session', async (t) => {
+  const { gw, echo } = await setupDesk(t, { limits: { maxSessionsPerUser: 1 } });
+  await gw.addUser('bob', 'bob-password-1');
+  await gw.addUser('carol', 'carol-password-1');
+  await gw.addVm('shared', [{ protocol: 'vnc', host: '127.0.0.1', port: echo.port, publishedPort: 5900 }], ['alice', 'bob', 'carol'], { maxSessions: 2 });
+
+  // alice: the configured default, one session.
+  const first = await wsTunnel(t, gw);
+  const accepted = echo.accepted;
+  const { ticket } = await gw.ticket('alice', 'desk');
+  const refused = new WebSocket(`wss://127.0.0.1:${gw.port}/tunnel/desk/vnc?ticket=${ticket}`, ['binary'], { ca: gw.caCert });
+  refused.on('error', () => {});
+  t.teardown(() => refused.terminate());
+  const [code, reason] = (await once(refused, 'close')) as [number, Buffer];
+  t.same([code, reason.toString()], [4429, 'ONEPORT_ERR_SESSION_LIMIT'], 'a second session over WebSocket: 4429');
+  const overConnect = await connectTunnel(gw, 'alice', 'shared');
+  t.equal(overConnect.status, 429, 'over CONNECT: 429, on any VM');
+  t.match(overConnect.body, /ONEPORT_ERR_SESSION_LIMIT/, 'with the code');
+  t.equal(echo.accepted, accepted, 'no console was dialled for them');
+
+  // The same ticket from the same address again (a SPICE client's next channel): same session.
+  const channelTicket = await gw.ticket('alice', 'shared');
+  first.ws.close(1000);
+  await first.closed;
+  await gw.ctx.tunnels.whenEmpty();
+  const channels: net.Socket[] = [];
+  for (let i = 0; i < 2; i++) {
+    const r = await rawRequest(gw.port, `CONNECT shared:5900 HTTP/1.1\r\nProxy-Authorization: ${basic('alice', channelTicket.ticket)}\r\n\r\n`, { ca: gw.caCert });
+    t.equal(r.status, 200, `channel ${i + 1} of one session: 200`);
+    channels.push(r.socket as net.Socket);
+  }
+  t.equal(new Set(gw.ctx.tunnels.list().map((x) => x.sessionId)).size, 1, 'one session, two tunnels');
+
+  // The VM's own cap: two sessions on "shared" (alice's is one); bob takes the second, carol is refused.
+  const bob = await connectTunnel(gw, 'bob', 'shared');
+  t.equal(bob.status, 200, 'bob: the VM\'s second session');
+  const carol = await connectTunnel(gw, 'carol', 'shared');
+  t.equal(carol.status, 429, 'carol: the VM is full');
+  t.equal((await gw.ctx.metrics.sessionCapRefusals.get()).values.find((v) => v.labels.scope === 'vm')?.value, 1, 'counted by scope');
+
+  // Slots come back when sessions end; a user's own maxSessions overrides the default.
+  for (const s of channels) s.destroy();
+  bob.socket.destroy();
+  await until(() => gw.ctx.broker.caps.size === 0);
+  await gw.ctx.dir.putUser({ ...gw.ctx.dir.getUser('alice')!, maxSessions: 2 });
+  const a1 = await connectTunnel(gw, 'alice', 'desk');
+  const a2 = await connectTunnel(gw, 'alice', 'desk');
+  t.same([a1.status, a2.status], [200, 200], 'alice\'s own cap (2) applies instead of the default (1)');
+  a1.socket.destroy();
+  a2.socket.destroy();
 });

@@ -21,6 +21,7 @@ import { WebSocketLeg } from '../../gateway/tunnel/legs/websocket.js';
 import { StreamPump, type Pump } from '../../gateway/tunnel/pump.js';
 import { TunnelRegistry } from '../../gateway/tunnel/registry.js';
 import { SessionRegistry } from '../../gateway/tunnel/session.js';
+import { SessionCaps } from '../../gateway/tunnel/session-caps.js';
 import type { TunnelTarget } from '../../gateway/tunnel/request.js';
 import { MemoryDirectory } from '../../gateway/directory/memory.js';
 import { toVmRecord, vmSchema, type VmRecord } from '../../gateway/directory/directory.js';
@@ -220,7 +221,9 @@ async function brokerScene(t: { teardown(f: () => unknown): void }, reach: Reach
   t.teardown(() => watcher.close());
   await dir.putUser({ name: 'alice', passwordHash: 'x', roles: ['user'], groups: [], sessionsNotBefore: 0 });
   await dir.putVm(vm('desk'));
-  const deps: BrokerDeps = { dir, auth, reach, watcher, tunnels: new TunnelRegistry(), metrics, log, noisyLog: new RateLimitedLog(), lifecycle: { shuttingDown: false }, nodeId: undefined, holdMs: 1000, policy: { idleTimeoutMs: 0, maxSessionMs: 0 } };
+  const noisyLog = new RateLimitedLog();
+  const caps = new SessionCaps({ dir, defaults: { maxSessionsPerUser: 0, maxSessionsPerVm: 0 }, metrics, log, noisyLog });
+  const deps: BrokerDeps = { dir, auth, reach, watcher, tunnels: new TunnelRegistry(), metrics, log, noisyLog, lifecycle: { shuttingDown: false }, nodeId: undefined, holdMs: 1000, policy: { idleTimeoutMs: 0, maxSessionMs: 0 }, caps };
   return { deps, dir, auth, lines };
 }
 
@@ -254,6 +257,7 @@ t.test('broker: authorize, reach, attach, register and one log line; refusals go
   await tunnel!.pump.done;
   await until(() => lines.some((l) => l.event === 'tunnel'));
   t.equal(deps.tunnels.size, 0, 'forgotten when it ends');
+  t.equal(deps.caps.size, 0, 'its session slot given back');
   t.match(lines.find((l) => l.event === 'tunnel'), { vm: 'desk', via: 'ticket', bytesToConsole: 4, bytesToClient: 4 });
 
   const again = recordingLeg();
@@ -287,6 +291,7 @@ t.test('broker: a leg that cannot take the console gets the console closed; shut
   t.ok(consoleSocket?.destroyed, 'the console socket is closed');
   t.equal(leg.refused[0]?.code, 'ONEPORT_ERR_CONSOLE_UNREACHABLE');
   t.equal(deps.tunnels.size, 0);
+  t.equal(deps.caps.size, 0, 'and its session slot given back');
 
   const down = recordingLeg();
   await openTunnel({ ...deps, lifecycle: { shuttingDown: true } }, { vmName: 'desk', credential: { kind: 'ticket', ticket: issued.ticket }, hints: {}, tls: true, client: '127.0.0.1', hold: true }, down);
