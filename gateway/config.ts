@@ -251,6 +251,26 @@ export const configSchema = z
       .refine((c) => c.renewMs * 3 <= c.leaseMs, { message: 'renewMs must be at most a third of leaseMs' })
       .refine((c) => c.heartbeatMs * 2 <= c.nodeTimeoutMs, { message: 'nodeTimeoutMs must be at least twice heartbeatMs' })
       .prefault({}),
+    audit: z
+      .object({
+        /**
+         * Append-only JSON lines file of sessions and admin changes (mode 0600); false: no file.
+         * @default '<state>/audit.log'
+         */
+        file: z.union([z.string().min(1), z.literal(false)]).optional(),
+        /** An http(s) URL that gets the same records as JSON arrays (POST), best effort. @default none */
+        webhook: z
+          .string()
+          .url()
+          .refine((u) => /^https?:\/\//.test(u), { message: 'an http:// or https:// URL' })
+          .optional(),
+        /** Records waiting for the webhook; beyond, new ones are dropped (and counted). @default 1000 */
+        webhookQueue: positive.default(1000),
+        /** One webhook POST must finish within this, else it is retried. @default 5 s */
+        webhookTimeoutMs: positive.default(5 * SECOND),
+      })
+      .strict()
+      .prefault({}),
     log: z
       .object({
         level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),

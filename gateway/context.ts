@@ -2,6 +2,7 @@
  * What the request handlers share: configuration, directory, auth, metrics, logs, the tunnel
  * registry and the node's lifecycle state. Built once by server.ts.
  */
+import type { Audit } from './audit.js';
 import type { Config } from './config.js';
 import type { Directory } from './directory/directory.js';
 import type { Authenticator } from './auth/authenticator.js';
@@ -41,6 +42,8 @@ export interface GatewayContext {
   readonly leaderLink: LeaderLink | undefined;
   /** The cluster node id behind a verified node certificate on this socket; undefined otherwise (and outside a cluster). */
   readonly peerNode: (socket: net.Socket) => string | undefined;
+  /** The audit trail: sessions and admin changes (audit.ts). */
+  readonly audit: Audit;
   /** How fresh the directory is: always fresh for the embedded one; the mirror's age in a cluster. */
   readonly directoryState: () => { readonly connected: boolean; readonly ageMs: number };
 }

@@ -73,6 +73,18 @@ export class Metrics {
     help: 'Cluster: new console sessions admitted without a cap check because Redis did not answer (counted at the next heartbeat)',
     registers: [this.registry],
   });
+  readonly auditRecords = new Counter({
+    name: 'oneport_audit_records_total',
+    help: 'Audit records written, by kind (session, admin)',
+    labelNames: ['kind'] as const,
+    registers: [this.registry],
+  });
+  readonly auditDropped = new Counter({
+    name: 'oneport_audit_dropped_total',
+    help: 'Audit records lost: webhook queue full, refused by the webhook, still queued at shutdown, or a file write error (queue-full, rejected, shutdown, file)',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
   readonly internalErrors = new Counter({
     name: 'oneport_internal_errors_total',
     help: 'Failures no handler answered (a bug): logged at error level, the connection closed, the process kept serving',

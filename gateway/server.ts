@@ -39,6 +39,7 @@ import type { Redis, RedisOptions } from 'ioredis';
 import { certificateMatchesName } from '../certs/ca.js';
 import { startRfbServer, type RfbServer } from './demo/rfb.js';
 import { ControlServer } from './control.js';
+import { AuditLog } from './audit.js';
 
 export interface GatewayOptions {
   /** Defaults to the embedded directory saved in the state folder. */
@@ -122,6 +123,12 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     return { connected: true, ageMs: 0 };
   };
   const auth = new Authenticator(dir, store, { ...config.auth, ...config.limits }, metrics);
+  const audit = new AuditLog({
+    file: config.audit.file === false ? undefined : (config.audit.file ?? join(config.state, 'audit.log')),
+    webhook: config.audit.webhook === undefined ? undefined : { url: config.audit.webhook, queue: config.audit.webhookQueue, timeoutMs: config.audit.webhookTimeoutMs },
+    metrics,
+    log,
+  });
   const tunnels = new TunnelRegistry(config.nodeId);
   const lifecycle = { listening: false, shuttingDown: false };
   const noisyLog = new RateLimitedLog();
@@ -171,7 +178,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     cluster,
     directoryState,
     sessions,
-    broker: { dir, auth, reach, watcher, tunnels, metrics, log, noisyLog, lifecycle, nodeId: cluster?.nodeId, holdMs: config.tunnel.holdMs, policy: { idleTimeoutMs: config.tunnel.idleTimeoutMs, maxSessionMs: config.tunnel.maxSessionMs }, caps },
+    broker: { dir, auth, reach, watcher, tunnels, metrics, log, noisyLog, lifecycle, nodeId: cluster?.nodeId, holdMs: config.tunnel.holdMs, policy: { idleTimeoutMs: config.tunnel.idleTimeoutMs, maxSessionMs: config.tunnel.maxSessionMs }, caps, audit, self: config.nodeId },
     resume: {
       auth,
       dir,
@@ -192,6 +199,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     },
     leaderLink: cluster ? { nodeId: cluster.nodeId, leaderPeer: () => cluster.leaderPeer(), dispatcher: cluster.peers.agent } : undefined,
     peerNode: (socket) => cluster?.peerNode(socket),
+    audit,
   };
 
   // Sessions follow their VM: a change of owner ends its tunnels here at once (clients reconnect).
@@ -300,6 +308,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       stopRevoking();
       watcher.close();
       caps.close();
+      await audit.close();
       await cluster?.stop();
       await demo?.close();
       await store.close();

@@ -4,12 +4,13 @@
  *
  *   authorize (authorize.ts) -> the session's controls (policy.ts: idle timeout, maximum session
  *   time; session-caps.ts: a slot under the user's and the VM's caps) -> hold while the VM changes hands and reach its console (hold.ts, with the Reach handed
- *   in) -> attach the leg -> register (with the session's one expiry timer) -> one log line when
- *   it ends
+ *   in) -> attach the leg -> register (with the session's one expiry timer) -> one log line and
+ *   one audit record when it ends
  *
  * and owns the one refusal path: count the refusal, log it (rate-limited, or at error level for a
  * bug), answer through the leg. Nothing here knows whether the node is part of a cluster.
  */
+import type { Audit } from '../audit.js';
 import type { Authenticator } from '../auth/authenticator.js';
 import type { Directory } from '../directory/directory.js';
 import { OneportError, toOneportError } from '../errors.js';
@@ -46,6 +47,10 @@ export interface BrokerDeps {
   readonly policy: PolicyDefaults;
   /** Concurrent sessions per user and per VM: this node's, counted cluster-wide in a cluster. */
   readonly caps: SessionCaps;
+  /** Where each session's audit record goes when it ends. */
+  readonly audit: Pick<Audit, 'record'>;
+  /** This node's id (config nodeId), the entry node of the tunnels opened here. */
+  readonly self: string;
 }
 
 /** Authorize, hold, reach, attach, register. Never rejects: a refusal is answered through the leg. */
@@ -158,6 +163,30 @@ function register(deps: BrokerDeps, target: TunnelTarget, leg: ClientLeg, pump: 
     metrics.tunnelsActive.dec(labels);
     metrics.tunnelBytes.inc({ direction: 'to_console' }, r.bytesToConsole);
     metrics.tunnelBytes.inc({ direction: 'to_client' }, r.bytesToClient);
+    const endedAt = Date.now();
+    // The entry node records the session; a hop is its owner-side half.
+    if (transport !== 'hop') {
+      deps.audit.record({
+        kind: 'session',
+        time: new Date(endedAt).toISOString(),
+        id: tunnel.id,
+        user: tunnel.user,
+        vm: tunnel.vm,
+        protocol: tunnel.protocol,
+        transport,
+        client: leg.client,
+        via: target.via,
+        session: tunnel.sessionId,
+        entryNode: deps.self,
+        consoleNode: target.vm.node,
+        start: new Date(tunnel.startedAt).toISOString(),
+        end: new Date(endedAt).toISOString(),
+        durationMs: endedAt - tunnel.startedAt,
+        bytesToConsole: r.bytesToConsole,
+        bytesToClient: r.bytesToClient,
+        closeReason: r.reason,
+      });
+    }
     log.info(
       {
         event: 'tunnel',
@@ -173,7 +202,7 @@ function register(deps: BrokerDeps, target: TunnelTarget, leg: ClientLeg, pump: 
         bytesToConsole: r.bytesToConsole,
         bytesToClient: r.bytesToClient,
         setupMs: Math.round(setupMs * 100) / 100,
-        durationMs: Date.now() - tunnel.startedAt,
+        durationMs: endedAt - tunnel.startedAt,
         closeReason: r.reason,
       },
       'tunnel closed',

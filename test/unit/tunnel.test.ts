@@ -30,6 +30,7 @@ import { Authenticator } from '../../gateway/auth/authenticator.js';
 import { Metrics } from '../../gateway/metrics.js';
 import { RateLimitedLog, type Logger } from '../../gateway/log.js';
 import type { OneportError } from '../../gateway/errors.js';
+import type { AuditRecord } from '../../gateway/audit.js';
 
 function memoryLog(): { log: Logger; lines: Array<Record<string, unknown>> } {
   const lines: Array<Record<string, unknown>> = [];
@@ -210,7 +211,7 @@ function recordingLeg(client?: net.Socket): ClientLeg & { refused: OneportError[
   return leg;
 }
 
-async function brokerScene(t: { teardown(f: () => unknown): void }, reach: Reach): Promise<{ deps: BrokerDeps; dir: MemoryDirectory; auth: Authenticator; lines: Array<Record<string, unknown>> }> {
+async function brokerScene(t: { teardown(f: () => unknown): void }, reach: Reach): Promise<{ deps: BrokerDeps; dir: MemoryDirectory; auth: Authenticator; lines: Array<Record<string, unknown>>; audits: AuditRecord[] }> {
   const dir = new MemoryDirectory();
   const store = new MemoryAuthStore();
   t.teardown(() => store.close());
@@ -222,15 +223,16 @@ async function brokerScene(t: { teardown(f: () => unknown): void }, reach: Reach
   await dir.putUser({ name: 'alice', passwordHash: 'x', roles: ['user'], groups: [], sessionsNotBefore: 0 });
   await dir.putVm(vm('desk'));
   const noisyLog = new RateLimitedLog();
+  const audits: AuditRecord[] = [];
   const caps = new SessionCaps({ dir, defaults: { maxSessionsPerUser: 0, maxSessionsPerVm: 0 }, metrics, log, noisyLog });
-  const deps: BrokerDeps = { dir, auth, reach, watcher, tunnels: new TunnelRegistry(), metrics, log, noisyLog, lifecycle: { shuttingDown: false }, nodeId: undefined, holdMs: 1000, policy: { idleTimeoutMs: 0, maxSessionMs: 0 }, caps };
-  return { deps, dir, auth, lines };
+  const deps: BrokerDeps = { dir, auth, reach, watcher, tunnels: new TunnelRegistry(), metrics, log, noisyLog, lifecycle: { shuttingDown: false }, nodeId: undefined, holdMs: 1000, policy: { idleTimeoutMs: 0, maxSessionMs: 0 }, caps, audit: { record: (r) => audits.push(r) }, self: 'local' };
+  return { deps, dir, auth, lines, audits };
 }
 
 t.test('broker: authorize, reach, attach, register and one log line; refusals go through the leg', async (t) => {
   const port = await echoServer(t);
   const reach = scriptedReach([], port);
-  const { deps, dir, auth, lines } = await brokerScene(t, reach);
+  const { deps, dir, auth, lines, audits } = await brokerScene(t, reach);
   const issued = await auth.issueTicket(dir.getUser('alice')!, dir.getVm('desk')!, 'vnc');
 
   // A client socket pair over loopback stands in for the CONNECT client.
@@ -259,6 +261,7 @@ t.test('broker: authorize, reach, attach, register and one log line; refusals go
   t.equal(deps.tunnels.size, 0, 'forgotten when it ends');
   t.equal(deps.caps.size, 0, 'its session slot given back');
   t.match(lines.find((l) => l.event === 'tunnel'), { vm: 'desk', via: 'ticket', bytesToConsole: 4, bytesToClient: 4 });
+  t.match(audits, [{ kind: 'session', id: tunnel!.id, user: 'alice', vm: 'desk', protocol: 'vnc', client: '127.0.0.1', entryNode: 'local', consoleNode: 'n1', bytesToConsole: 4, bytesToClient: 4, closeReason: 'client-closed' }], 'one audit record for the session');
 
   const again = recordingLeg();
   t.equal(await openTunnel(deps, { ...request, client: '127.0.0.2' }, again), undefined, 'the spent ticket, from another address: refused');
