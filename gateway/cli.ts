@@ -253,6 +253,65 @@ program
     }
   });
 
+const sessionCmd = program.command('session').description('live console sessions, on every node (needs the running gateway)');
+sessionCmd
+  .command('list')
+  .description('every live tunnel: user, VM, protocol, nodes, client, since, bytes each way')
+  .option('--json', 'print the raw JSON of GET /api/sessions')
+  .action(async (o: { json?: boolean }) => {
+    const admin = await openAdmin(config().state);
+    try {
+      const list = await admin.sessions();
+      if (o.json) {
+        console.log(JSON.stringify(list, null, 2));
+      } else if (list.sessions.length === 0) {
+        console.log('no live sessions');
+      } else {
+        console.table(
+          list.sessions.map((x) => ({
+            id: x.id,
+            user: x.user,
+            vm: x.vm,
+            protocol: x.protocol,
+            transport: x.transport,
+            entry: x.entryNode,
+            console: x.consoleNode,
+            client: x.client,
+            since: x.since,
+            'to console': x.bytesToConsole,
+            'to client': x.bytesToClient,
+            state: x.parked ? 'parked' : '',
+          })),
+        );
+      }
+      for (const n of list.nodes) if (!n.answered) process.stderr.write(`warning: node ${n.node} (${n.state}) did not answer: ${n.error ?? '?'}; its sessions are not listed\n`);
+      if (!list.complete) process.exitCode = 2;
+    } finally {
+      await admin.close();
+    }
+  });
+sessionCmd
+  .command('kill [id]')
+  .description('end a session (its tunnel and the rest of its console session), or all of a user\'s with --user')
+  .option('-u, --user <name>', 'end every session of this user, on every node')
+  .action(async (id: string | undefined, o: { user?: string }) => {
+    if ((id === undefined) === (o.user === undefined)) throw new InvalidArgumentError('give a session id (see `oneport session list`) or --user <name>');
+    const admin = await openAdmin(config().state);
+    try {
+      if (id !== undefined) {
+        const r = await admin.killSession(id);
+        console.log(`session ${id} ended (${r.ended} tunnel(s))`);
+        return;
+      }
+      const r = await admin.killUserSessions(o.user!);
+      console.log(`${r.ended} tunnel(s) of ${o.user} ended`);
+      for (const n of r.nodes) if (!n.answered && (n.state === 'up' || n.state === 'suspect')) process.stderr.write(`warning: node ${n.node} did not answer: ${n.error ?? '?'}; ${o.user}'s sessions there may still be open\n`);
+      if (!r.complete) process.exitCode = 2;
+    } finally {
+      await admin.close();
+    }
+  });
+
 const clusterCmd = program.command('cluster').description('cluster information and operations');
 clusterCmd
   .command('rotate-keys')

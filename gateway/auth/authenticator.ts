@@ -126,6 +126,14 @@ export class Authenticator {
   }
 
   /**
+   * An admin terminated console session `sessionId`: its resume tokens (whose `sid` it is) stop
+   * working, cluster-wide, for as long as any of them could live.
+   */
+  async endConsoleSession(sessionId: string): Promise<void> {
+    await this.store.revokeSession(sessionId, Date.now() + this.settings.resumeTtlMs);
+  }
+
+  /**
    * A console ticket (and its resume token) for a user already allowed on the VM.
    *
    * `session`: the API session asking (portal, API client). The ticket and the resume token then
@@ -169,7 +177,13 @@ export class Authenticator {
       throw new OneportError('ONEPORT_ERR_TICKET_INVALID', 'resume token invalid, expired, or for another VM or user');
     }
     const user = this.dir.getUser(payload.sub);
-    if (!user || payload.iat < user.sessionsNotBefore || (payload.ses !== undefined && (await this.resumeSessionRevoked(payload.ses)))) {
+    if (
+      !user ||
+      payload.iat < user.sessionsNotBefore ||
+      (payload.ses !== undefined && (await this.resumeSessionRevoked(payload.ses))) ||
+      // The console session itself was terminated by an admin (endConsoleSession).
+      (await this.resumeSessionRevoked(payload.sid))
+    ) {
       this.metrics.authFailures.inc({ kind: 'session' });
       throw new OneportError('ONEPORT_ERR_SESSION_INVALID');
     }

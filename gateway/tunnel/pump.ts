@@ -68,6 +68,11 @@ export abstract class Pump {
     }
   }
 
+  /** Is the client leg away while the console is kept (a parked `oneport.v1` session)? */
+  get parked(): boolean {
+    return false;
+  }
+
   /** End the tunnel now (shutdown, reroute, revocation, session time over). Idempotent. */
   abstract close(reason: CloseReason, message?: string): void;
 

@@ -26,6 +26,49 @@ export interface Tunnel {
   readonly pump: Pump;
 }
 
+/** A live tunnel as the admin API lists it (GET /api/sessions). */
+export interface TunnelSummary {
+  readonly id: string;
+  readonly user: string;
+  readonly vm: string;
+  readonly protocol: Protocol;
+  readonly transport: Transport;
+  /** The node holding the client's side (where the tunnel is registered). */
+  readonly entryNode: string;
+  /** The node that owned the VM's console when the tunnel opened. */
+  readonly consoleNode: string;
+  readonly client: string;
+  /** ISO time the tunnel opened. */
+  readonly since: string;
+  readonly bytesToConsole: number;
+  readonly bytesToClient: number;
+  /** The console session: a SPICE client's channels share it. */
+  readonly session: string;
+  /** A `oneport.v1` session whose client leg is away. */
+  readonly parked: boolean;
+  /** ISO time the maximum session time ends it, if one applies. */
+  readonly expiresAt?: string;
+}
+
+export function summarize(t: Tunnel, entryNode: string): TunnelSummary {
+  return {
+    id: t.id,
+    user: t.user,
+    vm: t.vm,
+    protocol: t.protocol,
+    transport: t.transport,
+    entryNode,
+    consoleNode: t.node,
+    client: t.client,
+    since: new Date(t.startedAt).toISOString(),
+    bytesToConsole: t.pump.bytesToConsole,
+    bytesToClient: t.pump.bytesToClient,
+    session: t.sessionId,
+    parked: t.pump.parked,
+    ...(t.expiresAt !== undefined ? { expiresAt: new Date(t.expiresAt).toISOString() } : {}),
+  };
+}
+
 export class TunnelRegistry {
   private readonly tunnels = new Set<Tunnel>();
   private waiters: Array<() => void> = [];
@@ -58,6 +101,14 @@ export class TunnelRegistry {
 
   list(): Tunnel[] {
     return [...this.tunnels];
+  }
+
+  /**
+   * The tunnels clients hold here: a hop is the owner's side of a tunnel another node lists (and
+   * ends: closing the entry's side closes the hop).
+   */
+  clientTunnels(): Tunnel[] {
+    return this.list().filter((t) => t.transport !== 'hop');
   }
 
   byVm(vm: string): Tunnel[] {

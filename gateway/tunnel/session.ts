@@ -94,7 +94,7 @@ export class ResumableSession extends Pump {
     console.resume();
   }
 
-  get parked(): boolean {
+  override get parked(): boolean {
     return this.ws === undefined && !this.ended;
   }
 
