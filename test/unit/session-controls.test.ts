@@ -5,6 +5,7 @@
 import t from 'tap';
 import { toVmRecord, vmSchema, type VmRecord } from '../../gateway/directory/directory.js';
 import { effectivePolicy, sessionCaps } from '../../gateway/tunnel/policy.js';
+import { buildConfig } from '../../gateway/config.js';
 
 const defaults = { idleTimeoutMs: 3_600_000, maxSessionMs: 0 };
 function vm(extra: Record<string, unknown> = {}): VmRecord {
@@ -39,4 +40,15 @@ t.test('the directory validates policies and caps', async (t) => {
   ];
   for (const [what, extra] of bad) t.notOk(vmSchema.safeParse({ name: 'desk', node: 'n1', endpoints: [{ protocol: 'vnc', host: 'h', port: 1 }], ...extra }).success, `refused: ${what}`);
   t.same(vm({ policy: { groups: { g: { idleTimeoutMs: 5 } } }, maxSessions: 3 }).policy, { groups: { g: { idleTimeoutMs: 5 } } }, 'a valid one is kept');
+});
+
+t.test('config: session controls and audit are validated', async (t) => {
+  const ok = buildConfig({});
+  t.same([ok.tunnel.maxSessionMs, ok.limits.maxSessionsPerUser, ok.limits.maxSessionsPerVm, ok.audit.webhookQueue], [0, 0, 0, 1000], 'defaults: no limits, a queue of 1000');
+  t.equal(ok.audit.file, undefined, 'the audit file defaults to <state>/audit.log (resolved at start)');
+  t.throws(() => buildConfig({ tunnel: { maxSessionMs: 2 ** 31 } }), /tunnel\.maxSessionMs/);
+  t.throws(() => buildConfig({ limits: { maxSessionsPerUser: -1 } }), /limits\.maxSessionsPerUser/);
+  t.throws(() => buildConfig({ audit: { webhook: 'ftp://example.invalid/' } }), /audit\.webhook/);
+  t.throws(() => buildConfig({ audit: { file: true } }), /audit\.file/);
+  t.throws(() => buildConfig({ audit: { hook: 'x' } }), /audit/, 'unknown keys refused');
 });
