@@ -148,8 +148,20 @@ t.test('session caps on one node: per user and per VM; a SPICE client\'s second 
   t.equal(carol.status, 429, 'carol: the VM is full');
   t.equal((await gw.ctx.metrics.sessionCapRefusals.get()).values.find((v) => v.labels.scope === 'vm')?.value, 1, 'counted by scope');
 
-  // Slots come back when sessions end; a user's own maxSessions overrides the default.
+  // With a password (no ticket binds the channels): one user's connections to one console from
+  // one address at the same time are one session; from another address, another session.
   for (const s of channels) s.destroy();
+  await until(() => gw.ctx.broker.caps.size === 1);
+  const byPassword = (localAddress?: string) =>
+    rawRequest(gw.port, `CONNECT desk:5900 HTTP/1.1\r\nProxy-Authorization: ${basic('alice', 'alice-password-1')}\r\n\r\n`, { ca: gw.caCert, ...(localAddress ? { localAddress } : {}) });
+  const p1 = await byPassword();
+  const p2 = await byPassword();
+  t.same([p1.status, p2.status], [200, 200], 'two channels with a password: one session');
+  t.equal((await byPassword('127.0.0.2')).status, 429, 'the same password from another address: a second session, over the cap');
+  p1.socket.destroy();
+  p2.socket.destroy();
+
+  // Slots come back when sessions end; a user's own maxSessions overrides the default.
   bob.socket.destroy();
   await until(() => gw.ctx.broker.caps.size === 0);
   await gw.ctx.dir.putUser({ ...gw.ctx.dir.getUser('alice')!, maxSessions: 2 });
