@@ -26,7 +26,41 @@ export interface Admin {
   moveVm(name: string, node: string): Promise<VmRecord>;
   /** A new ticket signing key; the previous one stays valid until the next rotation. */
   rotateKeys(): Promise<void>;
+  /** GET /api/sessions: every live tunnel on every node, and which nodes answered. */
+  sessions(): Promise<SessionList>;
+  /** End one tunnel (and the rest of its console session on that node). */
+  killSession(id: string): Promise<{ ended: number }>;
+  /** End all of a user's sessions, on every node. */
+  killUserSessions(name: string): Promise<{ ended: number; complete: boolean; nodes: NodeReport[] }>;
   close(): Promise<void>;
+}
+
+export interface NodeReport {
+  readonly node: string;
+  readonly state: string;
+  readonly answered: boolean;
+  readonly error?: string;
+}
+
+export interface SessionList {
+  readonly sessions: ReadonlyArray<{
+    id: string;
+    user: string;
+    vm: string;
+    protocol: string;
+    transport: string;
+    entryNode: string;
+    consoleNode: string;
+    client: string;
+    since: string;
+    bytesToConsole: number;
+    bytesToClient: number;
+    session: string;
+    parked: boolean;
+    expiresAt?: string;
+  }>;
+  readonly nodes: readonly NodeReport[];
+  readonly complete: boolean;
 }
 
 /**
@@ -115,6 +149,15 @@ class ControlAdmin implements Admin {
   async rotateKeys(): Promise<void> {
     await this.call('POST', '/api/keys/rotate', {});
   }
+  sessions(): Promise<SessionList> {
+    return this.call('GET', '/api/sessions');
+  }
+  killSession(id: string): Promise<{ ended: number }> {
+    return this.call('DELETE', `/api/sessions/${encodeURIComponent(id)}`);
+  }
+  killUserSessions(name: string): Promise<{ ended: number; complete: boolean; nodes: NodeReport[] }> {
+    return this.call('DELETE', `/api/users/${encodeURIComponent(name)}/sessions`);
+  }
   async close(): Promise<void> {}
 }
 
@@ -152,6 +195,15 @@ class OfflineAdmin implements Admin {
   }
   async rotateKeys(): Promise<void> {
     await this.dir.rotateKeys();
+  }
+  async sessions(): Promise<SessionList> {
+    throw new Error('the gateway is not running: no sessions');
+  }
+  async killSession(): Promise<{ ended: number }> {
+    throw new Error('the gateway is not running: no sessions');
+  }
+  async killUserSessions(): Promise<{ ended: number; complete: boolean; nodes: NodeReport[] }> {
+    throw new Error('the gateway is not running: no sessions');
   }
   async close(): Promise<void> {
     await this.dir.close();

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * The `oneport` command: serve, init, user, vm, ticket, cluster.
+ * The `oneport` command: serve, init, user, vm, ticket, session, cluster.
  * Flags override the config file, which overrides defaults (config.ts).
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
@@ -120,6 +120,19 @@ user
     }
   });
 user
+  .command('set <name>')
+  .description('change an existing user\'s limits (the password stays)')
+  .requiredOption('--max-sessions <n|default>', 'console sessions open at once, cluster-wide (0 = unlimited; default = limits.maxSessionsPerUser)', maxSessionsArg)
+  .action(async (name: string, o: { maxSessions: number | null }) => {
+    const admin = await openAdmin(config().state);
+    try {
+      await admin.putUser(name, { maxSessions: o.maxSessions });
+      console.log(`user ${name} saved`);
+    } finally {
+      await admin.close();
+    }
+  });
+user
   .command('list')
   .description('list users')
   .action(async () => {
@@ -156,13 +169,26 @@ vm
   .option('-g, --groups <list>', 'comma-separated groups allowed on it', csv)
   .option('-n, --node <id>', 'owning node (default: this node)')
   .option('-r, --replica <id>', 'node holding a replica of the VM: it takes over if the owner fails (cluster)')
-  .action(async (name: string, o: { vnc?: EndpointInput; spice?: EndpointInput; rdp?: EndpointInput; users?: string[]; groups?: string[]; node?: string; replica?: string }) => {
+  .option('--max-sessions <n>', 'console sessions open on it at once, cluster-wide (0 = unlimited; default limits.maxSessionsPerVm)', (v) => maxSessionsArg(v) ?? undefined)
+  .option('--max-session <duration>', 'a console session ends this long after it began, e.g. 8h (0 = no limit; default tunnel.maxSessionMs)', duration)
+  .option('--idle-timeout <duration>', 'a tunnel idle this long ends, e.g. 30m (0 = never; default tunnel.idleTimeoutMs)', duration)
+  .action(async (name: string, o: { vnc?: EndpointInput; spice?: EndpointInput; rdp?: EndpointInput; users?: string[]; groups?: string[]; node?: string; replica?: string; maxSessions?: number; maxSession?: number; idleTimeout?: number }) => {
     const cfg = config();
     const endpoints = [o.vnc, o.spice, o.rdp].filter((e): e is EndpointInput => e !== undefined);
     if (endpoints.length === 0) throw new InvalidArgumentError('give at least one of --vnc, --spice, --rdp');
+    const policy = { ...(o.maxSession !== undefined ? { maxSessionMs: o.maxSession } : {}), ...(o.idleTimeout !== undefined ? { idleTimeoutMs: o.idleTimeout } : {}) };
     const admin = await openAdminFor(cfg);
     try {
-      await admin.putVm({ name, node: o.node ?? cfg.nodeId, ...(o.replica ? { replica: o.replica } : {}), endpoints, users: o.users ?? [], groups: o.groups ?? [] });
+      await admin.putVm({
+        name,
+        node: o.node ?? cfg.nodeId,
+        ...(o.replica ? { replica: o.replica } : {}),
+        endpoints,
+        users: o.users ?? [],
+        groups: o.groups ?? [],
+        ...(Object.keys(policy).length > 0 ? { policy } : {}),
+        ...(o.maxSessions !== undefined ? { maxSessions: o.maxSessions } : {}),
+      });
       console.log(`vm ${name} saved`);
     } finally {
       await admin.close();
@@ -194,6 +220,8 @@ vm
           endpoints: v.endpoints.map((e) => `${e.protocol} ${e.host}:${e.port} (published ${e.publishedPort})`).join('; '),
           users: v.users.join(','),
           groups: v.groups.join(','),
+          'max sessions': v.maxSessions ?? '',
+          policy: v.policy ? JSON.stringify(v.policy) : '',
         })),
       );
     } finally {
@@ -222,6 +250,65 @@ program
     const admin = await openAdminFor(config());
     try {
       console.log(JSON.stringify(await admin.ticket(o.user, vmName, o.protocol), null, 2));
+    } finally {
+      await admin.close();
+    }
+  });
+
+const sessionCmd = program.command('session').description('live console sessions, on every node (needs the running gateway)');
+sessionCmd
+  .command('list')
+  .description('every live tunnel: user, VM, protocol, nodes, client, since, bytes each way')
+  .option('--json', 'print the raw JSON of GET /api/sessions')
+  .action(async (o: { json?: boolean }) => {
+    const admin = await openAdmin(config().state);
+    try {
+      const list = await admin.sessions();
+      if (o.json) {
+        console.log(JSON.stringify(list, null, 2));
+      } else if (list.sessions.length === 0) {
+        console.log('no live sessions');
+      } else {
+        console.table(
+          list.sessions.map((x) => ({
+            id: x.id,
+            user: x.user,
+            vm: x.vm,
+            protocol: x.protocol,
+            transport: x.transport,
+            entry: x.entryNode,
+            console: x.consoleNode,
+            client: x.client,
+            since: x.since,
+            'to console': x.bytesToConsole,
+            'to client': x.bytesToClient,
+            state: x.parked ? 'parked' : '',
+          })),
+        );
+      }
+      for (const n of list.nodes) if (!n.answered) process.stderr.write(`warning: node ${n.node} (${n.state}) did not answer: ${n.error ?? '?'}; its sessions are not listed\n`);
+      if (!list.complete) process.exitCode = 2;
+    } finally {
+      await admin.close();
+    }
+  });
+sessionCmd
+  .command('kill [id]')
+  .description('end a session (its tunnel and the rest of its console session), or all of a user\'s with --user')
+  .option('-u, --user <name>', 'end every session of this user, on every node')
+  .action(async (id: string | undefined, o: { user?: string }) => {
+    if ((id === undefined) === (o.user === undefined)) throw new InvalidArgumentError('give a session id (see `oneport session list`) or --user <name>');
+    const admin = await openAdmin(config().state);
+    try {
+      if (id !== undefined) {
+        const r = await admin.killSession(id);
+        console.log(`session ${id} ended (${r.ended} tunnel(s))`);
+        return;
+      }
+      const r = await admin.killUserSessions(o.user!);
+      console.log(`${r.ended} tunnel(s) of ${o.user} ended`);
+      for (const n of r.nodes) if (!n.answered && (n.state === 'up' || n.state === 'suspect')) process.stderr.write(`warning: node ${n.node} did not answer: ${n.error ?? '?'}; ${o.user}'s sessions there may still be open\n`);
+      if (!r.complete) process.exitCode = 2;
     } finally {
       await admin.close();
     }
@@ -303,6 +390,23 @@ async function readPasswordLine(input: NodeJS.ReadableStream): Promise<string> {
 /** The admin for this state folder; a cluster node's directory can only be changed through a running node. */
 function openAdminFor(cfg: Config): ReturnType<typeof openAdmin> {
   return openAdmin(cfg.state, { cluster: cfg.cluster.redis !== undefined });
+}
+
+/** `n` (0 = unlimited) or `default` (null: the configured default). */
+function maxSessionsArg(v: string): number | null {
+  if (v === 'default') return null;
+  if (!/^\d{1,6}$/.test(v) || Number(v) > 100_000) throw new InvalidArgumentError('a whole number from 0 to 100000, or "default"');
+  return Number(v);
+}
+
+/** `90s`, `30m`, `8h`, `2d`, `500ms` or plain milliseconds, to milliseconds. */
+function duration(v: string): number {
+  const m = /^(\d+)(ms|s|m|h|d)?$/.exec(v.trim());
+  if (!m) throw new InvalidArgumentError('a duration such as 90s, 30m, 8h, 2d (or milliseconds)');
+  const units: Readonly<Record<string, number>> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+  const ms = Number(m[1]) * (units[m[2] ?? 'ms'] ?? 1);
+  if (!Number.isSafeInteger(ms) || ms > 2 ** 31 - 1) throw new InvalidArgumentError('at most 24 days (a timer\'s bound)');
+  return ms;
 }
 
 function csv(v: string): string[] {

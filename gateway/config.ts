@@ -9,6 +9,7 @@ import { resolve } from 'node:path';
 import { z } from 'zod';
 import { V2_DEFAULT_MAX, V2_HARD_MAX, V2_MIN_MAX } from '../protocols/proxy.js';
 import { parseHostPort } from './hostport.js';
+import { MAX_TIMER_MS, maxSessionsSchema } from './directory/directory.js';
 
 const SECOND = 1000;
 const MINUTE = 60 * SECOND;
@@ -123,14 +124,28 @@ export const configSchema = z
          * console.vv); beyond it, 429. Admin and CLI tickets are not counted. @default 60
          */
         ticketsPerUserPerMinute: positive.default(60),
+        /**
+         * Console sessions one user may have open at once, cluster-wide (a SPICE client's channels
+         * and reconnects with the resume token are one session); beyond, 429 / 4429
+         * ONEPORT_ERR_SESSION_LIMIT. The user record's maxSessions overrides it; 0 = unlimited. @default 0
+         */
+        maxSessionsPerUser: maxSessionsSchema.default(0),
+        /** Console sessions open on one VM at once, cluster-wide; the VM record's maxSessions overrides it; 0 = unlimited. @default 0 */
+        maxSessionsPerVm: maxSessionsSchema.default(0),
       })
       .prefault({}),
     tunnel: z
       .object({
         /** The console must accept the TCP connection within this. @default 5 s */
         dialTimeoutMs: positive.default(5 * SECOND),
-        /** A tunnel with no bytes either way for this long is closed; 0 disables. @default 1 h */
+        /** A tunnel with no bytes either way for this long is closed; 0 disables. A VM's policy overrides it. @default 1 h */
         idleTimeoutMs: ms.default(HOUR),
+        /**
+         * A console session ends this long after it began (WebSocket close 4008; CONNECT closed),
+         * parked time included; 0 = no limit. A VM's policy overrides it. At most about 24.8 days
+         * (a timer's bound). @default 0
+         */
+        maxSessionMs: ms.max(MAX_TIMER_MS).default(0),
         /** WebSocket ping interval; a client that misses a pong is dropped. @default 30 s */
         wsPingIntervalMs: positive.default(30 * SECOND),
         /**
@@ -150,7 +165,7 @@ export const configSchema = z
             /**
              * Resumable sessions one user may hold on this node, live or parked. A new one beyond
              * it ends the user's oldest parked session, or, with none parked, is refused (1013
-             * ONEPORT_ERR_SESSION_LIMIT). @default 16
+             * ONEPORT_ERR_RESUME_LIMIT). @default 16
              */
             maxSessionsPerUser: positive.default(16),
             /** Parked sessions one user may hold on this node; one more parking ends the user's oldest parked one. @default 8 */
@@ -272,6 +287,26 @@ export const configSchema = z
       .strict()
       .refine((c) => c.renewMs * 3 <= c.leaseMs, { message: 'renewMs must be at most a third of leaseMs' })
       .refine((c) => c.heartbeatMs * 2 <= c.nodeTimeoutMs, { message: 'nodeTimeoutMs must be at least twice heartbeatMs' })
+      .prefault({}),
+    audit: z
+      .object({
+        /**
+         * Append-only JSON lines file of sessions and admin changes (mode 0600); false: no file.
+         * @default '<state>/audit.log'
+         */
+        file: z.union([z.string().min(1), z.literal(false)]).optional(),
+        /** An http(s) URL that gets the same records as JSON arrays (POST), best effort. @default none */
+        webhook: z
+          .string()
+          .url()
+          .refine((u) => /^https?:\/\//.test(u), { message: 'an http:// or https:// URL' })
+          .optional(),
+        /** Records waiting for the webhook; beyond, new ones are dropped (and counted). @default 1000 */
+        webhookQueue: positive.default(1000),
+        /** One webhook POST must finish within this, else it is retried. @default 5 s */
+        webhookTimeoutMs: positive.default(5 * SECOND),
+      })
+      .strict()
       .prefault({}),
     log: z
       .object({

@@ -2,6 +2,7 @@
  * What the request handlers share: configuration, directory, auth, metrics, logs, the tunnel
  * registry and the node's lifecycle state. Built once by server.ts.
  */
+import type { Audit } from './audit.js';
 import type { Config } from './config.js';
 import type { Directory } from './directory/directory.js';
 import type { Authenticator } from './auth/authenticator.js';
@@ -47,6 +48,8 @@ export interface GatewayContext {
   readonly peerNode: (socket: net.Socket) => string | undefined;
   /** An API session was logged out here: end its live tunnels on every node. */
   readonly loggedOut: (sid: string) => void;
+  /** The audit trail: sessions and admin changes (audit.ts). */
+  readonly audit: Audit;
   /** How fresh the directory is: always fresh for the embedded one; the mirror's age in a cluster. */
   readonly directoryState: () => { readonly connected: boolean; readonly ageMs: number };
 }

@@ -57,6 +57,34 @@ export class Metrics {
     labelNames: ['reason'] as const,
     registers: [this.registry],
   });
+  readonly sessionsExpired = new Counter({
+    name: 'oneport_sessions_expired_total',
+    help: 'Tunnels ended because their console session reached its maximum session time (close 4008)',
+    registers: [this.registry],
+  });
+  readonly sessionCapRefusals = new Counter({
+    name: 'oneport_session_limit_refusals_total',
+    help: 'New console sessions refused because the user or the VM had its maxSessions open (429 / 4429), by scope (user, vm)',
+    labelNames: ['scope'] as const,
+    registers: [this.registry],
+  });
+  readonly sessionCapUnchecked = new Counter({
+    name: 'oneport_session_caps_unchecked_total',
+    help: 'Cluster: new console sessions admitted without a cap check because Redis did not answer (counted at the next heartbeat)',
+    registers: [this.registry],
+  });
+  readonly auditRecords = new Counter({
+    name: 'oneport_audit_records_total',
+    help: 'Audit records written, by kind (session, admin)',
+    labelNames: ['kind'] as const,
+    registers: [this.registry],
+  });
+  readonly auditDropped = new Counter({
+    name: 'oneport_audit_dropped_total',
+    help: 'Audit records lost: webhook queue full, refused by the webhook, still queued at shutdown, or a file write error (queue-full, rejected, shutdown, file)',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
   readonly internalErrors = new Counter({
     name: 'oneport_internal_errors_total',
     help: 'Failures no handler answered (a bug): logged at error level, the connection closed, the process kept serving',

@@ -27,6 +27,8 @@ import { followRevocations, revokeApiSession } from './tunnel/revoke.js';
 import { LogoutFeed } from './cluster/logouts.js';
 import { localReach } from './tunnel/reach.js';
 import { VmWatcher } from './tunnel/watcher.js';
+import { SessionCaps } from './tunnel/session-caps.js';
+import { RedisSessionCounter } from './cluster/session-counts.js';
 import { RedisSessionLocator } from './tunnel/session-locator.js';
 import { clusterReach } from './cluster/reach.js';
 import { relayResume } from './cluster/relay.js';
@@ -41,6 +43,7 @@ import type { Redis, RedisOptions } from 'ioredis';
 import { certificateMatchesName } from '../certs/ca.js';
 import { startRfbServer, type RfbServer } from './demo/rfb.js';
 import { ControlServer } from './control.js';
+import { AuditLog } from './audit.js';
 
 export interface GatewayOptions {
   /** Defaults to the embedded directory saved in the state folder. */
@@ -127,7 +130,13 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     return { connected: true, ageMs: 0 };
   };
   const auth = new Authenticator(dir, store, { ...config.auth, ...config.limits }, metrics);
-  const tunnels = new TunnelRegistry();
+  const audit = new AuditLog({
+    file: config.audit.file === false ? undefined : (config.audit.file ?? join(config.state, 'audit.log')),
+    webhook: config.audit.webhook === undefined ? undefined : { url: config.audit.webhook, queue: config.audit.webhookQueue, timeoutMs: config.audit.webhookTimeoutMs },
+    metrics,
+    log,
+  });
+  const tunnels = new TunnelRegistry(config.nodeId);
   const lifecycle = { listening: false, shuttingDown: false };
   const noisyLog = new RateLimitedLog();
   let ownOrigins: string[] = [];
@@ -135,6 +144,25 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   const reach = cluster ? clusterReach(cluster, dir, config, metrics) : localReach({ dialTimeoutMs: config.tunnel.dialTimeoutMs, metrics });
   const locator = cluster && redisConnection ? new RedisSessionLocator(redisConnection, config.cluster.prefix, config.nodeId) : undefined;
   const watcher = new VmWatcher(dir);
+  // Session caps: counted in memory on one node, in Redis across a cluster.
+  const caps = new SessionCaps({
+    dir,
+    defaults: config.limits,
+    counter:
+      cluster && redisConnection
+        ? new RedisSessionCounter({
+            redis: redisConnection,
+            prefix: config.cluster.prefix,
+            nodeId: config.nodeId,
+            refreshMs: config.cluster.heartbeatMs,
+            ttlMs: config.cluster.nodeTimeoutMs * 2,
+            onRefreshError: (err) => log.debug({ event: 'session-caps-refresh-error', err: err.message }, 'session caps: refresh failed'),
+          })
+        : undefined,
+    metrics,
+    log,
+    noisyLog,
+  });
   // Per-address counts: the listener's sockets, and parked sessions for the address that parked them.
   const connections = new ConnectionCounts(config.limits);
   const sessions = new SessionRegistry<ResumableSession>({
@@ -170,7 +198,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     directoryState,
     connections,
     sessions,
-    broker: { dir, auth, reach, watcher, tunnels, metrics, log, noisyLog, lifecycle, nodeId: cluster?.nodeId, holdMs: config.tunnel.holdMs },
+    broker: { dir, auth, reach, watcher, tunnels, metrics, log, noisyLog, lifecycle, nodeId: cluster?.nodeId, holdMs: config.tunnel.holdMs, policy: { idleTimeoutMs: config.tunnel.idleTimeoutMs, maxSessionMs: config.tunnel.maxSessionMs }, caps, audit, self: config.nodeId },
     resume: {
       auth,
       dir,
@@ -195,6 +223,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       revokeApiSession({ tunnels, metrics, log }, sid);
       logouts?.publish(sid);
     },
+    audit,
   };
 
   // Sessions follow their VM: a change of owner ends its tunnels here at once (clients reconnect).
@@ -308,6 +337,8 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       stopRevoking();
       await logouts?.stop();
       watcher.close();
+      caps.close();
+      await audit.close();
       await cluster?.stop();
       await demo?.close();
       await store.close();

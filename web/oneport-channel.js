@@ -6,8 +6,9 @@
 // channel resends what the gateway did not get. The consumer sees one uninterrupted stream.
 //
 // It gives up (a real close, with the gateway's code) when the gateway says the session is gone
-// (4001: reconnect fresh), refuses (4003/4004/4401...), or the grace period passes; the viewer then
-// starts over with its own backoff (reconnect.js).
+// (4001: reconnect fresh), refuses (4003/4004/4401/4429...), ends the session (4008: its time is
+// up), or the grace period passes; the viewer then starts over with its own backoff (reconnect.js)
+// unless the code says retrying cannot help.
 //
 // Works in browsers and in Node (pass `WebSocket` from the `ws` package).
 
@@ -17,7 +18,7 @@ const CLOSING = 2;
 const CLOSED = 3;
 
 /** Close codes after which resuming is pointless. */
-const FINAL = new Set([1000, 1001, 4001, 4003, 4004, 4401, 4409, 4502, 4503]);
+const FINAL = new Set([1000, 1001, 4001, 4003, 4004, 4008, 4401, 4409, 4429, 4502, 4503]);
 
 export class OneportChannel {
   /**

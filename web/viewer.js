@@ -19,6 +19,8 @@ const statusEl = $('status');
 const FATAL_CLOSE = new Map([
   [4003, 'not allowed'],
   [4004, 'unknown desktop or protocol'],
+  [4008, 'the maximum session time is over'],
+  [4429, 'too many sessions open; close one first'],
   [1008, 'refused by the gateway'],
 ]);
 
@@ -229,7 +231,8 @@ async function openSpice(url, ended) {
 function closeInfo(e) {
   if (!e) return { reason: 'connection lost' };
   const fatal = FATAL_CLOSE.get(e.code);
-  if (fatal) return { fatal: true, reason: e.reason || fatal };
+  // Some reasons are JSON for programs (4003 revoked, 4008): the words are for people.
+  if (fatal) return { fatal: true, reason: e.reason && !e.reason.startsWith('{') ? e.reason : fatal };
   if (e.code === 4001) {
     // Reroute: the VM moved; come back now, or after the delay the gateway asks for.
     let retryMs = 0;
@@ -255,7 +258,7 @@ function closeInfo(e) {
     } catch {
       /* a bare code */
     }
-    const text = code === 'ONEPORT_ERR_SESSION_LIMIT' ? 'you have as many desktop sessions open as you may; close one' : code === 'ONEPORT_ERR_RESUME_BUSY' ? 'the gateway is busy' : 'too many attempts';
+    const text = code === 'ONEPORT_ERR_RESUME_LIMIT' ? 'you have as many desktop sessions open as you may; close one' : code === 'ONEPORT_ERR_RESUME_BUSY' ? 'the gateway is busy' : 'too many attempts';
     return retryMs === undefined ? { reason: text } : { retryMs, reason: text };
   }
   const reasons = { 1000: 'the desktop closed the connection', 1001: 'the gateway is restarting', 1006: 'connection lost', 4401: 'ticket refused', 4502: 'the desktop does not answer', 4503: 'the desktop is recovering' };

@@ -131,6 +131,14 @@ export class Authenticator {
   }
 
   /**
+   * An admin terminated console session `sessionId`: its resume tokens (whose `sid` it is) stop
+   * working, cluster-wide, for as long as any of them could live.
+   */
+  async endConsoleSession(sessionId: string): Promise<void> {
+    await this.store.revokeSession(sessionId, Date.now() + this.settings.resumeTtlMs);
+  }
+
+  /**
    * A console ticket (and its resume token) for a user already allowed on the VM.
    *
    * `session`: the API session asking (portal, API client). The ticket and the resume token then
@@ -149,6 +157,7 @@ export class Authenticator {
     const now = Date.now();
     const left = session ? session.exp - now : Infinity;
     const { ticket, claims } = mintTicket(keys, vm.name, protocol, Math.min(this.settings.ticketTtlMs, left), now);
+    const resume = mintToken(keys, 'resume', { sub: user.name, vm: vm.name, ...(session ? { ses: session.sid } : {}) }, Math.min(this.settings.resumeTtlMs, left), now);
     await this.store.putTicket({
       id: claims.id,
       user: user.name,
@@ -156,8 +165,8 @@ export class Authenticator {
       protocol,
       expiresAt: claims.expiresAt,
       ...(session ? { session: session.sid } : {}),
+      console: resume.payload.sid,
     });
-    const resume = mintToken(keys, 'resume', { sub: user.name, vm: vm.name, ...(session ? { ses: session.sid } : {}) }, Math.min(this.settings.resumeTtlMs, left), now);
     return { ticket, expiresAt: claims.expiresAt, resume: resume.token, resumeExpiresAt: resume.payload.exp };
   }
 
@@ -166,18 +175,25 @@ export class Authenticator {
    * names, by the user it names, on any node, with no new login. `claimedUser` (Basic credentials,
    * or the portal session's user) must be the token's user.
    */
-  async resume(token: string, vmName: string, client: string, claimedUser?: string): Promise<{ user: UserRecord; sessionId: string; apiSession?: string | undefined }> {
+  async resume(token: string, vmName: string, client: string, claimedUser?: string): Promise<{ user: UserRecord; sessionId: string; issuedAt: number; apiSession?: string | undefined }> {
     const payload = verifyToken(this.dir.keys(), 'resume', token);
     if (!payload || payload.vm !== vmName || (claimedUser !== undefined && claimedUser !== '' && claimedUser !== payload.sub)) {
       await this.countFailure(client, 'ticket');
       throw new OneportError('ONEPORT_ERR_TICKET_INVALID', 'resume token invalid, expired, or for another VM or user');
     }
     const user = this.dir.getUser(payload.sub);
-    if (!user || payload.iat < user.sessionsNotBefore || (payload.ses !== undefined && (await this.resumeSessionRevoked(payload.ses)))) {
+    if (
+      !user ||
+      payload.iat < user.sessionsNotBefore ||
+      (payload.ses !== undefined && (await this.resumeSessionRevoked(payload.ses))) ||
+      // The console session itself was terminated by an admin (endConsoleSession).
+      (await this.resumeSessionRevoked(payload.sid))
+    ) {
       this.metrics.authFailures.inc({ kind: 'session' });
       throw new OneportError('ONEPORT_ERR_SESSION_INVALID');
     }
-    return { user, sessionId: payload.sid, apiSession: payload.ses };
+    // The console session began no earlier than its ticket was issued, with this token.
+    return { user, sessionId: payload.sid, issuedAt: payload.iat, apiSession: payload.ses };
   }
 
   /**
@@ -232,6 +248,7 @@ export class Authenticator {
     const user = this.dir.getUser(r.record.user);
     // The user may have been removed or unassigned since the ticket was issued.
     if (!user || !isAssigned(vm, user)) throw new OneportError('ONEPORT_ERR_NOT_ASSIGNED');
-    return { user, sessionId: r.sessionId, first: r.outcome === 'first', apiSession: r.record.session };
+    // One console session for the ticket's connections and for reconnects with its resume token.
+    return { user, sessionId: r.record.console ?? r.sessionId, first: r.outcome === 'first', apiSession: r.record.session };
   }
 }

@@ -21,6 +21,11 @@ export interface TicketRecord {
   readonly expiresAt: number;
   /** The API session that asked for the ticket, if any: revoking it kills the ticket too. */
   readonly session?: string;
+  /**
+   * The console session the ticket opens: its resume token's `sid`, so that a reconnect with the
+   * resume token is the same session as the ticket's connections (session caps, max session time).
+   */
+  readonly console?: string;
 }
 
 export type Redemption =

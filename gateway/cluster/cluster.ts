@@ -186,6 +186,11 @@ export class Cluster {
     return this.members.get(id);
   }
 
+  /** Every node the cluster knows (this one included), as of the last heartbeat. */
+  nodes(): readonly PeerView[] {
+    return this.members.all();
+  }
+
   selfInfo(): NodeInfo {
     return {
       id: this.nodeId,

@@ -11,7 +11,7 @@
 import { z } from 'zod';
 import { OneportError, validationError } from '../errors.js';
 import { hashPassword } from '../auth/passwords.js';
-import { type Directory, type UserRecord, type VmRecord, ROLES, toVmRecord, userNameSchema, vmSchema } from './directory.js';
+import { type Directory, type UserRecord, type VmRecord, ROLES, maxSessionsSchema, toVmRecord, userNameSchema, vmSchema } from './directory.js';
 
 /** PUT /api/users/<name>: every field optional; a new user needs a password. */
 export const userInputSchema = z
@@ -19,6 +19,8 @@ export const userInputSchema = z
     password: z.string().min(8).max(1024).optional(),
     roles: z.array(z.enum(ROLES)).optional(),
     groups: z.array(z.string().min(1).max(64)).optional(),
+    /** Console sessions at once, cluster-wide; 0 = unlimited; null = back to the configured default. */
+    maxSessions: maxSessionsSchema.nullable().optional(),
   })
   .strict();
 export type UserInput = z.input<typeof userInputSchema>;
@@ -31,10 +33,11 @@ export interface PublicUser {
   readonly name: string;
   readonly roles: UserRecord['roles'];
   readonly groups: UserRecord['groups'];
+  readonly maxSessions?: number;
 }
 
 export function publicUser(u: UserRecord): PublicUser {
-  return { name: u.name, roles: u.roles, groups: u.groups };
+  return { name: u.name, roles: u.roles, groups: u.groups, ...(u.maxSessions !== undefined ? { maxSessions: u.maxSessions } : {}) };
 }
 
 function parse<T>(schema: z.ZodType<T>, input: unknown): T {
@@ -61,8 +64,10 @@ export async function putUser(dir: Directory, name: string, input: unknown): Pro
     groups: body.groups ?? existing?.groups ?? [],
     sessionsNotBefore: body.password === undefined ? (existing?.sessionsNotBefore ?? 0) : Date.now(),
   };
-  await dir.putUser(user);
-  return publicUser(user);
+  const maxSessions = body.maxSessions === undefined ? existing?.maxSessions : (body.maxSessions ?? undefined);
+  const record: UserRecord = maxSessions === undefined ? user : { ...user, maxSessions };
+  await dir.putUser(record);
+  return publicUser(record);
 }
 
 export async function deleteUser(dir: Directory, name: string): Promise<void> {

@@ -55,6 +55,39 @@ export interface Endpoint {
   readonly publishedPort: number;
 }
 
+/** setTimeout's bound: longer waits would fire at once. About 24.8 days. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+const policyMsSchema = z.number().int().min(0).max(MAX_TIMER_MS);
+const groupNameSchema = z.string().min(1).max(64);
+/** Most sessions a cap can name (user or VM); 0 = unlimited. */
+export const maxSessionsSchema = z.number().int().min(0).max(100_000);
+
+/** Session controls for a VM's users (0 = unlimited / never), enforced by the gateway. */
+export const sessionPolicySchema = z
+  .object({
+    /** A console session ends this long after it began (WebSocket close 4008), parked time included. */
+    maxSessionMs: policyMsSchema.optional(),
+    /** A tunnel with no bytes either way for this long ends (overrides tunnel.idleTimeoutMs). */
+    idleTimeoutMs: policyMsSchema.optional(),
+  })
+  .strict();
+export const vmPolicySchema = sessionPolicySchema
+  .extend({
+    /**
+     * Per-group overrides: a user in one of these groups gets the group's value for each field it
+     * sets (in several: the most generous, 0 = unlimited counting as the most generous).
+     */
+    groups: z.record(groupNameSchema, sessionPolicySchema).optional(),
+  })
+  .strict();
+export interface SessionPolicy {
+  readonly maxSessionMs?: number | undefined;
+  readonly idleTimeoutMs?: number | undefined;
+}
+export interface VmPolicy extends SessionPolicy {
+  readonly groups?: Readonly<Record<string, SessionPolicy>> | undefined;
+}
+
 export const vmSchema = z
   .object({
     name: vmNameSchema,
@@ -66,7 +99,11 @@ export const vmSchema = z
     epoch: z.number().int().nonnegative().default(0),
     endpoints: z.array(endpointSchema).min(1),
     users: z.array(userNameSchema).default([]),
-    groups: z.array(z.string().min(1).max(64)).default([]),
+    groups: z.array(groupNameSchema).default([]),
+    /** Session controls for this VM's users (maximum session time, idle timeout). */
+    policy: vmPolicySchema.optional(),
+    /** Console sessions open on this VM at once, cluster-wide; 0 = unlimited. @default limits.maxSessionsPerVm */
+    maxSessions: maxSessionsSchema.optional(),
   })
   .strict()
   .refine((v) => new Set(v.endpoints.map((e) => e.protocol)).size === v.endpoints.length, {
@@ -82,6 +119,9 @@ export interface VmRecord {
   readonly endpoints: readonly Endpoint[];
   readonly users: readonly string[];
   readonly groups: readonly string[];
+  readonly policy?: VmPolicy | undefined;
+  /** Console sessions on this VM at once, cluster-wide; 0 = unlimited; unset: limits.maxSessionsPerVm. */
+  readonly maxSessions?: number | undefined;
 }
 
 export interface UserRecord {
@@ -92,6 +132,8 @@ export interface UserRecord {
   readonly groups: readonly string[];
   /** Sessions issued before this time (ms) are revoked: "log out everywhere", password change. */
   readonly sessionsNotBefore: number;
+  /** Console sessions this user may have open at once, cluster-wide; 0 = unlimited; unset: limits.maxSessionsPerUser. */
+  readonly maxSessions?: number | undefined;
 }
 
 export interface SigningKey {

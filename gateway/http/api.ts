@@ -17,6 +17,10 @@ import type { TokenPayload } from '../auth/tokens.js';
 import { VERSION } from '../version.js';
 import { forwardToLeader } from './forward.js';
 import { ACTING_HEADER, CLIENT_HEADER, FORWARDED_BY_HEADER } from '../cluster/peers.js';
+import { type FanoutDeps, type NodeAnswer, askNode, askOtherNodes } from '../cluster/fanout.js';
+import { type Tunnel, type TunnelSummary, summarize } from '../tunnel/registry.js';
+import { terminateSessions } from '../tunnel/revoke.js';
+import type { AdminAuditRecord } from '../audit.js';
 
 export interface Principal {
   readonly user: UserRecord;
@@ -41,6 +45,8 @@ interface Call {
   readonly params: readonly string[];
   readonly local: boolean;
   readonly client: string;
+  /** The cluster node that sent this call (node certificate, forwarded-by header), if one did. */
+  readonly peer: string | undefined;
   principal(): Promise<Principal>;
   admin(): Promise<Principal>;
   body<T>(schema: z.ZodType<T>): Promise<T>;
@@ -215,11 +221,15 @@ route('PUT', '/api/vms/:p', 'vm', async (c) => {
   await c.admin();
   const name = c.params[0] ?? '';
   const body = await c.body(z.record(z.string(), z.unknown()));
-  sendJson(c.res, 200, await commands.putVm(c.ctx.dir, { ...body, name }));
+  const existed = c.ctx.dir.getVm(name) !== undefined;
+  const vm = await commands.putVm(c.ctx.dir, { ...body, name });
+  await audit(c, existed ? 'vm.update' : 'vm.create', { type: 'vm', name }, { fields: Object.keys(body).sort() });
+  sendJson(c.res, 200, vm);
 }, { leader: true });
 route('DELETE', '/api/vms/:p', 'vm', async (c) => {
   await c.admin();
   await commands.deleteVm(c.ctx.dir, c.params[0] ?? '');
+  await audit(c, 'vm.delete', { type: 'vm', name: c.params[0] ?? '' });
   sendJson(c.res, 200, { ok: true });
 }, { leader: true });
 route('POST', '/api/vms/:p/move', 'move', async (c) => {
@@ -227,12 +237,16 @@ route('POST', '/api/vms/:p/move', 'move', async (c) => {
   const { node } = await c.body(moveSchema);
   const cluster = c.ctx.cluster;
   const isUpNode = cluster ? (n: string): boolean => cluster.node(n)?.state === 'up' : undefined;
-  sendJson(c.res, 200, await commands.moveVm(c.ctx.dir, c.params[0] ?? '', node, { isUpNode }));
+  const before = lookupVm(c.ctx.dir, c.params[0] ?? '');
+  const moved = await commands.moveVm(c.ctx.dir, before.name, node, { isUpNode });
+  await audit(c, 'vm.move', { type: 'vm', name: before.name }, { from: before.node, to: node, epoch: moved.epoch });
+  sendJson(c.res, 200, moved);
 }, { leader: true });
 route('POST', '/api/keys/rotate', 'rotate-keys', async (c) => {
   await c.admin();
   await c.ctx.dir.rotateKeys();
   const k = c.ctx.dir.keys();
+  await audit(c, 'keys.rotate', { type: 'keys', name: 'signing' }, { current: k.current.id });
   c.ctx.log.info({ event: 'keys-rotated', current: k.current.id }, `ticket signing key rotated (key ${k.current.id}; key ${k.previous[0]?.id ?? '-'} stays valid)`);
   sendJson(c.res, 200, { current: k.current.id, previous: k.previous.map((p) => p.id) });
 }, { leader: true });
@@ -245,11 +259,16 @@ route('PUT', '/api/users/:p', 'user', async (c) => {
   // The name is checked before the body is read, so a bad name is the error a client sees first.
   const name = commands.checkUserName(c.params[0] ?? '');
   const body = await c.body(userInputSchema);
-  sendJson(c.res, 200, await commands.putUser(c.ctx.dir, name, body));
+  const existed = c.ctx.dir.getUser(name) !== undefined;
+  const user = await commands.putUser(c.ctx.dir, name, body);
+  // Field names only: a password is audited as "password changed", never its value.
+  await audit(c, existed ? 'user.update' : 'user.create', { type: 'user', name }, { fields: Object.keys(body).sort(), roles: user.roles, groups: user.groups });
+  sendJson(c.res, 200, user);
 }, { leader: true });
 route('DELETE', '/api/users/:p', 'user', async (c) => {
   await c.admin();
   await commands.deleteUser(c.ctx.dir, c.params[0] ?? '');
+  await audit(c, 'user.delete', { type: 'user', name: c.params[0] ?? '' });
   sendJson(c.res, 200, { ok: true });
 }, { leader: true });
 route('POST', '/api/tickets', 'admin-ticket', async (c) => {
@@ -259,8 +278,120 @@ route('POST', '/api/tickets', 'admin-ticket', async (c) => {
   if (!user) throw new OneportError('ONEPORT_ERR_NOT_FOUND', 'no such user');
   const vm = lookupVm(c.ctx.dir, body.vm);
   if (!isAssigned(vm, user)) throw new OneportError('ONEPORT_ERR_NOT_ASSIGNED');
-  sendJson(c.res, 200, await ticketResponse(c, user, vm, body.protocol));
+  const answer = await ticketResponse(c, user, vm, body.protocol);
+  await audit(c, 'ticket.issue', { type: 'user', name: user.name }, { vm: vm.name, protocol: answer.protocol });
+  sendJson(c.res, 200, answer);
 });
+
+// Admin: live sessions, every node's (README "Session controls").
+
+/**
+ * `?local=1`: this node's part only. Asked by another node of the cluster (node certificate and
+ * forwarded-by header: no user credentials, the asking node checked them) or the control socket.
+ */
+function localOnly(c: Call): boolean {
+  const q = new URL(c.req.url ?? '/', 'https://x').searchParams.get('local');
+  if (q === null) return false;
+  if (q !== '1') throw new OneportError('ONEPORT_ERR_VALIDATION', 'local must be 1');
+  if (c.peer === undefined && !c.local) throw new OneportError('ONEPORT_ERR_FORBIDDEN', 'local=1 is for the nodes of the cluster');
+  return true;
+}
+
+/** A node asking for its part, or an admin. */
+async function nodeOrAdmin(c: Call, local: boolean): Promise<void> {
+  if (!(local && c.peer !== undefined)) await c.admin();
+}
+
+function fanout(ctx: GatewayContext): FanoutDeps | undefined {
+  const { cluster, leaderLink } = ctx;
+  return cluster && leaderLink ? { self: cluster.nodeId, nodes: () => cluster.nodes(), dispatcher: leaderLink.dispatcher } : undefined;
+}
+
+function terminate(ctx: GatewayContext, tunnels: readonly Tunnel[]): Promise<number> {
+  return terminateSessions({ tunnels: ctx.tunnels, metrics: ctx.metrics, log: ctx.log, endSession: (sid) => ctx.auth.endConsoleSession(sid) }, tunnels);
+}
+
+/** What each node said: this one, then the others (a node that did not answer says why). */
+function nodeReport<T>(self: string, mine: Record<string, unknown>, others: ReadonlyArray<NodeAnswer<T>>, count: (body: T) => Record<string, unknown>): { nodes: Array<Record<string, unknown>>; complete: boolean } {
+  const nodes = [
+    { node: self, state: 'up', answered: true, ...mine },
+    ...others.map((a) => (a.answered && a.body !== undefined ? { node: a.node, state: a.state, answered: true, ...count(a.body) } : { node: a.node, state: a.state, answered: false, error: a.error })),
+  ];
+  // Nodes that are down or left hold no tunnels; every node that may hold some must have answered.
+  return { nodes, complete: others.every((a) => a.answered || (a.state !== 'up' && a.state !== 'suspect')) };
+}
+
+route('GET', '/api/sessions', 'sessions', async (c) => {
+  const local = localOnly(c);
+  await nodeOrAdmin(c, local);
+  const self = c.ctx.config.nodeId;
+  const mine = c.ctx.tunnels.clientTunnels().map((t) => summarize(t, self));
+  const f = fanout(c.ctx);
+  if (local || !f) {
+    if (local) return sendJson(c.res, 200, { node: self, sessions: mine });
+    return sendJson(c.res, 200, { sessions: mine, nodes: [{ node: self, state: 'up', answered: true, sessions: mine.length }], complete: true });
+  }
+  const others = await askOtherNodes<{ sessions: TunnelSummary[] }>(f, 'GET', '/api/sessions?local=1');
+  const sessions = [...mine, ...others.flatMap((a) => a.body?.sessions ?? [])].sort((a, b) => a.since.localeCompare(b.since) || a.id.localeCompare(b.id));
+  sendJson(c.res, 200, { sessions, ...nodeReport(self, { sessions: mine.length }, others, (b) => ({ sessions: b.sessions.length })) });
+});
+route('DELETE', '/api/sessions/:p', 'session', async (c) => {
+  const local = localOnly(c);
+  await nodeOrAdmin(c, local);
+  const id = c.params[0] ?? '';
+  const self = c.ctx.config.nodeId;
+  const node = id.slice(0, Math.max(0, id.lastIndexOf(':')));
+  const f = fanout(c.ctx);
+  if (local || !f || node === self) {
+    const t = c.ctx.tunnels.get(id);
+    if (!t || t.transport === 'hop') throw new OneportError('ONEPORT_ERR_NOT_FOUND', 'no such session');
+    const ended = await terminate(c.ctx, [t]);
+    if (!local) await audit(c, 'session.terminate', { type: 'session', name: id }, { user: t.user, vm: t.vm, tunnels: ended });
+    return sendJson(c.res, 200, { id, node: self, user: t.user, vm: t.vm, ended });
+  }
+  const a = await askNode<Record<string, unknown>>(f, node, 'DELETE', `/api/sessions/${encodeURIComponent(id)}?local=1`);
+  if (!a || (!a.answered && a.state !== 'up' && a.state !== 'suspect')) {
+    throw new OneportError('ONEPORT_ERR_NOT_FOUND', a ? `no such session: node ${node} is ${a.state}` : `no such session (no node ${node})`);
+  }
+  if (!a.answered) throw new OneportError('ONEPORT_ERR_NODE_UNREACHABLE', `node ${node} did not answer (${a.error ?? '?'}); the session may still be open`);
+  if (a.status === 200) await audit(c, 'session.terminate', { type: 'session', name: id }, { user: a.body?.user, vm: a.body?.vm, tunnels: a.body?.ended });
+  sendJson(c.res, a.status ?? 502, a.body);
+});
+route('DELETE', '/api/users/:p/sessions', 'user-sessions', async (c) => {
+  const local = localOnly(c);
+  await nodeOrAdmin(c, local);
+  const name = c.params[0] ?? '';
+  const self = c.ctx.config.nodeId;
+  const mine = await terminate(c.ctx, c.ctx.tunnels.clientTunnels().filter((t) => t.user === name));
+  if (local) return sendJson(c.res, 200, { node: self, ended: mine });
+  const f = fanout(c.ctx);
+  const others = f ? await askOtherNodes<{ ended: number }>(f, 'DELETE', `/api/users/${encodeURIComponent(name)}/sessions?local=1`) : [];
+  const ended = mine + others.reduce((n, a) => n + (a.body?.ended ?? 0), 0);
+  const report = nodeReport(self, { ended: mine }, others, (b) => ({ ended: b.ended }));
+  await audit(c, 'user.sessions.terminate', { type: 'user', name }, { tunnels: ended, complete: report.complete });
+  sendJson(c.res, 200, { user: name, ended, ...report });
+});
+
+/**
+ * One audit record for an admin change made by this call (audit.ts): who (the principal, or the
+ * machine's administrator on the control socket), from where, what, which record. `details` must
+ * never hold a secret: callers pass field names and counts.
+ */
+async function audit(c: Call, action: string, target: AdminAuditRecord['target'], details?: Record<string, unknown>): Promise<void> {
+  const p = await c.principal();
+  c.ctx.audit.record({
+    kind: 'admin',
+    time: new Date().toISOString(),
+    node: c.ctx.config.nodeId,
+    actor: p.user.name,
+    via: c.local ? 'control-socket' : 'api',
+    ...(c.peer !== undefined ? { forwardedBy: c.peer } : {}),
+    client: c.client,
+    action,
+    target,
+    ...(details !== undefined ? { details } : {}),
+  });
+}
 
 /** The request body, at most `limit` bytes. */
 async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
@@ -350,6 +481,7 @@ export async function handleApi(ctx: GatewayContext, req: IncomingMessage, res: 
       params,
       local,
       client: vouched?.client ?? client,
+      peer: vouched?.node,
       principal,
       admin: async () => {
         const p = await principal();

@@ -92,7 +92,6 @@ export async function handleConnect(ctx: GatewayContext, req: IncomingMessage, s
     client,
     acceptedAt: info?.acceptedAt ?? process.hrtime.bigint(),
     head,
-    idleTimeoutMs: ctx.config.tunnel.idleTimeoutMs,
   });
   let request: TunnelRequest;
   try {
@@ -119,7 +118,6 @@ async function handleHop(ctx: GatewayContext, req: IncomingMessage, socket: net.
     client: `${from ?? '?'}/${client}`,
     acceptedAt: info?.acceptedAt ?? process.hrtime.bigint(),
     head,
-    idleTimeoutMs: ctx.config.tunnel.idleTimeoutMs,
     hop: { from: from ?? 'unknown' },
   });
   let request: TunnelRequest;

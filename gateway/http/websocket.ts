@@ -115,7 +115,6 @@ async function runTunnel(ctx: GatewayContext, ws: WebSocket, r: WsRequest): Prom
   const leg = new WebSocketLeg(ws, {
     client: r.client,
     acceptedAt: r.acceptedAt,
-    idleTimeoutMs: tunnel.idleTimeoutMs,
     pingIntervalMs: tunnel.wsPingIntervalMs,
     rerouteRetryMs: tunnel.rerouteRetryMs,
     preConnectBufferBytes: limits.preConnectBufferBytes,

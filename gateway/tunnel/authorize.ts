@@ -7,7 +7,7 @@
  */
 import type { Authenticator } from '../auth/authenticator.js';
 import { checkTicket } from '../auth/tickets.js';
-import { newId } from '../auth/tokens.js';
+import { createHash } from 'node:crypto';
 import { type Directory, type UserRecord, isAssigned } from '../directory/directory.js';
 import { OneportError } from '../errors.js';
 import type { Metrics } from '../metrics.js';
@@ -20,6 +20,17 @@ export interface AuthorizeDeps {
   readonly metrics: Metrics;
   /** This node's id in a cluster: a hop is accepted only for VMs it owns. */
   readonly nodeId: string | undefined;
+}
+
+/**
+ * The console session of a connection made with standing credentials (a password, the portal's
+ * cookie), which bind no connection to another the way a ticket does: every connection of one user
+ * to one VM's console over one protocol from one address at the same time is one session (a SPICE
+ * client's channels, spice-html5's WebSockets), for the session caps and the maximum session time.
+ * A new one begins once all of them have ended.
+ */
+export function standingSession(kind: 'password' | 'session', user: string, vm: string, protocol: string, client: string): string {
+  return `${kind}:${createHash('sha256').update(`${user}\0${vm}\0${protocol}\0${client}`).digest('base64url').slice(0, 16)}`;
 }
 
 /** Resume and session tokens look like `v1.<payload>.<mac>`; tickets are base32 letters only. */
@@ -59,7 +70,7 @@ export async function authorizeTunnel(deps: AuthorizeDeps, req: TunnelRequest): 
       const endpoint = selectEndpoint(vm, req.hints);
       checkVmState(vm, hold);
       metrics.observeSetup('auth', started);
-      return { vm, endpoint, user: grant.user, sessionId: grant.sessionId, via: 'resume', apiSession: grant.apiSession };
+      return { vm, endpoint, user: grant.user, sessionId: grant.sessionId, sessionSince: grant.issuedAt, via: 'resume', apiSession: grant.apiSession };
     }
     case 'node': {
       // Another node authenticated the client and redeemed its ticket; this node checks that it
@@ -92,7 +103,7 @@ export async function authorizeTunnel(deps: AuthorizeDeps, req: TunnelRequest): 
       const endpoint = selectEndpoint(vm, req.hints);
       checkVmState(vm, hold);
       metrics.observeSetup('lookup', afterAuth);
-      return { vm, endpoint, user, sessionId: newId(), via: cred.kind, apiSession };
+      return { vm, endpoint, user, sessionId: standingSession(cred.kind, user.name, vm.name, endpoint.protocol, req.client), via: cred.kind, apiSession };
     }
   }
 }

@@ -2,23 +2,29 @@
  * One owner for a tunnel's life. An entrance turns its transport into a request and a client leg
  * (legs/); `openTunnel` does the rest, in order:
  *
- *   authorize (authorize.ts) -> the leg's own limits (admit) -> hold while the VM changes hands
- *   and reach its console (hold.ts, with the Reach handed in) -> attach the leg -> register ->
- *   one log line when it ends
+ *   authorize (authorize.ts) -> the session's controls (policy.ts: idle timeout, maximum session
+ *   time; session-caps.ts: a slot under the user's and the VM's caps) and the leg's own limits
+ *   (admit) -> hold while the VM changes hands and reach its console (hold.ts, with the Reach
+ *   handed in) -> attach the leg -> register (with the session's one expiry timer) -> one log
+ *   line and one audit record when it ends
  *
  * and owns the one refusal path: count the refusal, log it (rate-limited, or at error level for a
  * bug), answer through the leg. Nothing here knows whether the node is part of a cluster.
  */
+import type { Audit } from '../audit.js';
 import type { Authenticator } from '../auth/authenticator.js';
 import type { Directory } from '../directory/directory.js';
 import { OneportError, toOneportError } from '../errors.js';
 import type { Logger, RateLimitedLog } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { authorizeTunnel } from './authorize.js';
+import { sessionExpiredMessage } from './close.js';
 import { reachHeld } from './hold.js';
+import { type EffectivePolicy, type PolicyDefaults, effectivePolicy } from './policy.js';
 import type { ClientLeg } from './legs/leg.js';
 import type { Pump } from './pump.js';
 import type { Reach } from './reach.js';
+import type { SessionCaps, SessionSlot } from './session-caps.js';
 import type { TunnelRegistry, Tunnel } from './registry.js';
 import type { TunnelRequest, TunnelTarget } from './request.js';
 import type { VmWatcher } from './watcher.js';
@@ -38,9 +44,15 @@ export interface BrokerDeps {
   readonly nodeId: string | undefined;
   /** How long a client may be held while its VM changes hands (config tunnel.holdMs). */
   readonly holdMs: number;
+  /** Idle timeout and maximum session time where a VM's policy says nothing (config tunnel.*). */
+  readonly policy: PolicyDefaults;
+  /** Concurrent sessions per user and per VM: this node's, counted cluster-wide in a cluster. */
+  readonly caps: SessionCaps;
+  /** Where each session's audit record goes when it ends. */
+  readonly audit: Pick<Audit, 'record'>;
+  /** This node's id (config nodeId), the entry node of the tunnels opened here. */
+  readonly self: string;
 }
-
-let nextTunnelId = 1;
 
 /** Authorize, hold, reach, attach, register. Never rejects: a refusal is answered through the leg. */
 export async function openTunnel(deps: BrokerDeps, request: TunnelRequest, leg: ClientLeg): Promise<Tunnel | undefined> {
@@ -49,17 +61,28 @@ export async function openTunnel(deps: BrokerDeps, request: TunnelRequest, leg: 
     if (deps.lifecycle.shuttingDown) throw new OneportError('ONEPORT_ERR_SHUTTING_DOWN', undefined, { retryAfter: 5 });
     const authorized = await authorizeTunnel(deps, request);
     protocol = authorized.endpoint.protocol;
+    const policy = policyFor(deps, authorized);
+    // The leg's own limits (resumable-session caps), then a new session over a cap is refused
+    // here, before any dial; the slot is this tunnel's share of its session until it ends.
     leg.admit?.(authorized);
-    // Held here (no status line for CONNECT, an open WebSocket) while the VM changes hands.
-    const { console, target } = await reachHeld(deps, authorized, leg.gone);
-    let pump: Pump;
+    const slot = await deps.caps.acquire(authorized);
     try {
-      pump = leg.attach(console, target, { endJudge: deps.reach.endJudge(target.vm) });
+      const deadline = sessionDeadline(authorized, policy, slot.startedAt);
+      if (deadline !== undefined && deadline <= Date.now()) throw new OneportError('ONEPORT_ERR_SESSION_EXPIRED');
+      // Held here (no status line for CONNECT, an open WebSocket) while the VM changes hands.
+      const { console, target } = await reachHeld(deps, authorized, leg.gone);
+      let pump: Pump;
+      try {
+        pump = leg.attach(console, target, { endJudge: deps.reach.endJudge(target.vm), idleTimeoutMs: policy.idleTimeoutMs });
+      } catch (e) {
+        console.socket.destroy();
+        throw e;
+      }
+      return register(deps, target, leg, pump, { policy, deadline, slot });
     } catch (e) {
-      console.socket.destroy();
+      slot.release();
       throw e;
     }
-    return register(deps, target, leg, pump);
   } catch (e) {
     refuseTunnel(deps, leg, e, protocol);
     return undefined;
@@ -84,13 +107,33 @@ export function refuseTunnel(deps: Pick<BrokerDeps, 'metrics' | 'log' | 'noisyLo
   return err;
 }
 
+/**
+ * The VM's policy for this user. A hop's user is only a name the sending node vouched for: its
+ * groups come from the directory, so the owner's side of the tunnel idles out with the entry's.
+ */
+function policyFor(deps: BrokerDeps, target: TunnelTarget): EffectivePolicy {
+  const user = target.via === 'hop' ? (deps.dir.getUser(target.user.name) ?? target.user) : target.user;
+  return effectivePolicy(target.vm, user, deps.policy);
+}
+
+/**
+ * When the console session must end (undefined: never). Counted from the session's beginning: a
+ * SPICE client's later channels (the session as held here, session-caps.ts) and a reconnect with
+ * the resume token (counted from its ticket's issue) end with the first; a parked `oneport.v1` session is one tunnel, so parked time counts.
+ * The entry node enforces it; a hop ends with its entry's tunnel.
+ */
+function sessionDeadline(target: TunnelTarget, policy: EffectivePolicy, heldSince: number): number | undefined {
+  if (policy.maxSessionMs === 0 || target.via === 'hop') return undefined;
+  return Math.min(heldSince, target.sessionSince ?? heldSince) + policy.maxSessionMs;
+}
+
 /** A running tunnel: in the registry, counted, and logged once when it ends. */
-function register(deps: BrokerDeps, target: TunnelTarget, leg: ClientLeg, pump: Pump): Tunnel {
+function register(deps: BrokerDeps, target: TunnelTarget, leg: ClientLeg, pump: Pump, controls: { policy: EffectivePolicy; deadline: number | undefined; slot: SessionSlot }): Tunnel {
   const { metrics, tunnels, log } = deps;
   const transport = leg.transport;
   const labels = { protocol: target.endpoint.protocol, transport };
   const tunnel: Tunnel = {
-    id: nextTunnelId++,
+    id: tunnels.nextId(),
     vm: target.vm.name,
     protocol: target.endpoint.protocol,
     transport,
@@ -100,18 +143,53 @@ function register(deps: BrokerDeps, target: TunnelTarget, leg: ClientLeg, pump: 
     startedAt: Date.now(),
     node: target.vm.node,
     epoch: target.vm.epoch,
+    expiresAt: controls.deadline,
     pump,
     apiSession: target.apiSession,
   };
+  // One timer per tunnel at most, cleared when it ends.
+  const expiry =
+    controls.deadline === undefined
+      ? undefined
+      : setTimeout(() => {
+          metrics.sessionsExpired.inc();
+          pump.close('session-expired', sessionExpiredMessage(controls.policy.maxSessionMs));
+        }, Math.max(0, controls.deadline - Date.now())).unref();
   tunnels.add(tunnel);
   metrics.tunnelsActive.inc(labels);
   metrics.tunnels.inc({ ...labels, result: 'ok' });
   const setupMs = Number(process.hrtime.bigint() - leg.acceptedAt) / 1e6;
   void pump.done.then((r) => {
+    clearTimeout(expiry);
+    controls.slot.release();
     tunnels.delete(tunnel);
     metrics.tunnelsActive.dec(labels);
     metrics.tunnelBytes.inc({ direction: 'to_console' }, r.bytesToConsole);
     metrics.tunnelBytes.inc({ direction: 'to_client' }, r.bytesToClient);
+    const endedAt = Date.now();
+    // The entry node records the session; a hop is its owner-side half.
+    if (transport !== 'hop') {
+      deps.audit.record({
+        kind: 'session',
+        time: new Date(endedAt).toISOString(),
+        id: tunnel.id,
+        user: tunnel.user,
+        vm: tunnel.vm,
+        protocol: tunnel.protocol,
+        transport,
+        client: leg.client,
+        via: target.via,
+        session: tunnel.sessionId,
+        entryNode: deps.self,
+        consoleNode: target.vm.node,
+        start: new Date(tunnel.startedAt).toISOString(),
+        end: new Date(endedAt).toISOString(),
+        durationMs: endedAt - tunnel.startedAt,
+        bytesToConsole: r.bytesToConsole,
+        bytesToClient: r.bytesToClient,
+        closeReason: r.reason,
+      });
+    }
     log.info(
       {
         event: 'tunnel',
@@ -127,7 +205,7 @@ function register(deps: BrokerDeps, target: TunnelTarget, leg: ClientLeg, pump: 
         bytesToConsole: r.bytesToConsole,
         bytesToClient: r.bytesToClient,
         setupMs: Math.round(setupMs * 100) / 100,
-        durationMs: Date.now() - tunnel.startedAt,
+        durationMs: endedAt - tunnel.startedAt,
         closeReason: r.reason,
       },
       'tunnel closed',

@@ -21,7 +21,14 @@ export const CLOSE_CODES: Readonly<Record<CloseReason, { readonly code: number; 
   revoked: { code: 4003, message: 'access revoked' },
   // Only parked sessions are ended by a cap, so no client sees this; it names the reason in the log.
   'session-cap': { code: 1013, message: 'resumable session limit reached' },
+  // The broker supplies the text with the limit that applied (sessionExpiredMessage).
+  'session-expired': { code: 4008, message: '{"code":"ONEPORT_ERR_SESSION_EXPIRED"}' },
 };
+
+/** The close reason of a session that reached its maximum session time: JSON naming the limit. */
+export function sessionExpiredMessage(maxSessionMs: number): string {
+  return JSON.stringify({ code: 'ONEPORT_ERR_SESSION_EXPIRED', maxSessionMs });
+}
 
 /** A reroute's close reason: JSON with a jittered `retryMs` below `boundMs`, and the new owner when known. */
 export function rerouteMessage(boundMs: number, node?: string): string {

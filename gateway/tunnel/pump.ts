@@ -27,7 +27,10 @@ export type CloseReason =
   /** The user's access ended (user deleted, VM unassigned, logout, password change, terminated by an admin). */
   | 'revoked'
   /** A parked resumable session gave way to a cap on sessions or replay bytes (session-registry.ts). */
-  | 'session-cap';
+  | 'session-cap'
+
+  /** The console session reached its maximum session time (policy.ts). */
+  | 'session-expired';
 
 export interface PumpResult {
   readonly reason: CloseReason;
@@ -68,7 +71,12 @@ export abstract class Pump {
     }
   }
 
-  /** End the tunnel now (shutdown, reroute). Idempotent. */
+  /** Is the client leg away while the console is kept (a parked `oneport.v1` session)? */
+  get parked(): boolean {
+    return false;
+  }
+
+  /** End the tunnel now (shutdown, reroute, revocation, session time over). Idempotent. */
   abstract close(reason: CloseReason, message?: string): void;
 
   protected abstract destroyClient(): void;
@@ -80,14 +88,22 @@ export abstract class Pump {
     this.finish();
   }
 
+  /**
+   * Bytes relayed to the console so far, read live off the console socket (it sees every byte in
+   * both directions), without a hop's own request and answer.
+   */
+  get bytesToConsole(): number {
+    return Math.max(0, this.console.bytesWritten - (this.opts.preface?.written ?? 0));
+  }
+
+  /** Bytes relayed to the client so far (see bytesToConsole). */
+  get bytesToClient(): number {
+    return Math.max(0, this.console.bytesRead - (this.opts.preface?.read ?? 0));
+  }
+
   protected finish(): void {
     if (this.idleTimer) clearTimeout(this.idleTimer);
-    const preface = this.opts.preface ?? { written: 0, read: 0 };
-    this.resolveDone({
-      reason: this.reason ?? 'client-closed',
-      bytesToConsole: Math.max(0, this.console.bytesWritten - preface.written),
-      bytesToClient: Math.max(0, this.console.bytesRead - preface.read),
-    });
+    this.resolveDone({ reason: this.reason ?? 'client-closed', bytesToConsole: this.bytesToConsole, bytesToClient: this.bytesToClient });
   }
 
   /** Half-close a side (unless it already finished writing), give it a moment to flush, then destroy it. */

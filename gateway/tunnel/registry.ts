@@ -9,7 +9,8 @@ import type { Transport } from './request.js';
 export type { Transport };
 
 export interface Tunnel {
-  readonly id: number;
+  /** `<node>:<n>`: unique in the cluster (node ids are), so an admin can name it on any node. */
+  readonly id: string;
   readonly vm: string;
   readonly protocol: Protocol;
   readonly transport: Transport;
@@ -20,14 +21,68 @@ export interface Tunnel {
   /** The VM's owner and epoch when the tunnel opened: a change of owner reroutes it. */
   readonly node: string;
   readonly epoch: number;
+  /** When the session's maximum session time ends it (ms); undefined: no limit. */
+  readonly expiresAt?: number | undefined;
   readonly pump: Pump;
   /** The API session (portal login) behind the tunnel's credential, if any. */
   readonly apiSession?: string | undefined;
 }
 
+/** A live tunnel as the admin API lists it (GET /api/sessions). */
+export interface TunnelSummary {
+  readonly id: string;
+  readonly user: string;
+  readonly vm: string;
+  readonly protocol: Protocol;
+  readonly transport: Transport;
+  /** The node holding the client's side (where the tunnel is registered). */
+  readonly entryNode: string;
+  /** The node that owned the VM's console when the tunnel opened. */
+  readonly consoleNode: string;
+  readonly client: string;
+  /** ISO time the tunnel opened. */
+  readonly since: string;
+  readonly bytesToConsole: number;
+  readonly bytesToClient: number;
+  /** The console session: a SPICE client's channels share it. */
+  readonly session: string;
+  /** A `oneport.v1` session whose client leg is away. */
+  readonly parked: boolean;
+  /** ISO time the maximum session time ends it, if one applies. */
+  readonly expiresAt?: string;
+}
+
+export function summarize(t: Tunnel, entryNode: string): TunnelSummary {
+  return {
+    id: t.id,
+    user: t.user,
+    vm: t.vm,
+    protocol: t.protocol,
+    transport: t.transport,
+    entryNode,
+    consoleNode: t.node,
+    client: t.client,
+    since: new Date(t.startedAt).toISOString(),
+    bytesToConsole: t.pump.bytesToConsole,
+    bytesToClient: t.pump.bytesToClient,
+    session: t.sessionId,
+    parked: t.pump.parked,
+    ...(t.expiresAt !== undefined ? { expiresAt: new Date(t.expiresAt).toISOString() } : {}),
+  };
+}
+
 export class TunnelRegistry {
   private readonly tunnels = new Set<Tunnel>();
   private waiters: Array<() => void> = [];
+  private next = 1;
+
+  /** @param node this node's id: the prefix of the tunnel ids minted here. */
+  constructor(readonly node = 'local') {}
+
+  /** A new tunnel id, `<node>:<n>`. */
+  nextId(): string {
+    return `${this.node}:${this.next++}`;
+  }
 
   get size(): number {
     return this.tunnels.size;
@@ -50,8 +105,25 @@ export class TunnelRegistry {
     return [...this.tunnels];
   }
 
+  /**
+   * The tunnels clients hold here: a hop is the owner's side of a tunnel another node lists (and
+   * ends: closing the entry's side closes the hop).
+   */
+  clientTunnels(): Tunnel[] {
+    return this.list().filter((t) => t.transport !== 'hop');
+  }
+
   byVm(vm: string): Tunnel[] {
     return this.list().filter((t) => t.vm === vm);
+  }
+
+  byUser(user: string): Tunnel[] {
+    return this.list().filter((t) => t.user === user);
+  }
+
+  get(id: string): Tunnel | undefined {
+    for (const t of this.tunnels) if (t.id === id) return t;
+    return undefined;
   }
 
   /** The VMs that have at least one tunnel here. */

@@ -38,6 +38,11 @@ export interface TunnelTarget {
   readonly endpoint: Endpoint;
   readonly user: UserRecord;
   readonly sessionId: string;
+  /**
+   * The earliest the console session can have begun, when it began before this request: a resume
+   * token's issue time (its ticket's). The maximum session time counts from here.
+   */
+  readonly sessionSince?: number | undefined;
   /** How the client proved who it is (for the log line); 'hop' = another node vouched for it. */
   readonly via: 'ticket' | 'password' | 'session' | 'resume' | 'hop';
   /** The API session (portal login) the credential came from, if any: its logout ends the tunnel. */

@@ -44,6 +44,27 @@ export function revokeTunnels(deps: Pick<RevokeDeps, 'metrics' | 'log'>, tunnels
   return tunnels.length;
 }
 
+/**
+ * An admin ends console sessions (DELETE /api/sessions/<id>, DELETE /api/users/<name>/sessions):
+ * `tunnels` and every other tunnel of their sessions held here (a SPICE client's channels) close
+ * with 4003 `{code: ONEPORT_ERR_FORBIDDEN, reason: terminated}`, and the sessions' resume tokens
+ * stop working (`endSession`), so a client cannot come straight back into them. Returns how many
+ * tunnels ended.
+ */
+export async function terminateSessions(
+  deps: Pick<RevokeDeps, 'tunnels' | 'metrics' | 'log'> & { readonly endSession: (sessionId: string) => Promise<void> },
+  tunnels: readonly Tunnel[],
+): Promise<number> {
+  const sessions = new Set(tunnels.map((t) => t.sessionId));
+  const all = deps.tunnels.clientTunnels().filter((t) => sessions.has(t.sessionId));
+  // Ends them first: a session whose resume token cannot be revoked now (Redis away) still ends.
+  const n = revokeTunnels(deps, all, 'terminated');
+  const results = await Promise.allSettled([...sessions].map((s) => deps.endSession(s)));
+  const failed = results.filter((r) => r.status === 'rejected').length;
+  if (failed > 0) deps.log.warn({ event: 'session-end-unrecorded', sessions: failed }, `${failed} terminated session(s): their resume tokens could not be revoked (they expire on their own)`);
+  return n;
+}
+
 /** Check the tunnels a directory change may concern. */
 function recheck(deps: RevokeDeps, affected: readonly Tunnel[]): void {
   // A directory back at version 0 lost its data (Redis restarted empty, `reseed: false`): that is

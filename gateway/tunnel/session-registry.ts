@@ -83,7 +83,7 @@ export interface SessionRegistryOptions {
 const UNCAPPED: ResumeCaps = { maxSessionsPerUser: Infinity, maxParkedPerUser: Infinity, maxParked: Infinity, maxBufferedBytes: Infinity };
 
 /** The close text of a session a cap ended (its client is gone; it shows in the tunnel log line). */
-const CAP_MESSAGE = (cap: SessionCap): string => JSON.stringify({ code: 'ONEPORT_ERR_SESSION_LIMIT', cap });
+const CAP_MESSAGE = (cap: SessionCap): string => JSON.stringify({ code: 'ONEPORT_ERR_RESUME_LIMIT', cap });
 
 export class SessionRegistry<S extends HeldSession = HeldSession> implements SessionHost<S> {
   private readonly sessions = new Map<string, S>();

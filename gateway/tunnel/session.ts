@@ -107,7 +107,7 @@ export class ResumableSession extends Pump implements HeldSession {
     return this.lastClient;
   }
 
-  get parked(): boolean {
+  override get parked(): boolean {
     return this.ws === undefined && !this.ended;
   }
 

@@ -1,7 +1,7 @@
 /**
  * The `oneport` command as a user runs it: `serve` in a child process (demo password printed
- * once, HTTPS with its own CA, SIGTERM exits cleanly), `init`, and `user`/`vm`/`ticket` through
- * the running gateway's control socket, or on the directory file when it is stopped.
+ * once, HTTPS with its own CA, SIGTERM exits cleanly), `init`, and `user`/`vm`/`ticket`/`session`
+ * through the running gateway's control socket, or on the directory file when it is stopped.
  */
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Agent, request } from 'undici';
 import { apiClient } from '../helpers/api.js';
+import { type RawConnectResult, closedWithin, rawRequest } from '../helpers/net.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const CLI = join(ROOT, 'gateway', 'cli.ts');
@@ -191,4 +192,60 @@ t.test('npm start path: the built CLI serves the portal and the API', async (t) 
   const exited = new Promise((resolve) => proc.on('close', resolve));
   proc.kill('SIGTERM');
   t.equal(await exited, 0);
+});
+
+t.test('session list and kill, user limits, and the audit file, through the running gateway', async (t) => {
+  const state = mkdtempSync(join(tmpdir(), 'oneport-cli-'));
+  t.teardown(() => rmSync(state, { recursive: true, force: true }));
+  const served = await serve(t, state);
+  const ca = readFileSync(join(state, 'ca.pem'), 'utf8');
+  const none = await runCli(['--state', state, 'session', 'list']);
+  t.equal(none.code, 0, none.stderr);
+  t.match(none.stdout, 'no live sessions');
+
+  // Two CONNECT tunnels to the demo desktop, with tickets from the CLI.
+  const open = async (): Promise<RawConnectResult> => {
+    const issued = JSON.parse((await runCli(['--state', state, 'ticket', 'demo', '--user', 'demo'])).stdout) as { ticket: string };
+    const r = await rawRequest(served.port, `CONNECT ${issued.ticket}.demo:5900 HTTP/1.1\r\n\r\n`, { ca });
+    t.equal(r.status, 200);
+    r.socket.on('error', () => {});
+    return r;
+  };
+  const first = await open();
+  const second = await open();
+  const json = await runCli(['--state', state, 'session', 'list', '--json']);
+  t.equal(json.code, 0, json.stderr);
+  const list = JSON.parse(json.stdout) as { sessions: Array<{ id: string; user: string; vm: string }>; complete: boolean };
+  t.equal(list.sessions.length, 2);
+  t.match(list.sessions[0], { id: /:\d+$/, user: 'demo', vm: 'demo', protocol: 'vnc', transport: 'connect-tls' });
+  t.equal(list.complete, true);
+  const table = await runCli(['--state', state, 'session', 'list']);
+  t.match(table.stdout, list.sessions[0]!.id, 'a readable table without --json');
+
+  const kill = await runCli(['--state', state, 'session', 'kill', list.sessions[0]!.id]);
+  t.equal(kill.code, 0, kill.stderr);
+  t.match(kill.stdout, 'ended');
+  await closedWithin(first.socket, 5000);
+  t.pass('that tunnel is closed');
+  const byUser = await runCli(['--state', state, 'session', 'kill', '--user', 'demo']);
+  t.equal(byUser.code, 0, byUser.stderr);
+  t.match(byUser.stdout, '1 tunnel(s) of demo ended');
+  await closedWithin(second.socket, 5000);
+  const unknown = await runCli(['--state', state, 'session', 'kill', 'nope:1']);
+  t.equal(unknown.code, 1);
+  t.match(unknown.stderr, 'no such session');
+  const neither = await runCli(['--state', state, 'session', 'kill']);
+  t.equal(neither.code, 1, 'an id or --user is needed');
+
+  const limit = await runCli(['--state', state, 'user', 'set', 'demo', '--max-sessions', '1']);
+  t.equal(limit.code, 0, limit.stderr);
+  t.match((await runCli(['--state', state, 'user', 'list'])).stdout, /demo.*1/);
+
+  served.proc.kill('SIGTERM');
+  t.equal(await served.exited, 0);
+  const audit = readFileSync(join(state, 'audit.log'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+  t.equal(audit.filter((r) => r.kind === 'session').length, 2, 'both sessions audited');
+  t.ok(audit.some((r) => r.kind === 'admin' && r.action === 'session.terminate' && r.actor === 'local-admin' && r.via === 'control-socket'), 'the kill, by the machine\'s administrator');
+  t.ok(audit.some((r) => r.kind === 'admin' && r.action === 'user.update' && (r.details as { fields: string[] }).fields.includes('maxSessions')), 'the limit change');
+  t.ok(audit.some((r) => r.kind === 'admin' && r.action === 'ticket.issue'), 'the CLI\'s tickets');
 });

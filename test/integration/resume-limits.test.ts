@@ -157,7 +157,7 @@ t.test('maxSessionsPerUser: the next session ends the user\'s oldest parked one,
   const dialled = console.accepted;
   const refused = await refusedSession(t, gw);
   t.equal(refused.code, 1013, 'a third live session: 1013, try again later');
-  t.equal(refused.reason, 'ONEPORT_ERR_SESSION_LIMIT');
+  t.equal(refused.reason, 'ONEPORT_ERR_RESUME_LIMIT');
   t.equal(console.accepted, dialled, 'its console was never dialled');
   t.ok(await openSession(t, gw, { user: 'bob' }), 'another user is not concerned');
 
@@ -171,7 +171,7 @@ t.test('maxSessionsPerUser: the next session ends the user\'s oldest parked one,
   t.equal(await capCount(gw, 'sessions-per-user', 'refused'), 1);
   t.equal(await capCount(gw, 'sessions-per-user', 'ended'), 1);
   const tunnels = await gw.ctx.metrics.tunnels.get();
-  t.equal(tunnels.values.find((v) => v.labels.result === 'ONEPORT_ERR_SESSION_LIMIT')?.value, 1, 'the refusal is a tunnel result like any other');
+  t.equal(tunnels.values.find((v) => v.labels.result === 'ONEPORT_ERR_RESUME_LIMIT')?.value, 1, 'the refusal is a tunnel result like any other');
   t.ok(gw.logs.some((l) => l.event === 'session-capped' && l.cap === 'sessions-per-user'), 'logged');
 });
 

@@ -4,8 +4,10 @@ import { TICKET_LENGTH, TICKET_RE, checkTicket, mintTicket, ticketProtocol } fro
 import { mintToken, verifyToken } from '../../gateway/auth/tokens.js';
 import { base32Decode, base32Encode } from '../../gateway/auth/base32.js';
 import { MemoryAuthStore } from '../../gateway/auth/store.js';
-import { newSigningKey } from '../../gateway/directory/memory.js';
-import type { KeyRing } from '../../gateway/directory/directory.js';
+import { MemoryDirectory, newSigningKey } from '../../gateway/directory/memory.js';
+import { type KeyRing, toVmRecord, vmSchema } from '../../gateway/directory/directory.js';
+import { Authenticator } from '../../gateway/auth/authenticator.js';
+import { Metrics } from '../../gateway/metrics.js';
 
 const ring = (): KeyRing => ({ current: newSigningKey(1), previous: [] });
 
@@ -95,4 +97,23 @@ t.test('tokens: purpose, expiry, tampering', async (t) => {
   }
   const resume = mintToken(keys, 'resume', { sub: 'alice', vm: 'demo' }, 600_000);
   t.equal(verifyToken(keys, 'resume', resume.token)?.vm, 'demo');
+});
+
+t.test('a ticket and its resume token open one console session (caps and max session time key on it)', async (t) => {
+  const dir = new MemoryDirectory();
+  const store = new MemoryAuthStore();
+  t.teardown(() => store.close());
+  const auth = new Authenticator(dir, store, { ticketTtlMs: 60_000, resumeTtlMs: 600_000, sessionTtlMs: 3_600_000, loginsPerUserPerMinute: 10, loginsPerAddressPerMinute: 10, authFailuresPerAddressPerMinute: 100, concurrentHashesPerAddress: 8, concurrentHashes: 16, ticketsPerUserPerMinute: 60, ticketReuseMs: 10_000 }, new Metrics());
+  await dir.putUser({ name: 'alice', passwordHash: 'x', roles: ['user'], groups: [], sessionsNotBefore: 0 });
+  const vm = toVmRecord(vmSchema.parse({ name: 'desk', node: 'n1', endpoints: [{ protocol: 'spice', host: '127.0.0.1', port: 5901 }], users: ['alice'] }));
+  await dir.putVm(vm);
+  const issued = await auth.issueTicket(dir.getUser('alice')!, vm, 'spice');
+  const first = await auth.redeemTicket(issued.ticket, vm, 'spice', '127.0.0.1');
+  const channel = await auth.redeemTicket(issued.ticket, vm, 'spice', '127.0.0.1');
+  const resumed = await auth.resume(issued.resume, 'desk', '127.0.0.1');
+  t.equal(channel.sessionId, first.sessionId, 'a SPICE client\'s second channel: same session');
+  t.equal(resumed.sessionId, first.sessionId, 'a reconnect with the resume token: same session');
+  t.ok(resumed.issuedAt <= Date.now() && resumed.issuedAt > Date.now() - 60_000, 'and says when the session could have begun at the earliest');
+  const other = await auth.issueTicket(dir.getUser('alice')!, vm, 'spice');
+  t.not((await auth.redeemTicket(other.ticket, vm, 'spice', '127.0.0.1')).sessionId, first.sessionId, 'another ticket: another session');
 });

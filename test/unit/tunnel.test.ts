@@ -22,6 +22,7 @@ import { StreamPump, type Pump } from '../../gateway/tunnel/pump.js';
 import { TunnelRegistry } from '../../gateway/tunnel/registry.js';
 import { SessionRegistry } from '../../gateway/tunnel/session-registry.js';
 import type { ResumableSession } from '../../gateway/tunnel/session.js';
+import { SessionCaps } from '../../gateway/tunnel/session-caps.js';
 import type { TunnelTarget } from '../../gateway/tunnel/request.js';
 import { MemoryDirectory } from '../../gateway/directory/memory.js';
 import { toVmRecord, vmSchema, type VmRecord } from '../../gateway/directory/directory.js';
@@ -31,6 +32,7 @@ import { Metrics } from '../../gateway/metrics.js';
 import { buildConfig } from '../../gateway/config.js';
 import { RateLimitedLog, type Logger } from '../../gateway/log.js';
 import type { OneportError } from '../../gateway/errors.js';
+import type { AuditRecord } from '../../gateway/audit.js';
 
 function memoryLog(): { log: Logger; lines: Array<Record<string, unknown>> } {
   const lines: Array<Record<string, unknown>> = [];
@@ -211,7 +213,7 @@ function recordingLeg(client?: net.Socket): ClientLeg & { refused: OneportError[
   return leg;
 }
 
-async function brokerScene(t: { teardown(f: () => unknown): void }, reach: Reach): Promise<{ deps: BrokerDeps; dir: MemoryDirectory; auth: Authenticator; lines: Array<Record<string, unknown>> }> {
+async function brokerScene(t: { teardown(f: () => unknown): void }, reach: Reach): Promise<{ deps: BrokerDeps; dir: MemoryDirectory; auth: Authenticator; lines: Array<Record<string, unknown>>; audits: AuditRecord[] }> {
   const dir = new MemoryDirectory();
   const store = new MemoryAuthStore();
   t.teardown(() => store.close());
@@ -223,14 +225,17 @@ async function brokerScene(t: { teardown(f: () => unknown): void }, reach: Reach
   t.teardown(() => watcher.close());
   await dir.putUser({ name: 'alice', passwordHash: 'x', roles: ['user'], groups: [], sessionsNotBefore: 0 });
   await dir.putVm(vm('desk'));
-  const deps: BrokerDeps = { dir, auth, reach, watcher, tunnels: new TunnelRegistry(), metrics, log, noisyLog: new RateLimitedLog(), lifecycle: { shuttingDown: false }, nodeId: undefined, holdMs: 1000 };
-  return { deps, dir, auth, lines };
+  const noisyLog = new RateLimitedLog();
+  const audits: AuditRecord[] = [];
+  const caps = new SessionCaps({ dir, defaults: { maxSessionsPerUser: 0, maxSessionsPerVm: 0 }, metrics, log, noisyLog });
+  const deps: BrokerDeps = { dir, auth, reach, watcher, tunnels: new TunnelRegistry(), metrics, log, noisyLog, lifecycle: { shuttingDown: false }, nodeId: undefined, holdMs: 1000, policy: { idleTimeoutMs: 0, maxSessionMs: 0 }, caps, audit: { record: (r) => audits.push(r) }, self: 'local' };
+  return { deps, dir, auth, lines, audits };
 }
 
 t.test('broker: authorize, reach, attach, register and one log line; refusals go through the leg', async (t) => {
   const port = await echoServer(t);
   const reach = scriptedReach([], port);
-  const { deps, dir, auth, lines } = await brokerScene(t, reach);
+  const { deps, dir, auth, lines, audits } = await brokerScene(t, reach);
   const issued = await auth.issueTicket(dir.getUser('alice')!, dir.getVm('desk')!, 'vnc');
 
   // A client socket pair over loopback stands in for the CONNECT client.
@@ -250,11 +255,16 @@ t.test('broker: authorize, reach, attach, register and one log line; refusals go
   clientSide.write('ping');
   const [echoed] = (await once(clientSide, 'data')) as [Buffer];
   t.equal(echoed.toString(), 'ping', 'bytes flow through the attached pump');
+  t.same([tunnel!.pump.bytesToConsole, tunnel!.pump.bytesToClient], [4, 4], 'byte counts are readable while the tunnel runs');
+  t.match(tunnel!.id, /^local:\d+$/, 'tunnel ids are <node>:<n>');
+  t.equal(deps.tunnels.get(tunnel!.id), tunnel, 'and find the tunnel');
   clientSide.end();
   await tunnel!.pump.done;
   await until(() => lines.some((l) => l.event === 'tunnel'));
   t.equal(deps.tunnels.size, 0, 'forgotten when it ends');
+  t.equal(deps.caps.size, 0, 'its session slot given back');
   t.match(lines.find((l) => l.event === 'tunnel'), { vm: 'desk', via: 'ticket', bytesToConsole: 4, bytesToClient: 4 });
+  t.match(audits, [{ kind: 'session', id: tunnel!.id, user: 'alice', vm: 'desk', protocol: 'vnc', client: '127.0.0.1', entryNode: 'local', consoleNode: 'n1', bytesToConsole: 4, bytesToClient: 4, closeReason: 'client-closed' }], 'one audit record for the session');
 
   const again = recordingLeg();
   t.equal(await openTunnel(deps, { ...request, client: '127.0.0.2' }, again), undefined, 'the spent ticket, from another address: refused');
@@ -287,6 +297,7 @@ t.test('broker: a leg that cannot take the console gets the console closed; shut
   t.ok(consoleSocket?.destroyed, 'the console socket is closed');
   t.equal(leg.refused[0]?.code, 'ONEPORT_ERR_CONSOLE_UNREACHABLE');
   t.equal(deps.tunnels.size, 0);
+  t.equal(deps.caps.size, 0, 'and its session slot given back');
 
   const down = recordingLeg();
   await openTunnel({ ...deps, lifecycle: { shuttingDown: true } }, { vmName: 'desk', credential: { kind: 'ticket', ticket: issued.ticket }, hints: {}, tls: true, client: '127.0.0.1', hold: true }, down);
@@ -320,11 +331,11 @@ t.test('stream leg: 200 then raw bytes; a refusal is a complete proxy answer; th
     });
 
   const [c1, s1] = await pair();
-  const leg = new StreamLeg(s1, { transport: 'connect-tls', client: 'x', acceptedAt: 0n, head: Buffer.from('early'), idleTimeoutMs: 0 });
+  const leg = new StreamLeg(s1, { transport: 'connect-tls', client: 'x', acceptedAt: 0n, head: Buffer.from('early') });
   const console1 = net.connect(port, '127.0.0.1');
   await once(console1, 'connect');
   const got = read(c1);
-  const pump = leg.attach({ socket: console1, preface: NO_PREFACE }, undefined, {});
+  const pump = leg.attach({ socket: console1, preface: NO_PREFACE }, undefined, { idleTimeoutMs: 0 });
   c1.end('late');
   const r = await pump.done;
   t.equal(await got, 'HTTP/1.1 200 Connection established\r\n\r\nearlylate', '200, then the early bytes and the rest echoed');
@@ -333,22 +344,22 @@ t.test('stream leg: 200 then raw bytes; a refusal is a complete proxy answer; th
   const [c2, s2] = await pair();
   const refused = read(c2);
   const { OneportError } = await import('../../gateway/errors.js');
-  new StreamLeg(s2, { transport: 'connect', client: 'x', acceptedAt: 0n, head: Buffer.alloc(0), idleTimeoutMs: 0 }).refuse(new OneportError('ONEPORT_ERR_TICKET_INVALID'));
+  new StreamLeg(s2, { transport: 'connect', client: 'x', acceptedAt: 0n, head: Buffer.alloc(0) }).refuse(new OneportError('ONEPORT_ERR_TICKET_INVALID'));
   t.match(await refused, /^HTTP\/1\.1 407 [^\r]*\r\n(.*\r\n)*Proxy-Authenticate: Basic realm="oneport"\r\n/, '401 becomes 407 with Proxy-Authenticate');
 
   const [c3, s3] = await pair();
   const hopRefused = read(c3);
-  new StreamLeg(s3, { transport: 'hop', client: 'x', acceptedAt: 0n, head: Buffer.alloc(0), idleTimeoutMs: 0, hop: { from: 'n2' } }).refuse(new OneportError('ONEPORT_ERR_VM_DOWN'));
+  new StreamLeg(s3, { transport: 'hop', client: 'x', acceptedAt: 0n, head: Buffer.alloc(0), hop: { from: 'n2' } }).refuse(new OneportError('ONEPORT_ERR_VM_DOWN'));
   t.match(await hopRefused, /^HTTP\/1\.1 503 [^\r]*\r\n(.*\r\n)*Oneport-Error: ONEPORT_ERR_VM_DOWN\r\n/, 'a hop refusal names its code for the sending node');
 
   const [c4, s4] = await pair();
-  const goneLeg = new StreamLeg(s4, { transport: 'connect', client: 'x', acceptedAt: 0n, head: Buffer.alloc(0), idleTimeoutMs: 0 });
+  const goneLeg = new StreamLeg(s4, { transport: 'connect', client: 'x', acceptedAt: 0n, head: Buffer.alloc(0) });
   c4.resetAndDestroy();
   await once(goneLeg.gone, 'abort');
   t.ok(goneLeg.gone.aborted, 'the client leaving aborts the leg\'s signal');
   const console4 = net.connect(port, '127.0.0.1');
   await once(console4, 'connect');
-  t.throws(() => goneLeg.attach({ socket: console4, preface: NO_PREFACE }, undefined, {}), like({ failure: 'CLIENT_GONE' }), 'and it will not attach');
+  t.throws(() => goneLeg.attach({ socket: console4, preface: NO_PREFACE }, undefined, { idleTimeoutMs: 0 }), like({ failure: 'CLIENT_GONE' }), 'and it will not attach');
   console4.destroy();
 });
 
@@ -358,7 +369,7 @@ t.test('websocket leg: early messages kept up to a bound, close codes for refusa
   await once(wss, 'listening');
   t.teardown(() => new Promise<void>((r) => wss.close(() => r())));
   const url = `ws://127.0.0.1:${(wss.address() as net.AddressInfo).port}/`;
-  const legOpts = { client: 'x', acceptedAt: 0n, idleTimeoutMs: 0, pingIntervalMs: 50, rerouteRetryMs: 100, preConnectBufferBytes: 8, resume: { sessions: new SessionRegistry<ResumableSession>(), graceMs: 1000, maxBufferBytes: 1 << 20 } };
+  const legOpts = { client: 'x', acceptedAt: 0n, pingIntervalMs: 50, rerouteRetryMs: 100, preConnectBufferBytes: 8, resume: { sessions: new SessionRegistry<ResumableSession>(), graceMs: 1000, maxBufferBytes: 1 << 20 } };
   const open = async (): Promise<[WebSocket, WebSocket]> => {
     const c = new WebSocket(url);
     const [s] = (await once(wss, 'connection')) as [WebSocket];
@@ -374,7 +385,7 @@ t.test('websocket leg: early messages kept up to a bound, close codes for refusa
   const console1 = net.connect(port, '127.0.0.1');
   await once(console1, 'connect');
   const echoed = once(c1, 'message');
-  const pump = leg.attach({ socket: console1, preface: NO_PREFACE }, target(vm('desk')), {});
+  const pump = leg.attach({ socket: console1, preface: NO_PREFACE }, target(vm('desk')), { idleTimeoutMs: 0 });
   t.equal(((await echoed)[0] as Buffer).toString(), 'early', 'a message sent before the console answered reaches it');
   const pings = { n: 0 };
   c1.on('ping', () => pings.n++);
@@ -393,7 +404,7 @@ t.test('websocket leg: early messages kept up to a bound, close codes for refusa
   await bigMessage;
   const console2 = net.connect(port, '127.0.0.1');
   await once(console2, 'connect');
-  t.throws(() => leg2.attach({ socket: console2, preface: NO_PREFACE }, target(vm('desk')), {}), like({ code: 'ONEPORT_ERR_PAYLOAD_TOO_LARGE' }), 'more early data than the bound: refused');
+  t.throws(() => leg2.attach({ socket: console2, preface: NO_PREFACE }, target(vm('desk')), { idleTimeoutMs: 0 }), like({ code: 'ONEPORT_ERR_PAYLOAD_TOO_LARGE' }), 'more early data than the bound: refused');
   console2.destroy();
   const { OneportError } = await import('../../gateway/errors.js');
   const closed = once(c2, 'close');

@@ -11,6 +11,8 @@ import type { Transport, TunnelTarget } from '../request.js';
 export interface AttachOptions {
   /** For a console reached through another node: tells its death from a console close (reach.ts). */
   readonly endJudge?: (() => Promise<CloseReason | undefined>) | undefined;
+  /** This tunnel's idle timeout (0 = none): the broker's choice, from the VM's policy (policy.ts). */
+  readonly idleTimeoutMs: number;
 }
 
 export interface ClientLeg {

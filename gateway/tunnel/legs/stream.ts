@@ -18,7 +18,6 @@ export interface StreamLegOptions {
   readonly acceptedAt: bigint;
   /** Bytes the client sent after its request head, before the tunnel existed. */
   readonly head: Buffer;
-  readonly idleTimeoutMs: number;
   /** The hop: refusals carry `Oneport-Error: <code>` for the sending node, and are not proxy answers. */
   readonly hop?: { readonly from: string } | undefined;
 }
@@ -46,11 +45,11 @@ export class StreamLeg implements ClientLeg {
     return this.abort.signal;
   }
 
-  attach(console: ReachedConsole, _target: unknown, _opts: AttachOptions): StreamPump {
+  attach(console: ReachedConsole, _target: unknown, attachOpts: AttachOptions): StreamPump {
     this.socket.removeListener('close', this.onClose);
     if (this.socket.destroyed) throw new ReachFailure('CLIENT_GONE', { message: this.opts.hop ? 'the sending node went away' : 'client went away' });
     this.socket.write('HTTP/1.1 200 Connection established\r\n\r\n');
-    return new StreamPump(this.socket, console.socket, { idleTimeoutMs: this.opts.idleTimeoutMs, preface: console.preface }, this.opts.head);
+    return new StreamPump(this.socket, console.socket, { idleTimeoutMs: attachOpts.idleTimeoutMs, preface: console.preface }, this.opts.head);
   }
 
   refuse(err: OneportError): void {

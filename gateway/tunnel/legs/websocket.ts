@@ -20,7 +20,6 @@ import type { AttachOptions, ClientLeg } from './leg.js';
 export interface WebSocketLegOptions {
   readonly client: string;
   readonly acceptedAt: bigint;
-  readonly idleTimeoutMs: number;
   readonly pingIntervalMs: number;
   /** Bound of the jittered wait told to rerouted clients. */
   readonly rerouteRetryMs: number;
@@ -37,7 +36,7 @@ export interface WebSocketLegOptions {
 export function capRefusal(cap: SessionCap): OneportError {
   return cap === 'buffered-bytes'
     ? new OneportError('ONEPORT_ERR_RESUME_BUSY', undefined, { retryAfter: 5 })
-    : new OneportError('ONEPORT_ERR_SESSION_LIMIT');
+    : new OneportError('ONEPORT_ERR_RESUME_LIMIT');
 }
 
 /** Ping every interval; a client that has not answered the previous ping is gone. Stops when the socket closes. */
@@ -106,7 +105,8 @@ export class WebSocketLeg implements ClientLeg {
     this.detach();
     if (this.ws.readyState !== WebSocket.OPEN) throw new ReachFailure('CLIENT_GONE');
     if (this.overflow) throw new OneportError('ONEPORT_ERR_PAYLOAD_TOO_LARGE', 'too much data before the console answered');
-    const { idleTimeoutMs, rerouteRetryMs } = this.opts;
+    const { rerouteRetryMs } = this.opts;
+    const { idleTimeoutMs } = attachOpts;
     const closeFor = (why: CloseReason): { code: number; message: string } => wsCloseFor(why, rerouteRetryMs);
     let pump: Pump;
     if (this.ws.protocol === RESUMABLE_SUBPROTOCOL) {
