@@ -58,7 +58,6 @@ export abstract class Pump {
   readonly done: Promise<PumpResult>;
   protected reason: CloseReason | undefined;
   private resolveDone!: (r: PumpResult) => void;
-  private idleTimer: NodeJS.Timeout | undefined;
 
   protected constructor(
     protected readonly console: net.Socket,
@@ -102,7 +101,6 @@ export abstract class Pump {
   }
 
   protected finish(): void {
-    if (this.idleTimer) clearTimeout(this.idleTimer);
     this.resolveDone({ reason: this.reason ?? 'client-closed', bytesToConsole: this.bytesToConsole, bytesToClient: this.bytesToClient });
   }
 
