@@ -167,49 +167,34 @@ function register(deps: BrokerDeps, target: TunnelTarget, leg: ClientLeg, pump: 
     metrics.tunnelBytes.inc({ direction: 'to_console' }, r.bytesToConsole);
     metrics.tunnelBytes.inc({ direction: 'to_client' }, r.bytesToClient);
     const endedAt = Date.now();
+    // What the log line and the audit record both say about the tunnel.
+    const summary = {
+      user: tunnel.user,
+      vm: tunnel.vm,
+      protocol: tunnel.protocol,
+      transport,
+      client: leg.client,
+      via: target.via,
+      session: tunnel.sessionId,
+      consoleNode: target.vm.node,
+      bytesToConsole: r.bytesToConsole,
+      bytesToClient: r.bytesToClient,
+      durationMs: endedAt - tunnel.startedAt,
+      closeReason: r.reason,
+    };
     // The entry node records the session; a hop is its owner-side half.
     if (transport !== 'hop') {
       deps.audit.record({
         kind: 'session',
         time: new Date(endedAt).toISOString(),
         id: tunnel.id,
-        user: tunnel.user,
-        vm: tunnel.vm,
-        protocol: tunnel.protocol,
-        transport,
-        client: leg.client,
-        via: target.via,
-        session: tunnel.sessionId,
+        ...summary,
         entryNode: deps.self,
-        consoleNode: target.vm.node,
         start: new Date(tunnel.startedAt).toISOString(),
         end: new Date(endedAt).toISOString(),
-        durationMs: endedAt - tunnel.startedAt,
-        bytesToConsole: r.bytesToConsole,
-        bytesToClient: r.bytesToClient,
-        closeReason: r.reason,
       });
     }
-    log.info(
-      {
-        event: 'tunnel',
-        tunnel: tunnel.id,
-        user: tunnel.user,
-        vm: tunnel.vm,
-        protocol: tunnel.protocol,
-        transport,
-        client: leg.client,
-        via: target.via,
-        session: tunnel.sessionId,
-        consoleNode: target.vm.node,
-        bytesToConsole: r.bytesToConsole,
-        bytesToClient: r.bytesToClient,
-        setupMs: Math.round(setupMs * 100) / 100,
-        durationMs: endedAt - tunnel.startedAt,
-        closeReason: r.reason,
-      },
-      'tunnel closed',
-    );
+    log.info({ event: 'tunnel', tunnel: tunnel.id, ...summary, setupMs: Math.round(setupMs * 100) / 100 }, 'tunnel closed');
   });
   return tunnel;
 }
