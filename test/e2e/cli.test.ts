@@ -197,7 +197,7 @@ t.test('npm start path: the built CLI serves the portal and the API', async (t) 
 t.test('session list and kill, user limits, and the audit file, through the running gateway', async (t) => {
   const state = mkdtempSync(join(tmpdir(), 'oneport-cli-'));
   t.teardown(() => rmSync(state, { recursive: true, force: true }));
-  const served = await serve(t, state);
+  const served = await serve(t, state, ['--demo']);
   const ca = readFileSync(join(state, 'ca.pem'), 'utf8');
   const none = await runCli(['--state', state, 'session', 'list']);
   t.equal(none.code, 0, none.stderr);
