@@ -420,3 +420,50 @@ t.test('websocket leg: early messages kept up to a bound, close codes for refusa
   t.equal(code3, 4503);
   t.same(JSON.parse(reason3.toString()), { code: 'ONEPORT_ERR_VM_RECOVERING', retryMs: 5000 }, 'with the retry hint');
 });
+
+// -------------------------------------------------------------------------------------------
+// Revocation
+
+t.test('revocation follows the directory, but not a directory that lost its data (version 0)', async (t) => {
+  const { EventEmitter } = await import('node:events');
+  const { followRevocations } = await import('../../gateway/tunnel/revoke.js');
+  const { log, lines } = memoryLog();
+  // A directory that can go back to version 0, as a Redis mirror does when Redis restarts empty
+  // with `reseed: false`.
+  const users = new Map([['alice', { name: 'alice', passwordHash: 'x', roles: ['user'] as const, groups: [], sessionsNotBefore: 0 }]]);
+  const vms = new Map([['desk', vm('desk')]]);
+  let version = 5;
+  const dir = Object.assign(new EventEmitter(), {
+    getUser: (n: string) => users.get(n),
+    getVm: (n: string) => vms.get(n),
+    version: () => version,
+  }) as unknown as MemoryDirectory;
+  const tunnels = new TunnelRegistry('n1');
+  const closed: string[] = [];
+  const tunnel = (id: number) => ({
+    id: `n1:${id}`,
+    vm: 'desk',
+    protocol: 'vnc' as const,
+    transport: 'connect' as const,
+    user: 'alice',
+    sessionId: `s${id}`,
+    client: '127.0.0.1',
+    startedAt: Date.now() - 1000,
+    node: 'n1',
+    epoch: 1,
+    pump: { close: (reason: string) => void closed.push(`${id}:${reason}`) } as unknown as Pump,
+  });
+  tunnels.add(tunnel(1) as never);
+  const stop = followRevocations({ dir, tunnels, metrics: new Metrics(), log });
+  t.teardown(stop);
+  users.clear();
+  vms.clear();
+  version = 0;
+  dir.emit('change', { kind: 'user', name: 'alice' });
+  dir.emit('resync');
+  t.same(closed, [], 'an emptied directory (version 0) ends nothing');
+  version = 6;
+  dir.emit('change', { kind: 'user', name: 'alice' });
+  t.same(closed, ['1:revoked'], 'a real deletion (version moved on) ends the tunnel');
+  t.ok(lines.some((l) => l.event === 'tunnels-revoked' && l.reason === 'user-deleted'));
+});
