@@ -5,6 +5,7 @@
  */
 import t from 'tap';
 import fc from 'fast-check';
+import { FUZZ_SEED, runs } from '../helpers/fuzz.js';
 import type { Detector } from '../../protocols/detector.js';
 import { tlsDetector } from '../../protocols/tls.js';
 import { httpDetector } from '../../protocols/http.js';
@@ -152,7 +153,7 @@ for (const { detector, valid, cases } of suites) {
         const b = detector.detect(Buffer.from(bytes));
         return ['match', 'no', 'more'].includes(a.kind) && a.kind === b.kind;
       }),
-      { numRuns: 3000 },
+      { numRuns: runs(3000), seed: FUZZ_SEED },
     );
     t.pass('no input made a detector throw or change its mind');
   });
@@ -163,7 +164,7 @@ for (const { detector, valid, cases } of suites) {
         if (detector.detect(a).kind !== 'no') return true;
         return detector.detect(Buffer.concat([a, b])).kind === 'no';
       }),
-      { numRuns: 3000 },
+      { numRuns: runs(3000), seed: FUZZ_SEED },
     );
     t.pass();
   });
@@ -262,7 +263,7 @@ t.test('the listener decision: first bytes of real clients, any split', async (t
       // A shorter prefix never reaches a different final decision.
       return head.kind === 'more' || head.kind === whole.kind;
     }),
-    { numRuns: 3000 },
+    { numRuns: runs(3000), seed: FUZZ_SEED },
   );
 });
 
@@ -277,7 +278,7 @@ t.test('the listener\'s peek buffer: any split gives the same bytes, and buffers
       const expected = Buffer.concat(copies);
       return p.length === expected.length && p.bytes.equals(expected) && [first, ...given].every((b, i) => b.equals(copies[i]!));
     }),
-    { numRuns: 2000 },
+    { numRuns: runs(2000), seed: FUZZ_SEED },
   );
   // 65,551 one-byte appends (the largest PROXY v2 header, trickled) copy linearly: a few ms, not seconds.
   const p = new Peeked(Buffer.alloc(0));
