@@ -12,6 +12,7 @@ import { once } from 'node:events';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { rawRequest, readResponse, echoRoundTrip, basic, closedPort, freePort } from '../helpers/net.js';
 import { fixedPortConsole } from '../helpers/console.js';
+import { until } from '../helpers/wait.js';
 import { closeOf, opened, openWs } from '../helpers/ws.js';
 import { mintToken } from '../../gateway/auth/tokens.js';
 import type { ConfigInput } from '../../gateway/config.js';
@@ -189,14 +190,6 @@ t.test('100 clients held through one failover: no MaxListenersExceededWarning, n
   t.same(warnings.filter((w) => w.name === 'MaxListenersExceededWarning').map((w) => w.message), [], 'no MaxListenersExceededWarning');
   for (const s of clients) s.destroy();
 });
-
-async function until(check: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 function waitLog(gw: TestGateway, pred: (l: Record<string, unknown>) => boolean, timeoutMs = 10_000): Promise<Record<string, unknown>> {
   const found = gw.logs.find(pred);

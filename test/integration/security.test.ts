@@ -9,6 +9,7 @@ import { basic, echoRoundTrip, rawRequest } from '../helpers/net.js';
 import { setupDesk, startStreamer } from '../helpers/scenario.js';
 import type { TestGateway } from '../helpers/gateway.js';
 import { apiClient, ok } from '../helpers/api.js';
+import { until } from '../helpers/wait.js';
 
 const upgrade = (path: string, proto = 'websocket'): string =>
   `GET ${path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: ${proto}\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`;
@@ -96,9 +97,9 @@ t.test('5: a parked oneport.v1 session is ended by revocation, and a resume afte
   const session = (JSON.parse(hello.toString()) as { session: string }).session;
   // The leg drops without a close: the session parks.
   (ws as unknown as { _socket: import('node:net').Socket })._socket.destroy();
-  await until(() => gw.ctx.sessions.get(session)?.parked === true);
+  await until(() => gw.ctx.sessions.get(session)?.parked === true, { timeoutMs: 5000 });
   await gw.ctx.dir.putVm({ ...gw.ctx.dir.getVm('desk')!, users: [] });
-  await until(() => gw.ctx.sessions.get(session) === undefined);
+  await until(() => gw.ctx.sessions.get(session) === undefined, { timeoutMs: 5000 });
   t.pass('the parked session ended when access ended');
   const again = new WebSocket(`wss://127.0.0.1:${gw.port}/tunnel/desk/vnc?resume=${encodeURIComponent(resume)}&session=${session}&received=0`, ['oneport.v1'], { ca: gw.caCert });
   again.on('error', () => {});
@@ -108,13 +109,6 @@ t.test('5: a parked oneport.v1 session is ended by revocation, and a resume afte
   t.ok([4003, 4001].includes(code), 'with "forbidden" or "start afresh" (where the fresh tunnel is then refused)');
 });
 
-async function until(check: () => boolean, timeoutMs = 5000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 t.test('5: a logout ends the live tunnels its session opened (tickets and resume tokens), not the user\'s other sessions', async (t) => {
   const { gw } = await setupDesk(t);
@@ -137,7 +131,7 @@ t.test('5: a logout ends the live tunnels its session opened (tickets and resume
   const closed = await mineClosed;
   t.equal(closed.code, 4003, 'the logged-out session\'s tunnel ends with 4003');
   t.match(JSON.parse(closed.reason), { reason: 'logged-out' });
-  await until(() => gw.logs.some((l) => l.event === 'tunnels-revoked' && l.reason === 'logged-out'));
+  await until(() => gw.logs.some((l) => l.event === 'tunnels-revoked' && l.reason === 'logged-out'), { timeoutMs: 5000 });
   t.equal(gw.ctx.tunnels.size, 1, 'the other session\'s tunnel stays');
   t.notOk(otherEnded, 'and its client was not closed');
 });

@@ -10,6 +10,7 @@ import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { WebSocket, WebSocketServer } from 'ws';
 import { ReplayBuffer } from '../../gateway/tunnel/replay-buffer.js';
+import { until } from '../helpers/wait.js';
 import { VmWatcher } from '../../gateway/tunnel/watcher.js';
 import { reachHeld } from '../../gateway/tunnel/hold.js';
 import { ReachFailure, type FailureCode } from '../../gateway/tunnel/failures.js';
@@ -164,7 +165,7 @@ t.test('holding: a refused console on a running VM fails at once; a VM changing 
 
   const ownerSilent = scriptedReach(['OWNER_SILENT'], port);
   const held = reachHeld({ dir, reach: ownerSilent, watcher, log, holdMs: 10_000, backoff: { baseMs: 60_000, capMs: 60_000 } }, target(vm('desk')), new AbortController().signal);
-  await t.resolves(until(() => watcher.size === 1), 'an owner that does not answer: held');
+  await t.resolves(until(() => watcher.size === 1, { timeoutMs: 5000 }), 'an owner that does not answer: held');
   await dir.putVm(vm('desk', { node: 'n2', epoch: 2 }));
   const { console: reached, target: now } = await held;
   reached.socket.destroy();
@@ -179,13 +180,6 @@ t.test('holding: a refused console on a running VM fails at once; a VM changing 
   await t.rejects(reachHeld({ dir, reach: never, watcher, log, holdMs: 1000 }, target(vm('desk')), new AbortController().signal), like({ code: 'ONEPORT_ERR_VM_DOWN' }), 'a down VM: 503 at once');
 });
 
-async function until(check: () => boolean, timeoutMs = 5000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > end) throw new Error('condition not met');
-    await new Promise((r) => setImmediate(r));
-  }
-}
 
 // -------------------------------------------------------------------------------------------
 // Broker
@@ -260,7 +254,7 @@ t.test('broker: authorize, reach, attach, register and one log line; refusals go
   t.equal(deps.tunnels.get(tunnel!.id), tunnel, 'and find the tunnel');
   clientSide.end();
   await tunnel!.pump.done;
-  await until(() => lines.some((l) => l.event === 'tunnel'));
+  await until(() => lines.some((l) => l.event === 'tunnel'), { timeoutMs: 5000 });
   t.equal(deps.tunnels.size, 0, 'forgotten when it ends');
   t.equal(deps.caps.size, 0, 'its session slot given back');
   t.match(lines.find((l) => l.event === 'tunnel'), { vm: 'desk', via: 'ticket', bytesToConsole: 4, bytesToClient: 4 });
@@ -389,7 +383,7 @@ t.test('websocket leg: early messages kept up to a bound, close codes for refusa
   t.equal(((await echoed)[0] as Buffer).toString(), 'early', 'a message sent before the console answered reaches it');
   const pings = { n: 0 };
   c1.on('ping', () => pings.n++);
-  await until(() => pings.n >= 2, 5000);
+  await until(() => pings.n >= 2, { timeoutMs: 5000 });
   t.ok(pings.n >= 2, 'the client is pinged');
   c1.close(1000);
   await pump.done;
