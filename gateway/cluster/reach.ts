@@ -6,9 +6,8 @@
 import type { Config } from '../config.js';
 import type { Directory, VmRecord } from '../directory/directory.js';
 import type { Metrics } from '../metrics.js';
-import { dial } from '../tunnel/dial.js';
 import { ReachFailure } from '../tunnel/failures.js';
-import { NO_PREFACE, type Reach } from '../tunnel/reach.js';
+import { type Reach, localReach } from '../tunnel/reach.js';
 import type { Cluster } from './cluster.js';
 
 /** How long the owner's port gets to answer when a hop ends, to tell its death from a console close. */
@@ -16,12 +15,14 @@ const OWNER_PROBE_MS = 500;
 
 export function clusterReach(cluster: Cluster, dir: Directory, config: Config, metrics: Metrics): Reach {
   const viaOwner = (vm: VmRecord): boolean => vm.node !== cluster.nodeId && config.cluster.consoleDial === 'via-owner';
+  // This node's own consoles (and every console with direct dialling) are dialled as on one node.
+  const local = localReach({ dialTimeoutMs: config.tunnel.dialTimeoutMs, metrics });
   return {
     async reach(target, signal) {
+      if (!viaOwner(target.vm)) return local.reach(target, signal);
       const started = process.hrtime.bigint();
       try {
         const { vm, endpoint } = target;
-        if (!viaOwner(vm)) return { socket: await dial(endpoint, { timeoutMs: config.tunnel.dialTimeoutMs, signal, metrics }), preface: NO_PREFACE };
         const owner = cluster.node(vm.node);
         if (!owner || owner.state !== 'up') {
           throw new ReachFailure('OWNER_DOWN', { code: 'ONEPORT_ERR_VM_RECOVERING', message: `the VM's node ${vm.node} is not reachable; the cluster is failing it over`, retryAfter: 5 });
@@ -38,7 +39,7 @@ export function clusterReach(cluster: Cluster, dir: Directory, config: Config, m
       }
     },
     changingHands(vm) {
-      if (vm.state === 'recovering' || vm.state === 'migrating') return true;
+      if (local.changingHands(vm)) return true;
       if (vm.node === cluster.nodeId) return false;
       const owner = cluster.node(vm.node);
       return owner === undefined || owner.state !== 'up';
