@@ -9,6 +9,7 @@ import type { Duplex } from 'node:stream';
 import type { GatewayContext } from '../context.js';
 import { OneportError } from '../errors.js';
 import { handleApi } from './api.js';
+import { guard } from './guard.js';
 import { handleConnect } from './connect.js';
 import { createWebSocketServer, handleUpgrade } from './websocket.js';
 import { safeHost, sendError, writeRawError, SECURITY_HEADERS } from './respond.js';
@@ -59,19 +60,6 @@ function writeRaw408(socket: Duplex): void {
   setTimeout(() => socket.destroy(), 1000).unref();
 }
 
-/**
- * Runs one request handler whose promise nobody awaits: a failure it did not answer itself is
- * logged and the socket closed, never left to become an unhandled rejection (which would stop
- * the process and every tunnel in it).
- */
-function guard(ctx: GatewayContext, what: string, socket: Duplex, work: Promise<unknown>): void {
-  work.catch((e: unknown) => {
-    ctx.metrics.internalErrors.inc({ where: what });
-    ctx.log.error({ err: e, event: 'handler-failed', where: what }, `${what} handler failed`);
-    writeRawError(socket, e);
-  });
-}
-
 function configure(ctx: GatewayContext, server: http.Server): http.Server {
   server.maxHeadersCount = ctx.config.http.maxHeaders + 1;
   // These servers never listen (the listener hands them sockets), but Node starts enforcing
@@ -97,23 +85,20 @@ export function createTlsHttpServer(ctx: GatewayContext, portal: Portal): http.S
       return;
     }
     res.setHeader('Strict-Transport-Security', 'max-age=31536000');
-    void (async () => {
+    const work = (async () => {
       if (await handleApi(ctx, req, res, { local: false })) return;
       if (portal.serve(req, res)) return;
       sendError(res, new OneportError('ONEPORT_ERR_NOT_FOUND'));
-    })().catch((e: unknown) => {
-      ctx.metrics.internalErrors.inc({ where: 'request' });
-      ctx.log.error({ err: e, event: 'handler-failed', where: 'request' }, 'request handler failed');
-      sendError(res, e);
-    });
+    })();
+    guard(ctx, 'request', work, (e) => sendError(res, e));
   });
   server.on('connect', (req: IncomingMessage, socket: net.Socket, head: Buffer) => {
     if (refuseTooManyHeaders(ctx, req, socket)) return;
-    guard(ctx, 'connect', socket, handleConnect(ctx, req, socket, head));
+    guard(ctx, 'connect', handleConnect(ctx, req, socket, head), (e) => writeRawError(socket, e));
   });
   server.on('upgrade', (req: IncomingMessage, socket: net.Socket, head: Buffer) => {
     if (refuseTooManyHeaders(ctx, req, socket)) return;
-    guard(ctx, 'upgrade', socket, handleUpgrade(ctx, wss, req, socket, head));
+    guard(ctx, 'upgrade', handleUpgrade(ctx, wss, req, socket, head), (e) => writeRawError(socket, e));
   });
   return server;
 }
@@ -137,7 +122,7 @@ export function createClearHttpServer(ctx: GatewayContext): http.Server {
   });
   server.on('connect', (req: IncomingMessage, socket: net.Socket, head: Buffer) => {
     if (refuseTooManyHeaders(ctx, req, socket)) return;
-    guard(ctx, 'connect', socket, handleConnect(ctx, req, socket, head));
+    guard(ctx, 'connect', handleConnect(ctx, req, socket, head), (e) => writeRawError(socket, e));
   });
   server.on('upgrade', (req: IncomingMessage, socket: net.Socket) => {
     writeRawError(socket, new OneportError('ONEPORT_ERR_BAD_REQUEST', 'WebSocket tunnels need TLS: use wss://'));

@@ -22,6 +22,7 @@ import { answerOnlyLeg } from '../tunnel/legs/leg.js';
 import { resumeSession } from '../tunnel/resume.js';
 import type { Credential } from '../tunnel/request.js';
 import { decodePathSegment, parseRequestUrl, writeRawError } from './respond.js';
+import { guard } from './guard.js';
 import { SESSION_COOKIE, readCookie } from './cookies.js';
 
 const TUNNEL_PATH = /^\/tunnel\/([^/?#]{1,200})\/([^/?#]{1,16})$/;
@@ -91,11 +92,7 @@ export async function handleUpgrade(ctx: GatewayContext, wss: WebSocketServer, r
       session !== null && ws.protocol === RESUMABLE_SUBPROTOCOL
         ? resumeSession(ctx.resume, ws, { vmName, protocol: protocolText, resume, session, received, client })
         : runTunnel(ctx, ws, { vmName, protocolText, ticket, resume, cookie, client, acceptedAt: info.acceptedAt });
-    work.catch((e: unknown) => {
-      ctx.metrics.internalErrors.inc({ where: 'websocket' });
-      ctx.log.error({ err: e, event: 'handler-failed', where: 'websocket', client }, 'WebSocket handler failed');
-      ws.terminate();
-    });
+    guard(ctx, 'websocket', work, () => ws.terminate(), { client });
   });
 }
 
