@@ -256,9 +256,9 @@ route('POST', '/api/vms/:p/move', 'move', async (c) => {
   await c.admin();
   const { node } = await c.body(moveSchema);
   const cluster = c.ctx.cluster;
-  const isUpNode = cluster ? (n: string): boolean => cluster.node(n)?.state === 'up' : undefined;
+  const nodeState = cluster ? (n: string): string | undefined => cluster.node(n)?.state : undefined;
   const before = lookupVm(c.ctx.dir, c.params[0] ?? '');
-  const moved = await commands.moveVm(c.ctx.dir, before.name, node, { isUpNode });
+  const moved = await commands.moveVm(c.ctx.dir, before.name, node, { nodeState });
   await audit(c, 'vm.move', { type: 'vm', name: before.name }, { from: before.node, to: node, epoch: moved.epoch });
   sendJson(c.res, 200, moved);
 }, { leader: true });
