@@ -272,7 +272,7 @@ export function wsOpener(url: () => string, t?: TlsClientOptions): Opener {
 // ---------------------------------------------------------------------------------------------
 // Measurements
 
-async function expectBanner(c: Conn): Promise<void> {
+export async function expectBanner(c: Conn): Promise<void> {
   const b = await c.read(BANNER.length, 10_000);
   if (!b.equals(BANNER)) throw new Error(`unexpected banner ${JSON.stringify(b.toString('latin1'))}`);
 }
