@@ -125,7 +125,7 @@ export class GatewayRpc {
   }
 
   async probe(): Promise<GatewayProbe> {
-    const r = await this.call('probe', {}, 10_000);
+    const r = await this.call('probe', {}, 20_000);
     if (r.type !== 'probe') throw new Error(`gateway: unexpected answer ${r.type} to probe`);
     return r;
   }

@@ -80,6 +80,8 @@ export interface SoakReport {
   readonly tunnels: number;
   /** Churn failures by message: must stay empty (nothing fails but what is injected). */
   readonly failures: Readonly<Record<string, number>>;
+  /** Probes the gateway did not answer within their deadline (it stalled): must be none. */
+  readonly probesMissed: number;
   /** How often each adversary kind was (re)opened: the gateway keeps cutting them. */
   readonly adversaryOpens: Readonly<Record<AdversaryKind, number>>;
 }
@@ -94,13 +96,21 @@ class TicketPool {
   private refilling: Promise<void> | undefined;
   constructor(private readonly stack: Stack) {}
 
+  /** A failed refill fails the callers waiting for it (each counts it), and the next take tries again. */
   async take(): Promise<string> {
-    if (this.pool.length < 100) this.refilling ??= this.stack.rpc.tickets(300).then((t) => {
-      this.pool.push(...t);
-      this.refilling = undefined;
-    });
-    while (this.pool.length === 0) await this.refilling;
+    if (this.pool.length < 100) this.refill();
+    while (this.pool.length === 0) await this.refill();
     return this.pool.shift() as string;
+  }
+
+  private refill(): Promise<void> {
+    this.refilling ??= this.stack.rpc
+      .tickets(300)
+      .then((t) => void this.pool.push(...t))
+      .finally(() => (this.refilling = undefined));
+    // A background refill's failure is seen by whoever waits next.
+    this.refilling.catch(() => undefined);
+    return this.refilling;
   }
 }
 
@@ -274,9 +284,15 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
       ...Array.from({ length: opts.adversaries }, (_, i) => adversaryLoop(ADVERSARY_KINDS[i % ADVERSARY_KINDS.length] as AdversaryKind)),
     ];
     const samples: SoakSample[] = [];
+    let probesMissed = 0;
     while (Date.now() - startedAt < opts.durationMs) {
       await sleep(Math.min(opts.sampleEveryMs, opts.durationMs - (Date.now() - startedAt)));
-      const p = await stack.rpc.probe();
+      const p = await stack.rpc.probe().catch((e: unknown) => {
+        probesMissed++;
+        opts.log(`  probe missed: ${(e as Error).message}`);
+        return undefined;
+      });
+      if (!p) continue;
       const done = window.sort((a, b) => a - b);
       window = [];
       const s: SoakSample = {
@@ -299,7 +315,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     opts.log(`  idle after: heap ${round(after.heapUsed / MiB)} MiB, rss ${round(after.rss / MiB)} MiB, ${after.fds} fds, ${timersOf(after)} timers`);
     await stack.rpc.stop().catch(() => undefined);
     const { log: _log, ...options } = opts;
-    return { options, machine: `${os.cpus().length} x ${os.cpus()[0]?.model ?? '?'}`, before, after, samples, tunnels: total, failures, adversaryOpens };
+    return { options, machine: `${os.cpus().length} x ${os.cpus()[0]?.model ?? '?'}`, before, after, samples, tunnels: total, failures, probesMissed, adversaryOpens };
   } finally {
     await stopAll(peers);
     rmSync(work, { recursive: true, force: true });
@@ -318,6 +334,7 @@ export function judgeSoak(r: SoakReport): Array<{ label: string; ok: boolean; de
   const failures = Object.values(r.failures).reduce((a, b) => a + b, 0);
   return [
     { label: 'no churn tunnel failed', ok: failures === 0, detail: failures === 0 ? `${r.tunnels} tunnels` : JSON.stringify(r.failures) },
+    { label: 'the gateway answered every probe', ok: r.probesMissed === 0, detail: `${r.probesMissed} missed` },
     { label: 'descriptors back to idle', ok: r.after.fds <= r.before.fds + 4, detail: `${r.before.fds} -> ${r.after.fds}` },
     { label: 'timers back to idle', ok: timersOf(r.after) <= timersOf(r.before) + 4, detail: `${timersOf(r.before)} -> ${timersOf(r.after)}` },
     { label: 'heap back to idle (after a full GC)', ok: r.after.heapUsed <= r.before.heapUsed + 8 * MiB, detail: `${round(r.before.heapUsed / MiB)} -> ${round(r.after.heapUsed / MiB)} MiB` },
