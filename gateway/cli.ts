@@ -13,6 +13,7 @@ import { randomPassword } from './auth/passwords.js';
 import { PROTOCOLS, type EndpointInput, type Protocol } from './directory/directory.js';
 import { parseHostPort, parsePort } from './hostport.js';
 import { VERSION } from './version.js';
+import { doctorStatus, formatFindings, runDoctor } from './doctor.js';
 
 interface GlobalOpts {
   config?: string;
@@ -97,6 +98,20 @@ program
     await dir.close();
     for (const what of state.created) console.log(`created ${what}`);
     console.log(`state folder ${cfg.state} is ready; clients trust ${state.paths.caCert}`);
+  });
+
+program
+  .command('doctor')
+  .description('check what breaks deployments: certificates, state folder, descriptor limit, Redis, clock, port; exits 1 on a failure')
+  .option('--pid <pid>', 'check the descriptor limit of this process (the running service: systemctl show -p MainPID --value oneport)', (v) => {
+    if (!/^\d{1,9}$/.test(v)) throw new InvalidArgumentError('a process id');
+    return Number(v);
+  })
+  .option('--json', 'print the findings as JSON')
+  .action(async (o: { pid?: number; json?: boolean }) => {
+    const findings = await runDoctor(config(), { ...(o.pid !== undefined ? { pid: o.pid } : {}) });
+    console.log(o.json ? JSON.stringify(findings, null, 2) : formatFindings(findings));
+    process.exitCode = doctorStatus(findings);
   });
 
 const user = program.command('user').description('manage users');

@@ -424,7 +424,7 @@ export function redisExposure(r: NonNullable<Config['cluster']['redis']>): strin
 }
 
 /** ioredis options from the config: a URL, or Sentinel with its options. */
-function redisOptions(r: NonNullable<Config['cluster']['redis']>, ca: string | undefined): string | RedisOptions {
+export function redisOptions(r: NonNullable<Config['cluster']['redis']>, ca: string | undefined): string | RedisOptions {
   if (typeof r === 'string') {
     if (ca === undefined) return r;
     // A private CA for rediss://: spell the URL out as options so the CA can join them.
