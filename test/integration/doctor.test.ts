@@ -6,7 +6,7 @@
 import t from 'tap';
 import net from 'node:net';
 import { execFile, spawn } from 'node:child_process';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { once } from 'node:events';
@@ -50,6 +50,14 @@ t.test('state folder modes, and files the service user cannot replace', async (t
   chmodSync(gw.state, 0o700);
   chmodSync(join(gw.state, 'ca-key.pem'), 0o600);
   t.same(problems(await runDoctor(buildConfig(base)), 'state'), [], 'fixed as told, the check passes');
+  if (process.getuid?.() === 0) {
+    // What `sudo oneport ...` leaves behind: a file the service user does not own.
+    const file = join(gw.state, 'revoked-sessions.json');
+    writeFileSync(file, '[]', { mode: 0o600 });
+    chownSync(file, 4242, 4242);
+    t.match(problems(await runDoctor(buildConfig(base)), 'state'), [{ severity: 'fail', message: /revoked-sessions\.json belongs to uid 4242, the folder to uid 0/, fix: `chown 0 ${file}` }]);
+    chownSync(file, 0, 0);
+  }
   const missing = problems(await runDoctor(buildConfig({ ...base, state: join(gw.state, 'nope') })), 'state');
   t.match(missing, [{ severity: 'fail', message: /does not exist/, fix: /^oneport init --state / }]);
 });
