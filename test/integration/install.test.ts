@@ -17,6 +17,8 @@ import { deadline } from '../helpers/wait.js';
 import { VERSION } from '../../gateway/version.js';
 
 const run = promisify(execFile);
+// The build (tsc, in prepack) alone takes a minute on two idle cores: more than the usual 180 s under load.
+t.setTimeout(420_000);
 const ROOT = new URL('../..', import.meta.url).pathname;
 
 t.test('npm pack, npm install -g into a prefix, then the installed oneport runs', async (t) => {
