@@ -2,7 +2,7 @@
  * README "Observability": logs are JSON lines, or pino-pretty's human-readable lines on a
  * terminal (`log.format`, `--log-format`); the same logger, so the same redaction: a ticket,
  * token or password never shows in either form. The real CLI is run on a pseudo-terminal
- * (util-linux `script`) and on a pipe.
+ * (`script`, Debian's bsdutils) and on a pipe.
  */
 import t from 'tap';
 import { spawn } from 'node:child_process';
@@ -53,7 +53,7 @@ for (const format of ['json', 'pretty'] as const satisfies readonly LogFormat[])
   });
 }
 
-t.test('the CLI: pretty on a terminal, JSON lines on a pipe, --log-format overrides', { skip: missingCommands([['script', 'util-linux']]) }, async (t) => {
+t.test('the CLI: pretty on a terminal, JSON lines on a pipe, --log-format overrides', { skip: missingCommands([['script', 'bsdutils']]) }, async (t) => {
   /** Start `oneport serve` on a fresh state folder; the first log line (cluster CA created), then stop it. */
   const firstLogLine = async (terminal: boolean, extra: string[] = []): Promise<string> => {
     const state = mkdtempSync(join(tmpdir(), 'oneport-logfmt-'));
