@@ -17,6 +17,7 @@ import { startTestGateway } from '../helpers/gateway.js';
 import { startRedis, startSentinel } from '../helpers/redis.js';
 import { closedPort, freePort } from '../helpers/net.js';
 import { testPki } from '../helpers/certs.js';
+import { deadline } from '../helpers/wait.js';
 
 const run = promisify(execFile);
 const CLI = new URL('../../gateway/cli.ts', import.meta.url).pathname;
@@ -69,17 +70,12 @@ t.test('descriptor limit against limits.maxConnections, of this process or of th
     { severity: 'fail', message: /limits\.maxConnections 10000000 needs 20001024/, fix: /^LimitNOFILE=20001024 in the unit/ },
   ]);
   // A stand-in for the service: a process whose limit was lowered before it started.
-  const svc = spawn('bash', ['-c', 'ulimit -n 512 && exec cat'], { stdio: ['pipe', 'ignore', 'ignore'] });
+  const svc = spawn('bash', ['-c', 'ulimit -n 512 && echo lowered && exec cat'], { stdio: ['pipe', 'pipe', 'ignore'] });
   t.teardown(() => svc.kill('SIGKILL'));
-  await once(svc, 'spawn');
+  await Promise.race([once(svc.stdout, 'data'), deadline(10_000, 'the lowered limit')]);
   const cfg = buildConfig({ ...base, limits: { maxConnections: 100 } });
   t.same(problems(await runDoctor(cfg), 'descriptors'), [], 'this process has enough for 100 connections');
-  // bash replaces itself with cat after ulimit: wait until the limit shows in /proc.
-  let found: Finding[] = [];
-  for (let i = 0; i < 100 && found.length === 0; i++) {
-    found = problems(await runDoctor(cfg, { pid: svc.pid! }), 'descriptors');
-    if (found.length === 0) await new Promise((r) => setImmediate(r));
-  }
+  const found = problems(await runDoctor(cfg, { pid: svc.pid! }), 'descriptors');
   t.match(found, [{ severity: 'fail', message: `open-file limit of process ${svc.pid} is 512; limits.maxConnections 100 needs 1224 (two per tunnel, plus 1024)` }]);
 });
 
