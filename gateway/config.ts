@@ -311,7 +311,7 @@ export const configSchema = z
     log: z
       .object({
         level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-        /** `json` lines, `pretty` (pino-pretty: one coloured line per entry), or `auto`: pretty when stdout is a terminal. @default auto */
+        /** `json` lines, `pretty` (pino-pretty: human-readable, coloured on a terminal), or `auto`: pretty when stdout is a terminal. @default auto */
         format: z.enum(['auto', 'json', 'pretty']).default('auto'),
       })
       .prefault({}),

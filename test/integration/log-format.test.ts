@@ -6,12 +6,13 @@
  */
 import t from 'tap';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { createLogger, type LogFormat } from '../../gateway/log.js';
+import { loadConfig } from '../../gateway/config.js';
 import { deadline } from '../helpers/wait.js';
 import { missingCommands } from '../helpers/netns.js';
 
@@ -88,4 +89,16 @@ t.test('the CLI: pretty on a terminal, JSON lines on a pipe, --log-format overri
   t.match(JSON.parse(piped), { level: 'info', event: 'state-created', msg: 'created cluster CA' }, 'a JSON line on a pipe');
   const forced = await firstLogLine(true, ['--log-format', 'json']);
   t.match(JSON.parse(forced.trim()), { event: 'state-created' }, '--log-format json on a terminal');
+});
+
+t.test('log.format from the file, the environment, a flag; a --log-level flag keeps the file\'s format', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'oneport-logcfg-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const configFile = join(dir, 'config.json');
+  writeFileSync(configFile, JSON.stringify({ log: { format: 'json', level: 'warn' } }));
+  t.match(loadConfig({ configFile, env: {} }).log, { format: 'json', level: 'warn' });
+  t.match(loadConfig({ configFile, env: {}, overrides: { log: { level: 'debug' } } }).log, { format: 'json', level: 'debug' }, '--log-level alone');
+  t.match(loadConfig({ configFile, env: { ONEPORT_LOG_FORMAT: 'pretty' } }).log, { format: 'pretty', level: 'warn' }, 'ONEPORT_LOG_FORMAT');
+  t.match(loadConfig({ env: {} }).log, { format: 'auto', level: 'info' }, 'defaults');
+  t.throws(() => loadConfig({ env: { ONEPORT_LOG_FORMAT: 'xml' } }), /log\.format/, 'an unknown format is refused');
 });
