@@ -76,7 +76,8 @@ const SECRET_FILES = ['ca-key.pem', 'server-key.pem', 'node-key.pem', 'directory
 
 function checkState(cfg: Config): Finding[] {
   const root = cfg.state;
-  if (!existsSync(root)) return [bad('state', 'fail', `state folder ${root} does not exist`, `oneport init --state ${root} (as the user the service runs as)`)];
+  // The gateway makes it at its first start (mode 0700): only worth a warning before then.
+  if (!existsSync(root)) return [bad('state', 'warn', `state folder ${root} does not exist yet`, `oneport init --state ${root} (as the user the service runs as), or start the gateway once`)];
   const st = statSync(root);
   if (!st.isDirectory()) return [bad('state', 'fail', `state folder ${root} is not a folder`, `point --state (ONEPORT_STATE) at a folder`)];
   const out: Finding[] = [];
