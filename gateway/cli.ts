@@ -13,6 +13,7 @@ import { randomPassword } from './auth/passwords.js';
 import { PROTOCOLS, type EndpointInput, type Protocol } from './directory/directory.js';
 import { parseHostPort, parsePort } from './hostport.js';
 import { VERSION } from './version.js';
+import { doctorStatus, formatFindings, runDoctor } from './doctor.js';
 
 interface GlobalOpts {
   config?: string;
@@ -20,6 +21,7 @@ interface GlobalOpts {
   listen?: string;
   demo?: boolean;
   logLevel?: string;
+  logFormat?: string;
   redis?: string;
   nodeId?: string;
   advertise?: string;
@@ -38,7 +40,7 @@ function config(extra: Partial<GlobalOpts> = {}): Config {
   const g = { ...program.opts<GlobalOpts>(), ...extra };
   const overrides: Record<string, unknown> = { state: g.state, listen: g.listen };
   if (g.demo !== undefined) overrides.demo = { enabled: g.demo };
-  if (g.logLevel) overrides.log = { level: g.logLevel };
+  if (g.logLevel || g.logFormat) overrides.log = { ...(g.logLevel ? { level: g.logLevel } : {}), ...(g.logFormat ? { format: g.logFormat } : {}) };
   if (g.nodeId) overrides.nodeId = g.nodeId;
   if (g.redis !== undefined || g.advertise !== undefined) {
     const file = loadConfig({ configFile: g.config, overrides: { state: g.state } });
@@ -58,6 +60,7 @@ program
   .option('--demo', 'also serve the built-in demo desktop (VM "demo", user "demo"); `npm start` does')
   .option('--no-demo', 'do not serve the demo desktop, even if the config file asks for it')
   .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent')
+  .addOption(new Option('--log-format <format>', 'json lines, pretty (human-readable), or auto: pretty on a terminal (env ONEPORT_LOG_FORMAT)').choices(['auto', 'json', 'pretty']))
   .option('--redis <url>', 'join the cluster whose directory is in this Redis (redis:// or rediss://; env ONEPORT_REDIS)')
   .option('--node-id <id>', 'this node\'s id in the cluster (env ONEPORT_NODE_ID; default the host name)')
   .option('--advertise <host:port>', 'where the other nodes reach this node\'s port (default: the bound address)')
@@ -97,6 +100,20 @@ program
     await dir.close();
     for (const what of state.created) console.log(`created ${what}`);
     console.log(`state folder ${cfg.state} is ready; clients trust ${state.paths.caCert}`);
+  });
+
+program
+  .command('doctor')
+  .description('check what breaks deployments: certificates, state folder, descriptor limit, Redis, clock, port; exits 1 on a failure')
+  .option('--pid <pid>', 'check the descriptor limit of this process (the running service: systemctl show -p MainPID --value oneport)', (v) => {
+    if (!/^\d{1,9}$/.test(v)) throw new InvalidArgumentError('a process id');
+    return Number(v);
+  })
+  .option('--json', 'print the findings as JSON')
+  .action(async (o: { pid?: number; json?: boolean }) => {
+    const findings = await runDoctor(config(), { ...(o.pid !== undefined ? { pid: o.pid } : {}) });
+    console.log(o.json ? JSON.stringify(findings, null, 2) : formatFindings(findings));
+    process.exitCode = doctorStatus(findings);
   });
 
 const user = program.command('user').description('manage users');

@@ -313,6 +313,8 @@ export const configSchema = z
     log: z
       .object({
         level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+        /** `json` lines, `pretty` (pino-pretty: human-readable, coloured on a terminal), or `auto`: pretty when stdout is a terminal. @default auto */
+        format: z.enum(['auto', 'json', 'pretty']).default('auto'),
       })
       .prefault({}),
   })
@@ -377,9 +379,12 @@ export function loadConfig(opts: LoadOptions = {}): Config {
   if (env.ONEPORT_NODE_ID) fromEnv.nodeId = env.ONEPORT_NODE_ID;
   if (env.ONEPORT_REDIS) fromEnv.cluster = { ...(fromFile.cluster as object), redis: env.ONEPORT_REDIS };
   if (env.ONEPORT_LOG_LEVEL) fromEnv.log = { ...(fromFile.log as object), level: env.ONEPORT_LOG_LEVEL };
+  if (env.ONEPORT_LOG_FORMAT) fromEnv.log = { ...(fromFile.log as object), ...(fromEnv.log as object), format: env.ONEPORT_LOG_FORMAT };
   const merged = { ...fromFile, ...fromEnv };
   for (const [k, v] of Object.entries(opts.overrides ?? {})) {
-    if (v !== undefined) merged[k] = v;
+    // A flag for one log setting keeps the others from the file and environment.
+    if (k === 'log' && v !== undefined) merged.log = { ...(merged.log as object), ...(v as object) };
+    else if (v !== undefined) merged[k] = v;
   }
   return buildConfig(merged);
 }

@@ -1,8 +1,11 @@
 /**
- * Structured JSON logs (pino). Secrets never reach a log line: nothing on the data path logs a
- * ticket, token, password or URL query; the redact list is the second line of defence.
+ * Structured logs (pino): JSON lines, or human-readable ones on a terminal (pino-pretty). Secrets
+ * never reach a log line: nothing on the data path logs a ticket, token, password or URL query;
+ * the redact list is the second line of defence, applied before either form is written.
  */
+import { createRequire } from 'node:module';
 import { pino, type Logger, type DestinationStream } from 'pino';
+import type { build as buildPretty } from 'pino-pretty';
 
 export type { Logger };
 
@@ -18,9 +21,21 @@ export const REDACT_PATHS = [
   'headers.authorization',
   'headers["proxy-authorization"]',
   'headers.cookie',
+  '*.headers.authorization',
+  '*.headers["proxy-authorization"]',
+  '*.headers.cookie',
 ];
 
-export function createLogger(opts: { level: string; nodeId: string; destination?: DestinationStream }): Logger {
+export type LogFormat = 'auto' | 'json' | 'pretty';
+
+/**
+ * JSON lines, or (`pretty`, or `auto` on a terminal) pino-pretty's human-readable lines. Either
+ * way pino redacts first: the pretty printer only ever sees the redacted line.
+ */
+export function createLogger(opts: { level: string; nodeId: string; destination?: DestinationStream; format?: LogFormat }): Logger {
+  const format = opts.format ?? 'auto';
+  const pretty = format === 'pretty' || (format === 'auto' && opts.destination === undefined && process.stdout.isTTY === true);
+  const stream = pretty ? prettyStream(opts.destination, format === 'pretty') : undefined;
   return pino(
     {
       level: opts.level,
@@ -29,8 +44,29 @@ export function createLogger(opts: { level: string; nodeId: string; destination?
       redact: { paths: REDACT_PATHS, censor: '[redacted]' },
       formatters: { level: (label) => ({ level: label }) },
     },
-    opts.destination ?? pino.destination({ sync: false }),
+    stream ?? opts.destination ?? pino.destination({ sync: false }),
   );
+}
+
+/**
+ * pino-pretty as a stream in this thread (a terminal's pace), writing to `destination` or stdout.
+ * Not installed: an error when asked for by name, JSON lines for `auto`.
+ */
+function prettyStream(destination: DestinationStream | undefined, required: boolean): DestinationStream | undefined {
+  let build: typeof buildPretty;
+  try {
+    // CommonJS, loaded only when asked for: JSON logging never depends on it.
+    build = (createRequire(import.meta.url)('pino-pretty') as { build: typeof buildPretty }).build;
+  } catch (e) {
+    if (required) throw new Error(`log.format pretty needs the pino-pretty package (npm install): ${(e as Error).message}`, { cause: e });
+    return undefined;
+  }
+  return build({
+    colorize: destination === undefined && process.stdout.isTTY === true,
+    translateTime: 'SYS:yyyy-mm-dd HH:MM:ss.l',
+    ignore: 'pid,hostname',
+    ...(destination !== undefined ? { destination } : {}),
+  });
 }
 
 /**

@@ -75,7 +75,7 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 const WEB_ROOT = [join(HERE, '..', 'web'), join(HERE, '..', '..', 'web')].find((d) => existsSync(join(d, 'index.html'))) ?? join(HERE, '..', 'web');
 
 export async function startGateway(config: Config, opts: GatewayOptions = {}): Promise<Gateway> {
-  const log = opts.logger ?? createLogger({ level: config.log.level, nodeId: config.nodeId });
+  const log = opts.logger ?? createLogger({ level: config.log.level, nodeId: config.nodeId, format: config.log.format });
   const state = ensureState(config.state, config.serverNames);
   for (const what of state.created) log.info({ event: 'state-created', state: config.state }, `created ${what}`);
 

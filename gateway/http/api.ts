@@ -15,6 +15,7 @@ import { decodePathSegment, pathOf, safeHost, sendError, sendJson } from './resp
 import { connInfo } from '../conninfo.js';
 import type { TokenPayload } from '../auth/tokens.js';
 import { VERSION } from '../version.js';
+import { OPENAPI } from './openapi.js';
 import { forwardToLeader } from './forward.js';
 import { ACTING_HEADER, CLIENT_HEADER, FORWARDED_BY_HEADER } from '../cluster/peers.js';
 import { type FanoutDeps, type NodeAnswer, askNode, askOtherNodes } from '../cluster/fanout.js';
@@ -57,6 +58,8 @@ type Handler = (c: Call) => Promise<void> | void;
 interface Route {
   readonly method: string;
   readonly pattern: RegExp;
+  /** As written, `:p` for each path parameter (the OpenAPI test compares it with the document). */
+  readonly path: string;
   readonly name: string;
   readonly handler: Handler;
   /** A directory change: executed by the cluster's leader (a follower forwards it). */
@@ -66,7 +69,7 @@ interface Route {
 const seg = '([^/]{1,200})';
 const routes: Route[] = [];
 function route(method: string, path: string, name: string, handler: Handler, opts: { leader?: boolean } = {}): void {
-  routes.push({ method, pattern: new RegExp(`^${path.replaceAll(':p', seg)}$`), name, handler, leader: opts.leader ?? false });
+  routes.push({ method, pattern: new RegExp(`^${path.replaceAll(':p', seg)}$`), path, name, handler, leader: opts.leader ?? false });
 }
 
 const loginSchema = z.object({ user: z.string().min(1).max(64), password: z.string().min(1).max(1024) }).strict();
@@ -99,6 +102,11 @@ async function ticketResponse(c: Call, user: UserRecord, vm: VmRecord, protocolI
   };
 }
 
+/** Every route: method and path (`:p` for a parameter). */
+export function apiRoutes(): Array<{ method: string; path: string; leader: boolean }> {
+  return routes.map((r) => ({ method: r.method, path: r.path, leader: r.leader }));
+}
+
 route('GET', '/healthz', 'healthz', (c) => sendJson(c.res, 200, { status: 'ok' }));
 route('GET', '/readyz', 'readyz', (c) => {
   const { lifecycle } = c.ctx;
@@ -129,6 +137,7 @@ route('GET', '/metrics', 'metrics', async (c) => {
   c.res.end(text);
 });
 
+route('GET', '/api/openapi.json', 'openapi', (c) => sendJson(c.res, 200, OPENAPI));
 route('POST', '/api/login', 'login', async (c) => {
   if (!c.local && !connInfo(c.req.socket)?.tls) throw new OneportError('ONEPORT_ERR_TLS_REQUIRED');
   const body = await c.body(loginSchema);
