@@ -15,6 +15,7 @@
  */
 import type net from 'node:net';
 import type { GatewayContext } from '../context.js';
+import type { VmRecord } from '../directory/directory.js';
 import { connInfo } from '../conninfo.js';
 import { OneportError } from '../errors.js';
 import { Peeked } from '../listener.js';
@@ -80,6 +81,11 @@ export function nativeRequest(opening: RdpOpening, client: string): TunnelReques
   if (!split) throw new OneportError('ONEPORT_ERR_AUTH_REQUIRED', 'send <ticket>.<vm> as the preconnection blob or the routing token');
   if (isAddressLiteral(split.vm)) throw new OneportError('ONEPORT_ERR_ADDRESS_LITERAL');
   return { vmName: split.vm, credential: { kind: 'ticket', ticket: split.ticket }, hints: { protocol: 'rdp' }, tls: false, client, hold: true };
+}
+
+/** May a native client reach this VM? The node's switch (config nativeRdp.enabled) and the VM record's. */
+export function nativeRdpOn(enabled: boolean, vm: Pick<VmRecord, 'nativeRdp'>): boolean {
+  return enabled && vm.nativeRdp !== false;
 }
 
 export async function handleNativeRdp(ctx: GatewayContext, socket: net.Socket): Promise<void> {

@@ -8,19 +8,20 @@
  * Everything else (forged, expired, replayed, cross-VM, cross-protocol tickets; no ticket; a VM
  * with native RDP off; FreeRDP's downgrading retries; malformed, huge, trickled and silent
  * openings) is answered with an RDP_NEG_FAILURE or closed at once, and no console ever sees a
- * connection for it.
+ * connection for it. Last, the portal's .rdp files (gateway and native variants) and their tickets.
  */
 import t, { type Test } from 'tap';
 import type net from 'node:net';
 import { once } from 'node:events';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
-import { type Backend, closedWithin, connectRaw, startBackend } from '../helpers/net.js';
+import { type Backend, closedWithin, connectRaw, rawRequest, startBackend } from '../helpers/net.js';
+import { apiClient, ok } from '../helpers/api.js';
 import { connectionCount, forge } from '../helpers/scenario.js';
 import { until } from '../helpers/wait.js';
 import * as R from '../fixtures/rdp-packets.js';
 import { encodeConnectionRequest, encodePreconnectionPdu, parseConnectionRequest } from '../../protocols/rdp.js';
 import { REFUSAL } from '../../gateway/tunnel/legs/rdp.js';
-import { mintTicket } from '../../gateway/auth/tickets.js';
+import { checkTicket, mintTicket } from '../../gateway/auth/tickets.js';
 import type { ConfigInput } from '../../gateway/config.js';
 
 /** An RDP console stand-in: answers the first Connection Request with a Connection Confirm, then echoes. */
@@ -237,4 +238,84 @@ t.test('hostile openings: bad lengths, a huge blob, trickled bytes, silence', as
   t.equal(win1.accepted, 1, 'only the good ticket reached a console');
   t.equal(win2.accepted, 0);
   t.equal(gw.logs.filter((l) => l.level === 50).length, 0, 'nothing logged at error level');
+});
+
+/** `name:type:value` lines (CR LF) of an .rdp file. */
+function rdpSettings(text: string): Map<string, string> {
+  return new Map(text.split('\r\n').filter(Boolean).map((l) => {
+    const m = /^([^:]+):([si]):(.*)$/.exec(l);
+    if (!m) throw new Error(`not an .rdp line: ${JSON.stringify(l)}`);
+    return [m[1]!, m[3]!] as const;
+  }));
+}
+
+t.test("the portal's .rdp files: the gateway variant and the native one, each with a fresh ticket that works", async (t) => {
+  const { gw, win1 } = await setup(t);
+  await gw.addVm('locked', [{ protocol: 'rdp', host: '127.0.0.1', port: win1.port, publishedPort: 3390 }], ['alice'], { nativeRdp: false });
+  await gw.addVm('desk', [{ protocol: 'vnc', host: '127.0.0.1', port: win1.port }], ['alice']);
+  await gw.addVm('hidden', [{ protocol: 'rdp', host: '127.0.0.1', port: win1.port }], ['bob']);
+  const api = apiClient(t, gw);
+  const { token } = ok(await api<{ token: string }>('POST', '/api/login', { body: { user: 'alice', password: 'alice-password-1' } }), 'login');
+
+  const desktops = ok(await api<Array<{ vm: string; nativeRdp?: boolean }>>('GET', '/api/desktops', { token }));
+  t.same(Object.fromEntries(desktops.map((d) => [d.vm, d.nativeRdp])), { win1: true, win2: true, locked: false, desk: undefined }, 'the list says where native RDP is on (RDP desktops only)');
+
+  const viaGateway = await api<string>('GET', '/api/desktops/win1/console.rdp', { token });
+  t.equal(viaGateway.status, 200);
+  t.match(viaGateway.headers['content-type'], 'application/x-rdp');
+  t.match(viaGateway.headers['content-disposition'], 'attachment; filename="win1.rdp"');
+  t.equal(viaGateway.headers['cache-control'], 'no-store');
+  const g = rdpSettings(viaGateway.body);
+  const port = String(gw.port);
+  t.match(Object.fromEntries(g), {
+    'full address': 'win1',
+    gatewayhostname: `localhost:${port}`,
+    gatewayusagemethod: '1',
+    gatewaycredentialssource: '5',
+    gatewayprofileusagemethod: '1',
+    gatewayaccesstoken: /^[a-z2-7]{50}$/,
+  }, 'the gateway variant: the VM behind the RD Gateway on this port, the ticket as access token');
+  t.ok(checkTicket(gw.ctx.dir.keys(), g.get('gatewayaccesstoken')!, 'win1').ok, 'a real ticket for win1');
+  t.equal(rdpSettings(ok(await api<string>('GET', '/api/desktops/locked/console.rdp?variant=gateway', { token }))).get('full address'), 'locked:3390', 'a published port other than 3389 is named');
+
+  const native = await api<string>('GET', '/api/desktops/win1/console.rdp?variant=native', { token });
+  t.equal(native.status, 200);
+  t.match(native.headers['content-disposition'], 'filename="win1-native.rdp"');
+  const n = rdpSettings(native.body);
+  t.equal(n.get('full address'), `localhost:${port}`, 'the native variant: straight to this port');
+  t.match(n.get('loadbalanceinfo'), /^[a-z2-7]{50}\.win1$/);
+  t.equal(n.get('pcb'), n.get('loadbalanceinfo'), 'the same <ticket>.<vm> in the preconnection blob');
+  t.notOk(native.body.includes(g.get('gatewayaccesstoken')!), 'each file has its own fresh ticket');
+  // What the file says, sent the way a client sends it, reaches the console.
+  const s = await send(gw.port, opening.loadBalanceInfo(n.get('loadbalanceinfo')!));
+  const [answer] = (await once(s, 'data')) as [Buffer];
+  t.same(answer, R.SHADOW_CC_SSL, "the native file's ticket opens the tunnel");
+  s.destroy();
+
+  const refusals: Array<[string, string, number, string]> = [
+    ['an unknown variant', '/api/desktops/win1/console.rdp?variant=mstsc', 400, 'ONEPORT_ERR_VALIDATION'],
+    ['native for a VM with native RDP off', '/api/desktops/locked/console.rdp?variant=native', 403, 'ONEPORT_ERR_FORBIDDEN'],
+    ['a desktop without RDP', '/api/desktops/desk/console.rdp', 404, 'ONEPORT_ERR_NO_SUCH_PROTOCOL'],
+    ['a desktop of someone else', '/api/desktops/hidden/console.rdp', 403, 'ONEPORT_ERR_NOT_ASSIGNED'],
+  ];
+  for (const [name, path, status, code] of refusals) {
+    const r = await api<{ error: { code: string } }>('GET', path, { token });
+    t.equal(r.status, status, name);
+    t.equal(r.body.error.code, code, name);
+  }
+  t.equal((await api('GET', '/api/desktops/win1/console.rdp')).status, 401, 'only with a session');
+
+  // The Host header is the only thing in the file a client chose: plain host[:port] or nothing.
+  const fetch = async (host: string): Promise<string> => {
+    const r = await rawRequest(gw.port, `GET /api/desktops/win1/console.rdp?variant=native HTTP/1.1\r\nHost: ${host}\r\nAuthorization: Bearer ${token}\r\nConnection: close\r\n\r\n`, { ca: gw.caCert });
+    // A 200 leaves the socket to the caller: the file is what follows the head.
+    const chunks: Buffer[] = [r.rest];
+    for await (const c of r.socket) chunks.push(c as Buffer);
+    return Buffer.concat(chunks).toString();
+  };
+  t.equal(rdpSettings(await fetch('gw.example')).get('full address'), 'gw.example:443', 'a Host without a port came over https: 443');
+  t.equal(rdpSettings(await fetch('[2001:db8::1]:9443')).get('full address'), '[2001:db8::1]:9443');
+  const evil = await fetch('evil.example/x:1');
+  t.equal(rdpSettings(evil).get('full address'), `localhost:${port}`, 'anything else: our first server name and this port');
+  t.notMatch(evil, /evil/);
 });
