@@ -42,6 +42,7 @@ export type OpeningRead =
  * sent after its opening (nothing, for every real client: it waits for the Connection Confirm).
  */
 export function readOpening(socket: net.Socket, timeoutMs: number): Promise<OpeningRead> {
+  if (socket.destroyed) return Promise.resolve({ kind: 'closed' });
   return new Promise((resolve) => {
     const peeked = new Peeked(Buffer.alloc(0));
     const finish = (r: OpeningRead): void => {
