@@ -1,14 +1,17 @@
 /**
  * Real RDP peers for tests that run inside a private network namespace (test/e2e/*.inner.ts):
  * xrdp with its own configuration in a temporary folder (no sesman: its login screen is enough),
- * and xfreerdp run the way a user runs it, killed at a deadline.
+ * and xfreerdp run the way a user runs it, killed at a deadline. And for tests over raw sockets:
+ * a stand-in RDP console and native RDP openings carrying any text, built from FreeRDP's captures.
  */
 import type { Test } from 'tap';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { closedPort, waitForPort } from './net.js';
+import { type Backend, closedPort, startBackend, waitForPort } from './net.js';
+import * as R from '../fixtures/rdp-packets.js';
+import { encodeConnectionRequest, encodePreconnectionPdu, parseConnectionRequest } from '../../protocols/rdp.js';
 import { testPki } from './certs.js';
 
 export interface Run {
@@ -91,3 +94,38 @@ export function runXfreerdp(display: string, home: string, args: string[], timeo
     });
   });
 }
+
+interface Teardown {
+  teardown(fn: () => unknown): void;
+}
+
+/** An RDP console stand-in: answers the first Connection Request with a Connection Confirm, then echoes. */
+export interface RdpConsole extends Backend {
+  /** The first bytes each connection sent (its Connection Request). */
+  readonly requests: Buffer[];
+}
+
+export async function startRdpConsole(t: Teardown): Promise<RdpConsole> {
+  const requests: Buffer[] = [];
+  const b = await startBackend(t, (s) => {
+    s.once('data', (d: Buffer) => {
+      requests.push(d);
+      s.write(R.SHADOW_CC_SSL);
+      s.pipe(s);
+    });
+  });
+  return Object.assign(b, { requests });
+}
+
+const base = (() => {
+  const p = parseConnectionRequest(R.FREERDP_CR_LOAD_BALANCE_INFO);
+  if (p.kind !== 'done') throw new Error('fixture');
+  return p.value;
+})();
+
+/** What FreeRDP 2.11 sends for each carrier of `<text>`. */
+export const opening = {
+  pcb: (text: string): Buffer => Buffer.concat([encodePreconnectionPdu({ id: 0, blob: text }), R.FREERDP_CR]),
+  loadBalanceInfo: (text: string): Buffer => encodeConnectionRequest({ ...base, token: { kind: 'raw', value: text } }),
+  msts: (text: string): Buffer => encodeConnectionRequest({ ...base, token: { kind: 'msts', value: text } }),
+};

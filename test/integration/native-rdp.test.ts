@@ -14,7 +14,8 @@ import t, { type Test } from 'tap';
 import type net from 'node:net';
 import { once } from 'node:events';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
-import { type Backend, closedWithin, connectRaw, rawRequest, startBackend } from '../helpers/net.js';
+import { closedWithin, connectRaw, rawRequest } from '../helpers/net.js';
+import { type RdpConsole, opening, startRdpConsole } from '../helpers/rdp.js';
 import { apiClient, ok } from '../helpers/api.js';
 import { connectionCount, forge } from '../helpers/scenario.js';
 import { until } from '../helpers/wait.js';
@@ -23,24 +24,6 @@ import { encodeConnectionRequest, encodePreconnectionPdu, parseConnectionRequest
 import { REFUSAL } from '../../gateway/tunnel/legs/rdp.js';
 import { checkTicket, mintTicket } from '../../gateway/auth/tickets.js';
 import type { ConfigInput } from '../../gateway/config.js';
-
-/** An RDP console stand-in: answers the first Connection Request with a Connection Confirm, then echoes. */
-interface RdpConsole extends Backend {
-  /** The first bytes each connection sent (its Connection Request). */
-  readonly requests: Buffer[];
-}
-
-async function startRdpConsole(t: Test): Promise<RdpConsole> {
-  const requests: Buffer[] = [];
-  const b = await startBackend(t, (s) => {
-    s.once('data', (d: Buffer) => {
-      requests.push(d);
-      s.write(R.SHADOW_CC_SSL);
-      s.pipe(s);
-    });
-  });
-  return Object.assign(b, { requests });
-}
 
 async function setup(t: Test, config: ConfigInput = {}): Promise<{ gw: TestGateway; win1: RdpConsole; win2: RdpConsole }> {
   const gw = await startTestGateway(t, config);
@@ -51,19 +34,6 @@ async function setup(t: Test, config: ConfigInput = {}): Promise<{ gw: TestGatew
   await gw.addVm('win2', [{ protocol: 'rdp', host: '127.0.0.1', port: win2.port }], ['alice']);
   return { gw, win1, win2 };
 }
-
-const base = (() => {
-  const p = parseConnectionRequest(R.FREERDP_CR_LOAD_BALANCE_INFO);
-  if (p.kind !== 'done') throw new Error('fixture');
-  return p.value;
-})();
-
-/** What FreeRDP sends for each carrier of `<text>`. */
-const opening = {
-  pcb: (text: string): Buffer => Buffer.concat([encodePreconnectionPdu({ id: 0, blob: text }), R.FREERDP_CR]),
-  loadBalanceInfo: (text: string): Buffer => encodeConnectionRequest({ ...base, token: { kind: 'raw', value: text } }),
-  msts: (text: string): Buffer => encodeConnectionRequest({ ...base, token: { kind: 'msts', value: text } }),
-};
 
 /** Send an opening; resolve with what came back until the gateway closed, or the first answer if it stayed open. */
 async function send(port: number, bytes: Buffer | Buffer[], opts: { localAddress?: string } = {}): Promise<net.Socket> {
