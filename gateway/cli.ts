@@ -189,7 +189,8 @@ vm
   .option('--max-sessions <n>', 'console sessions open on it at once, cluster-wide (0 = unlimited; default limits.maxSessionsPerVm)', (v) => maxSessionsArg(v) ?? undefined)
   .option('--max-session <duration>', 'a console session ends this long after it began, e.g. 8h (0 = no limit; default tunnel.maxSessionMs)', duration)
   .option('--idle-timeout <duration>', 'a tunnel idle this long ends, e.g. 30m (0 = never; default tunnel.idleTimeoutMs)', duration)
-  .action(async (name: string, o: { vnc?: EndpointInput; spice?: EndpointInput; rdp?: EndpointInput; users?: string[]; groups?: string[]; node?: string; replica?: string; maxSessions?: number; maxSession?: number; idleTimeout?: number }) => {
+  .option('--no-native-rdp', 'refuse native RDP clients (the ticket before TLS) for this VM; its RDP stays reachable through the RD Gateway, CONNECT and the browser')
+  .action(async (name: string, o: { vnc?: EndpointInput; spice?: EndpointInput; rdp?: EndpointInput; users?: string[]; groups?: string[]; node?: string; replica?: string; maxSessions?: number; maxSession?: number; idleTimeout?: number; nativeRdp: boolean }) => {
     const cfg = config();
     const endpoints = [o.vnc, o.spice, o.rdp].filter((e): e is EndpointInput => e !== undefined);
     if (endpoints.length === 0) throw new InvalidArgumentError('give at least one of --vnc, --spice, --rdp');
@@ -205,6 +206,7 @@ vm
         groups: o.groups ?? [],
         ...(Object.keys(policy).length > 0 ? { policy } : {}),
         ...(o.maxSessions !== undefined ? { maxSessions: o.maxSessions } : {}),
+        ...(o.nativeRdp ? {} : { nativeRdp: false }),
       });
       console.log(`vm ${name} saved`);
     } finally {
@@ -238,6 +240,7 @@ vm
           users: v.users.join(','),
           groups: v.groups.join(','),
           'max sessions': v.maxSessions ?? '',
+          'native rdp': v.endpoints.some((e) => e.protocol === 'rdp') ? (v.nativeRdp === false ? 'off' : 'on') : '',
           policy: v.policy ? JSON.stringify(v.policy) : '',
         })),
       );

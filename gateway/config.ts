@@ -52,6 +52,21 @@ export const configSchema = z
         maxBytes: z.number().int().min(64).max(V2_HARD_MAX).default(4096),
       })
       .prefault({}),
+    nativeRdp: z
+      .object({
+        /**
+         * Native RDP on the one port, in clear text: a stock client's preconnection PDU or X.224
+         * Connection Request, routed by the `<ticket>.<vm>` it carries (gateway/rdp/native.ts). A VM
+         * record with `nativeRdp: false` refuses it for that VM. @default true
+         */
+        enabled: z.boolean().default(true),
+        /**
+         * After detection, the whole opening (preconnection PDU and Connection Request, at most
+         * 1,301 bytes) must arrive within this, or the connection is closed. @default 10 s
+         */
+        openingTimeoutMs: positive.default(10 * SECOND),
+      })
+      .prefault({}),
     proxyProtocol: z
       .object({
         /** Addresses (or CIDRs) allowed to send a PROXY v1/v2 header, e.g. your load balancer. @default none */

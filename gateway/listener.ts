@@ -6,6 +6,8 @@
  *   PROXY v1/v2  -> only from trusted addresses; header consumed, detection goes on
  *   TLS          -> terminated here (SNI-selected certificate, ALPN http/1.1), then HTTPS
  *   HTTP         -> the clear-text server (CONNECT with a ticket, redirect, or 400)
+ *   RDP          -> native RDP (an MS-RDPEPS preconnection PDU or TPKT + X.224 Connection Request),
+ *                   clear text, unless nativeRdp.enabled is false (gateway/rdp/native.ts)
  *   anything else, or silence until the deadline -> closed, counted, logged (rate-limited)
  *
  * Before any of that, at accept, a connection is admitted or refused (admission.ts: the per-address
@@ -20,19 +22,22 @@ import type { Detection, Detector } from '../protocols/detector.js';
 import { createProxyDetector, proxyDetector, type ProxyInfo } from '../protocols/proxy.js';
 import { tlsDetector } from '../protocols/tls.js';
 import { httpDetector } from '../protocols/http.js';
+import { rdpDetector, rdpPreconnectionDetector } from '../protocols/rdp.js';
 import type { GatewayContext } from './context.js';
 import { type ConnInfo, newConnInfo, normaliseAddress, setConnInfo } from './conninfo.js';
 import { parseCidr } from './config.js';
 import type { ConnectionCounts, Refusal } from './admission.js';
 import { addressKey } from './address.js';
 
-export type Route = 'tls' | 'http';
+export type Route = 'tls' | 'http' | 'rdp';
 
 export interface ListenerHandlers {
   /** A terminated TLS connection, ready for HTTP. */
   readonly onTls: (socket: tls.TLSSocket) => void;
   /** A clear-text HTTP connection, first bytes replayed. */
   readonly onHttp: (socket: net.Socket) => void;
+  /** A native RDP connection (preconnection PDU or Connection Request), first bytes replayed, paused. */
+  readonly onRdp: (socket: net.Socket) => void;
   readonly secureContext: (servername: string | undefined) => tls.SecureContext;
   /** Ask TLS clients for a certificate (verified against the secure context's CA, never required). */
   readonly requestClientCert?: boolean;
@@ -46,12 +51,23 @@ export interface ListenerHandlers {
 
 export type Candidate = { readonly route: Route | 'proxy'; readonly detector: Detector<unknown> };
 
-/** Tried in order; a PROXY header can only come first. `proxy` carries the configured v2 size bound. */
-export function candidates(proxy: Detector<ProxyInfo> = proxyDetector): readonly Candidate[] {
+/**
+ * Tried in order; a PROXY header can only come first. `proxy` carries the configured v2 size bound;
+ * `nativeRdp` (config nativeRdp.enabled) adds the two native RDP openings. No two detectors match
+ * the same bytes: a preconnection PDU starts with an even byte and zeros where TLS and HTTP have
+ * their version and method, and TPKT's 03 is odd.
+ */
+export function candidates(proxy: Detector<ProxyInfo> = proxyDetector, opts: { nativeRdp?: boolean } = {}): readonly Candidate[] {
   return [
     { route: 'proxy', detector: proxy as Detector<unknown> },
     { route: 'tls', detector: tlsDetector as Detector<unknown> },
     { route: 'http', detector: httpDetector as Detector<unknown> },
+    ...(opts.nativeRdp ?? true
+      ? ([
+          { route: 'rdp', detector: rdpPreconnectionDetector as Detector<unknown> },
+          { route: 'rdp', detector: rdpDetector as Detector<unknown> },
+        ] as const)
+      : []),
   ];
 }
 
@@ -137,7 +153,7 @@ export class Listener {
     // Shared with the parked sessions, which hold counts for the addresses that parked them.
     this.counts = ctx.connections;
     const { maxV2HeaderBytes } = ctx.config.proxyProtocol;
-    this.table = candidates(createProxyDetector({ maxV2HeaderBytes }));
+    this.table = candidates(createProxyDetector({ maxV2HeaderBytes }), { nativeRdp: ctx.config.nativeRdp.enabled });
     if (ctx.config.proxyProtocol.trusted.length > 0 && maxV2HeaderBytes > ctx.config.detect.maxBytes) {
       ctx.log.warn(
         { event: 'config-warning', maxV2HeaderBytes, detectMaxBytes: ctx.config.detect.maxBytes },
@@ -258,7 +274,8 @@ export class Listener {
       // Put back every byte we looked at: the next handler parses from the very first one.
       if (head.length > 0) socket.unshift(head);
       if (v.route === 'tls') this.terminateTls(socket, info);
-      else this.handlers.onHttp(socket);
+      else if (v.route === 'http') this.handlers.onHttp(socket);
+      else this.handlers.onRdp(socket);
     };
     socket.on('data', onData);
     socket.on('end', onEnd);

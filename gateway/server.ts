@@ -33,6 +33,8 @@ import { clusterReach } from './cluster/reach.js';
 import { relayResume } from './cluster/relay.js';
 import { createClearHttpServer, createTlsHttpServer } from './http/servers.js';
 import { Portal } from './http/portal.js';
+import { guard } from './http/guard.js';
+import { handleNativeRdp } from './rdp/native.js';
 import { ensureNodeCert, ensureState } from './state.js';
 import { RedisDirectory, createConnection } from './directory/redis.js';
 import { RedisAuthStore } from './auth/redis-store.js';
@@ -239,6 +241,8 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       // until it flows again.
       s.resume();
     },
+    // Native RDP: the entrance reads the opening itself; a failure it did not answer closes the connection.
+    onRdp: (s) => guard(ctx, 'rdp', handleNativeRdp(ctx, s), () => s.destroy()),
     secureContext: contexts,
     // Nodes present their node certificates on the same port (cluster only).
     requestClientCert: cluster !== undefined,

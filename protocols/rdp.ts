@@ -23,7 +23,7 @@
  */
 import { type Detection, type Detector, MORE, NO, match } from './detector.js';
 import {
-  type Parse, MORE_BYTES, asciiAt, checkUint, failure, indexOfCrlf, done, toUtf16z, u16be, u16le, u32le, u8, utf16z,
+  type Parse, type Result, MORE_BYTES, asciiAt, checkUint, err, failure, indexOfCrlf, done, ok, toUtf16z, u16be, u16le, u32le, u8, utf16z,
 } from './parse.js';
 
 export const TPKT_VERSION = 3;
@@ -497,4 +497,32 @@ export function parseRdpOpening(
   const r = parseConnectionRequest(b.subarray(offset));
   if (r.kind !== 'done') return r;
   return done({ preconnection, request: r.value }, offset + r.length);
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a native opening carries for a broker, and what the console gets instead
+
+export type CarrierError = 'carriers-differ';
+
+/**
+ * The text a stock client carries for a broker: the preconnection blob (`/pcb:`, `pcb:s:`) or a
+ * routing token (`Cookie: msts=<text>`, or a raw line: `/load-balance-info:`, `loadbalanceinfo:s:`).
+ * Null when there is neither (a `Cookie: mstshash=` is a user-name hint, not a carrier; a v1 PDU
+ * and an empty blob carry nothing). Both present must agree: a client never sends two targets.
+ */
+export function openingCarrier(opening: RdpOpening): Result<string | null, CarrierError> {
+  const blob = opening.preconnection?.blob || null;
+  const token = opening.request.token;
+  const routed = token && token.kind !== 'mstshash' ? token.value : null;
+  if (blob !== null && routed !== null && blob !== routed) return err('carriers-differ', 'the preconnection blob and the routing token name different targets');
+  return ok(blob ?? routed);
+}
+
+/**
+ * The Connection Request as the console gets it: no preconnection PDU and no routing token (the
+ * ticket stays with the gateway), a `Cookie: mstshash=` kept, TPKT length and X.224 LI recomputed.
+ */
+export function requestForConsole(opening: RdpOpening): Buffer {
+  const { request } = opening;
+  return request.token?.kind === 'mstshash' ? encodeConnectionRequest(request) : stripRoutingToken(request);
 }

@@ -1,7 +1,9 @@
 // The portal: log in, list the user's desktops with their state, and per desktop and protocol
-// the ways in: the in-browser viewer (VNC, SPICE), .vv files for remote-viewer (SPICE), and the
-// FreeRDP command line for RDP (a fresh single-use ticket riding in the host name, CONTRACT
-// section 3). Plain DOM, no framework; text only through textContent.
+// the ways in: the in-browser viewer (VNC, SPICE), .vv files for remote-viewer (SPICE), and for RDP
+// .rdp files for stock clients (through the RD Gateway on this port, or, where the desktop allows
+// it, native RDP straight to the port) and the FreeRDP command line (a fresh single-use ticket
+// riding in the host name, CONTRACT section 3). Plain DOM, no framework; text only through
+// textContent.
 const $ = (id) => document.getElementById(id);
 
 const STATE_TEXT = { running: 'running', recovering: 'recovering', migrating: 'moving', down: 'down' };
@@ -85,6 +87,11 @@ function protocolActions(li, d, p) {
     }, 'Download .vv (plain)'));
   }
   if (p === 'rdp') {
+    // GETs with the session cookie: each file holds a fresh ticket (open it within a minute).
+    group.append(el('a', { class: 'button rdp-file', href: `/api/desktops/${vm}/console.rdp?variant=gateway`, download: `${d.vm}.rdp`, title: 'mstsc, the Remote Desktop apps, thin clients: through the RD Gateway on this port' }, 'Download .rdp'));
+    if (d.nativeRdp) {
+      group.append(el('a', { class: 'button rdp-native', href: `/api/desktops/${vm}/console.rdp?variant=native`, download: `${d.vm}-native.rdp`, title: 'For clients without RD Gateway support: straight to this port (the ticket travels before TLS)' }, 'Download .rdp (direct)'));
+    }
     const b = el('button', { type: 'button', class: 'freerdp' }, 'FreeRDP command');
     b.addEventListener('click', async () => {
       try {

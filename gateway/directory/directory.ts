@@ -104,6 +104,8 @@ export const vmSchema = z
     policy: vmPolicySchema.optional(),
     /** Console sessions open on this VM at once, cluster-wide; 0 = unlimited. @default limits.maxSessionsPerVm */
     maxSessions: maxSessionsSchema.optional(),
+    /** Native RDP clients (the ticket in clear text before TLS) may reach this VM; config nativeRdp.enabled still applies. @default true */
+    nativeRdp: z.boolean().optional(),
   })
   .strict()
   .refine((v) => new Set(v.endpoints.map((e) => e.protocol)).size === v.endpoints.length, {
@@ -122,6 +124,8 @@ export interface VmRecord {
   readonly policy?: VmPolicy | undefined;
   /** Console sessions on this VM at once, cluster-wide; 0 = unlimited; unset: limits.maxSessionsPerVm. */
   readonly maxSessions?: number | undefined;
+  /** false: native RDP clients are refused for this VM (RD Gateway, CONNECT and WebSocket still work); unset: allowed. */
+  readonly nativeRdp?: boolean | undefined;
 }
 
 export interface UserRecord {

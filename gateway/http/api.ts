@@ -22,6 +22,9 @@ import { type FanoutDeps, type NodeAnswer, askNode, askOtherNodes } from '../clu
 import { type Tunnel, type TunnelSummary, summarize } from '../tunnel/registry.js';
 import { terminateSessions } from '../tunnel/revoke.js';
 import type { AdminAuditRecord } from '../audit.js';
+import { formatHostPort } from '../hostport.js';
+import { isRdpFileVariant, rdpFile } from '../rdp/rdp-file.js';
+import { nativeRdpOn } from '../rdp/native.js';
 
 export interface Principal {
   readonly user: UserRecord;
@@ -76,8 +79,10 @@ const loginSchema = z.object({ user: z.string().min(1).max(64), password: z.stri
 const ticketSchema = z.object({ protocol: protocolSchema.optional() }).strict();
 const adminTicketSchema = z.object({ user: userNameSchema, vm: z.string(), protocol: protocolSchema.optional() }).strict();
 
-function publicVm(vm: VmRecord): Record<string, unknown> {
-  return { vm: vm.name, protocols: vm.endpoints.map((e) => e.protocol), state: vm.state, node: vm.node };
+function publicVm(vm: VmRecord, nativeRdpEnabled: boolean): Record<string, unknown> {
+  const protocols = vm.endpoints.map((e) => e.protocol);
+  // nativeRdp: whether a stock RDP client may connect straight to the port (the portal offers that .rdp file).
+  return { vm: vm.name, protocols, state: vm.state, node: vm.node, ...(protocols.includes('rdp') ? { nativeRdp: nativeRdpOn(nativeRdpEnabled, vm) } : {}) };
 }
 
 /**
@@ -160,7 +165,7 @@ route('GET', '/api/me', 'me', async (c) => {
 });
 route('GET', '/api/desktops', 'desktops', async (c) => {
   const p = await c.principal();
-  sendJson(c.res, 200, vmsForUser(c.ctx.dir, p.user).map(publicVm));
+  sendJson(c.res, 200, vmsForUser(c.ctx.dir, p.user).map((vm) => publicVm(vm, c.ctx.config.nativeRdp.enabled)));
 });
 route('POST', '/api/desktops/:p/tickets', 'tickets', async (c) => {
   const p = await c.principal();
@@ -218,6 +223,27 @@ route('GET', '/api/ca.pem', 'ca.pem', async (c) => {
     'Cache-Control': 'no-cache',
   });
   c.res.end(c.ctx.selfMadeCa);
+});
+route('GET', '/api/desktops/:p/console.rdp', 'console.rdp', async (c) => {
+  const p = await c.principal();
+  const vm = lookupVm(c.ctx.dir, c.params[0] ?? '');
+  if (!isAssigned(vm, p.user)) throw new OneportError('ONEPORT_ERR_NOT_ASSIGNED');
+  const variant = new URL(c.req.url ?? '/', 'https://x').searchParams.get('variant') ?? 'gateway';
+  if (!isRdpFileVariant(variant)) throw new OneportError('ONEPORT_ERR_VALIDATION', 'variant must be gateway or native');
+  const endpoint = vm.endpoints.find((e) => e.protocol === 'rdp');
+  if (!endpoint) throw new OneportError('ONEPORT_ERR_NO_SUCH_PROTOCOL');
+  if (variant === 'native' && !nativeRdpOn(c.ctx.config.nativeRdp.enabled, vm)) throw new OneportError('ONEPORT_ERR_FORBIDDEN', 'native RDP is turned off for this desktop');
+  const t = await ticketResponse(c, p.user, vm, 'rdp', p.session);
+  // The Host header goes into the file only when it is a plain host[:port]; else our first server name and this port.
+  const gateway = safeHost(c.req.headers.host) ?? formatHostPort(c.ctx.config.serverNames[0] ?? 'localhost', c.req.socket.localPort ?? 443);
+  const text = rdpFile({ variant, vm: vm.name, publishedPort: endpoint.publishedPort, gateway, ticket: String(t.ticket) });
+  c.res.writeHead(200, {
+    'Content-Type': 'application/x-rdp',
+    'Content-Length': Buffer.byteLength(text),
+    'Content-Disposition': `attachment; filename="${vm.name}${variant === 'native' ? '-native' : ''}.rdp"`,
+    'Cache-Control': 'no-store',
+  });
+  c.res.end(text);
 });
 /** Node addresses, versions and load: for admins only (the portal never needs them). */
 route('GET', '/api/cluster', 'cluster', async (c) => {

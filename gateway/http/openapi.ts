@@ -78,7 +78,7 @@ const schemas = {
     },
     ['password', 'roles', 'groups', 'maxSessions'],
   ),
-  Desktop: obj({ vm: str, protocols: { type: 'array', items: ref('Protocol') }, state: { enum: [...VM_STATES] }, node: str }),
+  Desktop: obj({ vm: str, protocols: { type: 'array', items: ref('Protocol') }, state: { enum: [...VM_STATES] }, node: str, nativeRdp: bool }, ['nativeRdp']),
   TicketRequest: obj({ protocol: ref('Protocol') }, ['protocol']),
   AdminTicketRequest: obj({ user: str, vm: str, protocol: ref('Protocol') }, ['protocol']),
   Ticket: obj({
@@ -105,8 +105,9 @@ const schemas = {
       groups: strings,
       policy: { ...obj({ maxSessionMs: int, idleTimeoutMs: int, groups: { type: 'object', additionalProperties: ref('SessionPolicy') } }, ['maxSessionMs', 'idleTimeoutMs', 'groups']) },
       maxSessions: int,
+      nativeRdp: bool,
     },
-    ['replica', 'policy', 'maxSessions'],
+    ['replica', 'policy', 'maxSessions', 'nativeRdp'],
   ),
   VmInput: {
     type: 'object',
@@ -122,6 +123,7 @@ const schemas = {
       groups: strings,
       policy: { type: 'object' },
       maxSessions: int,
+      nativeRdp: bool,
     },
   },
   Move: obj({ node: { type: 'string', minLength: 1, maxLength: 63 } }),
@@ -229,6 +231,14 @@ export const OPENAPI = {
           { name: 'proxy', in: 'query', required: false, schema: { enum: ['http', 'https'], default: 'http' } },
         ],
         ok: { 200: { description: 'a .vv file', content: { 'application/x-virt-viewer': { schema: str } } } },
+      }),
+    },
+    '/api/desktops/{vm}/console.rdp': {
+      get: op({
+        summary: 'an .rdp file for stock RDP clients, with a fresh ticket',
+        tag: 'desktops',
+        params: [vmParam, { name: 'variant', in: 'query', required: false, description: 'gateway: through the RD Gateway on this port; native: straight to the port (403 where native RDP is off)', schema: { enum: ['gateway', 'native'], default: 'gateway' } }],
+        ok: { 200: { description: 'an .rdp file', content: { 'application/x-rdp': { schema: str } } } },
       }),
     },
     '/api/ca.pem': {

@@ -61,8 +61,12 @@ export function writeRaw(socket: Duplex, status: number, body: string, headers: 
   for (const [k, v] of Object.entries({ ...headers, 'Content-Length': String(Buffer.byteLength(body)), Connection: 'close' })) {
     lines.push(`${k}: ${v}`);
   }
-  socket.end(`${lines.join('\r\n')}\r\n\r\n${body}`);
-  // A client that does not read its answer is not kept around.
+  endThenDrop(socket, `${lines.join('\r\n')}\r\n\r\n${body}`);
+}
+
+/** Write a last answer and end; a client that does not read it (or never closes its side) is dropped after 2 s. */
+export function endThenDrop(socket: Duplex, last: string | Buffer): void {
+  socket.end(last);
   const t = setTimeout(() => socket.destroy(), 2000);
   t.unref();
   socket.once('close', () => clearTimeout(t));

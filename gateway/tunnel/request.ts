@@ -1,6 +1,6 @@
 /**
  * Leaf types of a tunnel: what a client asks for, how it proved who it is, and what it was
- * granted. Every entrance (CONNECT, WebSocket, and the RDP entrances to come) turns its transport
+ * granted. Every entrance (CONNECT, WebSocket, native RDP, and the RDP entrances to come) turns its transport
  * into a `TunnelRequest`; the broker (broker.ts) does the rest.
  */
 import type { Endpoint, UserRecord, VmRecord } from '../directory/directory.js';
@@ -21,7 +21,7 @@ export type Credential =
   | { readonly kind: 'node'; readonly node: string; readonly user: string };
 
 /** How the client leg is carried; it labels metrics and the tunnel log line. */
-export type Transport = 'connect' | 'connect-tls' | 'websocket' | 'hop';
+export type Transport = 'connect' | 'connect-tls' | 'websocket' | 'hop' | 'rdp';
 
 export interface TunnelRequest {
   readonly vmName: string;

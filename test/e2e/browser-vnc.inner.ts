@@ -138,6 +138,9 @@ t.test('the portal works on a phone-sized screen', { skip: outsideNetns }, async
   await loginViaPortal(page, gw.url, 'bob', 'bob-password-1');
   const item = page.locator('li.desktop[data-vm="phone-desk"]');
   await item.waitFor();
+  // RDP: the .rdp files for stock clients, through the RD Gateway and (native RDP is on) straight to the port.
+  t.match(await item.locator('[data-protocol=rdp] a.rdp-file').getAttribute('href'), '/api/desktops/phone-desk/console.rdp?variant=gateway', 'a .rdp download is offered');
+  t.match(await item.locator('[data-protocol=rdp] a.rdp-native').getAttribute('href'), '/api/desktops/phone-desk/console.rdp?variant=native', 'and its native variant');
   await item.locator('button.freerdp').click();
   const command = item.locator('.command', { hasText: 'xfreerdp' });
   await command.waitFor();

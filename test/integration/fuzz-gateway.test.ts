@@ -304,6 +304,7 @@ t.test('the hostile corpus, hand-written and generated from the committed seed, 
     proxyProtocol: { trusted: [TRUSTED] },
     // Deadlines short, so nothing the corpus leaves half-open outlives the test's wait.
     detect: { timeoutMs: 1500 },
+    nativeRdp: { openingTimeoutMs: 1500 },
     http: { headersTimeoutMs: 1500, requestTimeoutMs: 2000, keepAliveTimeoutMs: 1000 },
     tls: { handshakeTimeoutMs: 1500 },
     tunnel: { dialTimeoutMs: 1000, holdMs: 0, resume: { graceMs: 200 } },

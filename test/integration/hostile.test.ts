@@ -53,11 +53,12 @@ function firstOf(emitter: NodeJS.EventEmitter, events: string[]): Promise<[strin
 
 t.test('garbage first bytes: closed at once, counted as rejected-unrecognised, logged', async (t) => {
   // The detection deadline is far away: only recognising garbage as garbage closes these in time.
-  const { gw } = await setupDesk(t, { detect: { timeoutMs: FAR } });
+  // Native RDP turned off: TPKT is then garbage like any other (test/integration/native-rdp.test.ts has it on).
+  const { gw } = await setupDesk(t, { detect: { timeoutMs: FAR }, nativeRdp: { enabled: false } });
   const garbage: Array<[string, Buffer]> = [
     ['SSH banner', Buffer.from('SSH-2.0-OpenSSH_9.6p1 Debian-4\r\n')],
     ['random bytes', Buffer.concat([Buffer.from([0xff]), randomBytes(63)])],
-    ['native RDP (TPKT), off by default', Buffer.from('0300002b26e00000000000436f6f6b69653a206d737473686173683d', 'hex')],
+    ['native RDP (TPKT) with nativeRdp.enabled false', Buffer.from('0300002b26e00000000000436f6f6b69653a206d737473686173683d', 'hex')],
     ['lower-case method', Buffer.from('get / HTTP/1.1\r\n\r\n')],
     ['TLS record that is not a handshake', Buffer.from('170303001000', 'hex')],
   ];

@@ -96,6 +96,7 @@ t.test('real answers of a real gateway match the document', async (t) => {
     { protocol: 'vnc', host: '127.0.0.1', port: echo.port, publishedPort: 5900 },
     { protocol: 'spice', host: '127.0.0.1', port: echo.port, publishedPort: 5901 },
   ], ['alice']);
+  await gw.addVm('win', [{ protocol: 'rdp', host: '127.0.0.1', port: echo.port }], ['alice']);
   await gw.addUser('root', 'root-password-1', { admin: true });
   const api = apiClient(t, gw);
   const doc = ok(await api<Document>('GET', '/api/openapi.json'), 'openapi.json');
@@ -117,6 +118,7 @@ t.test('real answers of a real gateway match the document', async (t) => {
   await call('GET', '/api/desktops', '/api/desktops', { token: alice });
   const ticket = (await call('POST', '/api/desktops/{vm}/tickets', '/api/desktops/desk/tickets', { token: alice, body: { protocol: 'vnc' } })).body.ticket as string;
   await call('GET', '/api/desktops/{vm}/console.vv', '/api/desktops/desk/console.vv?protocol=spice', { token: alice });
+  await call('GET', '/api/desktops/{vm}/console.rdp', '/api/desktops/win/console.rdp?variant=native', { token: alice });
   await call('GET', '/api/cluster', '/api/cluster', { token: alice }); // 403: admins only
   await call('GET', '/api/cluster', '/api/cluster', { token: root });
   await call('GET', '/api/ca.pem', '/api/ca.pem');

@@ -237,6 +237,10 @@ t.test('the listener decision: first bytes of real clients, any split', async (t
     ['socat CONNECT', F.SOCAT_CONNECT, 'http'],
     ['PROXY v1', F.PROXY_V1_TCP4, 'proxy'],
     ['PROXY v2', F.PROXY_V2_TCP4, 'proxy'],
+    ['xfreerdp Connection Request', R.FREERDP_CR, 'rdp'],
+    ['xfreerdp /load-balance-info:', R.FREERDP_CR_LOAD_BALANCE_INFO, 'rdp'],
+    ['xfreerdp /pcb: (preconnection PDU, then the request)', R.FREERDP_PCB_THEN_CR, 'rdp'],
+    ['xfreerdp /pcid: alone (v2, empty blob)', R.FREERDP_PCB_ID_ONLY, 'rdp'],
   ];
   for (const [name, bytes, route] of table) {
     const v = decide(bytes, true);
@@ -251,8 +255,14 @@ t.test('the listener decision: first bytes of real clients, any split', async (t
     t.equal(final, route, `${name}, byte by byte`);
   }
   t.equal(decide(F.SSH_BANNER, true).kind, 'reject', 'SSH is rejected');
-  t.equal(decide(F.RDP_X224_CR, true).kind, 'reject', 'native RDP is off by default');
-  t.equal(decide(Buffer.from([0x00, 0x01]), true).kind, 'reject', 'garbage');
+  const noNative = candidates(undefined, { nativeRdp: false });
+  t.equal(decide(F.RDP_X224_CR, true, noNative).kind, 'reject', 'native RDP: rejected when nativeRdp.enabled is false');
+  t.equal(decide(R.FREERDP_PCB_THEN_CR, true, noNative).kind, 'reject', '... and so is a preconnection PDU');
+  t.equal(decide(F.CURL_CONNECT, true, noNative).kind, 'route', '... while the rest of the table is unchanged');
+  // Behind a trusted balancer, native RDP comes after the PROXY header like anything else.
+  t.match(decide(R.FREERDP_PCB_THEN_CR, false), { kind: 'route', route: 'rdp' }, 'after a PROXY header too');
+  t.equal(decide(Buffer.from([0x00, 0x01, 0x02]), true).kind, 'reject', 'garbage');
+  t.equal(decide(Buffer.from([0x00, 0x01]), true).kind, 'more', '00 01 could still be a preconnection PDU of 256 bytes');
   t.equal(decide(F.PROXY_V1_TCP4, false).kind, 'reject', 'a second PROXY header is refused');
 
   fc.assert(
@@ -261,10 +271,49 @@ t.test('the listener decision: first bytes of real clients, any split', async (t
       if (whole.kind === 'more') return true;
       const head = decide(bytes.subarray(0, Math.min(cut, bytes.length)), true);
       // A shorter prefix never reaches a different final decision.
-      return head.kind === 'more' || head.kind === whole.kind;
+      return head.kind === 'more' || (head.kind === whole.kind && routeOf(head) === routeOf(whole));
     }),
     { numRuns: runs(3000), seed: FUZZ_SEED },
   );
+});
+
+const routeOf = (v: ReturnType<typeof decide>): string => (v.kind === 'route' ? v.route : v.kind);
+
+/** Real first bytes, cut anywhere and followed by anything: inputs near every route's edge. */
+const nearReal = fc
+  .tuple(
+    fc.constantFrom(F.TLS_CLIENT_HELLO, F.CURL_CONNECT, F.PROXY_V2_TCP4, R.FREERDP_CR, R.FREERDP_CR_LOAD_BALANCE_INFO, R.FREERDP_PCB_THEN_CR, R.FREERDP_PCB_ID_ONLY, R.SHADOW_CC_SSL),
+    fc.nat(200),
+    fc.uint8Array({ maxLength: 40 }),
+  )
+  .map(([real, cut, tail]) => Buffer.concat([real.subarray(0, cut), tail]));
+
+t.test('the listener table: at most one detector matches any bytes, so the order of the table never decides', async (t) => {
+  const table = candidates();
+  fc.assert(
+    fc.property(fc.oneof(fc.uint8Array({ maxLength: 300 }), nearReal), (bytes) => {
+      const matches = table.filter((c) => c.detector.detect(bytes).kind === 'match').map((c) => c.route);
+      // The two native RDP detectors share one route; a PROXY header is decided before the rest.
+      return matches.length <= 1;
+    }),
+    { numRuns: runs(5000), seed: FUZZ_SEED },
+  );
+  t.pass('no two detectors matched the same bytes');
+});
+
+t.test('native RDP openings reach the rdp route in any split, from the first TCP segment on', async (t) => {
+  fc.assert(
+    fc.property(fc.constantFrom(R.FREERDP_CR, R.FREERDP_CR_RDP_SECURITY, R.FREERDP_CR_MSTS, R.FREERDP_PCB_THEN_CR, R.FREERDP_PCB_THEN_MSTS_CR), fc.array(fc.nat(300), { maxLength: 6 }), (bytes, cuts) => {
+      // The listener sees growing prefixes; every one is "more" or the rdp route, never a reject.
+      for (const cut of [...cuts].sort((a, b) => a - b)) {
+        const v = decide(bytes.subarray(0, Math.min(cut, bytes.length)), true);
+        if (v.kind === 'reject' || (v.kind === 'route' && v.route !== 'rdp')) return false;
+      }
+      return routeOf(decide(bytes, true)) === 'rdp';
+    }),
+    { numRuns: runs(2000), seed: FUZZ_SEED },
+  );
+  t.pass();
 });
 
 t.test('the listener\'s peek buffer: any split gives the same bytes, and buffers handed in are never written', async (t) => {

@@ -1,6 +1,6 @@
 /**
  * Property tests over every parser a client reaches before it has authenticated (security issue
- * 10): first-byte detectors and the listener's decision, CONNECT authorities and credentials,
+ * 10): first-byte detectors and the listener's decision, native RDP openings, CONNECT authorities and credentials,
  * tickets, tokens, cookies, request targets, %-escapes, Host and Origin. Each must be total over
  * hostile input: it returns its documented answer (a three-way detection, `undefined`, an invalid
  * check result) or throws its documented OneportError, never anything else, and what it returns is
@@ -19,6 +19,10 @@ import { HTTP_METHODS, httpDetector } from '../../protocols/http.js';
 import { V1_MAX, V2_DEFAULT_MAX, V2_SIGNATURE, proxyDetector, type ProxyInfo } from '../../protocols/proxy.js';
 import { spiceDetector } from '../../protocols/spice.js';
 import { vncDetector } from '../../protocols/vnc.js';
+import {
+  PCB_MAX_CHARS, encodeConnectionRequest, encodePreconnectionPdu, parseConnectionRequest, parseRdpOpening, rdpDetector, rdpPreconnectionDetector, requestForConsole,
+} from '../../protocols/rdp.js';
+import { MAX_OPENING_BYTES, nativeRequest } from '../../gateway/rdp/native.js';
 import { probeAnswer } from '../../protocols/probe.js';
 import { decide, type Verdict } from '../../gateway/listener.js';
 import { checkVmState, isAddressLiteral, isProtocol, parseAuthority, selectEndpoint, splitHostTicket } from '../../gateway/routing.js';
@@ -114,6 +118,19 @@ const headLike = fc.oneof(
     .tuple(fc.integer({ min: 0, max: 255 }), fc.integer({ min: 0, max: 255 }), fc.integer({ min: 0, max: 0xffff }), fc.uint8Array({ maxLength: 700 }))
     .map(([verCmd, fam, len, body]) => Buffer.concat([V2_SIGNATURE, Buffer.from([verCmd, fam, len >> 8, len & 0xff]), body])),
   fc.tuple(fc.integer({ min: 0, max: 6 }), fc.uint8Array({ maxLength: 40 })).map(([v, rest]) => Buffer.concat([Buffer.from([0x16, 0x03, v]), rest])),
+  // Native RDP: a TPKT header with any length and LI, then anything; a preconnection PDU's fixed part, then anything.
+  fc
+    .tuple(fc.integer({ min: 0, max: 0xffff }), fc.integer({ min: 0, max: 255 }), fc.constantFrom(0xe0, 0xd0, 0x00), fc.uint8Array({ maxLength: 300 }))
+    .map(([len, li, code, rest]) => Buffer.concat([Buffer.from([0x03, 0x00, len >> 8, len & 0xff, li, code]), rest])),
+  fc
+    .tuple(fc.integer({ min: 0, max: 1200 }), fc.constantFrom(1, 2, 3), fc.integer({ min: 0, max: 0xffff }), fc.uint8Array({ maxLength: 1100 }))
+    .map(([size, version, cch, rest]) => {
+      const fixed = Buffer.alloc(18);
+      fixed.writeUInt32LE(size, 0);
+      fixed.writeUInt32LE(version, 8);
+      fixed.writeUInt16LE(cch, 16);
+      return Buffer.concat([fixed, rest]);
+    }),
 );
 
 /** Cut `bytes` at the given points (sorted, deduplicated) into consecutive chunks. */
@@ -146,6 +163,14 @@ function checkInfo(name: string, head: Uint8Array, d: Detection<unknown>): boole
       if (p.source === undefined) return true;
       return isIP(p.source.address) !== 0 && p.source.address.length <= 60 && Number.isInteger(p.source.port) && p.source.port >= 0 && p.source.port <= 65535;
     }
+    case 'rdp': {
+      const { length } = d.info as { length: number };
+      return Number.isInteger(length) && length >= 11 && length <= 259;
+    }
+    case 'rdp-preconnection': {
+      const p = d.info as { length: number; version: number };
+      return (p.version === 1 && p.length === 16) || (p.version === 2 && p.length >= 18 && p.length <= 18 + 2 * PCB_MAX_CHARS && p.length % 2 === 0);
+    }
     case 'vnc': {
       const v = d.info as { major: number; minor: number };
       return Number.isInteger(v.major) && Number.isInteger(v.minor) && v.major >= 0 && v.major <= 999 && v.minor >= 0 && v.minor <= 999;
@@ -155,7 +180,7 @@ function checkInfo(name: string, head: Uint8Array, d: Detection<unknown>): boole
   }
 }
 
-const detectors: Array<Detector<unknown>> = [tlsDetector, httpDetector, proxyDetector, spiceDetector, vncDetector] as Array<Detector<unknown>>;
+const detectors: Array<Detector<unknown>> = [tlsDetector, httpDetector, proxyDetector, spiceDetector, vncDetector, rdpDetector, rdpPreconnectionDetector] as Array<Detector<unknown>>;
 
 t.test('detectors: total, three-way, bounded answers, and a match or a no never changes with more bytes', async (t) => {
   fc.assert(
@@ -172,6 +197,40 @@ t.test('detectors: total, three-way, bounded answers, and a match or a no never 
     fuzz(1500),
   );
   t.pass('no input made a detector throw, squash its answer, or change its mind');
+});
+
+t.test('native RDP openings: any bytes parse to done, more or error, and a parsed one becomes a request or a documented refusal', async (t) => {
+  const codes: ErrorCode[] = ['ONEPORT_ERR_BAD_REQUEST', 'ONEPORT_ERR_AUTH_REQUIRED', 'ONEPORT_ERR_ADDRESS_LITERAL'];
+  const token = fc.oneof(
+    fc.tuple(fc.stringMatching(TICKET_RE), hostLike).map(([tk, h]) => `${tk}.${h}`),
+    anyText(60),
+    syntaxSoup('abz27.-:[]\r\n\0 '),
+  );
+  fc.assert(
+    fc.property(
+      fc.oneof(
+        headLike,
+        fc.tuple(token, fc.constantFrom('raw', 'msts', 'mstshash' as const), fc.option(token)).map(([text, kind, blob]) => {
+          // Only text an encoder accepts: Latin-1 without CR or LF (anything else is not a token line).
+          const value = text.replace(/[\r\n]/g, '').replace(/[^\x00-\xff]/g, '?').slice(0, 200);
+          const cr = encodeConnectionRequest({ dstRef: 0, srcRef: 0, classOption: 0, token: { kind, value }, negotiation: { flags: 0, requestedProtocols: 3, correlationId: null } });
+          return blob === null ? cr : Buffer.concat([encodePreconnectionPdu({ id: 0, blob: blob.slice(0, 200) }), cr]);
+        }),
+      ),
+      (bytes) => {
+        const p = parseRdpOpening(bytes);
+        if (p.kind !== 'done') return p.kind === 'more' || p.kind === 'error';
+        if (p.length > MAX_OPENING_BYTES || p.length > bytes.length) return false;
+        const r = documented(codes, () => nativeRequest(p.value, '192.0.2.1'));
+        if (r !== undefined && (!TICKET_RE.test(r.credential.kind === 'ticket' ? r.credential.ticket : '') || isAddressLiteral(r.vmName) || r.hints.protocol !== 'rdp')) return false;
+        // What the console would get parses back, without a routing token that could carry a ticket.
+        const forwarded = parseConnectionRequest(requestForConsole(p.value));
+        return forwarded.kind === 'done' && (forwarded.value.token === null || forwarded.value.token.kind === 'mstshash');
+      },
+    ),
+    fuzz(1500),
+  );
+  t.pass('no opening made a parser throw, or handed the console a ticket');
 });
 
 t.test('console probes: any answer from a console is match, no or more, never a throw', async (t) => {
