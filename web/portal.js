@@ -1,5 +1,5 @@
 // The portal: log in, list the user's desktops with their state, and per desktop and protocol
-// the ways in: the in-browser viewer (VNC, SPICE), a .vv file for remote-viewer, and the
+// the ways in: the in-browser viewer (VNC, SPICE, RDP), a .vv file for remote-viewer, and the
 // FreeRDP command line for RDP (a fresh single-use ticket riding in the host name, CONTRACT
 // section 3). Plain DOM, no framework; text only through textContent.
 const $ = (id) => document.getElementById(id);
@@ -71,6 +71,7 @@ function protocolActions(li, d, p) {
     group.append(el('a', { class: 'button vv', href: `/api/desktops/${vm}/console.vv?protocol=${p}`, download: `${d.vm}.vv` }, 'Download .vv'));
   }
   if (p === 'rdp') {
+    group.append(el('a', { class: 'button open', href: `/viewer.html?vm=${vm}&protocol=rdp` }, 'Open in browser'));
     const b = el('button', { type: 'button', class: 'freerdp' }, 'FreeRDP command');
     b.addEventListener('click', async () => {
       try {
