@@ -90,3 +90,48 @@ t.test('log in, open the RDP desktop in the browser, see xrdp\'s screen; the vie
   t.notMatch(gw.logText(), 'win-secret-9', 'the Windows password never reaches the gateway\'s log');
   t.same(problems, [], 'no script errors or CSP violations');
 });
+
+t.test('a resume token the gateway refuses (RDCleanPath 401, close 4401): the viewer gets a fresh ticket at once', { skip: outsideNetns }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'oneport-browser-rdp-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  let xrdp = await startXrdp(t, dir, { globals: background(ORANGE) });
+  const gw = await startTestGateway(t);
+  await gw.addUser('carol', 'carol-password-1');
+  await gw.addVm('win', [{ protocol: 'rdp', host: '127.0.0.1', port: xrdp.port }], ['carol']);
+  const context = await launchChromium(t);
+  const page = await context.newPage();
+  // The first ticket answer carries a forged resume token: the gateway will refuse it.
+  let answers = 0;
+  await page.route('**/api/desktops/win/tickets', async (route) => {
+    const res = await route.fetch();
+    const body = (await res.json()) as Record<string, unknown>;
+    if (answers++ === 0) body.resume = `${String(body.resume).slice(0, -4)}AAAA`;
+    await route.fulfill({ response: res, json: body });
+  });
+  await loginViaPortal(page, gw.url, 'carol', 'carol-password-1');
+  await page.locator('li.desktop[data-vm="win"] [data-protocol=rdp] a.open').click();
+  await page.fill('#rdp-login input[name=user]', 'winuser');
+  await page.click('#rdp-login button[type=submit]');
+  await page.locator('#status[data-state=connected]').waitFor({ timeout: 60_000 });
+  await waitForCanvasColour(page, ORANGE, 30_000, CORNERS);
+
+  // Every status line the viewer shows from here on (they pass quickly).
+  await page.evaluate(() => {
+    const g = globalThis as unknown as { statuses: string[]; document: { getElementById(id: string): { textContent: string } }; MutationObserver: new (cb: () => void) => { observe(n: unknown, o: object): void } };
+    g.statuses = [];
+    const el = g.document.getElementById('status');
+    new g.MutationObserver(() => g.statuses.push(el.textContent)).observe(el, { childList: true, characterData: true, subtree: true });
+  });
+  await xrdp.stop();
+  await page.locator('#status:not([data-state=connected])').waitFor({ timeout: 15_000 });
+  xrdp = await startXrdp(t, dir, { port: xrdp.port, globals: background(TEAL) });
+  await page.locator('#status[data-state=connected]').waitFor({ timeout: 60_000 });
+  await waitForCanvasColour(page, TEAL, 30_000, CORNERS);
+  const statuses = await page.evaluate(() => (globalThis as unknown as { statuses: string[] }).statuses);
+  // Only the gateway's close code (4401, read off IronRDP's WebSocket) says "refused": without it the
+  // viewer would still get a ticket, but only after a backoff, and say something else.
+  t.ok(statuses.some((s) => s.startsWith('resume refused, getting a new ticket')), 'the viewer read the 4401 and said why it gets a new ticket');
+  const refused = gw.logs.filter((l) => l.event === 'tunnel-refused' && l.transport === 'rdcleanpath' && l.status === 401);
+  t.equal(refused.length, 1, 'the gateway refused the forged resume token once');
+  t.equal(answers, 2, 'and the viewer fetched a fresh ticket instead of trying the token again');
+});
