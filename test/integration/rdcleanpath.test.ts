@@ -6,6 +6,7 @@
  * client names), and what it refuses before any dial.
  */
 import t, { type Test } from 'tap';
+import fc from 'fast-check';
 import tls from 'node:tls';
 import { X509Certificate } from 'node:crypto';
 import type { WebSocket } from 'ws';
@@ -27,6 +28,7 @@ import { testPki } from '../helpers/certs.js';
 import { closeOf, openWs, opened } from '../helpers/ws.js';
 import { forge } from '../helpers/scenario.js';
 import { deadline } from '../helpers/wait.js';
+import { fuzz } from '../helpers/fuzz.js';
 
 const { server: consoleCert } = testPki(['console.internal']);
 
@@ -254,4 +256,41 @@ t.test('a console that is not RDP at all: 502', async (t) => {
   const ws = await client(t, gw);
   ws.send(request((await gw.ticket('alice', 'win', 'rdp')).ticket));
   await refused(t, ws, 502, 4502, 'not an X.224 confirm');
+});
+
+t.test('generated hostile requests (random bytes, mutated and cut requests, any split) get an error PDU and a documented close, and never a dial', async (t) => {
+  const rdp = await rdpConsole(t);
+  const gw = await startTestGateway(t, { http: { headersTimeoutMs: 300 } });
+  await gw.addUser('alice', 'alice-password-1');
+  await gw.addVm('win', [{ protocol: 'rdp', host: '127.0.0.1', port: rdp.port }], ['alice']);
+  // A request whose ticket is forged: however it is mangled, nothing here may reach the console.
+  const base = request(forge((await gw.ticket('alice', 'win', 'rdp')).ticket));
+  const mutated = fc
+    .tuple(fc.nat(base.length - 1), fc.integer({ min: 0, max: 255 }), fc.nat(base.length))
+    .map(([at, byte, cut]) => {
+      const b = Buffer.from(base);
+      b[at] = byte;
+      return b.subarray(0, Math.max(1, cut));
+    });
+  const bytes = fc.oneof(fc.uint8Array({ minLength: 1, maxLength: 400 }).map((a) => Buffer.from(a)), mutated, fc.constant(base));
+  const documented = new Set([1008, 1009, 4401]);
+  await fc.assert(
+    fc.asyncProperty(bytes, fc.nat(400), async (payload, split) => {
+      const ws = await client(t, gw);
+      const closed = closeOf(ws, 5000);
+      const pdus: RdcleanpathPdu[] = [];
+      ws.on('message', (m: Buffer) => {
+        const d = decodeRdcleanpath(m);
+        if (d.kind === 'done') pdus.push(d.value);
+      });
+      const at = Math.min(split, payload.length);
+      if (at > 0) ws.send(payload.subarray(0, at));
+      if (at < payload.length) ws.send(payload.subarray(at));
+      const { code } = await closed;
+      return documented.has(code) && pdus.length === 1 && pdus[0]!.error?.errorCode === RDCLEANPATH_GENERAL_ERROR;
+    }),
+    fuzz(60),
+  );
+  t.equal(rdp.accepted, 0, 'the console was never dialled');
+  t.notOk(gw.logs.some((l) => Number(l.level) >= 50), 'nothing logged at error level');
 });
