@@ -7,7 +7,6 @@
  */
 import t, { type Test } from 'tap';
 import fc from 'fast-check';
-import tls from 'node:tls';
 import { X509Certificate } from 'node:crypto';
 import type { WebSocket } from 'ws';
 import {
@@ -16,70 +15,24 @@ import {
   RDCLEANPATH_VERSION,
   type RdcleanpathPdu,
   decodeRdcleanpath,
-  encodeRdcleanpath,
   rdcleanpathPdu,
 } from '../../protocols/rdcleanpath.js';
-import { parseConnectionRequest } from '../../protocols/rdp.js';
 import { mintTicket } from '../../gateway/auth/tickets.js';
 import { FREERDP_CR_TLS, FREERDP_CR_RDP_SECURITY, SHADOW_CC_HYBRID_REQUIRED, SHADOW_CC_SSL } from '../fixtures/rdp-packets.js';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
-import { type Backend, startBackend } from '../helpers/net.js';
-import { testPki } from '../helpers/certs.js';
+import { startBackend } from '../helpers/net.js';
+import { type RdpConsole, answer, der, request, roundTrip, startRdpConsole } from '../helpers/rdp-console.js';
 import { closeOf, openWs, opened } from '../helpers/ws.js';
 import { forge } from '../helpers/scenario.js';
-import { deadline } from '../helpers/wait.js';
 import { fuzz } from '../helpers/fuzz.js';
 
-const { server: consoleCert } = testPki(['console.internal']);
-
-interface RdpConsole extends Backend {
-  /** The X.224 Connection Requests it received, in order. */
-  readonly requests: Buffer[];
-}
-
-/**
- * An RDP console's first steps: read one X.224 Connection Request, answer `confirm`, then (when
- * the confirm selects TLS) TLS with its own certificate and echo what comes through it.
- */
-async function rdpConsole(t: Test, confirm: Buffer = SHADOW_CC_SSL): Promise<RdpConsole> {
-  const requests: Buffer[] = [];
-  const backend = await startBackend(t, (s) => {
-    let got = Buffer.alloc(0);
-    const onData = (chunk: Buffer): void => {
-      got = Buffer.concat([got, chunk]);
-      const cr = parseConnectionRequest(got);
-      if (cr.kind === 'more') return;
-      s.removeListener('data', onData);
-      if (cr.kind === 'error') return void s.destroy();
-      requests.push(got.subarray(0, cr.length));
-      s.write(confirm);
-      if (confirm.equals(SHADOW_CC_HYBRID_REQUIRED)) return void s.end();
-      const secure = new tls.TLSSocket(s, { isServer: true, cert: consoleCert.cert, key: consoleCert.key });
-      secure.on('error', () => {});
-      secure.pipe(secure);
-    };
-    s.on('data', onData);
-  });
-  return Object.assign(backend, { requests });
-}
-
 async function setup(t: Test, confirm?: Buffer): Promise<{ gw: TestGateway; rdp: RdpConsole }> {
-  const rdp = await rdpConsole(t, confirm);
+  const rdp = await startRdpConsole(t, confirm);
   const gw = await startTestGateway(t);
   await gw.addUser('alice', 'alice-password-1');
   await gw.addVm('win', [{ protocol: 'rdp', host: '127.0.0.1', port: rdp.port }], ['alice']);
   await gw.addVm('other', [{ protocol: 'rdp', host: '127.0.0.1', port: rdp.port }, { protocol: 'vnc', host: '127.0.0.1', port: rdp.port }], ['alice']);
   return { gw, rdp };
-}
-
-function der(pdu: RdcleanpathPdu): Buffer {
-  const bytes = encodeRdcleanpath(pdu);
-  if (!bytes.ok) throw new Error(bytes.reason);
-  return bytes.value;
-}
-
-function request(proxyAuth: string, extra: Partial<RdcleanpathPdu> = {}): Buffer {
-  return der({ ...rdcleanpathPdu({ type: 'request', destination: 'win:3389', proxyAuth, x224ConnectionRequest: FREERDP_CR_TLS }), ...extra });
 }
 
 /** IronRDP opens the proxy address with no subprotocol. */
@@ -89,39 +42,12 @@ async function client(t: Test, gw: TestGateway, vm = 'win'): Promise<WebSocket> 
   return ws;
 }
 
-/** The first message the gateway sends, decoded as an RDCleanPath PDU. */
-function answer(ws: WebSocket, ms = 10_000): Promise<RdcleanpathPdu> {
-  const got = new Promise<RdcleanpathPdu>((resolve, reject) => {
-    ws.once('message', (data: Buffer) => {
-      const d = decodeRdcleanpath(data);
-      if (d.kind === 'done') resolve(d.value);
-      else reject(new Error(`not a PDU: ${d.kind === 'error' ? d.reason : 'cut short'}`));
-    });
-    ws.once('close', (code: number, reason: Buffer) => reject(new Error(`closed ${code} ${reason.toString()} without an answer`)));
-  });
-  return Promise.race([got, deadline(ms, 'an RDCleanPath answer')]);
-}
-
 /** A refusal: an RDCleanPath general error with `status`, then the close code. */
 async function refused(t: Test, ws: WebSocket, status: number, closeCode: number, what: string): Promise<void> {
   const closed = closeOf(ws, 10_000);
   const pdu = await answer(ws);
   t.match(pdu, { version: RDCLEANPATH_VERSION, error: { errorCode: RDCLEANPATH_GENERAL_ERROR, httpStatusCode: status } }, `${what}: RDCleanPath error with HTTP status ${status}`);
   t.equal((await closed).code, closeCode, `${what}: then close ${closeCode}`);
-}
-
-function roundTrip(ws: WebSocket, data: Buffer): Promise<Buffer> {
-  return new Promise((resolve) => {
-    let got = Buffer.alloc(0);
-    const onMessage = (chunk: Buffer): void => {
-      got = Buffer.concat([got, chunk]);
-      if (got.length < data.length) return;
-      ws.removeListener('message', onMessage);
-      resolve(got);
-    };
-    ws.on('message', onMessage);
-    ws.send(data);
-  });
 }
 
 t.test('a ticket in proxy_auth: X.224 and TLS with the directory\'s console, the confirm and its certificate back, then the stream', async (t) => {
@@ -133,7 +59,7 @@ t.test('a ticket in proxy_auth: X.224 and TLS with the directory\'s console, the
   const pdu = await answer(ws);
   t.same(pdu.x224ConnectionPdu, SHADOW_CC_SSL, 'the console\'s X.224 Connection Confirm, as it sent it');
   t.equal(pdu.serverCertChain?.length, 1, 'its certificate chain');
-  t.equal(new X509Certificate(pdu.serverCertChain![0]!).subject, new X509Certificate(consoleCert.cert).subject, 'the console\'s own certificate');
+  t.equal(new X509Certificate(pdu.serverCertChain![0]!).subject, new X509Certificate(rdp.cert).subject, 'the console\'s own certificate');
   t.equal(pdu.serverAddr, 'win:3389', 'server_addr names the VM, not the console\'s address');
   t.equal(pdu.error, undefined);
   t.equal(rdp.accepted, 1, 'the directory\'s console was dialled once');
@@ -213,7 +139,7 @@ t.test('refusals: an RDCleanPath error the viewer can show, a close code, and no
 });
 
 t.test('a client that sends nothing, or half a request, is cut at the deadline', async (t) => {
-  const rdp = await rdpConsole(t);
+  const rdp = await startRdpConsole(t);
   const gw = await startTestGateway(t, { http: { headersTimeoutMs: 300 } });
   await gw.addUser('alice', 'alice-password-1');
   await gw.addVm('win', [{ protocol: 'rdp', host: '127.0.0.1', port: rdp.port }], ['alice']);
@@ -259,7 +185,7 @@ t.test('a console that is not RDP at all: 502', async (t) => {
 });
 
 t.test('generated hostile requests (random bytes, mutated and cut requests, any split) get an error PDU and a documented close, and never a dial', async (t) => {
-  const rdp = await rdpConsole(t);
+  const rdp = await startRdpConsole(t);
   const gw = await startTestGateway(t, { http: { headersTimeoutMs: 300 } });
   await gw.addUser('alice', 'alice-password-1');
   await gw.addVm('win', [{ protocol: 'rdp', host: '127.0.0.1', port: rdp.port }], ['alice']);
