@@ -163,7 +163,7 @@ export class RdcleanpathLeg extends EarlyWebSocketLeg implements ClientLeg {
     this.ws.send(this.response, { binary: true });
     const { rerouteRetryMs } = this.opts;
     const closeFor = (why: CloseReason): { code: number; message: string } => wsCloseFor(why, rerouteRetryMs);
-    const pump = new WebSocketPump(this.ws, console.socket as net.Socket, { idleTimeoutMs: attachOpts.idleTimeoutMs, wsCloseFor: closeFor, judgeConsoleEnd: attachOpts.endJudge, preface: console.preface }, this.queued);
+    const pump = new WebSocketPump(this.ws, console.socket, { idleTimeoutMs: attachOpts.idleTimeoutMs, wsCloseFor: closeFor, judgeConsoleEnd: attachOpts.endJudge, preface: console.preface }, this.queued);
     keepAlive(this.ws, this.opts.pingIntervalMs);
     return pump;
   }
