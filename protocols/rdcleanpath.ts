@@ -4,7 +4,9 @@
  * do the RDP server's TLS handshake itself, so it sends the proxy its X.224 Connection Request;
  * the proxy dials the server, sends that request, does TLS with the server, and answers with the
  * X.224 Connection Confirm and the server's certificate chain. After that the WebSocket carries
- * the RDP stream, which the browser encrypts with its own TLS-in-WASM over the proxy's TLS leg.
+ * the RDP stream in clear (inside the browser's wss://), which the proxy relays to and from its own
+ * TLS session with the server (Devolutions Gateway's `rd_clean_path.rs` does the same); the client
+ * uses the chain's first certificate only for its key (CredSSP's public-key binding).
  *
  * The PDU is DER. ASN.1 as IronRDP defines it (all tags EXPLICIT, every field but the version
  * optional, fields in tag order):

@@ -1,8 +1,8 @@
 // The portal: log in, list the user's desktops with their state, and per desktop and protocol
-// the ways in: the in-browser viewer (VNC, SPICE), .vv files for remote-viewer (SPICE), and for RDP
-// .rdp files for stock clients (through the RD Gateway on this port, or, where the desktop allows
-// it, native RDP straight to the port) and the FreeRDP command line (a fresh single-use ticket
-// riding in the host name, CONTRACT section 3). Plain DOM, no framework; text only through
+// the ways in: the in-browser viewer (VNC, SPICE, RDP), .vv files for remote-viewer (SPICE), and
+// for RDP .rdp files for stock clients (through the RD Gateway on this port, or, where the desktop
+// allows it, native RDP straight to the port) and the FreeRDP command line (a fresh single-use
+// ticket riding in the host name, CONTRACT section 3). Plain DOM, no framework; text only through
 // textContent.
 const $ = (id) => document.getElementById(id);
 
@@ -87,6 +87,7 @@ function protocolActions(li, d, p) {
     }, 'Download .vv (plain)'));
   }
   if (p === 'rdp') {
+    group.append(el('a', { class: 'button open', href: `/viewer.html?vm=${vm}&protocol=rdp` }, 'Open in browser'));
     // GETs with the session cookie: each file holds a fresh ticket (open it within a minute).
     group.append(el('a', { class: 'button rdp-file', href: `/api/desktops/${vm}/console.rdp?variant=gateway`, download: `${d.vm}.rdp`, title: 'mstsc, the Remote Desktop apps, thin clients: through the RD Gateway on this port' }, 'Download .rdp'));
     if (d.nativeRdp) {

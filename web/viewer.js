@@ -1,12 +1,14 @@
-// The in-browser viewer: /viewer.html?vm=<vm>&protocol=vnc|spice. The first attempt asks the API
-// for a single-use console ticket, opens the WebSocket tunnel (CONTRACT section 4) and hands it to
-// noVNC or spice-html5. When the connection drops it reconnects by itself (reconnect.js: jittered
+// The in-browser viewer: /viewer.html?vm=<vm>&protocol=vnc|spice|rdp. The first attempt asks the
+// API for a single-use console ticket, opens the WebSocket tunnel (CONTRACT section 4) and hands it
+// to noVNC or spice-html5; for RDP, IronRDP (rdp.js) opens the RDCleanPath entrance with the ticket
+// and the Windows credentials the user types here. When the connection drops it reconnects by itself (reconnect.js: jittered
 // backoff, a cap, a budget), with the resume token of the last ticket answer while it is valid
 // (no new ticket, no session cookie needed: a failover or a gateway restart does not depend on the
 // portal session), falling back to a fresh ticket when the gateway refuses the resume (4401). The
 // status line says what is going on.
 import { Reconnector, ResumeToken } from './reconnect.js';
 import { OneportChannel } from './oneport-channel.js';
+import { openRdp } from './rdp.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -89,22 +91,19 @@ async function attempt({ reconnecting }) {
   endCurrent();
   // A reconnect goes back with the resume token; the first connection, a user's Reconnect, or a
   // token refused or about to expire get a fresh ticket.
-  let path = reconnecting && !ticketNext ? resumeToken.path(vm, protocol) : undefined;
+  const viaResume = reconnecting && !ticketNext && resumeToken.usable();
   ticketNext = false;
-  const viaResume = path !== undefined;
+  let ticket;
   if (!viaResume) {
-    let ticket;
     try {
       ticket = await freshTicket();
     } catch (e) {
       return reconnector.lost({ fatal: e instanceof FatalError, reason: e.message });
     }
     resumeToken.remember(ticket);
-    path = ticket.websocket;
   }
   // The user may have pressed Disconnect while the ticket was on its way.
   if (reconnector.state !== 'connecting') return;
-  const url = `wss://${location.host}${path}`;
   // How a connection made with the resume token ended: 4401 is a refused token; get a ticket now.
   // Without a close code (spice-html5 reports none), a resume that never got through is not
   // tried twice in a row: the next attempt gets a ticket (and with it a fresh resume token).
@@ -115,10 +114,81 @@ async function attempt({ reconnecting }) {
     return info;
   };
   try {
-    current = protocol === 'spice' ? await openSpice(url, ended) : await openVnc(url, ended);
+    if (protocol === 'rdp') {
+      // RDCleanPath carries the ticket (or its resume token) inside its request, not in the URL.
+      current = await openRdpDesktop(viaResume ? resumeToken.token : ticket.ticket, ended);
+    } else {
+      const url = `wss://${location.host}${viaResume ? resumeToken.path(vm, protocol) : ticket.websocket}`;
+      current = protocol === 'spice' ? await openSpice(url, ended) : await openVnc(url, ended);
+    }
   } catch (e) {
     reconnector.lost({ fatal: e instanceof FatalError, reason: e.message });
   }
+}
+
+/** The Windows credentials for RDP: typed into the form, kept in this page's memory only. */
+let rdpCredentials;
+
+function askRdpCredentials(message = '') {
+  const form = $('rdp-login');
+  form.hidden = false;
+  $('rdp-login-error').textContent = message;
+  form.querySelector(rdpCredentials ? 'input[name=password]' : 'input[name=user]').focus();
+}
+
+$('rdp-login').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const f = new FormData(ev.target);
+  const typed = String(f.get('user') ?? '').trim();
+  // DOMAIN\user, as Windows writes it.
+  const m = /^([^\\]+)\\(.+)$/.exec(typed);
+  rdpCredentials = { user: m ? m[2] : typed, domain: m ? m[1] : '', password: String(f.get('password') ?? '') };
+  ev.target.querySelector('input[name=password]').value = '';
+  ev.target.hidden = true;
+  reconnector.start();
+});
+
+/** IronRDP (rdp.js) over the gateway's RDCleanPath entrance. */
+async function openRdpDesktop(token, ended) {
+  let over = false;
+  let opened = false;
+  let inner;
+  const conn = {
+    end() {
+      over = true;
+      inner?.end();
+    },
+    ctrlAltDel: () => inner?.ctrlAltDel(),
+  };
+  try {
+    inner = await openRdp(screen, {
+      url: `wss://${location.host}/rdcleanpath/${encodeURIComponent(vm)}`,
+      token,
+      vm,
+      ...rdpCredentials,
+      onConnected: () => {
+        opened = true;
+        if (!over) reconnector.connected();
+      },
+      onEnd: ({ close, error }) => {
+        if (over) return;
+        over = true;
+        if (current === conn) current = undefined;
+        if (error?.credentials) {
+          reconnector.stop(error.reason);
+          return askRdpCredentials(`${error.reason}.`);
+        }
+        if (error?.fatal) return reconnector.lost({ fatal: true, reason: error.reason });
+        // The gateway's close code says most (4401, 4001, 4502...); else what IronRDP said.
+        const info = close && close.code !== 1006 && close.code !== 1005 ? closeInfo(close) : { reason: error?.reason ?? 'connection lost' };
+        reconnector.lost(ended(info, close?.code, opened));
+      },
+    });
+  } catch {
+    throw new FatalError('the RDP client (IronRDP) is not installed on the gateway');
+  }
+  if (over) inner.end();
+  return conn;
 }
 
 /** noVNC (ES modules from @novnc/novnc, served by the gateway under /vendor/novnc/). */
@@ -274,10 +344,13 @@ $('cad').addEventListener('click', () => current?.ctrlAltDel());
 // Back online: no point waiting out the backoff.
 window.addEventListener('online', () => reconnector.retryNow());
 
-if (!vm || !['vnc', 'spice'].includes(protocol)) {
+if (!vm || !['vnc', 'spice', 'rdp'].includes(protocol)) {
   setStatus('No desktop given: open one from the list of desktops.', 'stopped');
 } else {
   document.title = `${vm} (${protocol}) · oneport`;
   $('title').textContent = `${vm} · ${protocol.toUpperCase()}`;
-  reconnector.start();
+  if (protocol === 'rdp') {
+    setStatus('Windows credentials needed', 'idle');
+    askRdpCredentials();
+  } else reconnector.start();
 }

@@ -1,7 +1,8 @@
 /**
  * The portal's static files: web/ at `/`, and the browser clients we ship from npm under fixed
  * prefixes (`/vendor/novnc/` is `@novnc/novnc`'s `core/` and `vendor/`; `/vendor/spice-html5/`
- * is `@spice-project/spice-html5`'s `src/`). Everything is read once at start-up from those
+ * is `@spice-project/spice-html5`'s `src/`; `/vendor/ironrdp/` is
+ * `@devolutions/iron-remote-desktop-rdp`'s one module). Everything is read once at start-up from those
  * folders into memory: no path from a request ever reaches the file system, so there is no
  * traversal to defend against. Served with their types, caching headers and a strict
  * Content-Security-Policy.
@@ -40,6 +41,17 @@ export const CSP = [
   "base-uri 'none'",
   "form-action 'self'",
 ].join('; ');
+
+/**
+ * The viewer page's policy: the same, plus what IronRDP's WebAssembly needs and nothing more:
+ * 'wasm-unsafe-eval' to compile WebAssembly (it allows no JavaScript eval), and `data:` for
+ * fetch, because the package carries its .wasm inline as a data: URL that it fetches (a data: URL
+ * goes nowhere, so nothing can leave the page through it).
+ */
+export const VIEWER_CSP = CSP.replace("script-src 'self'", "script-src 'self' 'wasm-unsafe-eval'").replace("connect-src 'self'", "connect-src 'self' data:");
+
+/** The pages that run IronRDP (VIEWER_CSP); every other page gets CSP. */
+const WASM_PAGES = new Set(['/viewer.html']);
 
 /** A folder of files served under a URL prefix. */
 export interface Mount {
@@ -81,6 +93,9 @@ export function vendorMounts(): Mount[] {
   // Its thirdparty/browser-es-module-loader is a polyfill for browsers without ES modules,
   // which would need 'unsafe-eval'; we do not serve it.
   if (spice) mounts.push({ prefix: '/vendor/spice-html5/', root: spice, only: ['src'], skip: ['src/thirdparty/browser-es-module-loader'], cacheControl });
+  // IronRDP's WebAssembly RDP client: one ES module with the .wasm inside (web/rdp.js uses it).
+  const ironrdp = packageRoot('@devolutions/iron-remote-desktop-rdp/package.json', 0);
+  if (ironrdp) mounts.push({ prefix: '/vendor/ironrdp/', root: ironrdp, skip: ['package.json'], cacheControl });
   return mounts;
 }
 
@@ -153,7 +168,7 @@ export class Portal {
     const headers = {
       ...SECURITY_HEADERS,
       'Content-Type': asset.type,
-      'Content-Security-Policy': CSP,
+      'Content-Security-Policy': WASM_PAGES.has(pathOf(req)) ? VIEWER_CSP : CSP,
       ETag: asset.etag,
       'Cache-Control': asset.cacheControl,
     };

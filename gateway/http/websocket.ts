@@ -22,10 +22,13 @@ import { answerOnlyLeg } from '../tunnel/legs/leg.js';
 import { resumeSession } from '../tunnel/resume.js';
 import type { Credential } from '../tunnel/request.js';
 import { decodePathSegment, parseRequestUrl, writeRawError } from './respond.js';
+import { runRdcleanpath } from './rdcleanpath.js';
 import { guard } from './guard.js';
 import { SESSION_COOKIE, readCookie } from './cookies.js';
 
 const TUNNEL_PATH = /^\/tunnel\/([^/?#]{1,200})\/([^/?#]{1,16})$/;
+/** IronRDP's web client (README "RDP in the browser"): the credential rides in the request PDU. */
+const RDCLEANPATH_PATH = /^\/rdcleanpath\/([^/?#]{1,200})$/;
 /** Subprotocols we speak, in order of preference. */
 const SUBPROTOCOLS = [RESUMABLE_SUBPROTOCOL, 'binary'];
 
@@ -67,15 +70,17 @@ export async function handleUpgrade(ctx: GatewayContext, wss: WebSocketServer, r
   let url: URL;
   let vmName: string;
   let protocolText: string;
+  let rdcleanpath: boolean;
   try {
     if (!info?.tls) throw new OneportError('ONEPORT_ERR_TLS_REQUIRED');
     if (ctx.lifecycle.shuttingDown) throw new OneportError('ONEPORT_ERR_SHUTTING_DOWN', undefined, { retryAfter: 5 });
     if ((req.headers.upgrade ?? '').toLowerCase() !== 'websocket') throw new OneportError('ONEPORT_ERR_BAD_REQUEST', 'only WebSocket upgrades');
     url = parseRequestUrl(req.url);
-    const m = TUNNEL_PATH.exec(url.pathname);
-    if (!m) throw new OneportError('ONEPORT_ERR_NOT_FOUND', 'WebSocket tunnels live at /tunnel/<vm>/<protocol>');
+    const m = TUNNEL_PATH.exec(url.pathname) ?? RDCLEANPATH_PATH.exec(url.pathname);
+    if (!m) throw new OneportError('ONEPORT_ERR_NOT_FOUND', 'WebSocket tunnels live at /tunnel/<vm>/<protocol> and /rdcleanpath/<vm>');
     vmName = decodePathSegment(m[1] ?? '').toLowerCase();
-    protocolText = decodePathSegment(m[2] ?? '').toLowerCase();
+    rdcleanpath = m[2] === undefined;
+    protocolText = rdcleanpath ? 'rdp' : decodePathSegment(m[2] ?? '').toLowerCase();
     if (!originAllowed(ctx, req)) throw new OneportError('ONEPORT_ERR_ORIGIN');
   } catch (e) {
     refuseTunnel(ctx.broker, answerOnlyLeg('websocket', client, (err) => writeRawError(socket, err)), e);
@@ -89,9 +94,11 @@ export async function handleUpgrade(ctx: GatewayContext, wss: WebSocketServer, r
 
   wss.handleUpgrade(req, socket, head, (ws) => {
     const work =
-      session !== null && ws.protocol === RESUMABLE_SUBPROTOCOL
-        ? resumeSession(ctx.resume, ws, { vmName, protocol: protocolText, resume, session, received, client })
-        : runTunnel(ctx, ws, { vmName, protocolText, ticket, resume, cookie, client, acceptedAt: info.acceptedAt });
+      rdcleanpath
+        ? runRdcleanpath(ctx, ws, { vmName, cookie, client, acceptedAt: info.acceptedAt })
+        : session !== null && ws.protocol === RESUMABLE_SUBPROTOCOL
+          ? resumeSession(ctx.resume, ws, { vmName, protocol: protocolText, resume, session, received, client })
+          : runTunnel(ctx, ws, { vmName, protocolText, ticket, resume, cookie, client, acceptedAt: info.acceptedAt });
     guard(ctx, 'websocket', work, () => ws.terminate(), { client });
   });
 }

@@ -5,8 +5,9 @@
  *   authorize (authorize.ts) -> the session's controls (policy.ts: idle timeout, maximum session
  *   time; session-caps.ts: a slot under the user's and the VM's caps) and the leg's own limits
  *   (admit) -> hold while the VM changes hands and reach its console (hold.ts, with the Reach
- *   handed in) -> attach the leg -> register (with the session's one expiry timer) -> one log
- *   line and one audit record when it ends
+ *   handed in) -> the leg's own handshake with the console, if it has one (RDCleanPath) ->
+ *   attach the leg -> register (with the session's one expiry timer) -> one log line and one
+ *   audit record when it ends
  *
  * and owns the one refusal path: count the refusal, log it (rate-limited, or at error level for a
  * bug), answer through the leg. Nothing here knows whether the node is part of a cluster.
@@ -70,7 +71,17 @@ export async function openTunnel(deps: BrokerDeps, request: TunnelRequest, leg: 
       const deadline = sessionDeadline(authorized, policy, slot.startedAt);
       if (deadline !== undefined && deadline <= Date.now()) throw new OneportError('ONEPORT_ERR_SESSION_EXPIRED');
       // Held here (no status line for CONNECT, an open WebSocket) while the VM changes hands.
-      const { console, target } = await reachHeld(deps, authorized, leg.gone);
+      const reached = await reachHeld(deps, authorized, leg.gone);
+      const { target } = reached;
+      let console = reached.console;
+      if (leg.handshake) {
+        try {
+          console = await leg.handshake(console, target);
+        } catch (e) {
+          reached.console.socket.destroy();
+          throw e;
+        }
+      }
       let pump: Pump;
       try {
         pump = leg.attach(console, target, { endJudge: deps.reach.endJudge(target.vm), idleTimeoutMs: policy.idleTimeoutMs });

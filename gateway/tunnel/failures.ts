@@ -26,6 +26,8 @@ export const FAILURES = {
   HOP_CLOSED: 'the VM\'s node closed the hop before answering',
   /** The owner answered the hop with a refusal of its own (its console did not answer). */
   HOP_STATUS: 'the VM\'s node refused the hop',
+  /** The console answered the connection but not the RDP handshake (X.224, TLS) RDCleanPath needs. */
+  CONSOLE_HANDSHAKE: 'the console did not complete the RDP handshake (X.224 or TLS)',
   /** The client left while we were reaching its console. */
   CLIENT_GONE: 'client went away',
 } as const;

@@ -21,7 +21,7 @@ export type Credential =
   | { readonly kind: 'node'; readonly node: string; readonly user: string };
 
 /** How the client leg is carried; it labels metrics and the tunnel log line. */
-export type Transport = 'connect' | 'connect-tls' | 'websocket' | 'hop' | 'rdp';
+export type Transport = 'connect' | 'connect-tls' | 'websocket' | 'rdcleanpath' | 'hop' | 'rdp';
 
 export interface TunnelRequest {
   readonly vmName: string;

@@ -6,7 +6,7 @@ import t from 'tap';
 import { startTestGateway } from '../helpers/gateway.js';
 import { closedPort } from '../helpers/net.js';
 import { solidRoot, startXvnc } from '../helpers/x11.js';
-import { artifact, launchChromium, loginViaPortal, sidewaysOverflow, waitForCanvasColour } from '../helpers/page.js';
+import { artifact, launchChromium, loginViaPortal, sidewaysOverflow, waitForCanvasColour, watchPage } from '../helpers/page.js';
 import { outsideNetns } from '../helpers/netns.js';
 import { until } from '../helpers/wait.js';
 
@@ -28,20 +28,9 @@ t.test('log in, open the desktop in noVNC, see its picture; the viewer reconnect
 
   const context = await launch(t);
   const page = await context.newPage();
-  const problems: string[] = [];
-  page.on('console', (m) => {
-    // Failed requests are checked below by URL (the portal's first /api/me is a 401 by design).
-    // noVNC logs an attempt that the gateway refused while the VNC server restarts ("Failed when
-    // connecting: Connection closed (code: 4502...)"): the expected retry, not a page error.
-    const expected = m.text().startsWith('Failed to load resource') || /^Failed when connecting: Connection closed \(code: 45\d\d/.test(m.text());
-    if ((m.type() === 'error' && !expected) || /Content.Security.Policy/i.test(m.text())) problems.push(m.text());
-  });
-  page.on('response', (r) => {
-    if (r.status() >= 400 && !(r.status() === 401 && new URL(r.url()).pathname === '/api/me')) problems.push(`${r.status()} ${r.url()}`);
-  });
-  page.on('pageerror', (e) => problems.push(String(e)));
-  const sockets: string[] = [];
-  page.on('websocket', (ws) => sockets.push(ws.url()));
+  // noVNC logs an attempt that the gateway refused while the VNC server restarts ("Failed when
+  // connecting: Connection closed (code: 4502...)"): the expected retry, not a page error.
+  const { problems, sockets } = watchPage(page, /^Failed when connecting: Connection closed \(code: 45\d\d/);
 
   await loginViaPortal(page, gw.url, 'alice', 'alice-password-1');
   const item = page.locator('li.desktop[data-vm="desk"]');

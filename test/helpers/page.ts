@@ -47,13 +47,16 @@ interface PageGlobals {
   document: { querySelector(selector: string): PageCanvas | null };
 }
 
-/** Runs in the page: does the viewer's canvas show `want` near its centre and corners? */
-function canvasIsColour(want: number[]): boolean {
+/** Where canvasIsColour looks by default: the centre and two corners. */
+const CENTRE_AND_CORNERS: ReadonlyArray<readonly [number, number]> = [[0.5, 0.5], [0.1, 0.1], [0.9, 0.9]];
+
+/** Runs in the page: does the viewer's canvas show `want` at each of `points` (fractions of its size)? */
+function canvasIsColour([want, points]: [number[], Array<[number, number]>]): boolean {
   const c = (globalThis as unknown as PageGlobals).document.querySelector('#screen canvas');
   if (!c || c.width < 10 || c.height < 10) return false;
   const ctx = c.getContext('2d');
   if (!ctx) return false;
-  for (const [fx, fy] of [[0.5, 0.5], [0.1, 0.1], [0.9, 0.9]]) {
+  for (const [fx, fy] of points) {
     const d = ctx.getImageData(Math.floor(c.width * fx!), Math.floor(c.height * fy!), 1, 1).data;
     if (Math.abs(d[0]! - want[0]!) > 2 || Math.abs(d[1]! - want[1]!) > 2 || Math.abs(d[2]! - want[2]!) > 2) return false;
   }
@@ -80,8 +83,9 @@ function canvasShowsText(): boolean {
   return grey > 200;
 }
 
-export function waitForCanvasColour(page: Page, rgb: readonly number[], timeoutMs = 30_000): Promise<void> {
-  return until(() => page.evaluate(canvasIsColour, [...rgb]), { what: `the canvas shows rgb(${rgb.join(',')})`, timeoutMs, intervalMs: 100 });
+export function waitForCanvasColour(page: Page, rgb: readonly number[], timeoutMs = 30_000, points = CENTRE_AND_CORNERS): Promise<void> {
+  const args: [number[], Array<[number, number]>] = [[...rgb], points.map(([x, y]) => [x, y])];
+  return until(() => page.evaluate(canvasIsColour, args), { what: `the canvas shows rgb(${rgb.join(',')})`, timeoutMs, intervalMs: 100 });
 }
 
 export function waitForCanvasText(page: Page, timeoutMs = 60_000): Promise<void> {
@@ -102,4 +106,32 @@ export async function loginViaPortal(page: Page, url: string, user: string, pass
   await page.fill('#login input[name=user]', user);
   await page.fill('#login input[name=password]', password);
   await page.click('#login button[type=submit]');
+}
+
+export interface PageWatch {
+  /** Script errors, CSP violations and failed requests (but the portal's first /api/me, a 401 by design). */
+  readonly problems: string[];
+  /** Every console line, `type: text`. */
+  readonly console: string[];
+  /** The URL of every WebSocket the page opened. */
+  readonly sockets: string[];
+}
+
+/**
+ * Watch a viewer page for what a test must not see. `expected`: console errors that are the
+ * expected retries (a refused attempt while a server restarts), not page errors.
+ */
+export function watchPage(page: Page, expected: RegExp = /$^/): PageWatch {
+  const watch: PageWatch = { problems: [], console: [], sockets: [] };
+  page.on('console', (m) => {
+    watch.console.push(`${m.type()}: ${m.text()}`);
+    const fine = m.text().startsWith('Failed to load resource') || expected.test(m.text());
+    if ((m.type() === 'error' && !fine) || /Content.Security.Policy/i.test(m.text())) watch.problems.push(m.text());
+  });
+  page.on('response', (r) => {
+    if (r.status() >= 400 && !(r.status() === 401 && new URL(r.url()).pathname === '/api/me')) watch.problems.push(`${r.status()} ${r.url()}`);
+  });
+  page.on('pageerror', (e) => watch.problems.push(String(e)));
+  page.on('websocket', (ws) => watch.sockets.push(ws.url()));
+  return watch;
 }

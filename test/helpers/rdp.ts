@@ -1,79 +1,18 @@
 /**
- * Real RDP peers for tests that run inside a private network namespace (test/e2e/*.inner.ts):
- * xrdp with its own configuration in a temporary folder (no sesman: its login screen is enough),
- * and xfreerdp run the way a user runs it, killed at a deadline. And for tests over raw sockets:
- * a stand-in RDP console and native RDP openings carrying any text, built from FreeRDP's captures.
+ * RDP peers for tests: xfreerdp run the way a user runs it, killed at a deadline (inside a private
+ * network namespace, test/e2e/*.inner.ts; xrdp itself is test/helpers/xrdp.ts), and for tests over
+ * raw sockets a stand-in RDP console and native RDP openings carrying any text, built from
+ * FreeRDP's captures.
  */
-import type { Test } from 'tap';
-import { type ChildProcess, spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { type Backend, closedPort, startBackend, waitForPort } from './net.js';
+import { spawn } from 'node:child_process';
+import { type Backend, startBackend } from './net.js';
 import * as R from '../fixtures/rdp-packets.js';
 import { encodeConnectionRequest, encodePreconnectionPdu, parseConnectionRequest } from '../../protocols/rdp.js';
-import { testPki } from './certs.js';
 
 export interface Run {
   /** null when it had to be killed at the deadline. */
   code: number | null;
   out: string;
-}
-
-function kill(p: ChildProcess): Promise<void> {
-  if (p.exitCode !== null || p.signalCode !== null) return Promise.resolve();
-  const exited = once(p, 'exit').then(() => undefined);
-  p.kill('SIGTERM');
-  const timer = setTimeout(() => p.kill('SIGKILL'), 3000);
-  return exited.finally(() => clearTimeout(timer));
-}
-
-/** xrdp on 127.0.0.1:<port>, TLS with a certificate made for this run, logging into `dir`. */
-export async function startXrdp(t: Test, dir: string): Promise<{ port: number; log: () => string }> {
-  const port = await closedPort();
-  const { server } = testPki();
-  writeFileSync(join(dir, 'cert.pem'), server.cert);
-  writeFileSync(join(dir, 'key.pem'), server.key, { mode: 0o600 });
-  const logFile = join(dir, 'xrdp.log');
-  writeFileSync(
-    join(dir, 'xrdp.ini'),
-    [
-      '[Globals]',
-      'ini_version=1',
-      'fork=false',
-      `port=tcp://127.0.0.1:${port}`,
-      'security_layer=tls',
-      'crypt_level=none',
-      `certificate=${join(dir, 'cert.pem')}`,
-      `key_file=${join(dir, 'key.pem')}`,
-      'ssl_protocols=TLSv1.2, TLSv1.3',
-      'allow_channels=true',
-      'max_bpp=24',
-      '[Logging]',
-      `LogFile=${logFile}`,
-      'LogLevel=INFO',
-      'EnableSyslog=false',
-      'EnableConsole=false',
-      '[Channels]',
-      '',
-    ].join('\n'),
-  );
-  const proc = spawn('xrdp', ['--nodaemon', '--config', join(dir, 'xrdp.ini')], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
-  proc.stderr.on('data', (d: Buffer) => (out += d.toString()));
-  t.teardown(() => kill(proc));
-  const log = (): string => {
-    try {
-      return readFileSync(logFile, 'utf8');
-    } catch {
-      return '';
-    }
-  };
-  await waitForPort(port, 15_000, () => proc.exitCode !== null).catch((e: Error) => {
-    throw new Error(`${e.message}; xrdp said: ${out} ${log()}`);
-  });
-  return { port, log };
 }
 
 export function runXfreerdp(display: string, home: string, args: string[], timeoutMs = 30_000): Promise<Run> {

@@ -1,6 +1,6 @@
 /**
  * The portal's static files over the real port: web/, and the browser clients shipped from npm
- * under fixed prefixes (noVNC, spice-html5), with types, caching, CSP and no way out of them.
+ * under fixed prefixes (noVNC, spice-html5, IronRDP), with types, caching, CSP and no way out of them.
  */
 import t from 'tap';
 import { mkdtempSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -33,9 +33,18 @@ t.test('noVNC and spice-html5 are served from node_modules under fixed prefixes'
     const r = await get(page);
     t.equal(r.status, 200);
     t.equal(r.headers['cache-control'], 'no-cache', `${page} always revalidates`);
-    t.match(r.headers['content-security-policy'], "connect-src 'self'");
-    t.notMatch(r.headers['content-security-policy'], 'unsafe', 'no unsafe-inline, no unsafe-eval');
+    const csp = String(r.headers['content-security-policy']);
+    t.match(csp, "connect-src 'self'");
+    // The viewer runs IronRDP: WebAssembly may be compiled there, and nothing else is relaxed.
+    if (page === '/viewer.html') t.match(csp, "script-src 'self' 'wasm-unsafe-eval';", 'the viewer may compile WebAssembly');
+    else t.notMatch(csp, 'wasm', 'other pages may not compile WebAssembly');
+    t.notMatch(csp.replace("'wasm-unsafe-eval'", ''), 'unsafe', 'no unsafe-inline, no unsafe-eval');
   }
+  const ironrdp = await get('/vendor/ironrdp/iron-remote-desktop-rdp.js');
+  t.equal(ironrdp.status, 200, 'IronRDP\'s WebAssembly RDP client is served');
+  t.equal(ironrdp.headers['content-type'], 'text/javascript; charset=utf-8');
+  t.equal((await get('/vendor/ironrdp/package.json')).status, 404, 'only the module, not its package.json');
+  t.equal((await get('/vendor/ironrdp/index.d.ts')).status, 404, 'nor its type declarations');
   t.equal((await get('/vendor/novnc/package.json')).status, 404, 'only core/ and vendor/ of noVNC');
   t.equal((await get('/vendor/spice-html5/spice.html')).status, 404, 'only src/ of spice-html5');
   t.equal(

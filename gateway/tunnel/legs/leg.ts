@@ -32,6 +32,12 @@ export interface ClientLeg {
    */
   admit?(target: TunnelTarget): void;
   /**
+   * The leg's own handshake with the console it reached, before `attach` (RDCleanPath: X.224 and
+   * TLS with the RDP console). Resolves to the console to relay to; rejects with a OneportError
+   * to refuse (the broker closes the console). Bounded in time by the leg.
+   */
+  handshake?(console: ReachedConsole, target: TunnelTarget): Promise<ReachedConsole>;
+  /**
    * The console answered: answer the client and start relaying. Throws a OneportError when the
    * leg cannot take it (the client left meanwhile, it sent too much early data); the broker then
    * closes the console socket.

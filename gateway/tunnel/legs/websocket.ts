@@ -59,25 +59,36 @@ export function keepAlive(ws: WebSocket, intervalMs: number): void {
   });
 }
 
-export class WebSocketLeg implements ClientLeg {
-  readonly transport = 'websocket' as const;
+/**
+ * What every WebSocket leg does before its tunnel exists: keep the client's messages (up to
+ * `queueCap` bytes; beyond, `overflow`), notice when it leaves, and let go of both at attach or
+ * refusal (`detach`).
+ */
+export abstract class EarlyWebSocketLeg {
   readonly client: string;
   readonly acceptedAt: bigint;
   private readonly abort = new AbortController();
-  private readonly queued: Buffer[] = [];
-  private queuedBytes = 0;
-  private overflow = false;
+  protected queued: Buffer[] = [];
+  protected queuedBytes = 0;
+  protected overflow = false;
+  /** Called after each message is kept, and when the client leaves. */
+  protected onBytes: (() => void) | undefined;
   private readonly onMessage = (data: Buffer | ArrayBuffer | Buffer[]): void => {
     const chunk = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? Buffer.from(data) : Buffer.from(data);
     this.queuedBytes += chunk.length;
-    if (this.queuedBytes > this.opts.preConnectBufferBytes) this.overflow = true;
+    if (this.queuedBytes > this.queueCap) this.overflow = true;
     else this.queued.push(chunk);
+    this.onBytes?.();
   };
-  private readonly onClose = (): void => this.abort.abort();
+  private readonly onClose = (): void => {
+    this.abort.abort();
+    this.onBytes?.();
+  };
 
-  constructor(
-    private readonly ws: WebSocket,
-    private readonly opts: WebSocketLegOptions,
+  protected constructor(
+    protected readonly ws: WebSocket,
+    opts: { readonly client: string; readonly acceptedAt: bigint },
+    private readonly queueCap: number,
   ) {
     this.client = opts.client;
     this.acceptedAt = opts.acceptedAt;
@@ -90,9 +101,21 @@ export class WebSocketLeg implements ClientLeg {
     return this.abort.signal;
   }
 
-  private detach(): void {
+  protected detach(): void {
     this.ws.removeListener('message', this.onMessage);
     this.ws.removeListener('close', this.onClose);
+    this.onBytes = undefined;
+  }
+}
+
+export class WebSocketLeg extends EarlyWebSocketLeg implements ClientLeg {
+  readonly transport = 'websocket' as const;
+
+  constructor(
+    ws: WebSocket,
+    private readonly opts: WebSocketLegOptions,
+  ) {
+    super(ws, opts, opts.preConnectBufferBytes);
   }
 
   admit(target: TunnelTarget): void {
