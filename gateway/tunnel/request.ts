@@ -20,8 +20,11 @@ export type Credential =
   /** Another node authenticated the client and vouches for it (cluster hop, node certificate). */
   | { readonly kind: 'node'; readonly node: string; readonly user: string };
 
-/** How the client leg is carried; it labels metrics and the tunnel log line. */
-export type Transport = 'connect' | 'connect-tls' | 'websocket' | 'hop';
+/**
+ * How the client leg is carried; it labels metrics and the tunnel log line. `rdg-ws` and
+ * `rdg-http`: an RD Gateway client (MS-TSGU) over a WebSocket or the legacy pair of requests.
+ */
+export type Transport = 'connect' | 'connect-tls' | 'websocket' | 'hop' | 'rdg-ws' | 'rdg-http';
 
 export interface TunnelRequest {
   readonly vmName: string;
