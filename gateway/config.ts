@@ -254,6 +254,8 @@ export const configSchema = z
                 username: z.string().optional(),
                 password: z.string().optional(),
                 sentinelPassword: z.string().optional(),
+                /** ACL user on the sentinels (Redis 6+), when they require one. */
+                sentinelUsername: z.string().optional(),
                 db: z.number().int().nonnegative().optional(),
                 /** TLS to Redis (and to the sentinels). @default false */
                 tls: z.boolean().default(false),

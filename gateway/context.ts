@@ -52,4 +52,6 @@ export interface GatewayContext {
   readonly audit: Audit;
   /** How fresh the directory is: always fresh for the embedded one; the mirror's age in a cluster. */
   readonly directoryState: () => { readonly connected: boolean; readonly ageMs: number };
+  /** The CA of the certificate served to clients when oneport made it (no tls.certificates), else undefined. */
+  readonly selfMadeCa: string | undefined;
 }

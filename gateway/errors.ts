@@ -40,6 +40,7 @@ export const ERRORS = {
   ONEPORT_ERR_HEADERS_TOO_LARGE: { status: 431, wsClose: 1008, message: 'request headers too large or too many' },
   ONEPORT_ERR_INTERNAL: { status: 500, wsClose: 1011, message: 'internal error' },
   ONEPORT_ERR_CONSOLE_UNREACHABLE: { status: 502, wsClose: 4502, message: 'the console did not answer' },
+  ONEPORT_ERR_NODE_NOT_UP: { status: 503, wsClose: 1013, message: 'that cluster node is not up right now; try again shortly' },
   ONEPORT_ERR_NODE_UNREACHABLE: { status: 504, wsClose: 1011, message: 'the cluster node concerned did not answer in time' },
   ONEPORT_ERR_VM_RECOVERING: { status: 503, wsClose: 4503, message: 'the VM is being recovered or migrated; try again shortly' },
   ONEPORT_ERR_VM_DOWN: { status: 503, wsClose: 4503, message: 'the VM is down' },

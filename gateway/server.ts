@@ -98,13 +98,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     const identity = { nodeId: config.nodeId, ca: state.ca.cert, cert: ensureNodeCert(state, config.nodeId, config.serverNames) };
     nodeIdentity = identity;
     const conn = createConnection(redis, { connectionName: 'oneport-cluster', commandTimeout: 1000, connectTimeout: 2000 });
-    conn.on('error', () => undefined);
-    try {
-      await conn.connect();
-    } catch (err) {
-      conn.disconnect();
-      throw new Error(`cluster: cannot reach Redis: ${(err as Error).message}`, { cause: err });
-    }
+    await connectAtStart(conn, redisTarget);
     cluster = new Cluster({ config, redis: conn, identity, log, metrics, epochFile: state.paths.epoch });
     redisConnection = conn;
     const redisDir = await RedisDirectory.open({ redis, prefix: config.cluster.prefix, log, fence: cluster.fence() }).catch((err: unknown) => {
@@ -199,6 +193,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     ownOrigins: () => ownOrigins,
     cluster,
     directoryState,
+    selfMadeCa: config.tls.certificates.length > 0 ? undefined : state.ca.cert,
     connections,
     sessions,
     broker: { dir, auth, reach, watcher, tunnels, metrics, log, noisyLog, lifecycle, nodeId: cluster?.nodeId, holdMs: config.tunnel.holdMs, policy: { idleTimeoutMs: config.tunnel.idleTimeoutMs, maxSessionMs: config.tunnel.maxSessionMs }, caps, audit, self: config.nodeId },
@@ -428,8 +423,43 @@ export function redisExposure(r: NonNullable<Config['cluster']['redis']>): strin
   return gaps;
 }
 
-/** ioredis options from the config: a URL, or Sentinel with its options. */
-function redisOptions(r: NonNullable<Config['cluster']['redis']>, ca: string | undefined): string | RedisOptions {
+/** How long `serve` waits for Redis at start before it gives up and says why. */
+const REDIS_START_DEADLINE_MS = 5000;
+
+/**
+ * The first connection to Redis, or a clear error. A URL fails on its own (refused, timed out);
+ * through Sentinel ioredis retries forever (unreachable sentinels, an unknown master group), so
+ * the start has a deadline and the error names the sentinels, the group and the last error.
+ */
+async function connectAtStart(conn: Redis, target: NonNullable<Config['cluster']['redis']>): Promise<void> {
+  let lastError = '';
+  conn.on('error', (e: Error) => {
+    lastError = e.message;
+  });
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${REDIS_START_DEADLINE_MS} ms`)), REDIS_START_DEADLINE_MS);
+  });
+  try {
+    await Promise.race([conn.connect(), deadline]);
+  } catch (err) {
+    conn.disconnect();
+    const why = lastError || (err as Error).message;
+    if (typeof target === 'string') throw new Error(`cluster: cannot reach Redis: ${why}`, { cause: err });
+    const sentinels = target.sentinels.map((x) => formatHostPort(x.host, x.port)).join(', ');
+    throw new Error(`cluster: cannot reach Redis through Sentinel (sentinels ${sentinels}, master group "${target.name}"): ${why}`, { cause: err });
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * ioredis options from the config: a URL, or Sentinel with its options. With Sentinel, `tls`
+ * covers both the master (enableTLSForSentinelMode) and the sentinels themselves (sentinelTLS), and
+ * the connection subscribes to the sentinels' `+switch-master` (failoverDetector) so that a new
+ * master is followed as soon as Sentinel names it, not after the reconnect backoff.
+ */
+export function redisOptions(r: NonNullable<Config['cluster']['redis']>, ca: string | undefined): string | RedisOptions {
   if (typeof r === 'string') {
     if (ca === undefined) return r;
     // A private CA for rediss://: spell the URL out as options so the CA can join them.
@@ -443,12 +473,15 @@ function redisOptions(r: NonNullable<Config['cluster']['redis']>, ca: string | u
       ...(u.protocol === 'rediss:' ? { tls: { ca } } : {}),
     };
   }
-  const tls = r.tls ? { tls: ca ? { ca } : {}, enableTLSForSentinelMode: true } : {};
+  const tlsOptions = ca ? { ca } : {};
+  const tls = r.tls ? { tls: tlsOptions, sentinelTLS: tlsOptions, enableTLSForSentinelMode: true } : {};
   return {
     sentinels: r.sentinels.map((s) => ({ host: s.host, port: s.port })),
     name: r.name,
+    failoverDetector: true,
     ...(r.username !== undefined ? { username: r.username } : {}),
     ...(r.password !== undefined ? { password: r.password } : {}),
+    ...(r.sentinelUsername !== undefined ? { sentinelUsername: r.sentinelUsername } : {}),
     ...(r.sentinelPassword !== undefined ? { sentinelPassword: r.sentinelPassword } : {}),
     ...(r.db !== undefined ? { db: r.db } : {}),
     ...tls,

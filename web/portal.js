@@ -1,5 +1,5 @@
 // The portal: log in, list the user's desktops with their state, and per desktop and protocol
-// the ways in: the in-browser viewer (VNC, SPICE), a .vv file for remote-viewer, and the
+// the ways in: the in-browser viewer (VNC, SPICE), .vv files for remote-viewer (SPICE), and the
 // FreeRDP command line for RDP (a fresh single-use ticket riding in the host name, CONTRACT
 // section 3). Plain DOM, no framework; text only through textContent.
 const $ = (id) => document.getElementById(id);
@@ -67,8 +67,22 @@ function protocolActions(li, d, p) {
   group.append(el('span', { class: 'protocol-name' }, p.toUpperCase()));
   if (p === 'vnc' || p === 'spice') {
     group.append(el('a', { class: 'button open', href: `/viewer.html?vm=${vm}&protocol=${p}` }, 'Open in browser'));
+  }
+  // remote-viewer ignores the proxy for VNC (it would look the ticket up in DNS): .vv for SPICE only.
+  if (p === 'spice') {
     // A GET with the session cookie: the gateway answers with a file holding a fresh ticket.
-    group.append(el('a', { class: 'button vv', href: `/api/desktops/${vm}/console.vv?protocol=${p}`, download: `${d.vm}.vv` }, 'Download .vv'));
+    group.append(el('a', {
+      class: 'button vv',
+      href: `/api/desktops/${vm}/console.vv?protocol=spice&proxy=https`,
+      download: `${d.vm}.vv`,
+      title: 'remote-viewer speaks TLS to this gateway: pick this if your computer trusts its certificate (no browser warning here, or you installed the gateway CA)',
+    }, 'Download .vv (TLS)'));
+    group.append(el('a', {
+      class: 'button vv vv-plain',
+      href: `/api/desktops/${vm}/console.vv?protocol=spice&proxy=http`,
+      download: `${d.vm}.vv`,
+      title: 'works without trusting the gateway certificate; the single-use ticket crosses the network in clear text',
+    }, 'Download .vv (plain)'));
   }
   if (p === 'rdp') {
     const b = el('button', { type: 'button', class: 'freerdp' }, 'FreeRDP command');

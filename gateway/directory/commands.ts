@@ -86,8 +86,11 @@ export async function deleteVm(dir: Directory, name: string): Promise<void> {
 }
 
 export interface MoveOptions {
-  /** In a cluster: is `node` an up member? A move to anything else is refused. Unset: any node. */
-  readonly isUpNode?: ((node: string) => boolean) | undefined;
+  /**
+   * In a cluster: the state of member `node` ('up', or why not), undefined if the cluster has never
+   * heard of it. A move goes only to an up member. Unset: any node.
+   */
+  readonly nodeState?: ((node: string) => string | undefined) | undefined;
 }
 
 /**
@@ -98,7 +101,12 @@ export async function moveVm(dir: Directory, name: string, nodeIn: string, opts:
   const { node } = parse(moveSchema, { node: nodeIn });
   const vm = dir.getVm(name);
   if (!vm) throw new OneportError('ONEPORT_ERR_UNKNOWN_VM');
-  if (opts.isUpNode && !opts.isUpNode(node)) throw new OneportError('ONEPORT_ERR_VALIDATION', `node ${node} is not an up member of the cluster`);
+  if (opts.nodeState) {
+    const state = opts.nodeState(node);
+    if (state === undefined) throw new OneportError('ONEPORT_ERR_VALIDATION', `node ${node} is not a member of the cluster`);
+    // A known member between heartbeats (right after a Redis outage, a restart) is a passing state.
+    if (state !== 'up') throw new OneportError('ONEPORT_ERR_NODE_NOT_UP', `node ${node} is ${state}, not up: try again once its heartbeat is back`, { retryAfter: 2 });
+  }
   // The replica stays where it was, unless the VM moves onto it (then the old owner takes its place).
   const moved: VmRecord = { ...vm, node, replica: vm.replica === node ? vm.node : vm.replica, epoch: vm.epoch + 1 };
   if (!(await dir.putVm(moved, { ifEpoch: vm.epoch }))) throw new OneportError('ONEPORT_ERR_CONFLICT');

@@ -166,7 +166,12 @@ route('GET', '/api/desktops/:p/console.vv', 'console.vv', async (c) => {
   if (!isAssigned(vm, p.user)) throw new OneportError('ONEPORT_ERR_NOT_ASSIGNED');
   const query = new URL(c.req.url ?? '/', 'https://x').searchParams;
   const protocol = protocolSchema.safeParse(query.get('protocol') ?? 'spice');
-  if (!protocol.success || protocol.data === 'rdp') throw new OneportError('ONEPORT_ERR_VALIDATION', 'protocol must be spice or vnc');
+  // remote-viewer ignores `proxy=` for VNC and resolves `<ticket>.<vm>` itself: the ticket would go
+  // to the user's DNS resolver and the connection nowhere. No .vv for VNC, then.
+  if (protocol.success && protocol.data === 'vnc') {
+    throw new OneportError('ONEPORT_ERR_VALIDATION', 'no .vv for VNC: remote-viewer ignores the proxy for VNC; open it in the browser, or use a VNC client through CONNECT (README "Client recipes")');
+  }
+  if (!protocol.success || protocol.data !== 'spice') throw new OneportError('ONEPORT_ERR_VALIDATION', 'protocol must be spice');
   // proxy=https: the client speaks TLS to the gateway before CONNECT (it checks our certificate).
   const proxyScheme = query.get('proxy') ?? 'http';
   if (proxyScheme !== 'http' && proxyScheme !== 'https') throw new OneportError('ONEPORT_ERR_VALIDATION', 'proxy must be http or https');
@@ -191,8 +196,23 @@ route('GET', '/api/desktops/:p/console.vv', 'console.vv', async (c) => {
   });
   c.res.end(text);
 });
+/**
+ * The CA that signed the certificate this gateway serves, when oneport made that certificate itself
+ * (no `tls.certificates` configured): public, so that clients which verify the gateway (remote-viewer
+ * with a TLS .vv, curl) can be told to trust it. 404 when the operator configured certificates.
+ */
+route('GET', '/api/ca.pem', 'ca.pem', async (c) => {
+  if (c.ctx.selfMadeCa === undefined) throw new OneportError('ONEPORT_ERR_NOT_FOUND', 'this gateway serves a certificate it did not make: trust its issuer as usual');
+  c.res.writeHead(200, {
+    'Content-Type': 'application/x-pem-file',
+    'Content-Disposition': 'attachment; filename="oneport-ca.pem"',
+    'Cache-Control': 'no-cache',
+  });
+  c.res.end(c.ctx.selfMadeCa);
+});
+/** Node addresses, versions and load: for admins only (the portal never needs them). */
 route('GET', '/api/cluster', 'cluster', async (c) => {
-  await c.principal();
+  await c.admin();
   const id = c.ctx.config.nodeId;
   const st = c.ctx.directoryState();
   const directory = { kind: c.ctx.dir.kind, version: c.ctx.dir.version(), connected: st.connected, ageMs: st.ageMs };
@@ -236,9 +256,9 @@ route('POST', '/api/vms/:p/move', 'move', async (c) => {
   await c.admin();
   const { node } = await c.body(moveSchema);
   const cluster = c.ctx.cluster;
-  const isUpNode = cluster ? (n: string): boolean => cluster.node(n)?.state === 'up' : undefined;
+  const nodeState = cluster ? (n: string): string | undefined => cluster.node(n)?.state : undefined;
   const before = lookupVm(c.ctx.dir, c.params[0] ?? '');
-  const moved = await commands.moveVm(c.ctx.dir, before.name, node, { isUpNode });
+  const moved = await commands.moveVm(c.ctx.dir, before.name, node, { nodeState });
   await audit(c, 'vm.move', { type: 'vm', name: before.name }, { from: before.node, to: node, epoch: moved.epoch });
   sendJson(c.res, 200, moved);
 }, { leader: true });

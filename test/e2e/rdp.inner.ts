@@ -134,11 +134,14 @@ t.test('xfreerdp /v:<ticket>.<vm> /proxy:http://gateway completes X.224 and TLS 
 
   const established = (): number => (xrdp.log().match(/TLS connection established/g) ?? []).length;
   const before = established();
-  // Seen once in many runs: xfreerdp stuck after the gateway's 407. Either way it must not get through.
+  // Killed at its 15 s deadline once, under a full-suite load; not reproduced since in 100 runs
+  // beside four busy loops (0.5-1.4 s). Its path, traced: resolve the made-up target name (fails
+  // at once in this namespace), one CONNECT, the 407, exit. The debug log (timestamped stages)
+  // shows where it waited if it happens again.
   const forgedStarted = Date.now();
-  const forged = await runXfreerdp(x.display, dir, [`/v:${'a'.repeat(50)}.win:3389`, `/proxy:http://127.0.0.1:${gw.port}`, '/cert:ignore', '/auth-only', '/u:x', '/p:y'], 15_000);
-  // About 1-2.5 s here, alone or beside a loaded machine; the 15 s kill seen once is not reproduced.
+  const forged = await runXfreerdp(x.display, dir, [`/v:${'a'.repeat(50)}.win:3389`, `/proxy:http://127.0.0.1:${gw.port}`, '/cert:ignore', '/auth-only', '/u:x', '/p:y', '/log-level:DEBUG'], 15_000);
   t.comment(`forged ticket: xfreerdp gave up after ${Date.now() - forgedStarted} ms (exit ${String(forged.code)})`);
+  t.not(forged.code, null, 'xfreerdp gave up by itself, not killed at the deadline', { output: forged.out });
   t.not(forged.code, 0, 'a made-up ticket gets nowhere', { output: forged.out });
   t.ok(gw.logs.some((l) => l.event === 'tunnel-refused'), 'the gateway refused it', { output: forged.out });
   t.equal(established(), before, 'and xrdp saw no connection for it');

@@ -11,7 +11,7 @@ t.test('login, session cookie, desktops, tickets that work, logout', async (t) =
   const gw = await startTestGateway(t);
   const echo = await startBackend(t);
   await gw.addUser('alice', 'alice-password-1');
-  await gw.addVm('desk', [{ protocol: 'vnc', host: '127.0.0.1', port: echo.port }], ['alice']);
+  await gw.addVm('desk', [{ protocol: 'vnc', host: '127.0.0.1', port: echo.port }, { protocol: 'spice', host: '127.0.0.1', port: echo.port, publishedPort: 5901 }], ['alice']);
   await gw.addVm('hidden', [{ protocol: 'vnc', host: '127.0.0.1', port: echo.port }], ['bob']);
   const api = apiClient(t, gw);
 
@@ -30,7 +30,7 @@ t.test('login, session cookie, desktops, tickets that work, logout', async (t) =
   const cookie = setCookie.split(';')[0] ?? '';
 
   const desktops = await api('GET', '/api/desktops', { cookie });
-  t.same(desktops.body, [{ vm: 'desk', protocols: ['vnc'], state: 'running', node: 'test' }], 'only assigned desktops');
+  t.same(desktops.body, [{ vm: 'desk', protocols: ['vnc', 'spice'], state: 'running', node: 'test' }], 'only assigned desktops');
   t.same((await api('GET', '/api/desktops', { token: login.body.token })).body, desktops.body, 'Bearer works too');
 
   const ticket = await api('POST', '/api/desktops/desk/tickets', { token: login.body.token, body: { protocol: 'vnc' } });
@@ -48,16 +48,20 @@ t.test('login, session cookie, desktops, tickets that work, logout', async (t) =
   const form = await api('POST', '/api/desktops/desk/tickets', { cookie, body: 'protocol=vnc', headers: { 'content-type': 'application/x-www-form-urlencoded' } });
   t.equal(form.status, 400, 'a form post (cross-site) is refused');
 
-  const vv = await api('GET', '/api/desktops/desk/console.vv?protocol=vnc', { cookie });
+  const vv = await api('GET', '/api/desktops/desk/console.vv?protocol=spice', { cookie });
   t.equal(vv.status, 200);
   t.match(vv.headers['content-type'], 'application/x-virt-viewer');
-  t.match(vv.body, /\[virt-viewer\][\s\S]*type=vnc[\s\S]*host=[a-z2-7]{50}\.desk[\s\S]*port=5900[\s\S]*proxy=http:\/\/localhost:/);
-  const vvs = await api('GET', '/api/desktops/desk/console.vv?protocol=vnc&proxy=https', { cookie });
+  t.match(vv.body, /\[virt-viewer\][\s\S]*type=spice[\s\S]*host=[a-z2-7]{50}\.desk[\s\S]*port=5901[\s\S]*proxy=http:\/\/localhost:/);
+  const vvs = await api('GET', '/api/desktops/desk/console.vv?protocol=spice&proxy=https', { cookie });
   t.match(vvs.body, /proxy=https:\/\/localhost:/, 'proxy=https on request');
-  const vvBad = await api('GET', '/api/desktops/desk/console.vv?protocol=vnc&proxy=ftp', { cookie });
+  const vvBad = await api('GET', '/api/desktops/desk/console.vv?protocol=spice&proxy=ftp', { cookie });
   t.equal(vvBad.status, 400, 'any other proxy scheme: 400');
   t.equal(vvBad.body.error.code, 'ONEPORT_ERR_VALIDATION');
-  const vvHost = await rawRequest(gw.port, `GET /api/desktops/desk/console.vv?protocol=vnc HTTP/1.1\r\nHost: evil.example/x\r\nCookie: ${cookie}\r\nConnection: close\r\n\r\n`, { ca: gw.caCert });
+  // remote-viewer ignores proxy= for VNC and would look `<ticket>.<vm>` up in DNS: no VNC .vv at all.
+  const vvVnc = await api('GET', '/api/desktops/desk/console.vv?protocol=vnc', { cookie });
+  t.equal(vvVnc.status, 400, 'no .vv for VNC');
+  t.match(vvVnc.body.error.message, /remote-viewer ignores the proxy for VNC/);
+  const vvHost = await rawRequest(gw.port, `GET /api/desktops/desk/console.vv?protocol=spice HTTP/1.1\r\nHost: evil.example/x\r\nCookie: ${cookie}\r\nConnection: close\r\n\r\n`, { ca: gw.caCert });
   t.match(vvHost.head, /^HTTP\/1\.1 200/);
   const vvChunks: Buffer[] = [vvHost.rest];
   for await (const c of vvHost.socket) vvChunks.push(c as Buffer);
@@ -135,8 +139,17 @@ t.test('health, readiness, metrics, cluster', async (t) => {
   }
   await gw.addUser('alice', 'alice-password-1');
   const token = (await api('POST', '/api/login', { body: { user: 'alice', password: 'alice-password-1' } })).body.token;
-  const cluster = await api('GET', '/api/cluster', { token });
+  const refused = await api('GET', '/api/cluster', { token });
+  t.equal(refused.status, 403, 'node addresses are for admins only');
+  t.equal(refused.body.error.code, 'ONEPORT_ERR_ADMIN_ONLY');
+  await gw.addUser('root', 'root-password-1', { admin: true });
+  const adminToken = (await api('POST', '/api/login', { body: { user: 'root', password: 'root-password-1' } })).body.token;
+  const cluster = await api('GET', '/api/cluster', { token: adminToken });
   t.match(cluster.body, { leader: { node: 'test', epoch: 1 }, nodes: [{ id: 'test', state: 'up' }] });
+  // The CA of the certificate it made itself is public: clients that verify the gateway need it.
+  const ca = await api('GET', '/api/ca.pem');
+  t.equal(ca.status, 200, 'no login needed');
+  t.equal(String(ca.body).trim(), gw.caCert.trim(), 'the CA that signed the served certificate');
 });
 
 t.test('clear text: GET is redirected to https, other methods get 400, login refused', async (t) => {

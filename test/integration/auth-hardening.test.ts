@@ -257,14 +257,15 @@ t.test('session cookie: __Host- prefix (Secure, Path=/, no Domain), and it authe
 });
 
 t.test('limits.ticketsPerUserPerMinute: one user asking for too many tickets gets 429', async (t) => {
-  const { gw } = await setupDesk(t, { limits: { ticketsPerUserPerMinute: 3 } });
+  const { gw, echo } = await setupDesk(t, { limits: { ticketsPerUserPerMinute: 3 } });
+  await gw.addVm('sdesk', [{ protocol: 'spice', host: '127.0.0.1', port: echo.port }], ['alice']);
   const s = await login(gw, 'alice', 'alice-password-1');
   for (let i = 1; i <= 3; i++) t.ok((await apiTicket(gw, s.token)).ticket, `ticket ${i}`);
   const fourth = await call(gw, post('/api/desktops/desk/tickets', { protocol: 'vnc' }, { Authorization: `Bearer ${s.token}` }));
   t.equal(fourth.status, 429, 'the fourth in a minute: 429');
   t.match(fourth.head, /\r\nRetry-After: [1-9]\d*/i);
   t.equal(errorCode(fourth.body), 'ONEPORT_ERR_RATE_LIMITED');
-  const vv = await call(gw, `GET /api/desktops/desk/console.vv?protocol=vnc HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${s.token}\r\nConnection: close\r\n\r\n`);
+  const vv = await call(gw, `GET /api/desktops/sdesk/console.vv?protocol=spice HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${s.token}\r\nConnection: close\r\n\r\n`);
   t.equal(vv.status, 429, 'a console.vv file carries a ticket too: same budget');
   t.ok((await gw.ticket('alice', 'desk')).ticket, 'tickets issued without a session (admin API, CLI) are not counted');
 });

@@ -7,6 +7,8 @@ import t from 'tap';
 import { RedisDirectory, type ResyncEvent } from '../../gateway/directory/redis.js';
 import { toVmRecord, vmSchema, type DirectoryChange, type VmRecord } from '../../gateway/directory/directory.js';
 import { startRedis, startSentinel, redisClient, nextEvent } from '../helpers/redis.js';
+import { startTestGateway } from '../helpers/gateway.js';
+import { closedPort } from '../helpers/net.js';
 
 function vm(name: string, node = 'n1'): VmRecord {
   return toVmRecord(vmSchema.parse({ name, node, endpoints: [{ protocol: 'spice', host: '127.0.0.1', port: 5930 }] }));
@@ -46,4 +48,31 @@ t.test('Sentinel failover: mirrors resync from the promoted replica and writes r
   await a.putVm(vm('desk3'));
   t.equal((await seen).version, version + 1, 'writes resume on the new master and reach the other mirror');
   t.equal(a.staleness().connected, true);
+});
+
+// ioredis retries Sentinel forever: without a deadline `serve` hung at start and logged nothing.
+t.test('serve with sentinels that do not answer, or an unknown master group: a clear error within seconds', async (t) => {
+  const port = await closedPort();
+  const started = Date.now();
+  const unreachable = await startTestGateway(t, { cluster: { redis: { sentinels: [{ host: '127.0.0.1', port }], name: 'oneport' } } }).then(
+    async (gw) => {
+      await gw.close();
+      return undefined;
+    },
+    (e: unknown) => e as Error,
+  );
+  t.ok(unreachable, 'serve gave up');
+  t.match(unreachable?.message, `cannot reach Redis through Sentinel (sentinels 127.0.0.1:${port}, master group "oneport")`);
+  t.ok(Date.now() - started < 15_000, `within ${Date.now() - started} ms`);
+
+  const master = await startRedis(t);
+  const sentinel = await startSentinel(t, { masterPort: master.port, replicas: 0 });
+  const wrongName = await startTestGateway(t, { cluster: { redis: { sentinels: sentinel.clientOptions.sentinels, name: 'nosuch' } } }).then(
+    async (gw) => {
+      await gw.close();
+      return undefined;
+    },
+    (e: unknown) => e as Error,
+  );
+  t.match(wrongName?.message, /master group "nosuch"\): .*No such master with that name/, 'the sentinels\' own answer is in the error');
 });
