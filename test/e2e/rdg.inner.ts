@@ -3,6 +3,8 @@
  * as a user runs it against an RD Gateway: `/g:<gateway> /gt:http /gat:<ticket> /v:<vm>`.
  */
 import t, { type Test } from 'tap';
+import net from 'node:net';
+import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,7 +12,9 @@ import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { type Run, runXfreerdp, startXrdp } from '../helpers/xrdp.js';
 import { startXvfb } from '../helpers/x11.js';
 import { outsideNetns } from '../helpers/netns.js';
-import { until } from '../helpers/wait.js';
+import { eventually, until } from '../helpers/wait.js';
+import { startRedis } from '../helpers/redis.js';
+import { adminToken, electedLeader, makeCluster } from '../helpers/cluster.js';
 
 /** Tunnel log lines for `vm` on this gateway. */
 const tunnelsOf = (gw: TestGateway, vm: string): Array<Record<string, unknown>> => gw.logs.filter((l) => l.event === 'tunnel' && l.vm === vm);
@@ -56,4 +60,67 @@ t.test('xfreerdp /g: /gt:http /gat:<ticket> reaches xrdp through the RD Gateway 
   t.not(forged.code, 0, 'a made-up ticket gets nowhere', { output: forged.out });
   t.match(forged.out, /E_PROXY_COOKIE_AUTHENTICATION_ACCESS_DENIED|ACCESS_DENIED/, 'FreeRDP reports the refusal', { output: forged.out });
   t.equal(established(), before, 'and xrdp saw no connection for it');
+});
+
+/**
+ * A plain L4 balancer at its least helpful: a connection's first request goes to the first node,
+ * the next connection's to the second, and so on in turn.
+ */
+async function roundRobin(t: Test, ports: readonly number[]): Promise<{ port: number; sent: number[] }> {
+  const sent = ports.map(() => 0);
+  let next = 0;
+  const server = net.createServer((client) => {
+    const i = next++ % ports.length;
+    sent[i]!++;
+    const upstream = net.connect(ports[i]!, '127.0.0.1');
+    const end = (): void => {
+      client.destroy();
+      upstream.destroy();
+    };
+    for (const s of [client, upstream]) {
+      s.on('error', end);
+      s.on('close', end);
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.teardown(() => new Promise<void>((r) => server.close(() => r())));
+  return { port: (server.address() as net.AddressInfo).port, sent };
+}
+
+t.test('the legacy pair split over two nodes by a round-robin balancer still reaches xrdp', { skip: outsideNetns }, async (t: Test) => {
+  const dir = mkdtempSync(join(tmpdir(), 'oneport-rdg-cluster-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const xrdp = await startXrdp(t, dir);
+  const redis = await startRedis(t);
+  const cluster = makeCluster(t, redis.url);
+  const a = await cluster.start('na');
+  const b = await cluster.start('nb');
+  const leader = await electedLeader([a, b]);
+  const token = await adminToken(leader);
+  await leader.api('PUT', '/api/users/alice', { token, body: { password: 'alice-password-1' } });
+  t.equal((await leader.api('PUT', '/api/vms/win', { token, body: { node: a.id, endpoints: [{ protocol: 'rdp', host: '127.0.0.1', port: xrdp.port }], users: ['alice'] } })).status, 200);
+  for (const n of [a, b]) {
+    await eventually(async () => ((await n.api<{ node?: string }>('GET', '/api/vms/win', { token })).body.node === a.id ? true : undefined), 5_000, `VM on ${n.id}`);
+    await eventually(async () => {
+      const view = await n.api<{ nodes: Array<{ state: string }> }>('GET', '/api/cluster', { token });
+      return view.body.nodes.length === 2 && view.body.nodes.every((x) => x.state === 'up') ? true : undefined;
+    }, 10_000, `both up on ${n.id}`);
+  }
+  const alice = (await b.api<{ token: string }>('POST', '/api/login', { body: { user: 'alice', password: 'alice-password-1' } })).body.token;
+  const ticket = (await b.api<{ ticket: string }>('POST', '/api/desktops/win/tickets', { token: alice, body: { protocol: 'rdp' } })).body.ticket;
+  const x = await startXvfb(t);
+  const balancer = await roundRobin(t, [a.port, b.port]);
+  const established = (xrdp.log().match(/TLS connection established from 127\.0\.0\.1/g) ?? []).length;
+
+  const run = await runXfreerdp(x.display, dir, gatewayArgs(balancer.port, ticket, 'http,no-websockets'));
+  t.equal(run.code, 0, 'xfreerdp /auth-only exits 0', { output: run.out });
+  t.same(balancer.sent, [1, 1], 'OUT went to na, IN to nb');
+  const relayed = await b.waitFor((l) => l.event === 'rdg-relayed', 5_000);
+  t.equal(relayed.node, a.id, 'nb relayed the IN request to na, which held the OUT');
+  const line = await a.waitFor((l) => l.event === 'tunnel' && l.vm === 'win', 10_000);
+  t.match(line, { transport: 'rdg-http', user: 'alice' }, 'the tunnel is na\'s');
+  t.equal((xrdp.log().match(/TLS connection established from 127\.0\.0\.1/g) ?? []).length, established + 1, "xrdp's log shows the session");
 });
