@@ -5,32 +5,13 @@
  * node TLS, and the tunnel works as if both had come to one node.
  */
 import t from 'tap';
-import { startRedis } from '../helpers/redis.js';
-import { makeCluster, electedLeader, adminToken } from '../helpers/cluster.js';
-import { eventually } from '../helpers/wait.js';
 import { startBackend } from '../helpers/net.js';
-import { RdgLegacyClient } from '../helpers/rdg.js';
+import { RdgLegacyClient, twoNodesWithWin } from '../helpers/rdg.js';
 
 t.test('RDG_OUT_DATA on one node, RDG_IN_DATA on another', async (t) => {
-  const redis = await startRedis(t);
-  const cluster = makeCluster(t, redis.url);
-  const a = await cluster.start('na');
-  const b = await cluster.start('nb');
-  const leader = await electedLeader([a, b]);
-  const token = await adminToken(leader);
   const echo = await startBackend(t);
-  await leader.api('PUT', '/api/users/alice', { token, body: { password: 'alice-password-1' } });
-  const put = await leader.api('PUT', '/api/vms/win', { token, body: { node: a.id, endpoints: [{ protocol: 'rdp', host: '127.0.0.1', port: echo.port }], users: ['alice'] } });
-  t.equal(put.status, 200, 'VM win on na');
-  for (const n of [a, b]) {
-    await eventually(async () => ((await n.api<{ node?: string }>('GET', '/api/vms/win', { token })).body.node === a.id ? true : undefined), 5_000, `VM on ${n.id}`);
-    await eventually(async () => {
-      const view = await n.api<{ nodes: Array<{ state: string }> }>('GET', '/api/cluster', { token });
-      return view.body.nodes.length === 2 && view.body.nodes.every((x) => x.state === 'up') ? true : undefined;
-    }, 10_000, `both up on ${n.id}`);
-  }
-  const alice = (await a.api<{ token: string }>('POST', '/api/login', { body: { user: 'alice', password: 'alice-password-1' } })).body.token;
-  const ticket = async (): Promise<string> => (await a.api<{ ticket: string }>('POST', '/api/desktops/win/tickets', { token: alice, body: { protocol: 'rdp' } })).body.ticket;
+  const { cluster, a, b, ticket: ticketAt } = await twoNodesWithWin(t, echo.port);
+  const ticket = (): Promise<string> => ticketAt(a);
 
   for (const [out, inn] of [[a, b], [b, a]] as const) {
     t.test(`OUT on ${out.id}, IN on ${inn.id}`, async (t) => {

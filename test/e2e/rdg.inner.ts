@@ -12,9 +12,8 @@ import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { type Run, runXfreerdp, startXrdp } from '../helpers/xrdp.js';
 import { startXvfb } from '../helpers/x11.js';
 import { outsideNetns } from '../helpers/netns.js';
-import { eventually, until } from '../helpers/wait.js';
-import { startRedis } from '../helpers/redis.js';
-import { adminToken, electedLeader, makeCluster } from '../helpers/cluster.js';
+import { until } from '../helpers/wait.js';
+import { twoNodesWithWin } from '../helpers/rdg.js';
 
 /** Tunnel log lines for `vm` on this gateway. */
 const tunnelsOf = (gw: TestGateway, vm: string): Array<Record<string, unknown>> => gw.logs.filter((l) => l.event === 'tunnel' && l.vm === vm);
@@ -55,7 +54,11 @@ t.test('xfreerdp /g: /gt:http /gat:<ticket> reaches xrdp through the RD Gateway 
 
   // A made-up ticket: FreeRDP reports the gateway's refusal and stops; xrdp never sees it.
   const before = established();
-  const forged = await runXfreerdp(x.display, dir, gatewayArgs(gw.port, 'a'.repeat(50), 'http'), 15_000);
+  // Killed at the 15 s deadline once in five runs here, with no output at all (stdout lost to the
+  // kill); the CONNECT e2e saw the same once. The timestamped debug log shows where if it recurs.
+  const forgedStarted = Date.now();
+  const forged = await runXfreerdp(x.display, dir, [...gatewayArgs(gw.port, 'a'.repeat(50), 'http'), '/log-level:DEBUG'], 15_000);
+  t.comment(`forged ticket: xfreerdp gave up after ${Date.now() - forgedStarted} ms (exit ${String(forged.code)})`);
   t.not(forged.code, null, 'xfreerdp gave up by itself', { output: forged.out });
   t.not(forged.code, 0, 'a made-up ticket gets nowhere', { output: forged.out });
   t.match(forged.out, /E_PROXY_COOKIE_AUTHENTICATION_ACCESS_DENIED|ACCESS_DENIED/, 'FreeRDP reports the refusal', { output: forged.out });
@@ -94,23 +97,8 @@ t.test('the legacy pair split over two nodes by a round-robin balancer still rea
   const dir = mkdtempSync(join(tmpdir(), 'oneport-rdg-cluster-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const xrdp = await startXrdp(t, dir);
-  const redis = await startRedis(t);
-  const cluster = makeCluster(t, redis.url);
-  const a = await cluster.start('na');
-  const b = await cluster.start('nb');
-  const leader = await electedLeader([a, b]);
-  const token = await adminToken(leader);
-  await leader.api('PUT', '/api/users/alice', { token, body: { password: 'alice-password-1' } });
-  t.equal((await leader.api('PUT', '/api/vms/win', { token, body: { node: a.id, endpoints: [{ protocol: 'rdp', host: '127.0.0.1', port: xrdp.port }], users: ['alice'] } })).status, 200);
-  for (const n of [a, b]) {
-    await eventually(async () => ((await n.api<{ node?: string }>('GET', '/api/vms/win', { token })).body.node === a.id ? true : undefined), 5_000, `VM on ${n.id}`);
-    await eventually(async () => {
-      const view = await n.api<{ nodes: Array<{ state: string }> }>('GET', '/api/cluster', { token });
-      return view.body.nodes.length === 2 && view.body.nodes.every((x) => x.state === 'up') ? true : undefined;
-    }, 10_000, `both up on ${n.id}`);
-  }
-  const alice = (await b.api<{ token: string }>('POST', '/api/login', { body: { user: 'alice', password: 'alice-password-1' } })).body.token;
-  const ticket = (await b.api<{ ticket: string }>('POST', '/api/desktops/win/tickets', { token: alice, body: { protocol: 'rdp' } })).body.ticket;
+  const { a, b, ticket: ticketAt } = await twoNodesWithWin(t, xrdp.port);
+  const ticket = await ticketAt(b);
   const x = await startXvfb(t);
   const balancer = await roundRobin(t, [a.port, b.port]);
   const established = (xrdp.log().match(/TLS connection established from 127\.0\.0\.1/g) ?? []).length;
