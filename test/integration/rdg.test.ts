@@ -187,6 +187,13 @@ t.test('hostile MS-TSGU packets: bad lengths, wrong order, huge fields: closed, 
       t.ok(Date.now() - started < 3000, `${transport}: ${what}: at once`);
     }
   }
+  // The legacy IN body's own framing: a chunk size over 64 KiB is refused before its data is awaited.
+  for (const [what, raw] of [['a 1 GiB chunk', '40000000\r\n'], ['a chunk size that is not hex', 'zz\r\n'], ['a chunk without its CRLF', '1\r\nAB']] as const) {
+    const c = await RdgLegacyClient.connect([gw.port, gw.port], gw.caCert);
+    t.teardown(() => c.destroy());
+    c.inSocket.write(raw);
+    await t.resolves(c.closed(3000), `rdg-http: ${what}: closed at once`);
+  }
   t.equal(echo.accepted, 0, 'nothing was dialled');
   const m = await gw.ctx.metrics.tunnels.get();
   t.ok(m.values.some((v) => v.labels.transport === 'rdg-ws' && v.labels.result === 'ONEPORT_ERR_BAD_REQUEST'), 'counted as bad requests');
