@@ -61,31 +61,42 @@ export function parseFrame(b: Uint8Array, maxPayload: number): Parse<Frame, Fram
   }
   if (length > maxPayload) return failure('payload-too-large');
   if (b.length < at + 4 + length) return MORE_BYTES;
-  const mask = b.subarray(at, at + 4);
-  const payload = Buffer.allocUnsafe(length);
   const start = at + 4;
-  for (let i = 0; i < length; i++) payload[i] = u8(b, start + i) ^ u8(mask, i & 3);
-  return done({ fin, opcode, payload }, start + length);
+  return done({ fin, opcode, payload: unmask(b.subarray(start, start + length), b.subarray(at, at + 4)) }, start + length);
+}
+
+/**
+ * `data` XOR the 4-byte `mask`, into a fresh buffer: a word at a time (its own ArrayBuffer, so
+ * aligned; the mask read in the machine's byte order, like the words), then the tail bytes.
+ */
+export function unmask(data: Uint8Array, mask: Uint8Array): Buffer {
+  const n = data.length;
+  const out = Buffer.allocUnsafeSlow(n);
+  out.set(data);
+  const words = n >>> 2;
+  if (words > 0) {
+    const m = new Uint32Array(Uint8Array.from(mask.subarray(0, 4)).buffer)[0] ?? 0;
+    const w = new Uint32Array(out.buffer, out.byteOffset, words);
+    for (let i = 0; i < words; i++) w[i]! ^= m;
+  }
+  for (let i = words << 2; i < n; i++) out[i] = u8(data, i) ^ u8(mask, i & 3);
+  return out;
+}
+
+/** The header of an unmasked server frame with FIN set, for a payload written after it. */
+export function frameHeader(opcode: number, length: number): Buffer {
+  if (length < 126) return Buffer.from([0x80 | opcode, length]);
+  if (length < 0x10000) return Buffer.from([0x80 | opcode, 126, length >>> 8, length & 0xff]);
+  const h = Buffer.alloc(10);
+  h[0] = 0x80 | opcode;
+  h[1] = 127;
+  h.writeUInt32BE(length, 6);
+  return h;
 }
 
 /** A server frame: unmasked, FIN set. */
 export function encodeFrame(opcode: number, payload: Uint8Array = Buffer.alloc(0)): Buffer {
-  const n = payload.length;
-  const headerLength = n < 126 ? 2 : n < 0x10000 ? 4 : 10;
-  const out = Buffer.allocUnsafe(headerLength + n);
-  out[0] = 0x80 | opcode;
-  if (n < 126) {
-    out[1] = n;
-  } else if (n < 0x10000) {
-    out[1] = 126;
-    out.writeUInt16BE(n, 2);
-  } else {
-    out[1] = 127;
-    out.writeUInt32BE(0, 2);
-    out.writeUInt32BE(n, 6);
-  }
-  out.set(payload, headerLength);
-  return out;
+  return Buffer.concat([frameHeader(opcode, payload.length), payload]);
 }
 
 /** A close frame's payload: the code, then a reason cut to fit the 125-byte control limit. */

@@ -15,7 +15,7 @@
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import { type ChunkError, DEFAULT_MAX_CHUNK_BYTES, DEFAULT_MAX_PACKET_BYTES, encodePacket, parseChunk } from '../../protocols/tsgu.js';
-import { type FrameError, Opcode, closePayload, encodeFrame, parseFrame } from '../../protocols/websocket-frame.js';
+import { type FrameError, Opcode, closePayload, encodeFrame, frameHeader, parseFrame } from '../../protocols/websocket-frame.js';
 
 export type RdgTransportKind = 'rdg-ws' | 'rdg-http';
 
@@ -149,7 +149,11 @@ export class WebSocketTransport extends BaseTransport implements RdgTransport {
 
   write(packet: Buffer): boolean {
     if (this.closeSent || this.socket.destroyed) return true;
-    this.socket.write(encodeFrame(Opcode.BINARY, packet));
+    // Header and packet as two writes in one batch: the packet is not copied again.
+    this.socket.cork();
+    this.socket.write(frameHeader(Opcode.BINARY, packet.length));
+    this.socket.write(packet);
+    this.socket.uncork();
     return this.socket.writableLength < HIGH_WATER;
   }
 
@@ -261,7 +265,11 @@ export class LegacyTransport extends BaseTransport implements RdgTransport {
 
   write(packet: Buffer): boolean {
     if (this.ending || this.out.destroyed) return true;
-    this.out.write(Buffer.concat([Buffer.from(`${packet.length.toString(16)}\r\n`, 'latin1'), packet, CRLF]));
+    this.out.cork();
+    this.out.write(`${packet.length.toString(16)}\r\n`, 'latin1');
+    this.out.write(packet);
+    this.out.write(CRLF);
+    this.out.uncork();
     return this.out.writableLength < HIGH_WATER;
   }
 
