@@ -8,7 +8,7 @@
  * never fragmented (5.5); reserved bits and opcodes are refused (no extension is negotiated).
  * Server frames are unmasked.
  */
-import { type Parse, MORE_BYTES, done, failure, u16be, u8 } from './parse.js';
+import { type Parse, MORE_BYTES, done, failure, more, u16be, u8 } from './parse.js';
 
 export const Opcode = {
   CONTINUATION: 0x0,
@@ -60,7 +60,8 @@ export function parseFrame(b: Uint8Array, maxPayload: number): Parse<Frame, Fram
     at = 10;
   }
   if (length > maxPayload) return failure('payload-too-large');
-  if (b.length < at + 4 + length) return MORE_BYTES;
+  // The whole frame's size is known from here: the caller can wait for all of it at once.
+  if (b.length < at + 4 + length) return more(at + 4 + length);
   const start = at + 4;
   return done({ fin, opcode, payload: unmask(b.subarray(start, start + length), b.subarray(at, at + 4)) }, start + length);
 }

@@ -58,11 +58,23 @@ abstract class BaseTransport extends EventEmitter {
   private over = false;
   protected pending: Buffer = Buffer.alloc(0);
   protected paused = false;
+  /** How many bytes the frame at the front of `pending` takes, when its header said so (else 0). */
+  protected need = 0;
+  /** Chunks that arrived while a frame known to be longer is incomplete: joined once, when it is whole. */
+  private waiting: Buffer[] = [];
+  private waitingBytes = 0;
 
   constructor(private readonly source: Duplex, rest: Buffer) {
     super();
     source.on('data', (chunk: Buffer) => {
-      this.pending = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk]);
+      if (this.need > 0 && this.pending.length + this.waitingBytes + chunk.length < this.need) {
+        this.waiting.push(chunk);
+        this.waitingBytes += chunk.length;
+        return;
+      }
+      this.pending = this.pending.length === 0 && this.waiting.length === 0 ? chunk : Buffer.concat([this.pending, ...this.waiting, chunk]);
+      this.waiting = [];
+      this.waitingBytes = 0;
       this.unframe();
     });
     if (rest.length > 0) {
@@ -177,7 +189,11 @@ export class WebSocketTransport extends BaseTransport implements RdgTransport {
   protected unframe(): void {
     while (!this.paused && this.pending.length > 0 && !this.socket.destroyed) {
       const f = parseFrame(this.pending, this.maxPayload);
-      if (f.kind === 'more') return;
+      if (f.kind === 'more') {
+        this.need = f.need ?? 0;
+        return;
+      }
+      this.need = 0;
       if (f.kind === 'error') {
         this.refuseFraming(f.code);
         return;
