@@ -191,6 +191,7 @@ export class RdgEntrance {
 
   private async legacyOut(socket: tls.TLSSocket, id: string, client: string, acceptedAt: bigint, refuse: (e: OneportError) => void): Promise<void> {
     if (this.pairs.unpaired >= this.ctx.config.rdg.maxUnpaired) return refuse(new OneportError('ONEPORT_ERR_RATE_LIMITED', 'too many RD Gateway requests wait for their other half', { retryAfter: 5 }));
+    if (this.pairs.has(id)) return refuse(new OneportError('ONEPORT_ERR_BAD_REQUEST', 'two RDG_OUT_DATA with one RDG-Connection-Id'));
     // Recorded before the 200: the client opens its IN request as soon as it has the seed, maybe on another node.
     await this.cluster?.announce(id, this.ctx.config.rdg.pairTimeoutMs).catch(() => undefined);
     if (socket.destroyed) return;

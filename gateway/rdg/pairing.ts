@@ -36,6 +36,11 @@ export class LegacyPairs {
 
   constructor(private readonly opts: { readonly maxUnpaired: number; readonly pairTimeoutMs: number }) {}
 
+  /** Is an OUT half for `id` parked here? */
+  has(id: string): boolean {
+    return this.outs.has(id);
+  }
+
   /** Halves waiting for their other half. */
   get unpaired(): number {
     return this.outs.size + this.waiters.size;

@@ -8,7 +8,12 @@
 import t, { type Test } from 'tap';
 import { HResult } from '../../protocols/tsgu.js';
 import { Opcode, encodeClientFrame } from '../../protocols/websocket-frame.js';
+import fc from 'fast-check';
 import { mintTicket } from '../../gateway/auth/tickets.js';
+import { fuzz } from '../helpers/fuzz.js';
+import {
+  FREERDP_TSGU_CHANNEL_CREATE, FREERDP_TSGU_DATA_CR, FREERDP_TSGU_HANDSHAKE, FREERDP_TSGU_TUNNEL_AUTH, FREERDP_TSGU_TUNNEL_CREATE,
+} from '../fixtures/rdp-packets.js';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { startBackend, type Backend } from '../helpers/net.js';
 import { forge } from '../helpers/scenario.js';
@@ -256,4 +261,36 @@ t.test('bad RD Gateway requests get HTTP answers; other HTTPS is untouched', asy
   t.equal(await ask(`RDG_OUT_DATA /remoteDesktopGateway/ HTTP/1.1\r\n${'X-A: b\r\n'.repeat(2000)}\r\n`), 431, 'head too large');
   t.equal(await ask('GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n'), 200, 'HTTPS requests still reach the HTTP server');
   t.equal(await ask('RDG_X / HTTP/1.1\r\n\r\n'), 400, 'a method that starts like RDG_ but is none goes to the HTTP server (400)');
+});
+
+t.test('property: any mix of FreeRDP packets, forged headers and junk, on either transport: closed in time, never a dial, never a bug', async (t) => {
+  const { gw, echo } = await scene(t, { rdg: { setupTimeoutMs: 1500 } });
+  const fixtures = [FREERDP_TSGU_HANDSHAKE, FREERDP_TSGU_TUNNEL_CREATE, FREERDP_TSGU_TUNNEL_AUTH, FREERDP_TSGU_CHANNEL_CREATE, FREERDP_TSGU_DATA_CR];
+  const piece = fc.oneof(
+    fc.constantFrom(...fixtures),
+    fc.uint8Array({ maxLength: 40 }).map((b) => Buffer.from(b)),
+    // A header whose type and length are anything, then a few bytes.
+    fc.tuple(fc.integer({ min: 0, max: 0x20 }), fc.integer({ min: 0, max: 0xffffffff }), fc.uint8Array({ maxLength: 16 })).map(([type, length, body]) => {
+      const h = Buffer.alloc(8);
+      h.writeUInt16LE(type, 0);
+      h.writeUInt32LE(length, 4);
+      return Buffer.concat([h, body]);
+    }),
+  );
+  await fc.assert(
+    fc.asyncProperty(fc.constantFrom('rdg-ws', 'rdg-http'), fc.array(piece, { minLength: 1, maxLength: 6 }), async (transport, pieces) => {
+      const c = await transports[transport as keyof typeof transports](gw);
+      try {
+        for (const p of pieces) c.sendBytes(p);
+        await c.closed(5000);
+      } finally {
+        c.destroy();
+      }
+    }),
+    { ...fuzz(40), endOnFailure: true },
+  );
+  t.equal(echo.accepted, 0, 'nothing was dialled');
+  t.notOk(gw.logs.some((l) => Number(l.level) >= 50), 'nothing was logged at error level');
+  const internal = await gw.ctx.metrics.internalErrors.get();
+  t.equal(internal.values.reduce((n, v) => n + v.value, 0), 0, 'no handler failed');
 });
