@@ -294,3 +294,31 @@ t.test('property: any mix of FreeRDP packets, forged headers and junk, on either
   const internal = await gw.ctx.metrics.internalErrors.get();
   t.equal(internal.values.reduce((n, v) => n + v.value, 0), 0, 'no handler failed');
 });
+
+t.test('a live RD Gateway tunnel ends with CLOSE_CHANNEL and its reason: access revoked (both transports), shutdown', async (t) => {
+  const { gw } = await scene(t);
+  const open = async (): Promise<RdgClient> => {
+    const { ticket } = await gw.ticket('alice', 'win', 'rdp');
+    const c = await RdgWebSocketClient.connect(gw.port, gw.caCert);
+    t.teardown(() => c.destroy());
+    t.match(await c.open(ticket, 'win'), { type: 'channel-response', errorCode: 0 });
+    return c;
+  };
+  const revoked = await open();
+  const legacy = await RdgLegacyClient.connect([gw.port, gw.port], gw.caCert);
+  t.teardown(() => legacy.destroy());
+  t.match(await legacy.open((await gw.ticket('alice', 'win', 'rdp')).ticket, 'win'), { type: 'channel-response', errorCode: 0 });
+  const vm = gw.ctx.dir.getVm('win')!;
+  await gw.ctx.dir.putVm({ ...vm, users: [] });
+  for (const [what, c] of [['rdg-ws', revoked], ['rdg-http', legacy]] as const) {
+    t.match(await c.next(), { type: 'close-channel', statusCode: HResult.E_PROXY_RAP_ACCESSDENIED }, `${what}: unassigned: CLOSE_CHANNEL, RAP access denied`);
+    c.send({ type: 'close-channel-response', statusCode: 0 });
+    await c.closed();
+  }
+  await gw.ctx.dir.putVm(vm);
+  const last = await open();
+  const closing = gw.close({ drainMs: 0 });
+  t.match(await last.next(), { type: 'close-channel', statusCode: HResult.E_PROXY_CONNECTIONABORTED }, 'shutdown: CLOSE_CHANNEL, connection aborted');
+  await last.closed();
+  await closing;
+});
