@@ -432,7 +432,7 @@ export function rdgOpener(port: number, vm: string, ticket: () => string, t: Tls
 // ---------------------------------------------------------------------------------------------
 // Measurements
 
-async function expectBanner(c: Conn): Promise<void> {
+export async function expectBanner(c: Conn): Promise<void> {
   const b = await c.read(BANNER.length, 10_000);
   if (!b.equals(BANNER)) throw new Error(`unexpected banner ${JSON.stringify(b.toString('latin1'))}`);
 }

@@ -17,7 +17,8 @@ import { startGateway } from '../gateway/server.js';
 import { createLogger } from '../gateway/log.js';
 import { hashPassword, randomPassword } from '../gateway/auth/passwords.js';
 import { toVmRecord, vmSchema } from '../gateway/directory/directory.js';
-import type { GatewayChildOptions, GatewayReady, GatewayReply, GatewayRequest } from './ipc.js';
+import { readdirSync } from 'node:fs';
+import type { GatewayChildOptions, GatewayProbe, GatewayReady, GatewayReply, GatewayRequest } from './ipc.js';
 
 const opts = JSON.parse(process.env.BENCH_GATEWAY ?? '{}') as GatewayChildOptions;
 const VM = 'bench';
@@ -88,6 +89,9 @@ process.on('message', (raw) => {
         case 'metrics':
           send({ type: 'metrics', id: m.id, text: await gw.ctx.metrics.registry.metrics() });
           break;
+        case 'probe':
+          send({ type: 'probe', id: m.id, ...probe() });
+          break;
         case 'stop':
           await stop();
           send({ type: 'stopped', id: m.id });
@@ -101,6 +105,14 @@ process.on('message', (raw) => {
 });
 process.on('disconnect', () => void stop().finally(() => process.exit(0)));
 process.on('SIGTERM', () => void stop().finally(() => process.exit(0)));
+
+function probe(): GatewayProbe {
+  (globalThis as { gc?: () => void }).gc?.();
+  const resources: Record<string, number> = {};
+  for (const r of process.getActiveResourcesInfo()) resources[r] = (resources[r] ?? 0) + 1;
+  const mem = process.memoryUsage();
+  return { rss: mem.rss, heapUsed: mem.heapUsed, fds: readdirSync('/proc/self/fd').length, resources, tunnels: gw.ctx.tunnels.size, connections: gw.ctx.connections.total };
+}
 
 /** `ws` loads `bufferutil` if it can (from its own folder, else NODE_PATH); the same lookup here. */
 function hasBufferutil(): boolean {

@@ -24,6 +24,20 @@ export interface GatewayChildOptions {
   readonly logFile: string;
 }
 
+/** What the gateway process holds right now (bench/soak.ts watches it stay flat). */
+export interface GatewayProbe {
+  /** Resident set and V8 heap in use, bytes; the heap after a full collection when the child runs with --expose-gc. */
+  readonly rss: number;
+  readonly heapUsed: number;
+  /** Open file descriptors (/proc/self/fd). */
+  readonly fds: number;
+  /** process.getActiveResourcesInfo() counted by kind: Timeout, TCPSocketWrap, ... */
+  readonly resources: Readonly<Record<string, number>>;
+  /** Live tunnels and open connections, as the gateway counts them. */
+  readonly tunnels: number;
+  readonly connections: number;
+}
+
 export interface GatewayReady {
   readonly type: 'ready';
   readonly port: number;
@@ -34,11 +48,13 @@ export interface GatewayReady {
 
 export type GatewayRequest =
   | { readonly type: 'tickets'; readonly id: number; readonly count: number; readonly protocol?: 'vnc' | 'rdp' }
+  | { readonly type: 'probe'; readonly id: number }
   | { readonly type: 'metrics'; readonly id: number }
   | { readonly type: 'stop'; readonly id: number };
 
 export type GatewayReply =
   | { readonly type: 'tickets'; readonly id: number; readonly tickets: string[] }
   | { readonly type: 'metrics'; readonly id: number; readonly text: string }
+  | ({ readonly type: 'probe'; readonly id: number } & GatewayProbe)
   | { readonly type: 'stopped'; readonly id: number }
   | { readonly type: 'error'; readonly id: number; readonly message: string };

@@ -24,13 +24,11 @@ import { delimiter, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { execFileSync } from 'node:child_process';
-import { createCa, issueServerCert } from '../certs/ca.js';
 import {
   type LatencyRun,
   type Opener,
   type SetupRun,
   type ThroughputRun,
-  type TlsClientOptions,
   connectOpener,
   download,
   latency,
@@ -41,13 +39,12 @@ import {
   tlsOpener,
   wsOpener,
 } from './clients.js';
-import type { BackendReady, GatewayChildOptions, GatewayReady, GatewayReply } from './ipc.js';
-import { type Peer, firstMessage, spawnPeer, stopAll, tail, treeCpuSeconds, waitAccepting } from './procs.js';
+import { type GatewayRpc, gatewayLogFile, startStack } from './gateway-rpc.js';
+import { type Peer, spawnPeer, stopAll, tail, treeCpuSeconds, waitAccepting } from './procs.js';
 import { freePort } from '../test/helpers/net.js';
 import { type MicroResult, fmtNs, runMicro } from './micro.js';
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
-const ROOT = dirname(BENCH_DIR);
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 
@@ -99,56 +96,6 @@ process.on('SIGINT', () => process.exit(130));
 process.on('SIGTERM', () => process.exit(143));
 
 const log = (s: string): void => console.log(s);
-
-// ---------------------------------------------------------------------------------------------
-// The gateway child's RPC
-
-class GatewayRpc {
-  private nextId = 1;
-  private readonly pending = new Map<number, { resolve: (r: GatewayReply) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
-
-  constructor(private readonly peer: Peer) {
-    peer.child.on('message', (m: unknown) => {
-      const r = m as GatewayReply;
-      const p = this.pending.get(r.id);
-      if (!p) return;
-      this.pending.delete(r.id);
-      clearTimeout(p.timer);
-      if (r.type === 'error') p.reject(new Error(`gateway: ${r.message}`));
-      else p.resolve(r);
-    });
-    void peer.exited.then((how) => {
-      for (const p of this.pending.values()) p.reject(new Error(`gateway ${how}`));
-      this.pending.clear();
-    });
-  }
-
-  private call(type: 'tickets' | 'metrics' | 'stop', extra: { count?: number; protocol?: 'vnc' | 'rdp' }, timeoutMs: number): Promise<GatewayReply> {
-    const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        reject(new Error(`gateway: no answer to ${type} within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.pending.set(id, { resolve, reject, timer });
-      this.peer.child.send({ type, id, ...extra });
-    });
-  }
-
-  async tickets(count: number, protocol: 'vnc' | 'rdp' = 'vnc'): Promise<string[]> {
-    const r = await this.call('tickets', { count, protocol }, 30_000);
-    return r.type === 'tickets' ? r.tickets : [];
-  }
-
-  async metrics(): Promise<string> {
-    const r = await this.call('metrics', {}, 10_000);
-    return r.type === 'metrics' ? r.text : '';
-  }
-
-  async stop(): Promise<void> {
-    await this.call('stop', {}, 10_000);
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Paths
@@ -234,52 +181,10 @@ async function main(): Promise<void> {
 
   try {
     // One certificate for everyone who terminates TLS: oneport, HAProxy, websockify.
-    const ca = createCa({ commonName: 'oneport bench CA' });
-    const server = issueServerCert(ca, ['localhost', '127.0.0.1']);
-    const certFile = join(work, 'server.pem');
-    const keyFile = join(work, 'server-key.pem');
-    const pemFile = join(work, 'server-combined.pem');
-    writeFileSync(certFile, server.cert);
-    writeFileSync(keyFile, server.key, { mode: 0o600 });
-    writeFileSync(pemFile, server.cert + server.key, { mode: 0o600 });
-    const tlsOpts: TlsClientOptions = { ca: ca.cert, servername: 'localhost' };
-
-    const node = process.execPath;
-    const backend = spawnPeer('backend', node, ['--import', 'tsx', join(BENCH_DIR, 'backend-child.ts')], {
-      cwd: ROOT,
-      ipc: true,
-      logFile: join(work, 'backend.log'),
-    });
-    peers.push(backend);
-    const backendPort = (await firstMessage<BackendReady>(backend, 'ready', 60_000)).port;
-    log(`  backend (echo/sink) pid ${backend.pid} on 127.0.0.1:${backendPort}`);
-
-    const gwOpts: GatewayChildOptions = {
-      backendPort,
-      certFile,
-      keyFile,
-      state: join(work, 'gateway-state'),
-      logFile: join(work, 'gateway.log'),
-    };
-    // BENCH_GATEWAY_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" profiles the gateway.
-    const gatewayNodeArgs = (process.env.BENCH_GATEWAY_NODE_ARGS ?? '').split(' ').filter(Boolean);
-    const gateway = spawnPeer('gateway', node, [...gatewayNodeArgs, '--import', 'tsx', join(BENCH_DIR, 'gateway-child.ts')], {
-      cwd: ROOT,
-      ipc: true,
-      env: {
-        ...process.env,
-        BENCH_GATEWAY: JSON.stringify(gwOpts),
-        // BENCH_GATEWAY_NODE_PATH=/somewhere/node_modules lets the gateway alone find extra
-        // packages (e.g. ws's optional native `bufferutil`) without touching the project.
-        ...(process.env.BENCH_GATEWAY_NODE_PATH ? { NODE_PATH: process.env.BENCH_GATEWAY_NODE_PATH } : {}),
-      },
-      logFile: join(work, 'gateway-stdio.log'),
-    });
-    peers.push(gateway);
-    const gw = await firstMessage<GatewayReady>(gateway, 'ready', 90_000);
-    rpc = new GatewayRpc(gateway);
-    peerInfo.gatewayWsUnmask = gw.wsBufferutil ? 'native bufferutil' : 'JavaScript fallback (bufferutil not installed)';
-    log(`  oneport gateway pid ${gateway.pid} on 127.0.0.1:${gw.port} (ws unmask: ${peerInfo.gatewayWsUnmask})`);
+    const stack = await startStack(work, peers, log);
+    const { pemFile, tlsOpts, backendPort, gateway, gw } = stack;
+    rpc = stack.rpc;
+    peerInfo.gatewayWsUnmask = stack.wsUnmask;
 
     let haproxy: { peer: Peer; port: number; plainPort: number } | undefined;
     const haproxyBin = findExecutable('haproxy', ['/usr/sbin/haproxy']);
@@ -501,7 +406,7 @@ async function main(): Promise<void> {
       .split('\n')
       .filter((l) => /^oneport_(tunnels_total|connections_total|dials_total|auth_failures_total)\{/.test(l));
     await rpc.stop().catch(() => undefined);
-    gatewayLog = summariseGatewayLog(gwOpts.logFile);
+    gatewayLog = summariseGatewayLog(gatewayLogFile(work));
     for (const p of peers) {
       if (p.name === 'haproxy' || p.name === 'websockify') {
         const t = tail(p.logFile, 5);

@@ -24,7 +24,6 @@ import type { ResumableSession } from './tunnel/session.js';
 import { ConnectionCounts } from './admission.js';
 import { followMoves } from './tunnel/reroute.js';
 import { followRevocations, revokeApiSession } from './tunnel/revoke.js';
-import { LogoutFeed } from './cluster/logouts.js';
 import { localReach } from './tunnel/reach.js';
 import { VmWatcher } from './tunnel/watcher.js';
 import { SessionCaps } from './tunnel/session-caps.js';
@@ -89,6 +88,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   let redisConnection: Redis | undefined;
   let dir: Directory;
   let store: AuthStore;
+  const tunnels = new TunnelRegistry(config.nodeId);
   const redisTarget = config.cluster.redis;
   if (redisTarget !== undefined && !opts.directory) {
     const redis = redisOptions(redisTarget, config.cluster.redisCa ? readFileSync(config.cluster.redisCa, 'utf8') : undefined);
@@ -108,7 +108,12 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     dir = redisDir;
     store =
       opts.store ??
-      (await RedisAuthStore.open({ redis, prefix: `${config.cluster.prefix}auth:` }).catch(async (err: unknown) => {
+      (await RedisAuthStore.open({
+        redis,
+        prefix: `${config.cluster.prefix}auth:`,
+        // A logout (or an ended console session) on another node ends the tunnels it opened here.
+        onRevoked: (sid) => revokeApiSession({ tunnels, metrics, log }, sid),
+      }).catch(async (err: unknown) => {
         // Nothing half-started stays behind: the directory's and the cluster's connections go too.
         await redisDir.close();
         conn.disconnect();
@@ -133,7 +138,6 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     metrics,
     log,
   });
-  const tunnels = new TunnelRegistry(config.nodeId);
   const lifecycle = { listening: false, shuttingDown: false };
   const noisyLog = new RateLimitedLog();
   let ownOrigins: string[] = [];
@@ -217,10 +221,8 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     },
     leaderLink: cluster ? { nodeId: cluster.nodeId, leaderPeer: () => cluster.leaderPeer(), dispatcher: cluster.peers.agent } : undefined,
     peerNode: (socket) => cluster?.peerNode(socket),
-    loggedOut: (sid) => {
-      revokeApiSession({ tunnels, metrics, log }, sid);
-      logouts?.publish(sid);
-    },
+    // Other nodes hear of it from the auth store's revocation feed (auth/redis-store.ts).
+    loggedOut: (sid) => revokeApiSession({ tunnels, metrics, log }, sid),
     audit,
   };
 
@@ -228,9 +230,6 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   const stopFollowing = followMoves({ dir, tunnels, metrics, log, rerouteRetryMs: config.tunnel.rerouteRetryMs });
   // Revocation reaches live tunnels: a deleted user, a changed password, an unassigned VM.
   const stopRevoking = followRevocations({ dir, tunnels, metrics, log });
-  // ... and a logout, on every node.
-  const logouts = cluster && redisConnection ? new LogoutFeed(redisConnection, `${config.cluster.prefix}logout`, config.nodeId, log, (sid) => revokeApiSession({ tunnels, metrics, log }, sid)) : undefined;
-  await logouts?.start();
 
   const contexts = buildSecureContexts(config, state.server, nodeIdentity);
   const tlsHttp = createTlsHttpServer(ctx, new Portal(WEB_ROOT));
@@ -335,7 +334,6 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       await control?.close();
       stopFollowing();
       stopRevoking();
-      await logouts?.stop();
       watcher.close();
       caps.close();
       await audit.close();
@@ -455,9 +453,9 @@ async function connectAtStart(conn: Redis, target: NonNullable<Config['cluster']
 
 /**
  * ioredis options from the config: a URL, or Sentinel with its options. With Sentinel, `tls`
- * covers both the master (enableTLSForSentinelMode) and the sentinels themselves (sentinelTLS), and
- * the connection subscribes to the sentinels' `+switch-master` (failoverDetector) so that a new
- * master is followed as soon as Sentinel names it, not after the reconnect backoff.
+ * covers both the master (enableTLSForSentinelMode) and the sentinels themselves (sentinelTLS).
+ * (ioredis's failoverDetector, which follows `+switch-master`, was tried: with it a node's mirror
+ * sometimes missed the master change in test/cluster/redis-outage.test.ts; not used.)
  */
 export function redisOptions(r: NonNullable<Config['cluster']['redis']>, ca: string | undefined): string | RedisOptions {
   if (typeof r === 'string') {
@@ -478,7 +476,6 @@ export function redisOptions(r: NonNullable<Config['cluster']['redis']>, ca: str
   return {
     sentinels: r.sentinels.map((s) => ({ host: s.host, port: s.port })),
     name: r.name,
-    failoverDetector: true,
     ...(r.username !== undefined ? { username: r.username } : {}),
     ...(r.password !== undefined ? { password: r.password } : {}),
     ...(r.sentinelUsername !== undefined ? { sentinelUsername: r.sentinelUsername } : {}),

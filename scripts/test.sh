@@ -21,7 +21,8 @@ else
   mapfile -t e2e < <(ls test/e2e/*.test.ts | grep -v '/browser-cluster\.test\.ts$')
   npx tap 'test/unit/**/*.test.ts' 'test/integration/**/*.test.ts' "${e2e[@]}" 2>&1 | tee "$out"
   status=${PIPESTATUS[0]}
-  npx tap --jobs 1 'test/cluster/**/*.test.ts' test/e2e/browser-cluster.test.ts 2>&1 | tee -a "$out"
+  # The soak (test/soak) measures the gateway staying flat: alone too.
+  npx tap --jobs 1 'test/cluster/**/*.test.ts' test/e2e/browser-cluster.test.ts 'test/soak/**/*.test.ts' 2>&1 | tee -a "$out"
   cluster_status=${PIPESTATUS[0]}
   [[ $status -eq 0 ]] && status=$cluster_status
 fi

@@ -14,7 +14,15 @@
  * redemption still says 'expired' rather than 'unknown'), bind on first use, answer 'again' to the
  * bound address within the reuse window, refuse everyone else. Scripts run one at a time, so of any number of racing
  * redemptions exactly one is 'first'.
+ *
+ * Revocation checks never wait for Redis (a signed-in API call must not fail while Redis fails
+ * over): every node keeps a copy of the revoked sessions, loaded with SCAN when it connects and
+ * after every reconnect, and kept current by a channel (`<prefix>revoked`) on which each
+ * revocation is published by the same script that stores it. A revocation only ever ends by
+ * expiring, so the copy only grows and is pruned by time. It reaches other nodes within a round
+ * trip; a node cut off from Redis keeps its copy, as it keeps its directory mirror.
  */
+import { randomBytes } from 'node:crypto';
 import type { RedisOptions, Redis } from 'ioredis';
 import type { AuthStore, Redemption, TicketRecord } from './store.js';
 import { DirectoryUnavailableError, createConnection, describeRedis, redisCallError } from '../directory/redis.js';
@@ -32,6 +40,11 @@ export interface RedisAuthStoreOptions {
   readonly connectionName?: string;
   /** The clock for revocations and record lifetimes. @default Date.now */
   readonly now?: () => number;
+  /**
+   * A session revoked by another store on the same Redis (another node: a logout, an admin ending
+   * a console session), so that this node can end the live tunnels it opened.
+   */
+  readonly onRevoked?: (sessionId: string) => void;
 }
 
 /** ARGV: record JSON, expiresAt, ttl ms. A fresh (unbound) ticket, as MemoryAuthStore's set(). */
@@ -41,6 +54,16 @@ redis.call('HSET', KEYS[1], 'rec', ARGV[1], 'exp', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 `;
+
+/** KEYS: the revocation key, the channel. ARGV: until (ms), ttl (ms), the message. */
+const REVOKE_LUA = `
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('PUBLISH', KEYS[2], ARGV[3])
+return 1
+`;
+
+/** Revocations are loaded in batches of this many keys. */
+const SCAN_COUNT = 1000;
 
 /** ARGV: client, now, new session id, reuse window (ms). Returns {outcome, record JSON or reason, session id}. */
 const REDEEM_LUA = `
@@ -62,21 +85,36 @@ type Script = (...args: Array<string | number>) => Promise<unknown>;
 
 export class RedisAuthStore implements AuthStore {
   private readonly conn: Redis;
+  /** Subscribed to the revocation channel. */
+  private readonly feed: Redis;
+  private readonly channel: string;
+  /** Tells this store's own messages from other nodes'. */
+  private readonly origin = randomBytes(6).toString('base64url');
+  /** Revoked session id -> until (ms): the copy every check reads. */
+  private readonly revoked = new Map<string, number>();
+  private readonly onRevoked: ((sessionId: string) => void) | undefined;
   private readonly prefix: string;
   private readonly graceMs: number;
   private readonly now: () => number;
   private readonly target: string;
   private closing: Promise<void> | undefined;
 
-  /** Connect; rejects with DirectoryUnavailableError if Redis cannot be reached. */
+  /** Connect and load the revocations; rejects with DirectoryUnavailableError if Redis cannot be reached. */
   static async open(opts: RedisAuthStoreOptions): Promise<RedisAuthStore> {
     const store = new RedisAuthStore(opts);
     try {
-      await store.conn.connect();
+      await Promise.all([store.conn.connect(), store.feed.connect()]);
+      await store.feed.subscribe(store.channel);
+      await store.loadRevocations();
     } catch (err) {
       store.conn.disconnect();
+      store.feed.disconnect();
       throw new DirectoryUnavailableError(`auth store: cannot reach Redis at ${store.target}: ${(err as Error).message}`, { cause: err });
     }
+    // Messages published while a connection was down are gone: load again on every reconnect
+    // (ioredis subscribes again by itself).
+    store.feed.on('ready', () => store.reloadQuietly());
+    store.conn.on('ready', () => store.reloadQuietly());
     return store;
   }
 
@@ -94,11 +132,19 @@ export class RedisAuthStore implements AuthStore {
     this.conn.on('error', () => {
       // Reconnects are ioredis's job; each call reports its own failure.
     });
+    this.channel = `${this.prefix}revoked`;
+    this.onRevoked = opts.onRevoked;
+    this.feed = createConnection(opts.redis, { connectTimeout: Math.max(timeout, 1_000), connectionName: `${opts.connectionName ?? 'oneport-auth'}:revoked` });
+    this.feed.on('error', () => undefined);
+    this.feed.on('message', (channel: string, message: string) => {
+      if (channel === this.channel) this.received(message);
+    });
+    this.conn.defineCommand('oneportRevoke', { lua: REVOKE_LUA, numberOfKeys: 2 });
     this.conn.defineCommand('oneportTicketPut', { lua: PUT_LUA, numberOfKeys: 1 });
     this.conn.defineCommand('oneportTicketRedeem', { lua: REDEEM_LUA, numberOfKeys: 1 });
   }
 
-  private script(name: 'oneportTicketPut' | 'oneportTicketRedeem'): Script {
+  private script(name: 'oneportTicketPut' | 'oneportTicketRedeem' | 'oneportRevoke'): Script {
     return (this.conn as unknown as Record<typeof name, Script>)[name].bind(this.conn);
   }
 
@@ -127,20 +173,66 @@ export class RedisAuthStore implements AuthStore {
   async revokeSession(sessionId: string, until: number): Promise<void> {
     const ttl = until - this.now() + this.graceMs;
     if (ttl <= 0) return;
-    await this.call('revoke session', () => this.conn.set(`${this.prefix}r:${sessionId}`, String(until), 'PX', ttl));
+    await this.call('revoke session', () => this.script('oneportRevoke')(`${this.prefix}r:${sessionId}`, this.channel, until, ttl, `${this.origin} ${sessionId} ${until}`));
+    this.remember(sessionId, until);
   }
 
+  /** From this node's copy: no Redis round trip, and an answer while Redis is away. */
   async isSessionRevoked(sessionId: string): Promise<boolean> {
-    const until = await this.call<string | null>('check session', () => this.conn.get(`${this.prefix}r:${sessionId}`));
-    return until !== null && Number(until) > this.now();
+    const until = this.revoked.get(sessionId);
+    if (until === undefined) return false;
+    if (until > this.now()) return true;
+    this.revoked.delete(sessionId);
+    return false;
+  }
+
+  private remember(sessionId: string, until: number): void {
+    if (until > (this.revoked.get(sessionId) ?? 0)) this.revoked.set(sessionId, until);
+  }
+
+  /** `<origin> <session id> <until>` from the channel. */
+  private received(message: string): void {
+    if (message.length > 200) return;
+    const [origin, sessionId, untilText] = message.split(' ');
+    const until = Number(untilText);
+    if (!origin || !sessionId || !Number.isSafeInteger(until)) return;
+    this.remember(sessionId, until);
+    if (origin !== this.origin && until > this.now()) this.onRevoked?.(sessionId);
+  }
+
+  /** Every revocation in Redis into the copy, and the expired ones out of it. */
+  private async loadRevocations(): Promise<void> {
+    const now = this.now();
+    for (const [id, until] of this.revoked) if (until <= now) this.revoked.delete(id);
+    const match = `${this.prefix}r:*`;
+    const skip = `${this.prefix}r:`.length;
+    let cursor = '0';
+    do {
+      const [next, keys] = await this.call<[string, string[]]>('load revocations', () => this.conn.scan(cursor, 'MATCH', match, 'COUNT', SCAN_COUNT));
+      cursor = next;
+      if (keys.length === 0) continue;
+      const values = await this.call<Array<string | null>>('load revocations', () => this.conn.mget(...keys));
+      keys.forEach((key, i) => {
+        const until = Number(values[i]);
+        if (Number.isSafeInteger(until) && until > now) this.remember(key.slice(skip), until);
+      });
+    } while (cursor !== '0');
+  }
+
+  /** After a reconnect; a failure here is retried at the next one. */
+  private reloadQuietly(): void {
+    if (this.closing) return;
+    this.loadRevocations().catch(() => undefined);
   }
 
   /** Idempotent. */
   close(): Promise<void> {
-    this.closing ??= this.conn.quit().then(
-      () => undefined,
-      () => this.conn.disconnect(),
-    );
+    const quit = (c: Redis): Promise<void> =>
+      c.quit().then(
+        () => undefined,
+        () => c.disconnect(),
+      );
+    this.closing ??= Promise.all([quit(this.conn), quit(this.feed)]).then(() => undefined);
     return this.closing;
   }
 }

@@ -72,7 +72,8 @@ t.test('log in, open the desktop in noVNC, see its picture; the viewer reconnect
   t.ok(sockets.length >= 2, `${sockets.length} WebSocket connections`);
   t.match(sockets[0], new RegExp(`^wss://[^/]+:${gw.port}/tunnel/desk/vnc\\?ticket=[a-z0-9]+$`), 'the first connection with a ticket');
   // Reconnects go back with the resume token of that ticket answer: no new ticket needed.
-  for (const url of sockets.slice(1)) t.match(url, new RegExp(`^wss://[^/]+:${gw.port}/tunnel/desk/vnc\\?resume=[^&]+$`), 'a reconnect with the resume token');
+  const refusals = gw.logs.filter((l) => l.event === 'tunnel-refused');
+  for (const url of sockets.slice(1)) t.match(url, new RegExp(`^wss://[^/]+:${gw.port}/tunnel/desk/vnc\\?resume=[^&]+$`), 'a reconnect with the resume token', { refusals });
   t.notOk(sockets.some((u) => u.includes(String(vncPort))), 'the VNC port is never seen by the browser');
   t.same(problems, [], 'no script errors or CSP violations');
 

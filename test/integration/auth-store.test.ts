@@ -8,7 +8,8 @@ import { randomBytes } from 'node:crypto';
 import { MemoryAuthStore, type AuthStore, type TicketRecord } from '../../gateway/auth/store.js';
 import { RedisAuthStore } from '../../gateway/auth/redis-store.js';
 import { DirectoryUnavailableError } from '../../gateway/directory/redis.js';
-import { startRedis } from '../helpers/redis.js';
+import { startRedis, redisClient } from '../helpers/redis.js';
+import { until } from '../helpers/wait.js';
 
 /** Two handles on one store: the same object for memory, two connections (two nodes) for Redis. */
 type Make = (t: Test) => Promise<[AuthStore, AuthStore]>;
@@ -57,11 +58,14 @@ function conformance(name: string, make: Make): void {
     const session = sid();
     t.equal(await a.isSessionRevoked(session), false);
     await a.revokeSession(session, Date.now() + 60_000);
-    t.equal(await b.isSessionRevoked(session), true, 'revoked everywhere');
+    t.equal(await a.isSessionRevoked(session), true, 'revoked at once where it was revoked');
+    await until(() => b.isSessionRevoked(session), { timeoutMs: 5000 });
+    t.pass('and on every other node (RedisAuthStore: within a round trip, through the channel)');
     t.equal(await b.isSessionRevoked(sid()), false, 'other sessions are not');
     const past = sid();
     await b.revokeSession(past, Date.now() - 1);
     t.equal(await a.isSessionRevoked(past), false, 'a revocation that already ended is no revocation');
+    t.equal(await b.isSessionRevoked(past), false);
   });
 
   t.test(`${name}: racing redemptions of one ticket: exactly one first`, async (t) => {
@@ -107,12 +111,46 @@ conformance('RedisAuthStore', async (t) => {
   return [a, b];
 });
 
-t.test('RedisAuthStore: Redis gone means a clear error, not a silent refusal', async (t) => {
+t.test('RedisAuthStore: Redis gone means a clear error for tickets; revocation checks answer from the copy', async (t) => {
   const redis = await startRedis(t);
   const s = await RedisAuthStore.open({ redis: redis.url });
   t.teardown(() => s.close());
+  const out = sid();
+  await s.revokeSession(out, Date.now() + 60_000);
   await redis.kill();
   await t.rejects(s.redeemTicket('00', '10.0.0.1', Date.now(), sid(), REUSE), DirectoryUnavailableError);
-  await t.rejects(s.isSessionRevoked('x'), DirectoryUnavailableError);
+  await t.rejects(s.revokeSession(sid(), Date.now() + 60_000), DirectoryUnavailableError, 'a revocation that cannot be stored is an error, not a silent no');
+  t.equal(await s.isSessionRevoked(out), true, 'a revoked session stays revoked while Redis is away');
+  t.equal(await s.isSessionRevoked(sid()), false, 'and the others keep working');
   await t.rejects(RedisAuthStore.open({ redis: redis.url }), DirectoryUnavailableError);
+});
+
+t.test('RedisAuthStore: the copy is loaded at open, follows other nodes, and catches up after a reconnect', async (t) => {
+  const redis = await startRedis(t);
+  const prefix = `copy-${randomBytes(4).toString('hex')}:`;
+  const a = await RedisAuthStore.open({ redis: redis.url, prefix });
+  t.teardown(() => a.close());
+  const before = sid();
+  await a.revokeSession(before, Date.now() + 60_000);
+  const heard: string[] = [];
+  const b = await RedisAuthStore.open({ redis: redis.url, prefix, onRevoked: (id) => heard.push(id) });
+  t.teardown(() => b.close());
+  t.equal(await b.isSessionRevoked(before), true, 'revoked before this node started: loaded at open');
+  const live = sid();
+  await a.revokeSession(live, Date.now() + 60_000);
+  await until(() => heard.includes(live), { timeoutMs: 5000 });
+  t.equal(await b.isSessionRevoked(live), true, 'revoked on another node: heard on the channel');
+  await b.revokeSession(sid(), Date.now() + 60_000);
+  t.same(heard, [live], 'its own revocations are not reported back to it');
+
+  // A revocation whose message b never got (written without one, as if published while b's feed
+  // was down); then b's feed connection is cut, as a Redis restart or a network cut would: the
+  // reload after its reconnect finds the key.
+  const admin = redisClient(t, redis.url);
+  const missed = sid();
+  await admin.set(`${prefix}r:${missed}`, String(Date.now() + 60_000), 'PX', 60_000);
+  t.equal(await b.isSessionRevoked(missed), false, 'not heard of yet');
+  await admin.call('CLIENT', 'KILL', 'TYPE', 'pubsub');
+  await until(() => b.isSessionRevoked(missed), { timeoutMs: 10_000 });
+  t.pass('a revocation written while the feed was down is found after the reconnect');
 });

@@ -78,7 +78,7 @@ t.test('a Redis without a password, or reached without TLS off this host, is nam
   t.same(redisExposure({ sentinels: [{ host: '10.0.0.5', port: 26379 }], name: 'm' } as never).length, 2);
 });
 
-t.test('Sentinel options: tls reaches the sentinels too, ACL user on the sentinels, +switch-master followed', async (t) => {
+t.test('Sentinel options: tls reaches the sentinels too, ACL user on the sentinels', async (t) => {
   const { redisOptions } = await import('../../gateway/server.js');
   const base = { sentinels: [{ host: '10.0.0.5', port: 26379 }], name: 'm', tls: false };
   t.match(redisOptions({ ...base, tls: true, sentinelUsername: 'watcher', sentinelPassword: 'p' }, 'PEM'), {
@@ -87,9 +87,7 @@ t.test('Sentinel options: tls reaches the sentinels too, ACL user on the sentine
     enableTLSForSentinelMode: true,
     sentinelUsername: 'watcher',
     sentinelPassword: 'p',
-    failoverDetector: true,
   });
   const plain = redisOptions(base, undefined) as Record<string, unknown>;
   t.notOk('sentinelTLS' in plain || 'tls' in plain, 'no TLS unless asked');
-  t.equal(plain.failoverDetector, true);
 });
