@@ -9,6 +9,9 @@ import tls from 'node:tls';
 import { type RawData, WebSocket } from 'ws';
 import { BANNER, DONE, MODE_ECHO, MODE_SINK, MODE_SOURCE } from './ipc.js';
 import { ByteQueue } from '../test/helpers/bytes.js';
+import { type TsguPacket, ExtendedAuth, TsguPacketReader, encodeData, encodePacket, websocketAccept } from '../protocols/tsgu.js';
+import { Opcode } from '../protocols/websocket-frame.js';
+import { toUtf16z } from '../protocols/parse.js';
 
 export interface Conn {
   /** Queue bytes; a promise means "wait before writing more" (backpressure). */
@@ -34,6 +37,33 @@ function tlsDescription(s: net.Socket | tls.TLSSocket): string | undefined {
   return `${s.getProtocol() ?? '?'} ${c.standardName || c.name}`;
 }
 
+/** Resolves once `socket` drained its writes; rejects if it closes first. */
+function drained(socket: net.Socket): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onDrain = (): void => {
+      socket.removeListener('close', onClose);
+      resolve();
+    };
+    const onClose = (): void => {
+      socket.removeListener('drain', onDrain);
+      reject(new Error('connection closed while writing'));
+    };
+    socket.once('drain', onDrain);
+    socket.once('close', onClose);
+  });
+}
+
+/** Orderly end (with `last` as the final bytes), bounded by `timeoutMs`, then destroyed. */
+async function endSocket(socket: net.Socket, timeoutMs: number, last?: Buffer): Promise<void> {
+  if (socket.destroyed) return;
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  if (last) socket.end(last);
+  else socket.end();
+  const t = setTimeout(() => socket.destroy(), timeoutMs);
+  await closed;
+  clearTimeout(t);
+}
+
 /** A byte-stream client leg: TCP or TLS, raw or after a CONNECT answer. */
 class StreamConn implements Conn {
   private readonly q = new ByteQueue();
@@ -52,19 +82,7 @@ class StreamConn implements Conn {
   }
 
   write(buf: Buffer): Promise<void> | undefined {
-    if (this.socket.write(buf)) return undefined;
-    return new Promise((resolve, reject) => {
-      const onDrain = (): void => {
-        this.socket.removeListener('close', onClose);
-        resolve();
-      };
-      const onClose = (): void => {
-        this.socket.removeListener('drain', onDrain);
-        reject(new Error('connection closed while writing'));
-      };
-      this.socket.once('drain', onDrain);
-      this.socket.once('close', onClose);
-    });
+    return this.socket.write(buf) ? undefined : drained(this.socket);
   }
 
   read(n: number, timeoutMs = DEFAULT_READ_TIMEOUT_MS): Promise<Buffer> {
@@ -75,13 +93,8 @@ class StreamConn implements Conn {
     return this.q.discard(n, timeoutMs);
   }
 
-  async close(timeoutMs = 2000): Promise<void> {
-    if (this.socket.destroyed) return;
-    const closed = new Promise<void>((resolve) => this.socket.once('close', () => resolve()));
-    this.socket.end();
-    const t = setTimeout(() => this.socket.destroy(), timeoutMs);
-    await closed;
-    clearTimeout(t);
+  close(timeoutMs = 2000): Promise<void> {
+    return endSocket(this.socket, timeoutMs);
   }
 
   destroy(): void {
@@ -267,6 +280,153 @@ export function wsOpener(url: () => string, t?: TlsClientOptions): Opener {
         resolve(new WsConn(ws));
       });
     });
+}
+
+/** FreeRDP's Sec-WebSocket-Key: 15 characters, not base64. */
+const RDG_KEY = 'ZZIGAOZUBBAPOFV';
+
+/**
+ * An RD Gateway client over wss, as FreeRDP's `/gt:http` speaks it: RDG_OUT_DATA upgraded to a
+ * WebSocket, the MS-TSGU handshake with the ticket as PAA cookie, then RDP bytes in DATA packets
+ * (at most 65535 bytes each) in masked binary frames. The mask is all zeros (legal, and the
+ * client's masking then costs nothing): the gateway still unmasks every byte.
+ */
+class RdgConn implements Conn {
+  private readonly q = new ByteQueue();
+  private readonly reader = new TsguPacketReader();
+  private frames: Buffer = Buffer.alloc(0);
+  private readonly control: TsguPacket[] = [];
+  private controlWaiter: ((p: TsguPacket) => void) | undefined;
+  readonly tls: string | undefined;
+
+  constructor(private readonly socket: tls.TLSSocket, leftover: Buffer) {
+    this.tls = tlsDescription(socket);
+    socket.on('data', (b: Buffer) => this.onBytes(b));
+    socket.on('error', (e) => this.q.end(e));
+    socket.on('close', () => this.q.end(new Error('connection closed')));
+    if (leftover.length > 0) this.onBytes(leftover);
+    socket.resume();
+  }
+
+  private onBytes(b: Buffer): void {
+    this.frames = this.frames.length === 0 ? b : Buffer.concat([this.frames, b]);
+    for (;;) {
+      const f = this.frames;
+      if (f.length < 2) return;
+      let n = f[1]! & 0x7f;
+      let at = 2;
+      if (n === 126) {
+        if (f.length < 4) return;
+        n = f.readUInt16BE(2);
+        at = 4;
+      } else if (n === 127) {
+        if (f.length < 10) return;
+        n = f.readUInt32BE(6);
+        at = 10;
+      }
+      if (f.length < at + n) return;
+      const opcode = f[0]! & 0x0f;
+      const payload = f.subarray(at, at + n);
+      this.frames = f.subarray(at + n);
+      if (opcode === Opcode.PING) this.socket.write(frame(Opcode.PONG, payload));
+      if (opcode !== Opcode.BINARY && opcode !== Opcode.CONTINUATION) continue;
+      this.reader.push(payload);
+      for (;;) {
+        const r = this.reader.next();
+        if (r.kind === 'more') break;
+        if (r.kind === 'error') {
+          this.q.end(new Error(`bad packet from the gateway: ${r.code}`));
+          this.socket.destroy();
+          return;
+        }
+        if (r.packet.type === 'data') this.q.push(Buffer.from(r.packet.data));
+        else if (this.controlWaiter) {
+          const w = this.controlWaiter;
+          this.controlWaiter = undefined;
+          w(r.packet);
+        } else this.control.push(r.packet);
+      }
+    }
+  }
+
+  sendPacket(p: Buffer): boolean {
+    return this.socket.write(frame(Opcode.BINARY, p));
+  }
+
+  nextControl(timeoutMs: number): Promise<TsguPacket> {
+    const queued = this.control.shift();
+    if (queued) return Promise.resolve(queued);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('no MS-TSGU answer in time')), timeoutMs);
+      this.controlWaiter = (p) => {
+        clearTimeout(timer);
+        resolve(p);
+      };
+    });
+  }
+
+  write(buf: Buffer): Promise<void> | undefined {
+    let ok = true;
+    for (const p of encodeData(buf)) ok = this.sendPacket(p) && ok;
+    return ok ? undefined : drained(this.socket);
+  }
+
+  read(n: number, timeoutMs = DEFAULT_READ_TIMEOUT_MS): Promise<Buffer> {
+    return this.q.read(n, timeoutMs);
+  }
+
+  discard(n: number, timeoutMs = DEFAULT_READ_TIMEOUT_MS): Promise<void> {
+    return this.q.discard(n, timeoutMs);
+  }
+
+  close(timeoutMs = 2000): Promise<void> {
+    if (!this.socket.destroyed) this.sendPacket(encodePacket({ type: 'close-channel', statusCode: 0 }));
+    return endSocket(this.socket, timeoutMs, frame(Opcode.CLOSE, Buffer.from([0x03, 0xe8])));
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+}
+
+/** A client frame with an all-zero mask: header, four zero bytes, the payload as is. */
+function frame(opcode: number, payload: Buffer): Buffer {
+  const n = payload.length;
+  const head = n < 126 ? Buffer.from([0x80 | opcode, 0x80 | n]) : n < 0x10000 ? Buffer.from([0x80 | opcode, 0x80 | 126, n >> 8, n & 0xff]) : Buffer.concat([Buffer.from([0x80 | opcode, 0x80 | 127, 0, 0, 0, 0]), Buffer.from([n >>> 24, (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff])]);
+  return Buffer.concat([head, Buffer.alloc(4), payload]);
+}
+
+/** The RD Gateway entrance over its WebSocket variant: upgrade, handshake, tunnel, channel to `vm`. */
+export function rdgOpener(port: number, vm: string, ticket: () => string, t: TlsClientOptions): Opener {
+  return async () => {
+    const s = tlsConnect(port, t);
+    s.on('error', () => {});
+    await connected(s, 'secureConnect', 5000);
+    s.write(
+      'RDG_OUT_DATA /remoteDesktopGateway/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
+        `Sec-Websocket-Version: 13\r\nSec-Websocket-Key: ${RDG_KEY}\r\nRDG-Connection-Id: {bench}\r\nRDG-Auth-Scheme: PAA\r\nContent-Length: 0\r\n\r\n`,
+    );
+    const { status, rest, head } = await readHead(s, 10_000);
+    if (status !== 101 || !head.includes(websocketAccept(RDG_KEY))) {
+      s.destroy();
+      throw new Error(`RDG_OUT_DATA answered ${head.split('\r\n')[0] ?? status}`);
+    }
+    const c = new RdgConn(s, rest);
+    const ask = async (p: TsguPacket, answer: TsguPacket['type']): Promise<void> => {
+      c.sendPacket(encodePacket(p));
+      const a = await c.nextControl(10_000);
+      const code = 'errorCode' in a ? a.errorCode : 'statusCode' in a ? a.statusCode : -1;
+      if (a.type !== answer || code !== 0) {
+        c.destroy();
+        throw new Error(`RD Gateway answered ${a.type} 0x${code.toString(16)}`);
+      }
+    };
+    await ask({ type: 'handshake-request', versionMajor: 1, versionMinor: 0, clientVersion: 0, extendedAuth: ExtendedAuth.PAA }, 'handshake-response');
+    await ask({ type: 'tunnel-create', capabilities: 0x0d, paaCookie: toUtf16z(ticket()) }, 'tunnel-response');
+    await ask({ type: 'tunnel-auth', clientName: 'bench' }, 'tunnel-auth-response');
+    await ask({ type: 'channel-create', resources: [vm], altResources: [], port: 3389, protocol: 3 }, 'channel-response');
+    return c;
+  };
 }
 
 // ---------------------------------------------------------------------------------------------

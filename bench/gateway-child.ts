@@ -50,7 +50,11 @@ await gw.ctx.dir.putVm(
     vmSchema.parse({
       name: VM,
       node: 'bench',
-      endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port: opts.backendPort, publishedPort: 5900 }],
+      // The same backend behind both: VNC for CONNECT and WebSocket, RDP for the RD Gateway entrance.
+      endpoints: [
+        { protocol: 'vnc', host: '127.0.0.1', port: opts.backendPort, publishedPort: 5900 },
+        { protocol: 'rdp', host: '127.0.0.1', port: opts.backendPort, publishedPort: 3389 },
+      ],
       users: [USER],
     }),
   ),
@@ -78,7 +82,7 @@ process.on('message', (raw) => {
           const vm = gw.ctx.dir.getVm(VM);
           if (!user || !vm) throw new Error('bench user or VM missing');
           const tickets: string[] = [];
-          for (let i = 0; i < m.count; i++) tickets.push((await gw.ctx.auth.issueTicket(user, vm, 'vnc')).ticket);
+          for (let i = 0; i < m.count; i++) tickets.push((await gw.ctx.auth.issueTicket(user, vm, m.protocol ?? 'vnc')).ticket);
           send({ type: 'tickets', id: m.id, tickets });
           break;
         }

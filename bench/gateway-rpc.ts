@@ -102,7 +102,7 @@ export class GatewayRpc {
     });
   }
 
-  private call(type: GatewayRequest['type'], extra: { count?: number }, timeoutMs: number): Promise<GatewayReply> {
+  private call(type: GatewayRequest['type'], extra: { count?: number; protocol?: 'vnc' | 'rdp' }, timeoutMs: number): Promise<GatewayReply> {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -114,8 +114,9 @@ export class GatewayRpc {
     });
   }
 
-  async tickets(count: number): Promise<string[]> {
-    const r = await this.call('tickets', { count }, 30_000);
+  /** Single-use console tickets for the bench VM: VNC for CONNECT and WebSocket, RDP for the RD Gateway path. */
+  async tickets(count: number, protocol: 'vnc' | 'rdp' = 'vnc'): Promise<string[]> {
+    const r = await this.call('tickets', { count, protocol }, 30_000);
     return r.type === 'tickets' ? r.tickets : [];
   }
 

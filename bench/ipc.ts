@@ -47,7 +47,7 @@ export interface GatewayReady {
 }
 
 export type GatewayRequest =
-  | { readonly type: 'tickets'; readonly id: number; readonly count: number }
+  | { readonly type: 'tickets'; readonly id: number; readonly count: number; readonly protocol?: 'vnc' | 'rdp' }
   | { readonly type: 'probe'; readonly id: number }
   | { readonly type: 'metrics'; readonly id: number }
   | { readonly type: 'stop'; readonly id: number };

@@ -8,6 +8,7 @@
  *   (e) HAProxy as a TLS-terminating TCP proxy           (when /usr/sbin/haproxy exists)
  *   (f) websockify over TLS (--cert)                      (when websockify is installed)
  *   (g) HAProxy as a plain TCP proxy, no TLS              (reference for (b); with HAProxy)
+ *   (h) oneport RD Gateway entrance, WebSocket variant (MS-TSGU DATA packets in wss frames)
  *
  * The gateway, the backend and the peers each run in their own process (CPU time per process from
  * /proc); this process is the load generator. Measurements run round-robin over the paths so
@@ -31,6 +32,7 @@ import {
   connectOpener,
   download,
   latency,
+  rdgOpener,
   setup,
   tcpOpener,
   throughput,
@@ -105,8 +107,8 @@ interface PathDef {
   readonly open: Opener;
   /** The process doing the relaying (CPU measured); none for direct TCP. */
   readonly relay: Peer | undefined;
-  /** Needs single-use tickets from the gateway. */
-  readonly tickets: boolean;
+  /** Needs single-use tickets from the gateway (for RDP: the RD Gateway path). */
+  readonly tickets: boolean | 'rdp';
 }
 
 interface PathResult {
@@ -242,7 +244,7 @@ async function main(): Promise<void> {
       return t;
     };
     const refill = async (p: PathDef, n: number): Promise<void> => {
-      if (p.tickets) pool = await (rpc as GatewayRpc).tickets(n);
+      if (p.tickets) pool = await (rpc as GatewayRpc).tickets(n, p.tickets === 'rdp' ? 'rdp' : 'vnc');
     };
 
     const all: PathDef[] = [
@@ -258,6 +260,7 @@ async function main(): Promise<void> {
         tickets: true,
       },
     ];
+    all.push({ key: 'h', id: 'rdg-ws', label: 'oneport RD Gateway (MS-TSGU, wss)', open: rdgOpener(gw.port, gw.vm, ticket, tlsOpts), relay: gateway, tickets: 'rdp' });
     if (haproxy) all.push({ key: 'e', id: 'haproxy', label: 'HAProxy TLS -> TCP', open: tlsOpener(haproxy.port, tlsOpts), relay: haproxy.peer, tickets: false });
     if (websockify) {
       const port = websockify.port;
@@ -484,9 +487,10 @@ function compare(name: string, x: PathResult | undefined, y: PathResult | undefi
 function ratios(results: PathResult[]): Comparison[] {
   const by = (k: string): PathResult | undefined => results.find((r) => r.key === k);
   const out: Array<Comparison | undefined> = [];
-  for (const k of ['b', 'c', 'd', 'e', 'f', 'g']) out.push(compare(`(${k}) ${by(k)?.label ?? ''} vs (a) direct TCP`, by(k), by('a')));
+  for (const k of ['b', 'c', 'd', 'e', 'f', 'g', 'h']) out.push(compare(`(${k}) ${by(k)?.label ?? ''} vs (a) direct TCP`, by(k), by('a')));
   out.push(compare('(c) oneport CONNECT in TLS vs (e) HAProxy', by('c'), by('e')));
   out.push(compare('(d) oneport WebSocket vs (f) websockify', by('d'), by('f')));
+  out.push(compare('(h) oneport RD Gateway (wss) vs (e) HAProxy TLS', by('h'), by('e')));
   out.push(compare('(d) oneport WebSocket vs (e) HAProxy', by('d'), by('e')));
   out.push(compare('(b) oneport CONNECT, clear text vs (g) HAProxy TCP', by('b'), by('g')));
   out.push(compare('(c) oneport CONNECT in TLS vs (b) in clear text', by('c'), by('b')));

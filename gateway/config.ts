@@ -205,6 +205,20 @@ export const configSchema = z
           .prefault({}),
       })
       .prefault({}),
+    /** The RD Gateway entrance (MS-TSGU over HTTP: RDG_OUT_DATA / RDG_IN_DATA on the one port). */
+    rdg: z
+      .object({
+        /**
+         * From the first byte of an RDG request to the client's channel create: request heads, the
+         * WebSocket upgrade or the legacy pair, handshake, tunnel create and authorize. @default 10 s
+         */
+        setupTimeoutMs: positive.default(10 * SECOND),
+        /** The legacy pair: the other request (same RDG-Connection-Id) must arrive within this. @default 10 s */
+        pairTimeoutMs: positive.default(10 * SECOND),
+        /** Legacy requests waiting for their other half on this node; beyond, 503. @default 1024 */
+        maxUnpaired: positive.default(1024),
+      })
+      .prefault({}),
     auth: z
       .object({
         /** Console ticket lifetime (CONTRACT: at most 60 s). @default 60 s */

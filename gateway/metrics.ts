@@ -28,7 +28,7 @@ export class Metrics {
   });
   readonly tunnels = new Counter({
     name: 'oneport_tunnels_total',
-    help: 'Tunnel attempts by protocol, transport (connect, connect-tls, websocket, rdcleanpath, hop) and result (an ONEPORT_ERR code or ok)',
+    help: 'Tunnel attempts by protocol, transport (connect, connect-tls, websocket, rdcleanpath, rdp, rdg-ws, rdg-http, hop) and result (an ONEPORT_ERR code or ok)',
     labelNames: ['protocol', 'transport', 'result'] as const,
     registers: [this.registry],
   });

@@ -45,6 +45,9 @@ import { certificateMatchesName } from '../certs/ca.js';
 import { startRfbServer, type RfbServer } from './demo/rfb.js';
 import { ControlServer } from './control.js';
 import { AuditLog } from './audit.js';
+import { RdgEntrance } from './rdg/entrance.js';
+import { routeTls } from './rdg/route.js';
+import { rdgClusterLink } from './cluster/rdg-link.js';
 
 export interface GatewayOptions {
   /** Defaults to the embedded directory saved in the state folder. */
@@ -233,8 +236,10 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   const contexts = buildSecureContexts(config, state.server, nodeIdentity);
   const tlsHttp = createTlsHttpServer(ctx, new Portal(WEB_ROOT));
   const clearHttp = createClearHttpServer(ctx);
+  const rdg = new RdgEntrance(ctx, cluster && redisConnection ? rdgClusterLink(cluster, redisConnection, config.cluster.prefix, log) : undefined);
   const listener = new Listener(ctx, {
-    onTls: (s) => tlsHttp.emit('connection', s),
+    // RD Gateway requests (RDG_OUT_DATA / RDG_IN_DATA) go to their own entrance; the rest is HTTPS.
+    onTls: (s) => routeTls(s, config.http.headersTimeoutMs, { rdg: (sock, head) => rdg.handle(sock, head), http: (sock) => tlsHttp.emit('connection', sock) }),
     onHttp: (s) => {
       clearHttp.emit('connection', s);
       // The HTTP parser reads the handle directly; the replayed bytes wait in the stream buffer

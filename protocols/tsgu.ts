@@ -112,6 +112,8 @@ export const HResult = {
   SEC_E_LOGON_DENIED: 0x8009030c,
   E_PROXY_INTERNALERROR_CODE: 0x000059d8,
   E_PROXY_TS_CONNECTFAILED: 0x000059dd,
+  /** The full HRESULT of E_PROXY_TS_CONNECTFAILED (FreeRDP's tsg.h): the form a refusal must use. */
+  E_PROXY_TS_CONNECTFAILED_HRESULT: 0x800759dd,
   E_PROXY_MAXCONNECTIONSREACHED: 0x000059e6,
   E_PROXY_NOTSUPPORTED: 0x000059e8,
   E_PROXY_SESSIONTIMEOUT: 0x000059f6,
@@ -508,7 +510,17 @@ export function encodePacket(p: TsguPacket): Buffer {
  */
 export function encodeData(data: Uint8Array): Buffer[] {
   const out: Buffer[] = [];
-  for (let at = 0; at < data.length; at += 0xffff) out.push(encodePacket({ type: 'data', data: data.subarray(at, at + 0xffff) }));
+  for (let at = 0; at < data.length; at += 0xffff) {
+    // The hot path of every tunnel: the same bytes encodePacket writes, with one copy of the data.
+    const part = data.subarray(at, at + 0xffff);
+    const p = Buffer.allocUnsafe(PACKET_HEADER_LENGTH + 2 + part.length);
+    p.writeUInt16LE(PacketType.DATA, 0);
+    p.writeUInt16LE(0, 2);
+    p.writeUInt32LE(p.length, 4);
+    p.writeUInt16LE(part.length, 8);
+    p.set(part, 10);
+    out.push(p);
+  }
   return out;
 }
 

@@ -20,8 +20,12 @@ export type Credential =
   /** Another node authenticated the client and vouches for it (cluster hop, node certificate). */
   | { readonly kind: 'node'; readonly node: string; readonly user: string };
 
-/** How the client leg is carried; it labels metrics and the tunnel log line. */
-export type Transport = 'connect' | 'connect-tls' | 'websocket' | 'rdcleanpath' | 'hop' | 'rdp';
+/**
+ * How the client leg is carried; it labels metrics and the tunnel log line. `rdp`: native RDP on
+ * the port; `rdcleanpath`: RDP in the browser; `rdg-ws` and `rdg-http`: an RD Gateway client
+ * (MS-TSGU) over a WebSocket or the legacy pair of requests.
+ */
+export type Transport = 'connect' | 'connect-tls' | 'websocket' | 'rdcleanpath' | 'rdp' | 'rdg-ws' | 'rdg-http' | 'hop';
 
 export interface TunnelRequest {
   readonly vmName: string;
