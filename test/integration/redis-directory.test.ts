@@ -199,6 +199,41 @@ t.test('Redis killed: reads go on from the mirror, writes fail fast; restarted e
   t.equal(Number(await direct.hlen(`${prefix}vms`)), 2, 'Redis holds the directory again');
 });
 
+t.test('a mirror older than a version it saw acknowledged is never written back into an emptied Redis', async (t) => {
+  const redis = await startRedis(t);
+  const proxy = await startFaultProxy(t, redis.port);
+  const prefix = newPrefix();
+  const a = await openDir(t, redis.url, prefix);
+  const stale = await openDir(t, proxy.url, prefix);
+  await a.putUser(user('alice'));
+  await a.putUser(user('bob'));
+  await reach(stale, a.version());
+
+  // `stale` is cut off while bob is deleted, and hears of the new version the way a node does
+  // (another node's heartbeat), without its mirror holding it.
+  proxy.hang();
+  t.equal(await a.deleteUser('bob'), true);
+  stale.noteAcknowledged(a.version());
+  t.ok(stale.getUser('bob'), 'the cut-off mirror still holds bob');
+  await a.close();
+
+  const refused = nextEvent<string>(stale, 'awaiting-reseed', (why) => why === 'stale-mirror', 20_000);
+  await redis.kill();
+  await redis.restart();
+  proxy.heal();
+  await refused;
+  const direct = redisClient(t, redis.url);
+  t.equal(await direct.exists(`${prefix}version`), 0, 'nothing written back');
+  t.equal(await direct.hexists(`${prefix}users`, 'bob'), 0, 'bob is not resurrected');
+  t.equal(stale.awaitingReseed(), 'stale-mirror');
+  t.ok(stale.getUser('alice'), 'meanwhile the mirror still serves reads');
+  const err = await stale.putUser(user('carol')).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  t.type(err, DirectoryUnavailableError, 'and writes wait for the directory to be written back');
+});
+
 t.test('with reseed off, mirrors follow a Redis that came back empty, and see it re-populated', async (t) => {
   const redis = await startRedis(t);
   const prefix = newPrefix();
