@@ -44,6 +44,7 @@ import { certificateMatchesName } from '../certs/ca.js';
 import { startRfbServer, type RfbServer } from './demo/rfb.js';
 import { ControlServer } from './control.js';
 import { AuditLog } from './audit.js';
+import { JoinService, JoinTokens, joinIfNeeded } from './cluster/join.js';
 
 export interface GatewayOptions {
   /** Defaults to the embedded directory saved in the state folder. */
@@ -54,6 +55,8 @@ export interface GatewayOptions {
   readonly announce?: (text: string) => void;
   /** Serve the control socket in the state folder (the CLI's way in). @default true */
   readonly controlSocket?: boolean;
+  /** A join token (cluster/join.ts), e.g. from ONEPORT_JOIN_TOKEN; else `cluster.joinTokenFile` is read. */
+  readonly joinToken?: string;
 }
 
 export interface Gateway {
@@ -77,18 +80,22 @@ const WEB_ROOT = [join(HERE, '..', 'web'), join(HERE, '..', '..', 'web')].find((
 
 export async function startGateway(config: Config, opts: GatewayOptions = {}): Promise<Gateway> {
   const log = opts.logger ?? createLogger({ level: config.log.level, nodeId: config.nodeId });
+  const redisTarget = config.cluster.redis;
+  const redis = redisTarget !== undefined && !opts.directory ? redisOptions(redisTarget, config.cluster.redisCa ? readFileSync(config.cluster.redisCa, 'utf8') : undefined) : undefined;
+  const joinToken = opts.joinToken ?? (config.cluster.joinTokenFile !== undefined ? readFileSync(config.cluster.joinTokenFile, 'utf8') : undefined);
+  if (redis !== undefined && joinToken !== undefined) await joinWithToken(config, redis, joinToken, log);
   const state = ensureState(config.state, config.serverNames);
   for (const what of state.created) log.info({ event: 'state-created', state: config.state }, `created ${what}`);
+  for (const warning of state.warnings) log.warn({ event: 'state-warning', state: config.state }, warning);
 
   const metrics = new Metrics({ defaultMetrics: true });
   let cluster: Cluster | undefined;
   let nodeIdentity: NodeIdentity | undefined;
   let redisConnection: Redis | undefined;
+  let joins: JoinService | undefined;
   let dir: Directory;
   let store: AuthStore;
-  const redisTarget = config.cluster.redis;
-  if (redisTarget !== undefined && !opts.directory) {
-    const redis = redisOptions(redisTarget, config.cluster.redisCa ? readFileSync(config.cluster.redisCa, 'utf8') : undefined);
+  if (redisTarget !== undefined && redis !== undefined) {
     for (const gap of redisExposure(redisTarget)) {
       log.warn({ event: 'redis-insecure', gap }, `Redis ${gap}: whoever reaches it can read the ticket signing keys (any user's session, admins' too) and rewrite the directory; see README "Security"`);
     }
@@ -102,7 +109,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       conn.disconnect();
       throw new Error(`cluster: cannot reach Redis: ${(err as Error).message}`, { cause: err });
     }
-    cluster = new Cluster({ config, redis: conn, identity, log, metrics, epochFile: state.paths.epoch });
+    cluster = new Cluster({ config, redis: conn, identity, log, metrics, epochFile: state.paths.epoch, signer: state.ca.key !== undefined });
     redisConnection = conn;
     const redisDir = await RedisDirectory.open({ redis, prefix: config.cluster.prefix, log, fence: cluster.fence() }).catch((err: unknown) => {
       conn.disconnect();
@@ -136,6 +143,18 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     metrics,
     log,
   });
+  if (redisConnection) {
+    const conn = redisConnection;
+    joins = new JoinService({
+      tokens: new JoinTokens(conn, config.cluster.prefix),
+      ca: state.ca,
+      nodeId: config.nodeId,
+      isAlive: async (id) => (await conn.exists(`${config.cluster.prefix}alive:${id}`)) === 1,
+      log,
+      audit,
+      perAddressPerMinute: config.limits.joinsPerAddressPerMinute,
+    });
+  }
   const tunnels = new TunnelRegistry(config.nodeId);
   const lifecycle = { listening: false, shuttingDown: false };
   const noisyLog = new RateLimitedLog();
@@ -224,6 +243,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       logouts?.publish(sid);
     },
     audit,
+    join: joins,
   };
 
   // Sessions follow their VM: a change of owner ends its tunnels here at once (clients reconnect).
@@ -358,6 +378,18 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     demo,
     close,
   };
+}
+
+/** Join the cluster with a token before the state folder is read (cluster/join.ts). */
+async function joinWithToken(config: Config, redis: string | RedisOptions, token: string, log: Logger): Promise<void> {
+  const conn = createConnection(redis, { connectionName: 'oneport-join', commandTimeout: 2000, connectTimeout: 2000 });
+  conn.on('error', () => undefined);
+  try {
+    await conn.connect();
+    await joinIfNeeded({ root: config.state, nodeId: config.nodeId, names: config.serverNames, token, redis: conn, prefix: config.cluster.prefix, timeoutMs: config.tunnel.dialTimeoutMs * 2, log });
+  } finally {
+    conn.disconnect();
+  }
 }
 
 /**

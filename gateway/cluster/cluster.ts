@@ -39,6 +39,8 @@ export interface ClusterDeps {
   readonly metrics: Metrics;
   /** Where this node remembers the highest leader epoch it has seen. */
   readonly epochFile: string;
+  /** This node holds the CA key and signs join requests (advertised in its node record). */
+  readonly signer?: boolean;
 }
 
 export interface ClusterStatus {
@@ -230,6 +232,7 @@ export class Cluster {
       version: VERSION,
       capacity: this.deps.config.cluster.capacity ?? this.deps.config.limits.maxConnections,
       startedAt: this.startedAt,
+      ...(this.deps.signer ? { signer: true } : {}),
     };
   }
 
