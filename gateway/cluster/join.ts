@@ -205,7 +205,10 @@ export class JoinService {
       if (e instanceof NodeRequestError) return refuse(e.message, new OneportError('ONEPORT_ERR_VALIDATION', e.message));
       throw e;
     }
-    if (await this.deps.isAlive(req.node)) return refuse('a node with that id is alive', new OneportError('ONEPORT_ERR_CONFLICT', `node ${req.node} is alive: a join token never takes over a running node's id`));
+    const alive = await this.deps.isAlive(req.node).catch((err: unknown) => {
+      throw redisCallError('cluster: join', 'Redis', err);
+    });
+    if (alive) return refuse('a node with that id is alive', new OneportError('ONEPORT_ERR_CONFLICT', `node ${req.node} is alive: a join token never takes over a running node's id`));
     const record = await this.deps.tokens.redeem(joinTokenHash(token.secret));
     if (!record || record.expiresAt < Date.now()) return refuse('unknown, expired or used token', forbidden());
     if (record.node !== req.node) return refuse(`token minted for node ${JSON.stringify(record.node)}`, forbidden());
