@@ -45,6 +45,7 @@ import { startRfbServer, type RfbServer } from './demo/rfb.js';
 import { ControlServer } from './control.js';
 import { AuditLog } from './audit.js';
 import { JoinService, JoinTokens, joinIfNeeded } from './cluster/join.js';
+import { KeyRingSeal, sealKeyFromCa } from './cluster/seal.js';
 
 export interface GatewayOptions {
   /** Defaults to the embedded directory saved in the state folder. */
@@ -111,7 +112,10 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     }
     cluster = new Cluster({ config, redis: conn, identity, log, metrics, epochFile: state.paths.epoch, signer: state.ca.key !== undefined });
     redisConnection = conn;
-    const redisDir = await RedisDirectory.open({ redis, prefix: config.cluster.prefix, log, fence: cluster.fence() }).catch((err: unknown) => {
+    const sealKey = state.ca.key !== undefined ? sealKeyFromCa(state.ca.key) : readSealKey(state.paths.sealKey);
+    if (sealKey === undefined) log.warn({ event: 'no-seal-key', file: state.paths.sealKey }, 'no seal key: a sealed key ring in Redis cannot be read (join again with a token)');
+    const seal = sealKey ? new KeyRingSeal(sealKey) : undefined;
+    const redisDir = await RedisDirectory.open({ redis, prefix: config.cluster.prefix, log, fence: cluster.fence(), ...(seal ? { seal } : {}) }).catch((err: unknown) => {
       conn.disconnect();
       throw err;
     });
@@ -378,6 +382,13 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     demo,
     close,
   };
+}
+
+/** The seal key a joined node was given (base64 in `seal.key`), if it has one. */
+function readSealKey(file: string): Buffer | undefined {
+  if (!existsSync(file)) return undefined;
+  const key = Buffer.from(readFileSync(file, 'utf8').trim(), 'base64');
+  return key.length === 32 ? key : undefined;
 }
 
 /** Join the cluster with a token before the state folder is read (cluster/join.ts). */

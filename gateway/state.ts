@@ -24,6 +24,8 @@ export interface StatePaths {
   readonly epoch: string;
   /** Logged-out API sessions, until they expire (embedded auth store). */
   readonly revokedSessions: string;
+  /** The key ring's seal key, on a node that joined with a token (cluster/seal.ts). */
+  readonly sealKey: string;
 }
 
 export function statePaths(root: string): StatePaths {
@@ -39,6 +41,7 @@ export function statePaths(root: string): StatePaths {
     nodeKey: join(root, 'node-key.pem'),
     epoch: join(root, 'epoch'),
     revokedSessions: join(root, 'revoked-sessions.json'),
+    sealKey: join(root, 'seal.key'),
   };
 }
 
@@ -174,9 +177,11 @@ function writePrivate(file: string, text: string): void {
 
 /**
  * What joining with a token brought (cluster/join.ts): the cluster CA's certificate (no key), this
- * node's key, and its node and server certificates for that key. Keys 0600, certificates 0644.
+ * node's key, its node and server certificates for that key, and the key ring's seal key
+ * (base64). Keys 0600, certificates 0644.
  */
-export function saveJoinedIdentity(paths: StatePaths, joined: { ca: string; key: string; node: string; server: string }): void {
+export function saveJoinedIdentity(paths: StatePaths, joined: { ca: string; key: string; node: string; server: string; seal: string }): void {
+  writePrivate(paths.sealKey, `${joined.seal}\n`);
   writePrivate(paths.nodeKey, joined.key);
   writeFileSync(paths.nodeCert, joined.node, { mode: 0o644 });
   writePrivate(paths.serverKey, joined.key);

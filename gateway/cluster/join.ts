@@ -18,7 +18,7 @@
  * CN = node, RSA key size), that no node of that id is alive, then redeems the token (GETDEL: read
  * and deleted in one command, so it serves once) and checks it was minted for that node id; then
  * it signs a node certificate and a server certificate for the request's key and returns them
- * with the CA certificate. A node without the CA key forwards the call, once, to the leader when
+ * with the CA certificate and the key ring's seal key (seal.ts). A node without the CA key forwards the call, once, to the leader when
  * the leader signs, else to the first live node that does. Calls are rate-limited per client
  * address, bounded in size, audited (`node.join`), and the token is never logged.
  */
@@ -36,6 +36,7 @@ import type { Logger } from '../log.js';
 import { redisCallError } from '../directory/redis.js';
 import { type CaPem, heldNodeCert, prepareStateFolder, saveJoinedIdentity, statePaths } from '../state.js';
 import type { NodeInfo } from './membership.js';
+import { sealKeyFromCa } from './seal.js';
 import { NODE_SERVERNAME, checkNode } from './peers.js';
 
 const TOKEN_PREFIX = 'opj1';
@@ -139,6 +140,8 @@ export interface JoinAnswer {
   readonly ca: string;
   readonly node: string;
   readonly server: string;
+  /** The key ring's seal key (cluster/seal.ts), base64. */
+  readonly seal: string;
 }
 
 export interface JoinServiceDeps {
@@ -221,7 +224,7 @@ export class JoinService {
     }
     this.deps.log.info({ event: 'node-joined', node: req.node, client, forwardedBy, mintedBy: record.by }, `node ${req.node} joined: node certificate issued`);
     this.record(req.node, client, forwardedBy, 'signed', undefined);
-    return { ca: this.deps.ca.cert, node: signed.node, server: signed.server };
+    return { ca: this.deps.ca.cert, node: signed.node, server: signed.server, seal: sealKeyFromCa(key).toString('base64') };
   }
 
   private record(node: string, client: string, forwardedBy: string | undefined, result: 'signed' | 'refused', reason: string | undefined): void {
@@ -349,7 +352,7 @@ async function postJoin(address: string, ca: string, body: string, timeoutMs: nu
   const agent = new Agent({ connect: { ca, servername: NODE_SERVERNAME, checkServerIdentity: checkNode(undefined), timeout: timeoutMs } });
   try {
     const answer = (await call(agent, address, 'POST', '/api/cluster/join', body, timeoutMs)) as Partial<JoinAnswer>;
-    if (typeof answer.ca !== 'string' || typeof answer.node !== 'string' || typeof answer.server !== 'string') throw new Error('malformed answer');
+    if (typeof answer.ca !== 'string' || typeof answer.node !== 'string' || typeof answer.server !== 'string' || typeof answer.seal !== 'string') throw new Error('malformed answer');
     return answer as JoinAnswer;
   } finally {
     await agent.close();
@@ -398,4 +401,5 @@ function checkAnswer(a: JoinAnswer, key: string, nodeId: string): void {
     if (!x.checkPrivateKey(priv)) throw new Error(`cannot join: the ${what} certificate is not for this node's key`);
   }
   if (!new X509Certificate(a.node).subject.split('\n').includes(`CN=${nodeId}`)) throw new Error('cannot join: the node certificate is for another node id');
+  if (Buffer.from(a.seal, 'base64').length !== 32) throw new Error('cannot join: malformed seal key');
 }

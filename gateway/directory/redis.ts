@@ -86,6 +86,11 @@ export interface RedisDirectoryOptions {
    * but `putVm(..., {unfenced})` carries it into its script. Unset: writes are unfenced.
    */
   readonly fence?: { readonly key: string; token(): string; onFenced?(): void; reseed?(): ReseedVerdict };
+  /**
+   * Cluster: the key ring is kept sealed in Redis (cluster/seal.ts): `seal` for what this node
+   * writes, `open` for what it reads (a ring written before sealing passes through). Unset: clear.
+   */
+  readonly seal?: { seal(json: string): string; open(text: string): string | undefined };
 }
 
 /**
@@ -328,12 +333,14 @@ export function redisCallError(what: string, target: string, err: unknown): Erro
 
 export class RedisDirectory extends EventEmitter implements Directory {
   readonly kind = 'redis' as const;
-  private readonly mirror = new DirectoryMirror();
+  private readonly mirror: DirectoryMirror;
+  /** The key ring's text as written to Redis: sealed in a cluster. */
+  private readonly sealRing: (json: string) => string;
   private readonly cmd: Redis;
   private readonly reader: Redis;
   private readonly scripts: Scripts;
   private readonly k: { users: string; vms: string; keys: string; version: string; changes: string };
-  private readonly opts: Required<Omit<RedisDirectoryOptions, 'log' | 'redis' | 'fence'>> & { log: Logger | undefined; target: string; fence: RedisDirectoryOptions['fence'] };
+  private readonly opts: Required<Omit<RedisDirectoryOptions, 'log' | 'redis' | 'fence' | 'seal'>> & { log: Logger | undefined; target: string; fence: RedisDirectoryOptions['fence']; seal: RedisDirectoryOptions['seal'] };
   private runId: string | undefined;
   private readerId: number | undefined;
   private linkUp = false;
@@ -380,8 +387,11 @@ export class RedisDirectory extends EventEmitter implements Directory {
       now: options.now ?? Date.now,
       log: options.log,
       fence: options.fence,
+      seal: options.seal,
       target: describeRedis(options.redis),
     };
+    this.mirror = new DirectoryMirror(options.seal ? (text) => options.seal!.open(text) : undefined);
+    this.sealRing = options.seal ? (json) => options.seal!.seal(json) : (json) => json;
     const p = this.opts.prefix;
     this.k = { users: `${p}users`, vms: `${p}vms`, keys: `${p}keys`, version: `${p}version`, changes: `${p}changes` };
     const timeouts = { connectTimeout: Math.max(this.opts.commandTimeoutMs, 1_000) };
@@ -511,9 +521,11 @@ export class RedisDirectory extends EventEmitter implements Directory {
   async rotateKeys(): Promise<void> {
     for (let attempt = 0; attempt < 5; attempt++) {
       const cur = await this.write<string | null>('read keys', () => this.cmd.get(this.k.keys), true);
-      const old = cur ? (JSON.parse(cur) as KeyRing).current : this.keys().current;
+      const opened = cur === null ? undefined : this.opts.seal ? this.opts.seal.open(cur) : cur;
+      if (cur !== null && opened === undefined) throw new Error('directory: the key ring in Redis is sealed with another key than this node\'s');
+      const old = opened !== undefined ? (JSON.parse(opened) as KeyRing).current : this.keys().current;
       const next: KeyRing = { current: newSigningKey(old.id + 1), previous: [old] };
-      const v = await this.write<number>('rotate keys', (f) => this.scripts.oneportDirKeysCas(...this.keyList(), f, cur ?? '', JSON.stringify(next), this.opts.changesMaxLen));
+      const v = await this.write<number>('rotate keys', (f) => this.scripts.oneportDirKeysCas(...this.keyList(), f, cur ?? '', this.sealRing(JSON.stringify(next)), this.opts.changesMaxLen));
       if (v > 0) return this.visible(v);
     }
     throw new Error('directory: key rotation lost 5 races in a row with other writers');
@@ -602,7 +614,7 @@ export class RedisDirectory extends EventEmitter implements Directory {
     if (snap.keys === undefined) {
       // A new (or emptied) Redis: publish a key ring, ours if we have one so tickets and tokens
       // stay valid. Compare-and-set: if another gateway got there first, theirs stands.
-      const ring = this.mirror.keysJson ?? JSON.stringify({ current: newSigningKey(1), previous: [] } satisfies KeyRing);
+      const ring = this.mirror.keysJson ?? this.sealRing(JSON.stringify({ current: newSigningKey(1), previous: [] } satisfies KeyRing));
       await this.scripts.oneportDirKeysCas(...this.keyList(), '', '', ring, this.opts.changesMaxLen);
       snap = await this.snapshot();
     }

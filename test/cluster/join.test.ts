@@ -15,6 +15,7 @@ import { eventually } from '../helpers/wait.js';
 import { rawRequest, basic, echoRoundTrip, startBackend } from '../helpers/net.js';
 import { createCa, createNodeRequest, certificateFingerprint } from '../../certs/ca.js';
 import { formatJoinToken, joinTokenHash, parseJoinToken } from '../../gateway/cluster/join.js';
+import { sealedForm } from '../../gateway/cluster/seal.js';
 
 const PREFIX = 'oneport:{dir}:';
 
@@ -49,6 +50,8 @@ t.test('a node joins with a token: its certificates come from the signer, and th
   const joined = await j2.waitFor((l) => l.event === 'joined');
   t.equal(joined.via, 'n1');
   t.notOk(existsSync(join(j2.state, 'ca-key.pem')), 'the joined node holds no CA key');
+  t.ok(existsSync(join(j2.state, 'seal.key')), 'but the key ring\'s seal key');
+  t.ok(sealedForm((await direct.get(`${PREFIX}keys`)) ?? ''), 'the key ring in Redis is sealed');
   t.equal(readFileSync(join(j2.state, 'ca.pem'), 'utf8'), cluster.ca.cert, 'it trusts the cluster CA');
   await n1.waitFor((l) => l.event === 'node-joined' && l.node === 'j2');
   t.notOk(j2.logs.concat(n1.logs).some((l) => JSON.stringify(l).includes(token.split('.')[2]!)), 'the token is in no log');
@@ -61,6 +64,7 @@ t.test('a node joins with a token: its certificates come from the signer, and th
     t.equal(r.status, 200);
   }
   t.equal((await n1.api('PUT', '/api/users/alice', { token: token2, body: { password: 'alice-password-1' } })).status, 200);
+  // j2 checks n1's session token with the key ring it opened with the seal key it was given.
   await eventually(async () => ((await j2.api('GET', '/api/vms/on-j2', { token: token2 })).status === 200 ? true : undefined), 5_000, 'VMs on j2');
   for (const [entry, vm] of [[j2, 'on-n1'], [n1, 'on-j2']] as const) {
     const r = await rawRequest(entry.port, `CONNECT ${vm}:5900 HTTP/1.1\r\nHost: ${vm}:5900\r\nProxy-Authorization: ${basic('alice', 'alice-password-1')}\r\n\r\n`, { ca: cluster.ca.cert });

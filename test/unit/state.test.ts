@@ -5,6 +5,7 @@
 import t from 'tap';
 import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { StateFolderError, ensureNodeCert, ensureState, prepareStateFolder, saveJoinedIdentity, statePaths } from '../../gateway/state.js';
 import { createCa, createNodeRequest, readNodeRequest, signNodeRequest } from '../../certs/ca.js';
@@ -74,8 +75,9 @@ t.test('a node that joined (the CA certificate without its key) keeps its certif
   t.throws(() => ensureState(root, ['localhost']), StateFolderError, 'without a server certificate and a CA key, nothing to start with');
   const { csr, key } = createNodeRequest('j1');
   const signed = signNodeRequest(ca, readNodeRequest(csr, 'j1'), ['localhost']);
-  saveJoinedIdentity(paths, { ca: ca.cert, key, node: signed.node, server: signed.server });
+  saveJoinedIdentity(paths, { ca: ca.cert, key, node: signed.node, server: signed.server, seal: randomBytes(32).toString('base64') });
   t.equal(mode(paths.nodeKey), 0o600, 'the key is private');
+  t.equal(mode(paths.sealKey), 0o600, 'and so is the seal key');
   const state = ensureState(root, ['localhost']);
   t.equal(state.ca.key, undefined, 'no CA key');
   t.equal(state.ca.cert, ca.cert, 'the cluster CA is kept, not replaced by a new one');
