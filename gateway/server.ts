@@ -98,7 +98,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   let store: AuthStore;
   if (redisTarget !== undefined && redis !== undefined) {
     for (const gap of redisExposure(redisTarget)) {
-      log.warn({ event: 'redis-insecure', gap }, `Redis ${gap}: whoever reaches it can read the ticket signing keys (any user's session, admins' too) and rewrite the directory; see README "Security"`);
+      log.warn({ event: 'redis-insecure', gap }, `Redis ${gap}: whoever reaches it can read the password hashes and rewrite the directory (users, roles, VM addresses); see README "Security"`);
     }
     const identity = { nodeId: config.nodeId, ca: state.ca.cert, cert: ensureNodeCert(state, config.nodeId, config.serverNames) };
     nodeIdentity = identity;
