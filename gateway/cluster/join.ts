@@ -67,7 +67,9 @@ export function parseJoinToken(text: string): JoinToken | undefined {
   const fingerprint = Buffer.from(m[1]!, 'base64url');
   const secret = Buffer.from(m[2]!, 'base64url');
   if (fingerprint.length !== 32 || secret.length !== 32) return undefined;
-  return { fingerprint: fingerprint.toString('hex'), secret };
+  const token = { fingerprint: fingerprint.toString('hex'), secret };
+  // One spelling per token: the last base64url character carries unused bits that must be zero.
+  return formatJoinToken(token) === text.trim() ? token : undefined;
 }
 
 /** What Redis keeps of a token: the SHA-256 of its secret, hex. */
