@@ -275,7 +275,7 @@ export class Cluster {
         counts[p.state]++;
         if (p.heartbeat) this.lastSeen.set(p.info.id, p.heartbeat.at);
         // A peer's mirror holds only versions Redis acknowledged: ours must not be written back older.
-        if (p.heartbeat && this.dir instanceof RedisDirectory) this.dir.noteAcknowledged(p.heartbeat.mirror.version);
+        if (p.heartbeat && p.info.id !== this.nodeId && this.dir instanceof RedisDirectory) this.dir.noteAcknowledged(p.heartbeat.mirror.version, p.info.id);
         if (p.state === 'suspect' && p.info.id !== this.nodeId) void this.judge(p);
       }
       for (const [state, n] of Object.entries(counts)) this.deps.metrics.clusterNodes.set({ state }, n);

@@ -348,8 +348,10 @@ export class RedisDirectory extends EventEmitter implements Directory {
   private wasConnected = false;
   private lastSync = 0;
   private needResync: ResyncReason | undefined;
-  /** The highest directory version this node saw Redis acknowledge (see noteAcknowledged). */
+  /** The highest directory version this node saw Redis acknowledge itself (see noteAcknowledged). */
   private acked = 0;
+  /** The last mirror version each other node reported (its heartbeat): each one was acknowledged. */
+  private readonly peerAcked = new Map<string, number>();
   /** Redis lost the directory and this node waits for its reseed (serving its mirror meanwhile). */
   private awaiting: ReseedWait | undefined;
   private pendingRemote: number | undefined;
@@ -465,17 +467,20 @@ export class RedisDirectory extends EventEmitter implements Directory {
   }
 
   /**
-   * Redis acknowledged version `v` somewhere this node can tell (another node's heartbeat reports
-   * a mirror at `v`): this node's mirror must be at least that new before it may write it back
-   * into an emptied Redis, or it would bring back what those versions deleted.
+   * Redis acknowledged version `v`: seen by this node, or reported by node `from` (its heartbeat:
+   * the last report of each node counts, so a node that followed Redis back to an older history
+   * stops counting its old version). This node's mirror must be at least that new before it may
+   * write it back into an emptied Redis, or it would bring back what those versions deleted.
    */
-  noteAcknowledged(v: number): void {
-    if (Number.isSafeInteger(v) && v > this.acked) this.acked = v;
+  noteAcknowledged(v: number, from?: string): void {
+    if (!Number.isSafeInteger(v)) return;
+    if (from !== undefined) this.peerAcked.set(from, v);
+    else if (v > this.acked) this.acked = v;
   }
 
   /** The highest version this node saw acknowledged (its mirror's included). */
   acknowledged(): number {
-    return Math.max(this.acked, this.mirror.version);
+    return Math.max(this.acked, this.mirror.version, ...this.peerAcked.values());
   }
 
   /** Why Redis still lacks the directory this mirror serves, while it does; else undefined. */
@@ -610,7 +615,9 @@ export class RedisDirectory extends EventEmitter implements Directory {
       reseeded = outcome === 'reseeded';
       snap = await this.snapshot();
     }
-    this.noteAcknowledged(snap.version);
+    // The history is Redis's from here on: a version it went back from (a failover to a replica
+    // that missed writes) no longer counts as acknowledged by this node.
+    this.acked = snap.version;
     if (snap.keys === undefined) {
       // A new (or emptied) Redis: publish a key ring, ours if we have one so tickets and tokens
       // stay valid. Compare-and-set: if another gateway got there first, theirs stands.
