@@ -6,7 +6,9 @@
  * passes join requests on to one that has it; join calls are rate-limited per address.
  */
 import t from 'tap';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { startRedis, redisClient } from '../helpers/redis.js';
@@ -18,6 +20,7 @@ import { formatJoinToken, joinTokenHash, parseJoinToken } from '../../gateway/cl
 import { sealedForm } from '../../gateway/cluster/seal.js';
 
 const PREFIX = 'oneport:{dir}:';
+const CLI = fileURLToPath(new URL('../../gateway/cli.ts', import.meta.url));
 
 async function mint(node: ClusterNode, id: string, ttlSeconds?: number): Promise<string> {
   const admin = await node.admin();
@@ -100,6 +103,38 @@ t.test('a node joins with a token: its certificates come from the signer, and th
 
     const live = await joinCall(n1, await mint(n1, 'j2'), 'j2');
     t.equal(live.status, 409, 'a token never takes over a live node');
+  });
+
+  await t.test('the CLI mints a token into a private file', async (t) => {
+    const out = join(cluster.dir, 'j9.token');
+    const cli = spawnSync(process.execPath, ['--import', 'tsx', CLI, '--state', n1.state, 'cluster', 'join-token', 'j9', '--ttl', '600', '--out', out], { encoding: 'utf8' });
+    t.equal(cli.status, 0, cli.stderr);
+    t.equal(statSync(out).mode & 0o777, 0o600, 'mode 0600');
+    const token = readFileSync(out, 'utf8').trim();
+    t.notOk(cli.stdout.includes(token) || cli.stderr.includes(token), 'and not printed');
+    t.match(cli.stderr, /valid until/);
+    t.equal((await joinCall(n1, token, 'j9')).status, 200, 'the token works');
+  });
+
+  await t.test('the token can come from the environment (ONEPORT_JOIN_TOKEN), and is not used again', async (t) => {
+    process.env.ONEPORT_JOIN_TOKEN = await mint(n1, 'j10');
+    let j10: ClusterNode;
+    try {
+      j10 = await cluster.start('j10', {}, { withCa: false });
+    } finally {
+      delete process.env.ONEPORT_JOIN_TOKEN;
+    }
+    t.equal((await j10.waitFor((l) => l.event === 'joined')).via, 'n1');
+    await j10.stop();
+    // Restarted with a spent token: it already holds its certificates and does not ask again.
+    process.env.ONEPORT_JOIN_TOKEN = await mint(n1, 'unused');
+    let again: ClusterNode;
+    try {
+      again = await cluster.start('j10', {}, { withCa: false });
+    } finally {
+      delete process.env.ONEPORT_JOIN_TOKEN;
+    }
+    await again.waitFor((l) => l.event === 'join-token-unused');
   });
 
   await t.test('a node without the CA key passes a join request on to one that holds it', async (t) => {
