@@ -117,23 +117,20 @@ t.test('a node joins with a token: its certificates come from the signer, and th
   });
 
   await t.test('the token can come from the environment (ONEPORT_JOIN_TOKEN), and is not used again', async (t) => {
-    process.env.ONEPORT_JOIN_TOKEN = await mint(n1, 'j10');
-    let j10: ClusterNode;
-    try {
-      j10 = await cluster.start('j10', {}, { withCa: false });
-    } finally {
-      delete process.env.ONEPORT_JOIN_TOKEN;
-    }
+    // The node process inherits this test's environment.
+    const startWithToken = async (token: string): Promise<ClusterNode> => {
+      process.env.ONEPORT_JOIN_TOKEN = token;
+      try {
+        return await cluster.start('j10', {}, { withCa: false });
+      } finally {
+        delete process.env.ONEPORT_JOIN_TOKEN;
+      }
+    };
+    const j10 = await startWithToken(await mint(n1, 'j10'));
     t.equal((await j10.waitFor((l) => l.event === 'joined')).via, 'n1');
     await j10.stop();
-    // Restarted with a spent token: it already holds its certificates and does not ask again.
-    process.env.ONEPORT_JOIN_TOKEN = await mint(n1, 'unused');
-    let again: ClusterNode;
-    try {
-      again = await cluster.start('j10', {}, { withCa: false });
-    } finally {
-      delete process.env.ONEPORT_JOIN_TOKEN;
-    }
+    // Restarted with another token: it already holds its certificates and does not ask again.
+    const again = await startWithToken(await mint(n1, 'unused'));
     await again.waitFor((l) => l.event === 'join-token-unused');
   });
 
