@@ -243,7 +243,7 @@ route('POST', '/api/cluster/join', 'join', async (c) => {
     const peer = c.peer === undefined ? signerPeer(cluster.nodes(), cluster.leader()?.node, cluster.nodeId) : undefined;
     if (!peer) throw new OneportError('ONEPORT_ERR_NODE_UNREACHABLE', 'no live node holds the cluster CA key to sign this request');
     const body = await readBody(c.req, c.ctx.config.http.maxBodyBytes);
-    await forwardToLeader({ nodeId: cluster.nodeId, leaderPeer: () => Promise.resolve(peer), dispatcher: leaderLink.dispatcher }, c.req, c.res, { local: false, client: c.client, body, timeoutMs: c.ctx.config.http.requestTimeoutMs });
+    await forwardToLeader({ nodeId: cluster.nodeId, leaderPeer: () => Promise.resolve(peer), dispatcher: leaderLink.dispatcher }, c.req, c.res, { local: false, client: c.client, body, timeoutMs: c.ctx.config.http.requestTimeoutMs, target: 'the signing node' });
     return;
   }
   sendJson(c.res, 200, await j.sign(await c.body(joinRequestSchema), c.client, c.peer));
