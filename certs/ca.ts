@@ -80,6 +80,7 @@ function serialNumber(): string {
   return b.toString('hex');
 }
 
+const getCertificationRequestInfo = (forge.pki as unknown as { getCertificationRequestInfo(csr: forge.pki.CertificateSigningRequest): forge.asn1.Asn1 }).getCertificationRequestInfo;
 const getTBSCertificate = (forge.pki as unknown as { getTBSCertificate(cert: forge.pki.Certificate): forge.asn1.Asn1 }).getTBSCertificate;
 
 /** What `cert.sign(key, sha256)` does, with the RSA operation done by Node instead of forge. */
@@ -263,12 +264,17 @@ interface LeafSpec {
 }
 
 function issue(ca: Pem, spec: LeafSpec, opts: LeafOptions): Pem {
+  const keys = newKeyPair();
+  return { cert: issueFor(ca, spec, opts, keys.publicKey), key: privateKeyPem(keys.privateKey) };
+}
+
+/** A certificate for `publicKey` (made here, or from a node's certificate request). */
+function issueFor(ca: Pem, spec: LeafSpec, opts: LeafOptions, publicKey: forge.pki.rsa.PublicKey): string {
   const days = checkDays(opts.days ?? spec.days, 'certificate');
   const skew = checkSkew(opts.notBeforeSkewMs ?? DEFAULT_SKEW_MS);
   const issuer = loadCa(ca);
-  const keys = newKeyPair();
   const cert = forge.pki.createCertificate();
-  cert.publicKey = keys.publicKey;
+  cert.publicKey = publicKey;
   cert.serialNumber = serialNumber();
   const now = Date.now();
   cert.validity.notBefore = new Date(now - skew);
@@ -295,7 +301,7 @@ function issue(ca: Pem, spec: LeafSpec, opts: LeafOptions): Pem {
     });
   }
   cert.setExtensions(extensions);
-  return { cert: signCertificate(cert, issuer.key), key: privateKeyPem(keys.privateKey) };
+  return signCertificate(cert, issuer.key);
 }
 
 /** A TLS server certificate: SANs for every name, CN = the first name, EKU serverAuth. */
@@ -310,6 +316,97 @@ export function issueNodeCert(ca: Pem, nodeId: string, names: readonly string[],
   const commonName = checkName(nodeId, 'node id');
   const sans = parseNames(names, 'node');
   return issue(ca, { commonName, organizationalUnit: NODE_OU, names: sans, serverAuth: true, clientAuth: true, days: 365 }, opts);
+}
+
+/** SHA-256 of a certificate's DER, lower-case hex: what a join token pins the cluster CA by. */
+export function certificateFingerprint(certPem: string): string {
+  return new X509Certificate(certPem).fingerprint256.replaceAll(':', '').toLowerCase();
+}
+
+/** A node's certificate request failed a check: the message says which (no secrets in it). */
+export class NodeRequestError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'NodeRequestError';
+  }
+}
+
+/** Largest certificate request accepted (a 4096-bit RSA request is about 1.7 KB of PEM). */
+export const MAX_NODE_REQUEST_CHARS = 8192;
+const MIN_RSA_BITS = 2048;
+const MAX_RSA_BITS = 8192;
+
+/**
+ * A new key and a PKCS#10 request for node `nodeId`'s certificate (subject CN = nodeId, OU
+ * oneport-node), signed with that key: the key never leaves the node that asks.
+ */
+export function createNodeRequest(nodeId: string): { csr: string; key: string } {
+  const commonName = checkName(nodeId, 'node id');
+  const keys = newKeyPair();
+  const key = privateKeyPem(keys.privateKey);
+  const csr = forge.pki.createCertificationRequest();
+  csr.publicKey = keys.publicKey;
+  csr.setSubject([attr('CN', commonName), attr('O', 'oneport'), attr('OU', NODE_OU)]);
+  // What `csr.sign(key, sha256)` does, with the RSA operation done by Node (as signCertificate).
+  csr.signatureOid = SHA256_RSA;
+  csr.siginfo.algorithmOid = SHA256_RSA;
+  csr.certificationRequestInfo = getCertificationRequestInfo(csr);
+  const info = Buffer.from(forge.asn1.toDer(csr.certificationRequestInfo).getBytes(), 'binary');
+  csr.signature = sign('sha256', info, keys.privateKey).toString('binary');
+  return { csr: forge.pki.certificationRequestToPem(csr), key };
+}
+
+/** A node's certificate request that passed every check (readNodeRequest), ready to sign. */
+export interface NodeRequest {
+  readonly nodeId: string;
+  readonly publicKey: forge.pki.rsa.PublicKey;
+}
+
+/**
+ * Check a node's certificate request: one PEM PKCS#10 request of bounded size whose signature
+ * verifies (the asker holds the key), for subject CN `nodeId` exactly, with an RSA key of 2048 to
+ * 8192 bits. Throws NodeRequestError.
+ */
+export function readNodeRequest(csrPem: string, nodeId: string): NodeRequest {
+  if (typeof csrPem !== 'string' || csrPem.length > MAX_NODE_REQUEST_CHARS) throw new NodeRequestError('the certificate request is missing or too large');
+  let csr: forge.pki.CertificateSigningRequest;
+  try {
+    csr = forge.pki.certificationRequestFromPem(csrPem);
+  } catch {
+    throw new NodeRequestError('the certificate request is not a PEM PKCS#10 request with an RSA key');
+  }
+  let verified = false;
+  try {
+    verified = csr.verify();
+  } catch {
+    verified = false;
+  }
+  if (!verified) throw new NodeRequestError('the certificate request\'s signature does not verify');
+  const cn = csr.subject.getField('CN') as { value?: unknown } | null;
+  if (cn?.value !== nodeId) throw new NodeRequestError(`the certificate request is for ${JSON.stringify(String(cn?.value ?? ''))}, not for node ${JSON.stringify(nodeId)}`);
+  const key = csr.publicKey as forge.pki.rsa.PublicKey | null;
+  const bits = key?.n?.bitLength();
+  if (!key || bits === undefined || bits < MIN_RSA_BITS || bits > MAX_RSA_BITS) throw new NodeRequestError(`the certificate request's key must be RSA of ${MIN_RSA_BITS} to ${MAX_RSA_BITS} bits`);
+  return { nodeId: checkName(nodeId, 'node id'), publicKey: key };
+}
+
+/**
+ * Sign a checked node request, the CA key staying here: the node certificate and a server
+ * certificate for `names`, both for the request's key (a node that joined holds no CA key to
+ * make its own). Throws NodeRequestError for bad names.
+ */
+export function signNodeRequest(ca: Pem, req: NodeRequest, names: readonly string[], opts: LeafOptions = {}): { node: string; server: string } {
+  let sans: SanName[];
+  try {
+    sans = parseNames(names, 'node');
+  } catch (e) {
+    throw new NodeRequestError((e as Error).message);
+  }
+  const first = sans[0] as SanName;
+  return {
+    node: issueFor(ca, { commonName: req.nodeId, organizationalUnit: NODE_OU, names: sans, serverAuth: true, clientAuth: true, days: 365 }, opts, req.publicKey),
+    server: issueFor(ca, { commonName: first.value, names: sans, serverAuth: true, clientAuth: false, days: 825 }, opts, req.publicKey),
+  };
 }
 
 /** A user's client certificate: CN = user, OU = oneport-user, EKU clientAuth only, no SANs. */

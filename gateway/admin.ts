@@ -22,6 +22,8 @@ export interface Admin {
   listVms(): Promise<VmRecord[]>;
   ticket(user: string, vm: string, protocol?: string): Promise<Record<string, unknown>>;
   cluster(): Promise<unknown>;
+  /** A one-time token for node `node` to join the cluster (cluster/join.ts). */
+  joinToken(node: string, ttlSeconds?: number): Promise<{ token: string; node: string; expiresAt: string }>;
   /** Planned migration: the VM's owner becomes `node` (epoch + 1); routing follows at once. */
   moveVm(name: string, node: string): Promise<VmRecord>;
   /** A new ticket signing key; the previous one stays valid until the next rotation. */
@@ -143,6 +145,9 @@ class ControlAdmin implements Admin {
   cluster(): Promise<unknown> {
     return this.call('GET', '/api/cluster');
   }
+  joinToken(node: string, ttlSeconds?: number): Promise<{ token: string; node: string; expiresAt: string }> {
+    return this.call('POST', '/api/cluster/join-tokens', { node, ...(ttlSeconds !== undefined ? { ttlSeconds } : {}) });
+  }
   moveVm(name: string, node: string): Promise<VmRecord> {
     return this.call('POST', `/api/vms/${encodeURIComponent(name)}/move`, { node });
   }
@@ -188,6 +193,9 @@ class OfflineAdmin implements Admin {
   }
   async cluster(): Promise<unknown> {
     throw new Error('the gateway is not running');
+  }
+  async joinToken(): Promise<{ token: string; node: string; expiresAt: string }> {
+    throw new Error('join tokens are minted by a running cluster node: start it with `oneport serve` (same --state)');
   }
   moveVm(name: string, node: string): Promise<VmRecord> {
     // No cluster membership to check: offline, the directory file is the whole world.

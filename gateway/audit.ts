@@ -61,7 +61,7 @@ export interface AdminAuditRecord {
   /** What: e.g. `user.put`, `vm.delete`, `vm.move`, `keys.rotate`, `ticket.issue`, `session.terminate`. */
   readonly action: string;
   /** Which record. */
-  readonly target: { readonly type: 'user' | 'vm' | 'keys' | 'session'; readonly name: string };
+  readonly target: { readonly type: 'user' | 'vm' | 'keys' | 'session' | 'node'; readonly name: string };
   /** What changed, without secrets (field names, counts). */
   readonly details?: Readonly<Record<string, unknown>>;
 }

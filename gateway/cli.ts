@@ -3,6 +3,7 @@
  * The `oneport` command: serve, init, user, vm, ticket, session, cluster.
  * Flags override the config file, which overrides defaults (config.ts).
  */
+import { writeFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError, loadConfig, type Config } from './config.js';
 import { startGateway } from './server.js';
@@ -25,6 +26,7 @@ interface GlobalOpts {
   redis?: string;
   nodeId?: string;
   advertise?: string;
+  joinTokenFile?: string;
 }
 
 const program = new Command();
@@ -42,12 +44,13 @@ function config(extra: Partial<GlobalOpts> = {}): Config {
   if (g.demo !== undefined) overrides.demo = { enabled: g.demo };
   if (g.logLevel || g.logFormat) overrides.log = { ...(g.logLevel ? { level: g.logLevel } : {}), ...(g.logFormat ? { format: g.logFormat } : {}) };
   if (g.nodeId) overrides.nodeId = g.nodeId;
-  if (g.redis !== undefined || g.advertise !== undefined) {
+  if (g.redis !== undefined || g.advertise !== undefined || g.joinTokenFile !== undefined) {
     const file = loadConfig({ configFile: g.config, overrides: { state: g.state } });
     overrides.cluster = {
       ...file.cluster,
       ...(g.redis !== undefined ? { redis: g.redis } : {}),
       ...(g.advertise !== undefined ? { advertise: g.advertise } : {}),
+      ...(g.joinTokenFile !== undefined ? { joinTokenFile: g.joinTokenFile } : {}),
     };
   }
   return loadConfig({ configFile: g.config, overrides });
@@ -64,9 +67,13 @@ program
   .option('--redis <url>', 'join the cluster whose directory is in this Redis (redis:// or rediss://; env ONEPORT_REDIS)')
   .option('--node-id <id>', 'this node\'s id in the cluster (env ONEPORT_NODE_ID; default the host name)')
   .option('--advertise <host:port>', 'where the other nodes reach this node\'s port (default: the bound address)')
+  .option('--join-token-file <file>', 'join the cluster with the one-time token in this file (`oneport cluster join-token`; env ONEPORT_JOIN_TOKEN)')
   .action(async (opts: GlobalOpts) => {
     const cfg = config(opts);
-    const gw = await startGateway(cfg);
+    // Read once and dropped from the environment, so no child (a failover hook) inherits it.
+    const joinToken = process.env.ONEPORT_JOIN_TOKEN;
+    delete process.env.ONEPORT_JOIN_TOKEN;
+    const gw = await startGateway(cfg, joinToken ? { joinToken } : {});
     // Last resort: a bug that escapes every handler is logged and counted; the process keeps
     // serving, because exiting would drop every tunnel on this node for one bad request.
     const lastResort = (where: string) => (e: unknown): void => {
@@ -343,6 +350,30 @@ clusterCmd
     try {
       await admin.rotateKeys();
       console.log('ticket signing key rotated');
+    } finally {
+      await admin.close();
+    }
+  });
+clusterCmd
+  .command('join-token <node>')
+  .description('a one-time token for a new node to join the cluster without copying the CA key (needs the running gateway)')
+  .option('--ttl <seconds>', 'how long the token is valid (default 3600, at most 86400)', (v) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1 || n > 86400) throw new InvalidArgumentError('--ttl: whole seconds from 1 to 86400');
+    return n;
+  })
+  .option('--out <file>', 'write the token to this file (mode 0600) instead of printing it')
+  .action(async (node: string, o: { ttl?: number; out?: string }) => {
+    const admin = await openAdminFor(config());
+    try {
+      const t = await admin.joinToken(node, o.ttl);
+      if (o.out) {
+        writeFileSync(o.out, `${t.token}\n`, { mode: 0o600, flag: 'wx' });
+        console.error(`join token for node ${t.node} written to ${o.out} (valid until ${t.expiresAt}, once)`);
+      } else {
+        console.log(t.token);
+        console.error(`join token for node ${t.node}, valid until ${t.expiresAt}, once. On the new node: put it in a file and start it with --join-token-file <file> (or env ONEPORT_JOIN_TOKEN).`);
+      }
     } finally {
       await admin.close();
     }

@@ -134,6 +134,8 @@ export const configSchema = z
         concurrentHashes: positive.default(16),
         /** Failed tunnel authentications per client address (IPv6: one /64) per minute. @default 30 */
         authFailuresPerAddressPerMinute: positive.default(30),
+        /** Cluster join calls (POST /api/cluster/join) per client address (IPv6: per /64) per minute. @default 10 */
+        joinsPerAddressPerMinute: positive.default(10),
         /**
          * Console tickets one user may ask for per minute in API sessions (portal, tickets call,
          * console.vv); beyond it, 429. Admin and CLI tickets are not counted. @default 60
@@ -282,6 +284,12 @@ export const configSchema = z
         redisCa: z.string().min(1).optional(),
         /** Prefix of every Redis key, so several clusters can share one Redis. @default 'oneport:{dir}:' */
         prefix: z.string().min(1).max(64).default('oneport:{dir}:'),
+        /**
+         * A file holding a one-time join token (`oneport cluster join-token <node>` on a node of the
+         * cluster): a node without the cluster CA gets its certificates with it at first start
+         * (env ONEPORT_JOIN_TOKEN works too; never on the command line, which others can read). @default none
+         */
+        joinTokenFile: z.string().min(1).optional(),
         /** host:port where the other nodes reach this node's one port. @default the bound address (0.0.0.0 becomes the first server name) */
         advertise: listenSchema.optional(),
         /** Leader lease in Redis; a dead leader is replaced within about this. @default 1200 ms */

@@ -18,6 +18,7 @@ import type { ResumeDeps } from './tunnel/resume.js';
 import type { LeaderLink } from './http/forward.js';
 import type net from 'node:net';
 import type { ConnectionCounts } from './admission.js';
+import type { JoinService } from './cluster/join.js';
 
 export interface GatewayContext {
   readonly config: Config;
@@ -50,6 +51,8 @@ export interface GatewayContext {
   readonly loggedOut: (sid: string) => void;
   /** The audit trail: sessions and admin changes (audit.ts). */
   readonly audit: Audit;
+  /** Join tokens and join requests (cluster only; cluster/join.ts). */
+  readonly join?: JoinService | undefined;
   /** How fresh the directory is: always fresh for the embedded one; the mirror's age in a cluster. */
   readonly directoryState: () => { readonly connected: boolean; readonly ageMs: number };
   /** The CA of the certificate served to clients when oneport made it (no tls.certificates), else undefined. */

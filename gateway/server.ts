@@ -48,6 +48,8 @@ import { AuditLog } from './audit.js';
 import { RdgEntrance } from './rdg/entrance.js';
 import { routeTls } from './rdg/route.js';
 import { rdgClusterLink } from './cluster/rdg-link.js';
+import { JoinService, JoinTokens, joinIfNeeded } from './cluster/join.js';
+import { KeyRingSeal, sealKeyFromCa } from './cluster/seal.js';
 
 export interface GatewayOptions {
   /** Defaults to the embedded directory saved in the state folder. */
@@ -58,6 +60,8 @@ export interface GatewayOptions {
   readonly announce?: (text: string) => void;
   /** Serve the control socket in the state folder (the CLI's way in). @default true */
   readonly controlSocket?: boolean;
+  /** A join token (cluster/join.ts), e.g. from ONEPORT_JOIN_TOKEN; else `cluster.joinTokenFile` is read. */
+  readonly joinToken?: string;
 }
 
 export interface Gateway {
@@ -81,29 +85,36 @@ const WEB_ROOT = [join(HERE, '..', 'web'), join(HERE, '..', '..', 'web')].find((
 
 export async function startGateway(config: Config, opts: GatewayOptions = {}): Promise<Gateway> {
   const log = opts.logger ?? createLogger({ level: config.log.level, nodeId: config.nodeId, format: config.log.format });
+  const redisTarget = config.cluster.redis;
+  const redis = redisTarget !== undefined && !opts.directory ? redisOptions(redisTarget, config.cluster.redisCa ? readFileSync(config.cluster.redisCa, 'utf8') : undefined) : undefined;
+  const joinToken = opts.joinToken ?? (config.cluster.joinTokenFile !== undefined ? readFileSync(config.cluster.joinTokenFile, 'utf8') : undefined);
+  if (redis !== undefined && joinToken !== undefined) await joinWithToken(config, redis, joinToken, log);
   const state = ensureState(config.state, config.serverNames);
   for (const what of state.created) log.info({ event: 'state-created', state: config.state }, `created ${what}`);
+  for (const warning of state.warnings) log.warn({ event: 'state-warning', state: config.state }, warning);
 
   const metrics = new Metrics({ defaultMetrics: true });
   let cluster: Cluster | undefined;
   let nodeIdentity: NodeIdentity | undefined;
   let redisConnection: Redis | undefined;
+  let joins: JoinService | undefined;
   let dir: Directory;
   let store: AuthStore;
   const tunnels = new TunnelRegistry(config.nodeId);
-  const redisTarget = config.cluster.redis;
-  if (redisTarget !== undefined && !opts.directory) {
-    const redis = redisOptions(redisTarget, config.cluster.redisCa ? readFileSync(config.cluster.redisCa, 'utf8') : undefined);
+  if (redisTarget !== undefined && redis !== undefined) {
     for (const gap of redisExposure(redisTarget)) {
-      log.warn({ event: 'redis-insecure', gap }, `Redis ${gap}: whoever reaches it can read the ticket signing keys (any user's session, admins' too) and rewrite the directory; see README "Security"`);
+      log.warn({ event: 'redis-insecure', gap }, `Redis ${gap}: whoever reaches it can read the password hashes and rewrite the directory (users, roles, VM addresses); see README "Security"`);
     }
     const identity = { nodeId: config.nodeId, ca: state.ca.cert, cert: ensureNodeCert(state, config.nodeId, config.serverNames) };
     nodeIdentity = identity;
     const conn = createConnection(redis, { connectionName: 'oneport-cluster', commandTimeout: 1000, connectTimeout: 2000 });
     await connectAtStart(conn, redisTarget);
-    cluster = new Cluster({ config, redis: conn, identity, log, metrics, epochFile: state.paths.epoch });
+    cluster = new Cluster({ config, redis: conn, identity, log, metrics, epochFile: state.paths.epoch, signer: state.ca.key !== undefined });
     redisConnection = conn;
-    const redisDir = await RedisDirectory.open({ redis, prefix: config.cluster.prefix, log, fence: cluster.fence() }).catch((err: unknown) => {
+    const sealKey = state.ca.key !== undefined ? sealKeyFromCa(state.ca.key) : readSealKey(state.paths.sealKey);
+    if (sealKey === undefined) log.warn({ event: 'no-seal-key', file: state.paths.sealKey }, 'no seal key: a sealed key ring in Redis cannot be read (join again with a token)');
+    const seal = sealKey ? new KeyRingSeal(sealKey) : undefined;
+    const redisDir = await RedisDirectory.open({ redis, prefix: config.cluster.prefix, log, fence: cluster.fence(), ...(seal ? { seal } : {}) }).catch((err: unknown) => {
       conn.disconnect();
       throw err;
     });
@@ -140,6 +151,18 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     metrics,
     log,
   });
+  if (redisConnection) {
+    const conn = redisConnection;
+    joins = new JoinService({
+      tokens: new JoinTokens(conn, config.cluster.prefix),
+      ca: state.ca,
+      nodeId: config.nodeId,
+      isAlive: async (id) => (await conn.exists(`${config.cluster.prefix}alive:${id}`)) === 1,
+      log,
+      audit,
+      perAddressPerMinute: config.limits.joinsPerAddressPerMinute,
+    });
+  }
   const lifecycle = { listening: false, shuttingDown: false };
   const noisyLog = new RateLimitedLog();
   let ownOrigins: string[] = [];
@@ -226,6 +249,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     // Other nodes hear of it from the auth store's revocation feed (auth/redis-store.ts).
     loggedOut: (sid) => revokeApiSession({ tunnels, metrics, log }, sid),
     audit,
+    join: joins,
   };
 
   // Sessions follow their VM: a change of owner ends its tunnels here at once (clients reconnect).
@@ -360,6 +384,25 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     demo,
     close,
   };
+}
+
+/** The seal key a joined node was given (base64 in `seal.key`), if it has one. */
+function readSealKey(file: string): Buffer | undefined {
+  if (!existsSync(file)) return undefined;
+  const key = Buffer.from(readFileSync(file, 'utf8').trim(), 'base64');
+  return key.length === 32 ? key : undefined;
+}
+
+/** Join the cluster with a token before the state folder is read (cluster/join.ts). */
+async function joinWithToken(config: Config, redis: string | RedisOptions, token: string, log: Logger): Promise<void> {
+  const conn = createConnection(redis, { connectionName: 'oneport-join', commandTimeout: 2000, connectTimeout: 2000 });
+  conn.on('error', () => undefined);
+  try {
+    await conn.connect();
+    await joinIfNeeded({ root: config.state, nodeId: config.nodeId, names: config.serverNames, token, redis: conn, prefix: config.cluster.prefix, timeoutMs: config.tunnel.dialTimeoutMs * 2, log });
+  } finally {
+    conn.disconnect();
+  }
 }
 
 /**

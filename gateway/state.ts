@@ -24,6 +24,8 @@ export interface StatePaths {
   readonly epoch: string;
   /** Logged-out API sessions, until they expire (embedded auth store). */
   readonly revokedSessions: string;
+  /** The key ring's seal key, on a node that joined with a token (cluster/seal.ts). */
+  readonly sealKey: string;
 }
 
 export function statePaths(root: string): StatePaths {
@@ -39,30 +41,44 @@ export function statePaths(root: string): StatePaths {
     nodeKey: join(root, 'node-key.pem'),
     epoch: join(root, 'epoch'),
     revokedSessions: join(root, 'revoked-sessions.json'),
+    sealKey: join(root, 'seal.key'),
   };
 }
 
 const RENEW_BEFORE_MS = 30 * 24 * 3600 * 1000;
 
+/** The cluster CA: its certificate, and its key only on nodes that sign (a joined node has none). */
+export interface CaPem {
+  readonly cert: string;
+  readonly key: string | undefined;
+}
+
 export interface EnsuredState {
   readonly paths: StatePaths;
-  readonly ca: Pem;
+  readonly ca: CaPem;
   readonly server: Pem;
   /** What was created or renewed, for the start-up log. */
   readonly created: string[];
+  /** What should have been renewed but could not be (no CA key here), for the start-up log. */
+  readonly warnings: string[];
 }
 
 export function ensureState(root: string, serverNames: readonly string[]): EnsuredState {
   const paths = statePaths(root);
   const created: string[] = [];
+  const warnings: string[] = [];
   prepareStateFolder(root);
-  let ca: Pem;
+  let ca: CaPem;
   if (existsSync(paths.caCert) && existsSync(paths.caKey)) {
     ca = { cert: readFileSync(paths.caCert, 'utf8'), key: readFileSync(paths.caKey, 'utf8') };
+  } else if (existsSync(paths.caCert)) {
+    // A node that joined with a token: the CA's certificate without its key.
+    ca = { cert: readFileSync(paths.caCert, 'utf8'), key: undefined };
   } else {
-    ca = createCa();
-    writePrivate(paths.caKey, ca.key);
-    writeFileSync(paths.caCert, ca.cert, { mode: 0o644 });
+    const made = createCa();
+    writePrivate(paths.caKey, made.key);
+    writeFileSync(paths.caCert, made.cert, { mode: 0o644 });
+    ca = made;
     created.push('cluster CA');
   }
   let server: Pem | undefined;
@@ -71,39 +87,56 @@ export function ensureState(root: string, serverNames: readonly string[]): Ensur
     const names = certificateNames(server.cert);
     const covered = new Set([...names.dns.map((n) => n.toLowerCase()), ...names.ips]);
     const stale = names.notAfter.getTime() - Date.now() < RENEW_BEFORE_MS;
-    if (stale || !serverNames.every((n) => covered.has(n.toLowerCase()))) server = undefined;
+    if (stale || !serverNames.every((n) => covered.has(n.toLowerCase()))) {
+      if (ca.key === undefined) warnings.push(`the server certificate ${stale ? 'expires within 30 days' : `does not cover ${serverNames.join(', ')}`} and this node holds no CA key to reissue it: join again with a new token, or configure tls.certificates`);
+      else server = undefined;
+    }
   }
   if (!server) {
-    server = issueServerCert(ca, serverNames);
+    if (ca.key === undefined) throw new StateFolderError(`${paths.serverCert} is missing and this node holds no CA key (${paths.caKey}) to make one: start it with a join token (README "Cluster setup")`);
+    server = issueServerCert({ cert: ca.cert, key: ca.key }, serverNames);
     writePrivate(paths.serverKey, server.key);
     writeFileSync(paths.serverCert, server.cert, { mode: 0o644 });
     created.push(`server certificate for ${serverNames.join(', ')}`);
   }
-  return { paths, ca, server, created };
+  return { paths, ca, server, created, warnings };
 }
 
 /**
  * The node certificate for node-to-node mutual TLS (cluster), from the cluster CA in the state
- * folder: every node of a cluster must hold the same CA (copy ca.pem and ca-key.pem before the
- * first start). Reissued when the node id or the CA changed, or it expires within 30 days.
+ * folder: a node holding the CA key issues its own, reissued when the node id or the CA changed,
+ * or it expires within 30 days; a node that joined with a token uses the one it was given (until
+ * it expires: then it needs a new token).
  */
 export function ensureNodeCert(state: EnsuredState, nodeId: string, names: readonly string[]): Pem {
   const { paths, ca } = state;
-  if (existsSync(paths.nodeCert) && existsSync(paths.nodeKey)) {
-    const cert = readFileSync(paths.nodeCert, 'utf8');
-    const key = readFileSync(paths.nodeKey, 'utf8');
-    try {
-      const x = new X509Certificate(cert);
-      const fresh = new Date(x.validTo).getTime() - Date.now() > RENEW_BEFORE_MS;
-      if (fresh && x.checkIssued(new X509Certificate(ca.cert)) && x.subject.split('\n').includes(`CN=${nodeId}`)) return { cert, key };
-    } catch {
-      // unreadable: reissue
-    }
+  const held = heldNodeCert(paths, ca.cert, nodeId);
+  if (held && (held.fresh || ca.key === undefined)) return held.pem;
+  if (ca.key === undefined) {
+    throw new StateFolderError(`no valid node certificate for node ${nodeId} in ${paths.root}, and no CA key to issue one: start this node with a new join token (README "Cluster setup")`);
   }
-  const pem = issueNodeCert(ca, nodeId, names);
+  const pem = issueNodeCert({ cert: ca.cert, key: ca.key }, nodeId, names);
   writePrivate(paths.nodeKey, pem.key);
   writeFileSync(paths.nodeCert, pem.cert, { mode: 0o644 });
   return pem;
+}
+
+/**
+ * The node certificate in the state folder when it is node `nodeId`'s, issued by the CA and
+ * still valid; `fresh` unless it expires within 30 days.
+ */
+export function heldNodeCert(paths: StatePaths, caCert: string, nodeId: string): { pem: Pem; fresh: boolean } | undefined {
+  if (!existsSync(paths.nodeCert) || !existsSync(paths.nodeKey)) return undefined;
+  const cert = readFileSync(paths.nodeCert, 'utf8');
+  const key = readFileSync(paths.nodeKey, 'utf8');
+  try {
+    const x = new X509Certificate(cert);
+    const left = new Date(x.validTo).getTime() - Date.now();
+    if (left <= 0 || !x.checkIssued(new X509Certificate(caCert)) || !x.subject.split('\n').includes(`CN=${nodeId}`)) return undefined;
+    return { pem: { cert, key }, fresh: left > RENEW_BEFORE_MS };
+  } catch {
+    return undefined;
+  }
 }
 
 /** The state folder is unfit: not ours, or writable by others. The message says how to fix it. */
@@ -140,4 +173,18 @@ export function prepareStateFolder(root: string): void {
 function writePrivate(file: string, text: string): void {
   writeFileSync(file, text, { mode: 0o600 });
   chmodSync(file, 0o600);
+}
+
+/**
+ * What joining with a token brought (cluster/join.ts): the cluster CA's certificate (no key), this
+ * node's key, its node and server certificates for that key, and the key ring's seal key
+ * (base64). Keys 0600, certificates 0644.
+ */
+export function saveJoinedIdentity(paths: StatePaths, joined: { ca: string; key: string; node: string; server: string; seal: string }): void {
+  writePrivate(paths.sealKey, `${joined.seal}\n`);
+  writePrivate(paths.nodeKey, joined.key);
+  writeFileSync(paths.nodeCert, joined.node, { mode: 0o644 });
+  writePrivate(paths.serverKey, joined.key);
+  writeFileSync(paths.serverCert, joined.server, { mode: 0o644 });
+  writeFileSync(paths.caCert, joined.ca, { mode: 0o644 });
 }

@@ -27,6 +27,7 @@ import { type ProbeProtocol, probeAnswer, probeGreeting } from '../../protocols/
 import { LeaderLease, type LeaderInfo } from './lease.js';
 import { Membership, type NodeInfo, type PeerView } from './membership.js';
 import { Peers, peerNodeId, type NodeIdentity } from './peers.js';
+import { RedisDirectory, type ReseedVerdict } from '../directory/redis.js';
 import { X509Certificate } from 'node:crypto';
 
 export interface ClusterDeps {
@@ -38,6 +39,8 @@ export interface ClusterDeps {
   readonly metrics: Metrics;
   /** Where this node remembers the highest leader epoch it has seen. */
   readonly epochFile: string;
+  /** This node holds the CA key and signs join requests (advertised in its node record). */
+  readonly signer?: boolean;
 }
 
 export interface ClusterStatus {
@@ -95,6 +98,8 @@ export class Cluster {
   private readonly hooked = new Map<string, number>();
   private readonly recovering = new Set<string>();
   private readonly failingOver = new Set<string>();
+  /** The leader term in which this node started gathering mirror versions before a reseed. */
+  private gathering: { epoch: number; since: number } | undefined;
 
   private readonly caCert: X509Certificate;
 
@@ -111,6 +116,9 @@ export class Cluster {
       pollMs: c.pollMs,
       initialEpoch: readEpoch(deps.epochFile),
       log: deps.log,
+      // While Redis waits for the directory to be written back, a node whose mirror is older than
+      // a live peer's does not lead: the leader writes its mirror back, and must hold the newest.
+      eligible: () => this.fresherPeer() === undefined,
     });
     this.lease.on('epoch', (e: number) => {
       try {
@@ -151,8 +159,34 @@ export class Cluster {
   }
 
   /** The directory's fence: hand this to RedisDirectory before it opens. */
-  fence(): { key: string; token: () => string; onFenced: () => void } {
-    return { key: `${this.deps.config.cluster.prefix}leader`, token: () => this.lease.fenceToken(), onFenced: () => this.lease.fenced() };
+  fence(): { key: string; token: () => string; onFenced: () => void; reseed: () => ReseedVerdict } {
+    return { key: `${this.deps.config.cluster.prefix}leader`, token: () => this.lease.fenceToken(), onFenced: () => this.lease.fenced(), reseed: () => this.reseedVerdict() };
+  }
+
+  /**
+   * May this node write its mirror back into a Redis that lost the directory? Only as leader, and
+   * only `nodeTimeoutMs` after it first asked in this term: by then every live node has
+   * heartbeated its mirror version into the new Redis (tick() hands those versions to the
+   * directory, which refuses a mirror older than any of them), and a node that has not is
+   * suspect anyway.
+   */
+  private reseedVerdict(): ReseedVerdict {
+    const leader = this.isLeader() ? this.leader() : undefined;
+    if (!leader) return 'not-leader';
+    if (this.gathering?.epoch !== leader.epoch) this.gathering = { epoch: leader.epoch, since: performance.now() };
+    if (performance.now() - this.gathering.since < this.deps.config.cluster.nodeTimeoutMs) return 'gathering';
+    return this.fresherPeer() === undefined ? 'go' : 'not-leader';
+  }
+
+  /**
+   * While Redis waits for the directory to be written back: a live peer whose mirror is newer than
+   * ours (it should lead the reseed), if any.
+   */
+  private fresherPeer(): string | undefined {
+    const dir = this.dir;
+    if (!(dir instanceof RedisDirectory) || dir.awaitingReseed() === undefined) return undefined;
+    const own = dir.version();
+    return this.members.all().find((p) => p.info.id !== this.nodeId && p.state === 'up' && (p.heartbeat?.mirror.version ?? 0) > own)?.info.id;
   }
 
   /** Start electing and heartbeating once the port is bound (the address is known). */
@@ -198,6 +232,7 @@ export class Cluster {
       version: VERSION,
       capacity: this.deps.config.cluster.capacity ?? this.deps.config.limits.maxConnections,
       startedAt: this.startedAt,
+      ...(this.deps.signer ? { signer: true } : {}),
     };
   }
 
@@ -239,9 +274,16 @@ export class Cluster {
       for (const p of view.values()) {
         counts[p.state]++;
         if (p.heartbeat) this.lastSeen.set(p.info.id, p.heartbeat.at);
+        // A peer's mirror holds only versions Redis acknowledged: ours must not be written back older.
+        if (p.heartbeat && p.info.id !== this.nodeId && this.dir instanceof RedisDirectory) this.dir.noteAcknowledged(p.heartbeat.mirror.version, p.info.id);
         if (p.state === 'suspect' && p.info.id !== this.nodeId) void this.judge(p);
       }
       for (const [state, n] of Object.entries(counts)) this.deps.metrics.clusterNodes.set({ state }, n);
+      const fresher = this.isLeader() ? this.fresherPeer() : undefined;
+      if (fresher !== undefined) {
+        this.deps.log.warn({ event: 'leader-abdicated', fresher }, `Redis lost the directory and node ${fresher} holds a newer mirror: it should lead the reseed`);
+        await this.lease.abdicate('fresher-mirror-elsewhere');
+      }
       if (this.isLeader()) this.sweep(view);
     } finally {
       this.ticking = false;

@@ -78,6 +78,8 @@ export interface LeaseOptions {
   /** The highest epoch this node saw before (persisted by the caller). */
   readonly initialEpoch?: number;
   readonly log?: Logger | undefined;
+  /** Whether this node may stand for election now (asked before each attempt). @default always */
+  readonly eligible?: () => boolean;
 }
 
 type Script = (...args: Array<string | number>) => Promise<unknown>;
@@ -168,6 +170,7 @@ export class LeaderLease extends EventEmitter {
   }
 
   private async tryAcquire(): Promise<void> {
+    if (this.opts.eligible && !this.opts.eligible()) return;
     const sentAt = performance.now();
     const [taken, token] = (await this.acquire(this.opts.key, this.opts.epochKey, this.opts.nodeId, this.opts.leaseMs, this.highest)) as [number, string];
     const info = parseToken(token);
@@ -238,6 +241,14 @@ export class LeaderLease extends EventEmitter {
     if (info?.node === this.known?.node && info?.epoch === this.known?.epoch) return;
     this.known = info;
     this.emit('leader', info);
+  }
+
+  /** Give the lease up now (another node should lead); this node may stand again when eligible. */
+  async abdicate(reason: string): Promise<void> {
+    const token = this.token;
+    if (token === undefined) return;
+    this.stepDown(reason);
+    await this.resign(this.opts.key, token).catch(() => {});
   }
 
   /** Stop; a leader gives its lease up so the next one is elected without waiting for expiry. */

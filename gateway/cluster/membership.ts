@@ -25,6 +25,8 @@ export interface NodeInfo {
   readonly down?: { readonly at: number; readonly epoch: number } | undefined;
   /** Set by the node itself on a graceful stop: not failed over (move its VMs first). */
   readonly left?: { readonly at: number } | undefined;
+  /** It holds the cluster CA key: it signs join requests (cluster/join.ts). */
+  readonly signer?: boolean | undefined;
 }
 
 export interface Heartbeat {

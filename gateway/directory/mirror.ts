@@ -46,6 +46,12 @@ interface Held<T> {
 }
 
 export class DirectoryMirror {
+  /**
+   * @param openRing the key ring's JSON from its text in Redis (cluster/seal.ts: a sealed ring is
+   *   opened here; undefined when it cannot be). Default: the text is the JSON.
+   */
+  constructor(private readonly openRing: (text: string) => string | undefined = (text) => text) {}
+
   private readonly users = new Map<string, Held<UserRecord>>();
   private readonly vms = new Map<string, Held<VmRecord>>();
   private keyRing: Held<KeyRing> | undefined;
@@ -60,7 +66,7 @@ export class DirectoryMirror {
   get lastId(): string {
     return this.last;
   }
-  /** The key ring JSON, for writing it back (compare-and-set rotation, re-seeding). */
+  /** The key ring as Redis holds it (sealed or not), for writing it back (compare-and-set rotation, re-seeding). */
   get keysJson(): string | undefined {
     return this.keyRing?.json;
   }
@@ -101,7 +107,7 @@ export class DirectoryMirror {
     let change: DirectoryChange;
     if (e.kind === 'keys') {
       if (e.data === undefined) return { invalid: `entry ${e.id}: a key ring change without data` };
-      const ring = parseKeyRing(e.data);
+      const ring = this.parseRing(e.data);
       if (!ring) return { invalid: `entry ${e.id}: malformed key ring` };
       this.keyRing = { record: ring, json: e.data };
       change = { kind: 'keys', version: e.version };
@@ -149,7 +155,7 @@ export class DirectoryMirror {
     swap('user', this.users, s.users);
     swap('vm', this.vms, s.vms);
     if (s.keys !== undefined && s.keys !== this.keyRing?.json) {
-      const ring = parseKeyRing(s.keys);
+      const ring = this.parseRing(s.keys);
       if (ring) {
         this.keyRing = { record: ring, json: s.keys };
         changes.push({ kind: 'keys', version });
@@ -158,6 +164,11 @@ export class DirectoryMirror {
     this.ver = version;
     this.last = s.lastId;
     return { changes, invalid };
+  }
+
+  private parseRing(text: string): KeyRing | undefined {
+    const json = this.openRing(text);
+    return json === undefined ? undefined : parseKeyRing(json);
   }
 }
 

@@ -30,10 +30,17 @@
  * run_id changed), or a version mismatch seen by the periodic check (`checkIntervalMs`). While
  * Redis is away, reads keep serving the last mirror; `staleness()` says how old it is.
  *
- * A Redis that comes back empty (restarted without persistence, or flushed) lost the directory: by
- * default the first gateway to notice writes its mirror back (only if the version key is still
- * absent, in one script), so routes and signing keys survive and the version keeps growing; with
- * `reseed: false` the mirrors follow the empty Redis instead (and `version()` goes back).
+ * A Redis that comes back empty (restarted without persistence, or flushed) lost the directory.
+ * A mirror is written back (only if the version key is still absent, or holds nothing but a key
+ * ring a fresh node just published, in one script), so routes and signing keys survive and the
+ * version keeps growing. In a cluster (`fence`), only the leader writes it back, fenced like every
+ * leader write, when its `reseed()` gate says so (cluster.ts: after the other nodes had time to
+ * report their mirrors), and never from a mirror older than the highest version this node saw
+ * acknowledged (its own writes' replies, the version key, the feed, the other nodes' heartbeats:
+ * `noteAcknowledged`). Until then every node keeps serving its mirror, refuses writes, and asks
+ * again every `reseedPollMs`: nobody adopts the empty Redis. Without `fence`, the first instance to
+ * notice writes its mirror back; with `reseed: false` the mirrors follow the empty Redis instead
+ * (and `version()` goes back).
  */
 import { EventEmitter } from 'node:events';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -64,6 +71,8 @@ export interface RedisDirectoryOptions {
   readonly commandTimeoutMs?: number;
   /** Write the mirror back into a Redis that lost the directory. @default true */
   readonly reseed?: boolean;
+  /** While a Redis that lost the directory waits for its reseed, look again this often. @default 250 ms */
+  readonly reseedPollMs?: number;
   /** Most entries applied per XREAD. @default 500 */
   readonly readBatch?: number;
   /** Name of the connections in `CLIENT LIST`. @default 'oneport-directory' */
@@ -76,8 +85,22 @@ export interface RedisDirectoryOptions {
    * the token while this node leads, and throws (NotLeaderError) when it does not; every write
    * but `putVm(..., {unfenced})` carries it into its script. Unset: writes are unfenced.
    */
-  readonly fence?: { readonly key: string; token(): string; onFenced?(): void };
+  readonly fence?: { readonly key: string; token(): string; onFenced?(): void; reseed?(): ReseedVerdict };
+  /**
+   * Cluster: the key ring is kept sealed in Redis (cluster/seal.ts): `seal` for what this node
+   * writes, `open` for what it reads (a ring written before sealing passes through). Unset: clear.
+   */
+  readonly seal?: { seal(json: string): string; open(text: string): string | undefined };
 }
+
+/**
+ * May this node write its mirror back into a Redis that lost the directory now? `go`, or why not
+ * yet: it does not lead, or it leads but still gathers the other nodes' mirror versions.
+ */
+export type ReseedVerdict = 'go' | 'not-leader' | 'gathering';
+
+/** Why a Redis that lost the directory is still empty, as far as this node knows. */
+export type ReseedWait = Exclude<ReseedVerdict, 'go'> | 'stale-mirror';
 
 export type ResyncReason = 'start' | 'reconnect' | 'master-changed' | 'gap' | 'trimmed' | 'invalid-entry' | 'version-mismatch' | 'seed';
 
@@ -124,6 +147,7 @@ const DEFAULTS = {
   commandTimeoutMs: 2_000, // 2 seconds
   readBatch: 500, // entries
   connectionName: 'oneport-directory',
+  reseedPollMs: 250, // ms
 } as const;
 
 // Every script gets the same KEYS: 1 users, 2 vms, 3 keys, 4 version, 5 changes, 6 the leader
@@ -156,11 +180,22 @@ if bad then return redis.error_reply('ONEPORT_DIRECTORY ' .. bad) end
 `;
 
 /**
+ * A record write into a Redis without a version lost the directory (a fresh one always gets a key
+ * ring, and so a version, first): it waits for its reseed rather than start a new history that
+ * the reseed could then not overwrite.
+ */
+const NOT_EMPTIED = `
+if redis.call('EXISTS', KEYS[4]) == 0 then
+  return redis.error_reply('ONEPORT_EMPTIED the directory in Redis was lost and awaits its reseed')
+end
+`;
+
+/**
  * ARGV: kind (user|vm), name, json, maxlen, expected epoch of the stored VM ('' = any). Returns
  * the new version, or 0 when the stored VM's epoch is not the expected one (compare-and-set).
  * The change entry's `w` field names the fencing token that wrote it.
  */
-const PUT_LUA = `${PRELUDE}
+const PUT_LUA = `${PRELUDE}${NOT_EMPTIED}
 local hash = KEYS[2]
 if ARGV[1] == 'user' then hash = KEYS[1] end
 if ARGV[5] and ARGV[5] ~= '' then
@@ -176,7 +211,7 @@ return v
 `;
 
 /** ARGV: kind, name, maxlen. Returns the new version, or 0 if there was no such record. */
-const DEL_LUA = `${PRELUDE}
+const DEL_LUA = `${PRELUDE}${NOT_EMPTIED}
 local hash = KEYS[2]
 if ARGV[1] == 'user' then hash = KEYS[1] end
 if redis.call('HDEL', hash, ARGV[2]) == 0 then return 0 end
@@ -197,11 +232,13 @@ return v
 
 /**
  * Write a whole mirror back into a Redis that lost the directory, only if the version key is
- * still absent (the first gateway wins, the others then load what it wrote).
+ * still absent, or Redis holds nothing but the key ring a fresh node published at version 1 (the
+ * first writer wins, the others then load what it wrote). Fenced in a cluster: only the leader.
  * ARGV: maxlen, version, keys JSON ('' = none), user count, then user name/JSON pairs, then VM pairs.
  */
 const SEED_LUA = `${FENCE}
-if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+local had = redis.call('GET', KEYS[4])
+if had and not (had == '1' and redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0) then return 0 end
 ${PRELUDE.replace(FENCE, '')}
 redis.call('DEL', KEYS[1], KEYS[2])
 local i = 5
@@ -215,7 +252,7 @@ while i < #ARGV do
 end
 if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3]) end
 redis.call('SET', KEYS[4], ARGV[2])
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[1], '*', 'v', ARGV[2], 'k', 'seed', 'n', '')
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[1], '*', 'v', ARGV[2], 'k', 'seed', 'n', '', 'w', fence)
 return 1
 `;
 
@@ -292,6 +329,7 @@ export function redisCallError(what: string, target: string, err: unknown): Erro
   if (err instanceof OneportError) return err;
   if (err instanceof Error && err.name === 'ReplyError') {
     if (message.startsWith('ONEPORT_FENCED')) return new NotLeaderError(`${what}: refused, this node no longer leads the cluster`);
+    if (message.startsWith('ONEPORT_EMPTIED')) return new DirectoryUnavailableError(`${what}: Redis lost the directory; not done until the leader writes it back`, { cause: err });
     return new Error(`${what}: Redis refused: ${message}`, { cause: err });
   }
   return new DirectoryUnavailableError(`${what} failed: Redis at ${target} is unreachable (${message}); not done, or not confirmed`, { cause: err });
@@ -299,12 +337,14 @@ export function redisCallError(what: string, target: string, err: unknown): Erro
 
 export class RedisDirectory extends EventEmitter implements Directory {
   readonly kind = 'redis' as const;
-  private readonly mirror = new DirectoryMirror();
+  private readonly mirror: DirectoryMirror;
+  /** The key ring's text as written to Redis: sealed in a cluster. */
+  private readonly sealRing: (json: string) => string;
   private readonly cmd: Redis;
   private readonly reader: Redis;
   private readonly scripts: Scripts;
   private readonly k: { users: string; vms: string; keys: string; version: string; changes: string };
-  private readonly opts: Required<Omit<RedisDirectoryOptions, 'log' | 'redis' | 'fence'>> & { log: Logger | undefined; target: string; fence: RedisDirectoryOptions['fence'] };
+  private readonly opts: Required<Omit<RedisDirectoryOptions, 'log' | 'redis' | 'fence' | 'seal'>> & { log: Logger | undefined; target: string; fence: RedisDirectoryOptions['fence']; seal: RedisDirectoryOptions['seal'] };
   private runId: string | undefined;
   private readerId: number | undefined;
   private linkUp = false;
@@ -312,6 +352,12 @@ export class RedisDirectory extends EventEmitter implements Directory {
   private wasConnected = false;
   private lastSync = 0;
   private needResync: ResyncReason | undefined;
+  /** The highest directory version this node saw Redis acknowledge itself (see noteAcknowledged). */
+  private acked = 0;
+  /** The last mirror version each other node reported (its heartbeat): each one was acknowledged. */
+  private readonly peerAcked = new Map<string, number>();
+  /** Redis lost the directory and this node waits for its reseed (serving its mirror meanwhile). */
+  private awaiting: ReseedWait | undefined;
   private pendingRemote: number | undefined;
   private checking = false;
   private checkTimer: NodeJS.Timeout | undefined;
@@ -341,13 +387,17 @@ export class RedisDirectory extends EventEmitter implements Directory {
       blockMs: options.blockMs ?? DEFAULTS.blockMs,
       commandTimeoutMs: options.commandTimeoutMs ?? DEFAULTS.commandTimeoutMs,
       reseed: options.reseed ?? true,
+      reseedPollMs: options.reseedPollMs ?? DEFAULTS.reseedPollMs,
       readBatch: options.readBatch ?? DEFAULTS.readBatch,
       connectionName: options.connectionName ?? DEFAULTS.connectionName,
       now: options.now ?? Date.now,
       log: options.log,
       fence: options.fence,
+      seal: options.seal,
       target: describeRedis(options.redis),
     };
+    this.mirror = new DirectoryMirror(options.seal ? (text) => options.seal!.open(text) : undefined);
+    this.sealRing = options.seal ? (json) => options.seal!.seal(json) : (json) => json;
     const p = this.opts.prefix;
     this.k = { users: `${p}users`, vms: `${p}vms`, keys: `${p}keys`, version: `${p}version`, changes: `${p}changes` };
     const timeouts = { connectTimeout: Math.max(this.opts.commandTimeoutMs, 1_000) };
@@ -420,6 +470,28 @@ export class RedisDirectory extends EventEmitter implements Directory {
     return { connected: this.isConnected(), lastSyncAt: this.lastSync, ageMs: Math.max(0, now - this.lastSync) };
   }
 
+  /**
+   * Redis acknowledged version `v`: seen by this node, or reported by node `from` (its heartbeat:
+   * the last report of each node counts, so a node that followed Redis back to an older history
+   * stops counting its old version). This node's mirror must be at least that new before it may
+   * write it back into an emptied Redis, or it would bring back what those versions deleted.
+   */
+  noteAcknowledged(v: number, from?: string): void {
+    if (!Number.isSafeInteger(v)) return;
+    if (from !== undefined) this.peerAcked.set(from, v);
+    else if (v > this.acked) this.acked = v;
+  }
+
+  /** The highest version this node saw acknowledged (its mirror's included). */
+  acknowledged(): number {
+    return Math.max(this.acked, this.mirror.version, ...this.peerAcked.values());
+  }
+
+  /** Why Redis still lacks the directory this mirror serves, while it does; else undefined. */
+  awaitingReseed(): ReseedWait | undefined {
+    return this.awaiting;
+  }
+
   /** The Redis server's run_id the mirror last synced from (changes on restart or failover). */
   get redisRunId(): string | undefined {
     return this.runId;
@@ -458,9 +530,11 @@ export class RedisDirectory extends EventEmitter implements Directory {
   async rotateKeys(): Promise<void> {
     for (let attempt = 0; attempt < 5; attempt++) {
       const cur = await this.write<string | null>('read keys', () => this.cmd.get(this.k.keys), true);
-      const old = cur ? (JSON.parse(cur) as KeyRing).current : this.keys().current;
+      const opened = cur === null ? undefined : this.opts.seal ? this.opts.seal.open(cur) : cur;
+      if (cur !== null && opened === undefined) throw new Error('directory: the key ring in Redis is sealed with another key than this node\'s');
+      const old = opened !== undefined ? (JSON.parse(opened) as KeyRing).current : this.keys().current;
       const next: KeyRing = { current: newSigningKey(old.id + 1), previous: [old] };
-      const v = await this.write<number>('rotate keys', (f) => this.scripts.oneportDirKeysCas(...this.keyList(), f, cur ?? '', JSON.stringify(next), this.opts.changesMaxLen));
+      const v = await this.write<number>('rotate keys', (f) => this.scripts.oneportDirKeysCas(...this.keyList(), f, cur ?? '', this.sealRing(JSON.stringify(next)), this.opts.changesMaxLen));
       if (v > 0) return this.visible(v);
     }
     throw new Error('directory: key rotation lost 5 races in a row with other writers');
@@ -473,9 +547,13 @@ export class RedisDirectory extends EventEmitter implements Directory {
   /** Run one write with this node's fencing token ('' when unfenced or outside a cluster). */
   private async write<T>(what: string, fn: (fence: string) => Promise<unknown>, unfenced = false): Promise<T> {
     if (this.closing) throw new DirectoryUnavailableError(`directory: ${what}: the directory is closed`);
+    if (this.awaiting) throw new DirectoryUnavailableError(`directory: ${what}: Redis lost the directory; not done until the leader writes it back`);
     const fence = unfenced || !this.opts.fence ? '' : this.opts.fence.token();
     try {
-      return (await fn(fence)) as T;
+      const reply = await fn(fence);
+      // A write's reply is its version: acknowledged, whether or not the feed brings it here.
+      if (typeof reply === 'number') this.noteAcknowledged(reply);
+      return reply as T;
     } catch (err) {
       const e = redisCallError(`directory: ${what}`, this.opts.target, err);
       if (e instanceof NotLeaderError) this.opts.fence?.onFenced?.();
@@ -522,23 +600,32 @@ export class RedisDirectory extends EventEmitter implements Directory {
     return { users: pairs(raw[0]), vms: pairs(raw[1]), keys: raw[2] ?? undefined, version: Number(raw[3]), lastId: raw[4] };
   }
 
-  private async resync(reason: ResyncReason): Promise<void> {
+  /**
+   * Load a snapshot into the mirror. Returns false, leaving the mirror as it was, while Redis lost
+   * the directory and this node may not (or need not yet) write it back: ask again later.
+   */
+  private async resync(reason: ResyncReason): Promise<boolean> {
     const info = await this.cmd.info('server');
     const runId = /run_id:(\w+)/.exec(info)?.[1];
     if (reason === 'reconnect' && this.runId !== undefined && runId !== this.runId) reason = 'master-changed';
     let snap = await this.snapshot();
     let reseeded = false;
-    if (snap.version === 0 && this.opts.reseed && this.mirror.version > 0) {
-      // Redis lost the directory (restart without persistence, flush): write ours back.
-      const d = this.mirror.dump();
-      const args = [this.opts.changesMaxLen, d.version, d.keys ?? '', d.users.length, ...d.users.flat(), ...d.vms.flat()];
-      reseeded = (await this.scripts.oneportDirSeed(...this.keyList(), '', ...args)) === 1;
+    if (this.lostDirectory(snap)) {
+      const outcome = await this.reseed();
+      if (outcome !== 'reseeded' && outcome !== 'lost-race') {
+        this.awaitReseed(outcome, runId);
+        return false;
+      }
+      reseeded = outcome === 'reseeded';
       snap = await this.snapshot();
     }
+    // The history is Redis's from here on: a version it went back from (a failover to a replica
+    // that missed writes) no longer counts as acknowledged by this node.
+    this.acked = snap.version;
     if (snap.keys === undefined) {
       // A new (or emptied) Redis: publish a key ring, ours if we have one so tickets and tokens
       // stay valid. Compare-and-set: if another gateway got there first, theirs stands.
-      const ring = this.mirror.keysJson ?? JSON.stringify({ current: newSigningKey(1), previous: [] } satisfies KeyRing);
+      const ring = this.mirror.keysJson ?? this.sealRing(JSON.stringify({ current: newSigningKey(1), previous: [] } satisfies KeyRing));
       await this.scripts.oneportDirKeysCas(...this.keyList(), '', '', ring, this.opts.changesMaxLen);
       snap = await this.snapshot();
     }
@@ -550,9 +637,71 @@ export class RedisDirectory extends EventEmitter implements Directory {
     if (invalid.length) this.opts.log?.error({ event: 'directory-invalid-records', records: invalid }, 'directory: skipped malformed records in Redis');
     const ev: ResyncEvent = { reason, from, to: snap.version, changed: changes.length, reseeded };
     if (reason !== 'start') this.opts.log?.warn({ event: 'directory-resync', ...ev }, `directory mirror resynced (${reason})`);
+    if (this.awaiting) this.opts.log?.info({ event: 'directory-reseed-done', version: snap.version, reseeded }, reseeded ? 'directory written back into Redis from this mirror' : 'directory written back into Redis by the leader');
+    this.awaiting = undefined;
     for (const c of changes) this.emitChange(c);
     this.wakeWaiters();
     this.emit('resync', ev);
+    return true;
+  }
+
+  /**
+   * Redis holds no directory (no version, or only the key ring a fresh node published) while this
+   * mirror holds one: the data was lost, not never written.
+   */
+  private lostDirectory(snap: Snapshot): boolean {
+    if (!this.opts.reseed || this.mirror.version === 0) return false;
+    return snap.version === 0 || (snap.version === 1 && this.mirror.version > 1 && snap.users.size === 0 && snap.vms.size === 0);
+  }
+
+  /** Write this mirror back, if this node may: see the file comment. */
+  private async reseed(): Promise<'reseeded' | 'lost-race' | ReseedWait> {
+    const verdict = this.opts.fence?.reseed?.() ?? 'go';
+    if (verdict !== 'go') return verdict;
+    const d = this.mirror.dump();
+    const acked = this.acknowledged();
+    if (d.version < acked) {
+      if (this.awaiting !== 'stale-mirror') {
+        this.opts.log?.error(
+          { event: 'directory-reseed-refused', mirror: d.version, acknowledged: acked },
+          `Redis lost the directory, and this mirror (version ${d.version}) is older than version ${acked} seen acknowledged: not written back (it would undo those changes)`,
+        );
+      }
+      return 'stale-mirror';
+    }
+    let fence = '';
+    if (this.opts.fence) {
+      try {
+        fence = this.opts.fence.token();
+      } catch {
+        return 'not-leader';
+      }
+    }
+    const args = [this.opts.changesMaxLen, d.version, d.keys ?? '', d.users.length, ...d.users.flat(), ...d.vms.flat()];
+    try {
+      return (await this.scripts.oneportDirSeed(...this.keyList(), fence, ...args)) === 1 ? 'reseeded' : 'lost-race';
+    } catch (err) {
+      const e = redisCallError('directory: reseed', this.opts.target, err);
+      if (!(e instanceof NotLeaderError)) throw e;
+      this.opts.fence?.onFenced?.();
+      return 'not-leader';
+    }
+  }
+
+  /** Keep serving the mirror, refuse writes, and say so once per reason. */
+  private awaitReseed(why: ReseedWait, runId: string | undefined): void {
+    if (this.awaiting !== why) {
+      this.opts.log?.warn(
+        { event: 'directory-awaiting-reseed', why, mirror: this.mirror.version, acknowledged: this.acknowledged() },
+        `directory: Redis lost the directory; serving this mirror (version ${this.mirror.version}) until the leader writes it back (${why})`,
+      );
+    }
+    const changed = this.awaiting !== why;
+    this.awaiting = why;
+    this.runId = runId;
+    if (changed) this.emit('awaiting-reseed', why);
+    this.linkUp = false;
+    this.updateConnected();
   }
 
   private async run(): Promise<void> {
@@ -571,7 +720,11 @@ export class RedisDirectory extends EventEmitter implements Directory {
           if (this.cmd.status !== 'ready') await this.ready(this.cmd);
           if (this.stopping.signal.aborted) break;
           const reason = this.needResync;
-          await this.resync(reason);
+          if (!(await this.resync(reason))) {
+            // Redis lost the directory: look again soon (the leader may write it back meanwhile).
+            await delay(this.opts.reseedPollMs, undefined, { signal: this.stopping.signal }).catch(() => {});
+            continue;
+          }
           if (this.needResync === reason) this.needResync = undefined;
         }
         await this.tail();
@@ -678,6 +831,7 @@ export class RedisDirectory extends EventEmitter implements Directory {
       const [verRes, infoRes] = res ?? [];
       if (!verRes || !infoRes || verRes[0] || infoRes[0]) throw (verRes?.[0] ?? infoRes?.[0] ?? new Error('no reply'));
       const remote = Number(verRes[1] ?? 0);
+      this.noteAcknowledged(remote);
       const runId = /run_id:(\w+)/.exec(String(infoRes[1]))?.[1];
       const local = this.mirror.version;
       if (runId !== this.runId) this.requestResync('master-changed');

@@ -25,6 +25,7 @@ import type { AdminAuditRecord } from '../audit.js';
 import { formatHostPort } from '../hostport.js';
 import { isRdpFileVariant, rdpFile } from '../rdp/rdp-file.js';
 import { nativeRdpOn } from '../rdp/native.js';
+import { DEFAULT_JOIN_TTL_MS, type JoinService, MAX_JOIN_TTL_MS, joinRequestSchema, signerPeer } from '../cluster/join.js';
 
 export interface Principal {
   readonly user: UserRecord;
@@ -261,6 +262,46 @@ route('GET', '/api/cluster', 'cluster', async (c) => {
     return;
   }
   sendJson(c.res, 200, { ...c.ctx.cluster.status(), directory });
+});
+
+// Cluster membership: join tokens (README "Cluster setup"; cluster/join.ts).
+const joinTokenSchema = z
+  .object({
+    node: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/, { message: 'a node id (letters, digits, . _ -)' }),
+    ttlSeconds: z.number().int().min(1).max(MAX_JOIN_TTL_MS / 1000).optional(),
+  })
+  .strict();
+function joins(ctx: GatewayContext): JoinService {
+  if (!ctx.join) throw new OneportError('ONEPORT_ERR_NOT_FOUND', 'this node is not in a cluster');
+  return ctx.join;
+}
+route('POST', '/api/cluster/join-tokens', 'join-token', async (c) => {
+  const p = await c.admin();
+  const body = await c.body(joinTokenSchema);
+  const ttlMs = body.ttlSeconds !== undefined ? body.ttlSeconds * 1000 : DEFAULT_JOIN_TTL_MS;
+  const minted = await joins(c.ctx).mint(body.node, ttlMs, p.user.name);
+  await audit(c, 'node.join-token', { type: 'node', name: body.node }, { ttlSeconds: ttlMs / 1000 });
+  sendJson(c.res, 200, { token: minted.token, node: minted.node, expiresAt: new Date(minted.expiresAt).toISOString() });
+});
+// The CA certificate is public (browsers are told to trust it); a joining node pins it by hash.
+route('GET', '/api/cluster/ca', 'cluster-ca', (c) => {
+  const j = joins(c.ctx);
+  sendJson(c.res, 200, { ca: j.caCert, fingerprint: j.fingerprint });
+});
+route('POST', '/api/cluster/join', 'join', async (c) => {
+  const j = joins(c.ctx);
+  if (!c.local && !connInfo(c.req.socket)?.tls) throw new OneportError('ONEPORT_ERR_TLS_REQUIRED');
+  await j.limit(c.client);
+  const { cluster, leaderLink } = c.ctx;
+  if (!j.signer && cluster && leaderLink) {
+    // Never a second hop: a forwarded call reaching a node without the CA key fails.
+    const peer = c.peer === undefined ? signerPeer(cluster.nodes(), cluster.leader()?.node, cluster.nodeId) : undefined;
+    if (!peer) throw new OneportError('ONEPORT_ERR_NODE_UNREACHABLE', 'no live node holds the cluster CA key to sign this request');
+    const body = await readBody(c.req, c.ctx.config.http.maxBodyBytes);
+    await forwardToLeader({ nodeId: cluster.nodeId, leaderPeer: () => Promise.resolve(peer), dispatcher: leaderLink.dispatcher }, c.req, c.res, { local: false, client: c.client, body, timeoutMs: c.ctx.config.http.requestTimeoutMs, target: 'the signing node' });
+    return;
+  }
+  sendJson(c.res, 200, await j.sign(await c.body(joinRequestSchema), c.client, c.peer));
 });
 
 // Admin: directory changes.

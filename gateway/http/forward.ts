@@ -22,7 +22,7 @@ const PASSED_ON = ['content-type', 'authorization', 'cookie', 'origin'];
 /** Answer headers passed back to the client. */
 const PASSED_BACK = ['content-type', 'retry-after'];
 
-export async function forwardToLeader(link: LeaderLink, req: IncomingMessage, res: ServerResponse, opts: { local: boolean; client: string; body: Buffer; timeoutMs: number }): Promise<void> {
+export async function forwardToLeader(link: LeaderLink, req: IncomingMessage, res: ServerResponse, opts: { local: boolean; client: string; body: Buffer; timeoutMs: number; target?: string }): Promise<void> {
   const leader = await link.leaderPeer();
   if (!leader) throw new OneportError('ONEPORT_ERR_NOT_LEADER', undefined, { retryAfter: 1 });
   const headers: Record<string, string> = { [FORWARDED_BY_HEADER]: link.nodeId, [CLIENT_HEADER]: opts.client };
@@ -41,7 +41,7 @@ export async function forwardToLeader(link: LeaderLink, req: IncomingMessage, re
       signal: AbortSignal.timeout(opts.timeoutMs),
     });
   } catch (err) {
-    throw new OneportError('ONEPORT_ERR_NOT_LEADER', `the leader ${leader.node} did not answer; try again`, { retryAfter: 1, cause: err });
+    throw new OneportError('ONEPORT_ERR_NOT_LEADER', `${opts.target ?? 'the leader'} ${leader.node} did not answer; try again`, { retryAfter: 1, cause: err });
   }
   const text = await upstream.body.text();
   const out: Record<string, string> = { 'Cache-Control': 'no-store', 'Oneport-Leader': leader.node };

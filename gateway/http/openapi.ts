@@ -81,6 +81,11 @@ const schemas = {
   Desktop: obj({ vm: str, protocols: { type: 'array', items: ref('Protocol') }, state: { enum: [...VM_STATES] }, node: str, nativeRdp: bool }, ['nativeRdp']),
   TicketRequest: obj({ protocol: ref('Protocol') }, ['protocol']),
   AdminTicketRequest: obj({ user: str, vm: str, protocol: ref('Protocol') }, ['protocol']),
+  JoinTokenRequest: obj({ node: str, ttlSeconds: int }, ['ttlSeconds']),
+  JoinToken: obj({ token: str, node: str, expiresAt: str }),
+  ClusterCa: obj({ ca: str, fingerprint: str }),
+  JoinRequest: obj({ token: str, node: str, csr: str, names: strings }),
+  JoinAnswer: obj({ ca: str, node: str, server: str, seal: str }),
   Ticket: obj({
     vm: str,
     protocol: ref('Protocol'),
@@ -248,6 +253,15 @@ export const OPENAPI = {
         security: PUBLIC,
         ok: { 200: { description: 'a PEM certificate', content: { 'application/x-pem-file': { schema: str } } } },
       }),
+    },
+    '/api/cluster/join-tokens': {
+      post: op({ summary: 'admin: a one-time token for a new node to join with (README "Cluster setup")', tag: 'cluster', body: ref('JoinTokenRequest'), ok: { 200: answer('the token (shown once; only its hash is kept)', ref('JoinToken')) } }),
+    },
+    '/api/cluster/ca': {
+      get: op({ summary: 'the cluster CA and its SHA-256 fingerprint (a joining node pins it from its token)', tag: 'cluster', security: PUBLIC, ok: { 200: answer('the CA', ref('ClusterCa')) } }),
+    },
+    '/api/cluster/join': {
+      post: op({ summary: 'a joining node: its certificate request and join token, signed by a node holding the CA key', tag: 'cluster', security: PUBLIC, body: ref('JoinRequest'), ok: { 200: answer('the node and server certificates, the CA, the key ring seal', ref('JoinAnswer')) } }),
     },
     '/api/cluster': { get: op({ summary: 'admin: leader, nodes (with their addresses) and directory versions', tag: 'cluster', ok: { 200: answer('the cluster as this node sees it', ref('Cluster')) } }) },
     '/api/vms': { get: op({ summary: 'admin: every VM', tag: 'admin', ok: { 200: answer('VMs', { type: 'array', items: ref('Vm') }) } }) },

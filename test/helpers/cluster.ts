@@ -46,7 +46,8 @@ export interface TestCluster {
   readonly dir: string;
   readonly redisUrl: string;
   readonly agent: Agent;
-  start(id: string, extra?: Record<string, unknown>): Promise<ClusterNode>;
+  /** `withCa: false`: the state folder gets no CA (a node that joins with a token). */
+  start(id: string, extra?: Record<string, unknown>, opts?: { withCa?: boolean }): Promise<ClusterNode>;
   /** A user client certificate from the cluster CA (not a node's). */
   userCert(name: string): Pem;
 }
@@ -68,11 +69,13 @@ export function makeCluster(t: Teardown, redisUrl: string, base: Record<string, 
     redisUrl,
     agent,
     userCert: (name) => issueClientCert(ca, name),
-    async start(id, extra = {}) {
+    async start(id, extra = {}, opts = {}) {
       const state = join(dir, id);
       mkdirSync(state, { recursive: true, mode: 0o700 });
-      writeFileSync(join(state, 'ca.pem'), ca.cert);
-      writeFileSync(join(state, 'ca-key.pem'), ca.key, { mode: 0o600 });
+      if (opts.withCa ?? true) {
+        writeFileSync(join(state, 'ca.pem'), ca.cert);
+        writeFileSync(join(state, 'ca-key.pem'), ca.key, { mode: 0o600 });
+      }
       const cfg = {
         nodeId: id,
         listen: '127.0.0.1:0',

@@ -7,6 +7,8 @@ import t, { type Test } from 'tap';
 import { RedisDirectory, DirectoryUnavailableError, type RedisDirectoryOptions, type ResyncEvent } from '../../gateway/directory/redis.js';
 import { toVmRecord, vmSchema, type DirectoryChange, type UserRecord, type VmRecord } from '../../gateway/directory/directory.js';
 import { startRedis, startFaultProxy, redisClient, nextEvent } from '../helpers/redis.js';
+import { randomBytes } from 'node:crypto';
+import { KeyRingSeal, sealedForm } from '../../gateway/cluster/seal.js';
 
 function vm(name: string, node = 'n1', port = 5901): VmRecord {
   return toVmRecord(vmSchema.parse({ name, node, endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port }], users: ['alice'] }));
@@ -197,6 +199,70 @@ t.test('Redis killed: reads go on from the mirror, writes fail fast; restarted e
   t.equal((await seen).version, version + 1, 'a write after the restart reaches the other mirror');
   const direct = redisClient(t, redis.url);
   t.equal(Number(await direct.hlen(`${prefix}vms`)), 2, 'Redis holds the directory again');
+});
+
+t.test('a mirror older than a version it saw acknowledged is never written back into an emptied Redis', async (t) => {
+  const redis = await startRedis(t);
+  const proxy = await startFaultProxy(t, redis.port);
+  const prefix = newPrefix();
+  const a = await openDir(t, redis.url, prefix);
+  const stale = await openDir(t, proxy.url, prefix);
+  await a.putUser(user('alice'));
+  await a.putUser(user('bob'));
+  await reach(stale, a.version());
+
+  // `stale` is cut off while bob is deleted, and hears of the new version the way a node does
+  // (another node's heartbeat), without its mirror holding it.
+  proxy.hang();
+  t.equal(await a.deleteUser('bob'), true);
+  stale.noteAcknowledged(a.version());
+  t.ok(stale.getUser('bob'), 'the cut-off mirror still holds bob');
+  await a.close();
+
+  const refused = nextEvent<string>(stale, 'awaiting-reseed', (why) => why === 'stale-mirror', 20_000);
+  await redis.kill();
+  await redis.restart();
+  proxy.heal();
+  await refused;
+  const direct = redisClient(t, redis.url);
+  t.equal(await direct.exists(`${prefix}version`), 0, 'nothing written back');
+  t.equal(await direct.hexists(`${prefix}users`, 'bob'), 0, 'bob is not resurrected');
+  t.equal(stale.awaitingReseed(), 'stale-mirror');
+  t.ok(stale.getUser('alice'), 'meanwhile the mirror still serves reads');
+  const err = await stale.putUser(user('carol')).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  t.type(err, DirectoryUnavailableError, 'and writes wait for the directory to be written back');
+});
+
+t.test('a sealed key ring: unreadable in Redis, read by every node with the seal key; a ring from before sealing still read', async (t) => {
+  const redis = await startRedis(t);
+  const direct = redisClient(t, redis.url);
+  const key = randomBytes(32);
+  const prefix = newPrefix();
+  const a = await openDir(t, redis.url, prefix, { seal: new KeyRingSeal(key) });
+  const b = await openDir(t, redis.url, prefix, { seal: new KeyRingSeal(key) });
+  const stored = (await direct.get(`${prefix}keys`)) ?? '';
+  t.ok(sealedForm(stored), 'a new cluster\'s ring is sealed in Redis');
+  t.notOk(stored.includes(a.keys().current.secret), 'its secret cannot be read there');
+  t.same(b.keys(), a.keys(), 'another node with the seal key reads it');
+  const seen = nextEvent<DirectoryChange>(b, 'change', (c) => c.kind === 'keys');
+  await a.rotateKeys();
+  await seen;
+  t.same(b.keys(), a.keys(), 'a rotation reaches it, sealed');
+  t.ok(sealedForm((await direct.get(`${prefix}keys`)) ?? ''));
+
+  // An existing cluster: its ring was written in clear before sealing.
+  const old = newPrefix();
+  const legacy = await openDir(t, redis.url, old);
+  t.notOk(sealedForm((await direct.get(`${old}keys`)) ?? ''), 'written in clear');
+  const upgraded = await openDir(t, redis.url, old, { seal: new KeyRingSeal(key) });
+  t.same(upgraded.keys(), legacy.keys(), 'read by a node that seals');
+  const previous = upgraded.keys().current;
+  await upgraded.rotateKeys();
+  t.ok(sealedForm((await direct.get(`${old}keys`)) ?? ''), 'the next rotation seals it');
+  t.same(upgraded.keys().previous[0], previous, 'keeping the old key valid');
 });
 
 t.test('with reseed off, mirrors follow a Redis that came back empty, and see it re-populated', async (t) => {

@@ -36,7 +36,8 @@ import { base32Decode, base32Encode } from '../../gateway/auth/base32.js';
 import { isOneportError, type ErrorCode } from '../../gateway/errors.js';
 import { PROTOCOLS, VM_STATES, type Endpoint, type KeyRing, type VmRecord } from '../../gateway/directory/directory.js';
 import type { GatewayContext } from '../../gateway/context.js';
-import { certificateMatchesName } from '../../certs/ca.js';
+import { NodeRequestError, certificateMatchesName, createNodeRequest, readNodeRequest } from '../../certs/ca.js';
+import { formatJoinToken, mintJoinToken, parseJoinToken } from '../../gateway/cluster/join.js';
 import { testPki } from '../helpers/certs.js';
 import { fuzz } from '../helpers/fuzz.js';
 import { HOSTILE_HEADER_VALUES, HOSTILE_PATHS, HOSTILE_STRINGS } from '../fixtures/hostile-corpus.js';
@@ -615,4 +616,53 @@ t.test('certificateMatchesName: any SNI server name gives a boolean; only the na
     fuzz(1500),
   );
   t.pass();
+});
+
+// ---------------------------------------------------------------------------------------------
+// cluster/join.ts and certs/ca.ts: what `POST /api/cluster/join` reads before the token is checked
+
+t.test('join tokens and node requests: junk is undefined or a NodeRequestError, never another throw', async (t) => {
+  const real = mintJoinToken(testPki().ca.cert).token;
+  const tokenLike = fc.oneof(
+    anyText(200),
+    syntaxSoup('opj1.-_=abcXYZ09 \n', 120),
+    fc.tuple(fc.nat(), fc.constantFrom('A', '-', '_', '.', '=', ' ', '\u00e9')).map(([i, c]) => {
+      const j = i % (real.length + 1);
+      return `${real.slice(0, j)}${c}${real.slice(j + 1)}`;
+    }),
+  );
+  fc.assert(
+    fc.property(tokenLike, (text) => {
+      const parsed = parseJoinToken(text);
+      return parsed === undefined || (parsed.secret.length === 32 && formatJoinToken(parsed) === text.trim());
+    }),
+    fuzz(2000),
+  );
+  const { csr } = createNodeRequest('n1');
+  const der = Buffer.from(csr.replace(/-----[^-]+-----|\s/g, ''), 'base64');
+  const pem = (b: Uint8Array): string => `-----BEGIN CERTIFICATE REQUEST-----\n${Buffer.from(b).toString('base64')}\n-----END CERTIFICATE REQUEST-----\n`;
+  const requestLike = fc.oneof(
+    anyText(300),
+    fc.uint8Array({ maxLength: 2000 }).map(pem),
+    // The real request with bytes changed, cut short, or grown.
+    fc.tuple(fc.nat(), fc.integer({ min: 1, max: 255 })).map(([i, x]) => {
+      const b = Buffer.from(der);
+      const j = i % b.length;
+      b[j] = (b[j] ?? 0) ^ x;
+      return pem(b);
+    }),
+    fc.nat().map((n) => pem(der.subarray(0, n % der.length))),
+    fc.uint8Array({ maxLength: 64 }).map((extra) => pem(Buffer.concat([der, extra]))),
+  );
+  fc.assert(
+    fc.property(requestLike, (text) => {
+      try {
+        return readNodeRequest(text, 'n1').nodeId === 'n1';
+      } catch (e) {
+        return e instanceof NodeRequestError;
+      }
+    }),
+    fuzz(300),
+  );
+  t.equal(readNodeRequest(csr, 'n1').nodeId, 'n1', 'the real request still passes');
 });

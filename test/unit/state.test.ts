@@ -5,8 +5,10 @@
 import t from 'tap';
 import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { StateFolderError, prepareStateFolder } from '../../gateway/state.js';
+import { StateFolderError, ensureNodeCert, ensureState, prepareStateFolder, saveJoinedIdentity, statePaths } from '../../gateway/state.js';
+import { createCa, createNodeRequest, readNodeRequest, signNodeRequest } from '../../certs/ca.js';
 
 const mode = (p: string): number => statSync(p).mode & 0o7777;
 
@@ -62,4 +64,27 @@ t.test('a file where the folder should be is refused', async (t) => {
   const file = join(b, 'file');
   writeFileSync(file, '');
   t.throws(() => prepareStateFolder(file));
+});
+
+t.test('a node that joined (the CA certificate without its key) keeps its certificates and never makes a CA', async (t) => {
+  const root = join(base(t), 'joined');
+  prepareStateFolder(root);
+  const paths = statePaths(root);
+  const ca = createCa();
+  writeFileSync(paths.caCert, ca.cert);
+  t.throws(() => ensureState(root, ['localhost']), StateFolderError, 'without a server certificate and a CA key, nothing to start with');
+  const { csr, key } = createNodeRequest('j1');
+  const signed = signNodeRequest(ca, readNodeRequest(csr, 'j1'), ['localhost']);
+  saveJoinedIdentity(paths, { ca: ca.cert, key, node: signed.node, server: signed.server, seal: randomBytes(32).toString('base64') });
+  t.equal(mode(paths.nodeKey), 0o600, 'the key is private');
+  t.equal(mode(paths.sealKey), 0o600, 'and so is the seal key');
+  const state = ensureState(root, ['localhost']);
+  t.equal(state.ca.key, undefined, 'no CA key');
+  t.equal(state.ca.cert, ca.cert, 'the cluster CA is kept, not replaced by a new one');
+  t.equal(state.server.cert, signed.server);
+  t.same(state.created, []);
+  t.same(ensureNodeCert(state, 'j1', ['localhost']), { cert: signed.node, key }, 'the node certificate it was given');
+  t.throws(() => ensureNodeCert(state, 'j2', ['localhost']), /join token/, 'another node id needs a new token');
+  const renamed = ensureState(root, ['localhost', 'gw.example']);
+  t.match(renamed.warnings.join(), /no CA key to reissue/, 'names it cannot cover are warned about');
 });
