@@ -26,6 +26,11 @@ export interface ClientLeg {
   /** Extra fields for the refusal log line (e.g. which node sent a hop). */
   readonly logFields?: Readonly<Record<string, unknown>>;
   /**
+   * The leg itself speaks the protocol's opening to the console (RDP in the browser: the gateway
+   * sends the X.224 request and does TLS): the broker's console handshake leaves it alone.
+   */
+  readonly ownOpening?: boolean;
+  /**
    * The client is authorized for `target`, before its console is dialled: throws a OneportError
    * when a limit of the leg's own kind refuses it (a `oneport.v1` leg: the session caps), so a
    * refused client costs no console connection. The leg checks again at `attach`.
