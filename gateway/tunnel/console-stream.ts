@@ -84,6 +84,8 @@ export class OpeningStream extends Duplex implements ConsoleStream {
       else this.destroy();
     });
     this.apply(opening.start());
+    // The handshake's reader left the socket paused; from here this stream decides when it flows.
+    real.resume();
   }
 
   get bytesWritten(): number {

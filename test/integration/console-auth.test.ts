@@ -10,11 +10,11 @@
 import t, { type Test } from 'tap';
 import net from 'node:net';
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import jpeg from 'jpeg-js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import type { Parse } from '../../protocols/parse.js';
 import {
   type RfbVersion,
@@ -40,9 +40,9 @@ import {
   spiceTicket,
 } from '../../protocols/spice-auth.js';
 import { missingCommands } from '../helpers/netns.js';
-import { startQemuSpice } from '../helpers/qemu.js';
+import { startQemuSpiceWithPassword } from '../helpers/qemu.js';
 import { freePort } from '../helpers/net.js';
-import { solidRoot, startXvnc } from '../helpers/x11.js';
+import { solidRoot, startXvncWithPassword } from '../helpers/x11.js';
 
 const WAIT_MS = 10_000;
 
@@ -128,14 +128,8 @@ async function serverInitSize(w: Wire): Promise<[number, number]> {
 }
 
 async function xvncWithPassword(t: Test, password: string): Promise<{ port: number; display: string }> {
-  const dir = mkdtempSync(join(tmpdir(), 'oneport-vncauth-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const made = spawnSync('vncpasswd', ['-f'], { input: password });
-  if (made.status !== 0) throw new Error(`vncpasswd: ${made.stderr.toString()}`);
-  const file = join(dir, 'passwd');
-  writeFileSync(file, made.stdout, { mode: 0o600 });
   const port = await freePort();
-  const x = await startXvnc(t, port, '320x240', ['-SecurityTypes', 'VncAuth', '-rfbauth', file]);
+  const x = await startXvncWithPassword(t, port, password);
   return { port, display: x.display };
 }
 
@@ -231,13 +225,9 @@ async function spiceLink(t: Test, port: number, password: string, authSelection:
 }
 
 t.test('QEMU SPICE with a password accepts our ticket and refuses a wrong one', { skip: missingCommands([['qemu-system-x86_64', 'qemu-system-x86']]) }, async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'oneport-spiceauth-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const password = 'c0ns0le-only';
-  const passwordFile = join(dir, 'password');
-  writeFileSync(passwordFile, password, { mode: 0o600 });
   const port = await freePort();
-  await startQemuSpice(t, port, { passwordFile });
+  await startQemuSpiceWithPassword(t, port, password);
 
   const good = await spiceLink(t, port, password, true);
   t.equal(good.result, SPICE_LINK_ERR.OK, 'right password, with auth selection (as spice-html5 links): OK');
