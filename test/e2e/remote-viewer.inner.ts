@@ -17,20 +17,22 @@ import { join } from 'node:path';
 import { Agent, request } from 'undici';
 import { startTestGateway } from '../helpers/gateway.js';
 import { closedPort } from '../helpers/net.js';
-import { startQemuSpice } from '../helpers/qemu.js';
+import { startQemuSpice, startQemuSpiceWithPassword } from '../helpers/qemu.js';
 import { startXvfb } from '../helpers/x11.js';
 import { outsideNetns } from '../helpers/netns.js';
 
 const SYSTEM_BUNDLE = '/etc/ssl/certs/ca-certificates.crt';
 
-async function openVv(t: Test, proxy: 'http' | 'https'): Promise<void> {
+/** `consolePassword`: QEMU asks for it and the directory holds it; the .vv file and the user never see it. */
+async function openVv(t: Test, proxy: 'http' | 'https', consolePassword?: string): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'oneport-rv-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const spicePort = await closedPort();
-  await startQemuSpice(t, spicePort);
+  if (consolePassword === undefined) await startQemuSpice(t, spicePort);
+  else await startQemuSpiceWithPassword(t, spicePort, consolePassword);
   const gw = await startTestGateway(t);
   await gw.addUser('alice', 'alice-password-1');
-  await gw.addVm('vm1', [{ protocol: 'spice', host: '127.0.0.1', port: spicePort, publishedPort: 5900 }], ['alice']);
+  await gw.addVm('vm1', [{ protocol: 'spice', host: '127.0.0.1', port: spicePort, publishedPort: 5900, ...(consolePassword ? { password: consolePassword } : {}) }], ['alice']);
 
   // As a user: log in, download the .vv file (the portal's "Download .vv" link).
   const dispatcher = new Agent({ connect: { ca: gw.caCert, servername: 'localhost' } });
@@ -51,6 +53,7 @@ async function openVv(t: Test, proxy: 'http' | 'https'): Promise<void> {
   t.match(text, new RegExp(`^proxy=${proxy}://127\\.0\\.0\\.1:${gw.port}$`, 'm'), `proxy=${proxy}:// points at the gateway`);
   t.match(text, /^host=[a-z0-9]{1,63}\.vm1$/m, 'host= carries the ticket in front of the VM name');
   t.notMatch(text, String(spicePort), 'the console port is not in the file');
+  if (consolePassword !== undefined) t.notMatch(text, consolePassword, 'nor the console password');
   const file = join(dir, 'vm1.vv');
   writeFileSync(file, text);
 
@@ -106,4 +109,8 @@ t.test('remote-viewer with proxy=https:// trusts the gateway through the system 
   skip: outsideNetns || (existsSync(SYSTEM_BUNDLE) ? false : `${SYSTEM_BUNDLE} is missing (apt-get install ca-certificates)`),
 }, async (t) => {
   await openVv(t, 'https');
+});
+
+t.test('remote-viewer reaches a SPICE console with a password it never learns: the gateway swaps each channel\'s ticket', { skip: outsideNetns }, async (t) => {
+  await openVv(t, 'http', 'qemu-s3cret');
 });
