@@ -164,6 +164,8 @@ class ConsoleReader {
     socket.on('end', this.onEnd);
     socket.on('close', this.onEnd);
     signal.addEventListener('abort', this.onAbort, { once: true });
+    // A console reached through another node comes paused (the hop read its answer's head).
+    socket.resume();
   }
 
   /** The next message, consumed. */
