@@ -32,6 +32,10 @@ import {
   spiceLinkReplyMessage,
 } from '../../protocols/spice-auth.js';
 import { protocolVersionMessage, securityRefusal } from '../../protocols/vnc-auth.js';
+import { RedisDirectory } from '../../gateway/directory/redis.js';
+import { putVm, setConsolePassword } from '../../gateway/directory/commands.js';
+import { startRedis } from '../helpers/redis.js';
+import { eventually } from '../helpers/wait.js';
 
 const HANDSHAKE_MS = 1500;
 const WAIT_MS = 10_000;
@@ -325,4 +329,24 @@ t.test('API and directory: console passwords are set, kept and cleared, never re
   ok(await api('PUT', '/api/vms/desk/console-password', { token, body: { protocol: 'vnc', password: null } }));
   t.equal(gw.ctx.dir.getVm('desk')?.endpoints[0]?.password, undefined, 'cleared');
   t.notOk(/vnc-s3cret|n3w-one/.test(gw.logText()), 'never logged');
+});
+
+t.test('Redis directory: a console password reaches every node\'s mirror (feed and snapshot), is changed compare-and-set, and is cleared', async (t) => {
+  const redis = await startRedis(t);
+  const prefix = `consolepw${process.pid}:{dir}:`;
+  const a = await RedisDirectory.open({ redis: redis.url, prefix });
+  t.teardown(() => a.close());
+  const b = await RedisDirectory.open({ redis: redis.url, prefix });
+  t.teardown(() => b.close());
+  await putVm(a, { name: 'desk', node: 'n1', endpoints: [{ protocol: 'spice', host: '127.0.0.1', port: 5930, password: 'in-redis' }] });
+  t.equal(await eventually(() => b.getVm('desk')?.endpoints[0]?.password, 10_000, 'the mirror'), 'in-redis', 'another node\'s mirror, from the change feed');
+  const late = await RedisDirectory.open({ redis: redis.url, prefix });
+  t.teardown(() => late.close());
+  t.equal(late.getVm('desk')?.endpoints[0]?.password, 'in-redis', 'a node started later, from the snapshot');
+  await setConsolePassword(b, 'desk', { protocol: 'spice', password: 'changed' });
+  t.equal(await eventually(() => (a.getVm('desk')?.endpoints[0]?.password === 'changed' ? true : undefined), 10_000, 'the change'), true, 'changed through another node');
+  await putVm(a, { name: 'desk', node: 'n1', endpoints: [{ protocol: 'spice', host: '127.0.0.1', port: 5931 }] });
+  t.equal(a.getVm('desk')?.endpoints[0]?.password, 'changed', 'a record written without it keeps it');
+  await setConsolePassword(a, 'desk', { protocol: 'spice', password: null });
+  t.equal(await eventually(() => (b.getVm('desk') && b.getVm('desk')?.endpoints[0]?.password === undefined && b.getVm('desk')?.endpoints[0]?.port === 5931 ? true : undefined), 10_000, 'the clear'), true, 'cleared everywhere');
 });
