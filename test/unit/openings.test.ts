@@ -4,6 +4,8 @@
  * and must end the same way. And one OpeningStream on a real loopback socket pair: its deadline.
  */
 import t, { type Test } from 'tap';
+import fc from 'fast-check';
+import { fuzz } from '../helpers/fuzz.js';
 import net from 'node:net';
 import { once } from 'node:events';
 import { constants, generateKeyPairSync, privateDecrypt } from 'node:crypto';
@@ -158,6 +160,39 @@ t.test('spiceTicketOpening: the ticket becomes the stored password under the con
   t.equal(run(() => spiceTicketOpening('pw'), [['client', mess], ['console', badKey], ['client', Buffer.concat([spiceAuthMechanismMessage(), userTicket])]]).outcome, 'console-protocol', 'a key that is no key');
   t.equal(run(() => spiceTicketOpening('pw'), [['client', mess], ['console', reply], ['client', Buffer.concat([spiceAuthMechanismMessage(SPICE_COMMON_CAP.AUTH_SASL), userTicket])]]).outcome, 'client-protocol', 'SASL cannot carry a stored password');
   t.equal(run(() => spiceTicketOpening('pw'), [['client', Buffer.concat([mess, Buffer.alloc(200)])]]).outcome, 'client-protocol', 'more than a ticket before the reply');
+});
+
+t.test('any bytes from either side, in any pieces: an opening never throws, ends at most once, and holds a bounded amount', async (t) => {
+  const { publicKey } = generateKeyPairSync('rsa', { modulusLength: 1024 });
+  const spki = publicKey.export({ format: 'der', type: 'spki' });
+  const reply = spiceLinkReplyMessage({ error: SPICE_LINK_ERR.OK, publicKey: spki, commonCaps: [0b11] });
+  const mess = spiceLinkMessMessage({ connectionId: 0, channelType: 1, channelId: 0, commonCaps: [0b11], channelCaps: [] });
+  const makers: Array<[string, () => Opening]> = [
+    ['vnc', vncNoneOpening],
+    ['spice', () => spiceTicketOpening('pw')],
+    ['first-bytes', () => firstBytesCheck('RDP', [rdpDetector, rdpPreconnectionDetector])],
+  ];
+  // Real openings spliced with garbage, so the machines get past their first state too.
+  const chunk = fc.oneof(fc.uint8Array({ maxLength: 300 }).map((b) => Buffer.from(b)), fc.constantFrom(mess, reply, protocolVersionMessage('3.8'), Buffer.from([1]), spiceAuthMechanismMessage(), Buffer.alloc(128)));
+  const conversation = fc.array(fc.tuple(fc.constantFrom<Side>('client', 'console'), chunk), { maxLength: 12 });
+  for (const [name, make] of makers) {
+    fc.assert(
+      fc.property(conversation, (steps) => {
+        const op = make();
+        let outcomes = 0;
+        let held = 0;
+        for (const [side, bytes] of steps) {
+          const step = side === 'client' ? op.fromClient(bytes) : op.fromConsole(bytes);
+          if (step.outcome !== undefined) outcomes++;
+          if (step.outcome !== undefined) break;
+          held += bytes.length - [...(step.toClient ?? []), ...(step.toConsole ?? [])].reduce((a, b) => a + b.length, 0);
+        }
+        return outcomes <= 1 && held <= 2 * 4096 + 300;
+      }),
+      fuzz(300),
+    );
+    t.pass(`${name}: total and bounded`);
+  }
 });
 
 t.test('OpeningStream on a real socket: the deadline blames the silent side and tells the pump', async (t) => {
