@@ -5,6 +5,7 @@
  */
 import { WebSocket } from 'ws';
 import { ERRORS } from '../errors.js';
+import { HANDSHAKE_ERROR, type HandshakeFailure } from './console-stream.js';
 import type { CloseReason } from './pump.js';
 
 /** The close code and default reason text for each way a tunnel ends. */
@@ -25,12 +26,13 @@ export const CLOSE_CODES: Readonly<Record<CloseReason, { readonly code: number; 
   // The broker supplies the text with the limit that applied (sessionExpiredMessage).
   'session-expired': { code: 4008, message: '{"code":"ONEPORT_ERR_SESSION_EXPIRED"}' },
   // The console handshake failed after the upgrade (console-handshake.ts): the code's own close.
-  'console-auth': handshakeClose('ONEPORT_ERR_CONSOLE_AUTH'),
-  'console-protocol': handshakeClose('ONEPORT_ERR_CONSOLE_PROTOCOL'),
-  'client-protocol': handshakeClose('ONEPORT_ERR_CLIENT_PROTOCOL'),
+  'console-auth': handshakeClose('console-auth'),
+  'console-protocol': handshakeClose('console-protocol'),
+  'client-protocol': handshakeClose('client-protocol'),
 };
 
-function handshakeClose(code: 'ONEPORT_ERR_CONSOLE_AUTH' | 'ONEPORT_ERR_CONSOLE_PROTOCOL' | 'ONEPORT_ERR_CLIENT_PROTOCOL'): { code: number; message: string } {
+function handshakeClose(failure: HandshakeFailure): { code: number; message: string } {
+  const code = HANDSHAKE_ERROR[failure];
   return { code: ERRORS[code].wsClose, message: JSON.stringify({ code }) };
 }
 

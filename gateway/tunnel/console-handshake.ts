@@ -24,7 +24,7 @@
  */
 import type { Logger, RateLimitedLog } from '../log.js';
 import type { Metrics } from '../metrics.js';
-import { type ErrorCode, OneportError } from '../errors.js';
+import { OneportError } from '../errors.js';
 import type { Parse } from '../../protocols/parse.js';
 import { rdpDetector, rdpPreconnectionDetector } from '../../protocols/rdp.js';
 import { spiceDetector } from '../../protocols/spice.js';
@@ -40,7 +40,7 @@ import {
   securityChoiceMessage,
   vncAuthResponse,
 } from '../../protocols/vnc-auth.js';
-import { type ConsoleStream, type HandshakeFailure, type Opening, OpeningStream } from './console-stream.js';
+import { type ConsoleStream, HANDSHAKE_ERROR, type HandshakeFailure, type Opening, OpeningStream } from './console-stream.js';
 import { ReachFailure } from './failures.js';
 import { firstBytesCheck, spiceTicketOpening, vncNoneOpening } from './openings.js';
 import { NO_PREFACE, type ReachedConsole } from './reach.js';
@@ -64,13 +64,6 @@ export interface HandshakeLeg {
   readonly gone: AbortSignal;
   readonly ownOpening?: boolean | undefined;
 }
-
-/** The error code each failure is to a client refused before it was answered. */
-export const HANDSHAKE_ERROR: Readonly<Record<HandshakeFailure, ErrorCode>> = {
-  'console-auth': 'ONEPORT_ERR_CONSOLE_AUTH',
-  'console-protocol': 'ONEPORT_ERR_CONSOLE_PROTOCOL',
-  'client-protocol': 'ONEPORT_ERR_CLIENT_PROTOCOL',
-};
 
 class HandshakeError extends Error {
   constructor(

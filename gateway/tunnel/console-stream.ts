@@ -12,12 +12,20 @@
  */
 import type net from 'node:net';
 import { Duplex } from 'node:stream';
+import type { ErrorCode } from '../errors.js';
 
 /** The parts of a console socket the pumps use. */
 export type ConsoleStream = Duplex & Pick<net.Socket, 'bytesRead' | 'bytesWritten'> & { setTimeout(ms: number, cb?: () => void): unknown };
 
 /** Who broke the opening: the console refused the stored credentials, or a side spoke another protocol (or nothing in time). */
 export type HandshakeFailure = 'console-auth' | 'console-protocol' | 'client-protocol';
+
+/** The error code of each failure: the refusal before the client is answered, the close code after. */
+export const HANDSHAKE_ERROR = {
+  'console-auth': 'ONEPORT_ERR_CONSOLE_AUTH',
+  'console-protocol': 'ONEPORT_ERR_CONSOLE_PROTOCOL',
+  'client-protocol': 'ONEPORT_ERR_CLIENT_PROTOCOL',
+} as const satisfies Readonly<Record<HandshakeFailure, ErrorCode>>;
 
 /** Emitted by an OpeningStream with the HandshakeFailure, just before it ends. */
 export const HANDSHAKE_FAILED = 'oneport:handshake-failed';
