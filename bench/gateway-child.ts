@@ -56,6 +56,8 @@ await gw.ctx.dir.putVm(
         { protocol: 'rdp', host: '127.0.0.1', port: opts.backendPort, publishedPort: 3389 },
       ],
       users: [USER],
+      // The backend streams or echoes bytes, not RFB: measure the relay, not the protocol check.
+      protocolCheck: false,
     }),
   ),
 );

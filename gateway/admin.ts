@@ -7,7 +7,7 @@ import http from 'node:http';
 import { existsSync } from 'node:fs';
 import { OneportError, type ErrorCode } from './errors.js';
 import { MemoryDirectory } from './directory/memory.js';
-import type { VmInput, VmRecord } from './directory/directory.js';
+import { type Protocol, type PublicVm, type VmInput, type VmRecord, publicVmRecord } from './directory/directory.js';
 import * as commands from './directory/commands.js';
 import type { UserInput } from './directory/commands.js';
 import { statePaths } from './state.js';
@@ -19,13 +19,15 @@ export interface Admin {
   listUsers(): Promise<unknown[]>;
   putVm(vm: VmInput): Promise<unknown>;
   deleteVm(name: string): Promise<void>;
-  listVms(): Promise<VmRecord[]>;
+  listVms(): Promise<PublicVm[]>;
+  /** Set (a string) or clear (null) a VM endpoint's console password. */
+  setConsolePassword(name: string, protocol: Protocol, password: string | null): Promise<void>;
   ticket(user: string, vm: string, protocol?: string): Promise<Record<string, unknown>>;
   cluster(): Promise<unknown>;
   /** A one-time token for node `node` to join the cluster (cluster/join.ts). */
   joinToken(node: string, ttlSeconds?: number): Promise<{ token: string; node: string; expiresAt: string }>;
   /** Planned migration: the VM's owner becomes `node` (epoch + 1); routing follows at once. */
-  moveVm(name: string, node: string): Promise<VmRecord>;
+  moveVm(name: string, node: string): Promise<PublicVm>;
   /** A new ticket signing key; the previous one stays valid until the next rotation. */
   rotateKeys(): Promise<void>;
   /** GET /api/sessions: every live tunnel on every node, and which nodes answered. */
@@ -136,8 +138,11 @@ class ControlAdmin implements Admin {
   async deleteVm(name: string): Promise<void> {
     await this.call('DELETE', `/api/vms/${encodeURIComponent(name)}`);
   }
-  listVms(): Promise<VmRecord[]> {
+  listVms(): Promise<PublicVm[]> {
     return this.call('GET', '/api/vms');
+  }
+  async setConsolePassword(name: string, protocol: Protocol, password: string | null): Promise<void> {
+    await this.call('PUT', `/api/vms/${encodeURIComponent(name)}/console-password`, { protocol, password });
   }
   ticket(user: string, vm: string, protocol?: string): Promise<Record<string, unknown>> {
     return this.call('POST', '/api/tickets', { user, vm, ...(protocol ? { protocol } : {}) });
@@ -148,7 +153,7 @@ class ControlAdmin implements Admin {
   joinToken(node: string, ttlSeconds?: number): Promise<{ token: string; node: string; expiresAt: string }> {
     return this.call('POST', '/api/cluster/join-tokens', { node, ...(ttlSeconds !== undefined ? { ttlSeconds } : {}) });
   }
-  moveVm(name: string, node: string): Promise<VmRecord> {
+  moveVm(name: string, node: string): Promise<PublicVm> {
     return this.call('POST', `/api/vms/${encodeURIComponent(name)}/move`, { node });
   }
   async rotateKeys(): Promise<void> {
@@ -185,8 +190,11 @@ class OfflineAdmin implements Admin {
   deleteVm(name: string): Promise<void> {
     return commands.deleteVm(this.dir, name);
   }
-  async listVms(): Promise<VmRecord[]> {
-    return [...this.dir.listVms()];
+  async listVms(): Promise<PublicVm[]> {
+    return this.dir.listVms().map(publicVmRecord);
+  }
+  async setConsolePassword(name: string, protocol: Protocol, password: string | null): Promise<void> {
+    await commands.setConsolePassword(this.dir, name, { protocol, password });
   }
   async ticket(): Promise<Record<string, unknown>> {
     throw new Error('tickets are issued by a running gateway: start it with `oneport serve` (same --state)');
@@ -197,9 +205,9 @@ class OfflineAdmin implements Admin {
   async joinToken(): Promise<{ token: string; node: string; expiresAt: string }> {
     throw new Error('join tokens are minted by a running cluster node: start it with `oneport serve` (same --state)');
   }
-  moveVm(name: string, node: string): Promise<VmRecord> {
+  async moveVm(name: string, node: string): Promise<PublicVm> {
     // No cluster membership to check: offline, the directory file is the whole world.
-    return commands.moveVm(this.dir, name, node);
+    return publicVmRecord(await commands.moveVm(this.dir, name, node));
   }
   async rotateKeys(): Promise<void> {
     await this.dir.rotateKeys();

@@ -3,7 +3,7 @@
  * The `oneport` command: serve, init, user, vm, ticket, session, cluster.
  * Flags override the config file, which overrides defaults (config.ts).
  */
-import { writeFileSync } from 'node:fs';
+import { createReadStream, writeFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError, loadConfig, type Config } from './config.js';
 import { startGateway } from './server.js';
@@ -197,7 +197,8 @@ vm
   .option('--max-session <duration>', 'a console session ends this long after it began, e.g. 8h (0 = no limit; default tunnel.maxSessionMs)', duration)
   .option('--idle-timeout <duration>', 'a tunnel idle this long ends, e.g. 30m (0 = never; default tunnel.idleTimeoutMs)', duration)
   .option('--no-native-rdp', 'refuse native RDP clients (the ticket before TLS) for this VM; its RDP stays reachable through the RD Gateway, CONNECT and the browser')
-  .action(async (name: string, o: { vnc?: EndpointInput; spice?: EndpointInput; rdp?: EndpointInput; users?: string[]; groups?: string[]; node?: string; replica?: string; maxSessions?: number; maxSession?: number; idleTimeout?: number; nativeRdp: boolean }) => {
+  .option('--no-protocol-check', 'do not check that tunnels to it carry the declared protocol (default tunnel.protocolCheck)')
+  .action(async (name: string, o: { vnc?: EndpointInput; spice?: EndpointInput; rdp?: EndpointInput; users?: string[]; groups?: string[]; node?: string; replica?: string; maxSessions?: number; maxSession?: number; idleTimeout?: number; nativeRdp?: boolean; protocolCheck?: boolean }) => {
     const cfg = config();
     const endpoints = [o.vnc, o.spice, o.rdp].filter((e): e is EndpointInput => e !== undefined);
     if (endpoints.length === 0) throw new InvalidArgumentError('give at least one of --vnc, --spice, --rdp');
@@ -214,8 +215,30 @@ vm
         ...(Object.keys(policy).length > 0 ? { policy } : {}),
         ...(o.maxSessions !== undefined ? { maxSessions: o.maxSessions } : {}),
         ...(o.nativeRdp ? {} : { nativeRdp: false }),
+        ...(o.protocolCheck === false ? { protocolCheck: false } : {}),
       });
       console.log(`vm ${name} saved`);
+    } finally {
+      await admin.close();
+    }
+  });
+vm
+  .command('password <name>')
+  .description('set or clear the console password the gateway answers a VNC or SPICE console with (users never see it)')
+  .addOption(new Option('-p, --protocol <protocol>', 'the endpoint: vnc or spice').choices(['vnc', 'spice']).makeOptionMandatory())
+  .option('--password-file <file>', 'read the password from the first line of this file')
+  .option('--password-stdin', 'read the password from the first line of standard input')
+  .option('--clear', 'remove the endpoint\'s console password')
+  .action(async (name: string, o: { protocol: 'vnc' | 'spice'; passwordFile?: string; passwordStdin?: boolean; clear?: boolean }) => {
+    // Never on the command line: other local users can read a process's arguments.
+    if ([o.passwordFile !== undefined, o.passwordStdin === true, o.clear === true].filter(Boolean).length !== 1) {
+      throw new InvalidArgumentError('give exactly one of --password-file, --password-stdin, --clear');
+    }
+    const password = o.clear ? null : await readPasswordLine(o.passwordFile !== undefined ? createReadStream(o.passwordFile) : process.stdin);
+    const admin = await openAdminFor(config());
+    try {
+      await admin.setConsolePassword(name, o.protocol, password);
+      console.log(`vm ${name}: ${o.protocol} console password ${password === null ? 'cleared' : 'set'}`);
     } finally {
       await admin.close();
     }
@@ -243,12 +266,13 @@ vm
           name: v.name,
           node: v.node,
           state: v.state,
-          endpoints: v.endpoints.map((e) => `${e.protocol} ${e.host}:${e.port} (published ${e.publishedPort})`).join('; '),
+          endpoints: v.endpoints.map((e) => `${e.protocol} ${e.host}:${e.port} (published ${e.publishedPort}${e.passwordSet ? ', console password set' : ''})`).join('; '),
           users: v.users.join(','),
           groups: v.groups.join(','),
           'max sessions': v.maxSessions ?? '',
           'native rdp': v.endpoints.some((e) => e.protocol === 'rdp') ? (v.nativeRdp === false ? 'off' : 'on') : '',
           policy: v.policy ? JSON.stringify(v.policy) : '',
+          'protocol check': v.protocolCheck === undefined ? '' : String(v.protocolCheck),
         })),
       );
     } finally {

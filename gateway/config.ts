@@ -155,6 +155,18 @@ export const configSchema = z
       .object({
         /** The console must accept the TCP connection within this. @default 5 s */
         dialTimeoutMs: positive.default(5 * SECOND),
+        /**
+         * The console handshake (console-handshake.ts) must be done within this: the console's
+         * banner and the gateway's own login with a stored console password before the client is
+         * answered, then the client's opening bytes. @default 10 s
+         */
+        handshakeTimeoutMs: positive.default(10 * SECOND),
+        /**
+         * Check a tunnel's first bytes against the VM's declared protocol (RFB banner from a VNC
+         * console, REDQ from a SPICE client, TPKT from an RDP client); a VM's `protocolCheck`
+         * overrides it. @default true
+         */
+        protocolCheck: z.boolean().default(true),
         /** A tunnel with no bytes either way for this long is closed; 0 disables. A VM's policy overrides it. @default 1 h */
         idleTimeoutMs: ms.default(HOUR),
         /**

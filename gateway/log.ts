@@ -18,6 +18,11 @@ export const REDACT_PATHS = [
   '*.ticket',
   '*.token',
   '*.resume',
+  // Console passwords ride in VM records (endpoints[].password): a record logged whole.
+  'endpoints[*].password',
+  '*.endpoints[*].password',
+  'endpoint.password',
+  '*.endpoint.password',
   'headers.authorization',
   'headers["proxy-authorization"]',
   'headers.cookie',

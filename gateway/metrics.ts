@@ -51,6 +51,12 @@ export class Metrics {
     labelNames: ['result'] as const,
     registers: [this.registry],
   });
+  readonly consoleHandshakes = new Counter({
+    name: 'oneport_console_handshakes_total',
+    help: 'Console handshakes (stored console password, protocol check) by protocol and result: ok, console-auth (the console refused the stored password), console-protocol, client-protocol (a side did not speak the declared protocol in time)',
+    labelNames: ['protocol', 'result'] as const,
+    registers: [this.registry],
+  });
   readonly revoked = new Counter({
     name: 'oneport_tunnels_revoked_total',
     help: 'Tunnels and parked sessions ended because the user\'s access ended (user-deleted, password-changed, vm-deleted, unassigned, terminated)',

@@ -1,6 +1,7 @@
 /**
  * SPICE link header detector (SPICE protocol, "Link stage": SpiceLinkHeader magic "REDQ").
- * Used to check that a tunnel declared as SPICE carries SPICE (roadmap); not a listener route.
+ * Checks that a tunnel declared as SPICE carries SPICE (the protocol check,
+ * gateway/tunnel/console-handshake.ts); not a listener route.
  */
 import { type Detection, type Detector, MORE, NO, match, prefixState } from './detector.js';
 

@@ -1,7 +1,8 @@
 /**
  * RFB ProtocolVersion detector (RFC 6143 section 7.1.1): "RFB xxx.yyy\n", 12 bytes.
  * In RFB the server speaks first, so this recognises a console's banner (health probes, and
- * checking that a VNC endpoint really is VNC), never a client's first bytes.
+ * checking that a VNC endpoint really is VNC: gateway/tunnel/console-handshake.ts), never a
+ * client's first bytes.
  */
 import { type Detection, type Detector, MORE, NO, match, prefixState } from './detector.js';
 

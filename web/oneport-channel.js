@@ -18,7 +18,7 @@ const CLOSING = 2;
 const CLOSED = 3;
 
 /** Close codes after which resuming is pointless. */
-const FINAL = new Set([1000, 1001, 4001, 4003, 4004, 4008, 4401, 4409, 4429, 4502, 4503]);
+const FINAL = new Set([1000, 1001, 4001, 4003, 4004, 4008, 4400, 4401, 4409, 4429, 4502, 4503, 4511, 4512]);
 
 export class OneportChannel {
   /**
@@ -62,10 +62,13 @@ export class OneportChannel {
     if (l) this.listeners[type] = l.filter((f) => f !== fn);
   }
 
+  // Listeners first, then the on<type> handler: a consumer that listens before handing the channel
+  // to noVNC (the viewer reads the close code) hears it before noVNC, which sets onclose, reports
+  // the disconnect; with a browser WebSocket that order comes from the order of registration.
   emit(type, ev) {
+    for (const fn of this.listeners[type] ?? []) fn.call(this, ev);
     const handler = this[`on${type}`];
     if (typeof handler === 'function') handler.call(this, ev);
-    for (const fn of this.listeners[type] ?? []) fn.call(this, ev);
   }
 
   status(state) {

@@ -23,8 +23,13 @@ const FATAL_CLOSE = new Map([
   [4004, 'unknown desktop or protocol'],
   [4008, 'the maximum session time is over'],
   [4429, 'too many sessions open; close one first'],
+  // The console handshake (README "Error codes"): retrying cannot help until an admin acts.
+  [4511, 'the desktop refused the console password the gateway holds for it; ask an administrator to update it'],
+  [4400, 'the gateway refused this client: it did not speak the desktop\'s protocol'],
   [1008, 'refused by the gateway'],
 ]);
+/** What spice-html5 reports when the console refuses the ticket (it gives no close code). */
+const SPICE_DENIED = 'Permission denied.';
 
 /** The live connection, whatever the protocol: just enough to end it. */
 let current;
@@ -291,6 +296,8 @@ async function openSpice(url, ended) {
       window.removeEventListener('resize', onResize);
       if (current === conn) current = undefined;
       // spice-html5 reports no close code; a refused resume token shows as an error like any other.
+      // A refused ticket is the console's password, which the gateway supplies: retrying cannot help.
+      if (e?.message === SPICE_DENIED) return reconnector.lost({ fatal: true, reason: FATAL_CLOSE.get(4511) });
       reconnector.lost(ended({ reason: e?.message ?? 'connection lost' }, undefined, opened));
     },
   });
@@ -301,8 +308,8 @@ async function openSpice(url, ended) {
 function closeInfo(e) {
   if (!e) return { reason: 'connection lost' };
   const fatal = FATAL_CLOSE.get(e.code);
-  // Some reasons are JSON for programs (4003 revoked, 4008): the words are for people.
-  if (fatal) return { fatal: true, reason: e.reason && !e.reason.startsWith('{') ? e.reason : fatal };
+  // Some reasons are for programs (JSON: 4003 revoked, 4008; a bare ONEPORT_ERR_ code): the words are for people.
+  if (fatal) return { fatal: true, reason: e.reason && !/^(\{|ONEPORT_ERR_)/.test(e.reason) ? e.reason : fatal };
   if (e.code === 4001) {
     // Reroute: the VM moved; come back now, or after the delay the gateway asks for.
     let retryMs = 0;
@@ -331,7 +338,7 @@ function closeInfo(e) {
     const text = code === 'ONEPORT_ERR_RESUME_LIMIT' ? 'you have as many desktop sessions open as you may; close one' : code === 'ONEPORT_ERR_RESUME_BUSY' ? 'the gateway is busy' : 'too many attempts';
     return retryMs === undefined ? { reason: text } : { retryMs, reason: text };
   }
-  const reasons = { 1000: 'the desktop closed the connection', 1001: 'the gateway is restarting', 1006: 'connection lost', 4401: 'ticket refused', 4502: 'the desktop does not answer', 4503: 'the desktop is recovering' };
+  const reasons = { 1000: 'the desktop closed the connection', 1001: 'the gateway is restarting', 1006: 'connection lost', 4401: 'ticket refused', 4502: 'the desktop does not answer', 4503: 'the desktop is recovering', 4512: 'the desktop does not speak its protocol (yet)' };
   return { reason: reasons[e.code] ?? (e.reason || `closed (${e.code})`) };
 }
 

@@ -11,7 +11,19 @@
 import { z } from 'zod';
 import { OneportError, validationError } from '../errors.js';
 import { hashPassword } from '../auth/passwords.js';
-import { type Directory, type UserRecord, type VmRecord, ROLES, maxSessionsSchema, toVmRecord, userNameSchema, vmSchema } from './directory.js';
+import {
+  type Directory,
+  type UserRecord,
+  type VmRecord,
+  PASSWORD_PROTOCOLS,
+  ROLES,
+  consolePasswordSchema,
+  maxSessionsSchema,
+  protocolSchema,
+  toVmRecord,
+  userNameSchema,
+  vmSchema,
+} from './directory.js';
 
 /** PUT /api/users/<name>: every field optional; a new user needs a password. */
 export const userInputSchema = z
@@ -74,11 +86,60 @@ export async function deleteUser(dir: Directory, name: string): Promise<void> {
   if (!(await dir.deleteUser(name))) throw new OneportError('ONEPORT_ERR_NOT_FOUND', 'no such user');
 }
 
-/** Add or replace a VM; published ports default to the protocols' well-known ones. */
+/**
+ * Add or replace a VM; published ports default to the protocols' well-known ones. Console
+ * passwords are never shown, so a record read and written back must not lose them: an endpoint
+ * without `password` keeps the one its protocol had; `password: null` clears it.
+ */
 export async function putVm(dir: Directory, input: unknown): Promise<VmRecord> {
-  const vm = toVmRecord(parse(vmSchema, input));
+  const vm = toVmRecord(parse(vmSchema, withKeptPasswords(dir, input)));
   await dir.putVm(vm);
   return vm;
+}
+
+/** PUT /api/vms/<vm>/console-password: set (a string) or clear (null) one endpoint's console password. */
+export const consolePasswordInputSchema = z
+  .object({
+    protocol: protocolSchema.refine((p) => PASSWORD_PROTOCOLS.includes(p), { message: 'console passwords are for vnc and spice endpoints' }),
+    password: consolePasswordSchema.nullable(),
+  })
+  .strict();
+
+/** Set or clear the console password of a VM's endpoint; the rest of the record stays. */
+export async function setConsolePassword(dir: Directory, name: string, input: unknown): Promise<VmRecord> {
+  const body = parse(consolePasswordInputSchema, input);
+  const vm = dir.getVm(name);
+  if (!vm) throw new OneportError('ONEPORT_ERR_UNKNOWN_VM');
+  if (!vm.endpoints.some((e) => e.protocol === body.protocol)) throw new OneportError('ONEPORT_ERR_NO_SUCH_PROTOCOL');
+  const endpoints = vm.endpoints.map((e) => {
+    if (e.protocol !== body.protocol) return e;
+    const { password: _old, ...rest } = e;
+    return body.password === null ? rest : { ...rest, password: body.password };
+  });
+  const next: VmRecord = { ...vm, endpoints };
+  // Compare-and-set on the epoch read: a failover meanwhile is a conflict, not a lost change.
+  if (!(await dir.putVm(next, { ifEpoch: vm.epoch }))) throw new OneportError('ONEPORT_ERR_CONFLICT');
+  return next;
+}
+
+/** The input with each endpoint's stored console password filled in where it names none (null: none). */
+function withKeptPasswords(dir: Directory, input: unknown): unknown {
+  if (typeof input !== 'object' || input === null) return input;
+  const { name, endpoints } = input as { name?: unknown; endpoints?: unknown };
+  if (!Array.isArray(endpoints)) return input;
+  const stored = typeof name === 'string' ? dir.getVm(name) : undefined;
+  const kept = endpoints.map((e: unknown) => {
+    if (typeof e !== 'object' || e === null) return e;
+    const given = e as Record<string, unknown>;
+    if (given.password === null) {
+      const { password: _cleared, ...rest } = given;
+      return rest;
+    }
+    if ('password' in given) return given;
+    const password = stored?.endpoints.find((s) => s.protocol === given.protocol)?.password;
+    return password === undefined ? given : { ...given, password };
+  });
+  return { ...input, endpoints: kept };
 }
 
 export async function deleteVm(dir: Directory, name: string): Promise<void> {

@@ -39,20 +39,43 @@ export const userNameSchema = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._@-]{0,63
 const hostSchema = z.string().min(1).max(253).regex(/^[A-Za-z0-9.:_-]+$/, { message: 'a host name or IP address' });
 const portSchema = z.number().int().min(1).max(65535);
 
-export const endpointSchema = z.object({
-  protocol: protocolSchema,
-  /** Where the console listens: dialled by the gateway, never shown to clients. */
-  host: hostSchema,
-  port: portSchema,
-  /** The port clients name in CONNECT; defaults to the protocol's well-known port. */
-  publishedPort: portSchema.optional(),
-});
+/** Longest console password (UTF-8 bytes): spice-server sets none longer; VNC uses the first 8. */
+export const CONSOLE_PASSWORD_MAX_BYTES = 60;
+/** A console password: what the gateway answers the console with (console-handshake.ts). */
+export const consolePasswordSchema = z
+  .string()
+  .min(1)
+  .refine((p) => Buffer.byteLength(p, 'utf8') <= CONSOLE_PASSWORD_MAX_BYTES && !p.includes('\0'), {
+    message: `a console password is 1-${CONSOLE_PASSWORD_MAX_BYTES} bytes (UTF-8) without NUL`,
+  });
+/** The protocols whose console handshake the gateway can answer with a stored password. */
+export const PASSWORD_PROTOCOLS: readonly Protocol[] = ['vnc', 'spice'];
+
+export const endpointSchema = z
+  .object({
+    protocol: protocolSchema,
+    /** Where the console listens: dialled by the gateway, never shown to clients. */
+    host: hostSchema,
+    port: portSchema,
+    /** The port clients name in CONNECT; defaults to the protocol's well-known port. */
+    publishedPort: portSchema.optional(),
+    /**
+     * The console's own password (VNC Authentication, SPICE ticket). The gateway answers the
+     * console with it; users never see it. Never returned by the API, never logged.
+     */
+    password: consolePasswordSchema.optional(),
+  })
+  .refine((e) => e.password === undefined || PASSWORD_PROTOCOLS.includes(e.protocol), {
+    message: 'console passwords are for vnc and spice endpoints',
+    path: ['password'],
+  });
 export type EndpointInput = z.input<typeof endpointSchema>;
 export interface Endpoint {
   readonly protocol: Protocol;
   readonly host: string;
   readonly port: number;
   readonly publishedPort: number;
+  readonly password?: string | undefined;
 }
 
 /** setTimeout's bound: longer waits would fire at once. About 24.8 days. */
@@ -106,6 +129,11 @@ export const vmSchema = z
     maxSessions: maxSessionsSchema.optional(),
     /** Native RDP clients (the ticket in clear text before TLS) may reach this VM; config nativeRdp.enabled still applies. @default true */
     nativeRdp: z.boolean().optional(),
+    /**
+     * Check that a tunnel's first bytes are the endpoint's protocol (console-handshake.ts): false
+     * turns the check off for this VM. @default tunnel.protocolCheck
+     */
+    protocolCheck: z.boolean().optional(),
   })
   .strict()
   .refine((v) => new Set(v.endpoints.map((e) => e.protocol)).size === v.endpoints.length, {
@@ -126,6 +154,8 @@ export interface VmRecord {
   readonly maxSessions?: number | undefined;
   /** false: native RDP clients are refused for this VM (RD Gateway, CONNECT and WebSocket still work); unset: allowed. */
   readonly nativeRdp?: boolean | undefined;
+  /** Check the first bytes against the protocol; unset: tunnel.protocolCheck. */
+  readonly protocolCheck?: boolean | undefined;
 }
 
 export interface UserRecord {
@@ -193,6 +223,18 @@ export function toVmRecord(input: z.output<typeof vmSchema>): VmRecord {
     ...input,
     endpoints: input.endpoints.map((e) => ({ ...e, publishedPort: e.publishedPort ?? WELL_KNOWN_PORT[e.protocol] })),
   };
+}
+
+/** An endpoint as the API shows it: never the password, only whether one is set. */
+export function publicEndpoint(e: Endpoint): Omit<Endpoint, 'password'> & { readonly passwordSet?: true } {
+  const { password, ...rest } = e;
+  return password === undefined ? rest : { ...rest, passwordSet: true };
+}
+
+/** A VM as the API shows it (GET/PUT /api/vms): console passwords left out. */
+export type PublicVm = Omit<VmRecord, 'endpoints'> & { readonly endpoints: ReturnType<typeof publicEndpoint>[] };
+export function publicVmRecord(vm: VmRecord): PublicVm {
+  return { ...vm, endpoints: vm.endpoints.map(publicEndpoint) };
 }
 
 export function isAssigned(vm: VmRecord, user: UserRecord): boolean {

@@ -6,7 +6,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { z } from 'zod';
 import type { GatewayContext } from '../context.js';
 import { OneportError, validationError } from '../errors.js';
-import { type UserRecord, type VmRecord, isAssigned, protocolSchema, userNameSchema, vmsForUser } from '../directory/directory.js';
+import { type UserRecord, type VmRecord, isAssigned, protocolSchema, publicVmRecord, userNameSchema, vmsForUser } from '../directory/directory.js';
 import * as commands from '../directory/commands.js';
 import { moveSchema, publicUser, userInputSchema } from '../directory/commands.js';
 import { lookupVm } from '../routing.js';
@@ -307,11 +307,11 @@ route('POST', '/api/cluster/join', 'join', async (c) => {
 // Admin: directory changes.
 route('GET', '/api/vms', 'vms', async (c) => {
   await c.admin();
-  sendJson(c.res, 200, c.ctx.dir.listVms());
+  sendJson(c.res, 200, c.ctx.dir.listVms().map(publicVmRecord));
 });
 route('GET', '/api/vms/:p', 'vm', async (c) => {
   await c.admin();
-  sendJson(c.res, 200, lookupVm(c.ctx.dir, c.params[0] ?? ''));
+  sendJson(c.res, 200, publicVmRecord(lookupVm(c.ctx.dir, c.params[0] ?? '')));
 });
 route('PUT', '/api/vms/:p', 'vm', async (c) => {
   await c.admin();
@@ -320,7 +320,16 @@ route('PUT', '/api/vms/:p', 'vm', async (c) => {
   const existed = c.ctx.dir.getVm(name) !== undefined;
   const vm = await commands.putVm(c.ctx.dir, { ...body, name });
   await audit(c, existed ? 'vm.update' : 'vm.create', { type: 'vm', name }, { fields: Object.keys(body).sort() });
-  sendJson(c.res, 200, vm);
+  sendJson(c.res, 200, publicVmRecord(vm));
+}, { leader: true });
+// The console password alone (the CLI's `vm password`): never echoed, audited without it.
+route('PUT', '/api/vms/:p/console-password', 'console-password', async (c) => {
+  await c.admin();
+  const name = c.params[0] ?? '';
+  const body = await c.body(commands.consolePasswordInputSchema);
+  const vm = await commands.setConsolePassword(c.ctx.dir, name, body);
+  await audit(c, 'vm.console-password', { type: 'vm', name }, { protocol: body.protocol, set: body.password !== null });
+  sendJson(c.res, 200, publicVmRecord(vm));
 }, { leader: true });
 route('DELETE', '/api/vms/:p', 'vm', async (c) => {
   await c.admin();
@@ -336,7 +345,7 @@ route('POST', '/api/vms/:p/move', 'move', async (c) => {
   const before = lookupVm(c.ctx.dir, c.params[0] ?? '');
   const moved = await commands.moveVm(c.ctx.dir, before.name, node, { nodeState });
   await audit(c, 'vm.move', { type: 'vm', name: before.name }, { from: before.node, to: node, epoch: moved.epoch });
-  sendJson(c.res, 200, moved);
+  sendJson(c.res, 200, publicVmRecord(moved));
 }, { leader: true });
 route('POST', '/api/keys/rotate', 'rotate-keys', async (c) => {
   await c.admin();

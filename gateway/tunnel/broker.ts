@@ -5,9 +5,10 @@
  *   authorize (authorize.ts) -> the session's controls (policy.ts: idle timeout, maximum session
  *   time; session-caps.ts: a slot under the user's and the VM's caps) and the leg's own limits
  *   (admit) -> hold while the VM changes hands and reach its console (hold.ts, with the Reach
- *   handed in) -> the leg's own handshake with the console, if it has one (RDCleanPath) ->
- *   attach the leg -> register (with the session's one expiry timer) -> one log line and one
- *   audit record when it ends
+ *   handed in) -> the console handshake (console-handshake.ts: stored console passwords, the
+ *   protocol check), or the leg's own when it speaks the opening itself (RDCleanPath) -> attach
+ *   the leg -> register (with the session's one expiry timer) -> one log line and one audit
+ *   record when it ends
  *
  * and owns the one refusal path: count the refusal, log it (rate-limited, or at error level for a
  * bug), answer through the leg. Nothing here knows whether the node is part of a cluster.
@@ -20,6 +21,7 @@ import type { Logger, RateLimitedLog } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { authorizeTunnel } from './authorize.js';
 import { sessionExpiredMessage } from './close.js';
+import { type HandshakeDeps, consoleHandshake } from './console-handshake.js';
 import { reachHeld } from './hold.js';
 import { type EffectivePolicy, type PolicyDefaults, effectivePolicy } from './policy.js';
 import type { ClientLeg } from './legs/leg.js';
@@ -53,6 +55,8 @@ export interface BrokerDeps {
   readonly audit: Pick<Audit, 'record'>;
   /** This node's id (config nodeId), the entry node of the tunnels opened here. */
   readonly self: string;
+  /** The console handshake's deadline and the protocol check's default (config tunnel.*). */
+  readonly handshake: HandshakeDeps['handshake'];
 }
 
 /** Authorize, hold, reach, attach, register. Never rejects: a refusal is answered through the leg. */
@@ -71,22 +75,16 @@ export async function openTunnel(deps: BrokerDeps, request: TunnelRequest, leg: 
       const deadline = sessionDeadline(authorized, policy, slot.startedAt);
       if (deadline !== undefined && deadline <= Date.now()) throw new OneportError('ONEPORT_ERR_SESSION_EXPIRED');
       // Held here (no status line for CONNECT, an open WebSocket) while the VM changes hands.
-      const reached = await reachHeld(deps, authorized, leg.gone);
-      const { target } = reached;
-      let console = reached.console;
-      if (leg.handshake) {
-        try {
-          console = await leg.handshake(console, target);
-        } catch (e) {
-          reached.console.socket.destroy();
-          throw e;
-        }
-      }
+      const { console: reached, target } = await reachHeld(deps, authorized, leg.gone);
       let pump: Pump;
       try {
+        // Before the client is answered: log in with the stored console password, check the
+        // protocol; what needs the client's bytes runs in front of the console (console-handshake.ts).
+        // A leg that speaks the opening itself (RDCleanPath: X.224 and TLS) has its own handshake.
+        const console = leg.handshake ? await leg.handshake(reached, target) : await consoleHandshake(deps, target, reached, leg);
         pump = leg.attach(console, target, { endJudge: deps.reach.endJudge(target.vm), idleTimeoutMs: policy.idleTimeoutMs });
       } catch (e) {
-        console.socket.destroy();
+        reached.socket.destroy();
         throw e;
       }
       return register(deps, target, leg, pump, { policy, deadline, slot });

@@ -4,6 +4,8 @@
  * long a client that never answers the close handshake is kept.
  */
 import { WebSocket } from 'ws';
+import { ERRORS } from '../errors.js';
+import { HANDSHAKE_ERROR, type HandshakeFailure } from './console-stream.js';
 import type { CloseReason } from './pump.js';
 
 /** The close code and default reason text for each way a tunnel ends. */
@@ -23,7 +25,16 @@ export const CLOSE_CODES: Readonly<Record<CloseReason, { readonly code: number; 
   'session-cap': { code: 1013, message: 'resumable session limit reached' },
   // The broker supplies the text with the limit that applied (sessionExpiredMessage).
   'session-expired': { code: 4008, message: '{"code":"ONEPORT_ERR_SESSION_EXPIRED"}' },
+  // The console handshake failed after the upgrade (console-handshake.ts): the code's own close.
+  'console-auth': handshakeClose('console-auth'),
+  'console-protocol': handshakeClose('console-protocol'),
+  'client-protocol': handshakeClose('client-protocol'),
 };
+
+function handshakeClose(failure: HandshakeFailure): { code: number; message: string } {
+  const code = HANDSHAKE_ERROR[failure];
+  return { code: ERRORS[code].wsClose, message: JSON.stringify({ code }) };
+}
 
 /** The close reason of a session that reached its maximum session time: JSON naming the limit. */
 export function sessionExpiredMessage(maxSessionMs: number): string {

@@ -14,6 +14,7 @@ import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocket } from 'ws';
 import { closeWebSocket } from './close.js';
+import { type ConsoleStream, HANDSHAKE_FAILED, type HandshakeFailure } from './console-stream.js';
 
 export type CloseReason =
   | 'client-closed'
@@ -30,7 +31,9 @@ export type CloseReason =
   | 'session-cap'
 
   /** The console session reached its maximum session time (policy.ts). */
-  | 'session-expired';
+  | 'session-expired'
+  /** The console handshake (console-handshake.ts) failed after the client was answered. */
+  | HandshakeFailure;
 
 export interface PumpResult {
   readonly reason: CloseReason;
@@ -60,11 +63,13 @@ export abstract class Pump {
   private resolveDone!: (r: PumpResult) => void;
 
   protected constructor(
-    protected readonly console: net.Socket,
+    protected readonly console: ConsoleStream,
     protected readonly opts: PumpOptions,
   ) {
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
     console.on('error', () => this.fail('console-error'));
+    // A handshake that failed after the client was answered says why before the console ends.
+    console.once(HANDSHAKE_FAILED, (why: HandshakeFailure) => (this.reason ??= why));
     if (opts.idleTimeoutMs > 0) {
       console.setTimeout(opts.idleTimeoutMs, () => this.fail('idle'));
     }
@@ -125,7 +130,7 @@ export class StreamPump extends Pump {
 
   constructor(
     private readonly client: net.Socket,
-    console: net.Socket,
+    console: ConsoleStream,
     opts: PumpOptions,
     /** Bytes the client sent along with its request, before the tunnel existed. */
     head?: Buffer,
@@ -172,7 +177,7 @@ export class WebSocketPump extends Pump {
 
   constructor(
     private readonly ws: WebSocket,
-    console: net.Socket,
+    console: ConsoleStream,
     opts: PumpOptions & { readonly wsCloseFor: WsCloseFor; readonly judgeConsoleEnd?: (() => Promise<CloseReason | undefined>) | undefined },
     /** Messages the client sent while the console was being dialled. */
     queued: readonly Buffer[] = [],

@@ -6,12 +6,14 @@
 import type net from 'node:net';
 import type { VmRecord } from '../directory/directory.js';
 import type { Metrics } from '../metrics.js';
+import type { ConsoleStream } from './console-stream.js';
 import { dial } from './dial.js';
 import type { CloseReason } from './pump.js';
 import type { TunnelTarget } from './request.js';
 
 export interface ReachedConsole {
-  readonly socket: net.Socket;
+  /** The console socket, or a stream in front of it while the console handshake still runs (console-stream.ts). */
+  readonly socket: ConsoleStream;
   /**
    * Bytes already counted on the socket that are ours, not the tunnel's: a hop's CONNECT request
    * and its answer. The pump subtracts them, so logs and metrics count only what crossed.

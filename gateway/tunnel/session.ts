@@ -23,8 +23,8 @@
  * console is paused, so a client that does not read or does not acknowledge slows its own console
  * down. The caps across sessions live in session-registry.ts.
  */
-import type net from 'node:net';
 import { WebSocket } from 'ws';
+import type { ConsoleStream } from './console-stream.js';
 import { type CloseReason, Pump, type PumpOptions, type WsCloseFor } from './pump.js';
 import { ReplayBuffer } from './replay-buffer.js';
 import { closeWebSocket } from './close.js';
@@ -83,7 +83,7 @@ export class ResumableSession extends Pump implements HeldSession {
 
   constructor(
     readonly owner: SessionOwner,
-    console: net.Socket,
+    console: ConsoleStream,
     ws: WebSocket,
     client: string,
     private readonly sopts: SessionOptions,

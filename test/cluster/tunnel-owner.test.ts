@@ -13,6 +13,8 @@ import { startRedis } from '../helpers/redis.js';
 import { makeCluster, electedLeader, adminToken, type ClusterNode } from '../helpers/cluster.js';
 import { eventually } from '../helpers/wait.js';
 import { startBackend, rawRequest, basic, closedPort } from '../helpers/net.js';
+import { streamQueue } from '../helpers/bytes.js';
+import { vncAuthConsole } from '../helpers/console.js';
 
 const HOLD_MS = 20_000;
 
@@ -42,6 +44,10 @@ t.test('tunnels to a VM on another node', async (t) => {
       return view.body.nodes.length === 3 && view.body.nodes.every((x) => x.state === 'up') ? true : undefined;
     }, 10_000, `all up on ${n.id}`);
   }
+  const locked = await vncAuthConsole(t, 'owner-only');
+  const r0 = await leader.api('PUT', '/api/vms/locked', { token, body: { node: owner.id, endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port: locked.port, password: 'owner-only' }], users: ['alice'] } });
+  t.equal(r0.status, 200, 'VM locked (a console password) on the owner');
+  for (const n of nodes) await eventually(async () => ((await n.api<{ node?: string }>('GET', '/api/vms/locked', { token })).body.node === owner.id ? true : undefined), 5_000, `VM locked on ${n.id}`);
   const alice = (await direct.api<{ token: string }>('POST', '/api/login', { body: { user: 'alice', password: 'alice-password-1' } })).body.token;
   const ticketFor = async (node: ClusterNode, vm: string): Promise<string> =>
     (await node.api<{ ticket: string }>('POST', `/api/desktops/${vm}/tickets`, { token: alice, body: { protocol: 'vnc' } })).body.ticket;
@@ -103,5 +109,28 @@ t.test('tunnels to a VM on another node', async (t) => {
     const metrics = await viaOwner.api<string>('GET', '/metrics');
     const counted = (dir: string): number => Number(new RegExp(`^oneport_tunnel_bytes_total\\{direction="${dir}"\\} (\\d+)`, 'm').exec(metrics.body)?.[1] ?? NaN);
     t.same({ toConsole: counted('to_console'), toClient: counted('to_client') }, { toConsole: size, toClient: size }, 'and the entry node\'s metrics count the same');
+  });
+
+  t.test('a console password through the hop: the entry node logs in once, the owner passes bytes', async (t) => {
+    for (const entry of [viaOwner, direct]) {
+      const before = locked.accepted();
+      const r = await rawRequest(entry.port, `CONNECT locked:5900 HTTP/1.1\r\nProxy-Authorization: ${basic('alice', await ticketFor(entry, 'locked'))}\r\n\r\n`, { ca });
+      t.equal(r.status, 200, `${entry.id}: 200 once the console accepted the stored password`);
+      r.socket.on('error', () => {});
+      const q = streamQueue(r.socket);
+      if (r.rest.length > 0) q.push(r.rest);
+      r.socket.resume();
+      t.equal((await q.read(12, 10_000, 'banner')).toString('latin1'), 'RFB 003.008\n');
+      r.socket.write('RFB 003.008\n');
+      t.same(await q.read(2, 10_000, 'offer'), Buffer.from([1, 1]), `${entry.id}: the client is offered None`);
+      r.socket.write(Buffer.from([1, 1]));
+      t.same(await q.read(4, 10_000, 'result'), Buffer.alloc(4), 'SecurityResult OK');
+      t.equal((await q.read(28, 10_000, 'ServerInit')).subarray(24).toString(), 'fake', 'ServerInit from the console');
+      t.equal(locked.accepted() - before, 1, `${entry.id}: the console saw exactly one login`);
+      r.socket.destroy();
+    }
+    const handshakes = async (n: ClusterNode): Promise<number> => Number(/^oneport_console_handshakes_total\{protocol="vnc",result="ok"\} (\d+)/m.exec((await n.api<string>('GET', '/metrics')).body)?.[1] ?? 0);
+    t.same([await handshakes(viaOwner), await handshakes(direct), await handshakes(owner)], [1, 1, 0], 'done by the entry nodes; the owner (a hop) did none');
+    t.equal(locked.refused(), 0);
   });
 });

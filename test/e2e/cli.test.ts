@@ -16,16 +16,18 @@ import { type RawConnectResult, closedWithin, rawRequest } from '../helpers/net.
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const CLI = join(ROOT, 'gateway', 'cli.ts');
 
-function oneport(args: string[], env: Record<string, string> = {}): ChildProcess {
+function oneport(args: string[], env: Record<string, string> = {}, stdin: 'ignore' | 'pipe' = 'ignore'): ChildProcess {
   return spawn(process.execPath, ['--import', 'tsx', CLI, ...args], {
     cwd: ROOT,
     env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: [stdin, 'pipe', 'pipe'],
   });
 }
 
-async function runCli(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const p = oneport(args, env);
+/** Run a command to its end; `input`, when given, is its standard input. */
+async function runCli(args: string[], env: Record<string, string> = {}, input?: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const p = oneport(args, env, input === undefined ? 'ignore' : 'pipe');
+  if (input !== undefined) p.stdin!.end(input);
   let stdout = '';
   let stderr = '';
   p.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -248,4 +250,46 @@ t.test('session list and kill, user limits, and the audit file, through the runn
   t.ok(audit.some((r) => r.kind === 'admin' && r.action === 'session.terminate' && r.actor === 'local-admin' && r.via === 'control-socket'), 'the kill, by the machine\'s administrator');
   t.ok(audit.some((r) => r.kind === 'admin' && r.action === 'user.update' && (r.details as { fields: string[] }).fields.includes('maxSessions')), 'the limit change');
   t.ok(audit.some((r) => r.kind === 'admin' && r.action === 'ticket.issue'), 'the CLI\'s tickets');
+});
+
+t.test('vm password: from a file or standard input, never argv; shown as set, never printed; cleared', async (t) => {
+  const state = mkdtempSync(join(tmpdir(), 'oneport-cli-'));
+  t.teardown(() => rmSync(state, { recursive: true, force: true }));
+  t.equal((await runCli(['--state', state, 'init'])).code, 0);
+  t.equal((await runCli(['--state', state, 'vm', 'add', 'desk', '--vnc', '127.0.0.1:5999', '--spice', '127.0.0.1:5998@5901'])).code, 0);
+  const file = join(state, 'vnc-password');
+  writeFileSync(file, 'from-a-file\n', { mode: 0o600 });
+  // Stopped: the directory file.
+  const fromFile = await runCli(['--state', state, 'vm', 'password', 'desk', '--protocol', 'vnc', '--password-file', file]);
+  t.equal(fromFile.code, 0, fromFile.stderr);
+  const stored = JSON.parse(readFileSync(join(state, 'directory.json'), 'utf8')) as { vms: Array<{ endpoints: Array<{ protocol: string; password?: string }> }> };
+  t.equal(stored.vms[0]?.endpoints.find((e) => e.protocol === 'vnc')?.password, 'from-a-file', 'in the directory file (mode 0600), without the newline');
+  const none = await runCli(['--state', state, 'vm', 'password', 'desk', '--protocol', 'vnc']);
+  t.equal(none.code, 1, 'no source: refused');
+  t.match(none.stderr, /exactly one of --password-file, --password-stdin, --clear/);
+  const argv = await runCli(['--state', state, 'vm', 'password', 'desk', '--protocol', 'vnc', '--password', 'x']);
+  t.equal(argv.code, 1, 'there is no --password on the command line');
+
+  // Running: through the control socket and the API.
+  const node = await serve(t, state);
+  const stdin = await runCli(['--state', state, 'vm', 'password', 'desk', '--protocol', 'spice', '--password-stdin'], {}, 'from-stdin\n');
+  t.equal(stdin.code, 0, stdin.stderr);
+  t.match(stdin.stdout, 'spice console password set');
+  const list = await runCli(['--state', state, 'vm', 'list']);
+  t.match(list.stdout, /vnc 127\.0\.0\.1:5999 \(published 5900, console password set\)/);
+  t.match(list.stdout, /spice 127\.0\.0\.1:5998 \(published 5901, console password set\)/);
+  t.notMatch(list.stdout, /from-a-file|from-stdin/, 'never printed');
+  const rdp = await runCli(['--state', state, 'vm', 'password', 'desk', '--protocol', 'rdp', '--clear']);
+  t.equal(rdp.code, 1, 'rdp: not a choice');
+  t.equal((await runCli(['--state', state, 'vm', 'password', 'desk', '--protocol', 'vnc', '--clear'])).code, 0);
+  t.match((await runCli(['--state', state, 'vm', 'list'])).stdout, /vnc 127\.0\.0\.1:5999 \(published 5900\)/, 'cleared');
+  t.notMatch(node.stdout() + node.stderr(), /from-a-file|from-stdin/, 'not in the gateway\'s logs');
+  const audit = readFileSync(join(state, 'audit.log'), 'utf8');
+  t.match(audit, /vm\.console-password/, 'audited');
+  t.notMatch(audit, /from-a-file|from-stdin/, 'without the password');
+  node.proc.kill('SIGTERM');
+  t.equal(await node.exited, 0);
+  const saved = readFileSync(join(state, 'directory.json'), 'utf8');
+  t.match(saved, /"password": "from-stdin"/, 'the running gateway saved the spice one');
+  t.notMatch(saved, /from-a-file/, 'and the cleared one is gone');
 });

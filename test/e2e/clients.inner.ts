@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { WebSocket, createWebSocketStream } from 'ws';
 import jpeg from 'jpeg-js';
 import { startTestGateway } from '../helpers/gateway.js';
-import { freePort, startBackend } from '../helpers/net.js';
+import { freePort, socatListening, startBackend } from '../helpers/net.js';
 import { apiClient, ok } from '../helpers/api.js';
 import { startRfbServer, patternPixel, TEST_PATTERN_BARS } from '../../gateway/demo/rfb.js';
 import { rfbConnect, rfbRequestFrame, pixelAt } from '../helpers/rfb-client.js';
@@ -154,18 +154,3 @@ t.test('vncsnapshot (a VNC client nobody here wrote) takes a picture of the demo
   }
   t.equal(rfb.accepted, 1, 'the console saw exactly one connection, through the gateway');
 });
-
-/** socat -d -d says "listening on" once its socket is bound: wait for that line. */
-function socatListening(stderr: NodeJS.ReadableStream, timeoutMs = 5000): Promise<void> {
-  return new Promise((resolve, reject) => {
-    let text = '';
-    const timer = setTimeout(() => reject(new Error(`socat did not start listening: ${text}`)), timeoutMs);
-    stderr.on('data', (d: Buffer) => {
-      text += d.toString();
-      if (text.includes('listening on')) {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-  });
-}

@@ -17,20 +17,25 @@ import { join } from 'node:path';
 import { Agent, request } from 'undici';
 import { startTestGateway } from '../helpers/gateway.js';
 import { closedPort } from '../helpers/net.js';
-import { startQemuSpice } from '../helpers/qemu.js';
+import { startQemuSpice, startQemuSpiceWithPassword } from '../helpers/qemu.js';
 import { startXvfb } from '../helpers/x11.js';
 import { outsideNetns } from '../helpers/netns.js';
 
 const SYSTEM_BUNDLE = '/etc/ssl/certs/ca-certificates.crt';
 
-async function openVv(t: Test, proxy: 'http' | 'https'): Promise<void> {
+/**
+ * `consolePassword`: QEMU asks for it and the directory holds it (or `stored`, a wrong one); the
+ * .vv file and the user never see it.
+ */
+async function openVv(t: Test, proxy: 'http' | 'https', consolePassword?: string, stored = consolePassword): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'oneport-rv-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const spicePort = await closedPort();
-  await startQemuSpice(t, spicePort);
+  if (consolePassword === undefined) await startQemuSpice(t, spicePort);
+  else await startQemuSpiceWithPassword(t, spicePort, consolePassword);
   const gw = await startTestGateway(t);
   await gw.addUser('alice', 'alice-password-1');
-  await gw.addVm('vm1', [{ protocol: 'spice', host: '127.0.0.1', port: spicePort, publishedPort: 5900 }], ['alice']);
+  await gw.addVm('vm1', [{ protocol: 'spice', host: '127.0.0.1', port: spicePort, publishedPort: 5900, ...(stored ? { password: stored } : {}) }], ['alice']);
 
   // As a user: log in, download the .vv file (the portal's "Download .vv" link).
   const dispatcher = new Agent({ connect: { ca: gw.caCert, servername: 'localhost' } });
@@ -51,6 +56,7 @@ async function openVv(t: Test, proxy: 'http' | 'https'): Promise<void> {
   t.match(text, new RegExp(`^proxy=${proxy}://127\\.0\\.0\\.1:${gw.port}$`, 'm'), `proxy=${proxy}:// points at the gateway`);
   t.match(text, /^host=[a-z0-9]{1,63}\.vm1$/m, 'host= carries the ticket in front of the VM name');
   t.notMatch(text, String(spicePort), 'the console port is not in the file');
+  if (consolePassword !== undefined) t.notMatch(text, consolePassword, 'nor the console password');
   const file = join(dir, 'vm1.vv');
   writeFileSync(file, text);
 
@@ -80,6 +86,19 @@ async function openVv(t: Test, proxy: 'http' | 'https'): Promise<void> {
     }
   });
 
+  if (stored !== consolePassword) {
+    // The console refuses the stored password: remote-viewer reads the link result and says so.
+    const end = Date.now() + 30_000;
+    const denied = (): boolean => gw.logs.some((l) => l.event === 'console-handshake-failed' && l.vm === 'vm1' && l.result === 'console-auth');
+    // spice-gtk: "link result: reply 7" (PERMISSION_DENIED), then virt-viewer's own words.
+    const refused = /main channel: auth failure/;
+    while (!(denied() && refused.test(log)) && rv.exitCode === null && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+    t.ok(denied(), 'the gateway logged the refused stored password for the admin');
+    t.match(log, /main-\d+:\d+: link result: reply 7/, 'remote-viewer read the console\'s PERMISSION_DENIED');
+    t.match(log, refused, 'and reports an authentication failure, not a hang', { log: log.slice(-2000) });
+    t.notMatch(log, /main-\d+:\d+: channel up/, 'no channel came up');
+    return;
+  }
   // spice-gtk logs "<channel>: channel up" for each channel once its link is established.
   const channelsUp = (): Set<string> => new Set([...log.matchAll(/(main|display|inputs|cursor)-\d+:\d+: channel up/g)].map((m) => m[1]!));
   const end = Date.now() + 60_000;
@@ -106,4 +125,12 @@ t.test('remote-viewer with proxy=https:// trusts the gateway through the system 
   skip: outsideNetns || (existsSync(SYSTEM_BUNDLE) ? false : `${SYSTEM_BUNDLE} is missing (apt-get install ca-certificates)`),
 }, async (t) => {
   await openVv(t, 'https');
+});
+
+t.test('remote-viewer reaches a SPICE console with a password it never learns: the gateway swaps each channel\'s ticket', { skip: outsideNetns }, async (t) => {
+  await openVv(t, 'http', 'qemu-s3cret');
+});
+
+t.test('remote-viewer and a wrong stored SPICE password: the link is refused, the admin gets the log line, no channel comes up', { skip: outsideNetns }, async (t) => {
+  await openVv(t, 'http', 'qemu-s3cret', 'not-the-one');
 });

@@ -85,6 +85,8 @@ export function makeCluster(t: Teardown, redisUrl: string, base: Record<string, 
         ...base,
         ...extra,
         cluster: { redis: redisUrl, ...(base.cluster as object), ...(extra.cluster as object) },
+        // Echo servers stand in for consoles: no protocol check unless a test asks for it.
+        tunnel: { protocolCheck: false, ...(base.tunnel as object), ...(extra.tunnel as object) },
       };
       writeFileSync(join(state, 'config.json'), JSON.stringify(cfg));
       const node = await spawnNode(id, state, join(state, 'config.json'), agent);

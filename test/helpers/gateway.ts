@@ -68,6 +68,9 @@ export async function startTestGateway(t: Teardown, input: ConfigInput = {}, opt
     ...input,
     demo: { enabled: opts.demo ?? false, ...(input.demo ?? {}) },
     shutdown: { drainMs: 2000, ...(input.shutdown ?? {}) },
+    // Most tests stand an echo server in for a console, which speaks no protocol at all: the
+    // protocol check is off unless a test turns it on (test/integration/console-handshake.test.ts).
+    tunnel: { protocolCheck: false, ...(input.tunnel ?? {}) },
   });
   const gw = await startGateway(config, { logger, announce: () => {}, ...(opts.store ? { store: opts.store } : {}) });
   t.teardown(() => gw.close({ drainMs: 0 }));

@@ -218,3 +218,18 @@ export function closedWithin(socket: net.Socket | tls.TLSSocket, ms = 5000): Pro
     socket.resume();
   });
 }
+
+/** socat -d -d says "listening on" once its socket is bound: wait for that line. */
+export function socatListening(stderr: NodeJS.ReadableStream, timeoutMs = 5000): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let text = '';
+    const timer = setTimeout(() => reject(new Error(`socat did not start listening: ${text}`)), timeoutMs);
+    stderr.on('data', (d: Buffer) => {
+      text += d.toString();
+      if (text.includes('listening on')) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+  });
+}

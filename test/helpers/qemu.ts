@@ -5,6 +5,9 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { waitForPort } from './net.js';
 
 interface Teardown {
@@ -54,4 +57,13 @@ export async function startQemuSpice(t: Teardown, port: number, opts: { password
     throw new Error(`${e.message}; qemu said: ${log}`);
   });
   return { proc, log: () => log, stop };
+}
+
+/** QEMU whose SPICE server asks for `password` (written to a file of its own, mode 0600). */
+export async function startQemuSpiceWithPassword(t: Teardown, port: number, password: string): Promise<Qemu> {
+  const dir = mkdtempSync(join(tmpdir(), 'oneport-spiceauth-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const passwordFile = join(dir, 'password');
+  writeFileSync(passwordFile, password, { mode: 0o600 });
+  return startQemuSpice(t, port, { passwordFile });
 }

@@ -6,6 +6,12 @@
  * with a message saying what was expected, instead of hanging it or allocating gigabytes.
  */
 import type { Duplex } from 'node:stream';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import jpeg from 'jpeg-js';
 import { streamQueue } from './bytes.js';
 
 export interface RfbSession {
@@ -149,4 +155,37 @@ export function pixelAt(frame: Buffer, session: RfbSession, x: number, y: number
   }
   const o = (y * session.width + x) * 4;
   return [frame[o + 2]!, frame[o + 1]!, frame[o]!];
+}
+
+/** What vncsnapshot did: its exit code and output, and the picture it saved (when it did). */
+export interface Snapshot {
+  readonly code: number | null;
+  readonly log: string;
+  readonly width: number;
+  readonly height: number;
+  pixel(x: number, y: number): [number, number, number];
+}
+
+/**
+ * vncsnapshot (a real VNC client nobody here wrote) against 127.0.0.1:<port>, within 30 s. It
+ * takes a display number, port 5900 + N; `host::port` names any port.
+ */
+export async function vncsnapshot(t: { teardown(fn: () => unknown): void }, port: number): Promise<Snapshot> {
+  const dir = mkdtempSync(join(tmpdir(), 'oneport-snap-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const out = join(dir, 'shot.jpg');
+  const snap = spawn('vncsnapshot', ['-quiet', '-encodings', 'hextile raw', `127.0.0.1::${port}`, out], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  snap.stdout.on('data', (d: Buffer) => (log += d.toString()));
+  snap.stderr.on('data', (d: Buffer) => (log += d.toString()));
+  t.teardown(() => snap.kill('SIGKILL'));
+  const [code] = (await once(snap, 'exit', { signal: AbortSignal.timeout(30_000) })) as [number | null];
+  if (code !== 0) return { code, log, width: 0, height: 0, pixel: () => [0, 0, 0] };
+  // vncsnapshot stores RGB samples without a colour-space marker; jpeg-js would assume YCbCr.
+  const img = jpeg.decode(readFileSync(out), { useTArray: true, colorTransform: false });
+  const pixel = (x: number, y: number): [number, number, number] => {
+    const o = (y * img.width + x) * 4;
+    return [img.data[o] ?? 0, img.data[o + 1] ?? 0, img.data[o + 2] ?? 0];
+  };
+  return { code, log, width: img.width, height: img.height, pixel };
 }

@@ -4,8 +4,11 @@
  * whose lock it can create, then writes the number once it accepts clients), so tests running
  * in parallel never collide and nobody sleeps waiting for a server to come up.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { waitForPort } from './net.js';
 
@@ -84,6 +87,17 @@ export async function startXvnc(t: Teardown, rfbPort: number, geometry = '320x24
   // so the VNC port is checked by connecting.
   await waitForPort(rfbPort, 10_000, () => x.proc.exitCode !== null);
   return x;
+}
+
+/** Xvnc that asks for a VNC password (VNC Authentication only), made with TigerVNC's vncpasswd. */
+export async function startXvncWithPassword(t: Teardown, rfbPort: number, password: string, geometry = '320x240'): Promise<XServer> {
+  const dir = mkdtempSync(join(tmpdir(), 'oneport-vncauth-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const made = spawnSync('vncpasswd', ['-f'], { input: password });
+  if (made.status !== 0) throw new Error(`vncpasswd: ${made.stderr.toString()}`);
+  const file = join(dir, 'passwd');
+  writeFileSync(file, made.stdout, { mode: 0o600 });
+  return startXvnc(t, rfbPort, geometry, ['-SecurityTypes', 'VncAuth', '-rfbauth', file]);
 }
 
 /** Xvfb on a free display (for X clients under test: xfreerdp, remote-viewer). */

@@ -10,11 +10,6 @@
 import t, { type Test } from 'tap';
 import net from 'node:net';
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import jpeg from 'jpeg-js';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { spawn, spawnSync } from 'node:child_process';
 import type { Parse } from '../../protocols/parse.js';
 import {
   type RfbVersion,
@@ -40,9 +35,10 @@ import {
   spiceTicket,
 } from '../../protocols/spice-auth.js';
 import { missingCommands } from '../helpers/netns.js';
-import { startQemuSpice } from '../helpers/qemu.js';
+import { vncsnapshot } from '../helpers/rfb-client.js';
+import { startQemuSpiceWithPassword } from '../helpers/qemu.js';
 import { freePort } from '../helpers/net.js';
-import { solidRoot, startXvnc } from '../helpers/x11.js';
+import { solidRoot, startXvncWithPassword } from '../helpers/x11.js';
 
 const WAIT_MS = 10_000;
 
@@ -128,14 +124,8 @@ async function serverInitSize(w: Wire): Promise<[number, number]> {
 }
 
 async function xvncWithPassword(t: Test, password: string): Promise<{ port: number; display: string }> {
-  const dir = mkdtempSync(join(tmpdir(), 'oneport-vncauth-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const made = spawnSync('vncpasswd', ['-f'], { input: password });
-  if (made.status !== 0) throw new Error(`vncpasswd: ${made.stderr.toString()}`);
-  const file = join(dir, 'passwd');
-  writeFileSync(file, made.stdout, { mode: 0o600 });
   const port = await freePort();
-  const x = await startXvnc(t, port, '320x240', ['-SecurityTypes', 'VncAuth', '-rfbauth', file]);
+  const x = await startXvncWithPassword(t, port, password);
   return { port, display: x.display };
 }
 
@@ -196,22 +186,10 @@ t.test(
     t.teardown(() => relay.close());
     const relayPort = (relay.address() as net.AddressInfo).port;
 
-    const dir = mkdtempSync(join(tmpdir(), 'oneport-snap-'));
-    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-    const out = join(dir, 'shot.jpg');
-    // vncsnapshot takes a display number: port 5900 + N. A port below 5900 is written as -N.
-    const snap = spawn('vncsnapshot', ['-quiet', '-encodings', 'hextile raw', `127.0.0.1::${relayPort}`, out], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let log = '';
-    snap.stdout.on('data', (d: Buffer) => (log += d.toString()));
-    snap.stderr.on('data', (d: Buffer) => (log += d.toString()));
-    t.teardown(() => snap.kill('SIGKILL'));
-    const [code] = (await once(snap, 'exit', { signal: AbortSignal.timeout(20_000) })) as [number | null];
-    t.equal(code, 0, `vncsnapshot exited 0 (${log.trim()})`);
-    // vncsnapshot stores RGB samples without a colour-space marker; jpeg-js would assume YCbCr.
-    const img = jpeg.decode(readFileSync(out), { useTArray: true, colorTransform: false });
-    t.same([img.width, img.height], [320, 240], 'a picture of the whole desktop');
-    const o = (120 * img.width + 160) * 4;
-    const got = [img.data[o] ?? 0, img.data[o + 1] ?? 0, img.data[o + 2] ?? 0];
+    const shot = await vncsnapshot(t, relayPort);
+    t.equal(shot.code, 0, `vncsnapshot exited 0 (${shot.log.trim()})`);
+    t.same([shot.width, shot.height], [320, 240], 'a picture of the whole desktop');
+    const got = shot.pixel(160, 120);
     t.ok(got.every((v, i) => Math.abs(v - ([0x20, 0xc0, 0x40][i] ?? 0)) <= 40), `in the root window's colour (got ${got.join(',')})`);
   },
 );
@@ -231,13 +209,9 @@ async function spiceLink(t: Test, port: number, password: string, authSelection:
 }
 
 t.test('QEMU SPICE with a password accepts our ticket and refuses a wrong one', { skip: missingCommands([['qemu-system-x86_64', 'qemu-system-x86']]) }, async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'oneport-spiceauth-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const password = 'c0ns0le-only';
-  const passwordFile = join(dir, 'password');
-  writeFileSync(passwordFile, password, { mode: 0o600 });
   const port = await freePort();
-  await startQemuSpice(t, port, { passwordFile });
+  await startQemuSpiceWithPassword(t, port, password);
 
   const good = await spiceLink(t, port, password, true);
   t.equal(good.result, SPICE_LINK_ERR.OK, 'right password, with auth selection (as spice-html5 links): OK');

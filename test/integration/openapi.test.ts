@@ -131,6 +131,9 @@ t.test('real answers of a real gateway match the document', async (t) => {
   const sessions = (await call('GET', '/api/sessions', '/api/sessions', { token: root })).body.sessions as Array<{ id: string }>;
   t.equal(sessions.length, 1, 'the live tunnel is listed');
 
+  await call('PUT', '/api/vms/{vm}/console-password', '/api/vms/desk/console-password', { token: root, body: { protocol: 'spice', password: 'console-secret' } });
+  await call('GET', '/api/vms/{vm}', '/api/vms/desk', { token: root }); // with passwordSet
+  await call('PUT', '/api/vms/{vm}/console-password', '/api/vms/desk/console-password', { token: root, body: { protocol: 'spice', password: null } });
   await call('GET', '/api/vms', '/api/vms', { token: root });
   await call('GET', '/api/vms/{vm}', '/api/vms/desk', { token: root });
   await call('PUT', '/api/vms/{vm}', '/api/vms/desk2', {

@@ -222,7 +222,8 @@ async function brokerScene(t: { teardown(f: () => unknown): void }, reach: Reach
   const noisyLog = new RateLimitedLog();
   const audits: AuditRecord[] = [];
   const caps = new SessionCaps({ dir, defaults: { maxSessionsPerUser: 0, maxSessionsPerVm: 0 }, metrics, log, noisyLog });
-  const deps: BrokerDeps = { dir, auth, reach, watcher, tunnels: new TunnelRegistry(), metrics, log, noisyLog, lifecycle: { shuttingDown: false }, nodeId: undefined, holdMs: 1000, policy: { idleTimeoutMs: 0, maxSessionMs: 0 }, caps, audit: { record: (r) => audits.push(r) }, self: 'local' };
+  // The echo console is no VNC server: the protocol check (console-handshake.ts) has its own tests.
+  const deps: BrokerDeps = { dir, auth, reach, watcher, tunnels: new TunnelRegistry(), metrics, log, noisyLog, lifecycle: { shuttingDown: false }, nodeId: undefined, holdMs: 1000, policy: { idleTimeoutMs: 0, maxSessionMs: 0 }, caps, audit: { record: (r) => audits.push(r) }, self: 'local', handshake: { timeoutMs: 5000, protocolCheck: false } };
   return { deps, dir, auth, lines, audits };
 }
 
@@ -281,7 +282,7 @@ t.test('broker: a leg that cannot take the console gets the console closed; shut
   const reach = scriptedReach([], port);
   const { deps, dir, auth } = await brokerScene(t, reach);
   const issued = await auth.issueTicket(dir.getUser('alice')!, dir.getVm('desk')!, 'vnc');
-  let consoleSocket: net.Socket | undefined;
+  let consoleSocket: ReachedConsole['socket'] | undefined;
   const leg = recordingLeg();
   leg.attach = (c: ReachedConsole): Pump => {
     consoleSocket = c.socket;

@@ -16,7 +16,6 @@
  * The destination the client names is never looked at: the console is the VM's in the directory.
  */
 import { X509Certificate } from 'node:crypto';
-import type net from 'node:net';
 import tls from 'node:tls';
 import { WebSocket } from 'ws';
 import { OneportError } from '../../errors.js';
@@ -33,6 +32,7 @@ import {
 } from '../../../protocols/rdcleanpath.js';
 import { RdpProtocol, X224_MAX_LENGTH, parseConnectionConfirm, parseConnectionRequest } from '../../../protocols/rdp.js';
 import { wsCloseFor } from '../close.js';
+import type { ConsoleStream } from '../console-stream.js';
 import { ReachFailure } from '../failures.js';
 import { type CloseReason, type Pump, WebSocketPump } from '../pump.js';
 import { NO_PREFACE, type ReachedConsole } from '../reach.js';
@@ -198,7 +198,7 @@ function checkRequest(message: RdcleanpathMessage): RdcleanpathRequest {
 }
 
 /** The console's X.224 Connection Confirm: one TPKT, at most X224_MAX_LENGTH bytes, nothing after it. */
-function readConfirm(socket: net.Socket, signal: AbortSignal): Promise<Buffer> {
+function readConfirm(socket: ConsoleStream, signal: AbortSignal): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     let got = Buffer.alloc(0);
     const stop = (e?: unknown, value?: Buffer): void => {
@@ -234,7 +234,7 @@ function readConfirm(socket: net.Socket, signal: AbortSignal): Promise<Buffer> {
  * certificates; this one is the directory's, so it is not verified here: the client gets the
  * chain (and checks it as it sees fit, IronRDP binds CredSSP to its key).
  */
-function startTls(socket: net.Socket, signal: AbortSignal): Promise<tls.TLSSocket> {
+function startTls(socket: ConsoleStream, signal: AbortSignal): Promise<tls.TLSSocket> {
   return new Promise((resolve, reject) => {
     const secure = tls.connect({ socket, rejectUnauthorized: false });
     const fail = (e: unknown): void => {

@@ -8,12 +8,12 @@
  * client's, with backpressure both ways: a console the client cannot keep up with is paused while
  * the client's socket holds more than 1 MiB, and a client is not read while the console is busy.
  */
-import type net from 'node:net';
 import { type TsguPacketReader, HResult, encodeData } from '../../../protocols/tsgu.js';
 import type { ErrorCode, OneportError } from '../../errors.js';
 import type { TsguFlow } from '../../rdg/flow.js';
 import type { RdgTransport, TransportEnd } from '../../rdg/transport.js';
 import { ReachFailure } from '../failures.js';
+import type { ConsoleStream } from '../console-stream.js';
 import { type CloseReason, Pump, type PumpOptions } from '../pump.js';
 import type { ReachedConsole } from '../reach.js';
 import type { AttachOptions, ClientLeg } from './leg.js';
@@ -113,11 +113,10 @@ export class RdgPump extends Pump {
     private readonly channel: RdgTransport,
     private readonly flow: TsguFlow,
     private readonly reader: TsguPacketReader,
-    console: net.Socket,
+    console: ConsoleStream,
     opts: PumpOptions,
   ) {
     super(console, opts);
-    console.setNoDelay(true);
     channel.on('data', (chunk: Buffer) => {
       reader.push(chunk);
       this.readPackets();
