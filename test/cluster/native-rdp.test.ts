@@ -6,35 +6,16 @@
  */
 import t from 'tap';
 import { once } from 'node:events';
-import { startRedis } from '../helpers/redis.js';
-import { makeCluster, electedLeader, adminToken } from '../helpers/cluster.js';
-import { eventually } from '../helpers/wait.js';
+import { twoNodesWithWin } from '../helpers/cluster.js';
 import { closedWithin, connectRaw } from '../helpers/net.js';
 import { opening, startRdpConsole } from '../helpers/rdp.js';
 import * as R from '../fixtures/rdp-packets.js';
 import { REFUSAL } from '../../gateway/tunnel/legs/rdp.js';
 
 t.test('a native RDP client entering at another node reaches the owner\'s console through the hop', async (t) => {
-  const redis = await startRedis(t);
-  const cluster = makeCluster(t, redis.url);
-  const owner = await cluster.start('own');
-  const entry = await cluster.start('entry');
-  const nodes = [owner, entry];
-  const leader = await electedLeader(nodes);
-  const token = await adminToken(leader);
   const rdpConsole = await startRdpConsole(t);
-  await leader.api('PUT', '/api/users/alice', { token, body: { password: 'alice-password-1' } });
-  const put = await leader.api('PUT', '/api/vms/win', { token, body: { node: owner.id, endpoints: [{ protocol: 'rdp', host: '127.0.0.1', port: rdpConsole.port }], users: ['alice'] } });
-  t.equal(put.status, 200, 'VM win on the owner');
-  for (const n of nodes) {
-    await eventually(async () => ((await n.api<{ node?: string }>('GET', '/api/vms/win', { token })).body.node === owner.id ? true : undefined), 5_000, `VM on ${n.id}`);
-    await eventually(async () => {
-      const view = await n.api<{ nodes: Array<{ state: string }> }>('GET', '/api/cluster', { token });
-      return view.body.nodes.length === 2 && view.body.nodes.every((x) => x.state === 'up') ? true : undefined;
-    }, 10_000, `all up on ${n.id}`);
-  }
-  const alice = (await entry.api<{ token: string }>('POST', '/api/login', { body: { user: 'alice', password: 'alice-password-1' } })).body.token;
-  const { ticket } = (await entry.api<{ ticket: string }>('POST', '/api/desktops/win/tickets', { token: alice, body: { protocol: 'rdp' } })).body;
+  const { a: owner, b: entry, ticket: ticketAt } = await twoNodesWithWin(t, rdpConsole.port);
+  const ticket = await ticketAt(entry);
 
   const entryMark = entry.logs.length;
   const ownerMark = owner.logs.length;

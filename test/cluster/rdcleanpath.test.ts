@@ -5,33 +5,16 @@
  */
 import t from 'tap';
 import { X509Certificate } from 'node:crypto';
-import { startRedis } from '../helpers/redis.js';
-import { adminToken, electedLeader, makeCluster } from '../helpers/cluster.js';
+import { twoNodesWithWin } from '../helpers/cluster.js';
 import { eventually } from '../helpers/wait.js';
 import { closeOf, openWs, opened } from '../helpers/ws.js';
 import { answer, request, roundTrip, startRdpConsole } from '../helpers/rdp-console.js';
 import { SHADOW_CC_SSL } from '../fixtures/rdp-packets.js';
 
 t.test('an RDCleanPath client on a node that does not own the VM reaches its console through the owner', async (t) => {
-  const redis = await startRedis(t);
-  const cluster = makeCluster(t, redis.url);
-  const owner = await cluster.start('own');
-  const entry = await cluster.start('via');
-  const leader = await electedLeader([owner, entry]);
-  const token = await adminToken(leader);
   const rdp = await startRdpConsole(t);
-  await leader.api('PUT', '/api/users/alice', { token, body: { password: 'alice-password-1' } });
-  const put = await leader.api('PUT', '/api/vms/win', { token, body: { node: owner.id, endpoints: [{ protocol: 'rdp', host: '127.0.0.1', port: rdp.port }], users: ['alice'] } });
-  t.equal(put.status, 200, 'the VM is on the owner node');
-  for (const n of [owner, entry]) {
-    await eventually(async () => ((await n.api<{ node?: string }>('GET', '/api/vms/win', { token })).body.node === owner.id ? true : undefined), 5_000, `VM on ${n.id}`);
-    await eventually(async () => {
-      const view = await n.api<{ nodes: Array<{ state: string }> }>('GET', '/api/cluster', { token });
-      return view.body.nodes.length === 2 && view.body.nodes.every((x) => x.state === 'up') ? true : undefined;
-    }, 10_000, `all up on ${n.id}`);
-  }
-  const alice = (await entry.api<{ token: string }>('POST', '/api/login', { body: { user: 'alice', password: 'alice-password-1' } })).body.token;
-  const { ticket } = (await entry.api<{ ticket: string }>('POST', '/api/desktops/win/tickets', { token: alice, body: { protocol: 'rdp' } })).body;
+  const { cluster, a: owner, b: entry, ticket: ticketAt } = await twoNodesWithWin(t, rdp.port);
+  const ticket = await ticketAt(entry);
 
   const ws = openWs(t, { port: entry.port, caCert: cluster.ca.cert }, '/rdcleanpath/win', {}, []);
   await opened(ws);

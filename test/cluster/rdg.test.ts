@@ -6,7 +6,8 @@
  */
 import t from 'tap';
 import { startBackend } from '../helpers/net.js';
-import { RdgLegacyClient, twoNodesWithWin } from '../helpers/rdg.js';
+import { RdgLegacyClient } from '../helpers/rdg.js';
+import { twoNodesWithWin } from '../helpers/cluster.js';
 
 t.test('RDG_OUT_DATA on one node, RDG_IN_DATA on another', async (t) => {
   const echo = await startBackend(t);

@@ -14,7 +14,7 @@ import { startXrdp } from '../helpers/xrdp.js';
 import { startXvfb } from '../helpers/x11.js';
 import { outsideNetns } from '../helpers/netns.js';
 import { until } from '../helpers/wait.js';
-import { twoNodesWithWin } from '../helpers/rdg.js';
+import { twoNodesWithWin } from '../helpers/cluster.js';
 
 /** Tunnel log lines for `vm` on this gateway. */
 const tunnelsOf = (gw: TestGateway, vm: string): Array<Record<string, unknown>> => gw.logs.filter((l) => l.event === 'tunnel' && l.vm === vm);

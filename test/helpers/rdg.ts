@@ -13,9 +13,6 @@ import {
 import { Opcode, encodeClientFrame } from '../../protocols/websocket-frame.js';
 import { toUtf16z } from '../../protocols/parse.js';
 import { type ByteQueue, streamQueue } from './bytes.js';
-import { type ClusterNode, type TestCluster, adminToken, electedLeader, makeCluster } from './cluster.js';
-import { startRedis } from './redis.js';
-import { eventually } from './wait.js';
 
 export const RDG_KEY = 'ZZIGAOZUBBAPOFV';
 const TIMEOUT_MS = 10_000;
@@ -235,44 +232,4 @@ export class RdgLegacyClient extends RdgClient {
     this.socket.destroy();
     this.inSocket.destroy();
   }
-}
-
-export interface TwoNodes {
-  readonly cluster: TestCluster;
-  readonly a: ClusterNode;
-  readonly b: ClusterNode;
-  /** A fresh RDP console ticket for alice and VM "win", asked for at node `at`. */
-  ticket(at: ClusterNode): Promise<string>;
-}
-
-/**
- * Two gateway processes on a real redis-server, user alice, and VM "win" (RDP at `consolePort`)
- * owned by the first node; returns once both nodes see the VM and each other up.
- */
-export async function twoNodesWithWin(t: { teardown(fn: () => unknown): void }, consolePort: number): Promise<TwoNodes> {
-  const redis = await startRedis(t);
-  const cluster = makeCluster(t, redis.url);
-  const a = await cluster.start('na');
-  const b = await cluster.start('nb');
-  const leader = await electedLeader([a, b]);
-  const token = await adminToken(leader);
-  await leader.api('PUT', '/api/users/alice', { token, body: { password: 'alice-password-1' } });
-  const put = await leader.api('PUT', '/api/vms/win', { token, body: { node: a.id, endpoints: [{ protocol: 'rdp', host: '127.0.0.1', port: consolePort }], users: ['alice'] } });
-  if (put.status !== 200) throw new Error(`PUT /api/vms/win: ${put.status}`);
-  for (const n of [a, b]) {
-    await eventually(async () => ((await n.api<{ node?: string }>('GET', '/api/vms/win', { token })).body.node === a.id ? true : undefined), 5_000, `VM on ${n.id}`);
-    await eventually(async () => {
-      const view = await n.api<{ nodes: Array<{ state: string }> }>('GET', '/api/cluster', { token });
-      return view.body.nodes.length === 2 && view.body.nodes.every((x) => x.state === 'up') ? true : undefined;
-    }, 10_000, `both up on ${n.id}`);
-  }
-  return {
-    cluster,
-    a,
-    b,
-    async ticket(at) {
-      const alice = (await at.api<{ token: string }>('POST', '/api/login', { body: { user: 'alice', password: 'alice-password-1' } })).body.token;
-      return (await at.api<{ ticket: string }>('POST', '/api/desktops/win/tickets', { token: alice, body: { protocol: 'rdp' } })).body.ticket;
-    },
-  };
 }
