@@ -22,7 +22,7 @@ const background = (rgb: readonly number[]): string[] => [`ls_top_window_bg_colo
 t.test('log in, open the RDP desktop in the browser, see xrdp\'s screen; the viewer reconnects after xrdp restarts', { skip: outsideNetns }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'oneport-browser-rdp-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  let xrdp = await startXrdp(t, dir, { globals: background(ORANGE) });
+  let xrdp = await startXrdp(t, dir, { loginScreen: true, globals: background(ORANGE) });
 
   const gw = await startTestGateway(t);
   await gw.addUser('alice', 'alice-password-1');
@@ -66,7 +66,7 @@ t.test('log in, open the RDP desktop in the browser, see xrdp\'s screen; the vie
   await xrdp.stop();
   await page.locator('#status:not([data-state=connected])').waitFor({ timeout: 15_000 });
   t.match(await page.locator('#status').textContent(), /Reconnect|Connecting/, 'the viewer says it is reconnecting');
-  xrdp = await startXrdp(t, dir, { port: xrdp.port, globals: background(TEAL) });
+  xrdp = await startXrdp(t, dir, { loginScreen: true, port: xrdp.port, globals: background(TEAL) });
   try {
     await page.locator('#status[data-state=connected]').waitFor({ timeout: 60_000 });
     await waitForCanvasColour(page, TEAL, 30_000, CORNERS);
@@ -94,7 +94,7 @@ t.test('log in, open the RDP desktop in the browser, see xrdp\'s screen; the vie
 t.test('a resume token the gateway refuses (RDCleanPath 401, close 4401): the viewer gets a fresh ticket at once', { skip: outsideNetns }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'oneport-browser-rdp-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  let xrdp = await startXrdp(t, dir, { globals: background(ORANGE) });
+  let xrdp = await startXrdp(t, dir, { loginScreen: true, globals: background(ORANGE) });
   const gw = await startTestGateway(t);
   await gw.addUser('carol', 'carol-password-1');
   await gw.addVm('win', [{ protocol: 'rdp', host: '127.0.0.1', port: xrdp.port }], ['carol']);
@@ -124,7 +124,7 @@ t.test('a resume token the gateway refuses (RDCleanPath 401, close 4401): the vi
   });
   await xrdp.stop();
   await page.locator('#status:not([data-state=connected])').waitFor({ timeout: 15_000 });
-  xrdp = await startXrdp(t, dir, { port: xrdp.port, globals: background(TEAL) });
+  xrdp = await startXrdp(t, dir, { loginScreen: true, port: xrdp.port, globals: background(TEAL) });
   await page.locator('#status[data-state=connected]').waitFor({ timeout: 60_000 });
   await waitForCanvasColour(page, TEAL, 30_000, CORNERS);
   const statuses = await page.evaluate(() => (globalThis as unknown as { statuses: string[] }).statuses);

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { apiClient, ok } from '../helpers/api.js';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { connectionCount } from '../helpers/scenario.js';
-import { type Run, runXfreerdp } from '../helpers/rdp.js';
+import { type Run, xfreerdpTo } from '../helpers/rdp.js';
 import { startXrdp } from '../helpers/xrdp.js';
 import { startXvfb } from '../helpers/x11.js';
 import { outsideNetns } from '../helpers/netns.js';
@@ -19,20 +19,8 @@ import { until } from '../helpers/wait.js';
 
 const ESTABLISHED = /TLS connection established from 127\.0\.0\.1/g;
 
-/**
- * xfreerdp run against the gateway. About one run in twenty, under load, xfreerdp 2.11 hangs
- * before it opens any connection (seen with `ss`: no socket to the gateway; nothing printed, even
- * line-buffered). Such a run, killed at its deadline with the gateway's port never reached, says
- * nothing about the gateway: it is run once more, and said so. Any run that reached the port counts.
- */
-async function xfreerdpToGateway(t: Test, gw: TestGateway, display: string, home: string, args: string[]): Promise<Run> {
-  const reached = async (): Promise<number> => connectionCount(gw, 'rdp');
-  const before = await reached();
-  const first = await runXfreerdp(display, home, args, 20_000);
-  if (first.code !== null || (await reached()) !== before) return first;
-  t.comment('xfreerdp hung before it connected to anything (a client-side hang, the gateway saw no connection): once more');
-  return runXfreerdp(display, home, args, 20_000);
-}
+const xfreerdpToGateway = (t: Test, gw: TestGateway, display: string, home: string, args: string[]): Promise<Run> =>
+  xfreerdpTo(t, () => connectionCount(gw, 'rdp'), display, home, args);
 
 t.test('xfreerdp straight to the one port reaches the xrdp its ticket names', { skip: outsideNetns }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'oneport-native-rdp-'));

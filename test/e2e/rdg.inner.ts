@@ -9,7 +9,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
-import { type Run, runXfreerdp } from '../helpers/rdp.js';
+import { type Run, runXfreerdp, xfreerdpTo } from '../helpers/rdp.js';
+import { acceptedConnections } from '../helpers/scenario.js';
 import { startXrdp } from '../helpers/xrdp.js';
 import { startXvfb } from '../helpers/x11.js';
 import { outsideNetns } from '../helpers/netns.js';
@@ -41,7 +42,7 @@ t.test('xfreerdp /g: /gt:http /gat:<ticket> reaches xrdp through the RD Gateway 
   for (const [gt, transport, what] of variants) {
     const before = established();
     const { ticket } = await gw.ticket('alice', 'win', 'rdp');
-    const run: Run = await runXfreerdp(x.display, dir, gatewayArgs(gw.port, ticket, gt));
+    const run: Run = await xfreerdpTo(t, () => acceptedConnections(gw), x.display, dir, gatewayArgs(gw.port, ticket, gt));
     t.equal(run.code, 0, `${what}: xfreerdp /auth-only exits 0`, { output: run.out });
     if (transport === 'rdg-ws') t.match(run.out, /Upgraded to websocket/, `${what}: FreeRDP says it upgraded to a WebSocket`);
     else t.notMatch(run.out, /Upgraded to websocket/, `${what}: no WebSocket`);
@@ -58,7 +59,7 @@ t.test('xfreerdp /g: /gt:http /gat:<ticket> reaches xrdp through the RD Gateway 
   // Killed at the 15 s deadline once in five runs here, with no output at all (stdout lost to the
   // kill); the CONNECT e2e saw the same once. The timestamped debug log shows where if it recurs.
   const forgedStarted = Date.now();
-  const forged = await runXfreerdp(x.display, dir, [...gatewayArgs(gw.port, 'a'.repeat(50), 'http'), '/log-level:DEBUG'], 15_000);
+  const forged = await xfreerdpTo(t, () => acceptedConnections(gw), x.display, dir, [...gatewayArgs(gw.port, 'a'.repeat(50), 'http'), '/log-level:DEBUG'], 15_000);
   t.comment(`forged ticket: xfreerdp gave up after ${Date.now() - forgedStarted} ms (exit ${String(forged.code)})`);
   t.not(forged.code, null, 'xfreerdp gave up by itself', { output: forged.out });
   t.not(forged.code, 0, 'a made-up ticket gets nowhere', { output: forged.out });

@@ -34,6 +34,11 @@ export async function connectionCount(gw: TestGateway, result: string): Promise<
   return m.values.find((v) => v.labels.result === result)?.value ?? 0;
 }
 
+/** Every connection the gateway accepted so far, whatever became of it. */
+export async function acceptedConnections(gw: TestGateway): Promise<number> {
+  return (await gw.ctx.metrics.connections.get()).values.reduce((sum, v) => sum + v.value, 0);
+}
+
 /** A console that streams as fast as the tunnel takes it, forever. */
 export function startStreamer(t: Test): Promise<Backend> {
   return startBackend(t, (s: net.Socket) => {
