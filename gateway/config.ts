@@ -244,6 +244,12 @@ export const configSchema = z
          * Never a new session later on. @default 10000 (10 seconds)
          */
         ticketReuseMs: z.number().int().min(0).max(60 * SECOND).default(10 * SECOND),
+        /**
+         * ... and only while one of the connections it opened is still open, or this long after the
+         * last one ended (an RDP client's retry follows its refused attempt within milliseconds).
+         * @default 2000 (2 seconds)
+         */
+        ticketReuseAfterCloseMs: z.number().int().min(0).max(60 * SECOND).default(2 * SECOND),
         /** Resume token lifetime (CONTRACT: at most 10 min). @default 10 min */
         resumeTtlMs: z.number().int().min(1000).max(10 * MINUTE).default(10 * MINUTE),
         /** API / portal session lifetime. @default 8 h */

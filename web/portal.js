@@ -103,7 +103,7 @@ function protocolActions(li, d, p) {
         // FreeRDP asks for the Windows user and password itself; /cert:tofu trusts the desktop's
         // self-signed certificate the first time and warns if it ever changes.
         const cmd = `xfreerdp /v:${t.connectWithTicket} /proxy:http://${location.host} /cert:tofu`;
-        showDetail(li, 'Run this within the next minute:', cmd, `FreeRDP asks for your Windows user and password (or add /u:NAME). The ticket opens one console session: unused, it expires in ${secondsLeft(t.expiresAt)} s; once used, only that session's own reconnects from this computer are let in, for a few seconds. Get a new command for each connection.`);
+        showDetail(li, 'Run this within the next minute:', cmd, `FreeRDP asks for your Windows user and password (or add /u:NAME). The ticket opens one console session: unused, it expires in ${secondsLeft(t.expiresAt)} s; once used, it lets in only that session's own further connections from this computer (a retry of FreeRDP's), while one of them is open or within 2 s of the last one closing, and never later than 10 s after the first. Get a new command for each connection.`);
       } catch (e) {
         handleError(e);
       }

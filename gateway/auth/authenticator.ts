@@ -9,7 +9,7 @@ import { OneportError } from '../errors.js';
 import type { Metrics } from '../metrics.js';
 import { type Directory, type Protocol, type UserRecord, type VmRecord, isAssigned } from '../directory/directory.js';
 import { verifyPassword } from './passwords.js';
-import type { AuthStore } from './store.js';
+import type { AuthStore, Redemption } from './store.js';
 import { checkTicket, mintTicket } from './tickets.js';
 import { type TokenPayload, mintToken, verifyToken } from './tokens.js';
 import { AttemptLimiter, ConcurrencyGate } from './limits.js';
@@ -19,6 +19,7 @@ export interface AuthSettings {
   readonly ticketTtlMs: number;
   /** After its first use, a ticket opens further connections of that console session from the same address for this long. */
   readonly ticketReuseMs: number;
+  readonly ticketReuseAfterCloseMs: number;
   readonly resumeTtlMs: number;
   readonly sessionTtlMs: number;
   readonly loginsPerUserPerMinute: number;
@@ -46,6 +47,11 @@ export interface TicketGrant {
   readonly first: boolean;
   /** The API session the ticket was asked for in (portal, API), if any: its logout ends the tunnel. */
   readonly apiSession?: string | undefined;
+  /**
+   * The connection this redemption let in has ended, or was never made: after the last one a
+   * spent ticket is accepted again only for `auth.ticketReuseAfterCloseMs`. Idempotent.
+   */
+  readonly release: () => void;
 }
 
 export class Authenticator {
@@ -231,8 +237,31 @@ export class Authenticator {
       await this.countFailure(client, 'ticket');
       throw new OneportError('ONEPORT_ERR_TICKET_INVALID');
     }
-    const r = await this.store.redeemTicket(check.claims.id, client, Date.now(), randomBytes(9).toString('base64url'), this.settings.ticketReuseMs);
-    if (r.outcome === 'refused' || r.record.vm !== vm.name || r.record.protocol !== protocol) {
+    const id = check.claims.id;
+    const r = await this.store.redeemTicket(id, client, Date.now(), randomBytes(9).toString('base64url'), {
+      windowMs: this.settings.ticketReuseMs,
+      afterCloseMs: this.settings.ticketReuseAfterCloseMs,
+    });
+    if (r.outcome === 'refused') {
+      await this.countFailure(client, 'ticket');
+      throw new OneportError('ONEPORT_ERR_TICKET_INVALID');
+    }
+    let released = false;
+    const release = (): void => {
+      if (released) return;
+      released = true;
+      void this.store.releaseTicket(id, Date.now());
+    };
+    try {
+      return await this.grantFor(r, vm, protocol, client, claimedUser, release);
+    } catch (e) {
+      release();
+      throw e;
+    }
+  }
+
+  private async grantFor(r: Exclude<Redemption, { outcome: 'refused' }>, vm: VmRecord, protocol: Protocol, client: string, claimedUser: string | undefined, release: () => void): Promise<TicketGrant> {
+    if (r.record.vm !== vm.name || r.record.protocol !== protocol) {
       await this.countFailure(client, 'ticket');
       throw new OneportError('ONEPORT_ERR_TICKET_INVALID');
     }
@@ -249,6 +278,6 @@ export class Authenticator {
     // The user may have been removed or unassigned since the ticket was issued.
     if (!user || !isAssigned(vm, user)) throw new OneportError('ONEPORT_ERR_NOT_ASSIGNED');
     // One console session for the ticket's connections and for reconnects with its resume token.
-    return { user, sessionId: r.record.console ?? r.sessionId, first: r.outcome === 'first', apiSession: r.record.session };
+    return { user, sessionId: r.record.console ?? r.sessionId, first: r.outcome === 'first', apiSession: r.record.session, release };
   }
 }

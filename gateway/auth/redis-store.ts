@@ -6,13 +6,16 @@
  * | key                     | type   | content                                                  |
  * |-------------------------|--------|----------------------------------------------------------|
  * | `<prefix>t:<ticket id>`  | hash   | `rec` TicketRecord JSON, `exp` expiresAt (ms), and once  |
- * |                         |        | redeemed `client`, `sid` and `at`; PX expiry = expiresAt + grace |
+ * |                         |        | redeemed `client`, `sid`, `at`, `open` (connections open) |
+ * |                         |        | and `closed` (when the last ended); PX expiry = expiresAt + grace |
  * | `<prefix>r:<session id>` | string | revoked until (ms); PX expiry = until + grace             |
  *
  * Redemption is ONE Lua script: find, check expiry against the caller's clock (as the memory store
  * does; Redis's own expiry only collects garbage, `graceMs` after the ticket's end so that a late
  * redemption still says 'expired' rather than 'unknown'), bind on first use, answer 'again' to the
- * bound address within the reuse window, refuse everyone else. Scripts run one at a time, so of any number of racing
+ * bound address within the reuse rule (store.ts TicketReuse), refuse everyone else. A connection's
+ * end is counted by a second script; a node that crashes with connections open leaves `open` up,
+ * and the reuse window (counted from the first use) still ends it. Scripts run one at a time, so of any number of racing
  * redemptions exactly one is 'first'.
  *
  * Revocation checks never wait for Redis (a signed-in API call must not fail while Redis fails
@@ -24,7 +27,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { RedisOptions, Redis } from 'ioredis';
-import type { AuthStore, Redemption, TicketRecord } from './store.js';
+import type { AuthStore, Redemption, TicketRecord, TicketReuse } from './store.js';
 import { DirectoryUnavailableError, createConnection, describeRedis, redisCallError } from '../directory/redis.js';
 
 export interface RedisAuthStoreOptions {
@@ -65,20 +68,36 @@ return 1
 /** Revocations are loaded in batches of this many keys. */
 const SCAN_COUNT = 1000;
 
-/** ARGV: client, now, new session id, reuse window (ms). Returns {outcome, record JSON or reason, session id}. */
+/**
+ * ARGV: client, now, new session id, reuse window (ms), reuse after the last close (ms).
+ * Returns {outcome, record JSON or reason, session id}.
+ */
 const REDEEM_LUA = `
-local h = redis.call('HMGET', KEYS[1], 'rec', 'exp', 'client', 'sid', 'at')
+local h = redis.call('HMGET', KEYS[1], 'rec', 'exp', 'client', 'sid', 'at', 'open', 'closed')
 if not h[1] then return {'refused', 'unknown'} end
-if tonumber(h[2]) <= tonumber(ARGV[2]) then
+local now = tonumber(ARGV[2])
+if tonumber(h[2]) <= now then
   redis.call('DEL', KEYS[1])
   return {'refused', 'expired'}
 end
 if not h[3] then
-  redis.call('HSET', KEYS[1], 'client', ARGV[1], 'sid', ARGV[3], 'at', ARGV[2])
+  redis.call('HSET', KEYS[1], 'client', ARGV[1], 'sid', ARGV[3], 'at', ARGV[2], 'open', 1, 'closed', 0)
   return {'first', h[1], ARGV[3]}
 end
-if h[3] == ARGV[1] and tonumber(ARGV[2]) - tonumber(h[5] or ARGV[2]) <= tonumber(ARGV[4]) then return {'again', h[1], h[4]} end
+if h[3] == ARGV[1] and now - tonumber(h[5]) <= tonumber(ARGV[4]) and (tonumber(h[6] or '1') > 0 or now - tonumber(h[7] or '0') <= tonumber(ARGV[5])) then
+  redis.call('HINCRBY', KEYS[1], 'open', 1)
+  return {'again', h[1], h[4]}
+end
 return {'refused', 'replay'}
+`;
+
+/** ARGV: now. One connection a redemption counted has ended. */
+const RELEASE_LUA = `
+local open = tonumber(redis.call('HGET', KEYS[1], 'open') or '0')
+if open <= 0 then return 0 end
+redis.call('HSET', KEYS[1], 'open', open - 1)
+if open == 1 then redis.call('HSET', KEYS[1], 'closed', ARGV[1]) end
+return 1
 `;
 
 type Script = (...args: Array<string | number>) => Promise<unknown>;
@@ -142,9 +161,10 @@ export class RedisAuthStore implements AuthStore {
     this.conn.defineCommand('oneportRevoke', { lua: REVOKE_LUA, numberOfKeys: 2 });
     this.conn.defineCommand('oneportTicketPut', { lua: PUT_LUA, numberOfKeys: 1 });
     this.conn.defineCommand('oneportTicketRedeem', { lua: REDEEM_LUA, numberOfKeys: 1 });
+    this.conn.defineCommand('oneportTicketRelease', { lua: RELEASE_LUA, numberOfKeys: 1 });
   }
 
-  private script(name: 'oneportTicketPut' | 'oneportTicketRedeem' | 'oneportRevoke'): Script {
+  private script(name: 'oneportTicketPut' | 'oneportTicketRedeem' | 'oneportTicketRelease' | 'oneportRevoke'): Script {
     return (this.conn as unknown as Record<typeof name, Script>)[name].bind(this.conn);
   }
 
@@ -162,12 +182,19 @@ export class RedisAuthStore implements AuthStore {
     await this.call('store ticket', () => this.script('oneportTicketPut')(`${this.prefix}t:${record.id}`, JSON.stringify(record), record.expiresAt, ttl));
   }
 
-  async redeemTicket(id: string, client: string, now: number, newSessionId: string, reuseMs: number): Promise<Redemption> {
-    const r = await this.call<[string, string, string?]>('redeem ticket', () => this.script('oneportTicketRedeem')(`${this.prefix}t:${id}`, client, now, newSessionId, reuseMs));
+  async redeemTicket(id: string, client: string, now: number, newSessionId: string, reuse: TicketReuse): Promise<Redemption> {
+    const r = await this.call<[string, string, string?]>('redeem ticket', () =>
+      this.script('oneportTicketRedeem')(`${this.prefix}t:${id}`, client, now, newSessionId, reuse.windowMs, reuse.afterCloseMs),
+    );
     const [outcome, a, sid] = r;
     if (outcome === 'first' || outcome === 'again') return { outcome, record: JSON.parse(a) as TicketRecord, sessionId: sid ?? '' };
     if (a === 'unknown' || a === 'expired' || a === 'replay') return { outcome: 'refused', reason: a };
     throw new Error(`auth store: unexpected redemption reply ${JSON.stringify(r)}`);
+  }
+
+  /** While Redis is away the count stays up; the reuse window still ends the ticket. */
+  async releaseTicket(id: string, now: number): Promise<void> {
+    await this.call('release ticket', () => this.script('oneportTicketRelease')(`${this.prefix}t:${id}`, now)).catch(() => undefined);
   }
 
   async revokeSession(sessionId: string, until: number): Promise<void> {

@@ -35,19 +35,29 @@ export type Redemption =
   | { readonly outcome: 'again'; readonly record: TicketRecord; readonly sessionId: string }
   | { readonly outcome: 'refused'; readonly reason: 'unknown' | 'expired' | 'replay' };
 
+/**
+ * When a spent ticket is accepted again (config auth.ticketReuseMs, auth.ticketReuseAfterCloseMs):
+ * for the further connections a real client opens for the same console session (a SPICE client's
+ * other channels, an RDP client's retry after security negotiation), and nothing else.
+ */
+export interface TicketReuse {
+  /** Only this long after the first use, whatever else holds. */
+  readonly windowMs: number;
+  /** Only while a connection opened with the ticket is open, or this long after the last one closed. */
+  readonly afterCloseMs: number;
+}
+
 export interface AuthStore {
   putTicket(record: TicketRecord): Promise<void>;
   /**
-   * Atomically: the first call for an id binds it to `client` and returns 'first'; later calls
-   * from the same client address before expiry return 'again' with the same session id; anything
-   * else is refused.
+   * Spend a ticket, atomically: the first redemption binds it to `client` and a new console
+   * session and counts one open connection; later ones are 'again' (the same session, one more
+   * open connection) only from that address, within `reuse.windowMs` of the first, and while one
+   * of its connections is open or within `reuse.afterCloseMs` of the last one's end; else 'replay'.
    */
-  /**
-   * Spend a ticket: the first redemption binds it to `client` and a new console session; later
-   * ones are accepted only from that address and within `reuseMs` of the first (the other
-   * connections of one console session: SPICE channels, an RDP client's retries), else 'replay'.
-   */
-  redeemTicket(id: string, client: string, now: number, newSessionId: string, reuseMs: number): Promise<Redemption>;
+  redeemTicket(id: string, client: string, now: number, newSessionId: string, reuse: TicketReuse): Promise<Redemption>;
+  /** A connection a redemption counted has ended (or never opened). Never rejects. */
+  releaseTicket(id: string, now: number): Promise<void>;
   revokeSession(sessionId: string, until: number): Promise<void>;
   isSessionRevoked(sessionId: string): Promise<boolean>;
   close(): Promise<void>;
@@ -55,7 +65,7 @@ export interface AuthStore {
 
 interface TicketState {
   record: TicketRecord;
-  boundTo?: { client: string; sessionId: string; at: number };
+  boundTo?: { client: string; sessionId: string; at: number; open: number; closedAt: number };
 }
 
 export interface MemoryAuthStoreOptions {
@@ -159,19 +169,30 @@ export class MemoryAuthStore implements AuthStore {
     this.tickets.set(record.id, { record });
   }
 
-  async redeemTicket(id: string, client: string, now: number, newSessionId: string, reuseMs: number): Promise<Redemption> {
+  async redeemTicket(id: string, client: string, now: number, newSessionId: string, reuse: TicketReuse): Promise<Redemption> {
     const s = this.tickets.get(id);
     if (!s) return { outcome: 'refused', reason: 'unknown' };
     if (s.record.expiresAt <= now) {
       this.tickets.delete(id);
       return { outcome: 'refused', reason: 'expired' };
     }
-    if (!s.boundTo) {
-      s.boundTo = { client, sessionId: newSessionId, at: now };
+    const b = s.boundTo;
+    if (!b) {
+      s.boundTo = { client, sessionId: newSessionId, at: now, open: 1, closedAt: 0 };
       return { outcome: 'first', record: s.record, sessionId: newSessionId };
     }
-    if (s.boundTo.client === client && now - s.boundTo.at <= reuseMs) return { outcome: 'again', record: s.record, sessionId: s.boundTo.sessionId };
+    if (b.client === client && now - b.at <= reuse.windowMs && (b.open > 0 || now - b.closedAt <= reuse.afterCloseMs)) {
+      b.open += 1;
+      return { outcome: 'again', record: s.record, sessionId: b.sessionId };
+    }
     return { outcome: 'refused', reason: 'replay' };
+  }
+
+  async releaseTicket(id: string, now: number): Promise<void> {
+    const b = this.tickets.get(id)?.boundTo;
+    if (!b || b.open === 0) return;
+    b.open -= 1;
+    if (b.open === 0) b.closedAt = now;
   }
 
   /** Resolves once the revocation is on disk (when there is a file): a logout is final when answered. */

@@ -58,7 +58,7 @@ export async function authorizeTunnel(deps: AuthorizeDeps, req: TunnelRequest): 
       const afterLookup = metrics.observeSetup('lookup', started);
       const grant = await auth.redeemTicket(cred.ticket, vm, endpoint.protocol, req.client, cred.user);
       metrics.observeSetup('auth', afterLookup);
-      return { vm, endpoint, user: grant.user, sessionId: grant.sessionId, via: 'ticket', apiSession: grant.apiSession };
+      return { vm, endpoint, user: grant.user, sessionId: grant.sessionId, via: 'ticket', apiSession: grant.apiSession, release: grant.release };
     }
     case 'resume': {
       await auth.checkAddress(req.client);

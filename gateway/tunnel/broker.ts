@@ -66,35 +66,45 @@ export async function openTunnel(deps: BrokerDeps, request: TunnelRequest, leg: 
     if (deps.lifecycle.shuttingDown) throw new OneportError('ONEPORT_ERR_SHUTTING_DOWN', undefined, { retryAfter: 5 });
     const authorized = await authorizeTunnel(deps, request);
     protocol = authorized.endpoint.protocol;
-    const policy = policyFor(deps, authorized);
-    // The leg's own limits (resumable-session caps), then a new session over a cap is refused
-    // here, before any dial; the slot is this tunnel's share of its session until it ends.
-    leg.admit?.(authorized);
-    const slot = await deps.caps.acquire(authorized);
     try {
-      const deadline = sessionDeadline(authorized, policy, slot.startedAt);
-      if (deadline !== undefined && deadline <= Date.now()) throw new OneportError('ONEPORT_ERR_SESSION_EXPIRED');
-      // Held here (no status line for CONNECT, an open WebSocket) while the VM changes hands.
-      const { console: reached, target } = await reachHeld(deps, authorized, leg.gone);
-      let pump: Pump;
-      try {
-        // Before the client is answered: log in with the stored console password, check the
-        // protocol; what needs the client's bytes runs in front of the console (console-handshake.ts).
-        // A leg that speaks the opening itself (RDCleanPath: X.224 and TLS) has its own handshake.
-        const console = leg.handshake ? await leg.handshake(reached, target) : await consoleHandshake(deps, target, reached, leg);
-        pump = leg.attach(console, target, { endJudge: deps.reach.endJudge(target.vm), idleTimeoutMs: policy.idleTimeoutMs });
-      } catch (e) {
-        reached.socket.destroy();
-        throw e;
-      }
-      return register(deps, target, leg, pump, { policy, deadline, slot });
+      return await openAuthorized(deps, authorized, leg);
     } catch (e) {
-      slot.release();
+      authorized.release?.();
       throw e;
     }
   } catch (e) {
     refuseTunnel(deps, leg, e, protocol);
     return undefined;
+  }
+}
+
+/** Caps, hold, reach, handshake, attach, register; rejects with the refusal. */
+async function openAuthorized(deps: BrokerDeps, authorized: TunnelTarget, leg: ClientLeg): Promise<Tunnel> {
+  const policy = policyFor(deps, authorized);
+  // The leg's own limits (resumable-session caps), then a new session over a cap is refused
+  // here, before any dial; the slot is this tunnel's share of its session until it ends.
+  leg.admit?.(authorized);
+  const slot = await deps.caps.acquire(authorized);
+  try {
+    const deadline = sessionDeadline(authorized, policy, slot.startedAt);
+    if (deadline !== undefined && deadline <= Date.now()) throw new OneportError('ONEPORT_ERR_SESSION_EXPIRED');
+    // Held here (no status line for CONNECT, an open WebSocket) while the VM changes hands.
+    const { console: reached, target } = await reachHeld(deps, authorized, leg.gone);
+    let pump: Pump;
+    try {
+      // Before the client is answered: log in with the stored console password, check the
+      // protocol; what needs the client's bytes runs in front of the console (console-handshake.ts).
+      // A leg that speaks the opening itself (RDCleanPath: X.224 and TLS) has its own handshake.
+      const console = leg.handshake ? await leg.handshake(reached, target) : await consoleHandshake(deps, target, reached, leg);
+      pump = leg.attach(console, target, { endJudge: deps.reach.endJudge(target.vm), idleTimeoutMs: policy.idleTimeoutMs });
+    } catch (e) {
+      reached.socket.destroy();
+      throw e;
+    }
+    return register(deps, target, leg, pump, { policy, deadline, slot });
+  } catch (e) {
+    slot.release();
+    throw e;
   }
 }
 
@@ -171,6 +181,7 @@ function register(deps: BrokerDeps, target: TunnelTarget, leg: ClientLeg, pump: 
   void pump.done.then((r) => {
     clearTimeout(expiry);
     controls.slot.release();
+    target.release?.();
     tunnels.delete(tunnel);
     metrics.tunnelsActive.dec(labels);
     metrics.tunnelBytes.inc({ direction: 'to_console' }, r.bytesToConsole);

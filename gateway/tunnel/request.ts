@@ -51,4 +51,6 @@ export interface TunnelTarget {
   readonly via: 'ticket' | 'password' | 'session' | 'resume' | 'hop';
   /** The API session (portal login) the credential came from, if any: its logout ends the tunnel. */
   readonly apiSession?: string | undefined;
+  /** Called once the tunnel has ended or failed to open: a ticket's connection count (auth store). */
+  readonly release?: (() => void) | undefined;
 }

@@ -12,6 +12,7 @@ import jpeg from 'jpeg-js';
 import { startTestGateway } from '../helpers/gateway.js';
 import { freePort, socatListening, startBackend } from '../helpers/net.js';
 import { apiClient, ok } from '../helpers/api.js';
+import { until } from '../helpers/wait.js';
 import { startRfbServer, patternPixel, TEST_PATTERN_BARS } from '../../gateway/demo/rfb.js';
 import { rfbConnect, rfbRequestFrame, pixelAt } from '../helpers/rfb-client.js';
 
@@ -43,8 +44,8 @@ function run(cmd: string, args: string[], timeoutMs = 20_000): Promise<Run> {
 
 const BANNER = 'HELLO-FROM-THE-CONSOLE\n';
 
-async function setup(t: Test) {
-  const gw = await startTestGateway(t);
+async function setup(t: Test, config: object = {}) {
+  const gw = await startTestGateway(t, config);
   // A console that greets and closes: what the client prints proves the tunnel reached it.
   const greeter = await startBackend(t, (s) => s.end(BANNER));
   await gw.addUser('alice', 'alice-password-1');
@@ -81,6 +82,21 @@ t.test("curl's clear-text CONNECT with a ticket; with a password it is refused",
   t.not(refused.code, 0, 'curl fails');
   t.match(refused.stderr, /403/, 'with the 403 from the gateway');
   t.equal(greeter.accepted, 1, 'only the ticket reached the console');
+});
+
+t.test('curl run twice with one ticket: the second run is refused once the first has ended', async (t) => {
+  // No grace after the last connection closed (auth.ticketReuseAfterCloseMs 0; 2 s by default, for
+  // an RDP client's prompt retry), so the rule shows without waiting.
+  const { gw, greeter } = await setup(t, { auth: { ticketReuseAfterCloseMs: 0 } });
+  const { ticket } = await gw.ticket('alice', 'desk');
+  const args = ['-sS', '-p', '-x', `http://127.0.0.1:${gw.port}`, '-U', `alice:${ticket}`, 'telnet://desk:5900'];
+  const first = await run('curl', args);
+  t.equal(first.stdout, BANNER, 'the first run reaches the console');
+  await until(() => gw.logs.some((l) => l.event === 'tunnel'), { timeoutMs: 5000 });
+  const second = await run('curl', args);
+  t.not(second.code, 0, 'the second run fails');
+  t.match(second.stderr, /407/, 'with a 407: the ticket is spent');
+  t.equal(greeter.accepted, 1, 'only the first run reached the console');
 });
 
 t.test("socat's PROXY client (HTTP/1.0, no Host) with proxyauth, and with the ticket in the host name", async (t) => {

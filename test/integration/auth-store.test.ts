@@ -19,8 +19,8 @@ function ticket(overrides: Partial<TicketRecord> = {}): TicketRecord {
 }
 const sid = (): string => randomBytes(9).toString('base64url');
 
-/** The reuse window the conformance tests pass (config auth.ticketReuseMs). */
-const REUSE = 10_000;
+/** The reuse rule the conformance tests pass (config auth.ticketReuseMs, auth.ticketReuseAfterCloseMs). */
+const REUSE = { windowMs: 10_000, afterCloseMs: 2_000 };
 
 function conformance(name: string, make: Make): void {
   t.test(`${name}: ticket redemption and session revocation semantics`, async (t) => {
@@ -40,8 +40,25 @@ function conformance(name: string, make: Make): void {
     await a.putTicket(windowed);
     const t0 = Date.now();
     t.equal((await b.redeemTicket(windowed.id, '10.0.0.6', t0, sid(), REUSE)).outcome, 'first');
-    t.equal((await a.redeemTicket(windowed.id, '10.0.0.6', t0 + REUSE, sid(), REUSE)).outcome, 'again', 'the same address at the end of the reuse window: still that session');
-    t.same(await b.redeemTicket(windowed.id, '10.0.0.6', t0 + REUSE + 1, sid(), REUSE), { outcome: 'refused', reason: 'replay' }, 'after the window: spent, even from the same address');
+    t.equal((await a.redeemTicket(windowed.id, '10.0.0.6', t0 + REUSE.windowMs, sid(), REUSE)).outcome, 'again', 'the same address at the end of the reuse window: still that session');
+    t.same(await b.redeemTicket(windowed.id, '10.0.0.6', t0 + REUSE.windowMs + 1, sid(), REUSE), { outcome: 'refused', reason: 'replay' }, 'after the window: spent, even from the same address');
+
+    // Open connections and the grace after the last one closed (an RDP client's retry).
+    const counted = ticket();
+    await a.putTicket(counted);
+    const c0 = Date.now();
+    t.equal((await a.redeemTicket(counted.id, '10.0.0.7', c0, sid(), REUSE)).outcome, 'first');
+    t.equal((await b.redeemTicket(counted.id, '10.0.0.7', c0 + 5_000, sid(), REUSE)).outcome, 'again', 'a connection is open: another joins it (a SPICE channel)');
+    await a.releaseTicket(counted.id, c0 + 6_000);
+    t.equal((await b.redeemTicket(counted.id, '10.0.0.7', c0 + 6_500, sid(), REUSE)).outcome, 'again', 'one of two closed: the other is still open');
+    await b.releaseTicket(counted.id, c0 + 7_000);
+    await a.releaseTicket(counted.id, c0 + 7_000);
+    await a.releaseTicket(counted.id, c0 + 7_000);
+    t.equal((await a.redeemTicket(counted.id, '10.0.0.7', c0 + 7_000 + REUSE.afterCloseMs, sid(), REUSE)).outcome, 'again', 'all closed: a retry within the grace joins (and one release too many changed nothing)');
+    await a.releaseTicket(counted.id, c0 + 7_500);
+    t.same(await b.redeemTicket(counted.id, '10.0.0.7', c0 + 7_500 + REUSE.afterCloseMs + 1, sid(), REUSE), { outcome: 'refused', reason: 'replay' }, 'all closed and the grace over: spent, although within the window');
+    await a.releaseTicket('no-such-ticket', c0);
+    t.pass('releasing an unknown ticket is a no-op');
 
     const late = ticket();
     await b.putTicket(late);

@@ -8,6 +8,7 @@ import { once } from 'node:events';
 import { startTestGateway } from '../helpers/gateway.js';
 import { basic, closedPort, echoRoundTrip, rawRequest, startBackend } from '../helpers/net.js';
 import { mintTicket } from '../../gateway/auth/tickets.js';
+import { until } from '../helpers/wait.js';
 
 async function setup(t: Test, config = {}) {
   const gw = await startTestGateway(t, config);
@@ -85,6 +86,37 @@ t.test('a SPICE client may open several channels on one ticket, from its own add
   b.socket.destroy();
   const sessions = new Set(gw.ctx.tunnels.list().map((x) => x.sessionId));
   t.ok(sessions.size <= 1, 'channels share one console session');
+});
+
+t.test('once the session it opened has ended, a ticket is spent: reuse only while a connection is open or just after', async (t) => {
+  // auth.ticketReuseAfterCloseMs 0: no grace after the last close, so the rule shows without waiting.
+  const { gw } = await setup(t, { auth: { ticketReuseAfterCloseMs: 0 } });
+  const { ticket } = await gw.ticket('alice', 'desk');
+  const req = `CONNECT desk:5900 HTTP/1.1\r\nProxy-Authorization: ${basic('alice', ticket)}\r\n\r\n`;
+  const a = await rawRequest(gw.port, req);
+  t.equal(a.status, 200, 'first use');
+  const b = await rawRequest(gw.port, req);
+  t.equal(b.status, 200, 'a second connection while the first is open joins the session');
+  const closed = (n: number) => until(() => gw.logs.filter((l) => l.event === 'tunnel').length === n, { timeoutMs: 5000 });
+  a.socket.destroy();
+  await closed(1);
+  const c = await rawRequest(gw.port, req);
+  t.equal(c.status, 200, 'one of the two still open: still that session');
+  b.socket.destroy();
+  c.socket.destroy();
+  await closed(3);
+  const late = await rawRequest(gw.port, req);
+  t.equal(late.status, 407, 'every connection closed (curl run twice): spent, although within auth.ticketReuseMs');
+  late.socket.destroy();
+
+  // A refused attempt releases its count too: a console that is down leaves nothing open.
+  const again = await startTestGateway(t, {});
+  await again.addUser('alice', 'alice-password-1');
+  await again.addVm('down', [{ protocol: 'vnc', host: '127.0.0.1', port: await closedPort() }], ['alice']);
+  const tk = (await again.ticket('alice', 'down')).ticket;
+  const downReq = `CONNECT down:5900 HTTP/1.1\r\nProxy-Authorization: ${basic('alice', tk)}\r\n\r\n`;
+  t.equal((await rawRequest(again.port, downReq)).status, 502, 'console refuses');
+  t.equal((await rawRequest(again.port, downReq)).status, 502, 'a prompt retry (within auth.ticketReuseAfterCloseMs) is still that session and reaches the console again');
 });
 
 t.test('bad credentials and targets get the contract status, and nothing is dialled', async (t) => {

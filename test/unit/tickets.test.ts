@@ -63,19 +63,21 @@ t.test('base32 round trip', async (t) => {
   t.pass();
 });
 
+const REUSE = { windowMs: 10_000, afterCloseMs: 2_000 };
+
 t.test('single use: first, again from the same address, refused elsewhere and after expiry', async (t) => {
   let now = 1_000_000;
   const store = new MemoryAuthStore(() => now);
   t.teardown(() => store.close());
   await store.putTicket({ id: 'abc', user: 'u', vm: 'demo', protocol: 'spice', expiresAt: now + 60_000 });
-  const first = await store.redeemTicket('abc', '10.0.0.1', now, 's1', 10_000);
+  const first = await store.redeemTicket('abc', '10.0.0.1', now, 's1', REUSE);
   t.equal(first.outcome, 'first');
-  const again = await store.redeemTicket('abc', '10.0.0.1', now, 's2', 10_000);
+  const again = await store.redeemTicket('abc', '10.0.0.1', now, 's2', REUSE);
   t.same(again.outcome === 'again' && again.sessionId, 's1', 'a SPICE channel joins the same session');
-  t.same(await store.redeemTicket('abc', '10.0.0.2', now, 's3', 10_000), { outcome: 'refused', reason: 'replay' });
-  t.same(await store.redeemTicket('nope', '10.0.0.1', now, 's4', 10_000), { outcome: 'refused', reason: 'unknown' });
+  t.same(await store.redeemTicket('abc', '10.0.0.2', now, 's3', REUSE), { outcome: 'refused', reason: 'replay' });
+  t.same(await store.redeemTicket('nope', '10.0.0.1', now, 's4', REUSE), { outcome: 'refused', reason: 'unknown' });
   now += 60_000;
-  t.same(await store.redeemTicket('abc', '10.0.0.1', now, 's5', 10_000), { outcome: 'refused', reason: 'expired' });
+  t.same(await store.redeemTicket('abc', '10.0.0.1', now, 's5', REUSE), { outcome: 'refused', reason: 'expired' });
 });
 
 t.test('tokens: purpose, expiry, tampering', async (t) => {
@@ -103,7 +105,7 @@ t.test('a ticket and its resume token open one console session (caps and max ses
   const dir = new MemoryDirectory();
   const store = new MemoryAuthStore();
   t.teardown(() => store.close());
-  const auth = new Authenticator(dir, store, { ticketTtlMs: 60_000, resumeTtlMs: 600_000, sessionTtlMs: 3_600_000, loginsPerUserPerMinute: 10, loginsPerAddressPerMinute: 10, authFailuresPerAddressPerMinute: 100, concurrentHashesPerAddress: 8, concurrentHashes: 16, ticketsPerUserPerMinute: 60, ticketReuseMs: 10_000 }, new Metrics());
+  const auth = new Authenticator(dir, store, { ticketTtlMs: 60_000, resumeTtlMs: 600_000, sessionTtlMs: 3_600_000, loginsPerUserPerMinute: 10, loginsPerAddressPerMinute: 10, authFailuresPerAddressPerMinute: 100, concurrentHashesPerAddress: 8, concurrentHashes: 16, ticketsPerUserPerMinute: 60, ticketReuseMs: 10_000, ticketReuseAfterCloseMs: 2_000 }, new Metrics());
   await dir.putUser({ name: 'alice', passwordHash: 'x', roles: ['user'], groups: [], sessionsNotBefore: 0 });
   const vm = toVmRecord(vmSchema.parse({ name: 'desk', node: 'n1', endpoints: [{ protocol: 'spice', host: '127.0.0.1', port: 5901 }], users: ['alice'] }));
   await dir.putVm(vm);
