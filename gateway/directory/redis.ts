@@ -50,6 +50,7 @@ import { DirectoryMirror, compareIds, parseEntry, type Snapshot } from './mirror
 import { newSigningKey } from './memory.js';
 import type { Logger } from '../log.js';
 import { OneportError } from '../errors.js';
+import { followSentinelSwitches } from './sentinel-follow.js';
 
 export interface RedisDirectoryOptions {
   /**
@@ -315,7 +316,11 @@ export function createConnection(redis: string | RedisOptions, extra: RedisOptio
     autoResendUnfulfilledCommands: false,
     maxRetriesPerRequest: 0,
   };
-  return typeof redis === 'string' ? new Redis(redis, opts) : new Redis(opts);
+  if (typeof redis === 'string') return new Redis(redis, opts);
+  const conn = new Redis(opts);
+  // With sentinels: reconnect the moment Sentinel switches the master, not at the next retry.
+  followSentinelSwitches(conn, opts);
+  return conn;
 }
 
 /**
