@@ -321,6 +321,12 @@ export const configSchema = z
         /** A node with no heartbeat for this long is suspected dead (then confirmed by others). @default 1500 ms */
         nodeTimeoutMs: z.number().int().min(150).default(1500),
         /**
+         * How often the leader checks that its followers' Redis connections still exist (and each
+         * follower the leader's): a node whose process died is judged at once (its port probed,
+         * then failed over) instead of after nodeTimeoutMs. 0 turns it off. @default 250 ms
+         */
+        processWatchMs: z.number().int().min(0).default(250),
+        /**
          * How a node reaches a console owned by another node: through the owner's one port
          * (mutual TLS, node certificates), or by dialling the console address itself.
          * @default 'via-owner'

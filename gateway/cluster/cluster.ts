@@ -27,6 +27,7 @@ import { type ProbeProtocol, probeAnswer, probeGreeting } from '../../protocols/
 import { LeaderLease, type LeaderInfo } from './lease.js';
 import { Membership, type NodeInfo, type PeerView } from './membership.js';
 import { Peers, peerNodeId, type NodeIdentity } from './peers.js';
+import { ProcessWatch } from './process-watch.js';
 import { RedisDirectory, type ReseedVerdict } from '../directory/redis.js';
 import { X509Certificate } from 'node:crypto';
 
@@ -82,6 +83,10 @@ export class Cluster {
   readonly lease: LeaderLease;
   readonly peers: Peers;
   private readonly members: Membership;
+  private readonly watch: ProcessWatch;
+  /** Nodes found gone (process-watch.ts) being judged on fast heartbeats, until failed over. */
+  private readonly urgent = new Map<string, number>();
+  private urgentTimer: NodeJS.Timeout | undefined;
   private dir: Directory | undefined;
   private address = '';
   private startedAt = Date.now();
@@ -132,6 +137,51 @@ export class Cluster {
     });
     this.members = new Membership(deps.redis, c.prefix, c.nodeTimeoutMs);
     this.peers = new Peers(deps.identity, deps.config.tunnel.dialTimeoutMs);
+    this.watch = new ProcessWatch({
+      redis: deps.redis,
+      prefix: c.prefix,
+      self: deps.config.nodeId,
+      everyMs: c.processWatchMs,
+      probeMs: Math.min(1000, c.nodeTimeoutMs),
+      verdictTtlMs: c.nodeTimeoutMs * 4,
+      view: () => this.members.all(),
+      leader: () => this.leader(),
+      isLeader: () => this.isLeader(),
+      probe: (address, ms) => this.peers.probe(address, ms),
+      log: deps.log,
+      onGone: (node, leaseRemoved) => this.judgeNow(node, leaseRemoved),
+    });
+  }
+
+  /**
+   * A node's process is gone (process-watch.ts): heartbeat now and again every tenth of a
+   * heartbeat until it is failed over (or 2 x nodeTimeoutMs passed), so that this node's verdict,
+   * and as leader the failover, do not wait for the next regular tick.
+   */
+  private judgeNow(node: string, leaseRemoved: boolean): void {
+    if (this.stopped) return;
+    // Its lease may be gone (removed by whoever found it): try to take it without waiting a poll.
+    if (leaseRemoved || this.leader()?.node === node) this.lease.pollNow();
+    // Our own verdict at once (the finder wrote its own), not at the tick that sees it suspect.
+    const p = this.members.get(node);
+    if (p && node !== this.nodeId) void this.judge(p);
+    this.urgent.set(node, performance.now() + this.deps.config.cluster.nodeTimeoutMs * 2);
+    if (this.urgentTimer) return;
+    const step = Math.max(20, Math.floor(this.deps.config.cluster.heartbeatMs / 10));
+    const run = (): void => {
+      this.urgentTimer = undefined;
+      if (this.stopped) return;
+      const leader = this.leader()?.node;
+      if (leader !== undefined && this.urgent.has(leader)) this.lease.pollNow();
+      void this.tick()
+        .catch(() => undefined)
+        .finally(() => {
+          // Done with a node once it is failed over, left, back up, or its time is over.
+          for (const [id, until] of this.urgent) if (performance.now() > until || this.members.get(id)?.state !== 'suspect') this.urgent.delete(id);
+          if (!this.stopped && this.urgent.size > 0) this.urgentTimer = setTimeout(run, step);
+        });
+    };
+    run();
   }
 
   /** The node id behind a verified node certificate on this socket (see peers.ts), or undefined. */
@@ -196,6 +246,7 @@ export class Cluster {
     this.tunnels = opts.tunnels;
     this.mirror = opts.mirror;
     this.startedAt = Date.now();
+    await this.watch.start();
     await this.tick().catch(() => {});
     this.lease.start();
     this.scheduleTick();
@@ -233,6 +284,7 @@ export class Cluster {
       capacity: this.deps.config.cluster.capacity ?? this.deps.config.limits.maxConnections,
       startedAt: this.startedAt,
       ...(this.deps.signer ? { signer: true } : {}),
+      ...(this.watch.clientId() === undefined ? {} : { redisClient: this.watch.clientId() }),
     };
   }
 
@@ -452,7 +504,9 @@ export class Cluster {
     if (this.stopped) return;
     this.stopped = true;
     clearTimeout(this.tickTimer);
+    clearTimeout(this.urgentTimer);
     clearInterval(this.recoveryTimer);
+    this.watch.stop();
     await this.lease.stop();
     if (this.address) await this.members.leave(this.selfInfo()).catch(() => {});
     await this.peers.close().catch(() => {});

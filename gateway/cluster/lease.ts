@@ -148,6 +148,11 @@ export class LeaderLease extends EventEmitter {
     return this.highest;
   }
 
+  /** A follower's next attempt to take the lease, now (the leader's lease was just removed). */
+  pollNow(): void {
+    if (this.token === undefined) this.schedule(0);
+  }
+
   private schedule(ms: number): void {
     if (this.stopped) return;
     clearTimeout(this.timer);

@@ -27,6 +27,8 @@ export interface NodeInfo {
   readonly left?: { readonly at: number } | undefined;
   /** It holds the cluster CA key: it signs join requests (cluster/join.ts). */
   readonly signer?: boolean | undefined;
+  /** The Redis client id of its cluster connection (process-watch.ts): gone with its process. */
+  readonly redisClient?: number | undefined;
 }
 
 export interface Heartbeat {
