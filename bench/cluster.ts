@@ -343,9 +343,11 @@ ${row('session: client leg cut -> oneport.v1 session resumed (replayed, live aga
 | VM lookup from the in-memory mirror (10k VMs) | ${lookupNs.toFixed(0)} | 1× |
 | HGET round trip to the same Redis (what a mirror-less gateway pays per tunnel) | ${hgetNs.toFixed(0)} | ${(hgetNs / lookupNs).toFixed(0)}× |
 
-Targets: a dead leader replaced within 2 s (the lease, 1.2 s, plus a follower's poll, 150 ms); a dead
-owner's VMs promoted within 3 s (node timeout 1.5 s, then the other nodes' probes and the leader's
-next heartbeat tick). "First tunnel" includes the new owner's console probe and the client's own
+Targets (reliability issue): a dead leader PROCESS replaced within 1 s, and a dead owner process's
+sessions on the replica within 1 s of its death (first byte): the SIGKILLed process's Redis
+connection closes at once and the process watch (cluster.processWatchMs, 250 ms) judges it then,
+instead of after the heartbeat timeout (1.5 s) or the lease (1.2 s); a host that goes silent
+(SIGSTOP, power loss) is left to those timeouts (bench/RELIABILITY.md). "First tunnel" includes the new owner's console probe and the client's own
 retry interval (20 ms). Session goals (issue 4): rerouted within 1 s of the directory change and
 within 3 s of the owner's death with default heartbeat settings; resume within 200 ms of the client
 reconnecting. The session rows run ${sessionRuns} times each; the entry node is the leader, the
