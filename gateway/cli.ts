@@ -90,8 +90,11 @@ program
         process.stderr.write(`${sig} again: exiting now\n`);
         process.exit(1);
       }
-      void gw.close().then(() => process.exit(0));
+      // A drain: unready, clients sent elsewhere (and VMs moved with shutdown.moveVms), then stop.
+      void gw.drain({ cause: sig });
     };
+    // However it stops (a signal, `oneport node drain`), the process ends with it.
+    void gw.stopped.then(() => process.exit(0));
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
   });
@@ -301,6 +304,21 @@ program
     const admin = await openAdminFor(config());
     try {
       console.log(JSON.stringify(await admin.ticket(o.user, vmName, o.protocol), null, 2));
+    } finally {
+      await admin.close();
+    }
+  });
+
+const nodeCmd = program.command('node').description('cluster nodes (needs the running gateway)');
+nodeCmd
+  .command('drain <id>')
+  .description('drain node <id> (this one or any other of the cluster) for an upgrade: it goes unready, refuses new tunnels, sends its clients to other nodes, then stops once its tunnels are gone or shutdown.drainMs passed')
+  .option('--move-vms', 'first move the VMs it owns to their replicas (or the least busy other up node), through the leader')
+  .action(async (id: string, o: { moveVms?: boolean }) => {
+    const admin = await openAdmin(config().state);
+    try {
+      const r = await admin.drainNode(id, o.moveVms ?? false);
+      console.log(`node ${r.node} ${r.started ? 'is draining' : 'was already draining'}: ${r.tunnels} tunnel(s) to hand over${r.moveVms ? '; its VMs move first' : ''}`);
     } finally {
       await admin.close();
     }

@@ -252,8 +252,18 @@ export const configSchema = z
       .prefault({}),
     shutdown: z
       .object({
-        /** On SIGTERM, open tunnels get this long to finish before they are closed. @default 30 s */
+        /**
+         * A drain (SIGTERM, `oneport node drain`) ends this long after it started at the latest:
+         * tunnels still open then are closed. @default 30 s
+         */
         drainMs: ms.default(30 * SECOND),
+        /**
+         * Between going unready (/readyz 503) and sending clients elsewhere: set it to what your
+         * balancer needs to notice (check interval x failures), so reconnects do not land here. @default 0
+         */
+        unreadyMs: ms.default(0),
+        /** A SIGTERM drain also moves this node's VMs to their replicas / other up nodes (`node drain --move-vms`). @default false */
+        moveVms: z.boolean().default(false),
       })
       .prefault({}),
     demo: z

@@ -50,6 +50,7 @@ import { routeTls } from './rdg/route.js';
 import { rdgClusterLink } from './cluster/rdg-link.js';
 import { JoinService, JoinTokens, joinIfNeeded } from './cluster/join.js';
 import { KeyRingSeal, sealKeyFromCa } from './cluster/seal.js';
+import { drainNode } from './drain.js';
 
 export interface GatewayOptions {
   /** Defaults to the embedded directory saved in the state folder. */
@@ -75,8 +76,15 @@ export interface Gateway {
   /** The demo user's password when this start created it. */
   readonly demoPassword: string | undefined;
   readonly demo: RfbServer | undefined;
-  /** Graceful stop: stop accepting, let tunnels drain up to `drainMs`, then close the rest. Idempotent. */
+  /** Plain stop: stop accepting, let tunnels finish up to `drainMs`, then close the rest. Idempotent. */
   close(opts?: { drainMs?: number }): Promise<void>;
+  /**
+   * Graceful stop for an upgrade (drain.ts): unready, clients sent elsewhere, VMs moved when
+   * asked, then stopped once its tunnels are gone or `drainMs` passed. Resolves when stopped.
+   */
+  drain(opts?: { moveVms?: boolean; drainMs?: number; cause?: string }): Promise<void>;
+  /** Resolves once the gateway has stopped, whoever stopped it (a drain asked for over the API). */
+  readonly stopped: Promise<void>;
 }
 
 /** web/ beside gateway/ in the sources, or two levels up from dist/gateway/ when built. */
@@ -250,6 +258,11 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     loggedOut: (sid) => revokeApiSession({ tunnels, metrics, log }, sid),
     audit,
     join: joins,
+    drain: (o) => {
+      const already = draining !== undefined || closing !== undefined;
+      void drain({ moveVms: o.moveVms, cause: o.cause });
+      return { started: !already };
+    },
   };
 
   // Sessions follow their VM: a change of owner ends its tunnels here at once (clients reconnect).
@@ -337,7 +350,26 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     `oneport listening on ${bound}`,
   );
 
+  let draining: Promise<void> | undefined;
+  const drain = (o: { moveVms?: boolean; drainMs?: number; cause?: string } = {}): Promise<void> =>
+    (draining ??=
+      closing ??
+      (async () => {
+        try {
+          await drainNode(ctx, {
+            moveVms: o.moveVms ?? config.shutdown.moveVms,
+            drainMs: o.drainMs ?? config.shutdown.drainMs,
+            unreadyMs: config.shutdown.unreadyMs,
+            cause: o.cause ?? 'api',
+          });
+        } catch (err) {
+          log.error({ err, event: 'drain-failed' }, 'drain failed: stopping now');
+        }
+        await close({ drainMs: 0 });
+      })());
   let closing: Promise<void> | undefined;
+  let markStopped!: () => void;
+  const stopped = new Promise<void>((r) => (markStopped = r));
   const close = (closeOpts: { drainMs?: number } = {}): Promise<void> =>
     (closing ??= (async () => {
       lifecycle.shuttingDown = true;
@@ -370,8 +402,10 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       await store.close();
       await dir.close();
       lifecycle.listening = false;
+      ctx.metrics.draining.set(0);
       log.info({ event: 'stopped' }, 'stopped');
       log.flush?.();
+      markStopped();
     })());
 
   return {
@@ -383,6 +417,8 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     demoPassword,
     demo,
     close,
+    drain,
+    stopped,
   };
 }
 
