@@ -170,6 +170,15 @@ export const configSchema = z
         /** A tunnel with no bytes either way for this long is closed; 0 disables. A VM's policy overrides it. @default 1 h */
         idleTimeoutMs: ms.default(HOUR),
         /**
+         * Stream tunnels (CONNECT, native RDP, hops): after one side's FIN, the other direction
+         * may stay open this long, then both are closed; 0 = no bound. Long enough for a console
+         * to flush what it still had to say over a slow link (RDP, VNC and SPICE clients do not
+         * half-close on purpose; xrdp holds a half-closed client ~15 s), short enough that a
+         * one-way stream left behind does not hold a session slot until the idle timeout, which a
+         * busy direction never reaches. @default 2 min
+         */
+        halfCloseMs: ms.max(MAX_TIMER_MS).default(2 * MINUTE),
+        /**
          * A console session ends this long after it began (WebSocket close 4008; CONNECT closed),
          * parked time included; 0 = no limit. A VM's policy overrides it. At most about 24.8 days
          * (a timer's bound). @default 0

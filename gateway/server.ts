@@ -233,7 +233,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     selfMadeCa: config.tls.certificates.length > 0 ? undefined : state.ca.cert,
     connections,
     sessions,
-    broker: { dir, auth, reach, watcher, tunnels, metrics, log, noisyLog, lifecycle, nodeId: cluster?.nodeId, holdMs: config.tunnel.holdMs, policy: { idleTimeoutMs: config.tunnel.idleTimeoutMs, maxSessionMs: config.tunnel.maxSessionMs }, caps, audit, self: config.nodeId, handshake: { timeoutMs: config.tunnel.handshakeTimeoutMs, protocolCheck: config.tunnel.protocolCheck } },
+    broker: { dir, auth, reach, watcher, tunnels, metrics, log, noisyLog, lifecycle, nodeId: cluster?.nodeId, holdMs: config.tunnel.holdMs, policy: { idleTimeoutMs: config.tunnel.idleTimeoutMs, maxSessionMs: config.tunnel.maxSessionMs }, caps, audit, self: config.nodeId, handshake: { timeoutMs: config.tunnel.handshakeTimeoutMs, protocolCheck: config.tunnel.protocolCheck }, halfCloseMs: config.tunnel.halfCloseMs },
     resume: {
       auth,
       dir,
