@@ -30,8 +30,12 @@ export interface DrainOptions {
   readonly drainMs: number;
   /** Between going unready and telling clients: time for a balancer to stop sending them here. */
   readonly unreadyMs: number;
-  /** What started it (logged): a signal's name, or `api`. */
+  /** What started it (logged): a signal's name, `api` or `restart`. */
   readonly cause: string;
+  /** Refuse new tunnels (503) and answer readyz 503. Off for a restart: a successor accepts instead. @default true */
+  readonly refuse?: boolean;
+  /** Clients reconnect to this same node (a successor process took the port), not another one. */
+  readonly resumeHere?: boolean;
 }
 
 export interface DrainResult {
@@ -52,11 +56,11 @@ export async function drainNode(ctx: GatewayContext, opts: DrainOptions): Promis
   const start = Date.now();
   const { log, metrics, tunnels, cluster } = ctx;
   const self = ctx.config.nodeId;
-  ctx.lifecycle.shuttingDown = true;
+  if (opts.refuse ?? true) ctx.lifecycle.shuttingDown = true;
   metrics.draining.set(1);
   log.info(
     { event: 'drain-started', cause: opts.cause, tunnels: tunnels.size, moveVms: opts.moveVms, drainMs: opts.drainMs, unreadyMs: opts.unreadyMs },
-    `draining (${opts.cause}): unready, new tunnels refused; ${tunnels.size} tunnel(s) to hand over`,
+    `draining (${opts.cause}): ${(opts.refuse ?? true) ? 'unready, new tunnels refused' : 'a successor takes new connections'}; ${tunnels.size} tunnel(s) to hand over`,
   );
   const deadline = start + opts.drainMs;
   if (opts.unreadyMs > 0) await sleep(Math.min(opts.unreadyMs, Math.max(0, deadline - Date.now())));
@@ -93,7 +97,7 @@ export async function drainNode(ctx: GatewayContext, opts: DrainOptions): Promis
       toldCount++;
       if (REROUTABLE.has(t.transport)) {
         metrics.drainTold.inc({ action: 'reroute' });
-        t.pump.close('rerouted', rerouteMessage(ctx.config.tunnel.rerouteRetryMs, resumeAt(ctx, t)));
+        t.pump.close('rerouted', rerouteMessage(ctx.config.tunnel.rerouteRetryMs, opts.resumeHere ? cluster?.nodeId : resumeAt(ctx, t)));
       } else {
         metrics.drainTold.inc({ action: 'close' });
         t.pump.close('shutdown');

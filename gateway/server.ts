@@ -63,6 +63,13 @@ export interface GatewayOptions {
   readonly controlSocket?: boolean;
   /** A join token (cluster/join.ts), e.g. from ONEPORT_JOIN_TOKEN; else `cluster.joinTokenFile` is read. */
   readonly joinToken?: string;
+  /**
+   * Same-host restart: the listening socket a predecessor passed on (a descriptor), taken over
+   * instead of binding `listen`; the control socket is taken once the predecessor lets it go.
+   */
+  readonly listenFd?: number;
+  /** Called as soon as the port accepts (before the cluster and control socket start). */
+  readonly onBound?: () => void;
 }
 
 export interface Gateway {
@@ -85,6 +92,13 @@ export interface Gateway {
   drain(opts?: { moveVms?: boolean; drainMs?: number; cause?: string }): Promise<void>;
   /** Resolves once the gateway has stopped, whoever stopped it (a drain asked for over the API). */
   readonly stopped: Promise<void>;
+  /** The listening socket's descriptor, for a successor (same-host restart). */
+  listenFd(): number | undefined;
+  /**
+   * Same-host restart, once a successor accepts on the same socket: stop accepting here, let the
+   * control socket go, send clients to reconnect (they land on the successor), then stop.
+   */
+  handOff(): Promise<void>;
 }
 
 /** web/ beside gateway/ in the sources, or two levels up from dist/gateway/ when built. */
@@ -319,8 +333,9 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
 
   const listen = parseListen(config.listen);
   if (!listen) throw new Error(`bad listen address ${config.listen}`);
-  const address = await listener.listen(listen.host, listen.port);
+  const address = await listener.listen(listen.host, listen.port, opts.listenFd);
   lifecycle.listening = true;
+  opts.onBound?.();
   const anyAddress = address.address === '0.0.0.0' || address.address === '::';
   const bound = formatHostPort(address.address, address.port);
   ownOrigins = config.serverNames.map((n) => `https://${formatHostPort(n, address.port)}`);
@@ -343,7 +358,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   let control: ControlServer | undefined;
   if (opts.controlSocket ?? true) {
     control = new ControlServer(ctx, state.paths.controlSocket);
-    await control.listen();
+    await control.listen(opts.listenFd !== undefined ? PREDECESSOR_CONTROL_WAIT_MS : 0);
   }
   log.info(
     { event: 'listening', address: address.address, port: address.port, directory: dir.kind, node: config.nodeId, cluster: cluster !== undefined },
@@ -362,6 +377,23 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
             unreadyMs: config.shutdown.unreadyMs,
             cause: o.cause ?? 'api',
           });
+        } catch (err) {
+          log.error({ err, event: 'drain-failed' }, 'drain failed: stopping now');
+        }
+        await close({ drainMs: 0 });
+      })());
+  const handOff = (): Promise<void> =>
+    (draining ??=
+      closing ??
+      (async () => {
+        listener.handOff();
+        // The successor binds the control socket's path once this one closed it.
+        await control?.close();
+        control = undefined;
+        log.info({ event: 'handed-off', tunnels: tunnels.size }, 'the successor accepts on the port now: sending clients over');
+        try {
+          // Nothing new arrives here any more: tunnels still in setup open normally and are told on the next round.
+          await drainNode(ctx, { moveVms: false, drainMs: config.shutdown.drainMs, unreadyMs: 0, cause: 'restart', refuse: false, resumeHere: true });
         } catch (err) {
           log.error({ err, event: 'drain-failed' }, 'drain failed: stopping now');
         }
@@ -419,8 +451,13 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     close,
     drain,
     stopped,
+    listenFd: () => listener.fd,
+    handOff,
   };
 }
+
+/** How long a successor waits for its predecessor to let the control socket go. */
+const PREDECESSOR_CONTROL_WAIT_MS = 30_000;
 
 /** The seal key a joined node was given (base64 in `seal.key`), if it has one. */
 function readSealKey(file: string): Buffer | undefined {
