@@ -18,7 +18,7 @@ import { VERSION } from '../version.js';
 import { OPENAPI } from './openapi.js';
 import { forwardToLeader } from './forward.js';
 import { ACTING_HEADER, CLIENT_HEADER, FORWARDED_BY_HEADER } from '../cluster/peers.js';
-import { type FanoutDeps, type NodeAnswer, PEER_ANSWER_MS, askNode, askOtherNodes } from '../cluster/fanout.js';
+import { type FanoutDeps, type NodeAnswer, askNode, askOtherNodes } from '../cluster/fanout.js';
 import { postToNode } from '../drain.js';
 import { type Tunnel, type TunnelSummary, summarize } from '../tunnel/registry.js';
 import { terminateSessions } from '../tunnel/revoke.js';
@@ -368,7 +368,7 @@ route('POST', '/api/nodes/:p/drain', 'drain', async (c) => {
   if (peer.state !== 'up' && peer.state !== 'suspect') throw new OneportError('ONEPORT_ERR_NODE_UNREACHABLE', `node ${node} is ${peer.state}`);
   let answer;
   try {
-    answer = await postToNode(c.ctx, peer.info.address, `/api/nodes/${encodeURIComponent(node)}/drain`, { moveVms }, PEER_ANSWER_MS);
+    answer = await postToNode(c.ctx, peer.info.address, `/api/nodes/${encodeURIComponent(node)}/drain`, { moveVms }, c.ctx.config.http.requestTimeoutMs);
   } catch (err) {
     throw new OneportError('ONEPORT_ERR_NODE_UNREACHABLE', `node ${node} did not answer: ${(err as Error).message}`, { cause: err });
   }
