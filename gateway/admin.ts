@@ -30,6 +30,8 @@ export interface Admin {
   moveVm(name: string, node: string): Promise<PublicVm>;
   /** A new ticket signing key; the previous one stays valid until the next rotation. */
   rotateKeys(): Promise<void>;
+  /** Drain node `node` (this one or another of the cluster): it hands its clients over, then stops. */
+  drainNode(node: string, moveVms: boolean): Promise<DrainAnswer>;
   /** GET /api/sessions: every live tunnel on every node, and which nodes answered. */
   sessions(): Promise<SessionList>;
   /** End one tunnel (and the rest of its console session on that node). */
@@ -37,6 +39,13 @@ export interface Admin {
   /** End all of a user's sessions, on every node. */
   killUserSessions(name: string): Promise<{ ended: number; complete: boolean; nodes: NodeReport[] }>;
   close(): Promise<void>;
+}
+
+export interface DrainAnswer {
+  readonly node: string;
+  readonly started: boolean;
+  readonly tunnels: number;
+  readonly moveVms: boolean;
 }
 
 export interface NodeReport {
@@ -156,6 +165,9 @@ class ControlAdmin implements Admin {
   moveVm(name: string, node: string): Promise<PublicVm> {
     return this.call('POST', `/api/vms/${encodeURIComponent(name)}/move`, { node });
   }
+  drainNode(node: string, moveVms: boolean): Promise<DrainAnswer> {
+    return this.call('POST', `/api/nodes/${encodeURIComponent(node)}/drain`, { moveVms });
+  }
   async rotateKeys(): Promise<void> {
     await this.call('POST', '/api/keys/rotate', {});
   }
@@ -211,6 +223,9 @@ class OfflineAdmin implements Admin {
   }
   async rotateKeys(): Promise<void> {
     await this.dir.rotateKeys();
+  }
+  async drainNode(): Promise<DrainAnswer> {
+    throw new Error('the gateway is not running: nothing to drain');
   }
   async sessions(): Promise<SessionList> {
     throw new Error('the gateway is not running: no sessions');

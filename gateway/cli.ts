@@ -4,6 +4,7 @@
  * Flags override the config file, which overrides defaults (config.ts).
  */
 import { createReadStream, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError, loadConfig, type Config } from './config.js';
 import { startGateway } from './server.js';
@@ -73,7 +74,14 @@ program
     // Read once and dropped from the environment, so no child (a failover hook) inherits it.
     const joinToken = process.env.ONEPORT_JOIN_TOKEN;
     delete process.env.ONEPORT_JOIN_TOKEN;
-    const gw = await startGateway(cfg, joinToken ? { joinToken } : {});
+    // A same-host restart's successor: the listening socket comes as a descriptor (restartServe).
+    const inherited = process.env.ONEPORT_LISTEN_FD;
+    delete process.env.ONEPORT_LISTEN_FD;
+    const listenFd = inherited !== undefined && /^\d{1,4}$/.test(inherited) ? Number(inherited) : undefined;
+    const gw = await startGateway(cfg, {
+      ...(joinToken ? { joinToken } : {}),
+      ...(listenFd !== undefined ? { listenFd, onBound: () => process.send?.({ oneport: 'bound' }, () => process.disconnect?.()) } : {}),
+    });
     // Last resort: a bug that escapes every handler is logged and counted; the process keeps
     // serving, because exiting would drop every tunnel on this node for one bad request.
     const lastResort = (where: string) => (e: unknown): void => {
@@ -90,11 +98,62 @@ program
         process.stderr.write(`${sig} again: exiting now\n`);
         process.exit(1);
       }
-      void gw.close().then(() => process.exit(0));
+      // A drain: unready, clients sent elsewhere (and VMs moved with shutdown.moveVms), then stop.
+      void gw.drain({ cause: sig });
     };
+    // However it stops (a signal, `oneport node drain`), the process ends with it.
+    void gw.stopped.then(() => process.exit(0));
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
+    process.on('SIGUSR2', () => void restartServe(gw));
   });
+
+/** How long a successor gets to accept on the port before the restart is given up. */
+const SUCCESSOR_START_MS = 60_000;
+/** The successor's descriptor for the listening socket: after stdin, stdout, stderr and the IPC channel. */
+const SUCCESSOR_LISTEN_FD = 4;
+let restarting = false;
+
+/**
+ * Same-host restart without a refused connection (SIGUSR2): a successor is started from the same
+ * command line (so the code on disk now), given the listening socket; once it accepts, this
+ * process stops accepting, sends its clients to reconnect (they land on the successor) and
+ * stops. A successor that fails to start changes nothing here.
+ */
+async function restartServe(gw: Awaited<ReturnType<typeof startGateway>>): Promise<void> {
+  const log = gw.ctx.log;
+  const fd = gw.listenFd();
+  if (restarting || fd === undefined) {
+    log.warn({ event: 'restart-refused', restarting }, restarting ? 'restart already under way' : 'restart: no listening socket to pass on');
+    return;
+  }
+  restarting = true;
+  const child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
+    env: { ...process.env, ONEPORT_LISTEN_FD: String(SUCCESSOR_LISTEN_FD) },
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc', fd],
+  });
+  log.info({ event: 'restart-spawned', pid: child.pid }, `restart: successor ${child.pid} starting on the same port`);
+  const bound = await new Promise<boolean>((resolve) => {
+    const timer = setTimeout(() => resolve(false), SUCCESSOR_START_MS);
+    child.on('message', (m: unknown) => {
+      if ((m as { oneport?: string } | null)?.oneport === 'bound') {
+        clearTimeout(timer);
+        resolve(true);
+      }
+    });
+    child.once('error', () => resolve(false));
+    child.once('exit', () => resolve(false));
+  });
+  if (!bound) {
+    log.error({ event: 'restart-failed', pid: child.pid }, 'restart: the successor did not start accepting; this process keeps serving');
+    child.kill('SIGKILL');
+    restarting = false;
+    return;
+  }
+  if (child.connected) child.disconnect();
+  child.unref();
+  await gw.handOff();
+}
 
 program
   .command('init')
@@ -301,6 +360,21 @@ program
     const admin = await openAdminFor(config());
     try {
       console.log(JSON.stringify(await admin.ticket(o.user, vmName, o.protocol), null, 2));
+    } finally {
+      await admin.close();
+    }
+  });
+
+const nodeCmd = program.command('node').description('cluster nodes (needs the running gateway)');
+nodeCmd
+  .command('drain <id>')
+  .description('drain node <id> (this one or any other of the cluster) for an upgrade: it goes unready, refuses new tunnels, sends its clients to other nodes, then stops once its tunnels are gone or shutdown.drainMs passed')
+  .option('--move-vms', 'first move the VMs it owns to their replicas (or the least busy other up node), through the leader')
+  .action(async (id: string, o: { moveVms?: boolean }) => {
+    const admin = await openAdmin(config().state);
+    try {
+      const r = await admin.drainNode(id, o.moveVms ?? false);
+      console.log(`node ${r.node} ${r.started ? 'is draining' : 'was already draining'}: ${r.tunnels} tunnel(s) to hand over${r.moveVms ? '; its VMs move first' : ''}`);
     } finally {
       await admin.close();
     }

@@ -170,6 +170,15 @@ export const configSchema = z
         /** A tunnel with no bytes either way for this long is closed; 0 disables. A VM's policy overrides it. @default 1 h */
         idleTimeoutMs: ms.default(HOUR),
         /**
+         * Stream tunnels (CONNECT, native RDP, hops): after one side's FIN, the other direction
+         * may stay open this long, then both are closed; 0 = no bound. Long enough for a console
+         * to flush what it still had to say over a slow link (RDP, VNC and SPICE clients do not
+         * half-close on purpose; xrdp holds a half-closed client ~15 s), short enough that a
+         * one-way stream left behind does not hold a session slot until the idle timeout, which a
+         * busy direction never reaches. @default 2 min
+         */
+        halfCloseMs: ms.max(MAX_TIMER_MS).default(2 * MINUTE),
+        /**
          * A console session ends this long after it began (WebSocket close 4008; CONNECT closed),
          * parked time included; 0 = no limit. A VM's policy overrides it. At most about 24.8 days
          * (a timer's bound). @default 0
@@ -258,8 +267,18 @@ export const configSchema = z
       .prefault({}),
     shutdown: z
       .object({
-        /** On SIGTERM, open tunnels get this long to finish before they are closed. @default 30 s */
+        /**
+         * A drain (SIGTERM, `oneport node drain`) ends this long after it started at the latest:
+         * tunnels still open then are closed. @default 30 s
+         */
         drainMs: ms.default(30 * SECOND),
+        /**
+         * Between going unready (/readyz 503) and sending clients elsewhere: set it to what your
+         * balancer needs to notice (check interval x failures), so reconnects do not land here. @default 0
+         */
+        unreadyMs: ms.default(0),
+        /** A SIGTERM drain also moves this node's VMs to their replicas / other up nodes (`node drain --move-vms`). @default false */
+        moveVms: z.boolean().default(false),
       })
       .prefault({}),
     demo: z

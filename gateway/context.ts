@@ -55,6 +55,8 @@ export interface GatewayContext {
   readonly join?: JoinService | undefined;
   /** How fresh the directory is: always fresh for the embedded one; the mirror's age in a cluster. */
   readonly directoryState: () => { readonly connected: boolean; readonly ageMs: number };
+  /** Start this node's drain (drain.ts) unless one is under way; the node stops when it ends. */
+  readonly drain: (opts: { moveVms: boolean; cause: string }) => { started: boolean };
   /** The CA of the certificate served to clients when oneport made it (no tls.certificates), else undefined. */
   readonly selfMadeCa: string | undefined;
 }

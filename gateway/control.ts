@@ -30,11 +30,17 @@ export class ControlServer {
     });
   }
 
-  async listen(): Promise<void> {
-    if (existsSync(this.path)) {
+  /** @param waitMs how long a live gateway on the path may take to let it go (a same-host restart's predecessor). */
+  async listen(waitMs = 0): Promise<void> {
+    const until = Date.now() + waitMs;
+    while (existsSync(this.path)) {
       // A socket left by a crashed gateway is removed; one that answers belongs to a live one.
-      if (await answers(this.path)) throw new Error(`another oneport is running with this state folder (${this.path})`);
-      unlinkSync(this.path);
+      if (!(await answers(this.path))) {
+        unlinkSync(this.path);
+        break;
+      }
+      if (Date.now() >= until) throw new Error(`another oneport is running with this state folder (${this.path})`);
+      await new Promise((r) => setTimeout(r, 100));
     }
     await new Promise<void>((resolve, reject) => {
       this.server.once('error', reject);

@@ -165,10 +165,11 @@ export class Listener {
     this.server.on('drop', () => this.ctx.metrics.connections.inc({ result: 'dropped-max-connections' }));
   }
 
-  listen(host: string, port: number): Promise<net.AddressInfo> {
+  /** Bind `host:port`, or take over the listening socket `fd` a predecessor passed on (same-host restart). */
+  listen(host: string, port: number, fd?: number): Promise<net.AddressInfo> {
     return new Promise((resolve, reject) => {
       this.server.once('error', reject);
-      this.server.listen({ host, port }, () => {
+      this.server.listen(fd !== undefined ? { fd } : { host, port }, () => {
         this.server.removeListener('error', reject);
         resolve(this.server.address() as net.AddressInfo);
       });
@@ -179,6 +180,20 @@ export class Listener {
   stopAccepting(): Promise<void> {
     for (const s of this.detecting) s.destroy();
     return new Promise((resolve) => this.server.close(() => resolve()));
+  }
+
+  /**
+   * Same-host restart: stop accepting here and leave connections in setup alone (a successor
+   * holding the same listening socket takes the next ones). Idempotent.
+   */
+  handOff(): void {
+    if (this.server.listening) this.server.close();
+  }
+
+  /** The listening socket's descriptor, to pass to a successor (Unix); undefined when not listening. */
+  get fd(): number | undefined {
+    const fd = (this.server as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    return typeof fd === 'number' && fd >= 0 ? fd : undefined;
   }
 
   /** Destroy every connection still open (end of the drain period). */

@@ -115,6 +115,23 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly draining = new Gauge({
+    name: 'oneport_draining',
+    help: '1 while this node drains (readyz answers 503, new tunnels are refused, its clients are sent elsewhere)',
+    registers: [this.registry],
+  });
+  readonly drainTold = new Counter({
+    name: 'oneport_drain_tunnels_total',
+    help: 'Tunnels a drain ended on purpose: told to resume on another node (WebSocket 4001) or closed (CONNECT, native, RD Gateway)',
+    labelNames: ['action'] as const,
+    registers: [this.registry],
+  });
+  readonly drainMoves = new Counter({
+    name: 'oneport_drain_vm_moves_total',
+    help: 'VMs a drain with --move-vms asked the leader to move, by result (ok, failed, no-target)',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
   readonly directoryVersion = new Gauge({
     name: 'oneport_directory_version',
     help: 'Version of the directory this node serves from (its mirror in a cluster)',

@@ -50,6 +50,7 @@ import { routeTls } from './rdg/route.js';
 import { rdgClusterLink } from './cluster/rdg-link.js';
 import { JoinService, JoinTokens, joinIfNeeded } from './cluster/join.js';
 import { KeyRingSeal, sealKeyFromCa } from './cluster/seal.js';
+import { drainNode } from './drain.js';
 
 export interface GatewayOptions {
   /** Defaults to the embedded directory saved in the state folder. */
@@ -62,6 +63,13 @@ export interface GatewayOptions {
   readonly controlSocket?: boolean;
   /** A join token (cluster/join.ts), e.g. from ONEPORT_JOIN_TOKEN; else `cluster.joinTokenFile` is read. */
   readonly joinToken?: string;
+  /**
+   * Same-host restart: the listening socket a predecessor passed on (a descriptor), taken over
+   * instead of binding `listen`; the control socket is taken once the predecessor lets it go.
+   */
+  readonly listenFd?: number;
+  /** Called as soon as the port accepts (before the cluster and control socket start). */
+  readonly onBound?: () => void;
 }
 
 export interface Gateway {
@@ -75,8 +83,22 @@ export interface Gateway {
   /** The demo user's password when this start created it. */
   readonly demoPassword: string | undefined;
   readonly demo: RfbServer | undefined;
-  /** Graceful stop: stop accepting, let tunnels drain up to `drainMs`, then close the rest. Idempotent. */
+  /** Plain stop: stop accepting, let tunnels finish up to `drainMs`, then close the rest. Idempotent. */
   close(opts?: { drainMs?: number }): Promise<void>;
+  /**
+   * Graceful stop for an upgrade (drain.ts): unready, clients sent elsewhere, VMs moved when
+   * asked, then stopped once its tunnels are gone or `drainMs` passed. Resolves when stopped.
+   */
+  drain(opts?: { moveVms?: boolean; drainMs?: number; cause?: string }): Promise<void>;
+  /** Resolves once the gateway has stopped, whoever stopped it (a drain asked for over the API). */
+  readonly stopped: Promise<void>;
+  /** The listening socket's descriptor, for a successor (same-host restart). */
+  listenFd(): number | undefined;
+  /**
+   * Same-host restart, once a successor accepts on the same socket: stop accepting here, let the
+   * control socket go, send clients to reconnect (they land on the successor), then stop.
+   */
+  handOff(): Promise<void>;
 }
 
 /** web/ beside gateway/ in the sources, or two levels up from dist/gateway/ when built. */
@@ -225,7 +247,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     selfMadeCa: config.tls.certificates.length > 0 ? undefined : state.ca.cert,
     connections,
     sessions,
-    broker: { dir, auth, reach, watcher, tunnels, metrics, log, noisyLog, lifecycle, nodeId: cluster?.nodeId, holdMs: config.tunnel.holdMs, policy: { idleTimeoutMs: config.tunnel.idleTimeoutMs, maxSessionMs: config.tunnel.maxSessionMs }, caps, audit, self: config.nodeId, handshake: { timeoutMs: config.tunnel.handshakeTimeoutMs, protocolCheck: config.tunnel.protocolCheck } },
+    broker: { dir, auth, reach, watcher, tunnels, metrics, log, noisyLog, lifecycle, nodeId: cluster?.nodeId, holdMs: config.tunnel.holdMs, policy: { idleTimeoutMs: config.tunnel.idleTimeoutMs, maxSessionMs: config.tunnel.maxSessionMs }, caps, audit, self: config.nodeId, handshake: { timeoutMs: config.tunnel.handshakeTimeoutMs, protocolCheck: config.tunnel.protocolCheck }, halfCloseMs: config.tunnel.halfCloseMs },
     resume: {
       auth,
       dir,
@@ -250,6 +272,11 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     loggedOut: (sid) => revokeApiSession({ tunnels, metrics, log }, sid),
     audit,
     join: joins,
+    drain: (o) => {
+      const already = draining !== undefined || closing !== undefined;
+      void drain({ moveVms: o.moveVms, cause: o.cause });
+      return { started: !already };
+    },
   };
 
   // Sessions follow their VM: a change of owner ends its tunnels here at once (clients reconnect).
@@ -306,8 +333,9 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
 
   const listen = parseListen(config.listen);
   if (!listen) throw new Error(`bad listen address ${config.listen}`);
-  const address = await listener.listen(listen.host, listen.port);
+  const address = await listener.listen(listen.host, listen.port, opts.listenFd);
   lifecycle.listening = true;
+  opts.onBound?.();
   const anyAddress = address.address === '0.0.0.0' || address.address === '::';
   const bound = formatHostPort(address.address, address.port);
   ownOrigins = config.serverNames.map((n) => `https://${formatHostPort(n, address.port)}`);
@@ -330,14 +358,50 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   let control: ControlServer | undefined;
   if (opts.controlSocket ?? true) {
     control = new ControlServer(ctx, state.paths.controlSocket);
-    await control.listen();
+    await control.listen(opts.listenFd !== undefined ? PREDECESSOR_CONTROL_WAIT_MS : 0);
   }
   log.info(
     { event: 'listening', address: address.address, port: address.port, directory: dir.kind, node: config.nodeId, cluster: cluster !== undefined },
     `oneport listening on ${bound}`,
   );
 
+  let draining: Promise<void> | undefined;
+  const drain = (o: { moveVms?: boolean; drainMs?: number; cause?: string } = {}): Promise<void> =>
+    (draining ??=
+      closing ??
+      (async () => {
+        try {
+          await drainNode(ctx, {
+            moveVms: o.moveVms ?? config.shutdown.moveVms,
+            drainMs: o.drainMs ?? config.shutdown.drainMs,
+            unreadyMs: config.shutdown.unreadyMs,
+            cause: o.cause ?? 'api',
+          });
+        } catch (err) {
+          log.error({ err, event: 'drain-failed' }, 'drain failed: stopping now');
+        }
+        await close({ drainMs: 0 });
+      })());
+  const handOff = (): Promise<void> =>
+    (draining ??=
+      closing ??
+      (async () => {
+        listener.handOff();
+        // The successor binds the control socket's path once this one closed it.
+        await control?.close();
+        control = undefined;
+        log.info({ event: 'handed-off', tunnels: tunnels.size }, 'the successor accepts on the port now: sending clients over');
+        try {
+          // Nothing new arrives here any more: tunnels still in setup open normally and are told on the next round.
+          await drainNode(ctx, { moveVms: false, drainMs: config.shutdown.drainMs, unreadyMs: 0, cause: 'restart', refuse: false, resumeHere: true });
+        } catch (err) {
+          log.error({ err, event: 'drain-failed' }, 'drain failed: stopping now');
+        }
+        await close({ drainMs: 0 });
+      })());
   let closing: Promise<void> | undefined;
+  let markStopped!: () => void;
+  const stopped = new Promise<void>((r) => (markStopped = r));
   const close = (closeOpts: { drainMs?: number } = {}): Promise<void> =>
     (closing ??= (async () => {
       lifecycle.shuttingDown = true;
@@ -370,8 +434,10 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       await store.close();
       await dir.close();
       lifecycle.listening = false;
+      ctx.metrics.draining.set(0);
       log.info({ event: 'stopped' }, 'stopped');
       log.flush?.();
+      markStopped();
     })());
 
   return {
@@ -383,8 +449,15 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     demoPassword,
     demo,
     close,
+    drain,
+    stopped,
+    listenFd: () => listener.fd,
+    handOff,
   };
 }
+
+/** How long a successor waits for its predecessor to let the control socket go. */
+const PREDECESSOR_CONTROL_WAIT_MS = 30_000;
 
 /** The seal key a joined node was given (base64 in `seal.key`), if it has one. */
 function readSealKey(file: string): Buffer | undefined {

@@ -19,6 +19,7 @@ import { OPENAPI } from './openapi.js';
 import { forwardToLeader } from './forward.js';
 import { ACTING_HEADER, CLIENT_HEADER, FORWARDED_BY_HEADER } from '../cluster/peers.js';
 import { type FanoutDeps, type NodeAnswer, askNode, askOtherNodes } from '../cluster/fanout.js';
+import { postToNode } from '../drain.js';
 import { type Tunnel, type TunnelSummary, summarize } from '../tunnel/registry.js';
 import { terminateSessions } from '../tunnel/revoke.js';
 import type { AdminAuditRecord } from '../audit.js';
@@ -347,6 +348,33 @@ route('POST', '/api/vms/:p/move', 'move', async (c) => {
   await audit(c, 'vm.move', { type: 'vm', name: before.name }, { from: before.node, to: node, epoch: moved.epoch });
   sendJson(c.res, 200, publicVmRecord(moved));
 }, { leader: true });
+const drainSchema = z.object({ moveVms: z.boolean().optional() }).strict();
+route('POST', '/api/nodes/:p/drain', 'drain', async (c) => {
+  await c.admin();
+  const { moveVms = false } = await c.body(drainSchema);
+  const node = c.params[0] ?? '';
+  const { cluster, config } = c.ctx;
+  if (node === config.nodeId) {
+    const tunnels = c.ctx.tunnels.size;
+    const { started } = c.ctx.drain({ moveVms, cause: 'api' });
+    await audit(c, 'node.drain', { type: 'node', name: node }, { moveVms, started });
+    sendJson(c.res, 202, { node, draining: true, started, tunnels, moveVms });
+    return;
+  }
+  // Another node: passed on over node TLS, as the administrator this call proved to be.
+  const peer = cluster?.node(node);
+  if (!cluster || !peer) throw new OneportError('ONEPORT_ERR_NOT_FOUND', `no node ${node} in the cluster`);
+  if (c.peer !== undefined) throw new OneportError('ONEPORT_ERR_NODE_UNREACHABLE', 'not passed on twice');
+  if (peer.state !== 'up' && peer.state !== 'suspect') throw new OneportError('ONEPORT_ERR_NODE_UNREACHABLE', `node ${node} is ${peer.state}`);
+  let answer;
+  try {
+    answer = await postToNode(c.ctx, peer.info.address, `/api/nodes/${encodeURIComponent(node)}/drain`, { moveVms }, c.ctx.config.http.requestTimeoutMs);
+  } catch (err) {
+    throw new OneportError('ONEPORT_ERR_NODE_UNREACHABLE', `node ${node} did not answer: ${(err as Error).message}`, { cause: err });
+  }
+  c.res.writeHead(answer.status, { 'Content-Type': 'application/json', 'Cache-Control': 'no-store' });
+  c.res.end(answer.text);
+});
 route('POST', '/api/keys/rotate', 'rotate-keys', async (c) => {
   await c.admin();
   await c.ctx.dir.rotateKeys();

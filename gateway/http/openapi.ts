@@ -135,6 +135,8 @@ const schemas = {
     },
   },
   Move: obj({ node: { type: 'string', minLength: 1, maxLength: 63 } }),
+  DrainRequest: obj({ moveVms: bool }, ['moveVms']),
+  Drain: obj({ node: str, draining: { const: true }, started: bool, tunnels: int, moveVms: bool }),
   Keys: obj({ current: int, previous: { type: 'array', items: int } }),
   ClusterNode: obj(
     {
@@ -277,6 +279,9 @@ export const OPENAPI = {
       put: op({ summary: 'admin: set (a string) or clear (null) a VNC or SPICE endpoint\'s console password; never returned', tag: 'admin', params: [vmParam], body: ref('ConsolePassword'), ok: { 200: answer('the VM (passwordSet, never the password)', ref('Vm')) }, leader: true }),
     },
     '/api/vms/{vm}/move': { post: op({ summary: 'admin: planned migration to another node', tag: 'admin', params: [vmParam], body: ref('Move'), ok: { 200: answer('the VM, moved', ref('Vm')) }, leader: true }) },
+    '/api/nodes/{node}/drain': {
+      post: op({ summary: 'admin: drain a node (any node passes it on): unready, clients sent elsewhere, VMs moved if asked, then it stops', tag: 'cluster', params: [pathParam('node', 'node id')], body: ref('DrainRequest'), ok: { 202: answer('the drain started (or was already under way)', ref('Drain')) } }),
+    },
     '/api/keys/rotate': { post: op({ summary: 'admin: new ticket signing key; the previous stays valid', tag: 'admin', ok: { 200: answer('key ids', ref('Keys')) }, leader: true }) },
     '/api/users': { get: op({ summary: 'admin: every user', tag: 'admin', ok: { 200: answer('users', { type: 'array', items: ref('User') }) } }) },
     '/api/users/{name}': {

@@ -57,6 +57,8 @@ export interface BrokerDeps {
   readonly self: string;
   /** The console handshake's deadline and the protocol check's default (config tunnel.*). */
   readonly handshake: HandshakeDeps['handshake'];
+  /** Stream tunnels: how long one direction may stay open after the other's FIN (config tunnel.halfCloseMs). */
+  readonly halfCloseMs?: number;
 }
 
 /** Authorize, hold, reach, attach, register. Never rejects: a refusal is answered through the leg. */
@@ -96,7 +98,7 @@ async function openAuthorized(deps: BrokerDeps, authorized: TunnelTarget, leg: C
       // protocol; what needs the client's bytes runs in front of the console (console-handshake.ts).
       // A leg that speaks the opening itself (RDCleanPath: X.224 and TLS) has its own handshake.
       const console = leg.handshake ? await leg.handshake(reached, target) : await consoleHandshake(deps, target, reached, leg);
-      pump = leg.attach(console, target, { endJudge: deps.reach.endJudge(target.vm), idleTimeoutMs: policy.idleTimeoutMs });
+      pump = leg.attach(console, target, { endJudge: deps.reach.endJudge(target.vm), idleTimeoutMs: policy.idleTimeoutMs, halfCloseMs: deps.halfCloseMs });
     } catch (e) {
       reached.socket.destroy();
       throw e;

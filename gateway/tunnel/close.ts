@@ -15,6 +15,8 @@ export const CLOSE_CODES: Readonly<Record<CloseReason, { readonly code: number; 
   'client-error': { code: 1000, message: 'console closed' },
   'console-error': { code: 4502, message: 'console connection lost' },
   idle: { code: 1000, message: 'idle timeout' },
+  // Stream tunnels only (a WebSocket has no half-close); named for the log.
+  'half-closed': { code: 1000, message: 'half-closed too long' },
   shutdown: { code: 1001, message: 'gateway shutting down' },
   // CONTRACT section 4: reconnect now (with the resume token), after retryMs (jittered, so a
   // crowd does not come back at once). Whoever reroutes usually supplies the text (naming the node).

@@ -3,7 +3,8 @@
  *
  * - Backpressure both ways: a side whose peer cannot keep up is paused until the peer drains.
  * - Half-close: a FIN from one side is passed on as a FIN to the other; the tunnel ends when both
- *   directions have ended, or at once when either side fails.
+ *   directions have ended, or at once when either side fails, or `halfCloseMs` after the first FIN
+ *   (the other direction does not get to stream forever).
  * - Idle timeout on the console leg (it sees every byte in both directions).
  * - Either side's error tears both down; `close(reason)` ends the tunnel on purpose (shutdown,
  *   reroute) and is idempotent.
@@ -32,6 +33,8 @@ export type CloseReason =
 
   /** The console session reached its maximum session time (policy.ts). */
   | 'session-expired'
+  /** One side sent FIN and the other direction was still open `halfCloseMs` later. */
+  | 'half-closed'
   /** The console handshake (console-handshake.ts) failed after the client was answered. */
   | HandshakeFailure;
 
@@ -46,6 +49,8 @@ export interface PumpOptions {
   readonly idleTimeoutMs: number;
   /** After one side finished, how long the other gets to flush before it is destroyed. */
   readonly lingerMs?: number;
+  /** After one side's FIN, how long the other direction may stay open (stream tunnels); 0 or unset: no bound. */
+  readonly halfCloseMs?: number;
   /** Bytes on the console socket that were not the tunnel's (a hop's request and answer): not counted. */
   readonly preface?: { readonly written: number; readonly read: number };
 }
@@ -141,8 +146,14 @@ export class StreamPump extends Pump {
     if (head && head.length > 0) console.write(head);
     client.pipe(console);
     console.pipe(client);
-    client.on('end', () => (this.reason ??= 'client-closed'));
-    console.on('end', () => (this.reason ??= 'console-closed'));
+    client.on('end', () => {
+      this.reason ??= 'client-closed';
+      this.boundHalfClose();
+    });
+    console.on('end', () => {
+      this.reason ??= 'console-closed';
+      this.boundHalfClose();
+    });
     client.on('close', () => {
       this.clientClosed = true;
       if (this.consoleClosed) this.finish();
@@ -153,6 +164,20 @@ export class StreamPump extends Pump {
       if (this.clientClosed) this.finish();
       else this.endAndLinger(this.client);
     });
+  }
+
+  private halfCloseTimer: NodeJS.Timeout | undefined;
+
+  /** The first FIN starts the clock: the other direction gets `halfCloseMs`, then both sides go. */
+  private boundHalfClose(): void {
+    const ms = this.opts.halfCloseMs ?? 0;
+    if (ms <= 0 || this.halfCloseTimer !== undefined) return;
+    this.halfCloseTimer = setTimeout(() => {
+      this.reason = 'half-closed';
+      this.fail('half-closed');
+    }, ms);
+    this.halfCloseTimer.unref();
+    void this.done.then(() => clearTimeout(this.halfCloseTimer));
   }
 
   close(reason: CloseReason): void {

@@ -13,6 +13,8 @@ export interface AttachOptions {
   readonly endJudge?: (() => Promise<CloseReason | undefined>) | undefined;
   /** This tunnel's idle timeout (0 = none): the broker's choice, from the VM's policy (policy.ts). */
   readonly idleTimeoutMs: number;
+  /** Stream tunnels: how long one direction may stay open after the other's FIN (config tunnel.halfCloseMs; 0 = no bound). */
+  readonly halfCloseMs?: number | undefined;
 }
 
 export interface ClientLeg {

@@ -59,7 +59,7 @@ export class RdpLeg implements ClientLeg {
   attach(console: ReachedConsole, _target: TunnelTarget, attachOpts: AttachOptions): StreamPump {
     this.socket.removeListener('close', this.onClose);
     if (this.socket.destroyed) throw new ReachFailure('CLIENT_GONE', { message: 'client went away' });
-    return new StreamPump(this.socket, console.socket, { idleTimeoutMs: attachOpts.idleTimeoutMs, preface: console.preface }, this.opts.toConsole);
+    return new StreamPump(this.socket, console.socket, { idleTimeoutMs: attachOpts.idleTimeoutMs, halfCloseMs: attachOpts.halfCloseMs, preface: console.preface }, this.opts.toConsole);
   }
 
   refuse(_err: OneportError): void {

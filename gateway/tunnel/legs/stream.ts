@@ -49,7 +49,7 @@ export class StreamLeg implements ClientLeg {
     this.socket.removeListener('close', this.onClose);
     if (this.socket.destroyed) throw new ReachFailure('CLIENT_GONE', { message: this.opts.hop ? 'the sending node went away' : 'client went away' });
     this.socket.write('HTTP/1.1 200 Connection established\r\n\r\n');
-    return new StreamPump(this.socket, console.socket, { idleTimeoutMs: attachOpts.idleTimeoutMs, preface: console.preface }, this.opts.head);
+    return new StreamPump(this.socket, console.socket, { idleTimeoutMs: attachOpts.idleTimeoutMs, halfCloseMs: attachOpts.halfCloseMs, preface: console.preface }, this.opts.head);
   }
 
   refuse(err: OneportError): void {
