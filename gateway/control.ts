@@ -36,7 +36,12 @@ export class ControlServer {
     while (existsSync(this.path)) {
       // A socket left by a crashed gateway is removed; one that answers belongs to a live one.
       if (!(await answers(this.path))) {
-        unlinkSync(this.path);
+        // Gone meanwhile (a predecessor closing it during a same-host restart) is as good as removed.
+        try {
+          unlinkSync(this.path);
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+        }
         break;
       }
       if (Date.now() >= until) throw new Error(`another oneport is running with this state folder (${this.path})`);

@@ -73,7 +73,12 @@ t.test('SIGUSR2: the successor takes the listening socket; no connection is refu
       buf = buf.slice(nl + 1);
     }
   });
-  proc.stderr!.resume();
+  let stderr = '';
+  proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  // What the processes said, when the test fails.
+  t.teardown(() => {
+    if (!t.passing()) t.comment(`events: ${lines.map((l) => String(l.event ?? l.msg)).join(' ')}\nstderr: ${stderr.slice(-2000)}`);
+  });
   const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
   const listening = await eventually(() => lines.find((l) => l.event === 'listening'), 30_000, 'listening');
   const port = Number(listening.port);
