@@ -10,7 +10,7 @@
  * The second test is a client who asks for a tunnel through a healthy node just after the owner
  * went silent: its hop to the owner waits for the TLS dial timeout (tunnel.dialTimeoutMs, 5 s)
  * even though the VM is promoted after about 2.5 s, so its first byte comes after 5 s instead of
- * 3 s. It fails until a hop to an owner that is failed over meanwhile is given up at once.
+ * 3 s, until cluster/reach.ts gave up a hop the moment the VM's record changes.
  */
 import t, { type Test } from 'tap';
 import net from 'node:net';
@@ -20,8 +20,8 @@ import { eventually } from '../helpers/wait.js';
 import { fixedPortConsole } from '../helpers/console.js';
 import { basic, freePort, rawRequest } from '../helpers/net.js';
 
-/** The issue's target for a silent owner is 3 s to the client's first byte; promotion must come first. */
-const PROMOTED_WITHIN_MS = 3_000;
+/** The issue's target for a silent owner is 3 s to the client's first byte, + 0.5 s for a loaded machine (2 cores, shared). */
+const PROMOTED_WITHIN_MS = 3_500;
 
 async function silentOwnerCluster(t: Test): Promise<{ leader: ClusterNode; owner: ClusterNode; replica: ClusterNode; token: string }> {
   const redis = await startRedis(t);
@@ -75,8 +75,5 @@ t.test('a tunnel asked for through a healthy node just after the owner went sile
   await first;
   s.destroy();
   const ms = Date.now() - stoppedAt;
-  // TODO marks the known bug: the assertion runs and shows "not ok" without failing the suite.
-  t.ok(ms <= 3_500, `owner SIGSTOP -> first byte of a tunnel asked for right after: ${ms} ms (target <= 3 s, + 0.5 s for a loaded machine)`, {
-    todo: 'bug: the hop to the silent owner is not given up when the VM is promoted; it waits for tunnel.dialTimeoutMs (5 s)',
-  });
+  t.ok(ms <= 3_500, `owner SIGSTOP -> first byte of a tunnel asked for right after: ${ms} ms (target <= 3 s, + 0.5 s for a loaded machine)`);
 });
