@@ -106,12 +106,12 @@ async function openTunnel(ctx: Ctx, node: ClusterNode, vm: string, timeoutMs = 8
   }
   const socket = res.socket as net.Socket;
   if (res.rest.length === 0) {
-    const firstByte = Promise.race([once(socket, 'data').then(() => true), once(socket, 'close').then(() => false), sleep(timeoutMs).then(() => false)]);
+    const firstByte = Promise.race([once(socket, 'data').then(() => 'data'), once(socket, 'close').then(() => 'closed'), sleep(timeoutMs).then(() => 'silent')]);
     socket.resume();
     const first = await firstByte;
-    if (!first) {
+    if (first !== 'data') {
       socket.destroy();
-      return { status: 200, code: 'no console byte', stage: 'first-byte' };
+      return { status: 200, code: first === 'closed' ? 'closed before the console\'s first byte' : `no console byte within ${timeoutMs} ms`, stage: 'first-byte' };
     }
   }
   socket.resume();
