@@ -158,17 +158,17 @@ export class Peers {
 
   /** Does the node's port answer a TLS handshake and /healthz within the deadline? */
   async probe(address: string, timeoutMs: number): Promise<boolean> {
-    try {
-      const res = await request(`https://${address}/healthz`, {
-        dispatcher: this.agent,
-        signal: AbortSignal.timeout(timeoutMs),
-        headers: { [FORWARDED_BY_HEADER]: this.id.nodeId },
-      });
+    const signal = AbortSignal.timeout(timeoutMs);
+    const answered = (async () => {
+      const res = await request(`https://${address}/healthz`, { dispatcher: this.agent, signal, headers: { [FORWARDED_BY_HEADER]: this.id.nodeId } });
       await res.body.dump();
       return res.statusCode === 200;
-    } catch {
-      return false;
-    }
+    })().catch(() => false);
+    // undici does not abort a request still in its connect phase: a paused (SIGSTOP) or
+    // partitioned node whose kernel accepts the TCP connection would hold the probe for the
+    // agent's connect timeout (tunnel.dialTimeoutMs), not `timeoutMs`. The deadline is ours.
+    const silent = new Promise<false>((resolve) => signal.addEventListener('abort', () => resolve(false), { once: true }));
+    return Promise.race([answered, silent]);
   }
 
   close(): Promise<void> {

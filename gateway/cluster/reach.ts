@@ -27,13 +27,34 @@ export function clusterReach(cluster: Cluster, dir: Directory, config: Config, m
         if (!owner || owner.state !== 'up') {
           throw new ReachFailure('OWNER_DOWN', { code: 'ONEPORT_ERR_VM_RECOVERING', message: `the VM's node ${vm.node} is not reachable; the cluster is failing it over`, retryAfter: 5 });
         }
-        return await cluster.peers.hop(
-          owner.info.address,
-          vm.node,
-          { vm: vm.name, protocol: endpoint.protocol, port: endpoint.publishedPort, user: target.user.name, epoch: vm.epoch },
-          signal,
-          config.tunnel.dialTimeoutMs,
-        );
+        // A hop to a silent owner waits for the dial timeout (5 s by default); the cluster may fail
+        // the VM over sooner (about 2.5 s). Give the hop up the moment the VM's record changes, as
+        // OWNER_MOVING, so that the hold (tunnel/hold.ts) retries on the new owner at once.
+        const moved = new AbortController();
+        const onChange = (c: { kind: string; name?: string }): void => {
+          if (c.kind !== 'vm' || c.name !== vm.name) return;
+          const now = dir.getVm(vm.name);
+          if (!now || now.node !== vm.node || now.epoch !== vm.epoch) moved.abort();
+        };
+        dir.on('change', onChange);
+        const gaveUp = new Promise<never>((_, reject) => {
+          moved.signal.addEventListener('abort', () => reject(new ReachFailure('OWNER_MOVING', { code: 'ONEPORT_ERR_VM_RECOVERING', retryAfter: 5 })), { once: true });
+        });
+        gaveUp.catch(() => undefined);
+        try {
+          return await Promise.race([
+            cluster.peers.hop(
+              owner.info.address,
+              vm.node,
+              { vm: vm.name, protocol: endpoint.protocol, port: endpoint.publishedPort, user: target.user.name, epoch: vm.epoch },
+              AbortSignal.any([signal, moved.signal]),
+              config.tunnel.dialTimeoutMs,
+            ),
+            gaveUp,
+          ]);
+        } finally {
+          dir.off('change', onChange);
+        }
       } finally {
         metrics.observeSetup('dial', started);
       }

@@ -1,0 +1,247 @@
+/**
+ * bench/RELIABILITY.md from the results files the reliability benchmarks write (issue 15, point 5):
+ * each fault or input, what is expected, what happened, the figure, and the issue's targets with
+ * pass or fail. A results file that is missing makes its rows "not measured", with the command
+ * that measures them.
+ *
+ *   npm run reliability
+ *
+ * Reads bench/cluster-results.json (npm run bench:cluster), sentinel-results.json
+ * (npm run bench:sentinel), soak-results.json (npm run soak), faults-results.json
+ * (npm run bench:faults). Writes bench/RELIABILITY.md.
+ */
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
+
+/* eslint-disable @typescript-eslint/no-explicit-any -- results files are read as they are */
+function load(file: string): any {
+  const p = join(BENCH_DIR, file);
+  return existsSync(p) ? JSON.parse(readFileSync(p, 'utf8')) : undefined;
+}
+
+const cluster = load('cluster-results.json');
+const sentinel = load('sentinel-results.json');
+const soak = load('soak-results.json');
+const faults = load('faults-results.json');
+
+const max = (xs: number[]): number | undefined => (xs.length ? Math.max(...xs) : undefined);
+const min = (xs: number[]): number | undefined => (xs.length ? Math.min(...xs) : undefined);
+const sum = (xs: number[]): number => xs.reduce((a, b) => a + b, 0);
+const range = (xs: number[], unit = 'ms'): string => (xs.length ? (min(xs) === max(xs) ? `${min(xs)} ${unit}` : `${min(xs)}-${max(xs)} ${unit}`) : 'n/a');
+const s = (ms: number | undefined): string => (ms === undefined ? 'n/a' : `${(ms / 1000).toFixed(1)} s`);
+
+interface Target {
+  what: string;
+  target: string;
+  measured: string;
+  pass: boolean | undefined;
+  source: string;
+}
+const targets: Target[] = [];
+const rows: string[] = [];
+const notMeasured: string[] = [];
+
+function verdict(p: boolean | undefined): string {
+  return p === undefined ? 'not measured' : p ? 'pass' : '**fail**';
+}
+
+// ---- cluster: SIGKILL of the leader, of an owner; planned move; resume ----------------------
+if (cluster) {
+  targets.push({ what: 'Leader death (SIGKILL) -> new leader', target: '<= 1 s', measured: `p50 ${cluster.leaderFailoverMs.p50} ms, max ${cluster.leaderFailoverMs.max} ms`, pass: cluster.leaderFailoverMs.max <= 1000, source: `cluster-results.json (${cluster.date.slice(0, 10)})` });
+  targets.push({ what: 'Owner process death (SIGKILL) -> client\'s first byte on the replica', target: '<= 1 s', measured: `p50 ${cluster.ownerKillToFirstByteMs.p50} ms, max ${cluster.ownerKillToFirstByteMs.max} ms`, pass: cluster.ownerKillToFirstByteMs.max <= 1000, source: `cluster-results.json (${cluster.date.slice(0, 10)})` });
+  targets.push({ what: 'Planned move -> client\'s first byte from the new owner', target: '<= 1 s', measured: `p50 ${cluster.plannedMoveToFirstByteMs.p50} ms, max ${cluster.plannedMoveToFirstByteMs.max} ms`, pass: cluster.plannedMoveToFirstByteMs.max <= 1000, source: 'cluster-results.json' });
+  rows.push(`| SIGKILL of the leader | a follower takes the lease; nothing else changes | new leader after ${cluster.leaderFailoverMs.p50} ms (p50), ${cluster.leaderFailoverMs.max} ms (max), ${cluster.leaderFailoverMs.n} runs | - |`);
+  rows.push(`| SIGKILL of a VM's owner | VM promoted to its replica; the client's session reopens there | promoted after ${cluster.vmPromotedMs.p50} ms (p50); client's first byte on the replica after ${cluster.ownerKillToFirstByteMs.p50} ms (p50), ${cluster.ownerKillToFirstByteMs.max} ms (max), ${cluster.ownerKillToFirstByteMs.n} runs | the session (reconnect with its resume token) |`);
+  rows.push(`| Planned move mid-session | the client is told to reroute (4001) and reconnects | first byte from the new owner ${cluster.plannedMoveToFirstByteMs.p50} ms (p50) | nothing |`);
+  rows.push(`| Client leg cut (oneport.v1) | the session resumes, replaying what was missed | resumed after ${cluster.resumeMs.p50.toFixed(1)} ms (p50) | nothing |`);
+} else notMeasured.push('SIGKILL of the leader and of an owner, planned move, resume: no bench/cluster-results.json (`npm run bench:cluster`).');
+
+// ---- Sentinel ---------------------------------------------------------------------------------
+if (sentinel) {
+  const runs = sentinel.runs as Array<{ switchMs: number; beyondSwitchMs: number; remoteBeyondSwitchMs: number; apiFailures: number; apiCalls: number }>;
+  const beyond = runs.flatMap((r) => [r.beyondSwitchMs, r.remoteBeyondSwitchMs]);
+  const apiFailures = sum(runs.map((r) => r.apiFailures));
+  targets.push({ what: 'Redis master failover -> new tunnels', target: '<= Sentinel\'s switch + 0.5 s', measured: `switch + ${range(beyond)}`, pass: (max(beyond) ?? Infinity) <= 500, source: `sentinel-results.json (${String(sentinel.date).slice(0, 10)})` });
+  targets.push({ what: 'Redis master failover -> signed-in API calls failed', target: '0', measured: `${apiFailures} of ${sum(runs.map((r) => r.apiCalls))}`, pass: apiFailures === 0, source: 'sentinel-results.json' });
+  rows.push(`| SIGKILL of the Redis master (Sentinel, 3 Redis, 3 sentinels) | Sentinel promotes a replica; nodes follow its switch | Sentinel's switch ${range(runs.map((r) => r.switchMs))}; new tunnels ${range(beyond)} after it; signed-in API calls failed: ${apiFailures}; ${runs.length} runs | live tunnels: none |`);
+} else notMeasured.push('Redis master failover under Sentinel: no bench/sentinel-results.json (`npm run bench:sentinel`).');
+
+// ---- soak -------------------------------------------------------------------------------------
+if (soak) {
+  const minutes = Math.round(soak.options.durationMs / 60000);
+  const failures = sum(Object.values(soak.failures as Record<string, number>));
+  const fdsFlat = soak.after.fds <= soak.before.fds;
+  const heapGrowthMiB = (soak.after.heapUsed - soak.before.heapUsed) / 1048576;
+  targets.push({ what: `Soak ${minutes} min: descriptors back to where they began`, target: 'flat', measured: `${soak.before.fds} -> ${soak.after.fds}`, pass: fdsFlat, source: 'soak-results.json' });
+  targets.push({ what: `Soak ${minutes} min: heap after a full GC`, target: 'flat (< 16 MiB growth)', measured: `+${heapGrowthMiB.toFixed(1)} MiB`, pass: heapGrowthMiB < 16, source: 'soak-results.json' });
+  rows.push(`| ${minutes} min of churn (${soak.tunnels} tunnels) beside ${soak.options.adversaries} adversarial connections | nothing leaks; setups keep working | descriptors ${soak.before.fds} -> ${soak.after.fds}, heap +${heapGrowthMiB.toFixed(1)} MiB, tunnels left ${soak.after.tunnels}; failed setups ${failures} (${Object.entries(soak.failures as Record<string, number>).map(([k, v]) => `${v} x "${k}"`).join(', ') || 'none'}) | ${failures} of ${soak.tunnels} setups |`);
+} else notMeasured.push('Soak: no bench/soak-results.json (`npm run soak`).');
+
+// ---- faults -----------------------------------------------------------------------------------
+interface Live { entry: string; outcome: string; maxGapMs: number; firstByteAfterMs?: number }
+interface Refusals { attempts: number; ok: number; refused: Record<string, number>; outageMs: number; slowestOkMs: number }
+interface Run {
+  faulted: string;
+  live: Live[];
+  newTunnels: Record<string, Refusals>;
+  writes: { attempted: number; acked: number; ackedInRun: number; refused: Record<string, number>; lostInRedis: number; missingInMirrors: number };
+  races: { n: number; one: number; both: number; none: number };
+  staleLeaderWrites: number;
+  newLeaderMs?: number;
+  vmFailoverMs?: number;
+}
+
+const expected: Record<string, string> = {
+  'sigstop-owner': 'the silent owner is failed over on the heartbeat timeout (1.5 s) and the peers\' probes; sessions reopen on the replica within 3 s; new tunnels are held, not refused',
+  'sigstop-leader': 'a follower takes the expired lease; sessions and new tunnels on other nodes go on; the paused leader\'s writes are fenced when it wakes',
+  'redis-cut': 'its heartbeat stops, but its port still answers the peers\' probes, so its VMs stay (no second owner); its tunnels keep flowing; tickets it cannot redeem without Redis are refused with 503; no acknowledged write lost',
+  'peer-cut': 'clients and Redis still reach the node; tunnels entering other nodes for its VMs need the hop to it',
+};
+const title: Record<string, string> = {
+  'sigstop-owner': 'SIGSTOP of a VM\'s owner (host silent)',
+  'sigstop-leader': 'SIGSTOP of the leader',
+  'redis-cut': 'The owner cut from Redis only (fault proxy hangs)',
+  'peer-cut': 'The owner cut from its peers only (fault proxy as its advertised address)',
+};
+
+let totalStale = 0;
+let totalDouble = 0;
+let totalLost = 0;
+let totalRaces = 0;
+let totalAcked = 0;
+const faultsDetail: string[] = [];
+if (faults) {
+  for (const kind of ['sigstop-owner', 'sigstop-leader', 'redis-cut', 'peer-cut']) {
+    const f = faults.faults[kind];
+    if (!f) {
+      notMeasured.push(`${title[kind]}: not in bench/faults-results.json (\`npm run bench:faults\`).`);
+      continue;
+    }
+    if (f.error) {
+      notMeasured.push(`${title[kind]}: the scenario failed: ${f.error}`);
+      continue;
+    }
+    const runs = f.runs as Run[];
+    const lives = runs.flatMap((r) => r.live.map((l) => ({ ...l, faulted: l.entry === r.faulted })));
+    const count = (o: string, faulted?: boolean): number => lives.filter((l) => l.outcome === o && (faulted === undefined || l.faulted === faulted)).length;
+    const healthyFirstByte = lives.filter((l) => !l.faulted && l.firstByteAfterMs !== undefined).map((l) => l.firstByteAfterMs!);
+    const healthyGap = lives.filter((l) => !l.faulted && l.outcome === 'kept').map((l) => l.maxGapMs);
+    const refusedAll: Record<string, number> = {};
+    const outage: number[] = [];
+    const slow: number[] = [];
+    for (const r of runs) {
+      for (const [node, st] of Object.entries(r.newTunnels)) {
+        if (node === r.faulted) continue;
+        for (const [k, v] of Object.entries(st.refused)) refusedAll[k] = (refusedAll[k] ?? 0) + v;
+        outage.push(st.outageMs);
+        slow.push(st.slowestOkMs);
+      }
+    }
+    const faultedRefused: Record<string, number> = {};
+    for (const r of runs) for (const [k, v] of Object.entries(r.newTunnels[r.faulted]?.refused ?? {})) faultedRefused[k] = (faultedRefused[k] ?? 0) + v;
+    const writesRefused: Record<string, number> = {};
+    for (const r of runs) for (const [k, v] of Object.entries(r.writes.refused)) writesRefused[k] = (writesRefused[k] ?? 0) + v;
+    const lost = sum(runs.map((r) => r.writes.lostInRedis));
+    const mirrors = sum(runs.map((r) => r.writes.missingInMirrors));
+    const acked = sum(runs.map((r) => r.writes.ackedInRun));
+    const stale = sum(runs.map((r) => r.staleLeaderWrites));
+    const double = sum(runs.map((r) => r.races.both));
+    const races = sum(runs.map((r) => r.races.n));
+    totalStale += stale;
+    totalDouble += double;
+    totalLost += lost;
+    totalRaces += races;
+    totalAcked += acked;
+    const fmt = (o: Record<string, number>): string => Object.entries(o).map(([k, v]) => `${v} x ${k}`).join(', ') || 'none';
+    const users = [
+      `live sessions entering other nodes: ${count('kept', false)} kept, ${count('rerouted', false)} rerouted${healthyFirstByte.length ? ` (reopened, first byte after ${range(healthyFirstByte)})` : ''}, ${count('stalled', false)} stalled, ${count('lost', false)} lost` + (healthyGap.length ? `; longest gap on kept ones ${range(healthyGap)}` : ''),
+      `entering the faulted node: ${count('kept', true)} kept, ${count('rerouted', true)} rerouted, ${count('stalled', true)} stalled, ${count('lost', true)} lost`,
+      `new tunnels on other nodes: refused ${fmt(refusedAll)}; delayed or refused until ${range(outage)} after the fault (slowest success ${range(slow)})`,
+      `new tunnels on the faulted node: refused ${fmt(faultedRefused)}`,
+      `directory writes during the fault: ${sum(runs.map((r) => r.writes.acked))} of ${sum(runs.map((r) => r.writes.attempted))} acknowledged; refused ${fmt(writesRefused)}`,
+    ];
+    const figure = [
+      runs.some((r) => r.vmFailoverMs !== undefined) ? `VM promoted after ${range(runs.flatMap((r) => (r.vmFailoverMs === undefined ? [] : [r.vmFailoverMs])))}` : 'VM not failed over',
+      runs.some((r) => r.newLeaderMs !== undefined) ? `new leader after ${range(runs.flatMap((r) => (r.newLeaderMs === undefined ? [] : [r.newLeaderMs])))}` : '',
+    ].filter(Boolean).join('; ');
+    const lossCell = `writes lost ${lost} of ${acked} acknowledged (${mirrors} node mirrors missing some); stale-leader writes ${stale}; double redemptions ${double} of ${races} races`;
+    rows.push(`| ${title[kind]}, ${runs.length} runs, held ${s(faults.holdMs)} | ${expected[kind]} | ${figure}; ${users[0]} | ${lossCell} |`);
+    faultsDetail.push(`### ${title[kind]}\n\n${f.note}\n\nExpected: ${expected[kind]}.\n\n${users.map((u) => `- ${u}`).join('\n')}\n- ${figure}\n- ${lossCell}\n`);
+    if (kind === 'sigstop-owner') {
+      targets.push({ what: 'Owner host silent (SIGSTOP) -> client\'s first byte on the replica', target: '<= 3 s', measured: healthyFirstByte.length ? `${range(healthyFirstByte)} (${healthyFirstByte.length} sessions)` : 'no session reopened', pass: healthyFirstByte.length ? (max(healthyFirstByte) ?? Infinity) <= 3000 : false, source: `faults-results.json (${String(faults.date).slice(0, 10)})` });
+    }
+    if (kind === 'sigstop-leader') {
+      const lm = runs.flatMap((r) => (r.newLeaderMs === undefined ? [] : [r.newLeaderMs]));
+      targets.push({ what: 'Leader host silent (SIGSTOP) -> new leader', target: '<= lease + poll (1.35 s): a silent leader holds its lease until it expires; the 1 s target is for a dead process', measured: range(lm), pass: lm.length ? (max(lm) ?? Infinity) <= 1350 : false, source: 'faults-results.json' });
+    }
+  }
+  const hang = faults.faults['console-hang'];
+  if (hang?.runs) {
+    const hr = hang.runs as Array<{ clientBytesAccepted: number; clientBlocked: boolean; gatewayRssGrowthKiB: number; closedWhileHung: boolean; resumedIntact: boolean; resumeMs: number; fdsLeakedEntry: number; fdsLeakedOwner: number }>;
+    const leaked = hr.map((r) => Math.max(r.fdsLeakedEntry, r.fdsLeakedOwner));
+    rows.push(`| A console SIGSTOPped mid-stream while the client writes (${hr.length} runs, ${s(faults.holdMs)}) | backpressure reaches the client; gateway memory bounded; the stream resumes intact when the console does; nothing left open after | client writes blocked: ${hr.filter((r) => r.clientBlocked).length}/${hr.length}, after ${range(hr.map((r) => Math.round(r.clientBytesAccepted / 1024)), 'KiB')}; gateway RSS growth ${range(hr.map((r) => Math.max(0, r.gatewayRssGrowthKiB)), 'KiB')}; tunnel closed while hung: ${hr.filter((r) => r.closedWhileHung).length}/${hr.length}; resumed intact ${hr.filter((r) => r.resumedIntact).length}/${hr.length} (${range(hr.map((r) => r.resumeMs))} to drain) | descriptors left after the client left: ${range(leaked, '')} |`);
+  } else notMeasured.push(`A console that hangs mid-stream: ${hang?.error ? `the scenario failed: ${hang.error}` : 'not in bench/faults-results.json'}.`);
+  const disk = faults.faults['disk-full'];
+  if (disk?.measured) {
+    rows.push(`| The state folder's disk full (one node, embedded directory, ${disk.tmpfsKiB} KiB tmpfs) | writes refused with a clear error, never acknowledged then lost; tunnels unaffected; writes work again once space is freed | writes while full: ${disk.writesDuringFull.acked} of ${disk.writesDuringFull.attempted} acknowledged, refused ${Object.entries(disk.writesDuringFull.refused).map(([k, v]) => `${String(v)} x ${k}`).join(', ') || 'none'}; tunnels while full: ${disk.tunnelsDuringFull.ok} of ${disk.tunnelsDuringFull.attempted} (refused ${Object.entries(disk.tunnelsDuringFull.refused).map(([k, v]) => `${String(v)} x ${k}`).join(', ') || 'none'}); node still up: ${disk.nodeSurvived ? 'yes' : 'no'}; after freeing: ${disk.writesAfterFreed.acked} of ${disk.writesAfterFreed.attempted} writes | acknowledged writes missing from the state file or the node: ${disk.ackedLost}; refused writes the node shows anyway: ${disk.refusedButVisible ?? 'n/a'} |`);
+    totalLost += disk.ackedLost;
+    const codes = Object.keys(disk.writesDuringFull.refused as Record<string, number>);
+    targets.push({ what: 'Disk full: a write answered with an error is not applied', target: '0 applied', measured: `${disk.refusedButVisible} of ${disk.writesDuringFull.attempted - disk.writesDuringFull.acked} refused writes served anyway`, pass: disk.refusedButVisible === 0, source: 'faults-results.json' });
+    targets.push({ what: 'Disk full: writes refused with a coded, retryable answer (not 500 INTERNAL)', target: '5xx with a specific code', measured: codes.join(', ') || 'none refused', pass: codes.length > 0 && codes.every((c) => !c.includes('ONEPORT_ERR_INTERNAL')), source: 'faults-results.json' });
+  } else notMeasured.push(`The state folder's disk full: ${disk?.reason ?? 'not in bench/faults-results.json'}.`);
+  const netem = faults.faults.netem;
+  notMeasured.push(`A lossy or slow link (\`tc netem\` on a veth): ${netem?.reason ?? 'not checked'}.`);
+  targets.push({ what: 'Acknowledged directory writes lost (all faults)', target: '0', measured: `${totalLost} of ${totalAcked}`, pass: totalLost === 0, source: 'faults-results.json' });
+  targets.push({ what: 'Stale-leader writes accepted (all faults)', target: '0', measured: String(totalStale), pass: totalStale === 0, source: 'faults-results.json' });
+  targets.push({ what: 'Tickets redeemed twice (one ticket raced on two nodes during every fault)', target: '0', measured: `${totalDouble} of ${totalRaces} races`, pass: totalDouble === 0, source: 'faults-results.json' });
+} else notMeasured.push('Cluster faults (SIGSTOP, cut from Redis, cut from peers, console hang, disk full): no bench/faults-results.json (`npm run bench:faults`).');
+
+notMeasured.push('Partitions made with network namespaces and `ip`/`iptables`/`nft` (the issue\'s wording): the cuts here are fault proxies on loopback that hang every connection (no FIN, no RST), which is what a partition looks like to both ends; a netns version is not written.');
+notMeasured.push('Drain, same-host restart and rolling upgrade under load (issue 15, point 1): measured by its own script, not by these results files.');
+
+const md = `# oneport reliability report
+
+Generated by \`npm run reliability\` (bench/reliability.ts) from the results files of
+\`npm run bench:cluster\` (${cluster ? cluster.date : 'missing'}), \`npm run bench:sentinel\`
+(${sentinel ? sentinel.date : 'missing'}), \`npm run soak\` (${soak ? 'present' : 'missing'}) and
+\`npm run bench:faults\` (${faults ? `${faults.date}, ${faults.runs} runs per fault, load average after ${(faults.loadAverage as number[] | undefined)?.map((x) => x.toFixed(1)).join(' ') ?? 'n/a'}` : 'missing'}).
+Real gateway processes and real redis-server processes on one machine (${faults?.machine ?? cluster?.machine ?? 'n/a'}),
+default timing settings unless said otherwise (lease 1.2 s, heartbeat 0.5 s, node timeout 1.5 s).
+
+## Targets (issue 15 and the product brief)
+
+| what | target | measured | verdict | from |
+|---|---|---|---|---|
+${targets.map((x) => `| ${x.what} | ${x.target} | ${x.measured} | ${verdict(x.pass)} | ${x.source} |`).join('\n')}
+
+## Each fault or input
+
+| fault or input | expected | what happened | lost |
+|---|---|---|---|
+${rows.join('\n')}
+
+## How the faults are measured
+
+Around every cluster fault (bench/faults.ts) a client workload runs from one second before the
+fault until ${faults ? s(faults.afterMs) : '4 s'} after it is healed: one live CONNECT tunnel
+entering each node with echo traffic every 100 ms (a tunnel the gateway closes is reopened with a
+new ticket through the next node that is not the faulted one, as a client behind a balancer
+would); on each node a loop asking for a ticket and opening a tunnel to the console's first byte;
+on each node a loop of admin directory writes (\`PUT /api/vms/<name>\`), every one answered 2xx read
+back afterwards from Redis and from every node's mirror; one ticket at a time redeemed at once on
+two nodes from two client addresses (both answered 200 = a double redemption); and the change
+feed's fencing tokens checked in order (an entry written with an older leader epoch than one
+before it = a stale-leader write accepted). "Kept": the tunnel never closed and all its echo came
+back; "rerouted": closed by the gateway and reopened; "stalled": still open but its echo did not
+come back; "lost": closed and not reopened by the end.
+
+${faultsDetail.join('\n')}
+## Not measured
+
+${notMeasured.map((n) => `- ${n}`).join('\n')}
+`;
+writeFileSync(join(BENCH_DIR, 'RELIABILITY.md'), md);
+process.stdout.write(md);
