@@ -4,8 +4,8 @@
  *
  *  - start-to-ready: `RedisDirectory.open()` (connect, snapshot, mirror loaded), the part of a
  *    node's start that grows with the directory;
- *  - the longest Redis stall other clients see while it loads: a probe client sends PING after
- *    PING and keeps the worst round trip, and SLOWLOG's longest command;
+ *  - the longest Redis stall other clients see while it loads: a probe client (a process of its
+ *    own) sends PING after PING and keeps the worst round trip, and SLOWLOG's longest command;
  *  - the same with `--resyncs` more mirrors loading at once (nodes restarting together, or all
  *    resyncing after a Redis restart), and whether they all converge;
  *  - mirror memory per VM (heap after GC, with --expose-gc);
@@ -19,7 +19,8 @@
  *
  * Results: bench/scale-results.json (keyed by N and the git revision), a table on stdout.
  */
-import { execFileSync } from 'node:child_process';
+import { type ChildProcess, execFileSync, fork } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -62,20 +63,51 @@ function userRecord(i: number): UserRecord {
   return { name: `user-${i}`, passwordHash: 'scrypt$bench', roles: ['user'], groups: [], sessionsNotBefore: 0 };
 }
 
-/** A PING loop on its own connection: the worst round trip while `fn` runs. */
-async function probing<T>(redis: Redis, fn: () => Promise<T>): Promise<{ value: T | Error; ms: number; maxPingMs: number; pings: number }> {
-  let stop = false;
+/**
+ * The PING loop runs in a child process of its own: in this process it would also measure this
+ * event loop (a mirror parsing its pages), not Redis.
+ */
+class Prober {
+  private readonly child: ChildProcess;
+  constructor(port: number) {
+    this.child = fork(fileURLToPath(import.meta.url), ['--probe', String(port)], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    teardowns.push(() => this.child.kill());
+  }
+  async ready(): Promise<void> {
+    await once(this.child, 'message');
+  }
+  /** The worst round trip since the last call. */
+  async take(): Promise<{ maxPingMs: number; pings: number }> {
+    this.child.send('take');
+    const [m] = (await once(this.child, 'message')) as [{ maxPingMs: number; pings: number }];
+    return m;
+  }
+}
+
+async function probeChild(port: number): Promise<void> {
+  const redis = new Redis({ port, host: '127.0.0.1' });
   let maxPingMs = 0;
   let pings = 0;
-  const loop = (async () => {
-    while (!stop) {
-      const t0 = performance.now();
-      await redis.ping();
-      maxPingMs = Math.max(maxPingMs, performance.now() - t0);
-      pings++;
-      await new Promise((r) => setTimeout(r, 1));
-    }
-  })();
+  process.on('message', () => {
+    process.send!({ maxPingMs, pings });
+    maxPingMs = 0;
+    pings = 0;
+  });
+  process.on('disconnect', () => process.exit(0));
+  await redis.ping();
+  process.send!('ready');
+  for (;;) {
+    const t0 = performance.now();
+    await redis.ping();
+    maxPingMs = Math.max(maxPingMs, performance.now() - t0);
+    pings++;
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}
+
+let prober: Prober;
+async function probing<T>(_redis: Redis, fn: () => Promise<T>): Promise<{ value: T | Error; ms: number; maxPingMs: number; pings: number }> {
+  await prober.take();
   const t0 = performance.now();
   let value: T | Error;
   try {
@@ -84,9 +116,7 @@ async function probing<T>(redis: Redis, fn: () => Promise<T>): Promise<{ value: 
     value = err as Error;
   }
   const ms = performance.now() - t0;
-  stop = true;
-  await loop;
-  return { value, ms, maxPingMs, pings };
+  return { value, ms, ...(await prober.take()) };
 }
 
 async function slowlogMaxMs(redis: Redis): Promise<{ ms: number; cmd: string }> {
@@ -129,6 +159,8 @@ async function main(): Promise<void> {
   const probe = new Redis(server.url, { lazyConnect: false });
   teardowns.push(() => admin.disconnect(), () => probe.disconnect());
   await admin.call('CONFIG', 'SET', 'slowlog-log-slower-than', '1000');
+  prober = new Prober(server.port);
+  await prober.ready();
 
   // A fresh directory publishes its key ring (version 1); then the bulk load, straight into the
   // hashes (the admin API adds ~4,500 VMs/s: minutes at 1M), and the version moved on.
@@ -285,7 +317,8 @@ function writeResult(result: Record<string, unknown>): void {
   log(`  -> ${file}`);
 }
 
-main()
+const probeAt = args.indexOf('--probe');
+(probeAt >= 0 ? probeChild(Number(args[probeAt + 1])) : main())
   .catch((err) => {
     console.error(err);
     process.exitCode = 1;

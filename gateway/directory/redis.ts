@@ -23,9 +23,10 @@
  * whose reply was lost may still have been applied (the mirror then shows it); it is never
  * applied in part.
  *
- * The mirror: a snapshot (one Lua script: both hashes, the key ring, the version and the feed's
- * last id), then XREAD BLOCK on a dedicated connection from that id, applying entries strictly in
- * version order. A full resync (snapshot again, 'change' for each record that differs, then one
+ * The mirror: a paged snapshot (an O(1) script for the key ring, the version and the feed's last
+ * id; both hashes by HSCAN pages; then the feed from that id replayed over them: see snapshot()),
+ * so no call blocks Redis for more than a page, then XREAD BLOCK on a dedicated connection from
+ * that id, applying entries strictly in version order. A full resync (snapshot again, 'change' for each record that differs, then one
  * 'resync' event) follows a version gap, a trimmed feed, a reconnect, a new Redis master (its
  * run_id changed), or a version mismatch seen by the periodic check (`checkIntervalMs`). While
  * Redis is away, reads keep serving the last mirror; `staleness()` says how old it is.
@@ -73,6 +74,11 @@ export interface RedisDirectoryOptions {
   readonly reseed?: boolean;
   /** While a Redis that lost the directory waits for its reseed, look again this often. @default 250 ms */
   readonly reseedPollMs?: number;
+  /**
+   * Fields per HSCAN page (and feed entries per XRANGE) of a snapshot: each call stays well under
+   * a millisecond of Redis time at ~300 bytes a record. @default 500
+   */
+  readonly snapshotPage?: number;
   /** Most entries applied per XREAD. @default 500 */
   readonly readBatch?: number;
   /** Name of the connections in `CLIENT LIST`. @default 'oneport-directory' */
@@ -139,6 +145,11 @@ export class NotLeaderError extends OneportError {
   }
 }
 
+/** A paged snapshot whose feed was trimmed under it this many times in a row fails. */
+const SNAPSHOT_TRIES = 5;
+/** A snapshot page that timed out is asked again this many times in all. */
+const PAGE_TRIES = 3;
+
 const DEFAULTS = {
   prefix: 'oneport:{dir}:',
   changesMaxLen: 10_000, // entries
@@ -146,6 +157,7 @@ const DEFAULTS = {
   blockMs: 2_000, // 2 seconds
   commandTimeoutMs: 2_000, // 2 seconds
   readBatch: 500, // entries
+  snapshotPage: 500, // fields or entries per call
   connectionName: 'oneport-directory',
   reseedPollMs: 250, // ms
 } as const;
@@ -256,12 +268,15 @@ redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[1], '*', 'v', ARGV[2], 'k', 'see
 return 1
 `;
 
-/** One consistent view: {users, vms, keys or nil, version, last feed id}. */
-const SNAPSHOT_LUA = `
+/**
+ * Where a paged snapshot starts: {keys or nil, version, last feed id}. O(1): the hashes are read
+ * afterwards with HSCAN, one bounded page per call, so no call blocks Redis for long.
+ */
+const SNAPSHOT_HEAD_LUA = `
 local last = redis.call('XREVRANGE', KEYS[5], '+', '-', 'COUNT', 1)
 local lastId = '0-0'
 if last[1] then lastId = last[1][1] end
-return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), redis.call('GET', KEYS[3]), redis.call('GET', KEYS[4]) or '0', lastId}
+return {redis.call('GET', KEYS[3]), redis.call('GET', KEYS[4]) or '0', lastId}
 `;
 
 type Script = (...args: Array<string | number>) => Promise<unknown>;
@@ -270,7 +285,7 @@ interface Scripts {
   oneportDirDel: Script;
   oneportDirKeysCas: Script;
   oneportDirSeed: Script;
-  oneportDirSnapshot: Script;
+  oneportDirSnapshotHead: Script;
 }
 
 /**
@@ -389,6 +404,7 @@ export class RedisDirectory extends EventEmitter implements Directory {
       reseed: options.reseed ?? true,
       reseedPollMs: options.reseedPollMs ?? DEFAULTS.reseedPollMs,
       readBatch: options.readBatch ?? DEFAULTS.readBatch,
+      snapshotPage: options.snapshotPage ?? DEFAULTS.snapshotPage,
       connectionName: options.connectionName ?? DEFAULTS.connectionName,
       now: options.now ?? Date.now,
       log: options.log,
@@ -409,7 +425,7 @@ export class RedisDirectory extends EventEmitter implements Directory {
       ['oneportDirDel', DEL_LUA],
       ['oneportDirKeysCas', KEYS_CAS_LUA],
       ['oneportDirSeed', SEED_LUA],
-      ['oneportDirSnapshot', SNAPSHOT_LUA],
+      ['oneportDirSnapshotHead', SNAPSHOT_HEAD_LUA],
     ] as const) {
       this.cmd.defineCommand(name, { lua, numberOfKeys: 6 });
     }
@@ -590,14 +606,73 @@ export class RedisDirectory extends EventEmitter implements Directory {
 
   // ---- the mirror: snapshot, then tail ------------------------------------------------------
 
+  /**
+   * A consistent view without one long call: the head (key ring, version V, the feed's last id L)
+   * in one O(1) script, then both hashes page by page (HSCAN, `snapshotPage` fields a call), then
+   * the feed after L replayed over the pages. HSCAN returns every field present for the whole scan
+   * (with its value, unchanged since L), and may return or miss fields written during it; every
+   * one of those has an entry after L, and replaying them in order leaves its value as of the last
+   * entry read. The result is the directory at that entry's version. A feed trimmed past L, or a
+   * reseed, during the scan: start again (a few times, then fail like any other call).
+   */
   private async snapshot(): Promise<Snapshot> {
-    const raw = (await this.scripts.oneportDirSnapshot(...this.keyList())) as [string[], string[], string | null, string, string];
-    const pairs = (flat: string[]): Map<string, string> => {
-      const m = new Map<string, string>();
+    for (let attempt = 1; ; attempt++) {
+      const head = (await this.paged(() => this.scripts.oneportDirSnapshotHead(...this.keyList()))) as [string | null, string, string];
+      const snap = { users: await this.scanHash(this.k.users), vms: await this.scanHash(this.k.vms), keys: head[0] ?? undefined, version: Number(head[1]), lastId: head[2] };
+      if (await this.catchUp(snap)) return snap;
+      if (attempt >= SNAPSHOT_TRIES) throw new Error(`directory: the change feed moved on faster than a paged snapshot could follow (${SNAPSHOT_TRIES} tries)`);
+      this.opts.log?.warn({ event: 'directory-snapshot-retry', attempt }, 'directory: change feed trimmed during a paged snapshot; starting it again');
+    }
+  }
+
+  private async scanHash(key: string): Promise<Map<string, string>> {
+    const m = new Map<string, string>();
+    let cursor = '0';
+    do {
+      const at = cursor;
+      const [next, flat] = await this.paged(() => this.cmd.hscan(key, at, 'COUNT', this.opts.snapshotPage));
       for (let i = 0; i + 1 < flat.length; i += 2) m.set(flat[i]!, flat[i + 1]!);
-      return m;
-    };
-    return { users: pairs(raw[0]), vms: pairs(raw[1]), keys: raw[2] ?? undefined, version: Number(raw[3]), lastId: raw[4] };
+      cursor = next;
+    } while (cursor !== '0');
+    return m;
+  }
+
+  /**
+   * One read of a paged snapshot, asked again (up to PAGE_TRIES times) when it timed out on a
+   * connection still up: a page is small, so a timeout means this process was busy (a mirror
+   * parsing a big snapshot) or Redis was, not that Redis is gone; reads are safe to repeat.
+   */
+  private async paged<T>(read: () => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await read();
+      } catch (err) {
+        if (attempt >= PAGE_TRIES || !(err as Error).message.includes('timed out') || this.cmd.status !== 'ready') throw err;
+      }
+    }
+  }
+
+  /** Replay the feed after `snap.lastId` into `snap`; false if it cannot be (trimmed, reseeded, malformed). */
+  private async catchUp(snap: { users: Map<string, string>; vms: Map<string, string>; keys: string | undefined; version: number; lastId: string }): Promise<boolean> {
+    for (;;) {
+      const after = snap.lastId;
+      const raw = (await this.paged(() => this.cmd.call('XRANGE', this.k.changes, `(${after}`, '+', 'COUNT', this.opts.snapshotPage))) as unknown[];
+      for (const r of raw) {
+        const e = parseEntry(r);
+        if (!e || e.kind === 'seed' || e.version !== snap.version + 1) return false;
+        if (e.kind === 'keys') {
+          if (e.data === undefined) return false;
+          snap.keys = e.data;
+        } else {
+          const map = e.kind === 'user' ? snap.users : snap.vms;
+          if (e.data === undefined) map.delete(e.name);
+          else map.set(e.name, e.data);
+        }
+        snap.version = e.version;
+        snap.lastId = e.id;
+      }
+      if (raw.length < this.opts.snapshotPage) return true;
+    }
   }
 
   /**

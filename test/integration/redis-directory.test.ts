@@ -124,6 +124,28 @@ t.test('writes on one instance reach another instance on the same Redis, in orde
   t.ok(a.staleness().ageMs < 10_000);
 });
 
+t.test('a paged snapshot taken while another node writes converges to the writer\'s directory', async (t) => {
+  const redis = await startRedis(t);
+  const prefix = newPrefix();
+  const a = await openDir(t, redis.url, prefix);
+  for (let i = 0; i < 300; i += 50) await Promise.all(Array.from({ length: 50 }, (_, j) => a.putVm(vm(`desk${i + j}`))));
+  await a.putUser(user('alice'));
+  // Writes (changes, deletes, adds, a key rotation) race the pages of b's snapshot.
+  const writes = (async () => {
+    for (let i = 0; i < 60; i++) {
+      if (i % 3 === 0) await a.deleteVm(`desk${i}`);
+      else if (i % 3 === 1) await a.putVm({ ...vm(`desk${i}`), node: 'n9', epoch: 1 });
+      else await a.putVm(vm(`new${i}`));
+      if (i === 30) await a.rotateKeys();
+    }
+  })();
+  const b = await openDir(t, redis.url, prefix, { snapshotPage: 7 });
+  await writes;
+  await reach(b, a.version());
+  t.same(contents(b), contents(a), 'same records, key ring and version');
+  t.equal(b.listVms().length, 300 - 20 + 20);
+});
+
 t.test('lookups are served by the mirror: no Redis command per read', async (t) => {
   const redis = await startRedis(t);
   const prefix = newPrefix();
