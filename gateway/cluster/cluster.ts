@@ -203,7 +203,8 @@ export class Cluster {
       if (c.kind === 'vm' && c.name) void this.recover(c.name);
     });
     this.recoveryTimer = setInterval(() => {
-      for (const vm of this.dir?.listVms() ?? []) if (vm.node === this.nodeId && vm.state !== 'running' && vm.state !== 'migrating') void this.recover(vm.name);
+      // Indexed: O(this node's unsettled VMs), not O(directory), every recoveryProbeMs.
+      for (const vm of this.dir?.unsettledVms(this.nodeId) ?? []) void this.recover(vm.name);
     }, this.deps.config.cluster.recoveryProbeMs);
     this.recoveryTimer.unref();
   }
@@ -329,8 +330,7 @@ export class Cluster {
     let promoted = 0;
     let down = 0;
     try {
-      for (const vm of dir.listVms()) {
-        if (vm.node !== dead.info.id) continue;
+      for (const vm of dir.vmsOnNode(dead.info.id)) {
         const replica = vm.replica !== undefined ? this.members.get(vm.replica) : undefined;
         const next: VmRecord =
           replica?.state === 'up'

@@ -205,7 +205,14 @@ export interface Directory extends EventEmitter {
   getUser(name: string): UserRecord | undefined;
   getVm(name: string): VmRecord | undefined;
   listUsers(): readonly UserRecord[];
+  /** Every VM: O(directory). Per-node and per-user questions have their indexed calls below. */
   listVms(): readonly VmRecord[];
+  /** The VMs `node` owns, O(their number). */
+  vmsOnNode(node: string): VmRecord[];
+  /** The VMs `node` owns that are `recovering` or `down` (the cluster's recovery loop), O(their number). */
+  unsettledVms(node: string): VmRecord[];
+  /** The VMs assigned to `user` by name or through a group (isAssigned), O(their number), by name. */
+  vmsForUser(user: UserRecord): VmRecord[];
   keys(): KeyRing;
   putUser(user: UserRecord): Promise<void>;
   deleteUser(name: string): Promise<boolean>;
@@ -242,6 +249,7 @@ export function isAssigned(vm: VmRecord, user: UserRecord): boolean {
   return vm.groups.some((g) => user.groups.includes(g));
 }
 
+/** A user's VMs, sorted by name: the portal's desktop list. */
 export function vmsForUser(dir: Directory, user: UserRecord): VmRecord[] {
-  return dir.listVms().filter((vm) => isAssigned(vm, user));
+  return dir.vmsForUser(user).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
 }

@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, existsSync } from 'node:fs';
 import { open, rename } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { VmTable } from './vm-table.js';
 import type {
   PutVmOptions, Directory, DirectoryChange, KeyRing, SigningKey, UserRecord, VmRecord } from './directory.js';
 
@@ -27,7 +28,7 @@ export function newSigningKey(id: number): SigningKey {
 export class MemoryDirectory extends EventEmitter implements Directory {
   readonly kind = 'embedded' as const;
   private readonly users = new Map<string, UserRecord>();
-  private readonly vms = new Map<string, VmRecord>();
+  private readonly vms = new VmTable<VmRecord>((vm) => vm);
   private keyRing: KeyRing;
   private ver = 0;
   private saving: Promise<void> = Promise.resolve();
@@ -62,6 +63,15 @@ export class MemoryDirectory extends EventEmitter implements Directory {
   }
   listVms(): readonly VmRecord[] {
     return [...this.vms.values()];
+  }
+  vmsOnNode(node: string): VmRecord[] {
+    return this.vms.onNode(node);
+  }
+  unsettledVms(node: string): VmRecord[] {
+    return this.vms.unsettledOn(node);
+  }
+  vmsForUser(user: UserRecord): VmRecord[] {
+    return this.vms.forUser(user);
   }
   keys(): KeyRing {
     return this.keyRing;

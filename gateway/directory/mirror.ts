@@ -8,6 +8,7 @@
  * differ and announce only those.
  */
 import type { DirectoryChange, KeyRing, UserRecord, VmRecord } from './directory.js';
+import { VmTable } from './vm-table.js';
 
 /** One change-feed entry, as the write scripts in redis.ts append it. */
 export interface ChangeEntry {
@@ -45,6 +46,14 @@ interface Held<T> {
   readonly json: string;
 }
 
+/** What the mirror needs of its users' Map and its VmTable alike. */
+interface HeldMap<T> extends Iterable<[string, Held<T>]> {
+  get(name: string): Held<T> | undefined;
+  has(name: string): boolean;
+  set(name: string, held: Held<T>): void;
+  delete(name: string): boolean;
+}
+
 export class DirectoryMirror {
   /**
    * @param openRing the key ring's JSON from its text in Redis (cluster/seal.ts: a sealed ring is
@@ -53,7 +62,7 @@ export class DirectoryMirror {
   constructor(private readonly openRing: (text: string) => string | undefined = (text) => text) {}
 
   private readonly users = new Map<string, Held<UserRecord>>();
-  private readonly vms = new Map<string, Held<VmRecord>>();
+  private readonly vms = new VmTable<Held<VmRecord>>((h) => h.record);
   private keyRing: Held<KeyRing> | undefined;
   private ver = 0;
   private last = '0-0';
@@ -82,6 +91,18 @@ export class DirectoryMirror {
   }
   listVms(): VmRecord[] {
     return [...this.vms.values()].map((h) => h.record);
+  }
+  /** The VMs `node` owns: O(their number). */
+  vmsOnNode(node: string): VmRecord[] {
+    return this.vms.onNode(node).map((h) => h.record);
+  }
+  /** The VMs `node` owns that are `recovering` or `down`. */
+  unsettledVms(node: string): VmRecord[] {
+    return this.vms.unsettledOn(node).map((h) => h.record);
+  }
+  /** The VMs assigned to `user` (by name or group): O(their number). */
+  vmsForUser(user: UserRecord): VmRecord[] {
+    return this.vms.forUser(user).map((h) => h.record);
   }
   keys(): KeyRing | undefined {
     return this.keyRing?.record;
@@ -112,7 +133,7 @@ export class DirectoryMirror {
       this.keyRing = { record: ring, json: e.data };
       change = { kind: 'keys', version: e.version };
     } else {
-      const map = (e.kind === 'user' ? this.users : this.vms) as Map<string, Held<UserRecord | VmRecord>>;
+      const map = (e.kind === 'user' ? this.users : this.vms) as HeldMap<UserRecord | VmRecord>;
       if (e.data === undefined) map.delete(e.name);
       else {
         const rec = parseRecord(e.data, e.name);
@@ -135,7 +156,7 @@ export class DirectoryMirror {
     const changes: DirectoryChange[] = [];
     const invalid: string[] = [];
     const version = s.version;
-    const swap = <T extends UserRecord | VmRecord>(kind: 'user' | 'vm', map: Map<string, Held<T>>, next: ReadonlyMap<string, string>): void => {
+    const swap = <T extends UserRecord | VmRecord>(kind: 'user' | 'vm', map: HeldMap<T>, next: ReadonlyMap<string, string>): void => {
       for (const [name, held] of [...map]) {
         if (next.get(name) === held.json) continue;
         map.delete(name);

@@ -474,6 +474,15 @@ export class RedisDirectory extends EventEmitter implements Directory {
   listVms(): readonly VmRecord[] {
     return this.mirror.listVms();
   }
+  vmsOnNode(node: string): VmRecord[] {
+    return this.mirror.vmsOnNode(node);
+  }
+  unsettledVms(node: string): VmRecord[] {
+    return this.mirror.unsettledVms(node);
+  }
+  vmsForUser(user: UserRecord): VmRecord[] {
+    return this.mirror.vmsForUser(user);
+  }
   keys(): KeyRing {
     const ring = this.mirror.keys();
     // open() does not resolve before a key ring is loaded, and the mirror never drops one.
