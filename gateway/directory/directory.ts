@@ -218,6 +218,12 @@ export interface Directory extends EventEmitter {
   deleteUser(name: string): Promise<boolean>;
   /** Returns false only when `opts.ifEpoch` is given and the stored VM's epoch differs (nothing written). */
   putVm(vm: VmRecord, opts?: PutVmOptions): Promise<boolean>;
+  /**
+   * Write several VMs, each compare-and-set on its stored epoch (`ifEpochs[i]`), leader-fenced,
+   * as few changes as possible (cluster: one feed entry per batch of up to 500, not one per VM).
+   * Returns, per VM, whether it was written.
+   */
+  putVms(vms: readonly VmRecord[], ifEpochs: readonly number[]): Promise<boolean[]>;
   deleteVm(name: string): Promise<boolean>;
   /** Make a new current key; the old one stays valid as `previous`. */
   rotateKeys(): Promise<void>;

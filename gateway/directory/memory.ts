@@ -92,6 +92,12 @@ export class MemoryDirectory extends EventEmitter implements Directory {
     await this.commit({ kind: 'vm', name: vm.name });
     return true;
   }
+  async putVms(vms: readonly VmRecord[], ifEpochs: readonly number[]): Promise<boolean[]> {
+    if (vms.length !== ifEpochs.length) throw new RangeError('putVms: one expected epoch per VM');
+    const out: boolean[] = [];
+    for (const [i, vm] of vms.entries()) out.push(await this.putVm(vm, { ifEpoch: ifEpochs[i] }));
+    return out;
+  }
   async deleteVm(name: string): Promise<boolean> {
     if (!this.vms.delete(name)) return false;
     await this.commit({ kind: 'vm', name });

@@ -16,11 +16,16 @@ export interface ChangeEntry {
   readonly id: string;
   /** Directory version after this change. */
   readonly version: number;
-  /** 'seed' marks a whole directory written back into an emptied Redis (a resync for readers). */
-  readonly kind: 'user' | 'vm' | 'keys' | 'seed';
+  /**
+   * 'seed' marks a whole directory written back into an emptied Redis (a resync for readers);
+   * 'vms' is a batch of VM writes at one version (a failover), carried in `records`.
+   */
+  readonly kind: 'user' | 'vm' | 'keys' | 'seed' | 'vms';
   readonly name: string;
   /** The record's JSON after the change; undefined for a delete. */
   readonly data: string | undefined;
+  /** A 'vms' batch: each VM's name and JSON, in write order (fields `r:<name>` of the entry). */
+  readonly records?: ReadonlyArray<readonly [string, string]> | undefined;
 }
 
 /** A consistent view of the whole directory, read in one Lua script. */
@@ -35,7 +40,8 @@ export interface Snapshot {
 }
 
 export type ApplyResult =
-  | { readonly applied: DirectoryChange }
+  /** One change, or one per VM of a 'vms' batch, all stamped with the entry's version. */
+  | { readonly applied: readonly DirectoryChange[] }
   /** The entry does not follow the applied version: something was missed; take a snapshot. */
   | { readonly gap: { readonly expected: number; readonly got: number; readonly kind: ChangeEntry['kind'] } }
   /** A malformed entry or record JSON: take a snapshot rather than guess. */
@@ -125,13 +131,25 @@ export class DirectoryMirror {
     if (e.kind === 'seed' || e.version !== this.ver + 1) {
       return { gap: { expected: this.ver + 1, got: e.version, kind: e.kind } };
     }
-    let change: DirectoryChange;
+    const changes: DirectoryChange[] = [];
     if (e.kind === 'keys') {
       if (e.data === undefined) return { invalid: `entry ${e.id}: a key ring change without data` };
       const ring = this.parseRing(e.data);
       if (!ring) return { invalid: `entry ${e.id}: malformed key ring` };
       this.keyRing = { record: ring, json: e.data };
-      change = { kind: 'keys', version: e.version };
+      changes.push({ kind: 'keys', version: e.version });
+    } else if (e.kind === 'vms') {
+      // All or nothing: check every record before the first is applied.
+      const parsed: Array<Held<VmRecord>> = [];
+      for (const [name, json] of e.records ?? []) {
+        const rec = parseRecord(json, name);
+        if (!rec) return { invalid: `entry ${e.id}: malformed vm ${JSON.stringify(name)}` };
+        parsed.push({ record: rec as VmRecord, json });
+      }
+      for (const held of parsed) {
+        this.vms.set(held.record.name, held);
+        changes.push({ kind: 'vm', name: held.record.name, version: e.version });
+      }
     } else {
       const map = (e.kind === 'user' ? this.users : this.vms) as HeldMap<UserRecord | VmRecord>;
       if (e.data === undefined) map.delete(e.name);
@@ -140,11 +158,11 @@ export class DirectoryMirror {
         if (!rec) return { invalid: `entry ${e.id}: malformed ${e.kind} ${JSON.stringify(e.name)}` };
         map.set(e.name, { record: rec as UserRecord & VmRecord, json: e.data });
       }
-      change = { kind: e.kind, name: e.name, version: e.version };
+      changes.push({ kind: e.kind, name: e.name, version: e.version });
     }
     this.ver = e.version;
     this.last = e.id;
-    return { applied: change };
+    return { applied: changes };
   }
 
   /**
@@ -218,11 +236,16 @@ export function parseEntry(raw: unknown): ChangeEntry | undefined {
   if (!Array.isArray(raw) || typeof raw[0] !== 'string' || !Array.isArray(raw[1])) return undefined;
   const fields = raw[1] as unknown[];
   const f = new Map<string, string>();
-  for (let i = 0; i + 1 < fields.length; i += 2) f.set(String(fields[i]), String(fields[i + 1]));
+  const records: Array<[string, string]> = [];
+  for (let i = 0; i + 1 < fields.length; i += 2) {
+    const k = String(fields[i]);
+    if (k.startsWith('r:')) records.push([k.slice(2), String(fields[i + 1])]);
+    else f.set(k, String(fields[i + 1]));
+  }
   const version = Number(f.get('v'));
   const kind = f.get('k');
-  if (!Number.isSafeInteger(version) || (kind !== 'user' && kind !== 'vm' && kind !== 'keys' && kind !== 'seed')) return undefined;
-  return { id: raw[0], version, kind, name: f.get('n') ?? '', data: f.get('d') };
+  if (!Number.isSafeInteger(version) || (kind !== 'user' && kind !== 'vm' && kind !== 'keys' && kind !== 'seed' && kind !== 'vms')) return undefined;
+  return { id: raw[0], version, kind, name: f.get('n') ?? '', data: f.get('d'), ...(kind === 'vms' ? { records } : {}) };
 }
 
 /** Stream ids compare as (ms, seq) pairs. */

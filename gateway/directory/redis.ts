@@ -222,6 +222,37 @@ redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*', 'v', v, 'k', ARGV[1], '
 return v
 `;
 
+/**
+ * A batch of VM writes at one version (a failover): each compare-and-set on its stored epoch,
+ * ONE feed entry (`k` vms, a field `r:<name>` with the JSON per VM written) instead of one per VM.
+ * ARGV: maxlen, count, then name, JSON, expected epoch per VM. Returns {version or 0, {1|0 per VM}}.
+ */
+const PUT_VMS_LUA = `${PRELUDE}${NOT_EMPTIED}
+local results, fields = {}, {}
+for j = 0, tonumber(ARGV[2]) - 1 do
+  local name, json, want = ARGV[3 + 3 * j], ARGV[4 + 3 * j], ARGV[5 + 3 * j]
+  local ok = 0
+  local cur = redis.call('HGET', KEYS[2], name)
+  if cur then
+    local good, rec = pcall(cjson.decode, cur)
+    if good and type(rec) == 'table' and tostring(rec['epoch']) == want then
+      redis.call('HSET', KEYS[2], name, json)
+      fields[#fields + 1] = 'r:' .. name
+      fields[#fields + 1] = json
+      ok = 1
+    end
+  end
+  results[#results + 1] = ok
+end
+if #fields == 0 then return {0, results} end
+local v = redis.call('INCR', KEYS[4])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[1], '*', 'v', v, 'k', 'vms', 'n', '', 'w', fence, unpack(fields))
+return {v, results}
+`;
+
+/** Most VMs in one putVms script: bounds its Redis time (~5 us a VM) and its Lua stack (unpack). */
+export const PUT_VMS_MAX = 500;
+
 /** ARGV: kind, name, maxlen. Returns the new version, or 0 if there was no such record. */
 const DEL_LUA = `${PRELUDE}${NOT_EMPTIED}
 local hash = KEYS[2]
@@ -283,6 +314,7 @@ type Script = (...args: Array<string | number>) => Promise<unknown>;
 interface Scripts {
   oneportDirPut: Script;
   oneportDirDel: Script;
+  oneportDirPutVms: Script;
   oneportDirKeysCas: Script;
   oneportDirSeed: Script;
   oneportDirSnapshotHead: Script;
@@ -423,6 +455,7 @@ export class RedisDirectory extends EventEmitter implements Directory {
     for (const [name, lua] of [
       ['oneportDirPut', PUT_LUA],
       ['oneportDirDel', DEL_LUA],
+      ['oneportDirPutVms', PUT_VMS_LUA],
       ['oneportDirKeysCas', KEYS_CAS_LUA],
       ['oneportDirSeed', SEED_LUA],
       ['oneportDirSnapshotHead', SNAPSHOT_HEAD_LUA],
@@ -543,6 +576,20 @@ export class RedisDirectory extends EventEmitter implements Directory {
     if (v === 0) return false;
     await this.visible(v);
     return true;
+  }
+  async putVms(vms: readonly VmRecord[], ifEpochs: readonly number[]): Promise<boolean[]> {
+    if (vms.length !== ifEpochs.length) throw new RangeError('putVms: one expected epoch per VM');
+    const out: boolean[] = [];
+    for (let i = 0; i < vms.length; i += PUT_VMS_MAX) {
+      const args = vms.slice(i, i + PUT_VMS_MAX).flatMap((vm, j) => [vm.name, JSON.stringify(vm), String(ifEpochs[i + j])]);
+      const [v, ok] = await this.write<[number, number[]]>('put VMs', (f) => this.scripts.oneportDirPutVms(...this.keyList(), f, this.opts.changesMaxLen, args.length / 3, ...args));
+      if (v > 0) {
+        this.noteAcknowledged(v);
+        await this.visible(v);
+      }
+      out.push(...ok.map((x) => x === 1));
+    }
+    return out;
   }
   async deleteVm(name: string): Promise<boolean> {
     const v = await this.write<number>('delete VM', (f) => this.scripts.oneportDirDel(...this.keyList(), f, 'vm', name, this.opts.changesMaxLen));
@@ -672,6 +719,8 @@ export class RedisDirectory extends EventEmitter implements Directory {
         if (e.kind === 'keys') {
           if (e.data === undefined) return false;
           snap.keys = e.data;
+        } else if (e.kind === 'vms') {
+          for (const [name, json] of e.records ?? []) snap.vms.set(name, json);
         } else {
           const map = e.kind === 'user' ? snap.users : snap.vms;
           if (e.data === undefined) map.delete(e.name);
@@ -858,7 +907,7 @@ export class RedisDirectory extends EventEmitter implements Directory {
       }
       const r = this.mirror.apply(e);
       if ('applied' in r) {
-        this.emitChange(r.applied);
+        for (const c of r.applied) this.emitChange(c);
         continue;
       }
       if ('invalid' in r) {
