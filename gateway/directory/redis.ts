@@ -580,15 +580,15 @@ export class RedisDirectory extends EventEmitter implements Directory {
   async putVms(vms: readonly VmRecord[], ifEpochs: readonly number[]): Promise<boolean[]> {
     if (vms.length !== ifEpochs.length) throw new RangeError('putVms: one expected epoch per VM');
     const out: boolean[] = [];
+    let last = 0;
     for (let i = 0; i < vms.length; i += PUT_VMS_MAX) {
       const args = vms.slice(i, i + PUT_VMS_MAX).flatMap((vm, j) => [vm.name, JSON.stringify(vm), String(ifEpochs[i + j])]);
       const [v, ok] = await this.write<[number, number[]]>('put VMs', (f) => this.scripts.oneportDirPutVms(...this.keyList(), f, this.opts.changesMaxLen, args.length / 3, ...args));
-      if (v > 0) {
-        this.noteAcknowledged(v);
-        await this.visible(v);
-      }
+      if (v > 0) this.noteAcknowledged((last = v));
       out.push(...ok.map((x) => x === 1));
     }
+    // Read-your-writes once, for the last batch: not a mirror round trip per batch.
+    if (last > 0) await this.visible(last);
     return out;
   }
   async deleteVm(name: string): Promise<boolean> {
