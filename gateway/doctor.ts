@@ -72,7 +72,7 @@ export function formatFindings(findings: readonly Finding[]): string {
 // ---------------------------------------------------------------------------------------------
 
 /** Files in the state folder that hold secrets: readable by the owner only. */
-const SECRET_FILES = ['ca-key.pem', 'server-key.pem', 'node-key.pem', 'directory.json', 'revoked-sessions.json', 'control.sock'];
+const SECRET_FILES = ['ca-key.pem', 'server-key.pem', 'node-key.pem', 'directory.json', 'directory.json.log', 'revoked-sessions.json', 'control.sock'];
 
 function checkState(cfg: Config): Finding[] {
   const root = cfg.state;

@@ -31,6 +31,9 @@ import { ProcessWatch } from './process-watch.js';
 import { RedisDirectory, type ReseedVerdict } from '../directory/redis.js';
 import { X509Certificate } from 'node:crypto';
 
+/** VMs failed over per directory write (one script, one feed entry). */
+const FAILOVER_BATCH = 200;
+
 export interface ClusterDeps {
   readonly config: Config;
   /** A dedicated connection (lease, heartbeats): never blocked behind directory traffic. */
@@ -254,7 +257,8 @@ export class Cluster {
       if (c.kind === 'vm' && c.name) void this.recover(c.name);
     });
     this.recoveryTimer = setInterval(() => {
-      for (const vm of this.dir?.listVms() ?? []) if (vm.node === this.nodeId && vm.state !== 'running' && vm.state !== 'migrating') void this.recover(vm.name);
+      // Indexed: O(this node's unsettled VMs), not O(directory), every recoveryProbeMs.
+      for (const vm of this.dir?.unsettledVms(this.nodeId) ?? []) void this.recover(vm.name);
     }, this.deps.config.cluster.recoveryProbeMs);
     this.recoveryTimer.unref();
   }
@@ -381,21 +385,29 @@ export class Cluster {
     let promoted = 0;
     let down = 0;
     try {
-      for (const vm of dir.listVms()) {
-        if (vm.node !== dead.info.id) continue;
-        const replica = vm.replica !== undefined ? this.members.get(vm.replica) : undefined;
-        const next: VmRecord =
-          replica?.state === 'up'
+      // In batches: one fenced script and one feed entry per FAILOVER_BATCH VMs (a node owning
+      // 10k VMs wrote 10k entries one after the other, past the feed's cap).
+      const owned = dir.vmsOnNode(dead.info.id);
+      for (let i = 0; i < owned.length; i += FAILOVER_BATCH) {
+        const batch = owned.slice(i, i + FAILOVER_BATCH);
+        const nexts = batch.map((vm): VmRecord => {
+          const replica = vm.replica !== undefined ? this.members.get(vm.replica) : undefined;
+          return replica?.state === 'up'
             ? { ...vm, node: replica.info.id, replica: vm.node, state: 'recovering', epoch: vm.epoch + 1 }
             : { ...vm, state: 'down', epoch: vm.epoch + 1 };
-        if (!(await dir.putVm(next, { ifEpoch: vm.epoch }))) continue;
-        if (next.state === 'recovering') promoted++;
-        else down++;
-        this.deps.metrics.failoverVms.inc({ result: next.state === 'recovering' ? 'promoted' : 'down' });
-        this.deps.log.warn(
-          { event: 'vm-failover', vm: vm.name, from: vm.node, to: next.state === 'recovering' ? next.node : null, epoch: next.epoch, state: next.state },
-          next.state === 'recovering' ? `VM ${vm.name}: ${vm.node} -> ${next.node} (epoch ${next.epoch})` : `VM ${vm.name} is down: no live replica`,
-        );
+        });
+        const written = await dir.putVms(nexts, batch.map((vm) => vm.epoch));
+        for (const [j, next] of nexts.entries()) {
+          if (!written[j]) continue;
+          const vm = batch[j]!;
+          if (next.state === 'recovering') promoted++;
+          else down++;
+          this.deps.metrics.failoverVms.inc({ result: next.state === 'recovering' ? 'promoted' : 'down' });
+          this.deps.log.warn(
+            { event: 'vm-failover', vm: vm.name, from: vm.node, to: next.state === 'recovering' ? next.node : null, epoch: next.epoch, state: next.state },
+            next.state === 'recovering' ? `VM ${vm.name}: ${vm.node} -> ${next.node} (epoch ${next.epoch})` : `VM ${vm.name} is down: no live replica`,
+          );
+        }
       }
       await this.members.markDown(dead.info, epoch);
       const ms = performance.now() - started;

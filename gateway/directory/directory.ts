@@ -205,12 +205,25 @@ export interface Directory extends EventEmitter {
   getUser(name: string): UserRecord | undefined;
   getVm(name: string): VmRecord | undefined;
   listUsers(): readonly UserRecord[];
+  /** Every VM: O(directory). Per-node and per-user questions have their indexed calls below. */
   listVms(): readonly VmRecord[];
+  /** The VMs `node` owns, O(their number). */
+  vmsOnNode(node: string): VmRecord[];
+  /** The VMs `node` owns that are `recovering` or `down` (the cluster's recovery loop), O(their number). */
+  unsettledVms(node: string): VmRecord[];
+  /** The VMs assigned to `user` by name or through a group (isAssigned), O(their number), by name. */
+  vmsForUser(user: UserRecord): VmRecord[];
   keys(): KeyRing;
   putUser(user: UserRecord): Promise<void>;
   deleteUser(name: string): Promise<boolean>;
   /** Returns false only when `opts.ifEpoch` is given and the stored VM's epoch differs (nothing written). */
   putVm(vm: VmRecord, opts?: PutVmOptions): Promise<boolean>;
+  /**
+   * Write several VMs, each compare-and-set on its stored epoch (`ifEpochs[i]`), leader-fenced,
+   * as few changes as possible (cluster: one feed entry per batch of up to 500, not one per VM).
+   * Returns, per VM, whether it was written.
+   */
+  putVms(vms: readonly VmRecord[], ifEpochs: readonly number[]): Promise<boolean[]>;
   deleteVm(name: string): Promise<boolean>;
   /** Make a new current key; the old one stays valid as `previous`. */
   rotateKeys(): Promise<void>;
@@ -242,6 +255,7 @@ export function isAssigned(vm: VmRecord, user: UserRecord): boolean {
   return vm.groups.some((g) => user.groups.includes(g));
 }
 
+/** A user's VMs, sorted by name: the portal's desktop list. */
 export function vmsForUser(dir: Directory, user: UserRecord): VmRecord[] {
-  return dir.listVms().filter((vm) => isAssigned(vm, user));
+  return dir.vmsForUser(user).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
 }

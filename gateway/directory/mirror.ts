@@ -8,6 +8,7 @@
  * differ and announce only those.
  */
 import type { DirectoryChange, KeyRing, UserRecord, VmRecord } from './directory.js';
+import { VmTable } from './vm-table.js';
 
 /** One change-feed entry, as the write scripts in redis.ts append it. */
 export interface ChangeEntry {
@@ -15,11 +16,16 @@ export interface ChangeEntry {
   readonly id: string;
   /** Directory version after this change. */
   readonly version: number;
-  /** 'seed' marks a whole directory written back into an emptied Redis (a resync for readers). */
-  readonly kind: 'user' | 'vm' | 'keys' | 'seed';
+  /**
+   * 'seed' marks a whole directory written back into an emptied Redis (a resync for readers);
+   * 'vms' is a batch of VM writes at one version (a failover), carried in `records`.
+   */
+  readonly kind: 'user' | 'vm' | 'keys' | 'seed' | 'vms';
   readonly name: string;
   /** The record's JSON after the change; undefined for a delete. */
   readonly data: string | undefined;
+  /** A 'vms' batch: each VM's name and JSON, in write order (fields `r:<name>` of the entry). */
+  readonly records?: ReadonlyArray<readonly [string, string]> | undefined;
 }
 
 /** A consistent view of the whole directory, read in one Lua script. */
@@ -34,7 +40,8 @@ export interface Snapshot {
 }
 
 export type ApplyResult =
-  | { readonly applied: DirectoryChange }
+  /** One change, or one per VM of a 'vms' batch, all stamped with the entry's version. */
+  | { readonly applied: readonly DirectoryChange[] }
   /** The entry does not follow the applied version: something was missed; take a snapshot. */
   | { readonly gap: { readonly expected: number; readonly got: number; readonly kind: ChangeEntry['kind'] } }
   /** A malformed entry or record JSON: take a snapshot rather than guess. */
@@ -45,6 +52,14 @@ interface Held<T> {
   readonly json: string;
 }
 
+/** What the mirror needs of its users' Map and its VmTable alike. */
+interface HeldMap<T> extends Iterable<[string, Held<T>]> {
+  get(name: string): Held<T> | undefined;
+  has(name: string): boolean;
+  set(name: string, held: Held<T>): void;
+  delete(name: string): boolean;
+}
+
 export class DirectoryMirror {
   /**
    * @param openRing the key ring's JSON from its text in Redis (cluster/seal.ts: a sealed ring is
@@ -53,7 +68,7 @@ export class DirectoryMirror {
   constructor(private readonly openRing: (text: string) => string | undefined = (text) => text) {}
 
   private readonly users = new Map<string, Held<UserRecord>>();
-  private readonly vms = new Map<string, Held<VmRecord>>();
+  private readonly vms = new VmTable<Held<VmRecord>>((h) => h.record);
   private keyRing: Held<KeyRing> | undefined;
   private ver = 0;
   private last = '0-0';
@@ -83,6 +98,18 @@ export class DirectoryMirror {
   listVms(): VmRecord[] {
     return [...this.vms.values()].map((h) => h.record);
   }
+  /** The VMs `node` owns: O(their number). */
+  vmsOnNode(node: string): VmRecord[] {
+    return this.vms.onNode(node).map((h) => h.record);
+  }
+  /** The VMs `node` owns that are `recovering` or `down`. */
+  unsettledVms(node: string): VmRecord[] {
+    return this.vms.unsettledOn(node).map((h) => h.record);
+  }
+  /** The VMs assigned to `user` (by name or group): O(their number). */
+  vmsForUser(user: UserRecord): VmRecord[] {
+    return this.vms.forUser(user).map((h) => h.record);
+  }
   keys(): KeyRing | undefined {
     return this.keyRing?.record;
   }
@@ -104,26 +131,38 @@ export class DirectoryMirror {
     if (e.kind === 'seed' || e.version !== this.ver + 1) {
       return { gap: { expected: this.ver + 1, got: e.version, kind: e.kind } };
     }
-    let change: DirectoryChange;
+    const changes: DirectoryChange[] = [];
     if (e.kind === 'keys') {
       if (e.data === undefined) return { invalid: `entry ${e.id}: a key ring change without data` };
       const ring = this.parseRing(e.data);
       if (!ring) return { invalid: `entry ${e.id}: malformed key ring` };
       this.keyRing = { record: ring, json: e.data };
-      change = { kind: 'keys', version: e.version };
+      changes.push({ kind: 'keys', version: e.version });
+    } else if (e.kind === 'vms') {
+      // All or nothing: check every record before the first is applied.
+      const parsed: Array<Held<VmRecord>> = [];
+      for (const [name, json] of e.records ?? []) {
+        const rec = parseRecord(json, name);
+        if (!rec) return { invalid: `entry ${e.id}: malformed vm ${JSON.stringify(name)}` };
+        parsed.push({ record: rec as VmRecord, json });
+      }
+      for (const held of parsed) {
+        this.vms.set(held.record.name, held);
+        changes.push({ kind: 'vm', name: held.record.name, version: e.version });
+      }
     } else {
-      const map = (e.kind === 'user' ? this.users : this.vms) as Map<string, Held<UserRecord | VmRecord>>;
+      const map = (e.kind === 'user' ? this.users : this.vms) as HeldMap<UserRecord | VmRecord>;
       if (e.data === undefined) map.delete(e.name);
       else {
         const rec = parseRecord(e.data, e.name);
         if (!rec) return { invalid: `entry ${e.id}: malformed ${e.kind} ${JSON.stringify(e.name)}` };
         map.set(e.name, { record: rec as UserRecord & VmRecord, json: e.data });
       }
-      change = { kind: e.kind, name: e.name, version: e.version };
+      changes.push({ kind: e.kind, name: e.name, version: e.version });
     }
     this.ver = e.version;
     this.last = e.id;
-    return { applied: change };
+    return { applied: changes };
   }
 
   /**
@@ -135,7 +174,7 @@ export class DirectoryMirror {
     const changes: DirectoryChange[] = [];
     const invalid: string[] = [];
     const version = s.version;
-    const swap = <T extends UserRecord | VmRecord>(kind: 'user' | 'vm', map: Map<string, Held<T>>, next: ReadonlyMap<string, string>): void => {
+    const swap = <T extends UserRecord | VmRecord>(kind: 'user' | 'vm', map: HeldMap<T>, next: ReadonlyMap<string, string>): void => {
       for (const [name, held] of [...map]) {
         if (next.get(name) === held.json) continue;
         map.delete(name);
@@ -197,11 +236,16 @@ export function parseEntry(raw: unknown): ChangeEntry | undefined {
   if (!Array.isArray(raw) || typeof raw[0] !== 'string' || !Array.isArray(raw[1])) return undefined;
   const fields = raw[1] as unknown[];
   const f = new Map<string, string>();
-  for (let i = 0; i + 1 < fields.length; i += 2) f.set(String(fields[i]), String(fields[i + 1]));
+  const records: Array<[string, string]> = [];
+  for (let i = 0; i + 1 < fields.length; i += 2) {
+    const k = String(fields[i]);
+    if (k.startsWith('r:')) records.push([k.slice(2), String(fields[i + 1])]);
+    else f.set(k, String(fields[i + 1]));
+  }
   const version = Number(f.get('v'));
   const kind = f.get('k');
-  if (!Number.isSafeInteger(version) || (kind !== 'user' && kind !== 'vm' && kind !== 'keys' && kind !== 'seed')) return undefined;
-  return { id: raw[0], version, kind, name: f.get('n') ?? '', data: f.get('d') };
+  if (!Number.isSafeInteger(version) || (kind !== 'user' && kind !== 'vm' && kind !== 'keys' && kind !== 'seed' && kind !== 'vms')) return undefined;
+  return { id: raw[0], version, kind, name: f.get('n') ?? '', data: f.get('d'), ...(kind === 'vms' ? { records } : {}) };
 }
 
 /** Stream ids compare as (ms, seq) pairs. */

@@ -23,9 +23,10 @@
  * whose reply was lost may still have been applied (the mirror then shows it); it is never
  * applied in part.
  *
- * The mirror: a snapshot (one Lua script: both hashes, the key ring, the version and the feed's
- * last id), then XREAD BLOCK on a dedicated connection from that id, applying entries strictly in
- * version order. A full resync (snapshot again, 'change' for each record that differs, then one
+ * The mirror: a paged snapshot (an O(1) script for the key ring, the version and the feed's last
+ * id; both hashes by HSCAN pages; then the feed from that id replayed over them: see snapshot()),
+ * so no call blocks Redis for more than a page, then XREAD BLOCK on a dedicated connection from
+ * that id, applying entries strictly in version order. A full resync (snapshot again, 'change' for each record that differs, then one
  * 'resync' event) follows a version gap, a trimmed feed, a reconnect, a new Redis master (its
  * run_id changed), or a version mismatch seen by the periodic check (`checkIntervalMs`). While
  * Redis is away, reads keep serving the last mirror; `staleness()` says how old it is.
@@ -74,6 +75,11 @@ export interface RedisDirectoryOptions {
   readonly reseed?: boolean;
   /** While a Redis that lost the directory waits for its reseed, look again this often. @default 250 ms */
   readonly reseedPollMs?: number;
+  /**
+   * Fields per HSCAN page (and feed entries per XRANGE) of a snapshot: each call stays well under
+   * a millisecond of Redis time at ~300 bytes a record. @default 500
+   */
+  readonly snapshotPage?: number;
   /** Most entries applied per XREAD. @default 500 */
   readonly readBatch?: number;
   /** Name of the connections in `CLIENT LIST`. @default 'oneport-directory' */
@@ -140,6 +146,11 @@ export class NotLeaderError extends OneportError {
   }
 }
 
+/** A paged snapshot whose feed was trimmed under it this many times in a row fails. */
+const SNAPSHOT_TRIES = 5;
+/** A snapshot page that timed out is asked again this many times in all. */
+const PAGE_TRIES = 3;
+
 const DEFAULTS = {
   prefix: 'oneport:{dir}:',
   changesMaxLen: 10_000, // entries
@@ -147,6 +158,7 @@ const DEFAULTS = {
   blockMs: 2_000, // 2 seconds
   commandTimeoutMs: 2_000, // 2 seconds
   readBatch: 500, // entries
+  snapshotPage: 500, // fields or entries per call
   connectionName: 'oneport-directory',
   reseedPollMs: 250, // ms
 } as const;
@@ -211,6 +223,37 @@ redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*', 'v', v, 'k', ARGV[1], '
 return v
 `;
 
+/**
+ * A batch of VM writes at one version (a failover): each compare-and-set on its stored epoch,
+ * ONE feed entry (`k` vms, a field `r:<name>` with the JSON per VM written) instead of one per VM.
+ * ARGV: maxlen, count, then name, JSON, expected epoch per VM. Returns {version or 0, {1|0 per VM}}.
+ */
+const PUT_VMS_LUA = `${PRELUDE}${NOT_EMPTIED}
+local results, fields = {}, {}
+for j = 0, tonumber(ARGV[2]) - 1 do
+  local name, json, want = ARGV[3 + 3 * j], ARGV[4 + 3 * j], ARGV[5 + 3 * j]
+  local ok = 0
+  local cur = redis.call('HGET', KEYS[2], name)
+  if cur then
+    local good, rec = pcall(cjson.decode, cur)
+    if good and type(rec) == 'table' and tostring(rec['epoch']) == want then
+      redis.call('HSET', KEYS[2], name, json)
+      fields[#fields + 1] = 'r:' .. name
+      fields[#fields + 1] = json
+      ok = 1
+    end
+  end
+  results[#results + 1] = ok
+end
+if #fields == 0 then return {0, results} end
+local v = redis.call('INCR', KEYS[4])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[1], '*', 'v', v, 'k', 'vms', 'n', '', 'w', fence, unpack(fields))
+return {v, results}
+`;
+
+/** Most VMs in one putVms script: bounds its Redis time (~5 us a VM) and its Lua stack (unpack). */
+export const PUT_VMS_MAX = 500;
+
 /** ARGV: kind, name, maxlen. Returns the new version, or 0 if there was no such record. */
 const DEL_LUA = `${PRELUDE}${NOT_EMPTIED}
 local hash = KEYS[2]
@@ -257,21 +300,25 @@ redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[1], '*', 'v', ARGV[2], 'k', 'see
 return 1
 `;
 
-/** One consistent view: {users, vms, keys or nil, version, last feed id}. */
-const SNAPSHOT_LUA = `
+/**
+ * Where a paged snapshot starts: {keys or nil, version, last feed id}. O(1): the hashes are read
+ * afterwards with HSCAN, one bounded page per call, so no call blocks Redis for long.
+ */
+const SNAPSHOT_HEAD_LUA = `
 local last = redis.call('XREVRANGE', KEYS[5], '+', '-', 'COUNT', 1)
 local lastId = '0-0'
 if last[1] then lastId = last[1][1] end
-return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), redis.call('GET', KEYS[3]), redis.call('GET', KEYS[4]) or '0', lastId}
+return {redis.call('GET', KEYS[3]), redis.call('GET', KEYS[4]) or '0', lastId}
 `;
 
 type Script = (...args: Array<string | number>) => Promise<unknown>;
 interface Scripts {
   oneportDirPut: Script;
   oneportDirDel: Script;
+  oneportDirPutVms: Script;
   oneportDirKeysCas: Script;
   oneportDirSeed: Script;
-  oneportDirSnapshot: Script;
+  oneportDirSnapshotHead: Script;
 }
 
 /**
@@ -394,6 +441,7 @@ export class RedisDirectory extends EventEmitter implements Directory {
       reseed: options.reseed ?? true,
       reseedPollMs: options.reseedPollMs ?? DEFAULTS.reseedPollMs,
       readBatch: options.readBatch ?? DEFAULTS.readBatch,
+      snapshotPage: options.snapshotPage ?? DEFAULTS.snapshotPage,
       connectionName: options.connectionName ?? DEFAULTS.connectionName,
       now: options.now ?? Date.now,
       log: options.log,
@@ -412,9 +460,10 @@ export class RedisDirectory extends EventEmitter implements Directory {
     for (const [name, lua] of [
       ['oneportDirPut', PUT_LUA],
       ['oneportDirDel', DEL_LUA],
+      ['oneportDirPutVms', PUT_VMS_LUA],
       ['oneportDirKeysCas', KEYS_CAS_LUA],
       ['oneportDirSeed', SEED_LUA],
-      ['oneportDirSnapshot', SNAPSHOT_LUA],
+      ['oneportDirSnapshotHead', SNAPSHOT_HEAD_LUA],
     ] as const) {
       this.cmd.defineCommand(name, { lua, numberOfKeys: 6 });
     }
@@ -462,6 +511,15 @@ export class RedisDirectory extends EventEmitter implements Directory {
   }
   listVms(): readonly VmRecord[] {
     return this.mirror.listVms();
+  }
+  vmsOnNode(node: string): VmRecord[] {
+    return this.mirror.vmsOnNode(node);
+  }
+  unsettledVms(node: string): VmRecord[] {
+    return this.mirror.unsettledVms(node);
+  }
+  vmsForUser(user: UserRecord): VmRecord[] {
+    return this.mirror.vmsForUser(user);
   }
   keys(): KeyRing {
     const ring = this.mirror.keys();
@@ -523,6 +581,20 @@ export class RedisDirectory extends EventEmitter implements Directory {
     if (v === 0) return false;
     await this.visible(v);
     return true;
+  }
+  async putVms(vms: readonly VmRecord[], ifEpochs: readonly number[]): Promise<boolean[]> {
+    if (vms.length !== ifEpochs.length) throw new RangeError('putVms: one expected epoch per VM');
+    const out: boolean[] = [];
+    let last = 0;
+    for (let i = 0; i < vms.length; i += PUT_VMS_MAX) {
+      const args = vms.slice(i, i + PUT_VMS_MAX).flatMap((vm, j) => [vm.name, JSON.stringify(vm), String(ifEpochs[i + j])]);
+      const [v, ok] = await this.write<[number, number[]]>('put VMs', (f) => this.scripts.oneportDirPutVms(...this.keyList(), f, this.opts.changesMaxLen, args.length / 3, ...args));
+      if (v > 0) this.noteAcknowledged((last = v));
+      out.push(...ok.map((x) => x === 1));
+    }
+    // Read-your-writes once, for the last batch: not a mirror round trip per batch.
+    if (last > 0) await this.visible(last);
+    return out;
   }
   async deleteVm(name: string): Promise<boolean> {
     const v = await this.write<number>('delete VM', (f) => this.scripts.oneportDirDel(...this.keyList(), f, 'vm', name, this.opts.changesMaxLen));
@@ -595,14 +667,77 @@ export class RedisDirectory extends EventEmitter implements Directory {
 
   // ---- the mirror: snapshot, then tail ------------------------------------------------------
 
+  /**
+   * A consistent view without one long call: the head (key ring, version V, the feed's last id L)
+   * in one O(1) script, then both hashes page by page (HSCAN, `snapshotPage` fields a call), then
+   * the feed after L replayed over the pages. HSCAN returns every field present for the whole scan
+   * (with its value, unchanged since L), and may return or miss fields written during it; every
+   * one of those has an entry after L, and replaying them in order leaves its value as of the last
+   * entry read. The result is the directory at that entry's version. A feed trimmed past L, or a
+   * reseed, during the scan: start again (a few times, then fail like any other call).
+   */
   private async snapshot(): Promise<Snapshot> {
-    const raw = (await this.scripts.oneportDirSnapshot(...this.keyList())) as [string[], string[], string | null, string, string];
-    const pairs = (flat: string[]): Map<string, string> => {
-      const m = new Map<string, string>();
+    for (let attempt = 1; ; attempt++) {
+      const head = (await this.paged(() => this.scripts.oneportDirSnapshotHead(...this.keyList()))) as [string | null, string, string];
+      // Both hashes at once: twice the pages in flight, still one page per call.
+      const [users, vms] = await Promise.all([this.scanHash(this.k.users), this.scanHash(this.k.vms)]);
+      const snap = { users, vms, keys: head[0] ?? undefined, version: Number(head[1]), lastId: head[2] };
+      if (await this.catchUp(snap)) return snap;
+      if (attempt >= SNAPSHOT_TRIES) throw new Error(`directory: the change feed moved on faster than a paged snapshot could follow (${SNAPSHOT_TRIES} tries)`);
+      this.opts.log?.warn({ event: 'directory-snapshot-retry', attempt }, 'directory: change feed trimmed during a paged snapshot; starting it again');
+    }
+  }
+
+  private async scanHash(key: string): Promise<Map<string, string>> {
+    const m = new Map<string, string>();
+    let cursor = '0';
+    do {
+      const at = cursor;
+      const [next, flat] = await this.paged(() => this.cmd.hscan(key, at, 'COUNT', this.opts.snapshotPage));
       for (let i = 0; i + 1 < flat.length; i += 2) m.set(flat[i]!, flat[i + 1]!);
-      return m;
-    };
-    return { users: pairs(raw[0]), vms: pairs(raw[1]), keys: raw[2] ?? undefined, version: Number(raw[3]), lastId: raw[4] };
+      cursor = next;
+    } while (cursor !== '0');
+    return m;
+  }
+
+  /**
+   * One read of a paged snapshot, asked again (up to PAGE_TRIES times) when it timed out on a
+   * connection still up: a page is small, so a timeout means this process was busy (a mirror
+   * parsing a big snapshot) or Redis was, not that Redis is gone; reads are safe to repeat.
+   */
+  private async paged<T>(read: () => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await read();
+      } catch (err) {
+        if (attempt >= PAGE_TRIES || !(err as Error).message.includes('timed out') || this.cmd.status !== 'ready') throw err;
+      }
+    }
+  }
+
+  /** Replay the feed after `snap.lastId` into `snap`; false if it cannot be (trimmed, reseeded, malformed). */
+  private async catchUp(snap: { users: Map<string, string>; vms: Map<string, string>; keys: string | undefined; version: number; lastId: string }): Promise<boolean> {
+    for (;;) {
+      const after = snap.lastId;
+      const raw = (await this.paged(() => this.cmd.call('XRANGE', this.k.changes, `(${after}`, '+', 'COUNT', this.opts.snapshotPage))) as unknown[];
+      for (const r of raw) {
+        const e = parseEntry(r);
+        if (!e || e.kind === 'seed' || e.version !== snap.version + 1) return false;
+        if (e.kind === 'keys') {
+          if (e.data === undefined) return false;
+          snap.keys = e.data;
+        } else if (e.kind === 'vms') {
+          for (const [name, json] of e.records ?? []) snap.vms.set(name, json);
+        } else {
+          const map = e.kind === 'user' ? snap.users : snap.vms;
+          if (e.data === undefined) map.delete(e.name);
+          else map.set(e.name, e.data);
+        }
+        snap.version = e.version;
+        snap.lastId = e.id;
+      }
+      if (raw.length < this.opts.snapshotPage) return true;
+    }
   }
 
   /**
@@ -779,7 +914,7 @@ export class RedisDirectory extends EventEmitter implements Directory {
       }
       const r = this.mirror.apply(e);
       if ('applied' in r) {
-        this.emitChange(r.applied);
+        for (const c of r.applied) this.emitChange(c);
         continue;
       }
       if ('invalid' in r) {

@@ -124,6 +124,56 @@ t.test('writes on one instance reach another instance on the same Redis, in orde
   t.ok(a.staleness().ageMs < 10_000);
 });
 
+t.test('a paged snapshot taken while another node writes converges to the writer\'s directory', async (t) => {
+  const redis = await startRedis(t);
+  const prefix = newPrefix();
+  const a = await openDir(t, redis.url, prefix);
+  for (let i = 0; i < 300; i += 50) await Promise.all(Array.from({ length: 50 }, (_, j) => a.putVm(vm(`desk${i + j}`))));
+  await a.putUser(user('alice'));
+  // Writes (changes, deletes, adds, a key rotation) race the pages of b's snapshot.
+  const writes = (async () => {
+    for (let i = 0; i < 60; i++) {
+      if (i % 3 === 0) await a.deleteVm(`desk${i}`);
+      else if (i % 3 === 1) await a.putVm({ ...vm(`desk${i}`), node: 'n9', epoch: 1 });
+      else await a.putVm(vm(`new${i}`));
+      if (i === 30) await a.rotateKeys();
+      if (i === 40) await a.putVms([100, 101, 102].map((n) => ({ ...vm(`desk${n}`), node: 'n7', epoch: 1 })), [0, 0, 0]);
+    }
+  })();
+  const b = await openDir(t, redis.url, prefix, { snapshotPage: 7 });
+  await writes;
+  await reach(b, a.version());
+  t.same(contents(b), contents(a), 'same records, key ring and version');
+  t.equal(b.listVms().length, 300 - 20 + 20);
+});
+
+t.test('putVms: a batch of compare-and-set VM writes is one version and one feed entry, applied whole by other mirrors', async (t) => {
+  const redis = await startRedis(t);
+  const prefix = newPrefix();
+  const a = await openDir(t, redis.url, prefix);
+  const b = await openDir(t, redis.url, prefix);
+  for (let i = 0; i < 5; i++) await a.putVm(vm(`desk${i}`));
+  await a.putVm({ ...vm('desk4'), epoch: 3 });
+  await reach(b, a.version());
+  const seen: DirectoryChange[] = [];
+  b.on('change', (c: DirectoryChange) => seen.push(c));
+  const admin = redisClient(t, redis.url);
+  const entries = Number(await admin.xlen(`${prefix}changes`));
+  const before = a.version();
+  const moved = [0, 1, 2, 3, 4].map((i) => ({ ...vm(`desk${i}`), node: 'n2', state: 'recovering' as const, epoch: 1 }));
+  const ok = await a.putVms(moved, [0, 0, 0, 0, 0]);
+  t.same(ok, [true, true, true, true, false], 'desk4 holds epoch 3: not written');
+  t.equal(a.version(), before + 1, 'one version for the batch');
+  t.equal(Number(await admin.xlen(`${prefix}changes`)), entries + 1, 'one feed entry');
+  await reach(b, a.version());
+  t.same(seen.map((c) => c.kind === 'vm' && c.name).sort(), ['desk0', 'desk1', 'desk2', 'desk3']);
+  t.same(b.vmsOnNode('n2').map((v) => v.name).sort(), ['desk0', 'desk1', 'desk2', 'desk3'], 'indexes follow the batch');
+  t.same(b.unsettledVms('n2').length, 4);
+  t.same(contents(b), contents(a));
+  t.same(await a.putVms([{ ...vm('desk4'), epoch: 9 }], [0]), [false], 'nothing written: no version');
+  t.equal(a.version(), before + 1);
+});
+
 t.test('lookups are served by the mirror: no Redis command per read', async (t) => {
   const redis = await startRedis(t);
   const prefix = newPrefix();

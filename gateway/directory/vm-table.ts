@@ -1,0 +1,104 @@
+/**
+ * The VMs of a directory by name, plus the indexes that keep per-node and per-user questions
+ * O(answer) instead of O(directory): which VMs a node owns, which of those are not settled
+ * (`recovering` or `down`: the cluster's recovery loop), and which VMs name a user or a group.
+ * Kept current on every set and delete, so the change feed drives it. Pure: no I/O.
+ *
+ * `T` is what the table holds per VM (the mirror keeps the JSON beside the record); `record`
+ * reads the VmRecord out of it.
+ */
+import type { UserRecord, VmRecord } from './directory.js';
+
+export class VmTable<T> {
+  private readonly byName = new Map<string, T>();
+  private readonly byNode = new Map<string, Set<string>>();
+  private readonly unsettledByNode = new Map<string, Set<string>>();
+  private readonly byUser = new Map<string, Set<string>>();
+  private readonly byGroup = new Map<string, Set<string>>();
+
+  constructor(private readonly record: (held: T) => VmRecord) {}
+
+  get size(): number {
+    return this.byName.size;
+  }
+  get(name: string): T | undefined {
+    return this.byName.get(name);
+  }
+  has(name: string): boolean {
+    return this.byName.has(name);
+  }
+  values(): IterableIterator<T> {
+    return this.byName.values();
+  }
+  entries(): IterableIterator<[string, T]> {
+    return this.byName.entries();
+  }
+  [Symbol.iterator](): IterableIterator<[string, T]> {
+    return this.byName.entries();
+  }
+
+  set(name: string, held: T): void {
+    const before = this.byName.get(name);
+    if (before !== undefined) this.unindex(name, this.record(before));
+    this.byName.set(name, held);
+    this.index(name, this.record(held));
+  }
+
+  delete(name: string): boolean {
+    const before = this.byName.get(name);
+    if (before === undefined) return false;
+    this.unindex(name, this.record(before));
+    return this.byName.delete(name);
+  }
+
+  /** The VMs `node` owns. */
+  onNode(node: string): T[] {
+    return this.pick(this.byNode.get(node));
+  }
+  /** The VMs `node` owns that are `recovering` or `down`. */
+  unsettledOn(node: string): T[] {
+    return this.pick(this.unsettledByNode.get(node));
+  }
+  /** The VMs assigned to `user`, by name or through one of its groups (isAssigned), in no set order. */
+  forUser(user: UserRecord): T[] {
+    const names = new Set(this.byUser.get(user.name));
+    for (const g of user.groups) for (const n of this.byGroup.get(g) ?? []) names.add(n);
+    return this.pick(names);
+  }
+
+  private pick(names: Iterable<string> | undefined): T[] {
+    const out: T[] = [];
+    for (const n of names ?? []) {
+      const h = this.byName.get(n);
+      if (h !== undefined) out.push(h);
+    }
+    return out;
+  }
+
+  private index(name: string, vm: VmRecord): void {
+    add(this.byNode, vm.node, name);
+    if (vm.state === 'recovering' || vm.state === 'down') add(this.unsettledByNode, vm.node, name);
+    for (const u of vm.users) add(this.byUser, u, name);
+    for (const g of vm.groups) add(this.byGroup, g, name);
+  }
+
+  private unindex(name: string, vm: VmRecord): void {
+    remove(this.byNode, vm.node, name);
+    remove(this.unsettledByNode, vm.node, name);
+    for (const u of vm.users) remove(this.byUser, u, name);
+    for (const g of vm.groups) remove(this.byGroup, g, name);
+  }
+}
+
+function add(m: Map<string, Set<string>>, key: string, name: string): void {
+  let s = m.get(key);
+  if (!s) m.set(key, (s = new Set()));
+  s.add(name);
+}
+
+function remove(m: Map<string, Set<string>>, key: string, name: string): void {
+  const s = m.get(key);
+  if (!s) return;
+  s.delete(name);
+  if (s.size === 0) m.delete(key);
+}

@@ -1,0 +1,76 @@
+/**
+ * The VM indexes (gateway/directory/vm-table.ts) and the mirror that keeps them: per node, per
+ * unsettled state, per user and group, kept right through puts, moves, deletes and a resync.
+ */
+import t from 'tap';
+import { VmTable } from '../../gateway/directory/vm-table.js';
+import { DirectoryMirror } from '../../gateway/directory/mirror.js';
+import { MemoryDirectory } from '../../gateway/directory/memory.js';
+import { isAssigned, vmsForUser, type UserRecord, type VmRecord } from '../../gateway/directory/directory.js';
+
+function vm(name: string, node: string, extra: Partial<VmRecord> = {}): VmRecord {
+  return { name, node, state: 'running', epoch: 0, endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port: 5900, publishedPort: 5900 }], users: [], groups: [], ...extra };
+}
+function user(name: string, groups: string[] = []): UserRecord {
+  return { name, passwordHash: 'x', roles: ['user'], groups, sessionsNotBefore: 0 };
+}
+const names = (vms: readonly VmRecord[]): string[] => vms.map((v) => v.name).sort();
+
+t.test('indexes follow every set and delete', async (t) => {
+  const table = new VmTable<VmRecord>((v) => v);
+  table.set('a', vm('a', 'n1', { users: ['alice'] }));
+  table.set('b', vm('b', 'n1', { groups: ['lab'], state: 'recovering' }));
+  table.set('c', vm('c', 'n2', { users: ['alice', 'bob'], state: 'down' }));
+  t.same(names(table.onNode('n1')), ['a', 'b']);
+  t.same(names(table.unsettledOn('n1')), ['b']);
+  t.same(names(table.unsettledOn('n2')), ['c']);
+  t.same(names(table.forUser(user('alice'))), ['a', 'c']);
+  t.same(names(table.forUser(user('carol', ['lab']))), ['b']);
+  t.same(names(table.forUser(user('alice', ['lab']))), ['a', 'b', 'c'], 'by name and by group, once each');
+  // A move, a state change, an unassignment.
+  table.set('b', vm('b', 'n2', { groups: [], state: 'running' }));
+  table.set('a', vm('a', 'n1', { users: [] }));
+  t.same(names(table.onNode('n1')), ['a']);
+  t.same(names(table.onNode('n2')), ['b', 'c']);
+  t.same(table.unsettledOn('n1'), []);
+  t.same(names(table.forUser(user('carol', ['lab']))), []);
+  t.same(names(table.forUser(user('alice'))), ['c']);
+  t.equal(table.delete('c'), true);
+  t.equal(table.delete('c'), false);
+  t.same(table.unsettledOn('n2'), []);
+  t.same(table.forUser(user('bob')), []);
+  t.equal(table.size, 2);
+});
+
+t.test('the mirror answers the indexed calls like a scan of listVms, through the feed and a resync', async (t) => {
+  const m = new DirectoryMirror();
+  const alice = user('alice', ['lab']);
+  const scan = (node: string) => ({
+    onNode: names(m.listVms().filter((v) => v.node === node)),
+    unsettled: names(m.listVms().filter((v) => v.node === node && (v.state === 'recovering' || v.state === 'down'))),
+    alice: names(m.listVms().filter((v) => isAssigned(v, alice))),
+  });
+  const indexed = (node: string) => ({ onNode: names(m.vmsOnNode(node)), unsettled: names(m.unsettledVms(node)), alice: names(m.vmsForUser(alice)) });
+  let version = 0;
+  const put = (v: VmRecord | string): void => {
+    version++;
+    const r = m.apply(typeof v === 'string' ? { id: `1-${version}`, version, kind: 'vm', name: v, data: undefined } : { id: `1-${version}`, version, kind: 'vm', name: v.name, data: JSON.stringify(v) });
+    t.ok('applied' in r);
+  };
+  for (let i = 0; i < 40; i++) put(vm(`d${i}`, `n${i % 3}`, { users: i % 4 === 0 ? ['alice'] : [], groups: i % 5 === 0 ? ['lab'] : [], state: i % 7 === 0 ? 'down' : 'running' }));
+  put(vm('d3', 'n2', { state: 'recovering', users: ['alice'] }));
+  put('d4');
+  for (const n of ['n0', 'n1', 'n2']) t.same(indexed(n), scan(n), `feed: ${n}`);
+  const vms = new Map(m.listVms().filter((v) => v.name !== 'd5').map((v) => [v.name, JSON.stringify(v.name === 'd6' ? { ...v, node: 'n0', state: 'down' } : v)] as [string, string]));
+  m.replace({ users: new Map(), vms, keys: undefined, version: version + 5, lastId: '2-0' });
+  for (const n of ['n0', 'n1', 'n2']) t.same(indexed(n), scan(n), `resync: ${n}`);
+});
+
+t.test('the embedded directory lists a user\'s desktops from the index, sorted by name', async (t) => {
+  const dir = new MemoryDirectory();
+  await dir.putVm(vm('zeta', 'n1', { users: ['alice'] }));
+  await dir.putVm(vm('alpha', 'n1', { groups: ['lab'] }));
+  await dir.putVm(vm('other', 'n1', { users: ['bob'] }));
+  t.same(vmsForUser(dir, user('alice', ['lab'])).map((v) => v.name), ['alpha', 'zeta']);
+  t.same(dir.unsettledVms('n1'), []);
+});
