@@ -607,3 +607,54 @@ export async function setup(open: Opener, count: number, warmup: number): Promis
     firstError,
   };
 }
+
+export interface IdleRun {
+  readonly count: number;
+  readonly rssBeforeKiB: number;
+  readonly rssAfterKiB: number;
+  /** RSS growth of the relay over the open idle tunnels, per tunnel. */
+  readonly perTunnelKiB: number;
+  readonly openSeconds: number;
+}
+
+/**
+ * Memory per idle tunnel: `count` tunnels opened (`concurrency` at a time, each up to the
+ * console's banner, so both legs exist), left idle, then the relay's RSS growth divided by
+ * `count`. `warmup` tunnels are opened and closed first so that the baseline already holds
+ * what any first tunnel allocates once. All are closed at the end.
+ */
+export async function idleMemory(open: Opener, count: number, warmup: number, rssKiB: () => number, concurrency = 32): Promise<IdleRun> {
+  const openOne = async (into: Conn[]): Promise<void> => {
+    const c = await open();
+    into.push(c);
+    await expectBanner(c);
+  };
+  const openMany = async (n: number, into: Conn[]): Promise<void> => {
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < n) {
+        next++;
+        await openOne(into);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(concurrency, n) }, worker));
+  };
+  const settle = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+  const held: Conn[] = [];
+  try {
+    await openMany(warmup, held);
+    for (const c of held.splice(0)) c.destroy();
+    await settle(1000);
+    const rssBeforeKiB = rssKiB();
+    const t0 = process.hrtime.bigint();
+    await openMany(count, held);
+    const openSeconds = Number(process.hrtime.bigint() - t0) / 1e9;
+    // Idle: whatever the relay frees once a tunnel is quiet (buffers, handshake state) is freed by now.
+    await settle(2000);
+    const rssAfterKiB = rssKiB();
+    return { count, rssBeforeKiB, rssAfterKiB, perTunnelKiB: (rssAfterKiB - rssBeforeKiB) / count, openSeconds };
+  } finally {
+    for (const c of held) c.destroy();
+    await settle(1000);
+  }
+}

@@ -33,6 +33,8 @@ const config = buildConfig({
   demo: { enabled: false },
   log: { level: 'info' },
   shutdown: { drainMs: 0 },
+  // Every client is 127.0.0.1: the idle-memory phase holds thousands of tunnels from it.
+  limits: { maxConnectionsPerAddress: 20000 },
 });
 const logDestination = pino.destination({ dest: opts.logFile, sync: false, mkdir: true });
 const logger = createLogger({ level: 'info', nodeId: 'bench', destination: logDestination });

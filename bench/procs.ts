@@ -169,3 +169,13 @@ export function treeCpuSeconds(root: number): number {
 export async function stopAll(peers: readonly Peer[]): Promise<void> {
   for (const p of [...peers].reverse()) await p.stop().catch(() => undefined);
 }
+
+/** Resident set size of one process, KiB (VmRSS); NaN when it is gone. */
+export function rssKiB(pid: number): number {
+  try {
+    const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : Number.NaN;
+  } catch {
+    return Number.NaN;
+  }
+}

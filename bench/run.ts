@@ -25,12 +25,14 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { execFileSync } from 'node:child_process';
 import {
+  type IdleRun,
   type LatencyRun,
   type Opener,
   type SetupRun,
   type ThroughputRun,
   connectOpener,
   download,
+  idleMemory,
   latency,
   rdgOpener,
   setup,
@@ -40,9 +42,10 @@ import {
   wsOpener,
 } from './clients.js';
 import { type GatewayRpc, gatewayLogFile, startStack } from './gateway-rpc.js';
-import { type Peer, spawnPeer, stopAll, tail, treeCpuSeconds, waitAccepting } from './procs.js';
+import { type Peer, rssKiB, spawnPeer, stopAll, tail, treeCpuSeconds, waitAccepting } from './procs.js';
 import { freePort } from '../test/helpers/net.js';
 import { type MicroResult, fmtNs, runMicro } from './micro.js';
+import { writeChart } from './chart.js';
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 const MiB = 1024 * 1024;
@@ -58,13 +61,14 @@ const { values: args } = parseArgs({
     rounds: { type: 'string' },
     pings: { type: 'string' },
     setups: { type: 'string' },
+    idle: { type: 'string' },
     only: { type: 'string' },
     'no-micro': { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
 if (args.help) {
-  console.log('usage: npm run bench -- [--quick] [--mib N] [--rounds N] [--pings N] [--setups N] [--only a,b,...] [--no-micro]');
+  console.log('usage: npm run bench -- [--quick] [--mib N] [--rounds N] [--pings N] [--setups N] [--idle N] [--only a,b,...] [--no-micro]');
   process.exit(0);
 }
 const quick = args.quick ?? false;
@@ -80,6 +84,9 @@ const settings = {
   pingBytes: 64,
   setups: Number(args.setups ?? (quick ? 50 : 300)),
   setupWarmup: quick ? 5 : 20,
+  /** Idle tunnels held open at once to measure the relay's memory per tunnel (TLS paths). */
+  idleTunnels: Number(args.idle ?? (quick ? 300 : 4000)),
+  idleWarmup: quick ? 20 : 200,
   transferTimeoutMs: 120_000,
   micro: !(args['no-micro'] ?? false),
   microMsPerCase: quick ? 100 : 300,
@@ -125,6 +132,7 @@ interface PathResult {
   latency: Omit<LatencyRun, 'samplesUs'> | undefined;
   setup: SetupRun | undefined;
   setupCpuMsPerTunnel: number | undefined;
+  idle: IdleRun | undefined;
   errors: string[];
 }
 
@@ -197,7 +205,7 @@ async function main(): Promise<void> {
         cfg,
         [
           'global',
-          '    maxconn 4096',
+          '    maxconn 9000',
           'defaults',
           '    mode tcp',
           '    timeout connect 5s',
@@ -283,6 +291,7 @@ async function main(): Promise<void> {
         latency: undefined,
         setup: undefined,
         setupCpuMsPerTunnel: undefined,
+        idle: undefined,
         errors: [],
       });
     }
@@ -299,6 +308,22 @@ async function main(): Promise<void> {
         return undefined;
       }
     };
+
+    // --- memory per idle tunnel (first: the relays' heaps are not yet grown by the transfers) -
+    const idlePaths = paths.filter((p) => ['c', 'e'].includes(p.key) && p.relay);
+    if (settings.idleTunnels > 0 && idlePaths.length) {
+      log(`\nmemory per idle tunnel: RSS growth of the relay over ${settings.idleTunnels} idle tunnels (TLS client leg, console leg), after ${settings.idleWarmup} opened and closed`);
+      for (const p of idlePaths) {
+        const pid = (p.relay as Peer).pid;
+        const r = await attempt(p, 'idle memory', async () => {
+          await refill(p, settings.idleTunnels + settings.idleWarmup + 10);
+          return idleMemory(p.open, settings.idleTunnels, settings.idleWarmup, () => rssKiB(pid));
+        });
+        if (!r) continue;
+        resultOf(p).idle = r;
+        log(`  (${p.key}) ${p.label.padEnd(28)} ${r.perTunnelKiB.toFixed(1).padStart(6)} KiB/tunnel   RSS ${(r.rssBeforeKiB / 1024).toFixed(1)} -> ${(r.rssAfterKiB / 1024).toFixed(1)} MiB (opened in ${r.openSeconds.toFixed(1)} s)`);
+      }
+    }
 
     // --- throughput ---------------------------------------------------------------------------
     log(`\nclient -> console: ${settings.throughputRounds} x ${settings.throughputBytes / MiB} MiB one way into the sink, ${settings.chunkBytes / 1024} KiB writes (after a ${settings.warmupBytes / MiB} MiB warm-up)`);
@@ -442,7 +467,8 @@ async function main(): Promise<void> {
   };
   writeFileSync(join(BENCH_DIR, 'results.json'), `${JSON.stringify(report, null, 2)}\n`);
   writeFileSync(join(BENCH_DIR, 'RESULTS.md'), renderMarkdown(report));
-  log(`\nwrote bench/RESULTS.md and bench/results.json (${report.durationSeconds} s)`);
+  writeChart(report);
+  log(`\nwrote bench/RESULTS.md, bench/results.json and bench/ratios.svg (${report.durationSeconds} s)`);
   if (fatal) process.exitCode = 1;
 }
 
@@ -467,6 +493,7 @@ interface Comparison {
   readonly setupP50: Ratio;
   readonly cpuPerGiB: Ratio;
   readonly downloadCpuPerGiB: Ratio;
+  readonly idleKiB: Ratio;
 }
 
 function compare(name: string, x: PathResult | undefined, y: PathResult | undefined): Comparison | undefined {
@@ -481,6 +508,7 @@ function compare(name: string, x: PathResult | undefined, y: PathResult | undefi
     setupP50: ratio(x.setup?.p50Ms, y.setup?.p50Ms),
     cpuPerGiB: ratio(x.cpuSecondsPerGiB, y.cpuSecondsPerGiB),
     downloadCpuPerGiB: ratio(x.downloadCpuSecondsPerGiB, y.downloadCpuSecondsPerGiB),
+    idleKiB: ratio(x.idle?.perTunnelKiB, y.idle?.perTunnelKiB),
   };
 }
 
@@ -572,6 +600,7 @@ function renderMarkdown(r: {
   const out: string[] = [];
   out.push('# oneport benchmark results', '');
   out.push('Generated by `npm run bench` (bench/run.ts); see bench/README.md for what each number means.', '');
+  out.push('![oneport ÷ HAProxy, same run](ratios.svg)', '');
   out.push(`- Date: ${r.date} (run took ${r.durationSeconds} s)`);
   out.push(`- Node: ${r.node}`);
   out.push(`- Machine: ${r.machine.cpu}, ${r.machine.cores} cores, ${r.machine.memoryGiB} GiB, ${r.machine.os}`);
@@ -615,15 +644,31 @@ function renderMarkdown(r: {
   );
 
   out.push('## Side by side (ratios)', '');
-  out.push('Throughput and setups/s: higher is better for the first path. RTT, setup latency and CPU: lower is better.', '');
-  out.push('| comparison | →console MB/s | →client MB/s | RTT p50 | RTT p99 | setups/s | setup p50 | CPU/GiB →console | CPU/GiB →client |');
-  out.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|');
+  out.push('Throughput and setups/s: higher is better for the first path. RTT, setup latency, CPU and memory: lower is better.', '');
+  out.push('| comparison | →console MB/s | →client MB/s | RTT p50 | RTT p99 | setups/s | setup p50 | CPU/GiB →console | CPU/GiB →client | memory per idle tunnel |');
+  out.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const c of r.ratios) {
     out.push(
-      `| ${c.name} | ${fx(c.throughput)} | ${fx(c.download)} | ${fx(c.rttP50)} | ${fx(c.rttP99)} | ${fx(c.setupRate)} | ${fx(c.setupP50)} | ${fx(c.cpuPerGiB)} | ${fx(c.downloadCpuPerGiB)} |`,
+      `| ${c.name} | ${fx(c.throughput)} | ${fx(c.download)} | ${fx(c.rttP50)} | ${fx(c.rttP99)} | ${fx(c.setupRate)} | ${fx(c.setupP50)} | ${fx(c.cpuPerGiB)} | ${fx(c.downloadCpuPerGiB)} | ${fx(c.idleKiB)} |`,
     );
   }
   out.push('');
+  const idle = r.paths.filter((p) => p.idle);
+  if (idle.length) {
+    out.push('## Memory per idle tunnel', '');
+    out.push(
+      `RSS growth of the relaying process while ${s.idleTunnels} tunnels are open and idle (each up to the console's banner: the TLS client leg and the console leg), divided by the tunnels; ` +
+        `${s.idleWarmup} tunnels were opened and closed before the baseline. Target: at most 20 KiB.`,
+      '',
+    );
+    out.push('| path | KiB per tunnel | RSS before MiB | RSS with the tunnels MiB | opened in s |');
+    out.push('|---|---:|---:|---:|---:|');
+    for (const p of idle) {
+      const m = p.idle as IdleRun;
+      out.push(`| (${p.key}) ${p.label} | ${f1(m.perTunnelKiB)} | ${f1(m.rssBeforeKiB / 1024)} | ${f1(m.rssAfterKiB / 1024)} | ${f1(m.openSeconds)} |`);
+    }
+    out.push('');
+  }
 
   out.push('## Details', '');
   out.push('| path | TLS | →console runs MB/s | →client runs MB/s | relay CPU ms per tunnel setup | RTT mean µs | errors |');

@@ -4,13 +4,16 @@
  * `oneport-node`) and users (client certificates, OU `oneport-user`). Plus reading names back
  * out of any PEM certificate and RFC 6125 name matching, which the SNI callback uses.
  *
- * node-forge builds the certificates (subject, SANs, extensions, DER). The slow parts are done
- * natively by Node: RSA 2048 keys come from `crypto.generateKeyPairSync` and the SHA-256 RSA
- * signature over the TBSCertificate from `crypto.sign` (forge's pure-JS RSA signing costs about
- * 40 ms per certificate, Node's under 1 ms). Private keys are returned as PKCS#8 PEM. Parsing uses
- * Node's `X509Certificate`, so it also works for user-provided certificates forge cannot read.
+ * Keys are ECDSA P-256 by default (a TLS handshake signs with it several times cheaper than with
+ * RSA 2048, and the certificate is smaller); `keyType: 'rsa'` makes RSA 2048, and CAs of either
+ * type sign keys of either type. Node makes the keys (`crypto.generateKeyPairSync`) and the
+ * signatures (`crypto.sign`); node-forge builds the TBSCertificate (subject, SANs, extensions)
+ * around a placeholder key, since it writes RSA keys only, and the real SubjectPublicKeyInfo,
+ * issuer name and signature algorithm are put in its place. Node requests (PKCS#10, read by
+ * forge) stay RSA. Private keys are returned as PKCS#8 PEM. Parsing uses Node's
+ * `X509Certificate`, so it also works for user-provided certificates forge cannot read.
  */
-import { type KeyObject, X509Certificate, createPrivateKey, generateKeyPairSync, randomBytes, sign } from 'node:crypto';
+import { type KeyObject, X509Certificate, createHash, createPrivateKey, generateKeyPairSync, randomBytes, sign } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
 import forge from 'node-forge';
 
@@ -24,6 +27,8 @@ export interface CaOptions {
   commonName?: string;
   /** @default 3650 */
   days?: number;
+  /** @default 'ec' (ECDSA P-256) */
+  keyType?: KeyType;
 }
 
 export interface LeafOptions {
@@ -31,6 +36,8 @@ export interface LeafOptions {
   days?: number;
   /** Backdate notBefore so peers whose clocks are a little behind accept it. @default 5 minutes */
   notBeforeSkewMs?: number;
+  /** @default 'ec' (ECDSA P-256) */
+  keyType?: KeyType;
 }
 
 export interface CertificateNames {
@@ -54,19 +61,23 @@ const DEFAULT_SKEW_MS = 5 * 60_000;
 const MAX_CN = 64;
 const LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 const SHA256_RSA = forge.pki.oids.sha256WithRSAEncryption as string;
+const ECDSA_SHA256 = '1.2.840.10045.4.3.2';
 
 // ---------------------------------------------------------------------------------------------
 // Keys, serials, signing
 
+/** What a key made here is: ECDSA P-256 unless asked for RSA 2048. */
+export type KeyType = 'ec' | 'rsa';
+
 interface KeyPair {
-  /** forge's view of the public key, for the certificate's subjectPublicKeyInfo. */
-  publicKey: forge.pki.rsa.PublicKey;
+  /** DER SubjectPublicKeyInfo, for the certificate. */
+  spki: Buffer;
   privateKey: KeyObject;
 }
 
-function newKeyPair(): KeyPair {
-  const { publicKey, privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-  return { publicKey: forge.pki.publicKeyFromPem(publicKey.export({ type: 'spki', format: 'pem' }) as string), privateKey };
+function newKeyPair(type: KeyType = 'ec'): KeyPair {
+  const { publicKey, privateKey } = type === 'rsa' ? generateKeyPairSync('rsa', { modulusLength: 2048 }) : generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+  return { spki: publicKey.export({ type: 'spki', format: 'der' }), privateKey };
 }
 
 function privateKeyPem(key: KeyObject): string {
@@ -82,17 +93,50 @@ function serialNumber(): string {
 
 const getCertificationRequestInfo = (forge.pki as unknown as { getCertificationRequestInfo(csr: forge.pki.CertificateSigningRequest): forge.asn1.Asn1 }).getCertificationRequestInfo;
 const getTBSCertificate = (forge.pki as unknown as { getTBSCertificate(cert: forge.pki.Certificate): forge.asn1.Asn1 }).getTBSCertificate;
+const { asn1 } = forge;
+const der = (node: forge.asn1.Asn1): Buffer => Buffer.from(asn1.toDer(node).getBytes(), 'binary');
+/** forge's types miss the options form; without it, forge parses BIT STRING contents as DER. */
+const fromDerWithOptions = asn1.fromDer as unknown as (bytes: string, options: { decodeBitStrings: boolean }) => forge.asn1.Asn1;
+const fromDer = (b: Buffer): forge.asn1.Asn1 => fromDerWithOptions(b.toString('binary'), { decodeBitStrings: false });
+const seq = (parts: forge.asn1.Asn1[]): forge.asn1.Asn1 => asn1.create(asn1.Class.UNIVERSAL, asn1.Type.SEQUENCE, true, parts);
+const oid = (id: string): forge.asn1.Asn1 => asn1.create(asn1.Class.UNIVERSAL, asn1.Type.OID, false, asn1.oidToDer(id).getBytes());
+/**
+ * AlgorithmIdentifier of the signature a key makes: sha256WithRSAEncryption with NULL parameters
+ * (RFC 4055), ecdsa-with-SHA256 without parameters (RFC 5758).
+ */
+function signatureAlgorithm(key: KeyObject): forge.asn1.Asn1 {
+  return key.asymmetricKeyType === 'ec' ? seq([oid(ECDSA_SHA256)]) : seq([oid(SHA256_RSA), asn1.create(asn1.Class.UNIVERSAL, asn1.Type.NULL, false, '')]);
+}
 
-/** What `cert.sign(key, sha256)` does, with the RSA operation done by Node instead of forge. */
-function signCertificate(cert: forge.pki.Certificate, key: KeyObject): string {
-  cert.signatureOid = SHA256_RSA;
+/**
+ * forge writes RSA public keys only; it builds the TBSCertificate around a placeholder key whose
+ * SubjectPublicKeyInfo is then swapped for the real one (any key type), as the issuer's name
+ * (the CA's own DER) and the signature algorithm of the issuer's key.
+ */
+const PLACEHOLDER_KEY = forge.pki.setRsaPublicKey(new forge.jsbn.BigInteger('3'), new forge.jsbn.BigInteger('3'));
+const TBS_SIGNATURE = 2;
+const TBS_ISSUER = 3;
+const TBS_SPKI = 6;
+
+/** RFC 5280 4.2.1.2 method (1): SHA-1 of the subjectPublicKey bits. */
+function keyIdentifier(spki: Buffer): string {
+  const bits = (fromDer(spki).value as forge.asn1.Asn1[])[1]?.value as string;
+  return createHash('sha1').update(Buffer.from(bits.slice(1), 'binary')).digest().toString('binary');
+}
+
+/** What `cert.sign(key, sha256)` does, for any public key and any CA key type, signed by Node. */
+function signCertificate(cert: forge.pki.Certificate, spki: Buffer, issuerName: forge.asn1.Asn1 | undefined, key: KeyObject): string {
+  cert.publicKey = PLACEHOLDER_KEY;
   cert.siginfo.algorithmOid = SHA256_RSA;
-  cert.signatureParameters = undefined;
-  cert.siginfo.parameters = undefined;
-  cert.tbsCertificate = getTBSCertificate(cert);
-  const tbs = Buffer.from(forge.asn1.toDer(cert.tbsCertificate).getBytes(), 'binary');
-  cert.signature = sign('sha256', tbs, key).toString('binary');
-  return forge.pki.certificateToPem(cert);
+  const tbs = getTBSCertificate(cert);
+  const parts = tbs.value as forge.asn1.Asn1[];
+  const algorithm = signatureAlgorithm(key);
+  parts[TBS_SIGNATURE] = algorithm;
+  if (issuerName) parts[TBS_ISSUER] = issuerName;
+  parts[TBS_SPKI] = fromDer(spki);
+  const signature = sign('sha256', der(tbs), key);
+  const body = der(seq([tbs, signatureAlgorithm(key), asn1.create(asn1.Class.UNIVERSAL, asn1.Type.BITSTRING, false, `\0${signature.toString('binary')}`)]));
+  return `-----BEGIN CERTIFICATE-----\n${body.toString('base64').replace(/.{64}(?=.)/g, '$&\n')}\n-----END CERTIFICATE-----\n`;
 }
 
 /** A subject attribute encoded as UTF8String (RFC 5280 4.1.2.6); forge defaults to PrintableString. */
@@ -125,9 +169,8 @@ function checkName(value: string, what: string): string {
 export function createCa(opts: CaOptions = {}): Pem {
   const commonName = checkName(opts.commonName ?? 'oneport cluster CA', 'CA common name');
   const days = checkDays(opts.days ?? 3650, 'CA');
-  const keys = newKeyPair();
+  const keys = newKeyPair(opts.keyType);
   const cert = forge.pki.createCertificate();
-  cert.publicKey = keys.publicKey;
   cert.serialNumber = serialNumber();
   const now = Date.now();
   cert.validity.notBefore = new Date(now - DEFAULT_SKEW_MS);
@@ -139,27 +182,42 @@ export function createCa(opts: CaOptions = {}): Pem {
     // It signs end-entity certificates only.
     { name: 'basicConstraints', cA: true, pathLenConstraint: 0, critical: true },
     { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true },
-    { name: 'subjectKeyIdentifier' },
+    subjectKeyIdentifier(keys.spki),
   ]);
-  return { cert: signCertificate(cert, keys.privateKey), key: privateKeyPem(keys.privateKey) };
+  return { cert: signCertificate(cert, keys.spki, undefined, keys.privateKey), key: privateKeyPem(keys.privateKey) };
 }
 
 interface LoadedCa {
-  cert: forge.pki.Certificate;
+  /** The CA's subject as its own DER has it, so the names compare byte for byte. */
+  subject: forge.asn1.Asn1;
   key: KeyObject;
   notAfter: number;
   keyIdentifier: string;
 }
 
+/** The subjectKeyIdentifier extension for a public key, computed here (forge does RSA only). */
+function subjectKeyIdentifier(spki: Buffer): object {
+  return { name: 'subjectKeyIdentifier', value: asn1.create(asn1.Class.UNIVERSAL, asn1.Type.OCTETSTRING, false, keyIdentifier(spki)) };
+}
+
+const SKI_OID = '2.5.29.14';
+const RSA_ENCRYPTION = '1.2.840.113549.1.1.1';
+
+/** keyEncipherment means something for RSA keys only (RSA key transport in TLS 1.2). */
+function isRsa(spki: Buffer): boolean {
+  const algorithm = ((fromDer(spki).value as forge.asn1.Asn1[])[0]?.value as forge.asn1.Asn1[] | undefined)?.[0];
+  return asn1.derToOid(algorithm?.value as string) === RSA_ENCRYPTION;
+}
+
 function loadCa(ca: Pem): LoadedCa {
   let x: X509Certificate;
-  let cert: forge.pki.Certificate;
+  let tbs: forge.asn1.Asn1[];
   let key: KeyObject;
   try {
     x = new X509Certificate(ca.cert);
-    cert = forge.pki.certificateFromPem(ca.cert);
+    tbs = ((fromDer(x.raw).value as forge.asn1.Asn1[])[0]?.value ?? []) as forge.asn1.Asn1[];
   } catch (e) {
-    throw new Error(`cannot read the CA certificate (PEM, RSA key): ${(e as Error).message}`);
+    throw new Error(`cannot read the CA certificate (PEM, ECDSA or RSA key): ${(e as Error).message}`);
   }
   try {
     key = createPrivateKey(ca.key);
@@ -167,15 +225,31 @@ function loadCa(ca: Pem): LoadedCa {
     throw new Error(`cannot read the CA private key (unencrypted PEM): ${(e as Error).message}`);
   }
   if (!x.ca) throw new Error(`the CA certificate (${x.subject.replace(/\n/g, ', ')}) is not a CA certificate`);
-  if (key.asymmetricKeyType !== 'rsa') throw new Error(`the CA key must be RSA, got ${key.asymmetricKeyType}`);
+  if (key.asymmetricKeyType !== 'rsa' && key.asymmetricKeyType !== 'ec') throw new Error(`the CA key must be ECDSA or RSA, got ${key.asymmetricKeyType}`);
   if (!x.checkPrivateKey(key)) throw new Error('the CA private key does not belong to the CA certificate');
-  const notAfter = cert.validity.notAfter.getTime();
-  if (notAfter <= Date.now()) throw new Error(`the CA certificate expired on ${cert.validity.notAfter.toISOString()}`);
+  const notAfter = new Date(x.validTo).getTime();
+  if (notAfter <= Date.now()) throw new Error(`the CA certificate expired on ${new Date(notAfter).toISOString()}`);
+  // v3 certificates start with the explicit [0] version.
+  const at = tbs[0]?.tagClass === asn1.Class.CONTEXT_SPECIFIC ? 1 : 0;
+  const subject = tbs[at + 4];
+  const spki = tbs[at + 5];
+  if (!subject || !spki) throw new Error('cannot read the CA certificate: no subject or public key');
   // authorityKeyIdentifier must equal the CA's subjectKeyIdentifier when it has one (OpenSSL
-  // checks); CAs made elsewhere may have computed theirs differently from forge.
-  const ski = cert.getExtension('subjectKeyIdentifier') as { subjectKeyIdentifier?: string } | undefined;
-  const keyIdentifier = ski?.subjectKeyIdentifier ? forge.util.hexToBytes(ski.subjectKeyIdentifier) : cert.generateSubjectKeyIdentifier().getBytes();
-  return { cert, key, notAfter, keyIdentifier };
+  // checks); CAs made elsewhere may have computed theirs differently from us.
+  return { subject, key, notAfter, keyIdentifier: caKeyIdentifier(tbs) ?? keyIdentifier(der(spki)) };
+}
+
+/** The subjectKeyIdentifier extension's value in a TBSCertificate, if it has one. */
+function caKeyIdentifier(tbs: forge.asn1.Asn1[]): string | undefined {
+  const extensions = tbs.find((n) => n.tagClass === asn1.Class.CONTEXT_SPECIFIC && n.type === 3);
+  for (const ext of ((extensions?.value as forge.asn1.Asn1[] | undefined)?.[0]?.value ?? []) as forge.asn1.Asn1[]) {
+    const parts = ext.value as forge.asn1.Asn1[];
+    if (asn1.derToOid(parts[0]?.value as string) !== SKI_OID) continue;
+    const octets = parts[parts.length - 1]?.value as string;
+    // extnValue holds the DER of an OCTET STRING: the identifier itself.
+    return (asn1.fromDer(octets).value as string) || undefined;
+  }
+  return undefined;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -264,17 +338,16 @@ interface LeafSpec {
 }
 
 function issue(ca: Pem, spec: LeafSpec, opts: LeafOptions): Pem {
-  const keys = newKeyPair();
-  return { cert: issueFor(ca, spec, opts, keys.publicKey), key: privateKeyPem(keys.privateKey) };
+  const keys = newKeyPair(opts.keyType);
+  return { cert: issueFor(ca, spec, opts, keys.spki), key: privateKeyPem(keys.privateKey) };
 }
 
-/** A certificate for `publicKey` (made here, or from a node's certificate request). */
-function issueFor(ca: Pem, spec: LeafSpec, opts: LeafOptions, publicKey: forge.pki.rsa.PublicKey): string {
+/** A certificate for the key `spki` (made here, or from a node's certificate request). */
+function issueFor(ca: Pem, spec: LeafSpec, opts: LeafOptions, spki: Buffer): string {
   const days = checkDays(opts.days ?? spec.days, 'certificate');
   const skew = checkSkew(opts.notBeforeSkewMs ?? DEFAULT_SKEW_MS);
   const issuer = loadCa(ca);
   const cert = forge.pki.createCertificate();
-  cert.publicKey = publicKey;
   cert.serialNumber = serialNumber();
   const now = Date.now();
   cert.validity.notBefore = new Date(now - skew);
@@ -282,15 +355,13 @@ function issueFor(ca: Pem, spec: LeafSpec, opts: LeafOptions, publicKey: forge.p
   const subject = [attr('CN', spec.commonName), attr('O', 'oneport')];
   if (spec.organizationalUnit) subject.push(attr('OU', spec.organizationalUnit));
   cert.setSubject(subject);
-  // Same attributes, same string types as the CA's subject, so the names compare byte for byte.
-  cert.setIssuer(issuer.cert.subject.attributes);
   const extensions: object[] = [
     { name: 'basicConstraints', cA: false, critical: true },
     spec.serverAuth
-      ? { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true }
+      ? { name: 'keyUsage', digitalSignature: true, keyEncipherment: isRsa(spki), critical: true }
       : { name: 'keyUsage', digitalSignature: true, critical: true },
     { name: 'extKeyUsage', serverAuth: spec.serverAuth, clientAuth: spec.clientAuth },
-    { name: 'subjectKeyIdentifier' },
+    subjectKeyIdentifier(spki),
     { name: 'authorityKeyIdentifier', keyIdentifier: issuer.keyIdentifier },
   ];
   if (spec.names.length > 0) {
@@ -301,7 +372,7 @@ function issueFor(ca: Pem, spec: LeafSpec, opts: LeafOptions, publicKey: forge.p
     });
   }
   cert.setExtensions(extensions);
-  return signCertificate(cert, issuer.key);
+  return signCertificate(cert, spki, issuer.subject, issuer.key);
 }
 
 /** A TLS server certificate: SANs for every name, CN = the first name, EKU serverAuth. */
@@ -342,10 +413,11 @@ const MAX_RSA_BITS = 8192;
  */
 export function createNodeRequest(nodeId: string): { csr: string; key: string } {
   const commonName = checkName(nodeId, 'node id');
-  const keys = newKeyPair();
+  // RSA: forge, which reads the requests, knows RSA keys only.
+  const keys = newKeyPair('rsa');
   const key = privateKeyPem(keys.privateKey);
   const csr = forge.pki.createCertificationRequest();
-  csr.publicKey = keys.publicKey;
+  csr.publicKey = forge.pki.publicKeyFromAsn1(asn1.fromDer(keys.spki.toString('binary')));
   csr.setSubject([attr('CN', commonName), attr('O', 'oneport'), attr('OU', NODE_OU)]);
   // What `csr.sign(key, sha256)` does, with the RSA operation done by Node (as signCertificate).
   csr.signatureOid = SHA256_RSA;
@@ -403,9 +475,10 @@ export function signNodeRequest(ca: Pem, req: NodeRequest, names: readonly strin
     throw new NodeRequestError((e as Error).message);
   }
   const first = sans[0] as SanName;
+  const spki = der(forge.pki.publicKeyToAsn1(req.publicKey));
   return {
-    node: issueFor(ca, { commonName: req.nodeId, organizationalUnit: NODE_OU, names: sans, serverAuth: true, clientAuth: true, days: 365 }, opts, req.publicKey),
-    server: issueFor(ca, { commonName: first.value, names: sans, serverAuth: true, clientAuth: false, days: 825 }, opts, req.publicKey),
+    node: issueFor(ca, { commonName: req.nodeId, organizationalUnit: NODE_OU, names: sans, serverAuth: true, clientAuth: true, days: 365 }, opts, spki),
+    server: issueFor(ca, { commonName: first.value, names: sans, serverAuth: true, clientAuth: false, days: 825 }, opts, spki),
   };
 }
 

@@ -51,6 +51,7 @@ import { rdgClusterLink } from './cluster/rdg-link.js';
 import { JoinService, JoinTokens, joinIfNeeded } from './cluster/join.js';
 import { KeyRingSeal, sealKeyFromCa } from './cluster/seal.js';
 import { drainNode } from './drain.js';
+import { TLS_SESSION_TIMEOUT_S, TicketKeys } from './tls-tickets.js';
 
 export interface GatewayOptions {
   /** Defaults to the embedded directory saved in the state folder. */
@@ -486,15 +487,20 @@ const SESSION_ID_CONTEXT = 'oneport';
 
 function buildSecureContexts(config: Config, selfMade: { cert: string; key: string }, node: NodeIdentity | undefined): (servername: string | undefined) => tls.SecureContext {
   const clientCa = node?.ca;
+  // Session resumption: one rotating ticket key for every context (gateway/tls-tickets.ts).
+  const tickets = new TicketKeys();
   // Nodes ask for NODE_SERVERNAME and get the node certificate; everyone else the server's.
   const nodeContext = node
-    ? tls.createSecureContext({ cert: node.cert.cert, key: node.cert.key, ca: node.ca, minVersion: config.tls.minVersion, sessionIdContext: SESSION_ID_CONTEXT })
+    ? tickets.add(tls.createSecureContext({ cert: node.cert.cert, key: node.cert.key, ca: node.ca, minVersion: config.tls.minVersion, sessionIdContext: SESSION_ID_CONTEXT, sessionTimeout: TLS_SESSION_TIMEOUT_S }))
     : undefined;
-  const pick = buildServerContexts(config, selfMade, clientCa);
-  return nodeContext ? (servername) => (servername === NODE_SERVERNAME ? nodeContext : pick(servername)) : pick;
+  const pick = buildServerContexts(config, selfMade, clientCa, tickets);
+  return (servername) => {
+    tickets.check();
+    return nodeContext && servername === NODE_SERVERNAME ? nodeContext : pick(servername);
+  };
 }
 
-function buildServerContexts(config: Config, selfMade: { cert: string; key: string }, clientCa: string | undefined): (servername: string | undefined) => tls.SecureContext {
+function buildServerContexts(config: Config, selfMade: { cert: string; key: string }, clientCa: string | undefined, tickets: TicketKeys): (servername: string | undefined) => tls.SecureContext {
   const pems = config.tls.certificates.length
     ? config.tls.certificates.map((c) => ({ cert: readFileSync(c.cert, 'utf8'), key: readFileSync(c.key, 'utf8') }))
     : [selfMade];
@@ -502,7 +508,9 @@ function buildServerContexts(config: Config, selfMade: { cert: string; key: stri
     matches: (name: string) => certificateMatchesName(p.cert, name),
     // With client certificates requested, OpenSSL refuses to resume a session (alert "internal
     // error") unless the context has a session id context.
-    context: tls.createSecureContext({ cert: p.cert, key: p.key, minVersion: config.tls.minVersion, sessionIdContext: SESSION_ID_CONTEXT, ...(clientCa ? { ca: clientCa } : {}) }),
+    context: tickets.add(
+      tls.createSecureContext({ cert: p.cert, key: p.key, minVersion: config.tls.minVersion, sessionIdContext: SESSION_ID_CONTEXT, sessionTimeout: TLS_SESSION_TIMEOUT_S, ...(clientCa ? { ca: clientCa } : {}) }),
+    ),
   }));
   const fallback = entries[0]!.context;
   if (entries.length === 1) return () => fallback;

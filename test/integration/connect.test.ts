@@ -4,9 +4,10 @@
  */
 import t, { type Test } from 'tap';
 import net from 'node:net';
+import tls from 'node:tls';
 import { once } from 'node:events';
 import { startTestGateway } from '../helpers/gateway.js';
-import { basic, closedPort, echoRoundTrip, rawRequest, startBackend } from '../helpers/net.js';
+import { basic, closedPort, echoRoundTrip, rawRequest, readResponse, startBackend } from '../helpers/net.js';
 import { mintTicket } from '../../gateway/auth/tickets.js';
 import { until } from '../helpers/wait.js';
 
@@ -33,6 +34,27 @@ t.test('inside TLS: Basic user:password, then bytes both ways', async (t) => {
   t.same(await echoRoundTrip(r.socket, payload), payload, '256 KiB echoed through the tunnel');
   t.equal(echo.accepted, 1);
   r.socket.destroy();
+});
+
+t.test('inside TLS: a client that comes back resumes its TLS session (TLS 1.3 and 1.2)', async (t) => {
+  const { gw } = await setup(t);
+  for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
+    let session: Buffer | undefined;
+    for (const round of ['first', 'second']) {
+      const s = tls.connect({ port: gw.port, host: '127.0.0.1', ca: gw.caCert, servername: 'localhost', maxVersion, ...(session ? { session } : {}) });
+      s.on('error', () => {});
+      // TLS 1.3 tickets come after the handshake: the session is kept from the last one seen.
+      s.on('session', (b: Buffer) => (session = b));
+      await once(s, 'secureConnect');
+      if (!session) t.equal(s.getPeerCertificate().pubkey?.length, 65, `${maxVersion}: the certificate the gateway made is ECDSA P-256`);
+      s.write(`CONNECT desk:5900 HTTP/1.1\r\nHost: desk:5900\r\nProxy-Authorization: ${basic('alice', 'alice-password-1')}\r\n\r\n`);
+      const r = await readResponse(s);
+      t.equal(r.status, 200);
+      t.equal(s.isSessionReused(), round === 'second', `${maxVersion} ${round} handshake: reused ${round === 'second'}`);
+      t.ok(session, `${maxVersion}: the gateway gave a session ticket`);
+      s.destroy();
+    }
+  }
 });
 
 t.test('clear text: a ticket in Basic, in Bearer, in the host name; HTTP/1.0 without Host; any header case', async (t) => {

@@ -25,7 +25,16 @@ const otherCa = createCa({ commonName: 'someone else' });
 const { ca: testCa, server: testServer } = testPki();
 
 const x509 = (pem: string): X509Certificate => new X509Certificate(pem);
-const forgeCert = (pem: string): forge.pki.Certificate => forge.pki.certificateFromPem(pem);
+const ECDSA_SHA256 = '1.2.840.10045.4.3.2';
+/** forge reads RSA certificates only: an ECDSA key is swapped for a placeholder RSA key to read the rest. */
+const PLACEHOLDER_SPKI = forge.pki.publicKeyToAsn1(forge.pki.setRsaPublicKey(new forge.jsbn.BigInteger('3'), new forge.jsbn.BigInteger('3')));
+function forgeCert(pem: string): forge.pki.Certificate {
+  const x = x509(pem);
+  const node = forge.asn1.fromDer(x.raw.toString('binary'));
+  const tbs = (node.value as forge.asn1.Asn1[])[0]?.value as forge.asn1.Asn1[];
+  if (x.publicKey.asymmetricKeyType !== 'rsa') tbs[6] = PLACEHOLDER_SPKI;
+  return forge.pki.certificateFromAsn1(node);
+}
 const ext = (pem: string, name: string): Record<string, unknown> | undefined => forgeCert(pem).getExtension(name) as Record<string, unknown> | undefined;
 
 function issuedBy(leaf: string, issuer: string): boolean {
@@ -81,14 +90,15 @@ t.test('the CA certificate', async (t) => {
   t.ok(x.ca, 'basicConstraints cA');
   t.ok(x.checkIssued(x) && x.verify(x.publicKey), 'self-signed');
   t.match(x.subject, /^CN=oneport cluster CA$/m, 'default common name');
-  t.equal(x.publicKey.asymmetricKeyDetails?.modulusLength, 2048, 'RSA 2048');
+  t.equal(x.publicKey.asymmetricKeyType, 'ec', 'ECDSA by default');
+  t.equal(x.publicKey.asymmetricKeyDetails?.namedCurve, 'prime256v1', 'P-256');
   t.ok(x.checkPrivateKey(createPrivateKey(ca.key)), 'the key belongs to the certificate');
   t.match(ca.key, /^-----BEGIN PRIVATE KEY-----\n/, 'PKCS#8 PEM');
   t.match(ext(ca.cert, 'basicConstraints'), { cA: true, critical: true });
   t.match(ext(ca.cert, 'keyUsage'), { keyCertSign: true, cRLSign: true, critical: true });
   t.notOk(ext(ca.cert, 'keyUsage')?.digitalSignature);
   t.ok(ext(ca.cert, 'subjectKeyIdentifier'), 'subjectKeyIdentifier');
-  t.equal(forgeCert(ca.cert).siginfo.algorithmOid, forge.pki.oids.sha256WithRSAEncryption, 'SHA-256 with RSA');
+  t.equal(forgeCert(ca.cert).siginfo.algorithmOid, ECDSA_SHA256, 'ECDSA with SHA-256');
   t.match(x.serialNumber, /^[0-7][0-9A-F]{31}$/i, '16 random bytes, positive');
   t.not(x.serialNumber, x509(otherCa.cert).serialNumber);
   const years = (new Date(x.validTo).getTime() - Date.now()) / DAY_MS;
@@ -119,10 +129,12 @@ t.test('server certificates', async (t) => {
   t.same(x.keyUsage, ['1.3.6.1.5.5.7.3.1'], 'EKU serverAuth only');
   t.match(ext(server.cert, 'extKeyUsage'), { serverAuth: true });
   t.notOk(ext(server.cert, 'extKeyUsage')?.clientAuth);
-  t.match(ext(server.cert, 'keyUsage'), { digitalSignature: true, keyEncipherment: true, critical: true });
+  t.match(ext(server.cert, 'keyUsage'), { digitalSignature: true, critical: true });
+  t.notOk(ext(server.cert, 'keyUsage')?.keyEncipherment, 'keyEncipherment is for RSA keys only');
   t.match(ext(server.cert, 'basicConstraints'), { cA: false, critical: true });
   t.ok(ext(server.cert, 'authorityKeyIdentifier'), 'authorityKeyIdentifier');
-  t.equal(forgeCert(server.cert).siginfo.algorithmOid, forge.pki.oids.sha256WithRSAEncryption);
+  t.equal(forgeCert(server.cert).siginfo.algorithmOid, ECDSA_SHA256);
+  t.equal(x.publicKey.asymmetricKeyDetails?.namedCurve, 'prime256v1');
   t.match(x.serialNumber, /^[0-7][0-9A-F]{31}$/i);
   t.equal(x.issuer, x509(ca.cert).subject);
   validNow(t, server.cert, 'server');
@@ -244,7 +256,7 @@ t.test('name matching (RFC 6125)', async (t) => {
 
 t.test('certificates made elsewhere are read with X509Certificate', async (t) => {
   // Built with forge directly: odd SANs no oneport certificate would have.
-  const leaf = issueClientCert(ca, 'key donor');
+  const leaf = issueClientCert(ca, 'key donor', { keyType: 'rsa' });
   const priv = forge.pki.privateKeyFromPem(leaf.key) as forge.pki.rsa.PrivateKey;
   const cert = forge.pki.createCertificate();
   cert.publicKey = forge.pki.setRsaPublicKey(priv.n, priv.e);
@@ -299,6 +311,23 @@ t.test('TLS handshake with a server certificate', async (t) => {
 
   await t.rejects(connect(t, { host: '127.0.0.1', port, servername: 'localhost', ca: [otherCa.cert] }), { code: 'UNABLE_TO_VERIFY_LEAF_SIGNATURE' }, 'a client trusting another CA refuses it');
   await t.rejects(connect(t, { host: '127.0.0.1', port, servername: 'other.example', ca: [testCa.cert] }), { code: 'ERR_TLS_CERT_ALTNAME_INVALID' }, 'a name not in the certificate is refused');
+});
+
+t.test('RSA is still accepted: RSA CAs sign ECDSA keys and the other way round', async (t) => {
+  const rsaCa = createCa({ keyType: 'rsa' });
+  t.equal(x509(rsaCa.cert).publicKey.asymmetricKeyDetails?.modulusLength, 2048, 'RSA 2048 CA');
+  t.equal(forgeCert(rsaCa.cert).siginfo.algorithmOid, forge.pki.oids.sha256WithRSAEncryption);
+  for (const [issuer, keyType] of [[rsaCa, 'ec'], [rsaCa, 'rsa'], [ca, 'rsa']] as const) {
+    const server = issueServerCert(issuer, ['localhost'], { keyType });
+    const what = `${x509(issuer.cert).publicKey.asymmetricKeyType} CA, ${keyType} key`;
+    t.ok(issuedBy(server.cert, issuer.cert), `${what}: the CA verifies it`);
+    t.equal(x509(server.cert).publicKey.asymmetricKeyType, keyType);
+    t.equal(ext(server.cert, 'keyUsage')?.keyEncipherment ?? false, keyType === 'rsa', `${what}: keyEncipherment for RSA only`);
+    const { port } = await tlsServer(t, { cert: server.cert, key: server.key });
+    const s = await connect(t, { host: '127.0.0.1', port, servername: 'localhost', ca: [issuer.cert] });
+    t.ok(s.authorized, `${what}: TLS verifies`);
+    s.destroy();
+  }
 });
 
 t.test('a client certificate cannot serve TLS', async (t) => {
