@@ -21,6 +21,7 @@ import { mkdirSync, readFileSync, existsSync, truncateSync } from 'node:fs';
 import { open, rename, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { VmTable } from './vm-table.js';
+import { OneportError } from '../errors.js';
 import type {
   PutVmOptions, Directory, DirectoryChange, KeyRing, SigningKey, UserRecord, VmRecord } from './directory.js';
 
@@ -40,6 +41,14 @@ interface LogLine {
   d?: UserRecord | VmRecord | KeyRing;
 }
 
+/** A change to the directory, applied and undone in memory around its save (MemoryDirectory.write). */
+interface Mutation {
+  line(version: number): LogLine;
+  event: { kind: 'user' | 'vm'; name: string } | { kind: 'keys' };
+  apply(): void;
+  undo(): void;
+}
+
 /** The log is folded into the base once it is larger than the base and than this. */
 const COMPACT_MIN_BYTES = 1 << 20; // 1 MiB
 
@@ -54,8 +63,6 @@ export class MemoryDirectory extends EventEmitter implements Directory {
   private keyRing: KeyRing;
   private ver = 0;
   private saving: Promise<void> = Promise.resolve();
-  /** Log lines not yet appended. */
-  private pending: string[] = [];
   private logFh: FileHandle | undefined;
   private logBytes = 0;
   private baseBytes = 0;
@@ -138,19 +145,18 @@ export class MemoryDirectory extends EventEmitter implements Directory {
   }
 
   async putUser(user: UserRecord): Promise<void> {
-    this.users.set(user.name, Object.freeze({ ...user }));
-    await this.commit({ kind: 'user', name: user.name });
+    const rec = Object.freeze({ ...user });
+    await this.write(() => this.change('user', user.name, this.users, rec));
   }
   async deleteUser(name: string): Promise<boolean> {
-    if (!this.users.delete(name)) return false;
-    await this.commit({ kind: 'user', name });
-    return true;
+    return this.write(() => (this.users.has(name) ? this.change('user', name, this.users, undefined) : false));
   }
   async putVm(vm: VmRecord, opts: PutVmOptions = {}): Promise<boolean> {
-    if (opts.ifEpoch !== undefined && this.vms.get(vm.name)?.epoch !== opts.ifEpoch) return false;
-    this.vms.set(vm.name, Object.freeze({ ...vm }));
-    await this.commit({ kind: 'vm', name: vm.name });
-    return true;
+    const rec = Object.freeze({ ...vm });
+    return this.write(() => {
+      if (opts.ifEpoch !== undefined && this.vms.get(vm.name)?.epoch !== opts.ifEpoch) return false;
+      return this.change('vm', vm.name, this.vms, rec);
+    });
   }
   async putVms(vms: readonly VmRecord[], ifEpochs: readonly number[]): Promise<boolean[]> {
     if (vms.length !== ifEpochs.length) throw new RangeError('putVms: one expected epoch per VM');
@@ -159,45 +165,85 @@ export class MemoryDirectory extends EventEmitter implements Directory {
     return out;
   }
   async deleteVm(name: string): Promise<boolean> {
-    if (!this.vms.delete(name)) return false;
-    await this.commit({ kind: 'vm', name });
-    return true;
+    return this.write(() => (this.vms.get(name) !== undefined ? this.change('vm', name, this.vms, undefined) : false));
   }
   async rotateKeys(): Promise<void> {
-    const old = this.keyRing.current;
-    this.keyRing = { current: newSigningKey(old.id + 1), previous: [old] };
-    await this.commit({ kind: 'keys' });
+    await this.write(() => {
+      const before = this.keyRing;
+      const old = before.current;
+      return {
+        line: (v: number): LogLine => ({ v, k: 'keys', d: this.keyRing }),
+        event: { kind: 'keys' },
+        apply: () => (this.keyRing = { current: newSigningKey(old.id + 1), previous: [old] }),
+        undo: () => (this.keyRing = before),
+      };
+    });
   }
 
-  private async commit(change: { kind: 'vm' | 'user'; name: string } | { kind: 'keys' }): Promise<void> {
-    this.ver++;
-    const ev = { ...change, version: this.ver } as DirectoryChange;
-    // Readers see the change at once; the file follows in write order.
-    this.emit('change', ev);
-    if (!this.file) return;
-    const line: LogLine =
-      change.kind === 'keys'
-        ? { v: this.ver, k: 'keys', d: this.keyRing }
-        : { v: this.ver, k: change.kind, n: change.name, d: change.kind === 'user' ? this.users.get(change.name) : this.vms.get(change.name) };
-    this.pending.push(`${JSON.stringify(line)}\n`);
-    await this.enqueue(() => this.append());
+  /** Set (or delete, `rec` undefined) one record, undoably. */
+  private change<R extends UserRecord | VmRecord>(
+    kind: 'user' | 'vm',
+    name: string,
+    map: { get(n: string): R | undefined; set(n: string, r: R): unknown; delete(n: string): unknown },
+    rec: R | undefined,
+  ): Mutation {
+    const before = map.get(name);
+    const put = (r: R | undefined): void => {
+      if (r === undefined) map.delete(name);
+      else map.set(name, r);
+    };
+    return {
+      line: (v) => ({ v, k: kind, n: name, ...(rec === undefined ? {} : { d: rec }) }),
+      event: { kind, name },
+      apply: () => put(rec),
+      undo: () => put(before),
+    };
+  }
+
+  /**
+   * One change, in write order: applied, saved (log line appended and fsynced), then announced.
+   * A change that cannot be saved (disk full) is undone before the error reaches the caller: a
+   * write reported as failed never takes effect, now or at the next save. `plan` runs in turn,
+   * so conditions (`ifEpoch`) see every earlier write; it returns false for "nothing to do".
+   */
+  private write(plan: () => Mutation | false): Promise<boolean> {
+    return this.enqueue(async () => {
+      const m = plan();
+      if (m === false) return false;
+      const before = this.ver;
+      m.apply();
+      this.ver = before + 1;
+      if (this.file) {
+        try {
+          await this.append(`${JSON.stringify(m.line(this.ver))}\n`);
+        } catch (e) {
+          m.undo();
+          this.ver = before;
+          // Disk full, read-only, I/O error: the caller may retry once the operator made room.
+          const code = (e as NodeJS.ErrnoException).code ?? 'error';
+          throw new OneportError('ONEPORT_ERR_DIRECTORY_UNAVAILABLE', `the directory could not be saved in the state folder (${code}); nothing was changed`, { retryAfter: 5, cause: e });
+        }
+      }
+      this.emit('change', { ...m.event, version: this.ver } as DirectoryChange);
+      return true;
+    });
   }
 
   /** Run `step` after every earlier write; a failure is the caller's, not the next writer's. */
-  private enqueue(step: () => Promise<void>): Promise<void> {
+  private enqueue<T>(step: () => Promise<T>): Promise<T> {
     const next = this.saving.then(step);
-    this.saving = next.catch(() => undefined);
+    this.saving = next.then(
+      () => undefined,
+      () => undefined,
+    );
     return next;
   }
 
-  /** Append every pending line with one write and one fsync; compact when the log outgrew the base. */
-  private async append(): Promise<void> {
-    if (!this.pending.length) return;
+  /** Append one line with one write and one fsync; compact when the log outgrew the base. */
+  private async append(text: string): Promise<void> {
     // No base yet (a first start that never flushed): write one, key ring included, rather than
     // a log that would replay onto a fresh key ring after a crash.
     if (!existsSync(this.file!)) return this.compact();
-    const text = this.pending.join('');
-    this.pending = [];
     if (!this.logFh) {
       mkdirSync(dirname(this.file!), { recursive: true, mode: 0o700 });
       this.logFh = await open(`${this.file!}.log`, 'a', 0o600);
@@ -205,16 +251,16 @@ export class MemoryDirectory extends EventEmitter implements Directory {
     await this.logFh.write(text);
     await this.logFh.datasync();
     this.logBytes += Buffer.byteLength(text);
-    if (this.logBytes > Math.max(COMPACT_MIN_BYTES, this.baseBytes)) await this.compact();
+    // The change is on disk: a compaction that fails now loses nothing (the log still holds it).
+    if (this.logBytes > Math.max(COMPACT_MIN_BYTES, this.baseBytes)) await this.compact().catch(() => undefined);
   }
 
-  /** A new base with everything (pending lines included), then an empty log. */
+  /** A new base with everything, then an empty log. */
   private async compact(): Promise<void> {
     const file = this.file!;
     const text = this.serialise();
     await writeAtomic(file, text);
     this.baseBytes = Buffer.byteLength(text);
-    this.pending = [];
     if (this.logFh || existsSync(`${file}.log`)) {
       this.logFh ??= await open(`${file}.log`, 'a', 0o600);
       await this.logFh.truncate(0);
@@ -242,7 +288,7 @@ export class MemoryDirectory extends EventEmitter implements Directory {
 
   /** Compacts (a stopped node leaves just the base), then closes the log. */
   async close(): Promise<void> {
-    if (this.file) await this.enqueue(async () => (this.logBytes > 0 || this.pending.length ? this.compact() : undefined)).catch(() => undefined);
+    if (this.file) await this.enqueue(async () => (this.logBytes > 0 ? this.compact() : undefined)).catch(() => undefined);
     await this.saving;
     await this.logFh?.close();
     this.logFh = undefined;
