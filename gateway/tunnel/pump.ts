@@ -15,7 +15,6 @@ import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocket } from 'ws';
 import { closeWebSocket } from './close.js';
-import { relay } from './relay.js';
 import { type ConsoleStream, HANDSHAKE_FAILED, type HandshakeFailure } from './console-stream.js';
 
 export type CloseReason =
@@ -145,7 +144,8 @@ export class StreamPump extends Pump {
     client.on('error', () => this.fail('client-error'));
     client.setNoDelay(true);
     if (head && head.length > 0) console.write(head);
-    relay(client, console);
+    client.pipe(console);
+    console.pipe(client);
     client.on('end', () => {
       this.reason ??= 'client-closed';
       this.boundHalfClose();
