@@ -99,8 +99,12 @@ export class ProcessWatch {
     sub.on('message', (channel: string, node: string) => {
       if (channel === this.channel && node !== this.deps.self && node.length <= 128) this.deps.onGone(node, false);
     });
-    // Reconnects resubscribe (ioredis autoResubscribe).
-    sub.subscribe(this.channel).catch(() => undefined);
+    // The connection has no offline queue (createConnection): subscribe once it is ready, and
+    // again after every reconnect (harmless if ioredis already resubscribed).
+    sub.on('ready', () => {
+      sub.subscribe(this.channel).catch(() => undefined);
+    });
+    sub.connect().catch(() => undefined);
     this.schedule();
   }
 

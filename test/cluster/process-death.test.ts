@@ -7,7 +7,7 @@
  */
 import t from 'tap';
 import net from 'node:net';
-import { startRedis } from '../helpers/redis.js';
+import { startRedis, redisClient } from '../helpers/redis.js';
 import { makeCluster, electedLeader, adminToken, logTime, type ClusterNode } from '../helpers/cluster.js';
 import { eventually } from '../helpers/wait.js';
 import { fixedPortConsole } from '../helpers/console.js';
@@ -40,6 +40,10 @@ t.test('a follower SIGKILLed: failed over long before its heartbeat expires', as
     const st = (await leader.api<{ nodes: Array<{ id: string; state: string }> }>('GET', '/api/cluster', { token })).body;
     return st.nodes.filter((n) => n.state === 'up').length === 3 ? true : undefined;
   }, 10_000, 'three nodes up');
+
+  // Every node listens for "judge it now" (the gone channel), so verdicts do not wait for a tick.
+  const [, subscribers] = (await redisClient(t, redis.url).pubsub('NUMSUB', 'oneport:{dir}:gone')) as [string, number];
+  t.equal(Number(subscribers), 3, 'every node subscribed to the gone channel');
 
   const mark = leader.logs.length;
   const killedAt = Date.now();
