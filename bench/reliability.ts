@@ -81,7 +81,7 @@ if (soak) {
 } else notMeasured.push('Soak: no bench/soak-results.json (`npm run soak`).');
 
 // ---- faults -----------------------------------------------------------------------------------
-interface Live { entry: string; outcome: string; maxGapMs: number; firstByteAfterMs?: number }
+interface Live { entry: string; outcome: string; maxGapMs: number; firstByteAfterMs?: number; closedAfterMs?: number }
 interface Refusals { attempts: number; ok: number; refused: Record<string, number>; outageMs: number; slowestOkMs: number }
 interface Run {
   faulted: string;
@@ -97,14 +97,18 @@ interface Run {
 const expected: Record<string, string> = {
   'sigstop-owner': 'the silent owner is failed over on the heartbeat timeout (1.5 s) and the peers\' probes; sessions reopen on the replica within 3 s; new tunnels are held, not refused',
   'sigstop-leader': 'a follower takes the expired lease; sessions and new tunnels on other nodes go on; the paused leader\'s writes are fenced when it wakes',
-  'redis-cut': 'its heartbeat stops, but its port still answers the peers\' probes, so its VMs stay (no second owner); its tunnels keep flowing; tickets it cannot redeem without Redis are refused with 503; no acknowledged write lost',
-  'peer-cut': 'clients and Redis still reach the node; tunnels entering other nodes for its VMs need the hop to it',
+  'redis-cut': 'its heartbeat stops, but its port still answers the peers\' probes, so its VMs stay (no second owner); tunnels to its VMs keep flowing and new ones entering other nodes open at once through the hop (the owner\'s side needs no Redis); tickets it cannot redeem without Redis are refused with 503; no acknowledged write lost',
+  'peer-cut': 'it still heartbeats, so it is not failed over; a live tunnel entering another node whose hop goes silent is ended once the owner\'s port does not answer a probe (nodeTimeoutMs 1.5 s of silence + a look every 0.5 s + the 1 s probe: about 3 s), and the client reconnects; new tunnels through the hop are held, at most tunnel.holdMs (60 s) then 503, and open once the cut heals (after TCP retransmits, with namespaces)',
+};
+const cutHow = (kind: string): string => {
+  const how = faults?.faults[kind]?.how;
+  return how === 'netns' ? 'network namespaces, dropped in a router' : how === 'proxy' ? 'fault proxy hangs' : 'n/a';
 };
 const title: Record<string, string> = {
   'sigstop-owner': 'SIGSTOP of a VM\'s owner (host silent)',
   'sigstop-leader': 'SIGSTOP of the leader',
-  'redis-cut': 'The owner cut from Redis only (fault proxy hangs)',
-  'peer-cut': 'The owner cut from its peers only (fault proxy as its advertised address)',
+  'redis-cut': `The owner cut from Redis only (${cutHow('redis-cut')})`,
+  'peer-cut': `The owner cut from its peers only (${cutHow('peer-cut')})`,
 };
 
 let totalStale = 0;
@@ -173,6 +177,14 @@ if (faults) {
     if (kind === 'sigstop-owner') {
       targets.push({ what: 'Owner host silent (SIGSTOP) -> client\'s first byte on the replica', target: '<= 3 s', measured: healthyFirstByte.length ? `${range(healthyFirstByte)} (${healthyFirstByte.length} sessions)` : 'no session reopened', pass: healthyFirstByte.length ? (max(healthyFirstByte) ?? Infinity) <= 3000 : false, source: `faults-results.json (${String(faults.date).slice(0, 10)})` });
     }
+    if (kind === 'redis-cut') {
+      targets.push({ what: 'Owner cut from Redis only -> new tunnels to its VMs entering healthy nodes', target: 'not held (no outage beyond 1 s)', measured: `outage ${range(outage)}, refused ${fmt(refusedAll)}`, pass: outage.length > 0 && (max(outage) ?? Infinity) <= 1000 && Object.keys(refusedAll).length === 0, source: 'faults-results.json' });
+    }
+    if (kind === 'peer-cut') {
+      const ended = lives.filter((l) => !l.faulted && l.closedAfterMs !== undefined).map((l) => l.closedAfterMs!);
+      const frozen = count('stalled', false) + count('kept', false);
+      targets.push({ what: 'Owner cut from its peers only -> a live tunnel through the silent hop is ended (the client reconnects)', target: '<= 3.5 s (1.5 s silence + 0.5 s look + 1 s probe, + slack)', measured: ended.length ? `${range(ended)} (${ended.length} sessions; ${frozen} not ended)` : `none ended (${frozen} not ended)`, pass: ended.length > 0 && frozen === 0 && (max(ended) ?? Infinity) <= 3500, source: 'faults-results.json' });
+    }
     if (kind === 'sigstop-leader') {
       const lm = runs.flatMap((r) => (r.newLeaderMs === undefined ? [] : [r.newLeaderMs]));
       targets.push({ what: 'Leader host silent (SIGSTOP) -> new leader', target: '<= lease + poll (1.35 s): a silent leader holds its lease until it expires; the 1 s target is for a dead process', measured: range(lm), pass: lm.length ? (max(lm) ?? Infinity) <= 1350 : false, source: 'faults-results.json' });
@@ -199,7 +211,11 @@ if (faults) {
   targets.push({ what: 'Tickets redeemed twice (one ticket raced on two nodes during every fault)', target: '0', measured: `${totalDouble} of ${totalRaces} races`, pass: totalDouble === 0, source: 'faults-results.json' });
 } else notMeasured.push('Cluster faults (SIGSTOP, cut from Redis, cut from peers, console hang, disk full): no bench/faults-results.json (`npm run bench:faults`).');
 
-notMeasured.push('Partitions made with network namespaces and `ip`/`iptables`/`nft` (the issue\'s wording): the cuts here are fault proxies on loopback that hang every connection (no FIN, no RST), which is what a partition looks like to both ends; a netns version is not written.');
+if (['redis-cut', 'peer-cut'].some((k) => faults?.faults[k]?.how === 'proxy')) {
+  notMeasured.push('Partitions made with network namespaces (the issue\'s wording): this run had none (not root?), so the cuts were fault proxies on loopback that stop forwarding (no FIN, no RST), which is what a partition looks like to both ends.');
+} else if (faults) {
+  notMeasured.push('Cuts with `iptables`/`nft` (the issue\'s wording): neither is installed here; the partitions use network namespaces and policy rules (`ip rule ... blackhole`) in a router namespace, which drop the packets in the middle just as a firewall rule would.');
+}
 notMeasured.push('Drain, same-host restart and rolling upgrade under load (issue 15, point 1): measured by its own script, not by these results files.');
 
 const md = `# oneport reliability report
