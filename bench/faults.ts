@@ -12,6 +12,8 @@
  *                   other; clients and its peers still reach it)
  *   peer-cut        the owner cut from its peers only (the router drops what it and each other
  *                   node send each other; clients and Redis still reach it)
+ *   slow-link       the owner's link slowed (tc tbf both ways, 512 kbit/s, 300 ms queue then
+ *                   drops: slow, and lossy at peaks; namespaces only)
  *   console-hang    a console process SIGSTOPped mid-stream while the client keeps writing
  *   disk-full       one node with the embedded directory, its state folder in a full tmpfs
  *                   (`unshare -m`), then the space freed
@@ -359,7 +361,10 @@ function procStat(pid: number): { rssKiB: number; fds: number } {
 // ---------------------------------------------------------------------------------------------
 // Cluster faults
 
-type ClusterFault = 'sigstop-owner' | 'sigstop-leader' | 'redis-cut' | 'peer-cut';
+type ClusterFault = 'sigstop-owner' | 'sigstop-leader' | 'redis-cut' | 'peer-cut' | 'slow-link';
+
+/** The slow link: a token bucket on both ends of the owner's link (lan.ts `slow`). */
+const SLOW = { rate: '512kbit', latencyMs: 300 };
 
 interface RunResult {
   run: number;
@@ -394,8 +399,9 @@ async function leaderId(ctx: Ctx, healthy: ClusterNode[]): Promise<string> {
 /** Why the cuts run on loopback fault proxies instead of network namespaces, or false. */
 const noLan = lanUnavailable();
 
-async function clusterFault(kind: ClusterFault): Promise<{ runs: RunResult[]; note: string; how: 'netns' | 'proxy' | 'signal' }> {
-  const cut = kind === 'redis-cut' || kind === 'peer-cut';
+async function clusterFault(kind: ClusterFault): Promise<{ runs: RunResult[]; note: string; how: 'netns' | 'proxy' | 'signal'; rate?: string; latencyMs?: number }> {
+  const cut = kind === 'redis-cut' || kind === 'peer-cut' || kind === 'slow-link';
+  if (kind === 'slow-link' && noLan !== false) throw new Error(`a slow link needs network namespaces: ${noLan}`);
   // The cuts: every node in its own network namespace, Redis, the console and the clients in
   // ours, all behind one router namespace (lan.ts). Our addresses: clients (lan.gateway), Redis,
   // two for the ticket races.
@@ -480,10 +486,12 @@ async function clusterFault(kind: ClusterFault): Promise<{ runs: RunResult[]; no
     for (const l of live) l.maxGapMs = 0;
     const faultAt = Date.now();
     if (kind === 'sigstop-owner' || kind === 'sigstop-leader') faulted.kill('SIGSTOP');
+    else if (kind === 'slow-link') lan!.slow(x.id, SLOW.rate, SLOW.latencyMs);
     else if (lan) lan.cut(x.host, cutFrom());
     else proxy!.hang();
     await sleep(HOLD_MS);
     if (kind === 'sigstop-owner' || kind === 'sigstop-leader') faulted.kill('SIGCONT');
+    else if (kind === 'slow-link') lan!.fast(x.id);
     else if (lan) lan.heal(x.host, cutFrom());
     else proxy!.heal();
     const healedAt = Date.now();
@@ -543,9 +551,10 @@ async function clusterFault(kind: ClusterFault): Promise<{ runs: RunResult[]; no
     'peer-cut': lan
       ? 'Every node in its own network namespace behind a router namespace; the router drops what the VM owner and each other node send each other (`ip rule ... blackhole`, both ways): hops and probes to it and its forwarding to the leader go silent; Redis and clients still reach it.'
       : `The VM owner is advertised through a fault proxy on loopback that stops forwarding: the other nodes cannot reach its port (hops, probes); its own connections to them, Redis and clients still work. (No network namespaces here: ${String(noLan)}.)`,
+    'slow-link': `Every node in its own network namespace behind a router namespace; the VM owner's link is slowed both ways to ${SLOW.rate} with a ${SLOW.latencyMs} ms queue, beyond which packets are dropped (\`tc qdisc ... tbf\`; this kernel has no sch_netem for fixed delay and random loss). The workload's own traffic through it (hops, TLS handshakes, API writes, Redis) fills it, so it is slow and, at peaks, lossy.`,
   }[kind];
   for (const n of nodes) n.kill('SIGKILL');
-  return { runs: results, note, how: lan ? 'netns' : cut ? 'proxy' : 'signal' };
+  return { runs: results, note, how: lan ? 'netns' : cut ? 'proxy' : 'signal', ...(kind === 'slow-link' ? SLOW : {}) };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -811,7 +820,7 @@ async function main(): Promise<void> {
   const faults = results.faults as Record<string, unknown>;
   const want = (k: string): boolean => !only || only.has(k);
   const save = (): void => writeFileSync(join(BENCH_DIR, 'faults-results.json'), `${JSON.stringify({ ...results, seconds: Math.round((Date.now() - started) / 1000), loadAverage: os.loadavg() }, null, 2)}\n`);
-  for (const kind of ['sigstop-owner', 'sigstop-leader', 'redis-cut', 'peer-cut'] as const) {
+  for (const kind of ['sigstop-owner', 'sigstop-leader', 'redis-cut', 'peer-cut', 'slow-link'] as const) {
     if (!want(kind)) continue;
     try {
       faults[kind] = await clusterFault(kind);

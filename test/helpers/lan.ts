@@ -33,6 +33,18 @@ export interface Lan {
   /** The router drops whatever `a` and each of `others` send each other. */
   cut(a: string, others: readonly string[]): void;
   heal(a: string, others: readonly string[]): void;
+  /**
+   * Make node `id`'s link slow, both ways: a token bucket (`tc qdisc ... tbf`) of `rate` (e.g.
+   * `128kbit`) with a queue of `latencyMs`, beyond which packets are dropped (so a saturated link
+   * is lossy too). `tc netem` would add delay and loss directly, but this kernel has no sch_netem.
+   */
+  slow(id: string, rate: string, latencyMs: number): void;
+  fast(id: string): void;
+}
+
+function tc(args: string[]): void {
+  const r = spawnSync('tc', args, { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`tc ${args.join(' ')}: ${(r.stderr || r.error?.message || '').trim()}`);
 }
 
 function ip(args: string[]): void {
@@ -109,11 +121,27 @@ export function startLan(t: Teardown, ids: readonly string[], extra = 0): Lan {
       ip(['-n', router, 'rule', verb, 'from', b, 'to', a, 'blackhole']);
     }
   };
+  // Node id's two ends of its link: eth0 in its namespace, n<k> in the router's.
+  const ends = (id: string): Array<[string, string]> => {
+    const k = ids.indexOf(id) + 1;
+    const n = nodes.get(id);
+    if (!n || k === 0) throw new Error(`no node ${id} on the LAN`);
+    return [
+      [n.netns, 'eth0'],
+      [router, `n${k}`],
+    ];
+  };
   return {
     gateway,
     extra: extras,
     nodes,
     cut: (a, others) => rules('add', a, others),
     heal: (a, others) => rules('del', a, others),
+    slow: (id, rate, latencyMs) => {
+      for (const [ns, dev] of ends(id)) tc(['-n', ns, 'qdisc', 'add', 'dev', dev, 'root', 'tbf', 'rate', rate, 'burst', '4kb', 'latency', `${latencyMs}ms`]);
+    },
+    fast: (id) => {
+      for (const [ns, dev] of ends(id)) tc(['-n', ns, 'qdisc', 'del', 'dev', dev, 'root']);
+    },
   };
 }
