@@ -98,7 +98,7 @@ const expected: Record<string, string> = {
   'sigstop-owner': 'the silent owner is failed over on the heartbeat timeout (1.5 s) and the peers\' probes; sessions reopen on the replica within 3 s; new tunnels are held, not refused',
   'sigstop-leader': 'a follower takes the expired lease; sessions and new tunnels on other nodes go on; the paused leader\'s writes are fenced when it wakes',
   'redis-cut': 'its heartbeat stops, but its port still answers the peers\' probes, so its VMs stay (no second owner); tunnels to its VMs keep flowing and new ones entering other nodes open at once through the hop (the owner\'s side needs no Redis); tickets it cannot redeem without Redis are refused with 503; no acknowledged write lost',
-  'peer-cut': 'it still heartbeats, so it is not failed over; a live tunnel entering another node whose hop goes silent is ended once the owner\'s port does not answer a probe (nodeTimeoutMs 1.5 s of silence + a look every 0.5 s + the 1 s probe: about 3 s), and the client reconnects; new tunnels through the hop are held, at most tunnel.holdMs (60 s) then 503, and open once the cut heals (after TCP retransmits, with namespaces)',
+  'peer-cut': 'it still heartbeats, so it is not failed over; a live tunnel entering another node whose hop goes silent is ended once the owner\'s port does not answer a probe (nodeTimeoutMs 1.5 s of silence + a look every 0.25 s + the 1 s probe: at most 2.75 s), and the client reconnects; new tunnels through the hop are held, at most tunnel.holdMs (60 s) then 503, and open once the cut heals (after TCP retransmits, with namespaces)',
   'slow-link': 'a slow node is not failed over (its heartbeats and probe answers get through, late); tunnels through it keep flowing, slower; no acknowledged write lost',
 };
 const cutHow = (kind: string): string => {
@@ -180,12 +180,12 @@ if (faults) {
       targets.push({ what: 'Owner host silent (SIGSTOP) -> client\'s first byte on the replica', target: '<= 3 s', measured: healthyFirstByte.length ? `${range(healthyFirstByte)} (${healthyFirstByte.length} sessions)` : 'no session reopened', pass: healthyFirstByte.length ? (max(healthyFirstByte) ?? Infinity) <= 3000 : false, source: `faults-results.json (${String(faults.date).slice(0, 10)})` });
     }
     if (kind === 'redis-cut') {
-      targets.push({ what: 'Owner cut from Redis only -> new tunnels to its VMs entering healthy nodes', target: 'not held (no outage beyond 1 s)', measured: `outage ${range(outage)}, refused ${fmt(refusedAll)}`, pass: outage.length > 0 && (max(outage) ?? Infinity) <= 1000 && Object.keys(refusedAll).length === 0, source: 'faults-results.json' });
+      targets.push({ what: 'Owner cut from Redis only -> new tunnels to its VMs entering healthy nodes', target: 'not held: none refused, the slowest <= 2 s (they were held for the whole 6 s cut: slowest 4.5-6.1 s)', measured: `slowest ${range(slow)}, refused ${fmt(refusedAll)}`, pass: slow.length > 0 && (max(slow) ?? Infinity) <= 2000 && Object.keys(refusedAll).length === 0, source: 'faults-results.json' });
     }
     if (kind === 'peer-cut') {
       const ended = lives.filter((l) => !l.faulted && l.closedAfterMs !== undefined).map((l) => l.closedAfterMs!);
       const frozen = count('stalled', false) + count('kept', false);
-      targets.push({ what: 'Owner cut from its peers only -> a live tunnel through the silent hop is ended (the client reconnects)', target: '<= 3.5 s (1.5 s silence + 0.5 s look + 1 s probe, + slack)', measured: ended.length ? `${range(ended)} (${ended.length} sessions; ${frozen} not ended)` : `none ended (${frozen} not ended)`, pass: ended.length > 0 && frozen === 0 && (max(ended) ?? Infinity) <= 3500, source: 'faults-results.json' });
+      targets.push({ what: 'Owner cut from its peers only -> a live tunnel through the silent hop is ended (the client reconnects)', target: '<= 3.5 s (1.5 s silence + a look every 0.25 s + 1 s probe = 2.75 s, + slack for load)', measured: ended.length ? `${range(ended)} (${ended.length} sessions; ${frozen} not ended)` : `none ended (${frozen} not ended)`, pass: ended.length > 0 && frozen === 0 && (max(ended) ?? Infinity) <= 3500, source: 'faults-results.json' });
     }
     if (kind === 'slow-link') {
       const failed = runs.filter((r) => r.vmFailoverMs !== undefined).length;

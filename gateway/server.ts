@@ -292,7 +292,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       ? watchHops({
           tunnels,
           self: config.nodeId,
-          everyMs: config.cluster.heartbeatMs,
+          everyMs: Math.max(50, Math.floor(config.cluster.heartbeatMs / 2)),
           silentMs: config.cluster.nodeTimeoutMs,
           probeMs: Math.min(1000, config.cluster.nodeTimeoutMs),
           address: (node) => cluster.node(node)?.info.address,
