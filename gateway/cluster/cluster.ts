@@ -363,6 +363,9 @@ export class Cluster {
   private async tick(): Promise<void> {
     if (this.ticking || this.stopped) return;
     this.ticking = true;
+    // A heartbeat that fails (Redis away) leaves no late moment to wake up for: the next one comes
+    // a heartbeat later, not in a loop.
+    this.nextLateAt = Number.POSITIVE_INFINITY;
     try {
       const view = await this.members.beat(this.selfInfo(), { at: Date.now(), tunnels: this.tunnels(), mirror: this.mirror() });
       const counts = { up: 0, suspect: 0, down: 0, left: 0 };
