@@ -96,13 +96,12 @@ export class DirectoryMirror {
   private last = '0-0';
   private loading: Load | undefined;
   /**
-   * Records a load changed in place, to announce when a load ends: kept across loads that failed
-   * or were given up (their changes stay in the mirror), emptied by the load that announces them.
-   * Undefined while nothing listens (the first load of an empty mirror).
+   * Records changed in place by loads since the last one that ended (a load given up keeps its
+   * changes in the mirror: the next load to end announces them). 'all': the first of those loads
+   * began on an empty mirror, so everything it holds is new, and nobody listens yet (the node is
+   * starting): counted, not listed.
    */
-  private touchedUsers: Set<string> | undefined;
-  private touchedVms: Set<string> | undefined;
-  private untracked = 0;
+  private touched: { readonly users: Set<string>; readonly vms: Set<string> } | 'all' | undefined;
 
   /** The version readers see. */
   get version(): number {
@@ -201,10 +200,7 @@ export class DirectoryMirror {
   beginLoad(): void {
     const fresh = this.users.size === 0 && this.vms.size === 0;
     this.loading = { seenUsers: fresh ? undefined : new Set(), seenVms: fresh ? undefined : new Set(), users: 0, vms: 0 };
-    if (!fresh || this.ver !== 0) {
-      this.touchedUsers ??= new Set();
-      this.touchedVms ??= new Set();
-    }
+    this.touched ??= fresh && this.ver === 0 ? 'all' : { users: new Set(), vms: new Set() };
   }
 
   /**
@@ -275,11 +271,11 @@ export class DirectoryMirror {
     if (load.seenVms) for (const name of [...this.vms.keys()]) if (!load.seenVms.has(name)) this.remove('vm', name);
     const version = entries.length ? entries[entries.length - 1]!.version : head.version;
     const changes: DirectoryChange[] = [];
-    let changed = this.untracked;
-    if (this.touchedUsers && this.touchedVms) {
-      for (const name of this.touchedUsers) changes.push({ kind: 'user', name, version });
-      for (const name of this.touchedVms) changes.push({ kind: 'vm', name, version });
-      changed += changes.length;
+    let changed = this.users.size + this.vms.size;
+    if (this.touched !== 'all') {
+      for (const name of this.touched?.users ?? []) changes.push({ kind: 'user', name, version });
+      for (const name of this.touched?.vms ?? []) changes.push({ kind: 'vm', name, version });
+      changed = changes.length;
     }
     if (keys !== undefined && keys !== this.keyRing?.json) {
       const ring = this.parseRing(keys);
@@ -292,9 +288,7 @@ export class DirectoryMirror {
     this.ver = version;
     this.last = entries.length ? entries[entries.length - 1]!.id : head.lastId;
     this.loading = undefined;
-    this.touchedUsers = new Set();
-    this.touchedVms = new Set();
-    this.untracked = 0;
+    this.touched = undefined;
     return { changes, changed, invalid };
   }
 
@@ -337,10 +331,8 @@ export class DirectoryMirror {
 
   /** Remember a record a load changed (feed entries announce their own changes). */
   private touch(kind: 'user' | 'vm', name: string): void {
-    if (!this.loading) return;
-    const set = kind === 'user' ? this.touchedUsers : this.touchedVms;
-    if (set) set.add(name);
-    else this.untracked++;
+    if (!this.loading || this.touched === undefined || this.touched === 'all') return;
+    (kind === 'user' ? this.touched.users : this.touched.vms).add(name);
   }
 
   private parseRing(text: string): KeyRing | undefined {
