@@ -24,8 +24,9 @@
  * applied in part.
  *
  * The mirror: a paged snapshot (an O(1) script for the key ring, the version and the feed's last
- * id; both hashes by HSCAN pages; then the feed from that id replayed over them: see snapshot()),
- * so no call blocks Redis for more than a page, then XREAD BLOCK on a dedicated connection from
+ * id; both hashes by HSCAN pages, each applied to the mirror in place as it arrives; then the feed
+ * from that id replayed over them: see snapshot()), so no call blocks Redis for more than a page
+ * and a resync never holds a second copy of the directory, then XREAD BLOCK on a dedicated connection from
  * that id, applying entries strictly in version order. A full resync (snapshot again, 'change' for each record that differs, then one
  * 'resync' event) follows a version gap, a trimmed feed, a reconnect, a new Redis master (its
  * run_id changed), or a version mismatch seen by the periodic check (`checkIntervalMs`). While
