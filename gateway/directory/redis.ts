@@ -700,11 +700,21 @@ export class RedisDirectory extends EventEmitter implements Directory {
       this.mirror.beginLoad();
       try {
         const invalid: string[] = [];
-        // Both hashes at once: twice the pages in flight, still one page per call.
-        await Promise.all([
-          this.scanHash(this.k.users, (flat) => invalid.push(...this.mirror.loadPage('user', flat))),
-          this.scanHash(this.k.vms, (flat) => invalid.push(...this.mirror.loadPage('vm', flat))),
-        ]);
+        // Both hashes at once: twice the pages in flight, still one page per call. When one scan
+        // fails, the other stops before this load is given up: a page of it must never land in
+        // the next load (it would be older than that load's head).
+        const stop = { now: false };
+        const scans = [
+          this.scanHash(this.k.users, stop, (flat) => invalid.push(...this.mirror.loadPage('user', flat))),
+          this.scanHash(this.k.vms, stop, (flat) => invalid.push(...this.mirror.loadPage('vm', flat))),
+        ];
+        try {
+          await Promise.all(scans);
+        } catch (err) {
+          stop.now = true;
+          await Promise.allSettled(scans);
+          throw err;
+        }
         const version = Number(head[1]);
         const entries = await this.feedAfter(head[2], version);
         const last = entries?.[entries.length - 1];
@@ -720,15 +730,16 @@ export class RedisDirectory extends EventEmitter implements Directory {
   }
 
   /**
-   * Every page of one hash, in cursor order, handed to `page` as it arrives. The next page is
-   * asked for before this one is handed over, so the round trip overlaps the parsing: one call in
-   * flight per hash, as before, but the connection never idles while this process works.
+   * Every page of one hash, in cursor order, handed to `page` as it arrives (until `stop.now`).
+   * The next page is asked for before this one is handed over, so the round trip overlaps the
+   * parsing: one call in flight per hash, as before, but the connection never idles meanwhile.
    */
-  private async scanHash(key: string, page: (flat: string[]) => void): Promise<void> {
+  private async scanHash(key: string, stop: { readonly now: boolean }, page: (flat: string[]) => void): Promise<void> {
     const scan = (at: string): Promise<[string, string[]]> => this.paged(() => this.cmd.hscan(key, at, 'COUNT', this.opts.snapshotPage));
     let pending = scan('0');
     for (;;) {
       const [next, flat] = await pending;
+      if (stop.now) return;
       if (next !== '0') pending = scan(next);
       try {
         page(flat);
