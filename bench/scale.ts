@@ -13,9 +13,17 @@
  *  - idle CPU of a node holding the mirror, with the periodic recovery check a cluster node runs
  *    every 500 ms (cluster.ts);
  *  - a failover write of one node's VMs (N/50 of them): time, and feed entries written;
- *  - the embedded directory: one putVm into a file holding min(N, 100k) VMs.
+ *  - the embedded directory: one putVm into a file holding min(N, 100k) VMs;
+ *  - with `--fleet PxM`: P processes holding M mirrors each (a cluster of P x M nodes, a process
+ *    per few nodes to fit in memory), then a Redis restart (saved first, so it comes back with the
+ *    directory and a new run_id): every mirror resyncs at once; time until all converged, SLOWLOG's
+ *    longest command and the worst PING meanwhile.
  *
- *   npm run bench:scale -- 100000 [--resyncs 3] [--idle-ms 5000]
+ *  - with `--ab <checkout>`: only the start, K times (`--ab-runs`, default 3) in turns with the
+ *    code of another checkout (e.g. `git worktree add /tmp/base main`), each start in a fresh
+ *    process of its own: wall time, CPU, GC and mirror heap of both, taken under the same load.
+ *
+ *   npm run bench:scale -- 100000 [--resyncs 3] [--idle-ms 5000] [--fleet 5x10] [--ab <dir>]
  *
  * Results: bench/scale-results.json (keyed by N and the git revision), a table on stdout.
  */
@@ -25,6 +33,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { PerformanceObserver } from 'node:perf_hooks';
 import { Redis } from 'ioredis';
 import { startRedis } from '../test/helpers/redis.js';
 import { RedisDirectory } from '../gateway/directory/redis.js';
@@ -38,7 +47,18 @@ const flag = (name: string, def: number): number => {
 };
 const N = Number(args.find((a) => /^\d+$/.test(a)) ?? 100_000);
 const RESYNCS = flag('resyncs', 3);
+/** `--fleet PxM`: P processes holding M mirrors each, all resyncing after a Redis restart. */
+const FLEET = ((): { procs: number; perProc: number } | undefined => {
+  const i = args.indexOf('--fleet');
+  const m = i >= 0 ? /^(\d+)x(\d+)$/.exec(args[i + 1] ?? '') : null;
+  return m ? { procs: Number(m[1]), perProc: Number(m[2]) } : undefined;
+})();
 const IDLE_MS = flag('idle-ms', 5_000);
+const AB = ((): string | undefined => {
+  const i = args.indexOf('--ab');
+  return i >= 0 ? args[i + 1] : undefined;
+})();
+const AB_RUNS = flag('ab-runs', 3);
 const NODES = 50;
 const USERS = Math.max(1, Math.floor(N / 10));
 const PREFIX = 'oneport:{dir}:';
@@ -86,6 +106,7 @@ class Prober {
 
 async function probeChild(port: number): Promise<void> {
   const redis = new Redis({ port, host: '127.0.0.1' });
+  redis.on('error', () => {});
   let maxPingMs = 0;
   let pings = 0;
   process.on('message', () => {
@@ -133,6 +154,21 @@ function heapMiB(): number {
   return process.memoryUsage().heapUsed / 2 ** 20;
 }
 
+/** Starts counting this process's CPU and GC time; the function returned stops and reads them (ms). */
+function costOf(): () => { cpuMs: number; gcMs: number } {
+  let gcMs = 0;
+  const obs = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) gcMs += e.duration;
+  });
+  obs.observe({ entryTypes: ['gc'] });
+  const c0 = process.cpuUsage();
+  return () => {
+    const cpu = process.cpuUsage(c0);
+    obs.disconnect();
+    return { cpuMs: Math.round((cpu.user + cpu.system) / 1000), gcMs: Math.round(gcMs) };
+  };
+}
+
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)] ?? 0;
@@ -152,11 +188,13 @@ async function main(): Promise<void> {
   const rev = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: here }).toString().trim();
   const dirty = execFileSync('git', ['status', '--porcelain', '--', '../gateway'], { cwd: here }).toString().trim() !== '';
   log(`bench:scale N=${N} VMs, ${USERS} users, ${NODES} nodes, ${RESYNCS} concurrent resyncs, rev ${rev}${dirty ? '+dirty' : ''}`);
-  const server = await startRedis({ teardown: (fn) => teardowns.push(fn) }, { startTimeoutMs: 20_000 });
+  // The SLOWLOG threshold as an argument, so that it holds after the --fleet restart too.
+  const server = await startRedis({ teardown: (fn) => teardowns.push(fn) }, { startTimeoutMs: 60_000, args: ['--slowlog-log-slower-than', '1000'] });
   const admin = new Redis(server.url, { lazyConnect: false });
+  admin.on('error', () => {});
   const probe = new Redis(server.url, { lazyConnect: false });
+  probe.on('error', () => {});
   teardowns.push(() => admin.disconnect(), () => probe.disconnect());
-  await admin.call('CONFIG', 'SET', 'slowlog-log-slower-than', '1000');
   prober = new Prober(server.port);
   await prober.ready();
 
@@ -182,15 +220,22 @@ async function main(): Promise<void> {
   log(`  loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s; redis used_memory ${((await admin.info('memory')).match(/used_memory_human:(\S+)/) ?? [])[1]}`);
   await slowlogMaxMs(admin);
 
+  if (AB) {
+    writeResult({ n: N, users: USERS, rev: `${rev}${dirty ? '+dirty' : ''}`, at: new Date().toISOString(), ab: await startAb(server.url, AB) });
+    return;
+  }
+
   const result: Record<string, unknown> = { n: N, users: USERS, nodes: NODES, rev: `${rev}${dirty ? '+dirty' : ''}`, at: new Date().toISOString(), load: readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ') };
 
   // 1. One node starts.
   const heap0 = heapMiB();
+  const startCost = costOf();
   const start = await probing(probe, () => RedisDirectory.open({ redis: server.url, prefix: PREFIX }));
+  const { cpuMs: startCpuMs, gcMs } = startCost();
   const slowStart = await slowlogMaxMs(admin);
   const ok = !(start.value instanceof Error);
-  result.start = { ok, error: ok ? undefined : (start.value as Error).message, readyMs: Math.round(start.ms), maxPingMs: +start.maxPingMs.toFixed(1), pings: start.pings, slowlogMaxMs: +slowStart.ms.toFixed(1), slowlogCmd: slowStart.cmd };
-  log(`  start: ${ok ? 'ready' : `FAILED (${(start.value as Error).message})`} in ${Math.round(start.ms)} ms; worst PING ${start.maxPingMs.toFixed(1)} ms; slowlog max ${slowStart.ms.toFixed(1)} ms (${slowStart.cmd})`);
+  result.start = { ok, error: ok ? undefined : (start.value as Error).message, readyMs: Math.round(start.ms), cpuMs: startCpuMs, gcMs: Math.round(gcMs), maxPingMs: +start.maxPingMs.toFixed(1), pings: start.pings, slowlogMaxMs: +slowStart.ms.toFixed(1), slowlogCmd: slowStart.cmd };
+  log(`  start: ${ok ? 'ready' : `FAILED (${(start.value as Error).message})`} in ${Math.round(start.ms)} ms (CPU ${startCpuMs} ms, GC ${Math.round(gcMs)} ms); worst PING ${start.maxPingMs.toFixed(1)} ms; slowlog max ${slowStart.ms.toFixed(1)} ms (${slowStart.cmd})`);
   if (!ok) {
     writeResult(result);
     return;
@@ -258,11 +303,8 @@ async function main(): Promise<void> {
     const victims = dir.vmsOnNode('node-0');
     const xlen0 = Number(await admin.xlen(`${PREFIX}changes`));
     const r = await probing(probe, async () => {
-      // As cluster.ts writes it: batches of 200.
-      for (let i = 0; i < victims.length; i += 200) {
-        const batch = victims.slice(i, i + 200);
-        await dir.putVms(batch.map((vm) => ({ ...vm, node: vm.replica!, replica: vm.node, state: 'recovering' as const, epoch: vm.epoch + 1 })), batch.map((vm) => vm.epoch));
-      }
+      // As cluster.ts writes it: the whole list in one putVms (PUT_VMS_MAX VMs a script).
+      await dir.putVms(victims.map((vm) => ({ ...vm, node: vm.replica!, replica: vm.node, state: 'recovering' as const, epoch: vm.epoch + 1 })), victims.map((vm) => vm.epoch));
     });
     const xlen1 = Number(await admin.xlen(`${PREFIX}changes`));
     const slow = await slowlogMaxMs(admin);
@@ -270,7 +312,10 @@ async function main(): Promise<void> {
     log(`  failover of ${victims.length} VMs: ${Math.round(r.ms)} ms, ${xlen1 - xlen0} feed entries (feed cap 10000, approximate); worst PING ${r.maxPingMs.toFixed(1)} ms`);
   }
 
-  // 6. The embedded directory: one change at min(N, 100k) VMs.
+  // 6. A fleet of mirrors resyncing at once after a Redis restart.
+  if (FLEET) result.fleet = await fleet(server, admin, dir);
+
+  // 7. The embedded directory: one change at min(N, 100k) VMs.
   {
     const m = Math.min(N, 100_000);
     const tmp = mkdtempSync(join(tmpdir(), 'oneport-scale-'));
@@ -303,6 +348,179 @@ async function main(): Promise<void> {
   writeResult(result);
 }
 
+interface OpenFigures {
+  readonly ms: number;
+  readonly cpuMs: number;
+  readonly gcMs: number;
+  readonly heapMiB: number;
+  readonly load: string;
+}
+
+/** --ab: one start in a process of its own, with `code`'s RedisDirectory (a checkout's root). */
+async function openChild(url: string, code: string): Promise<void> {
+  const { RedisDirectory: Dir } = (await import(join(code, 'gateway/directory/redis.ts'))) as { RedisDirectory: typeof RedisDirectory };
+  const heap0 = heapMiB();
+  const cost = costOf();
+  const t0 = performance.now();
+  const dir = await Dir.open({ redis: url, prefix: PREFIX });
+  const ms = performance.now() - t0;
+  const { cpuMs, gcMs } = cost();
+  const figures: OpenFigures = { ms: Math.round(ms), cpuMs, gcMs, heapMiB: Math.round(heapMiB() - heap0), load: readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ') };
+  process.send!(figures);
+  await dir.close();
+  process.disconnect();
+}
+
+async function startAb(url: string, base: string): Promise<Record<string, OpenFigures[]>> {
+  const codes: Record<string, string> = { base, this: join(here, '..') };
+  const out: Record<string, OpenFigures[]> = { base: [], this: [] };
+  for (let i = 0; i < AB_RUNS; i++) {
+    for (const which of ['base', 'this'] as const) {
+      const child = fork(fileURLToPath(import.meta.url), ['--open-child', url, codes[which]!], { execArgv: ['--import', 'tsx', '--expose-gc', '--max-old-space-size=8192'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+      teardowns.push(() => child.kill());
+      const [f] = (await once(child, 'message')) as [OpenFigures];
+      await once(child, 'exit');
+      out[which]!.push(f);
+      log(`  start (${which}): ${f.ms} ms, CPU ${f.cpuMs} ms, GC ${f.gcMs} ms, mirror heap ${f.heapMiB} MiB; load ${f.load}`);
+    }
+  }
+  const med = (which: string, k: keyof OpenFigures): number => median(out[which]!.map((f) => Number(f[k])));
+  for (const k of ['ms', 'cpuMs', 'gcMs', 'heapMiB'] as const) log(`  median ${k}: base ${med('base', k)}, this ${med('this', k)} (${(med('this', k) / med('base', k)).toFixed(2)}x)`);
+  return out;
+}
+
+interface FleetStatus {
+  readonly mirrors: number;
+  /** Mirrors that resynced since 'arm', and the slowest one's time since then. */
+  readonly resynced: number;
+  readonly lastResyncMs: number;
+  readonly reasons: string[];
+  readonly versions: number[];
+  /** Heap of the process when armed (after a GC) and the most seen since (sampled every 20 ms). */
+  readonly heapArmedMiB: number;
+  readonly heapPeakMiB: number;
+  /** VMs in the first mirror (a full listVms parses every record: one per process). */
+  readonly vms?: number;
+}
+
+/** One process of the fleet: M mirrors, opened at once, reporting their resyncs. */
+class FleetProcess {
+  private readonly child: ChildProcess;
+  constructor(url: string, perProc: number) {
+    this.child = fork(fileURLToPath(import.meta.url), ['--mirrors', url, String(perProc)], { execArgv: ['--import', 'tsx', '--expose-gc', '--max-old-space-size=8192'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    teardowns.push(() => this.child.kill());
+  }
+  /** Resolves once the process can take commands. */
+  async up(): Promise<void> {
+    await once(this.child, 'message');
+  }
+  async ask<T>(cmd: string): Promise<T> {
+    this.child.send(cmd);
+    const [m] = (await once(this.child, 'message')) as [T];
+    return m;
+  }
+}
+
+async function mirrorsChild(url: string, count: number): Promise<void> {
+  const dirs: RedisDirectory[] = [];
+  let armedAt = 0;
+  let heapArmed = 0;
+  let heapPeak = 0;
+  /** Per mirror: ms from 'arm' to its latest resync, and why. */
+  const resyncs = new Map<number, { ms: number; reason: string }>();
+  process.on('disconnect', () => process.exit(0));
+  process.on('message', (cmd: string) => {
+    void (async () => {
+      if (cmd === 'open') {
+        const t0 = performance.now();
+        const settled = await Promise.allSettled(Array.from({ length: count }, () => RedisDirectory.open({ redis: url, prefix: PREFIX })));
+        for (const s of settled) {
+          if (s.status !== 'fulfilled') continue;
+          const i = dirs.push(s.value) - 1;
+          s.value.on('resync', (ev: { reason: string }) => {
+            if (armedAt > 0) resyncs.set(i, { ms: performance.now() - armedAt, reason: ev.reason });
+          });
+        }
+        const failed = settled.filter((s) => s.status === 'rejected').map((s) => String((s as PromiseRejectedResult).reason?.message));
+        process.send!({ ready: dirs.length, failed, ms: Math.round(performance.now() - t0) });
+      } else if (cmd === 'arm') {
+        heapArmed = heapMiB();
+        heapPeak = heapArmed;
+        setInterval(() => {
+          heapPeak = Math.max(heapPeak, process.memoryUsage().heapUsed / 2 ** 20);
+        }, 20).unref();
+        armedAt = performance.now();
+        resyncs.clear();
+        process.send!('armed');
+      } else if (cmd === 'status' || cmd === 'final') {
+        const status: FleetStatus = {
+          mirrors: dirs.length,
+          resynced: resyncs.size,
+          lastResyncMs: Math.round(Math.max(0, ...[...resyncs.values()].map((r) => r.ms))),
+          reasons: [...new Set([...resyncs.values()].map((r) => r.reason))],
+          versions: dirs.map((d) => d.version()),
+          heapArmedMiB: Math.round(heapArmed),
+          heapPeakMiB: Math.round(heapPeak),
+          ...(cmd === 'final' ? { vms: dirs[0]?.listVms().length ?? 0 } : {}),
+        };
+        process.send!(status);
+      }
+    })();
+  });
+  process.send!('up');
+}
+
+/** --fleet: P x M mirrors load, Redis restarts (with its data), all resync at once. */
+async function fleet(server: Awaited<ReturnType<typeof startRedis>>, admin: Redis, dir: RedisDirectory): Promise<Record<string, unknown>> {
+  const { procs, perProc } = FLEET!;
+  const total = procs * perProc;
+  const children = Array.from({ length: procs }, () => new FleetProcess(server.url, perProc));
+  await Promise.all(children.map((c) => c.up()));
+  // Every mirror loads (P processes, M at once in each): a cluster starting together.
+  await slowlogMaxMs(admin);
+  const opened = await probing(admin, () => Promise.all(children.map((c) => c.ask<{ ready: number; failed: string[]; ms: number }>('open'))));
+  const openSlow = await slowlogMaxMs(admin);
+  const loaded = opened.value instanceof Error ? [] : opened.value;
+  const ready = loaded.reduce((n, r) => n + r.ready, 0);
+  log(`  fleet: ${ready} of ${total} mirrors (${procs} processes x ${perProc}) loaded at once in ${Math.round(opened.ms)} ms; worst PING ${opened.maxPingMs.toFixed(1)} ms; slowlog max ${openSlow.ms.toFixed(1)} ms (${openSlow.cmd})${loaded.some((r) => r.failed.length) ? `; failed: ${loaded.flatMap((r) => r.failed)[0]}` : ''}`);
+
+  // Redis restarts with its data (a new run_id): every mirror, this process's too, resyncs.
+  await admin.call('SAVE');
+  const version = dir.version();
+  await Promise.all(children.map((c) => c.ask<string>('arm')));
+  let ownAt = Number.NaN;
+  dir.once('resync', () => {
+    ownAt = performance.now();
+  });
+  await server.restart();
+  const back = performance.now();
+  await prober.take();
+  let statuses: FleetStatus[] = [];
+  for (;;) {
+    statuses = await Promise.all(children.map((c) => c.ask<FleetStatus>('status')));
+    const done = statuses.every((s) => s.resynced >= s.mirrors && s.versions.every((v) => v === version));
+    if (done || performance.now() - back > 600_000) break;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  const allMs = performance.now() - back;
+  const ping = await prober.take();
+  const slow = await slowlogMaxMs(admin);
+  const ownMs = ownAt - back;
+  const finals = await Promise.all(children.map((c) => c.ask<FleetStatus>('final')));
+  const converged = finals.every((s) => s.versions.every((v) => v === version) && s.vms === N) && dir.listVms().length === N;
+  const resynced = finals.reduce((n, s) => n + s.resynced, 0);
+  const reasons = [...new Set(finals.flatMap((s) => s.reasons))];
+  const armed = finals.reduce((n, s) => n + s.heapArmedMiB, 0);
+  const peak = finals.reduce((n, s) => n + s.heapPeakMiB, 0);
+  log(`  fleet after a Redis restart: ${resynced} of ${ready} mirrors resynced (${reasons.join(', ')}), converged ${converged}, all in ${Math.round(allMs)} ms after Redis was back (this process's own: ${Math.round(ownMs)} ms); worst PING ${ping.maxPingMs.toFixed(1)} ms; slowlog max ${slow.ms.toFixed(1)} ms (${slow.cmd}); fleet heap ${armed} MiB before, ${peak} MiB at most during the resync (${(peak / armed).toFixed(2)}x)`);
+  return {
+    procs,
+    perProc,
+    load: { ready, allReadyMs: Math.round(opened.ms), maxPingMs: +opened.maxPingMs.toFixed(1), slowlogMaxMs: +openSlow.ms.toFixed(1) },
+    restart: { resynced, converged, reasons, allMs: Math.round(allMs), ownMs: Math.round(ownMs), heapArmedMiB: armed, heapPeakMiB: peak, maxPingMs: +ping.maxPingMs.toFixed(1), slowlogMaxMs: +slow.ms.toFixed(1), slowlogCmd: slow.cmd },
+  };
+}
+
 function writeResult(result: Record<string, unknown>): void {
   const file = join(here, 'scale-results.json');
   const all = existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as unknown[]) : [];
@@ -312,7 +530,15 @@ function writeResult(result: Record<string, unknown>): void {
 }
 
 const probeAt = args.indexOf('--probe');
-(probeAt >= 0 ? probeChild(Number(args[probeAt + 1])) : main())
+const mirrorsAt = args.indexOf('--mirrors');
+const openAt = args.indexOf('--open-child');
+(probeAt >= 0
+  ? probeChild(Number(args[probeAt + 1]))
+  : mirrorsAt >= 0
+    ? mirrorsChild(args[mirrorsAt + 1]!, Number(args[mirrorsAt + 2]))
+    : openAt >= 0
+      ? openChild(args[openAt + 1]!, args[openAt + 2]!)
+      : main())
   .catch((err) => {
     console.error(err);
     process.exitCode = 1;

@@ -67,7 +67,7 @@ export async function drainNode(ctx: GatewayContext, opts: DrainOptions): Promis
 
   let moved = 0;
   if (opts.moveVms && cluster) {
-    for (const vm of ctx.dir.listVms().filter((v) => v.node === self)) {
+    for (const vm of ctx.dir.vmsOnNode(self)) {
       if (Date.now() >= deadline) break;
       const target = moveTarget(ctx, vm);
       if (target === undefined) {

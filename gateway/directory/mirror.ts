@@ -4,8 +4,8 @@
  * the ordering rules are easy to read and to test: redis.ts owns the connections and decides when
  * to take a snapshot.
  *
- * Each record is kept with the JSON text it came from, so a resync can tell exactly which records
- * differ and announce only those.
+ * Each record is kept as the JSON text it came from (parsed when read), so a resync can tell
+ * exactly which records differ, and announce only those, without parsing the others.
  */
 import type { DirectoryChange, KeyRing, UserRecord, VmRecord } from './directory.js';
 import { VmTable } from './vm-table.js';
@@ -28,7 +28,7 @@ export interface ChangeEntry {
   readonly records?: ReadonlyArray<readonly [string, string]> | undefined;
 }
 
-/** A consistent view of the whole directory, read in one Lua script. */
+/** A consistent view of the whole directory held at once (tests; redis.ts loads page by page). */
 export interface Snapshot {
   readonly users: ReadonlyMap<string, string>;
   readonly vms: ReadonlyMap<string, string>;
@@ -47,19 +47,41 @@ export type ApplyResult =
   /** A malformed entry or record JSON: take a snapshot rather than guess. */
   | { readonly invalid: string };
 
-interface Held<T> {
-  readonly record: T;
+/** What the mirror holds of the key ring: parsed (read on every ticket), and its text in Redis. */
+interface HeldRing {
+  readonly record: KeyRing;
   readonly json: string;
 }
 
-/** What the mirror needs of its users' Map and its VmTable alike. */
-interface HeldMap<T> extends Iterable<[string, Held<T>]> {
-  get(name: string): Held<T> | undefined;
-  has(name: string): boolean;
-  set(name: string, held: Held<T>): void;
-  delete(name: string): boolean;
+/**
+ * A paged load in progress (beginLoad .. endLoad). `seen*` are the names the load found, kept only
+ * when the mirror was not empty when it began (what it did not find is then removed at the end);
+ * `touched*` are the records it changed, kept only when those changes will be announced.
+ */
+interface Load {
+  readonly seenUsers: Set<string> | undefined;
+  readonly seenVms: Set<string> | undefined;
+  users: number;
+  vms: number;
 }
 
+/**
+ * What a finished load changed: one change per record (and for the key ring) that differs, when
+ * announced (`changes`, empty when not); how many changed either way; records skipped as malformed.
+ */
+export interface LoadResult {
+  readonly changes: DirectoryChange[];
+  readonly changed: number;
+  readonly invalid: string[];
+}
+
+/**
+ * Records are kept as the JSON text Redis holds (one string per record, plus the indexes): the
+ * parsed object is made when a record is read. At 1M VMs, keeping every record parsed beside its
+ * text cost ~15 heap objects per VM (800 B per VM) and most of a node's start in garbage
+ * collection (every object survives, so each young-generation collection copied them all); a
+ * record read is one JSON.parse of ~300 bytes (a few microseconds), O(what the call returns).
+ */
 export class DirectoryMirror {
   /**
    * @param openRing the key ring's JSON from its text in Redis (cluster/seal.ts: a sealed ring is
@@ -67,11 +89,19 @@ export class DirectoryMirror {
    */
   constructor(private readonly openRing: (text: string) => string | undefined = (text) => text) {}
 
-  private readonly users = new Map<string, Held<UserRecord>>();
-  private readonly vms = new VmTable<Held<VmRecord>>((h) => h.record);
-  private keyRing: Held<KeyRing> | undefined;
+  private readonly users = new Map<string, string>();
+  private readonly vms = new VmTable<string>((json) => JSON.parse(json) as VmRecord);
+  private keyRing: HeldRing | undefined;
   private ver = 0;
   private last = '0-0';
+  private loading: Load | undefined;
+  /**
+   * Records changed in place by loads since the last one that ended (a load given up keeps its
+   * changes in the mirror: the next load to end announces them). 'all': the first of those loads
+   * began on an empty mirror, so everything it holds is new, and nobody listens yet (the node is
+   * starting): counted, not listed.
+   */
+  private touched: { readonly users: Set<string>; readonly vms: Set<string> } | 'all' | undefined;
 
   /** The version readers see. */
   get version(): number {
@@ -87,40 +117,35 @@ export class DirectoryMirror {
   }
 
   getUser(name: string): UserRecord | undefined {
-    return this.users.get(name)?.record;
+    return read<UserRecord>(this.users.get(name));
   }
   getVm(name: string): VmRecord | undefined {
-    return this.vms.get(name)?.record;
+    return read<VmRecord>(this.vms.get(name));
   }
   listUsers(): UserRecord[] {
-    return [...this.users.values()].map((h) => h.record);
+    return readAll<UserRecord>(this.users.values());
   }
   listVms(): VmRecord[] {
-    return [...this.vms.values()].map((h) => h.record);
+    return readAll<VmRecord>(this.vms.values());
   }
   /** The VMs `node` owns: O(their number). */
   vmsOnNode(node: string): VmRecord[] {
-    return this.vms.onNode(node).map((h) => h.record);
+    return readAll<VmRecord>(this.vms.onNode(node));
   }
   /** The VMs `node` owns that are `recovering` or `down`. */
   unsettledVms(node: string): VmRecord[] {
-    return this.vms.unsettledOn(node).map((h) => h.record);
+    return readAll<VmRecord>(this.vms.unsettledOn(node));
   }
   /** The VMs assigned to `user` (by name or group): O(their number). */
   vmsForUser(user: UserRecord): VmRecord[] {
-    return this.vms.forUser(user).map((h) => h.record);
+    return readAll<VmRecord>(this.vms.forUser(user));
   }
   keys(): KeyRing | undefined {
     return this.keyRing?.record;
   }
   /** Every record's JSON, for re-seeding an emptied Redis. */
   dump(): { users: Array<[string, string]>; vms: Array<[string, string]>; keys: string | undefined; version: number } {
-    return {
-      users: [...this.users].map(([n, h]) => [n, h.json]),
-      vms: [...this.vms].map(([n, h]) => [n, h.json]),
-      keys: this.keyRing?.json,
-      version: this.ver,
-    };
+    return { users: [...this.users], vms: [...this.vms], keys: this.keyRing?.json, version: this.ver };
   }
 
   /**
@@ -128,6 +153,7 @@ export class DirectoryMirror {
    * (a gap, a replay, a trimmed feed, a re-seeded Redis) is reported so the caller resyncs.
    */
   apply(e: ChangeEntry): ApplyResult {
+    if (this.loading) throw new Error('directory mirror: a feed entry applied during a load');
     if (e.kind === 'seed' || e.version !== this.ver + 1) {
       return { gap: { expected: this.ver + 1, got: e.version, kind: e.kind } };
     }
@@ -140,23 +166,22 @@ export class DirectoryMirror {
       changes.push({ kind: 'keys', version: e.version });
     } else if (e.kind === 'vms') {
       // All or nothing: check every record before the first is applied.
-      const parsed: Array<Held<VmRecord>> = [];
+      const parsed: Array<[VmRecord, string]> = [];
       for (const [name, json] of e.records ?? []) {
         const rec = parseRecord(json, name);
         if (!rec) return { invalid: `entry ${e.id}: malformed vm ${JSON.stringify(name)}` };
-        parsed.push({ record: rec as VmRecord, json });
+        parsed.push([rec as VmRecord, json]);
       }
-      for (const held of parsed) {
-        this.vms.set(held.record.name, held);
-        changes.push({ kind: 'vm', name: held.record.name, version: e.version });
+      for (const [rec, json] of parsed) {
+        this.vms.set(rec.name, json, rec);
+        changes.push({ kind: 'vm', name: rec.name, version: e.version });
       }
     } else {
-      const map = (e.kind === 'user' ? this.users : this.vms) as HeldMap<UserRecord | VmRecord>;
-      if (e.data === undefined) map.delete(e.name);
+      if (e.data === undefined) this.remove(e.kind, e.name);
       else {
         const rec = parseRecord(e.data, e.name);
         if (!rec) return { invalid: `entry ${e.id}: malformed ${e.kind} ${JSON.stringify(e.name)}` };
-        map.set(e.name, { record: rec as UserRecord & VmRecord, json: e.data });
+        this.store(e.kind, e.name, e.data, rec);
       }
       changes.push({ kind: e.kind, name: e.name, version: e.version });
     }
@@ -166,43 +191,148 @@ export class DirectoryMirror {
   }
 
   /**
-   * Replace everything with a snapshot; returns one change per record (and for the key ring)
-   * that differs, stamped with the snapshot's version. Malformed records are skipped and named
-   * in `invalid`.
+   * Start a paged load (a resync): `loadPage` for each page of each hash, then `endLoad` with the
+   * head and the feed entries after it. Pages are applied in place as they come, so a load never
+   * holds a second copy of the directory (a record whose text did not change is not even parsed);
+   * meanwhile readers see each record either as it was or as a page (or a later entry) has it,
+   * and `version` stays the old one until endLoad.
    */
-  replace(s: Snapshot): { changes: DirectoryChange[]; invalid: string[] } {
-    const changes: DirectoryChange[] = [];
+  beginLoad(): void {
+    const fresh = this.users.size === 0 && this.vms.size === 0;
+    this.loading = { seenUsers: fresh ? undefined : new Set(), seenVms: fresh ? undefined : new Set(), users: 0, vms: 0 };
+    this.touched ??= fresh && this.ver === 0 ? 'all' : { users: new Set(), vms: new Set() };
+  }
+
+  /**
+   * One HSCAN page (name, JSON, name, JSON...). Returns the records skipped as malformed (they are
+   * removed from the mirror when the load ends, as if absent from Redis).
+   */
+  loadPage(kind: 'user' | 'vm', flat: readonly string[]): string[] {
+    const load = this.need();
+    const seen = kind === 'user' ? load.seenUsers : load.seenVms;
     const invalid: string[] = [];
-    const version = s.version;
-    const swap = <T extends UserRecord | VmRecord>(kind: 'user' | 'vm', map: HeldMap<T>, next: ReadonlyMap<string, string>): void => {
-      for (const [name, held] of [...map]) {
-        if (next.get(name) === held.json) continue;
-        map.delete(name);
-        if (!next.has(name)) changes.push({ kind, name, version });
+    for (let i = 0; i + 1 < flat.length; i += 2) {
+      const name = flat[i]!;
+      const json = flat[i + 1]!;
+      if (kind === 'user') load.users++;
+      else load.vms++;
+      // Unchanged (only a mirror that held records before the load has any to compare with).
+      if (seen !== undefined && (kind === 'user' ? this.users.get(name) : this.vms.get(name)) === json) {
+        seen.add(name);
+        continue;
       }
-      for (const [name, json] of next) {
-        if (map.has(name)) continue;
-        const rec = parseRecord(json, name);
-        if (!rec) {
-          invalid.push(`${kind} ${JSON.stringify(name)}`);
-          continue;
+      const rec = parseRecord(json, name);
+      if (!rec) {
+        invalid.push(`${kind} ${JSON.stringify(name)}`);
+        continue;
+      }
+      seen?.add(name);
+      this.store(kind, name, json, rec);
+    }
+    return invalid;
+  }
+
+  /**
+   * Finish a load: replay the feed entries after the head (in version order, already checked to
+   * follow each other), remove what the load did not find, and move to `version`. Synchronous, so
+   * readers never see the replay's intermediate states. Returns one change per record the load
+   * changed, except in a first load of an empty mirror (nobody listens yet: only counted).
+   */
+  endLoad(head: { keys: string | undefined; version: number; lastId: string }, entries: readonly ChangeEntry[]): LoadResult {
+    const load = this.need();
+    const invalid: string[] = [];
+    let keys = head.keys;
+    for (const e of entries) {
+      if (e.kind === 'keys') keys = e.data;
+      else if (e.kind === 'vms' || e.kind === 'user' || e.kind === 'vm') {
+        const records: ReadonlyArray<readonly [string, string | undefined]> = e.kind === 'vms' ? (e.records ?? []) : [[e.name, e.data]];
+        const kind = e.kind === 'user' ? 'user' : 'vm';
+        const seen = kind === 'user' ? load.seenUsers : load.seenVms;
+        for (const [name, json] of records) {
+          if (json === undefined) {
+            this.remove(kind, name);
+            seen?.delete(name);
+            continue;
+          }
+          const rec = parseRecord(json, name);
+          if (!rec) {
+            invalid.push(`${kind} ${JSON.stringify(name)}`);
+            seen?.delete(name);
+            this.remove(kind, name);
+            continue;
+          }
+          seen?.add(name);
+          this.store(kind, name, json, rec);
         }
-        map.set(name, { record: rec as T, json });
-        changes.push({ kind, name, version });
       }
-    };
-    swap('user', this.users, s.users);
-    swap('vm', this.vms, s.vms);
-    if (s.keys !== undefined && s.keys !== this.keyRing?.json) {
-      const ring = this.parseRing(s.keys);
+    }
+    // What neither the pages nor the entries hold is gone from Redis (or was malformed there).
+    if (load.seenUsers) for (const name of [...this.users.keys()]) if (!load.seenUsers.has(name)) this.remove('user', name);
+    if (load.seenVms) for (const name of [...this.vms.keys()]) if (!load.seenVms.has(name)) this.remove('vm', name);
+    const version = entries.length ? entries[entries.length - 1]!.version : head.version;
+    const changes: DirectoryChange[] = [];
+    let changed = this.users.size + this.vms.size;
+    if (this.touched !== 'all') {
+      for (const name of this.touched?.users ?? []) changes.push({ kind: 'user', name, version });
+      for (const name of this.touched?.vms ?? []) changes.push({ kind: 'vm', name, version });
+      changed = changes.length;
+    }
+    if (keys !== undefined && keys !== this.keyRing?.json) {
+      const ring = this.parseRing(keys);
       if (ring) {
-        this.keyRing = { record: ring, json: s.keys };
+        this.keyRing = { record: ring, json: keys };
         changes.push({ kind: 'keys', version });
+        changed++;
       } else invalid.push('keys');
     }
     this.ver = version;
-    this.last = s.lastId;
-    return { changes, invalid };
+    this.last = entries.length ? entries[entries.length - 1]!.id : head.lastId;
+    this.loading = undefined;
+    this.touched = undefined;
+    return { changes, changed, invalid };
+  }
+
+  /** Give a load up (Redis lost the directory, the feed moved on): what it changed stays, unannounced until a load ends. */
+  abortLoad(): void {
+    this.loading = undefined;
+  }
+
+  /** Records counted by the load in progress (pages only), to tell an emptied Redis. */
+  get loaded(): { users: number; vms: number } {
+    const load = this.need();
+    return { users: load.users, vms: load.vms };
+  }
+
+  /**
+   * Replace everything with a snapshot held whole (tests, and callers that read one at once):
+   * one load of a single page per hash.
+   */
+  replace(s: Snapshot): LoadResult {
+    this.beginLoad();
+    const invalid = [...this.loadPage('user', [...s.users].flat()), ...this.loadPage('vm', [...s.vms].flat())];
+    const r = this.endLoad(s, []);
+    return { ...r, invalid: [...invalid, ...r.invalid] };
+  }
+
+  private need(): Load {
+    if (!this.loading) throw new Error('directory mirror: no load in progress');
+    return this.loading;
+  }
+
+  private store(kind: 'user' | 'vm', name: string, json: string, rec: object): void {
+    if (kind === 'user') this.users.set(name, json);
+    else this.vms.set(name, json, rec as VmRecord);
+    this.touch(kind, name);
+  }
+
+  private remove(kind: 'user' | 'vm', name: string): void {
+    if (kind === 'user' ? this.users.delete(name) : this.vms.delete(name)) this.touch(kind, name);
+  }
+
+  /** Remember a record a load changed (feed entries announce their own changes). */
+  private touch(kind: 'user' | 'vm', name: string): void {
+    if (!this.loading || this.touched === undefined || this.touched === 'all') return;
+    (kind === 'user' ? this.touched.users : this.touched.vms).add(name);
   }
 
   private parseRing(text: string): KeyRing | undefined {
@@ -211,11 +341,22 @@ export class DirectoryMirror {
   }
 }
 
+/** A stored record as its reader gets it: parsed from the text checked when it was stored. */
+function read<T>(json: string | undefined): T | undefined {
+  return json === undefined ? undefined : (Object.freeze(JSON.parse(json)) as T);
+}
+
+function readAll<T>(jsons: Iterable<string>): T[] {
+  const out: T[] = [];
+  for (const json of jsons) out.push(Object.freeze(JSON.parse(json)) as T);
+  return out;
+}
+
 function parseRecord(json: string, name: string): object | undefined {
   try {
     const v: unknown = JSON.parse(json);
     if (typeof v !== 'object' || v === null || (v as { name?: unknown }).name !== name) return undefined;
-    return Object.freeze(v);
+    return v;
   } catch {
     return undefined;
   }

@@ -24,8 +24,9 @@
  * applied in part.
  *
  * The mirror: a paged snapshot (an O(1) script for the key ring, the version and the feed's last
- * id; both hashes by HSCAN pages; then the feed from that id replayed over them: see snapshot()),
- * so no call blocks Redis for more than a page, then XREAD BLOCK on a dedicated connection from
+ * id; both hashes by HSCAN pages, each applied to the mirror in place as it arrives; then the feed
+ * from that id replayed over them: see snapshot()), so no call blocks Redis for more than a page
+ * and a resync never holds a second copy of the directory, then XREAD BLOCK on a dedicated connection from
  * that id, applying entries strictly in version order. A full resync (snapshot again, 'change' for each record that differs, then one
  * 'resync' event) follows a version gap, a trimmed feed, a reconnect, a new Redis master (its
  * run_id changed), or a version mismatch seen by the periodic check (`checkIntervalMs`). While
@@ -47,7 +48,7 @@ import { EventEmitter } from 'node:events';
 import { setTimeout as delay } from 'node:timers/promises';
 import { Redis, type RedisOptions } from 'ioredis';
 import type { Directory, DirectoryChange, KeyRing, PutVmOptions, UserRecord, VmRecord } from './directory.js';
-import { DirectoryMirror, compareIds, parseEntry, type Snapshot } from './mirror.js';
+import { DirectoryMirror, compareIds, parseEntry, type ChangeEntry, type LoadResult } from './mirror.js';
 import { newSigningKey } from './memory.js';
 import type { Logger } from '../log.js';
 import { OneportError } from '../errors.js';
@@ -310,6 +311,21 @@ local lastId = '0-0'
 if last[1] then lastId = last[1][1] end
 return {redis.call('GET', KEYS[3]), redis.call('GET', KEYS[4]) or '0', lastId}
 `;
+
+/** A paged snapshot loaded into the mirror, not yet ended: where it stands and what to replay. */
+interface SnapshotHead {
+  readonly keys: string | undefined;
+  /** The version and feed id after the entries. */
+  readonly version: number;
+  readonly lastId: string;
+  /** The feed after the head, for the mirror's endLoad. */
+  readonly entries: readonly ChangeEntry[];
+  /** Records the pages held malformed (skipped). */
+  readonly invalid: readonly string[];
+  /** Records the pages held. */
+  readonly users: number;
+  readonly vms: number;
+}
 
 type Script = (...args: Array<string | number>) => Promise<unknown>;
 interface Scripts {
@@ -668,36 +684,72 @@ export class RedisDirectory extends EventEmitter implements Directory {
   // ---- the mirror: snapshot, then tail ------------------------------------------------------
 
   /**
-   * A consistent view without one long call: the head (key ring, version V, the feed's last id L)
-   * in one O(1) script, then both hashes page by page (HSCAN, `snapshotPage` fields a call), then
-   * the feed after L replayed over the pages. HSCAN returns every field present for the whole scan
-   * (with its value, unchanged since L), and may return or miss fields written during it; every
-   * one of those has an entry after L, and replaying them in order leaves its value as of the last
-   * entry read. The result is the directory at that entry's version. A feed trimmed past L, or a
-   * reseed, during the scan: start again (a few times, then fail like any other call).
+   * A consistent view without one long call, loaded into the mirror in place (mirror.ts
+   * beginLoad): the head (key ring, version V, the feed's last id L) in one O(1) script, then both
+   * hashes page by page (HSCAN, `snapshotPage` fields a call, each page applied as it arrives),
+   * then the feed after L, replayed over them by endLoad. HSCAN returns every field present for
+   * the whole scan (with its value, unchanged since L), and may return or miss fields written
+   * during it; every one of those has an entry after L, and replaying them in order leaves its
+   * value as of the last entry read. The result is the directory at that entry's version. A feed
+   * trimmed past L, or a reseed, during the scan: start again (a few times, then fail like any
+   * other call). Resolves with the mirror still loading: the caller ends or gives up the load.
    */
-  private async snapshot(): Promise<Snapshot> {
+  private async snapshot(): Promise<SnapshotHead> {
     for (let attempt = 1; ; attempt++) {
       const head = (await this.paged(() => this.scripts.oneportDirSnapshotHead(...this.keyList()))) as [string | null, string, string];
-      // Both hashes at once: twice the pages in flight, still one page per call.
-      const [users, vms] = await Promise.all([this.scanHash(this.k.users), this.scanHash(this.k.vms)]);
-      const snap = { users, vms, keys: head[0] ?? undefined, version: Number(head[1]), lastId: head[2] };
-      if (await this.catchUp(snap)) return snap;
+      this.mirror.beginLoad();
+      try {
+        const invalid: string[] = [];
+        // Both hashes at once: twice the pages in flight, still one page per call. When one scan
+        // fails, the other stops before this load is given up: a page of it must never land in
+        // the next load (it would be older than that load's head).
+        const stop = { now: false };
+        const scans = [
+          this.scanHash(this.k.users, stop, (flat) => invalid.push(...this.mirror.loadPage('user', flat))),
+          this.scanHash(this.k.vms, stop, (flat) => invalid.push(...this.mirror.loadPage('vm', flat))),
+        ];
+        try {
+          await Promise.all(scans);
+        } catch (err) {
+          stop.now = true;
+          await Promise.allSettled(scans);
+          throw err;
+        }
+        const version = Number(head[1]);
+        const entries = await this.feedAfter(head[2], version);
+        const last = entries?.[entries.length - 1];
+        if (entries) return { keys: head[0] ?? undefined, version: last?.version ?? version, lastId: last?.id ?? head[2], entries, invalid, ...this.mirror.loaded };
+      } catch (err) {
+        this.mirror.abortLoad();
+        throw err;
+      }
+      this.mirror.abortLoad();
       if (attempt >= SNAPSHOT_TRIES) throw new Error(`directory: the change feed moved on faster than a paged snapshot could follow (${SNAPSHOT_TRIES} tries)`);
       this.opts.log?.warn({ event: 'directory-snapshot-retry', attempt }, 'directory: change feed trimmed during a paged snapshot; starting it again');
     }
   }
 
-  private async scanHash(key: string): Promise<Map<string, string>> {
-    const m = new Map<string, string>();
-    let cursor = '0';
-    do {
-      const at = cursor;
-      const [next, flat] = await this.paged(() => this.cmd.hscan(key, at, 'COUNT', this.opts.snapshotPage));
-      for (let i = 0; i + 1 < flat.length; i += 2) m.set(flat[i]!, flat[i + 1]!);
-      cursor = next;
-    } while (cursor !== '0');
-    return m;
+  /**
+   * Every page of one hash, in cursor order, handed to `page` as it arrives (until `stop.now`).
+   * The next page is asked for before this one is handed over, so the round trip overlaps the
+   * parsing: one call in flight per hash, as before, but the connection never idles meanwhile.
+   */
+  private async scanHash(key: string, stop: { readonly now: boolean }, page: (flat: string[]) => void): Promise<void> {
+    const scan = (at: string): Promise<[string, string[]]> => this.paged(() => this.cmd.hscan(key, at, 'COUNT', this.opts.snapshotPage));
+    let pending = scan('0');
+    for (;;) {
+      const [next, flat] = await pending;
+      if (stop.now) return;
+      if (next !== '0') pending = scan(next);
+      try {
+        page(flat);
+      } catch (err) {
+        // The page in flight is nobody's now: do not let its failure go unhandled.
+        pending.catch(() => {});
+        throw err;
+      }
+      if (next === '0') return;
+    }
   }
 
   /**
@@ -715,28 +767,25 @@ export class RedisDirectory extends EventEmitter implements Directory {
     }
   }
 
-  /** Replay the feed after `snap.lastId` into `snap`; false if it cannot be (trimmed, reseeded, malformed). */
-  private async catchUp(snap: { users: Map<string, string>; vms: Map<string, string>; keys: string | undefined; version: number; lastId: string }): Promise<boolean> {
+  /**
+   * The feed's entries after `lastId`, checked to follow `version` one by one (applied by the
+   * mirror's endLoad, all at once); undefined if they cannot be (trimmed, reseeded, malformed).
+   * At most the feed's length (`changesMaxLen`, ~10k entries).
+   */
+  private async feedAfter(lastId: string, version: number): Promise<ChangeEntry[] | undefined> {
+    const entries: ChangeEntry[] = [];
+    let after = lastId;
     for (;;) {
-      const after = snap.lastId;
-      const raw = (await this.paged(() => this.cmd.call('XRANGE', this.k.changes, `(${after}`, '+', 'COUNT', this.opts.snapshotPage))) as unknown[];
+      const from = after;
+      const raw = (await this.paged(() => this.cmd.call('XRANGE', this.k.changes, `(${from}`, '+', 'COUNT', this.opts.snapshotPage))) as unknown[];
       for (const r of raw) {
         const e = parseEntry(r);
-        if (!e || e.kind === 'seed' || e.version !== snap.version + 1) return false;
-        if (e.kind === 'keys') {
-          if (e.data === undefined) return false;
-          snap.keys = e.data;
-        } else if (e.kind === 'vms') {
-          for (const [name, json] of e.records ?? []) snap.vms.set(name, json);
-        } else {
-          const map = e.kind === 'user' ? snap.users : snap.vms;
-          if (e.data === undefined) map.delete(e.name);
-          else map.set(e.name, e.data);
-        }
-        snap.version = e.version;
-        snap.lastId = e.id;
+        if (!e || e.kind === 'seed' || e.version !== version + 1 || (e.kind === 'keys' && e.data === undefined)) return undefined;
+        entries.push(e);
+        version = e.version;
+        after = e.id;
       }
-      if (raw.length < this.opts.snapshotPage) return true;
+      if (raw.length < this.opts.snapshotPage) return entries;
     }
   }
 
@@ -750,36 +799,47 @@ export class RedisDirectory extends EventEmitter implements Directory {
     if (reason === 'reconnect' && this.runId !== undefined && runId !== this.runId) reason = 'master-changed';
     let snap = await this.snapshot();
     let reseeded = false;
-    if (this.lostDirectory(snap)) {
-      const outcome = await this.reseed();
-      if (outcome !== 'reseeded' && outcome !== 'lost-race') {
-        this.awaitReseed(outcome, runId);
-        return false;
+    let loaded: LoadResult;
+    let from: number;
+    try {
+      if (this.lostDirectory(snap)) {
+        this.mirror.abortLoad();
+        const outcome = await this.reseed();
+        if (outcome !== 'reseeded' && outcome !== 'lost-race') {
+          this.awaitReseed(outcome, runId);
+          return false;
+        }
+        reseeded = outcome === 'reseeded';
+        snap = await this.snapshot();
       }
-      reseeded = outcome === 'reseeded';
-      snap = await this.snapshot();
+      // The history is Redis's from here on: a version it went back from (a failover to a replica
+      // that missed writes) no longer counts as acknowledged by this node.
+      this.acked = snap.version;
+      if (snap.keys === undefined && !snap.entries.some((e) => e.kind === 'keys')) {
+        // A new (or emptied) Redis: publish a key ring, ours if we have one so tickets and tokens
+        // stay valid. Compare-and-set: if another gateway got there first, theirs stands.
+        this.mirror.abortLoad();
+        const ring = this.mirror.keysJson ?? this.sealRing(JSON.stringify({ current: newSigningKey(1), previous: [] } satisfies KeyRing));
+        await this.scripts.oneportDirKeysCas(...this.keyList(), '', '', ring, this.opts.changesMaxLen);
+        snap = await this.snapshot();
+      }
+      from = this.mirror.version;
+      loaded = this.mirror.endLoad(snap, snap.entries);
+    } catch (err) {
+      this.mirror.abortLoad();
+      throw err;
     }
-    // The history is Redis's from here on: a version it went back from (a failover to a replica
-    // that missed writes) no longer counts as acknowledged by this node.
-    this.acked = snap.version;
-    if (snap.keys === undefined) {
-      // A new (or emptied) Redis: publish a key ring, ours if we have one so tickets and tokens
-      // stay valid. Compare-and-set: if another gateway got there first, theirs stands.
-      const ring = this.mirror.keysJson ?? this.sealRing(JSON.stringify({ current: newSigningKey(1), previous: [] } satisfies KeyRing));
-      await this.scripts.oneportDirKeysCas(...this.keyList(), '', '', ring, this.opts.changesMaxLen);
-      snap = await this.snapshot();
-    }
-    const from = this.mirror.version;
-    const { changes, invalid } = this.mirror.replace(snap);
+    const to = this.mirror.version;
     this.runId = runId;
     this.pendingRemote = undefined;
     this.markSynced();
+    const invalid = [...snap.invalid, ...loaded.invalid];
     if (invalid.length) this.opts.log?.error({ event: 'directory-invalid-records', records: invalid }, 'directory: skipped malformed records in Redis');
-    const ev: ResyncEvent = { reason, from, to: snap.version, changed: changes.length, reseeded };
+    const ev: ResyncEvent = { reason, from, to, changed: loaded.changed, reseeded };
     if (reason !== 'start') this.opts.log?.warn({ event: 'directory-resync', ...ev }, `directory mirror resynced (${reason})`);
-    if (this.awaiting) this.opts.log?.info({ event: 'directory-reseed-done', version: snap.version, reseeded }, reseeded ? 'directory written back into Redis from this mirror' : 'directory written back into Redis by the leader');
+    if (this.awaiting) this.opts.log?.info({ event: 'directory-reseed-done', version: to, reseeded }, reseeded ? 'directory written back into Redis from this mirror' : 'directory written back into Redis by the leader');
     this.awaiting = undefined;
-    for (const c of changes) this.emitChange(c);
+    for (const c of loaded.changes) this.emitChange(c);
     this.wakeWaiters();
     this.emit('resync', ev);
     return true;
@@ -789,9 +849,9 @@ export class RedisDirectory extends EventEmitter implements Directory {
    * Redis holds no directory (no version, or only the key ring a fresh node published) while this
    * mirror holds one: the data was lost, not never written.
    */
-  private lostDirectory(snap: Snapshot): boolean {
+  private lostDirectory(snap: SnapshotHead): boolean {
     if (!this.opts.reseed || this.mirror.version === 0) return false;
-    return snap.version === 0 || (snap.version === 1 && this.mirror.version > 1 && snap.users.size === 0 && snap.vms.size === 0);
+    return snap.version === 0 || (snap.version === 1 && this.mirror.version > 1 && snap.users === 0 && snap.vms === 0);
   }
 
   /** Write this mirror back, if this node may: see the file comment. */

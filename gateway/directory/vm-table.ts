@@ -4,8 +4,8 @@
  * (`recovering` or `down`: the cluster's recovery loop), and which VMs name a user or a group.
  * Kept current on every set and delete, so the change feed drives it. Pure: no I/O.
  *
- * `T` is what the table holds per VM (the mirror keeps the JSON beside the record); `record`
- * reads the VmRecord out of it.
+ * `T` is what the table holds per VM (the mirror keeps the record's JSON, the embedded directory
+ * the record); `record` reads the VmRecord out of it (for a VM replaced or deleted).
  */
 import type { UserRecord, VmRecord } from './directory.js';
 
@@ -27,6 +27,9 @@ export class VmTable<T> {
   has(name: string): boolean {
     return this.byName.has(name);
   }
+  keys(): IterableIterator<string> {
+    return this.byName.keys();
+  }
   values(): IterableIterator<T> {
     return this.byName.values();
   }
@@ -37,11 +40,12 @@ export class VmTable<T> {
     return this.byName.entries();
   }
 
-  set(name: string, held: T): void {
+  /** `vm`: the record `held` holds, when the caller has it already (the mirror parsed it to check it). */
+  set(name: string, held: T, vm: VmRecord = this.record(held)): void {
     const before = this.byName.get(name);
     if (before !== undefined) this.unindex(name, this.record(before));
     this.byName.set(name, held);
-    this.index(name, this.record(held));
+    this.index(name, vm);
   }
 
   delete(name: string): boolean {

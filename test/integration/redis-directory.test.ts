@@ -451,3 +451,64 @@ t.test('open() rejects with a clear error when Redis cannot be reached', async (
   t.type(err, DirectoryUnavailableError);
   t.match((err as Error).message, new RegExp(`cannot reach Redis at redis://127\\.0\\.0\\.1:${port}`));
 });
+
+t.test('a few thousand records: a paged load with writes racing it, then an in-place resync that announces only what changed', async (t) => {
+  const redis = await startRedis(t);
+  const prefix = newPrefix();
+  const a = await openDir(t, redis.url, prefix);
+  const direct = redisClient(t, redis.url);
+  // Bulk-loaded straight into the hashes (as an operator's migration would), then one entry.
+  const flat: string[] = [];
+  for (let i = 0; i < 4000; i++) flat.push(`bulk${i}`, JSON.stringify({ ...vm(`bulk${i}`, `n${i % 7}`), users: [`u${i % 300}`] }));
+  await direct.hset(`${prefix}vms`, ...flat);
+  await direct.hset(`${prefix}users`, ...Array.from({ length: 300 }, (_, i) => [`u${i}`, JSON.stringify(user(`u${i}`))]).flat());
+  await a.putVm(vm('marker'));
+  t.equal(a.getVm('bulk1'), undefined, 'a bulk load behind the feed is not seen by a live mirror');
+
+  // B loads 4,300 records 50 at a time while A writes (changes, deletes, adds, a batch).
+  const writes = (async () => {
+    for (let i = 0; i < 90; i++) {
+      if (i % 3 === 0) await a.deleteVm(`bulk${i * 40}`);
+      else if (i % 3 === 1) await a.putVm({ ...vm(`bulk${i * 40}`, 'n9'), epoch: 1 });
+      else await a.putVm(vm(`new${i}`));
+      if (i === 45) await a.putVms([1, 2, 3].map((n) => ({ ...vm(`bulk${n}`, 'n8'), epoch: 1 })), [0, 0, 0]);
+    }
+  })();
+  const b = await openDir(t, redis.url, prefix, { snapshotPage: 50, checkIntervalMs: 100 });
+  await writes;
+  await reach(b, a.version());
+  const inRedis = async (): Promise<unknown> => {
+    const [users, vms] = await Promise.all([direct.hgetall(`${prefix}users`), direct.hgetall(`${prefix}vms`)]);
+    const sorted = (h: Record<string, string>): unknown[] => Object.keys(h).sort().map((k) => JSON.parse(h[k]!));
+    return { users: sorted(users), vms: sorted(vms) };
+  };
+  const mirrored = (): unknown => {
+    const sorted = <T extends { name: string }>(xs: readonly T[]): T[] => [...xs].sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
+    return { users: sorted(b.listUsers()), vms: sorted(b.listVms()) };
+  };
+  t.same(mirrored(), await inRedis(), 'B holds exactly what Redis holds');
+  t.equal(b.listVms().length, 4000 + 1 + 30 - 30);
+  t.same(b.vmsOnNode('n8').map((v) => v.name).sort(), ['bulk1', 'bulk2', 'bulk3'], 'indexes built by the load and the replayed feed');
+  t.equal(b.vmsForUser(user('u7')).length, 14, 'bulk7, bulk307 ... bulk3907');
+
+  // Behind the feed: 4 changed, 3 deleted, 2 added, 1 malformed (an existing VM) and 1 rewritten
+  // identically; then the version, so B's periodic check resyncs.
+  const changed = ['bulk10', 'bulk11', 'bulk12', 'bulk13'];
+  const deleted = ['bulk20', 'bulk21', 'bulk22'];
+  const added = ['late1', 'late2'];
+  await direct.hset(`${prefix}vms`, ...changed.flatMap((n) => [n, JSON.stringify({ ...vm(n, 'n55'), epoch: 3 })]));
+  await direct.hdel(`${prefix}vms`, ...deleted);
+  await direct.hset(`${prefix}vms`, ...added.flatMap((n) => [n, JSON.stringify(vm(n, 'n55'))]), 'bulk30', '{"name":', 'bulk31', await direct.hget(`${prefix}vms`, 'bulk31') as string);
+  const seen = new Set<string>();
+  b.on('change', (c: DirectoryChange) => seen.add(`${c.kind}:${'name' in c ? c.name : ''}`));
+  const resync = nextEvent<ResyncEvent>(b, 'resync');
+  await direct.incr(`${prefix}version`);
+  const r = await resync;
+  t.equal(r.reason, 'version-mismatch');
+  t.same([...seen].sort(), [...changed, ...deleted, ...added, 'bulk30'].map((n) => `vm:${n}`).sort(), 'one change per record that differs, none for the 4,000 others');
+  t.equal(r.changed, 10);
+  t.equal(b.getVm('bulk30'), undefined, 'a malformed record is skipped');
+  t.same(b.vmsOnNode('n55').map((v) => v.name).sort(), [...changed, ...added].sort());
+  await direct.hdel(`${prefix}vms`, 'bulk30');
+  t.same(mirrored(), await inRedis(), 'and B holds what Redis holds again');
+});
