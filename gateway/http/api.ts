@@ -139,7 +139,8 @@ route('GET', '/metrics', 'metrics', async (c) => {
     c.ctx.metrics.clusterLeader.set(c.ctx.cluster.isLeader() ? 1 : 0);
     c.ctx.metrics.clusterEpoch.set(c.ctx.cluster.leader()?.epoch ?? c.ctx.cluster.lease.highestEpoch());
   }
-  const text = await c.ctx.metrics.registry.metrics();
+  // With workers: every worker's and the primary's, summed (workers/primary.ts).
+  const text = c.ctx.metricsText ? await c.ctx.metricsText() : await c.ctx.metrics.registry.metrics();
   c.res.writeHead(200, { 'Content-Type': c.ctx.metrics.registry.contentType, 'Cache-Control': 'no-store' });
   c.res.end(text);
 });

@@ -1,0 +1,166 @@
+/**
+ * One worker of a node (README "Workers"): a whole gateway (server.ts) that binds nothing. The
+ * primary accepts on the one port and passes each connection here with the client address it
+ * was counted under; the embedded directory, the auth store, the login budgets, the per-address
+ * counts and the TLS ticket key are the primary's (remote.ts). What stays here: the tunnels,
+ * the parked `oneport.v1` sessions and their replay bytes.
+ *
+ * A parked session lives in the worker that opened it; its client usually comes back on another
+ * worker. Each worker serves resumes on a Unix socket in the state folder (`workers/<id>.sock`,
+ * mode 0600): the worker the client reached asks the primary which worker holds the session and
+ * relays the leg there, like the relay between nodes (cluster/relay.ts). The holder checks the
+ * resume token as for any resume.
+ */
+import cluster from 'node:cluster';
+import http from 'node:http';
+import type net from 'node:net';
+import { chmodSync, mkdirSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { WebSocket } from 'ws';
+import type { Config } from '../config.js';
+import { startGateway } from '../server.js';
+import { createLogger } from '../log.js';
+import { TicketKeys } from '../tls-tickets.js';
+import { OneportError } from '../errors.js';
+import { revokeApiSession } from '../tunnel/revoke.js';
+import { resumeSession } from '../tunnel/resume.js';
+import { createWebSocketServer } from '../http/websocket.js';
+import { guard } from '../http/guard.js';
+import { joinRelay } from '../cluster/relay.js';
+import { type Channel, Rpc } from './ipc.js';
+import { type ChangeNote, type DirectorySnapshot, RemoteAuthStore, RemoteCounts, RemoteLimiter, WorkerDirectory } from './remote.js';
+
+/** What the primary answers a starting worker. */
+export interface Hello {
+  readonly snapshot: DirectorySnapshot;
+  /** The TLS session ticket key, base64. */
+  readonly ticketKey: string;
+}
+
+/** The header that carries the client's address on a relayed resume (worker to worker only). */
+const CLIENT_HEADER = 'x-oneport-client';
+const RELAY_PATH = /^\/tunnel\/([^/?#]{1,200})\/([a-z]{1,10})$/;
+
+/** Where worker `id` serves relayed resumes. */
+export function workerSocket(state: string, id: number | string): string {
+  return join(state, 'workers', `${id}.sock`);
+}
+
+export async function runWorker(config: Config): Promise<void> {
+  const id = cluster.worker?.id ?? process.pid;
+  const rpc = new Rpc(process as unknown as Channel);
+  const log = createLogger({ level: config.log.level, nodeId: config.nodeId, format: config.log.format }).child({ worker: id });
+  const hello = await rpc.call<Hello>('hello');
+  const dir = new WorkerDirectory(rpc, hello.snapshot);
+  rpc.on('dir-change', (note) => dir.apply(note as ChangeNote));
+  const tickets = new TicketKeys(Infinity, Date.now, Buffer.from(hello.ticketKey, 'base64'));
+  rpc.on('ticket-key', (key) => tickets.replace(Buffer.from(key as string, 'base64')));
+  const counts = new RemoteCounts(rpc);
+  const socketPath = workerSocket(config.state, id);
+  let draining = false;
+  const gw = await startGateway(
+    { ...config, demo: { ...config.demo, enabled: false } },
+    {
+      directory: dir,
+      store: new RemoteAuthStore(rpc),
+      logger: log,
+      worker: {
+        id,
+        connections: counts,
+        limiter: (name, points) => new RemoteLimiter(rpc, name, points),
+        tickets,
+        drain: (o) => {
+          const started = !draining;
+          rpc.note('drain', o);
+          return { started };
+        },
+        loggedOut: (sid) => rpc.note('logged-out', sid),
+        sessionRecord: {
+          put: (sid, parked) => rpc.note('session', { id: sid, held: true, parked }),
+          forget: (sid) => rpc.note('session', { id: sid, held: false }),
+        },
+        relay: {
+          self: `w${id}`,
+          holder: async (sid) => (await rpc.call<string | null>('holder', sid)) ?? undefined,
+          relay: async (holder, client, vm, protocol, q, queued, from) => {
+            const target = workerSocket(config.state, holder.slice(1));
+            const path = `/tunnel/${encodeURIComponent(vm)}/${protocol}?resume=${encodeURIComponent(q.resume)}&session=${encodeURIComponent(q.session)}&received=${q.received}`;
+            const upstream = new WebSocket(`ws+unix:${target}:${path}`, ['oneport.v1'], { headers: { [CLIENT_HEADER]: from }, handshakeTimeout: config.tunnel.dialTimeoutMs });
+            await joinRelay(upstream, client, queued, () => new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', `worker ${holder} refused the relay`));
+            log.debug({ event: 'session-relayed', vm, session: q.session, holder }, `resumed session on ${vm} relayed to worker ${holder}`);
+          },
+        },
+        metricsText: () => rpc.call<string>('metrics'),
+      },
+    },
+  );
+  const { ctx } = gw;
+
+  // Resumes relayed from the other workers: the holder answers as for a client of its own, without relaying again.
+  mkdirSync(join(config.state, 'workers'), { recursive: true, mode: 0o700 });
+  try {
+    unlinkSync(socketPath);
+  } catch {
+    /* none left behind */
+  }
+  const wss = createWebSocketServer(ctx);
+  const relayServer = http.createServer((_req, res) => res.writeHead(404).end());
+  relayServer.headersTimeout = ctx.config.tunnel.dialTimeoutMs;
+  relayServer.requestTimeout = ctx.config.tunnel.dialTimeoutMs;
+  relayServer.on('upgrade', (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => {
+    socket.on('error', () => socket.destroy());
+    const url = new URL(req.url ?? '/', 'http://worker');
+    const m = RELAY_PATH.exec(url.pathname);
+    const session = url.searchParams.get('session');
+    if (!m || session === null) {
+      socket.destroy();
+      return;
+    }
+    const client = String(req.headers[CLIENT_HEADER] ?? 'unknown').slice(0, 64);
+    const request = { vmName: decodeURIComponent(m[1]!), protocol: m[2]!, resume: url.searchParams.get('resume'), session, received: url.searchParams.get('received'), client };
+    wss.handleUpgrade(req, socket, head, (ws) => guard(ctx, 'websocket', resumeSession({ ...ctx.resume, relay: undefined }, ws, request), () => ws.terminate(), { client }));
+  });
+  await new Promise<void>((resolve, reject) => {
+    relayServer.once('error', reject);
+    relayServer.listen(socketPath, () => resolve());
+  });
+  chmodSync(socketPath, 0o600);
+
+  rpc.on('conn', (args, handle) => {
+    const key = (args as { key: string }).key;
+    counts.adopted(key);
+    gw.adopt(handle as net.Socket, key);
+  });
+  rpc.on('control', (_args, handle) => gw.acceptControl(handle as net.Socket));
+  rpc.on('logged-out', (sid) => revokeApiSession({ tunnels: ctx.tunnels, metrics: ctx.metrics, log }, sid as string));
+  rpc.on('drain', (o) => {
+    draining = true;
+    const opts = o as { moveVms?: boolean; cause?: string };
+    void gw.drain({ ...(opts.moveVms !== undefined ? { moveVms: opts.moveVms } : {}), cause: opts.cause ?? 'api' });
+  });
+  rpc.on('handoff', () => {
+    draining = true;
+    void gw.handOff();
+  });
+  rpc.handle('metrics', () => ctx.metrics.registry.getMetricsAsJSON());
+
+  // The primary decides when the node stops; signals sent to the whole group are its to answer.
+  for (const sig of ['SIGTERM', 'SIGINT', 'SIGUSR2'] as const) process.on(sig, () => undefined);
+  const lastResort = (where: string) => (e: unknown): void => {
+    ctx.metrics.internalErrors.inc({ where });
+    log.error({ err: e, event: 'last-resort', where }, `${where}: kept serving`);
+  };
+  process.on('unhandledRejection', lastResort('unhandledRejection'));
+  process.on('uncaughtException', lastResort('uncaughtException'));
+  void gw.stopped.then(() => {
+    relayServer.close();
+    try {
+      unlinkSync(socketPath);
+    } catch {
+      /* gone */
+    }
+    rpc.close();
+    process.exit(0);
+  });
+  rpc.note('ready');
+}
