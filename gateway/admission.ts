@@ -86,13 +86,7 @@ export class ConnectionCounts implements Admission {
    * takes the place of the socket that just closed. Returns the release, which is idempotent.
    */
   hold(key: string): () => void {
-    this.add(key);
-    let held = true;
-    return () => {
-      if (!held) return;
-      held = false;
-      this.remove(key);
-    };
+    return holdCount(this, key);
   }
 
   remove(key: string): void {
@@ -102,4 +96,15 @@ export class ConnectionCounts implements Admission {
     else this.perKey.set(key, n);
     this.open--;
   }
+}
+
+/** Count one for `key` now; the returned release (idempotent) gives it back. */
+export function holdCount(counts: { add(key: string): void; remove(key: string): void }, key: string): () => void {
+  counts.add(key);
+  let held = true;
+  return () => {
+    if (!held) return;
+    held = false;
+    counts.remove(key);
+  };
 }

@@ -255,19 +255,25 @@ export class Listener {
     return undefined;
   }
 
-  private admitted(socket: net.Socket, info: ConnInfo, key: string, refusal: Refusal | undefined): void {
+  /** The counts' answer for `socket`: refused, gone meanwhile (count given back), or counted under `key` (true). */
+  private counted(socket: net.Socket, info: ConnInfo, key: string, refusal: Refusal | undefined): boolean {
     if (refusal) {
       this.refuse(socket, info, refusal);
-      return;
+      return false;
     }
     if (socket.destroyed) {
       this.counts.remove(key);
-      return;
+      return false;
     }
+    this.countedAs.set(socket, key);
+    return true;
+  }
+
+  private admitted(socket: net.Socket, info: ConnInfo, key: string, refusal: Refusal | undefined): void {
+    if (!this.counted(socket, info, key, refusal)) return;
     setConnInfo(socket, info);
     this.sockets.add(socket);
     this.ctx.metrics.connectionsActive.inc();
-    this.countedAs.set(socket, key);
     socket.once('close', () => {
       this.sockets.delete(socket);
       this.detecting.delete(socket);
@@ -375,15 +381,7 @@ export class Listener {
 
   /** After a PROXY header named the client `key`: its answer from the counts. */
   private proxied(socket: net.Socket, info: ConnInfo, key: string, refusal: Refusal | undefined, rest: Buffer): void {
-    if (refusal) {
-      this.refuse(socket, info, refusal);
-      return;
-    }
-    if (socket.destroyed) {
-      this.counts.remove(key);
-      return;
-    }
-    this.countedAs.set(socket, key);
+    if (!this.counted(socket, info, key, refusal)) return;
     socket.resume();
     this.detect(socket, info, false, rest);
   }

@@ -348,8 +348,9 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
       await gone;
       clearTimeout(backstop);
       clearInterval(rotation);
-      await new Promise<void>((r) => server.close(() => r()));
-      await new Promise<void>((r) => control.close(() => r()));
+      // Not awaited: a server counts the sockets it passed to workers as its own until they end.
+      server.close();
+      control.close();
       await demo?.close();
       await store.close();
       await dir.close();

@@ -14,11 +14,10 @@
  *   at accept, before it hands it to a worker; a worker tells it when one ends, asks it when a
  *   PROXY header names another client, and makes a parked session hold a count.
  */
-import { EventEmitter } from 'node:events';
 import type { AuthStore, Redemption, TicketRecord, TicketReuse } from '../auth/store.js';
 import type { Directory, DirectoryChange, KeyRing, PutVmOptions, UserRecord, VmRecord } from '../directory/directory.js';
-import { VmTable } from '../directory/vm-table.js';
-import { type Admission, ConnectionCounts, type Refusal } from '../admission.js';
+import { DirectoryView } from '../directory/view.js';
+import { type Admission, ConnectionCounts, type Refusal, holdCount } from '../admission.js';
 import type { Limiter } from '../auth/limits.js';
 import type { Rpc } from './ipc.js';
 
@@ -36,21 +35,16 @@ export interface ChangeNote {
   readonly record?: UserRecord | VmRecord | KeyRing;
 }
 
-export class WorkerDirectory extends EventEmitter implements Directory {
+export class WorkerDirectory extends DirectoryView implements Directory {
   readonly kind = 'embedded' as const;
-  private readonly users = new Map<string, UserRecord>();
-  private readonly vms = new VmTable<VmRecord>((vm) => vm);
-  private keyRing: KeyRing;
-  private ver: number;
 
   constructor(
     private readonly rpc: Rpc,
     snapshot: DirectorySnapshot,
   ) {
-    super();
+    super(snapshot.keys);
     for (const u of snapshot.users) this.users.set(u.name, Object.freeze(u));
     for (const v of snapshot.vms) this.vms.set(v.name, Object.freeze(v));
-    this.keyRing = snapshot.keys;
     this.ver = snapshot.version;
   }
 
@@ -66,34 +60,6 @@ export class WorkerDirectory extends EventEmitter implements Directory {
     else this.vms.set(c.name, Object.freeze(note.record as VmRecord));
     this.ver = c.version;
     this.emit('change', c);
-  }
-
-  version(): number {
-    return this.ver;
-  }
-  getUser(name: string): UserRecord | undefined {
-    return this.users.get(name);
-  }
-  getVm(name: string): VmRecord | undefined {
-    return this.vms.get(name);
-  }
-  listUsers(): readonly UserRecord[] {
-    return [...this.users.values()];
-  }
-  listVms(): readonly VmRecord[] {
-    return [...this.vms.values()];
-  }
-  vmsOnNode(node: string): VmRecord[] {
-    return this.vms.onNode(node);
-  }
-  unsettledVms(node: string): VmRecord[] {
-    return this.vms.unsettledOn(node);
-  }
-  vmsForUser(user: UserRecord): VmRecord[] {
-    return this.vms.forUser(user);
-  }
-  keys(): KeyRing {
-    return this.keyRing;
   }
 
   async putUser(user: UserRecord): Promise<void> {
@@ -215,12 +181,6 @@ export class RemoteCounts implements Admission {
     this.rpc.note('release', { key });
   }
   hold(key: string): () => void {
-    this.add(key);
-    let held = true;
-    return () => {
-      if (!held) return;
-      held = false;
-      this.remove(key);
-    };
+    return holdCount(this, key);
   }
 }

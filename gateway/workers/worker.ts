@@ -87,7 +87,7 @@ export async function runWorker(config: Config): Promise<void> {
             const path = `/tunnel/${encodeURIComponent(vm)}/${protocol}?resume=${encodeURIComponent(q.resume)}&session=${encodeURIComponent(q.session)}&received=${q.received}`;
             const upstream = new WebSocket(`ws+unix:${target}:${path}`, ['oneport.v1'], { headers: { [CLIENT_HEADER]: from }, handshakeTimeout: config.tunnel.dialTimeoutMs });
             await joinRelay(upstream, client, queued, () => new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', `worker ${holder} refused the relay`));
-            log.debug({ event: 'session-relayed', vm, session: q.session, holder }, `resumed session on ${vm} relayed to worker ${holder}`);
+            log.info({ event: 'session-relayed', vm, session: q.session, holder }, `resumed session on ${vm} relayed to worker ${holder}`);
           },
         },
         metricsText: () => rpc.call<string>('metrics'),
