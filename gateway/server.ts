@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { type Config, parseListen } from './config.js';
 import { formatHostPort } from './hostport.js';
-import type { GatewayContext } from './context.js';
+import type { GatewayContext, WorkerSessions } from './context.js';
 import { type Directory, type UserRecord, toVmRecord, vmSchema } from './directory/directory.js';
 import { MemoryDirectory } from './directory/memory.js';
 import { type AuthStore, MemoryAuthStore } from './auth/store.js';
@@ -97,6 +97,7 @@ export interface WorkerHooks {
   readonly relay: SessionRelay;
   /** /metrics for the whole node. */
   readonly metricsText: () => Promise<string>;
+  readonly sessions: WorkerSessions;
 }
 
 export interface Gateway {
@@ -154,7 +155,8 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   let joins: JoinService | undefined;
   let dir: Directory;
   let store: AuthStore;
-  const tunnels = new TunnelRegistry(config.nodeId);
+  // Tunnel ids are unique per node: with workers, each mints its own (`<node>:w<id>:<n>`).
+  const tunnels = new TunnelRegistry(worker ? `${config.nodeId}:w${worker.id}` : config.nodeId);
   if (redisTarget !== undefined && redis !== undefined) {
     for (const gap of redisExposure(redisTarget)) {
       log.warn({ event: 'redis-insecure', gap }, `Redis ${gap}: whoever reaches it can read the password hashes and rewrite the directory (users, roles, VM addresses); see README "Security"`);
@@ -278,7 +280,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     cluster,
     directoryState,
     selfMadeCa: config.tls.certificates.length > 0 ? undefined : state.ca.cert,
-    ...(worker ? { metricsText: worker.metricsText } : {}),
+    ...(worker ? { metricsText: worker.metricsText, workers: worker.sessions } : {}),
     connections,
     sessions,
     broker: { dir, auth, reach, watcher, tunnels, metrics, log, noisyLog, lifecycle, nodeId: cluster?.nodeId, holdMs: config.tunnel.holdMs, policy: { idleTimeoutMs: config.tunnel.idleTimeoutMs, maxSessionMs: config.tunnel.maxSessionMs }, caps, audit, self: config.nodeId, handshake: { timeoutMs: config.tunnel.handshakeTimeoutMs, protocolCheck: config.tunnel.protocolCheck }, halfCloseMs: config.tunnel.halfCloseMs },

@@ -441,7 +441,7 @@ function fanout(ctx: GatewayContext): FanoutDeps | undefined {
   return cluster && leaderLink ? { self: cluster.nodeId, nodes: () => cluster.nodes(), dispatcher: leaderLink.dispatcher } : undefined;
 }
 
-function terminate(ctx: GatewayContext, tunnels: readonly Tunnel[]): Promise<number> {
+export function terminate(ctx: GatewayContext, tunnels: readonly Tunnel[]): Promise<number> {
   return terminateSessions({ tunnels: ctx.tunnels, metrics: ctx.metrics, log: ctx.log, endSession: (sid) => ctx.auth.endConsoleSession(sid) }, tunnels);
 }
 
@@ -459,7 +459,8 @@ route('GET', '/api/sessions', 'sessions', async (c) => {
   const local = localOnly(c);
   await nodeOrAdmin(c, local);
   const self = c.ctx.config.nodeId;
-  const mine = c.ctx.tunnels.clientTunnels().map((t) => summarize(t, self));
+  // With workers: every worker's (the primary asks them).
+  const mine = c.ctx.workers ? await c.ctx.workers.sessions() : c.ctx.tunnels.clientTunnels().map((t) => summarize(t, self));
   const f = fanout(c.ctx);
   if (local || !f) {
     if (local) return sendJson(c.res, 200, { node: self, sessions: mine });
@@ -478,6 +479,13 @@ route('DELETE', '/api/sessions/:p', 'session', async (c) => {
   const f = fanout(c.ctx);
   if (local || !f || node === self) {
     const t = c.ctx.tunnels.get(id);
+    if ((!t || t.transport === 'hop') && c.ctx.workers) {
+      // Held by another worker of this node: it ends it.
+      const a = await c.ctx.workers.terminate(id);
+      if (!a) throw new OneportError('ONEPORT_ERR_NOT_FOUND', 'no such session');
+      if (!local) await audit(c, 'session.terminate', { type: 'session', name: id }, { user: a.user, vm: a.vm, tunnels: a.ended });
+      return sendJson(c.res, 200, { id, node: self, ...a });
+    }
     if (!t || t.transport === 'hop') throw new OneportError('ONEPORT_ERR_NOT_FOUND', 'no such session');
     const ended = await terminate(c.ctx, [t]);
     if (!local) await audit(c, 'session.terminate', { type: 'session', name: id }, { user: t.user, vm: t.vm, tunnels: ended });
@@ -496,7 +504,7 @@ route('DELETE', '/api/users/:p/sessions', 'user-sessions', async (c) => {
   await nodeOrAdmin(c, local);
   const name = c.params[0] ?? '';
   const self = c.ctx.config.nodeId;
-  const mine = await terminate(c.ctx, c.ctx.tunnels.clientTunnels().filter((t) => t.user === name));
+  const mine = c.ctx.workers ? await c.ctx.workers.terminateUser(name) : await terminate(c.ctx, c.ctx.tunnels.clientTunnels().filter((t) => t.user === name));
   if (local) return sendJson(c.res, 200, { node: self, ended: mine });
   const f = fanout(c.ctx);
   const others = f ? await askOtherNodes<{ ended: number }>(f, 'DELETE', `/api/users/${encodeURIComponent(name)}/sessions?local=1`) : [];

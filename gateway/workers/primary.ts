@@ -204,6 +204,9 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
     rpc.on('logged-out', (sid) => broadcast('logged-out', String(sid)));
     rpc.on('drain', (o) => void drain({ moveVms: (o as { moveVms?: boolean }).moveVms === true, cause: String((o as { cause?: string }).cause ?? 'api') }));
     rpc.handle('metrics', () => metricsText());
+    rpc.handle('sessions', async () => (await askWorkers<unknown[]>('local-sessions', null)).flat().sort((a, b) => since(a).localeCompare(since(b))));
+    rpc.handle('terminate', async (id) => (await askWorkers<unknown>('local-terminate', id)).find((a) => a !== null) ?? null);
+    rpc.handle('terminate-user', async (name) => (await askWorkers<number>('local-terminate-user', name)).reduce((n, a) => n + (a ?? 0), 0));
   };
 
   const fork = (): Slot => {
@@ -279,6 +282,11 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
       socket.destroy();
     });
   };
+
+  /** The same question to every ready worker (one that does not answer in time is left out). */
+  const askWorkers = async <T>(method: string, args: unknown): Promise<T[]> =>
+    (await Promise.all([...slots.values()].filter((w) => w.ready).map((w) => w.rpc.call<T>(method, args, METRICS_TIMEOUT_MS).then((v) => [v], () => [])))).flat();
+  const since = (x: unknown): string => String((x as { since?: string }).since ?? '');
 
   const metricsText = async (): Promise<string> => {
     const parts = await Promise.all(

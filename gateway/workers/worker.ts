@@ -27,6 +27,8 @@ import { resumeSession } from '../tunnel/resume.js';
 import { createWebSocketServer } from '../http/websocket.js';
 import { guard } from '../http/guard.js';
 import { joinRelay } from '../cluster/relay.js';
+import { terminate } from '../http/api.js';
+import { type TunnelSummary, summarize } from '../tunnel/registry.js';
 import { type Channel, Rpc } from './ipc.js';
 import { type ChangeNote, type DirectorySnapshot, RemoteAuthStore, RemoteCounts, RemoteLimiter, WorkerDirectory } from './remote.js';
 
@@ -91,6 +93,11 @@ export async function runWorker(config: Config): Promise<void> {
           },
         },
         metricsText: () => rpc.call<string>('metrics'),
+        sessions: {
+          sessions: () => rpc.call<TunnelSummary[]>('sessions'),
+          terminate: async (tid) => (await rpc.call<{ user: string; vm: string; ended: number } | null>('terminate', tid)) ?? undefined,
+          terminateUser: (name) => rpc.call<number>('terminate-user', name),
+        },
       },
     },
   );
@@ -143,6 +150,14 @@ export async function runWorker(config: Config): Promise<void> {
     void gw.handOff();
   });
   rpc.handle('metrics', () => ctx.metrics.registry.getMetricsAsJSON());
+  // This worker's part of the node's session list and terminate calls (the primary asks every worker).
+  rpc.handle('local-sessions', () => ctx.tunnels.clientTunnels().map((t) => summarize(t, ctx.config.nodeId)));
+  rpc.handle('local-terminate', async (tid) => {
+    const t = ctx.tunnels.get(String(tid));
+    if (!t || t.transport === 'hop') return null;
+    return { user: t.user, vm: t.vm, ended: await terminate(ctx, [t]) };
+  });
+  rpc.handle('local-terminate-user', (name) => terminate(ctx, ctx.tunnels.clientTunnels().filter((t) => t.user === name)));
 
   // The primary decides when the node stops; signals sent to the whole group are its to answer.
   for (const sig of ['SIGTERM', 'SIGINT', 'SIGUSR2'] as const) process.on(sig, () => undefined);

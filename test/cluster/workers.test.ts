@@ -95,9 +95,9 @@ const ca = (): string => readFileSync(join(state, 'ca.pem'), 'utf8');
 const since = (n: number): Line[] => lines.slice(n);
 
 /** A GET on the control socket: the API as the machine's administrator. */
-function control(path: string): Promise<{ status: number; body: string }> {
+function control(path: string, method = 'GET'): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = http.request({ socketPath: controlSocket, path, method: 'GET', timeout: 10_000 }, (res) => {
+    const req = http.request({ socketPath: controlSocket, path, method, timeout: 10_000 }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (d: string) => (body += d));
@@ -161,7 +161,13 @@ t.test('two workers started; connections are spread over them and /metrics sums 
   t.ok([...counts.values()].every((n) => n >= 2), `each worker holds tunnels (${JSON.stringify([...counts])})`);
   const text = (await control('/metrics')).body;
   t.equal(metric(text, 'oneport_tunnels_active', 'protocol="vnc",transport="connect"'), 4, '/metrics: the four open tunnels, summed over the workers');
-  for (const s of tunnels) s.destroy();
+  // The control socket answers for the whole node: every worker's sessions, and ends any of them.
+  const list = JSON.parse((await control('/api/sessions')).body) as { sessions: Array<{ id: string }> };
+  t.equal(list.sessions.length, 4, 'the session list has the four tunnels of both workers');
+  t.equal(new Set(list.sessions.map((x) => x.id)).size, 4, 'with ids unique across workers');
+  const closed = tunnels.map((s) => closedWithin(s, 15_000));
+  for (const x of list.sessions) t.equal((await control(`/api/sessions/${encodeURIComponent(x.id)}`, 'DELETE')).status, 200, `session ${x.id} ended through the control socket`);
+  await Promise.all(closed);
   await eventually(() => (since(from).filter((l) => l.event === 'tunnel').length >= 4 ? true : undefined), 20_000, 'tunnels closed');
   const workers = new Set(since(from).filter((l) => l.event === 'tunnel').map((l) => String(l.worker)));
   t.equal(workers.size, 2, `the tunnel log lines name both workers (${[...workers].join(', ')})`);
