@@ -29,7 +29,7 @@ import { followMoves } from './tunnel/reroute.js';
 import { followRevocations, revokeApiSession } from './tunnel/revoke.js';
 import { localReach } from './tunnel/reach.js';
 import { VmWatcher } from './tunnel/watcher.js';
-import { SessionCaps } from './tunnel/session-caps.js';
+import { type SessionCounter, SessionCaps } from './tunnel/session-caps.js';
 import { RedisSessionCounter } from './cluster/session-counts.js';
 import { RedisSessionLocator } from './tunnel/session-locator.js';
 import { clusterReach } from './cluster/reach.js';
@@ -98,6 +98,8 @@ export interface WorkerHooks {
   /** /metrics for the whole node. */
   readonly metricsText: () => Promise<string>;
   readonly sessions: WorkerSessions;
+  /** Session caps counted over every worker (the primary's). */
+  readonly sessionCounter: SessionCounter;
 }
 
 export interface Gateway {
@@ -230,8 +232,9 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   const caps = new SessionCaps({
     dir,
     defaults: config.limits,
-    counter:
-      cluster && redisConnection
+    counter: worker
+      ? worker.sessionCounter
+      : cluster && redisConnection
         ? new RedisSessionCounter({
             redis: redisConnection,
             prefix: config.cluster.prefix,

@@ -19,7 +19,6 @@
 import cluster, { type Worker } from 'node:cluster';
 import net from 'node:net';
 import { rmSync } from 'node:fs';
-import { join } from 'node:path';
 import { AggregatorRegistry, Counter, Gauge } from 'prom-client';
 import { type Config, parseListen } from '../config.js';
 import { formatHostPort } from '../hostport.js';
@@ -39,8 +38,10 @@ import { TICKET_KEY_ROTATE_MS, newTicketKey } from '../tls-tickets.js';
 import { startRfbServer, type RfbServer } from '../demo/rfb.js';
 import { ensureDemo } from '../server.js';
 import { type Channel, Rpc } from './ipc.js';
-import { DIRECTORY_WRITES, STORE_OPS } from './remote.js';
-import type { Hello } from './worker.js';
+import { DIRECTORY_WRITES, NodeSessionCounts, STORE_OPS } from './remote.js';
+import type { CountedSession } from '../tunnel/session-caps.js';
+import type { SessionCapValues } from '../tunnel/policy.js';
+import { type Hello, workerSocket } from './worker.js';
 
 export interface PrimaryOptions {
   readonly workers: number;
@@ -95,6 +96,7 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
   const counts = new ConnectionCounts(config.limits);
   const limiters = new Map<string, AttemptLimiter>();
   const holders = new Map<string, number>();
+  const sessionCounts = new NodeSessionCounts();
   const trusted = trustedProxies(config.proxyProtocol.trusted);
   const noisyLog = new RateLimitedLog();
   const metrics = new Metrics({ defaultMetrics: true });
@@ -199,8 +201,14 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
     });
     rpc.handle('holder', (id) => {
       const w = holders.get(String(id));
-      return w === undefined ? null : `w${w}`;
+      const pid = w === undefined ? undefined : slots.get(w)?.worker.process.pid;
+      return pid === undefined ? null : `p${pid}`;
     });
+    rpc.handle('session-admit', (a) => {
+      const { session, caps } = a as { session: CountedSession; caps: SessionCapValues };
+      return sessionCounts.admit(s.worker.id, session, caps);
+    });
+    rpc.on('session-release', (a) => sessionCounts.release(s.worker.id, String((a as { id: string }).id)));
     rpc.on('logged-out', (sid) => broadcast('logged-out', String(sid)));
     rpc.on('drain', (o) => void drain({ moveVms: (o as { moveVms?: boolean }).moveVms === true, cause: String((o as { cause?: string }).cause ?? 'api') }));
     rpc.handle('metrics', () => metricsText());
@@ -222,6 +230,9 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
       for (const [key, n] of s.held) for (let i = 0; i < n; i++) counts.remove(key);
       s.held.clear();
       for (const [id, w] of holders) if (w === worker.id) holders.delete(id);
+      sessionCounts.forget(worker.id);
+      // A worker killed outright leaves its relay socket behind.
+      if (worker.process.pid !== undefined) rmSync(workerSocket(config.state, worker.process.pid), { force: true });
       if (stopping) {
         if (slots.size === 0) allGone?.();
         return;
@@ -362,7 +373,6 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
       await demo?.close();
       await store.close();
       await dir.close();
-      rmSync(join(config.state, 'workers'), { recursive: true, force: true });
       log.info({ event: 'stopped' }, 'stopped');
       log.flush?.();
       markStopped();

@@ -10,6 +10,8 @@
  * - RemoteAuthStore: ticket redemption and session revocation, answered by the primary's store:
  *   a ticket is spent once per node, whichever worker the connection landed on.
  * - RemoteLimiter: the login and ticket budgets, counted in the primary.
+ * - RemoteSessionCounter: console sessions per user and per VM (session caps), counted in the
+ *   primary over every worker (a session part of which another worker holds is admitted).
  * - RemoteCounts: connections per client address. The primary admits and counts each connection
  *   at accept, before it hands it to a worker; a worker tells it when one ends, asks it when a
  *   PROXY header names another client, and makes a parked session hold a count.
@@ -20,6 +22,8 @@ import { DirectoryView } from '../directory/view.js';
 import { type Admission, ConnectionCounts, type Refusal, holdCount } from '../admission.js';
 import type { Limiter } from '../auth/limits.js';
 import type { Rpc } from './ipc.js';
+import type { CapScope, CountedSession, SessionCounter } from '../tunnel/session-caps.js';
+import type { SessionCapValues } from '../tunnel/policy.js';
 
 /** The whole embedded directory, as the primary sends it to a starting worker. */
 export interface DirectorySnapshot {
@@ -182,5 +186,58 @@ export class RemoteCounts implements Admission {
   }
   hold(key: string): () => void {
     return holdCount(this, key);
+  }
+}
+
+export class RemoteSessionCounter implements SessionCounter {
+  constructor(private readonly rpc: Rpc) {}
+
+  admit(s: CountedSession, caps: SessionCapValues): Promise<'ok' | CapScope> {
+    return this.rpc.call('session-admit', { session: s, caps });
+  }
+  release(s: CountedSession): void {
+    this.rpc.note('session-release', { id: s.id });
+  }
+  start(): void {
+    // The primary forgets a worker's sessions when it dies: nothing to keep alive.
+  }
+  stop(): void {}
+}
+
+/**
+ * The primary's side: every worker's counted sessions, by id, with the workers holding a part.
+ * Same rule as one process (session-caps.ts localFull), over the whole node.
+ */
+export class NodeSessionCounts {
+  private readonly sessions = new Map<string, { session: CountedSession; holders: Set<number> }>();
+
+  admit(worker: number, s: CountedSession, caps: SessionCapValues): 'ok' | CapScope {
+    const known = this.sessions.get(s.id);
+    if (known) {
+      known.holders.add(worker);
+      return 'ok';
+    }
+    let user = 0;
+    let vm = 0;
+    for (const { session } of this.sessions.values()) {
+      if (session.user === s.user) user++;
+      if (session.vm === s.vm) vm++;
+    }
+    if (caps.user > 0 && user >= caps.user) return 'user';
+    if (caps.vm > 0 && vm >= caps.vm) return 'vm';
+    this.sessions.set(s.id, { session: { id: s.id, user: s.user, vm: s.vm }, holders: new Set([worker]) });
+    return 'ok';
+  }
+
+  release(worker: number, id: string): void {
+    const known = this.sessions.get(id);
+    if (!known) return;
+    known.holders.delete(worker);
+    if (known.holders.size === 0) this.sessions.delete(id);
+  }
+
+  /** A worker died: what it held is no longer held there. */
+  forget(worker: number): void {
+    for (const id of [...this.sessions.keys()]) this.release(worker, id);
   }
 }

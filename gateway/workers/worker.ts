@@ -6,7 +6,7 @@
  * the parked `oneport.v1` sessions and their replay bytes.
  *
  * A parked session lives in the worker that opened it; its client usually comes back on another
- * worker. Each worker serves resumes on a Unix socket in the state folder (`workers/<id>.sock`,
+ * worker. Each worker serves resumes on a Unix socket in the state folder (`workers/<pid>.sock`,
  * mode 0600): the worker the client reached asks the primary which worker holds the session and
  * relays the leg there, like the relay between nodes (cluster/relay.ts). The holder checks the
  * resume token as for any resume.
@@ -30,7 +30,7 @@ import { joinRelay } from '../cluster/relay.js';
 import { terminate } from '../http/api.js';
 import { type TunnelSummary, summarize } from '../tunnel/registry.js';
 import { type Channel, Rpc } from './ipc.js';
-import { type ChangeNote, type DirectorySnapshot, RemoteAuthStore, RemoteCounts, RemoteLimiter, WorkerDirectory } from './remote.js';
+import { type ChangeNote, type DirectorySnapshot, RemoteAuthStore, RemoteCounts, RemoteLimiter, RemoteSessionCounter, WorkerDirectory } from './remote.js';
 
 /** What the primary answers a starting worker. */
 export interface Hello {
@@ -43,9 +43,9 @@ export interface Hello {
 const CLIENT_HEADER = 'x-oneport-client';
 const RELAY_PATH = /^\/tunnel\/([^/?#]{1,200})\/([a-z]{1,10})$/;
 
-/** Where worker `id` serves relayed resumes. */
-export function workerSocket(state: string, id: number | string): string {
-  return join(state, 'workers', `${id}.sock`);
+/** Where the worker with process id `pid` serves relayed resumes. */
+export function workerSocket(state: string, pid: number | string): string {
+  return join(state, 'workers', `${pid}.sock`);
 }
 
 export async function runWorker(config: Config): Promise<void> {
@@ -58,7 +58,8 @@ export async function runWorker(config: Config): Promise<void> {
   const tickets = new TicketKeys(Infinity, Date.now, Buffer.from(hello.ticketKey, 'base64'));
   rpc.on('ticket-key', (key) => tickets.replace(Buffer.from(key as string, 'base64')));
   const counts = new RemoteCounts(rpc);
-  const socketPath = workerSocket(config.state, id);
+  // By process id: a same-host restart's successor has workers with the same ids meanwhile.
+  const socketPath = workerSocket(config.state, process.pid);
   let draining = false;
   const gw = await startGateway(
     { ...config, demo: { ...config.demo, enabled: false } },
@@ -82,7 +83,7 @@ export async function runWorker(config: Config): Promise<void> {
           forget: (sid) => rpc.note('session', { id: sid, held: false }),
         },
         relay: {
-          self: `w${id}`,
+          self: `p${process.pid}`,
           holder: async (sid) => (await rpc.call<string | null>('holder', sid)) ?? undefined,
           relay: async (holder, client, vm, protocol, q, queued, from) => {
             const target = workerSocket(config.state, holder.slice(1));
@@ -93,6 +94,7 @@ export async function runWorker(config: Config): Promise<void> {
           },
         },
         metricsText: () => rpc.call<string>('metrics'),
+        sessionCounter: new RemoteSessionCounter(rpc),
         sessions: {
           sessions: () => rpc.call<TunnelSummary[]>('sessions'),
           terminate: async (tid) => (await rpc.call<{ user: string; vm: string; ended: number } | null>('terminate', tid)) ?? undefined,

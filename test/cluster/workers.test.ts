@@ -20,21 +20,17 @@ import http from 'node:http';
 import net from 'node:net';
 import tls from 'node:tls';
 import { once } from 'node:events';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { WebSocket } from 'ws';
 import { openAdmin } from '../../gateway/admin.js';
 import { statePaths } from '../../gateway/state.js';
 import { startBackend, rawRequest, echoRoundTrip, closedWithin, errorCode } from '../helpers/net.js';
 import { clearConnect } from '../helpers/scenario.js';
 import { deadline, eventually } from '../helpers/wait.js';
+import { type Line, spawnServe } from '../helpers/serve.js';
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const CLI = join(ROOT, 'gateway', 'cli.ts');
-type Line = Record<string, unknown>;
 
 const state = mkdtempSync(join(tmpdir(), 'oneport-workers-'));
 t.teardown(() => rmSync(state, { recursive: true, force: true }));
@@ -55,40 +51,7 @@ writeFileSync(
     shutdown: { drainMs: 10_000, unreadyMs: 0 },
   }),
 );
-const proc = spawn(process.execPath, ['--import', 'tsx', CLI, 'serve', '--config', join(state, 'config.json')], { cwd: ROOT, env: { ...process.env, ONEPORT_STATE: state }, stdio: ['ignore', 'pipe', 'pipe'] });
-const lines: Line[] = [];
-const pids = new Set<number>([proc.pid!]);
-let buf = '';
-proc.stdout!.setEncoding('utf8');
-proc.stdout!.on('data', (c: string) => {
-  buf += c;
-  let nl: number;
-  while ((nl = buf.indexOf('\n')) >= 0) {
-    try {
-      const l = JSON.parse(buf.slice(0, nl)) as Line;
-      lines.push(l);
-      if (l.event === 'worker-started') pids.add(Number(l.pid));
-    } catch {
-      /* not JSON */
-    }
-    buf = buf.slice(nl + 1);
-  }
-});
-let stderr = '';
-proc.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
-const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
-t.teardown(() => {
-  for (const pid of pids) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      /* gone */
-    }
-  }
-});
-t.teardown(() => {
-  if (!t.passing()) t.comment(`events: ${lines.map((l) => `${String(l.event ?? l.msg)}@${String(l.worker)}`).join(' ')}\nstderr: ${stderr}`);
-});
+const { proc, lines, exited } = spawnServe(t, join(state, 'config.json'), state);
 
 const controlSocket = statePaths(state).controlSocket;
 const ca = (): string => readFileSync(join(state, 'ca.pem'), 'utf8');
@@ -129,7 +92,7 @@ async function workerOf(from: number, pred: (l: Line) => boolean, what: string):
 }
 
 let port = 0;
-let ticket: (user?: string) => Promise<string>;
+let ticket: (user?: string, vm?: string) => Promise<string>;
 let echo: Awaited<ReturnType<typeof startBackend>>;
 
 t.before(async () => {
@@ -141,7 +104,7 @@ t.before(async () => {
   await admin.putUser('alice', { password: 'alice-password-1' });
   await admin.putVm({ name: 'desk', node: 'solo', endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port: echo.port, publishedPort: 5900 }], users: ['alice'] } as Parameters<typeof admin.putVm>[0]);
   await admin.close();
-  ticket = async (user = 'alice') => String((await (await openAdmin(state)).ticket(user, 'desk', 'vnc')).ticket);
+  ticket = async (user = 'alice', vm = 'desk') => String((await (await openAdmin(state)).ticket(user, vm, 'vnc')).ticket);
 });
 
 t.test('two workers started; connections are spread over them and /metrics sums them', async (t) => {
@@ -185,6 +148,23 @@ t.test('a ticket is spent once per node, whichever worker redeems it', async (t)
   first.socket.destroy();
   const closed = await workerOf(from, (l) => l.event === 'tunnel' && l.client === '127.0.0.1', 'the first tunnel closed');
   t.not(refused, closed, `the refusal came from the other worker (${refused}) than the first use (${closed})`);
+});
+
+t.test("a VM's session cap is node-wide", async (t) => {
+  const admin = await openAdmin(state);
+  await admin.putVm({ name: 'capped', node: 'solo', maxSessions: 1, endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port: echo.port, publishedPort: 5900 }], users: ['alice'] } as Parameters<typeof admin.putVm>[0]);
+  const from = lines.length;
+  const first = await rawRequest(port, clearConnect(await ticket('alice', 'capped'), 'capped'));
+  t.equal(first.status, 200, 'the first session opens');
+  const second = await rawRequest(port, clearConnect(await ticket('alice', 'capped'), 'capped'));
+  t.equal(errorCode(second.body.toString()), 'ONEPORT_ERR_SESSION_LIMIT', `a second session is refused (${second.status})`);
+  const refused = await workerOf(from, (l) => l.event === 'tunnel-refused' && l.code === 'ONEPORT_ERR_SESSION_LIMIT', 'the refusal');
+  first.socket.destroy();
+  const closed = await workerOf(from, (l) => l.event === 'tunnel' && l.vm === 'capped', 'the first session closed');
+  t.not(refused, closed, `by the other worker (${refused}) than the one holding the first (${closed})`);
+  const third = await rawRequest(port, clearConnect(await ticket('alice', 'capped'), 'capped'));
+  t.equal(third.status, 200, 'once the first ended, a new one opens');
+  third.socket.destroy();
 });
 
 t.test('the per-address limit is node-wide', async (t) => {
