@@ -48,7 +48,7 @@ import { certificateMatchesName } from '../certs/ca.js';
 import { startRfbServer, type RfbServer } from './demo/rfb.js';
 import { ControlServer } from './control.js';
 import { AuditLog } from './audit.js';
-import { RdgEntrance } from './rdg/entrance.js';
+import { type RdgClusterLink, RdgEntrance } from './rdg/entrance.js';
 import { routeTls } from './rdg/route.js';
 import { rdgClusterLink } from './cluster/rdg-link.js';
 import { JoinService, JoinTokens, joinIfNeeded } from './cluster/join.js';
@@ -100,6 +100,10 @@ export interface WorkerHooks {
   readonly sessions: WorkerSessions;
   /** Session caps counted over every worker (the primary's). */
   readonly sessionCounter: SessionCounter;
+  /** The RD Gateway legacy pair across workers (an IN request relayed to the worker holding its OUT). */
+  readonly rdgLink: RdgClusterLink;
+  /** A connection from another worker of this node (a relayed RD Gateway IN request): trusted as a peer. */
+  readonly fromWorker: (socket: net.Socket) => boolean;
 }
 
 export interface Gateway {
@@ -131,6 +135,8 @@ export interface Gateway {
   handOff(): Promise<void>;
   /** Workers: serve a connection the primary accepted and counted under `key`. */
   adopt(socket: net.Socket, key: string): void;
+  /** Workers: an RD Gateway IN request another worker relayed here (its first bytes read). */
+  acceptRdgRelay(socket: net.Socket, initial: Buffer): void;
   /** Workers: serve a control-socket connection the primary accepted. */
   acceptControl(socket: net.Socket): void;
 }
@@ -307,7 +313,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
           : undefined,
     },
     leaderLink: cluster ? { nodeId: cluster.nodeId, leaderPeer: () => cluster.leaderPeer(), dispatcher: cluster.peers.agent } : undefined,
-    peerNode: (socket) => cluster?.peerNode(socket),
+    peerNode: (socket) => (worker?.fromWorker(socket) ? 'worker' : cluster?.peerNode(socket)),
     // Other nodes hear of it from the auth store's revocation feed (auth/redis-store.ts).
     loggedOut: worker ? worker.loggedOut : (sid) => revokeApiSession({ tunnels, metrics, log }, sid),
     audit,
@@ -329,7 +335,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   const contexts = buildSecureContexts(config, state.server, nodeIdentity, worker?.tickets);
   const tlsHttp = createTlsHttpServer(ctx, new Portal(WEB_ROOT));
   const clearHttp = createClearHttpServer(ctx);
-  const rdg = new RdgEntrance(ctx, cluster && redisConnection ? rdgClusterLink(cluster, redisConnection, config.cluster.prefix, log) : undefined);
+  const rdg = new RdgEntrance(ctx, worker ? worker.rdgLink : cluster && redisConnection ? rdgClusterLink(cluster, redisConnection, config.cluster.prefix, log) : undefined);
   const listener = new Listener(ctx, {
     // RD Gateway requests (RDG_OUT_DATA / RDG_IN_DATA) go to their own entrance; the rest is HTTPS.
     onTls: (s) => routeTls(s, config.http.headersTimeoutMs, { rdg: (sock, head) => rdg.handle(sock, head), http: (sock) => tlsHttp.emit('connection', sock) }),
@@ -499,6 +505,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     listenFd: () => listener.fd,
     handOff,
     adopt: (socket, key) => listener.adopt(socket, key),
+    acceptRdgRelay: (socket, initial) => rdg.handle(socket as tls.TLSSocket, initial),
     acceptControl: (socket) => {
       control ??= new ControlServer(ctx, state.paths.controlSocket);
       control.accept(socket);

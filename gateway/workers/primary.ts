@@ -82,6 +82,8 @@ const EARLY_DEATH_MS = 10_000;
 const RESPAWN_PAUSE_MS = 1000;
 /** Past the drain period, workers still running are killed. */
 const DRAIN_SLACK_MS = 10_000;
+/** RD Gateway pairs waiting for their IN request, node-wide (each worker also has rdg.maxUnpaired). */
+const MAX_RDG_PAIRS = 100_000;
 /** The primary's answer to /metrics waits this long for each worker. */
 const METRICS_TIMEOUT_MS = 5000;
 
@@ -97,6 +99,8 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
   const limiters = new Map<string, AttemptLimiter>();
   const holders = new Map<string, number>();
   const sessionCounts = new NodeSessionCounts();
+  /** RD Gateway legacy pairs: which worker holds the OUT request of each, until when. */
+  const rdgOuts = new Map<string, { worker: number; until: number }>();
   const trusted = trustedProxies(config.proxyProtocol.trusted);
   const noisyLog = new RateLimitedLog();
   const metrics = new Metrics({ defaultMetrics: true });
@@ -209,6 +213,22 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
       return sessionCounts.admit(s.worker.id, session, caps);
     });
     rpc.on('session-release', (a) => sessionCounts.release(s.worker.id, String((a as { id: string }).id)));
+    rpc.handle('rdg-announce', (a) => {
+      const { id, ttlMs } = a as { id: string; ttlMs: number };
+      const now = Date.now();
+      if (rdgOuts.size >= MAX_RDG_PAIRS) for (const [k, v] of rdgOuts) if (v.until <= now) rdgOuts.delete(k);
+      if (typeof id === 'string' && id.length <= 64 && rdgOuts.size < MAX_RDG_PAIRS) rdgOuts.set(id, { worker: s.worker.id, until: now + Math.min(Number(ttlMs) || 0, 60_000) });
+    });
+    rpc.on('rdg-forget', (a) => {
+      const id = String((a as { id: string }).id);
+      if (rdgOuts.get(id)?.worker === s.worker.id) rdgOuts.delete(id);
+    });
+    rpc.handle('rdg-locate', (id) => {
+      const held = rdgOuts.get(String(id));
+      if (!held || held.until <= Date.now()) return null;
+      const pid = slots.get(held.worker)?.worker.process.pid;
+      return pid === undefined ? null : `p${pid}`;
+    });
     rpc.on('logged-out', (sid) => broadcast('logged-out', String(sid)));
     rpc.on('drain', (o) => void drain({ moveVms: (o as { moveVms?: boolean }).moveVms === true, cause: String((o as { cause?: string }).cause ?? 'api') }));
     rpc.handle('metrics', () => metricsText());
@@ -232,7 +252,10 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
       for (const [id, w] of holders) if (w === worker.id) holders.delete(id);
       sessionCounts.forget(worker.id);
       // A worker killed outright leaves its relay socket behind.
-      if (worker.process.pid !== undefined) rmSync(workerSocket(config.state, worker.process.pid), { force: true });
+      if (worker.process.pid !== undefined) {
+        rmSync(workerSocket(config.state, worker.process.pid), { force: true });
+        rmSync(workerSocket(config.state, worker.process.pid, 'rdg'), { force: true });
+      }
       if (stopping) {
         if (slots.size === 0) allGone?.();
         return;

@@ -13,8 +13,8 @@
  */
 import cluster from 'node:cluster';
 import http from 'node:http';
-import type net from 'node:net';
-import { chmodSync, mkdirSync, unlinkSync } from 'node:fs';
+import net from 'node:net';
+import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { WebSocket } from 'ws';
 import type { Config } from '../config.js';
@@ -27,6 +27,7 @@ import { resumeSession } from '../tunnel/resume.js';
 import { createWebSocketServer } from '../http/websocket.js';
 import { guard } from '../http/guard.js';
 import { joinRelay } from '../cluster/relay.js';
+import { spliceRelay } from '../cluster/rdg-link.js';
 import { terminate } from '../http/api.js';
 import { type TunnelSummary, summarize } from '../tunnel/registry.js';
 import { type Channel, Rpc } from './ipc.js';
@@ -43,9 +44,9 @@ export interface Hello {
 const CLIENT_HEADER = 'x-oneport-client';
 const RELAY_PATH = /^\/tunnel\/([^/?#]{1,200})\/([a-z]{1,10})$/;
 
-/** Where the worker with process id `pid` serves relayed resumes. */
-export function workerSocket(state: string, pid: number | string): string {
-  return join(state, 'workers', `${pid}.sock`);
+/** Where the worker with process id `pid` serves relayed resumes (and, `rdg`, relayed RD Gateway IN requests). */
+export function workerSocket(state: string, pid: number | string, what: 'resume' | 'rdg' = 'resume'): string {
+  return join(state, 'workers', what === 'rdg' ? `${pid}.rdg.sock` : `${pid}.sock`);
 }
 
 export async function runWorker(config: Config): Promise<void> {
@@ -61,6 +62,8 @@ export async function runWorker(config: Config): Promise<void> {
   // By process id: a same-host restart's successor has workers with the same ids meanwhile.
   const socketPath = workerSocket(config.state, process.pid);
   let draining = false;
+  /** Connections on this worker's RD Gateway relay socket: from the other workers only (mode 0600). */
+  const fromWorkers = new WeakSet<net.Socket>();
   const gw = await startGateway(
     { ...config, demo: { ...config.demo, enabled: false } },
     {
@@ -95,6 +98,27 @@ export async function runWorker(config: Config): Promise<void> {
         },
         metricsText: () => rpc.call<string>('metrics'),
         sessionCounter: new RemoteSessionCounter(rpc),
+        rdgLink: {
+          self: `p${process.pid}`,
+          announce: (pairId, ttlMs) => rpc.call('rdg-announce', { id: pairId, ttlMs }),
+          forget: (pairId) => rpc.note('rdg-forget', { id: pairId }),
+          locate: async (pairId) => (await rpc.call<string | null>('rdg-locate', pairId)) ?? undefined,
+          relay: async (holder, socket, head, client) => {
+            const upstream = net.connect(workerSocket(config.state, holder.slice(1), 'rdg'));
+            upstream.on('error', () => upstream.destroy());
+            await new Promise<void>((resolve, reject) => {
+              upstream.once('connect', resolve);
+              upstream.once('close', () => reject(new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', `worker ${holder} holding RDG_OUT_DATA did not take the relay`)));
+            });
+            if (socket.destroyed) {
+              upstream.destroy();
+              return;
+            }
+            spliceRelay(socket, upstream, head);
+            log.info({ event: 'rdg-relayed', client, holder }, `RD Gateway IN request relayed to worker ${holder}, which holds its RDG_OUT_DATA`);
+          },
+        },
+        fromWorker: (socket) => fromWorkers.has(socket),
         sessions: {
           sessions: () => rpc.call<TunnelSummary[]>('sessions'),
           terminate: async (tid) => (await rpc.call<{ user: string; vm: string; ended: number } | null>('terminate', tid)) ?? undefined,
@@ -107,11 +131,7 @@ export async function runWorker(config: Config): Promise<void> {
 
   // Resumes relayed from the other workers: the holder answers as for a client of its own, without relaying again.
   mkdirSync(join(config.state, 'workers'), { recursive: true, mode: 0o700 });
-  try {
-    unlinkSync(socketPath);
-  } catch {
-    /* none left behind */
-  }
+  rmSync(socketPath, { force: true });
   const wss = createWebSocketServer(ctx);
   const relayServer = http.createServer((_req, res) => res.writeHead(404).end());
   relayServer.headersTimeout = ctx.config.tunnel.dialTimeoutMs;
@@ -134,6 +154,25 @@ export async function runWorker(config: Config): Promise<void> {
     relayServer.listen(socketPath, () => resolve());
   });
   chmodSync(socketPath, 0o600);
+  // RD Gateway IN requests another worker relayed (its OUT request is held here): raw bytes, the
+  // request head first, as a node relays to another node (cluster/rdg-link.ts).
+  const rdgPath = workerSocket(config.state, process.pid, 'rdg');
+  rmSync(rdgPath, { force: true });
+  const rdgServer = net.createServer((socket) => {
+    socket.on('error', () => socket.destroy());
+    fromWorkers.add(socket);
+    const timer = setTimeout(() => socket.destroy(), ctx.config.rdg.setupTimeoutMs);
+    socket.once('data', (first: Buffer) => {
+      clearTimeout(timer);
+      socket.pause();
+      gw.acceptRdgRelay(socket, first);
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    rdgServer.once('error', reject);
+    rdgServer.listen(rdgPath, () => resolve());
+  });
+  chmodSync(rdgPath, 0o600);
 
   rpc.on('conn', (args, handle) => {
     const key = (args as { key: string }).key;
@@ -171,11 +210,9 @@ export async function runWorker(config: Config): Promise<void> {
   process.on('uncaughtException', lastResort('uncaughtException'));
   void gw.stopped.then(() => {
     relayServer.close();
-    try {
-      unlinkSync(socketPath);
-    } catch {
-      /* gone */
-    }
+    rdgServer.close();
+    rmSync(socketPath, { force: true });
+    rmSync(rdgPath, { force: true });
     rpc.close();
     process.exit(0);
   });

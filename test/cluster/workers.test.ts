@@ -4,12 +4,14 @@
  * where the connection demonstrably landed on the other worker (the `worker` field of the log
  * lines, `oneport_worker_connections{worker}`):
  *
- * - connections are spread over the workers; /metrics sums them;
+ * - connections are spread over the workers; /metrics sums them; the control socket lists and
+ *   ends every worker's sessions;
  * - the directory (written through the control socket) is seen by every worker at once;
  * - a ticket is spent once per node, whichever worker redeems it;
- * - the per-address connection limit and the login budget are node-wide;
+ * - a VM's session cap, the per-address connection limit and the login budget are node-wide;
  * - a TLS session made on one worker resumes on the other (one ticket key);
  * - a parked `oneport.v1` session resumes through the other worker (relayed to its holder);
+ * - an RD Gateway legacy pair whose IN request lands on the other worker pairs (relayed);
  * - a moved VM's tunnels are told to reconnect on every worker;
  * - a worker killed with SIGKILL is replaced; the other worker's tunnels go on;
  * - SIGTERM drains every worker, then the node exits 0.
@@ -30,6 +32,7 @@ import { startBackend, rawRequest, echoRoundTrip, closedWithin, errorCode } from
 import { clearConnect } from '../helpers/scenario.js';
 import { deadline, eventually } from '../helpers/wait.js';
 import { type Line, spawnServe } from '../helpers/serve.js';
+import { RdgLegacyClient } from '../helpers/rdg.js';
 
 
 const state = mkdtempSync(join(tmpdir(), 'oneport-workers-'));
@@ -277,6 +280,24 @@ async function tunnelOnEachWorker(t: Tap.Test): Promise<net.Socket[]> {
   t.same([...counts.values()], [1, 1], `one tunnel on each worker (${JSON.stringify([...counts])})`);
   return out;
 }
+
+t.test('an RD Gateway legacy pair whose two requests land on different workers', async (t) => {
+  const admin = await openAdmin(state);
+  await admin.putVm({ name: 'win', node: 'solo', endpoints: [{ protocol: 'rdp', host: '127.0.0.1', port: echo.port }], users: ['alice'] } as Parameters<typeof admin.putVm>[0]);
+  const from = lines.length;
+  // The OUT request keeps its worker busier: the IN request goes to the other one.
+  const c = await RdgLegacyClient.connect([port, port], ca());
+  t.teardown(() => c.destroy());
+  t.match(await c.open(String((await admin.ticket('alice', 'win', 'rdp')).ticket), 'win'), { type: 'channel-response', errorCode: 0 }, 'channel opened');
+  const data = Buffer.alloc(100_000, 0x42);
+  for (let at = 0; at < data.length; at += 0xffff) c.send({ type: 'data', data: data.subarray(at, at + 0xffff) });
+  t.same(await c.readData(data.length), data, 'data both ways through the relayed IN request');
+  const relayedBy = await workerOf(from, (l) => l.event === 'rdg-relayed', 'rdg-relayed');
+  c.send({ type: 'close-channel', statusCode: 0 });
+  await c.closed();
+  const heldBy = await workerOf(from, (l) => l.event === 'tunnel' && l.vm === 'win', 'the tunnel line');
+  t.not(relayedBy, heldBy, `worker ${relayedBy} relayed the IN request to worker ${heldBy}, which holds the OUT request and the tunnel`);
+});
 
 t.test("a moved VM's tunnels are told to reconnect on every worker", async (t) => {
   const tunnels = await tunnelOnEachWorker(t);
