@@ -128,17 +128,22 @@ route('GET', '/readyz', 'readyz', (c) => {
     ...(c.ctx.cluster ? { cluster: { node: c.ctx.cluster.nodeId, leader: leader ? { node: leader.node, epoch: leader.epoch } : null } } : {}),
   });
 });
-route('GET', '/metrics', 'metrics', async (c) => {
-  const st = c.ctx.directoryState();
-  c.ctx.metrics.directoryVersion.set(c.ctx.dir.version());
-  c.ctx.metrics.directoryAge.set(st.ageMs / 1000);
-  c.ctx.metrics.directoryConnected.set(st.connected ? 1 : 0);
-  c.ctx.metrics.sessionsParked.set(c.ctx.sessions.parkedCount);
-  c.ctx.metrics.sessionReplayBytes.set(c.ctx.sessions.bufferedBytes);
-  if (c.ctx.cluster) {
-    c.ctx.metrics.clusterLeader.set(c.ctx.cluster.isLeader() ? 1 : 0);
-    c.ctx.metrics.clusterEpoch.set(c.ctx.cluster.leader()?.epoch ?? c.ctx.cluster.lease.highestEpoch());
+/** The gauges read at scrape time (also each worker's, when the primary gathers /metrics). */
+export function refreshGauges(ctx: GatewayContext): void {
+  const st = ctx.directoryState();
+  ctx.metrics.directoryVersion.set(ctx.dir.version());
+  ctx.metrics.directoryAge.set(st.ageMs / 1000);
+  ctx.metrics.directoryConnected.set(st.connected ? 1 : 0);
+  ctx.metrics.sessionsParked.set(ctx.sessions.parkedCount);
+  ctx.metrics.sessionReplayBytes.set(ctx.sessions.bufferedBytes);
+  if (ctx.cluster) {
+    ctx.metrics.clusterLeader.set(ctx.cluster.isLeader() ? 1 : 0);
+    ctx.metrics.clusterEpoch.set(ctx.cluster.leader()?.epoch ?? ctx.cluster.lease.highestEpoch());
   }
+}
+
+route('GET', '/metrics', 'metrics', async (c) => {
+  refreshGauges(c.ctx);
   // With workers: every worker's and the primary's, summed (workers/primary.ts).
   const text = c.ctx.metricsText ? await c.ctx.metricsText() : await c.ctx.metrics.registry.metrics();
   c.res.writeHead(200, { 'Content-Type': c.ctx.metrics.registry.contentType, 'Cache-Control': 'no-store' });

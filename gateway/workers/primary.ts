@@ -329,6 +329,11 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
     // Only the workers alive now.
     workerConnections.reset();
     for (const s of slots.values()) workerConnections.set({ worker: String(s.worker.id) }, s.open);
+    // The primary's own node-level gauges (kept as max / min over the processes, metrics.ts).
+    metrics.directoryVersion.set(dir.version());
+    metrics.directoryAge.set(0);
+    metrics.directoryConnected.set(1);
+    metrics.draining.set(drainOpts || handingOff ? 1 : 0);
     const own = await metrics.registry.getMetricsAsJSON();
     return AggregatorRegistry.aggregate([own, ...parts.filter((p): p is unknown[] => p !== undefined)] as never).metrics();
   };

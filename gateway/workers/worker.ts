@@ -28,7 +28,7 @@ import { createWebSocketServer } from '../http/websocket.js';
 import { guard } from '../http/guard.js';
 import { joinRelay } from '../cluster/relay.js';
 import { spliceRelay } from '../cluster/rdg-link.js';
-import { terminate } from '../http/api.js';
+import { refreshGauges, terminate } from '../http/api.js';
 import { type TunnelSummary, summarize } from '../tunnel/registry.js';
 import { type Channel, Rpc } from './ipc.js';
 import { type ChangeNote, type DirectorySnapshot, RemoteAuthStore, RemoteCounts, RemoteLimiter, RemoteSessionCounter, WorkerDirectory } from './remote.js';
@@ -190,7 +190,10 @@ export async function runWorker(config: Config): Promise<void> {
     draining = true;
     void gw.handOff();
   });
-  rpc.handle('metrics', () => ctx.metrics.registry.getMetricsAsJSON());
+  rpc.handle('metrics', () => {
+    refreshGauges(ctx);
+    return ctx.metrics.registry.getMetricsAsJSON();
+  });
   // This worker's part of the node's session list and terminate calls (the primary asks every worker).
   rpc.handle('local-sessions', () => ctx.tunnels.clientTunnels().map((t) => summarize(t, ctx.config.nodeId)));
   rpc.handle('local-terminate', async (tid) => {

@@ -127,6 +127,9 @@ t.test('two workers started; connections are spread over them and /metrics sums 
   t.ok([...counts.values()].every((n) => n >= 2), `each worker holds tunnels (${JSON.stringify([...counts])})`);
   const text = (await control('/metrics')).body;
   t.equal(metric(text, 'oneport_tunnels_active', 'protocol="vnc",transport="connect"'), 4, '/metrics: the four open tunnels, summed over the workers');
+  const ready = JSON.parse((await control('/readyz')).body) as { directory: { version: number } };
+  t.equal(metric(text, 'oneport_directory_version'), ready.directory.version, '/metrics: the directory version, not its sum over the processes');
+  t.equal(metric(text, 'oneport_directory_connected'), 1, '/metrics: directory connected (1, not a sum)');
   // The control socket answers for the whole node: every worker's sessions, and ends any of them.
   const list = JSON.parse((await control('/api/sessions')).body) as { sessions: Array<{ id: string }> };
   t.equal(list.sessions.length, 4, 'the session list has the four tunnels of both workers');
