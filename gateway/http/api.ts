@@ -361,7 +361,8 @@ route('POST', '/api/nodes/:p/drain', 'drain', async (c) => {
   const node = c.params[0] ?? '';
   const { cluster, config } = c.ctx;
   if (node === config.nodeId) {
-    const tunnels = c.ctx.tunnels.size;
+    // With workers: every worker's client tunnels (this node holds no hops outside a cluster).
+    const tunnels = c.ctx.workers ? (await c.ctx.workers.sessions()).length : c.ctx.tunnels.size;
     const { started } = c.ctx.drain({ moveVms, cause: 'api' });
     await audit(c, 'node.drain', { type: 'node', name: node }, { moveVms, started });
     sendJson(c.res, 202, { node, draining: true, started, tunnels, moveVms });
