@@ -1,12 +1,19 @@
 /**
  * Fault injection with a client workload around each fault (issue 15, point 2): real gateway
- * processes, a real redis-server, faults made with signals and fault proxies on loopback.
+ * processes, a real redis-server, faults made with signals, and partitions made with network
+ * namespaces (test/helpers/lan.ts: each node in its own namespace behind a router namespace; a
+ * cut is a pair of `ip rule ... blackhole` in the router, so packets are dropped in the middle).
+ * Without root (no `ip netns`), the cuts fall back to fault proxies on loopback that stop
+ * forwarding (no FIN, no RST).
  *
  *   sigstop-owner   SIGSTOP of a VM's owner (host silent) for `--hold` ms, then SIGCONT
  *   sigstop-leader  SIGSTOP of the leader, then SIGCONT
- *   redis-cut       the owner cut from Redis only (a fault proxy between it and Redis hangs)
- *   peer-cut        the owner cut from its peers only (they reach it through a fault proxy as its
- *                   advertised address; clients and Redis still reach it)
+ *   redis-cut       the owner cut from Redis only (the router drops what it and Redis send each
+ *                   other; clients and its peers still reach it)
+ *   peer-cut        the owner cut from its peers only (the router drops what it and each other
+ *                   node send each other; clients and Redis still reach it)
+ *   slow-link       the owner's link slowed (tc tbf both ways, 512 kbit/s, 300 ms queue then
+ *                   drops: slow, and lossy at peaks; namespaces only)
  *   console-hang    a console process SIGSTOPped mid-stream while the client keeps writing
  *   disk-full       one node with the embedded directory, its state folder in a full tmpfs
  *                   (`unshare -m`), then the space freed
@@ -43,6 +50,7 @@ import { parseArgs } from 'node:util';
 import { Agent } from 'undici';
 import { Redis } from 'ioredis';
 import { startFaultProxy, startRedis, type FaultProxy } from '../test/helpers/redis.js';
+import { lanUnavailable, startLan, type Lan } from '../test/helpers/lan.js';
 import { adminToken, electedLeader, logTime, makeCluster, type ClusterNode, type TestCluster } from '../test/helpers/cluster.js';
 import { basic, errorCode, freePort, rawRequest } from '../test/helpers/net.js';
 import { apiCall } from '../test/helpers/api.js';
@@ -75,6 +83,8 @@ interface Ctx {
   nodes: ClusterNode[];
   token: string;
   redis: Redis;
+  /** Two client addresses for the ticket races (not the address the other clients come from). */
+  raceFrom: readonly [string, string];
 }
 
 interface Answer {
@@ -84,7 +94,7 @@ interface Answer {
 
 async function api(ctx: Ctx, node: ClusterNode, method: string, path: string, body?: unknown, timeoutMs = 4000): Promise<Answer & { body?: unknown }> {
   try {
-    const r = await apiCall<{ error?: { code?: string } }>(ctx.cluster.agent, `https://127.0.0.1:${node.port}`, method, path, { token: ctx.token, body, timeoutMs });
+    const r = await apiCall<{ error?: { code?: string } }>(ctx.cluster.agent, `https://${node.host}:${node.port}`, method, path, { token: ctx.token, body, timeoutMs });
     return { status: r.status, code: typeof r.body === 'object' ? r.body?.error?.code : undefined, body: r.body };
   } catch (err) {
     return { status: 0, code: (err as Error).name === 'TimeoutError' || (err as Error).name === 'AbortError' ? 'no answer (timeout)' : `error: ${(err as Error).message}` };
@@ -98,7 +108,7 @@ async function openTunnel(ctx: Ctx, node: ClusterNode, vm: string, timeoutMs = 8
   const tk = await api(ctx, node, 'POST', `/api/desktops/${vm}/tickets`, { protocol: 'vnc' });
   if (tk.status !== 200) return { ...tk, stage: 'ticket' };
   const ticket = (tk.body as { ticket: string }).ticket;
-  const res = await rawRequest(node.port, `CONNECT ${vm}:5900 HTTP/1.1\r\nProxy-Authorization: ${basic('root', ticket)}\r\n\r\n`, { timeoutMs }).catch(() => undefined);
+  const res = await rawRequest(node.port, `CONNECT ${vm}:5900 HTTP/1.1\r\nProxy-Authorization: ${basic('root', ticket)}\r\n\r\n`, { timeoutMs, host: node.host }).catch(() => undefined);
   if (!res) return { status: 0, code: 'no answer (timeout)', stage: 'connect' };
   if (res.status !== 200) {
     res.socket.destroy();
@@ -253,7 +263,7 @@ function workload(ctx: Ctx, vm: string, run: string): { stop(): Promise<void>; a
       const ticket = (tk.body as { ticket: string }).ticket;
       const req = `CONNECT ${vm}:5900 HTTP/1.1\r\nProxy-Authorization: ${basic('root', ticket)}\r\n\r\n`;
       // Two client addresses: the same-address rule for a session's further connections must not apply.
-      const both = await Promise.all([a, b].map((n, j) => rawRequest(n.port, req, { localAddress: `127.0.0.${2 + j}`, timeoutMs: 8000 }).then((r) => {
+      const both = await Promise.all([a, b].map((n, j) => rawRequest(n.port, req, { localAddress: ctx.raceFrom[j], timeoutMs: 8000, host: n.host }).then((r) => {
         r.socket.destroy();
         return r.status === 200;
       }, () => false)));
@@ -351,7 +361,10 @@ function procStat(pid: number): { rssKiB: number; fds: number } {
 // ---------------------------------------------------------------------------------------------
 // Cluster faults
 
-type ClusterFault = 'sigstop-owner' | 'sigstop-leader' | 'redis-cut' | 'peer-cut';
+type ClusterFault = 'sigstop-owner' | 'sigstop-leader' | 'redis-cut' | 'peer-cut' | 'slow-link';
+
+/** The slow link: a token bucket on both ends of the owner's link (lan.ts `slow`). */
+const SLOW = { rate: '512kbit', latencyMs: 300 };
 
 interface RunResult {
   run: number;
@@ -383,21 +396,38 @@ async function leaderId(ctx: Ctx, healthy: ClusterNode[]): Promise<string> {
   }, 30_000, 'a leader and every node up');
 }
 
-async function clusterFault(kind: ClusterFault): Promise<{ runs: RunResult[]; note: string }> {
-  const redisServer = await startRedis(t);
-  const cluster = makeCluster(t, redisServer.url, BASE);
+/** Why the cuts run on loopback fault proxies instead of network namespaces, or false. */
+const noLan = lanUnavailable();
+
+async function clusterFault(kind: ClusterFault): Promise<{ runs: RunResult[]; note: string; how: 'netns' | 'proxy' | 'signal'; rate?: string; latencyMs?: number }> {
+  const cut = kind === 'redis-cut' || kind === 'peer-cut' || kind === 'slow-link';
+  if (kind === 'slow-link' && noLan !== false) throw new Error(`a slow link needs network namespaces: ${noLan}`);
+  // The cuts: every node in its own network namespace, Redis, the console and the clients in
+  // ours, all behind one router namespace (lan.ts). Our addresses: clients (lan.gateway), Redis,
+  // two for the ticket races.
+  const lan: Lan | undefined = cut && noLan === false ? startLan(t, ['f1', 'f2', 'f3'], 3) : undefined;
+  const redisAt = lan?.extra[0];
+  const redisServer = await startRedis(t, redisAt ? { args: ['--bind', '127.0.0.1', redisAt, '--protected-mode', 'no'] } : {});
+  const redisPort = Number(new URL(redisServer.url).port);
+  const cluster = makeCluster(t, redisAt ? `redis://${redisAt}:${redisPort}` : redisServer.url, BASE);
   const redis = new Redis(redisServer.url, { lazyConnect: false });
   redis.on('error', () => {});
   teardowns.push(() => redis.disconnect());
+  const inLan = (id: string): { netns?: { name: string; host: string } } => {
+    const n = lan?.nodes.get(id);
+    return n ? { netns: { name: n.netns, host: n.host } } : {};
+  };
   // The third node, x, is the one the cut faults isolate; it joins once a leader exists so that it
   // starts as a follower.
-  const a = await cluster.start('f1');
-  const b = await cluster.start('f2');
+  const a = await cluster.start('f1', {}, inLan('f1'));
+  const b = await cluster.start('f2', {}, inLan('f2'));
   await electedLeader([a, b]);
   let proxy: FaultProxy | undefined;
   let x: ClusterNode;
-  if (kind === 'redis-cut') {
-    proxy = await startFaultProxy(t, Number(new URL(redisServer.url).port));
+  if (lan) {
+    x = await cluster.start('f3', {}, inLan('f3'));
+  } else if (kind === 'redis-cut') {
+    proxy = await startFaultProxy(t, redisPort);
     x = await cluster.start('f3', { cluster: { redis: proxy.url } });
   } else if (kind === 'peer-cut') {
     const port = await freePort();
@@ -408,17 +438,20 @@ async function clusterFault(kind: ClusterFault): Promise<{ runs: RunResult[]; no
   }
   const nodes = [a, b, x];
   const token = await adminToken(a);
-  const ctx: Ctx = { cluster, nodes, token, redis };
+  const ctx: Ctx = { cluster, nodes, token, redis, raceFrom: lan ? [lan.extra[1]!, lan.extra[2]!] : ['127.0.0.2', '127.0.0.3'] };
   const byId = (id: string): ClusterNode => nodes.find((n) => n.id === id)!;
+  const consoleHost = lan?.gateway ?? '127.0.0.1';
   const consolePort = await freePort();
   const consoleServer = net.createServer((s) => {
     s.on('error', () => {});
     s.write(BANNER);
     s.pipe(s);
   });
-  consoleServer.listen(consolePort, '127.0.0.1');
+  consoleServer.listen(consolePort, consoleHost);
   await once(consoleServer, 'listening');
   teardowns.push(() => consoleServer.close());
+  // Who x stops hearing in a cut made with the LAN.
+  const cutFrom = (): string[] => (kind === 'redis-cut' ? [redisAt!] : [a.host, b.host]);
 
   const results: RunResult[] = [];
   for (let run = 1; run <= runs; run++) {
@@ -440,7 +473,7 @@ async function clusterFault(kind: ClusterFault): Promise<{ runs: RunResult[]; no
       replica = followers.find((n) => n !== x)!;
     }
     const vm = `desk${run}`;
-    const put = await api(ctx, leader, 'PUT', `/api/vms/${vm}`, { node: owner.id, replica: replica.id, endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port: consolePort }], users: ['root'] });
+    const put = await api(ctx, leader, 'PUT', `/api/vms/${vm}`, { node: owner.id, replica: replica.id, endpoints: [{ protocol: 'vnc', host: consoleHost, port: consolePort }], users: ['root'] });
     if (put.status !== 200) throw new Error(`PUT ${vm}: ${put.status} ${put.code ?? ''}`);
     for (const n of nodes) await eventually(async () => ((await api(ctx, n, 'GET', `/api/vms/${vm}`)).body as { node?: string; state?: string } | undefined)?.state === 'running' || undefined, 10_000, `${vm} on ${n.id}`);
 
@@ -453,9 +486,13 @@ async function clusterFault(kind: ClusterFault): Promise<{ runs: RunResult[]; no
     for (const l of live) l.maxGapMs = 0;
     const faultAt = Date.now();
     if (kind === 'sigstop-owner' || kind === 'sigstop-leader') faulted.kill('SIGSTOP');
+    else if (kind === 'slow-link') lan!.slow(x.id, SLOW.rate, SLOW.latencyMs);
+    else if (lan) lan.cut(x.host, cutFrom());
     else proxy!.hang();
     await sleep(HOLD_MS);
     if (kind === 'sigstop-owner' || kind === 'sigstop-leader') faulted.kill('SIGCONT');
+    else if (kind === 'slow-link') lan!.fast(x.id);
+    else if (lan) lan.heal(x.host, cutFrom());
     else proxy!.heal();
     const healedAt = Date.now();
     await sleep(AFTER_MS);
@@ -508,11 +545,16 @@ async function clusterFault(kind: ClusterFault): Promise<{ runs: RunResult[]; no
   const note = {
     'sigstop-owner': 'The VM owner (a follower) SIGSTOPped: its connections stay open, so only the heartbeat timeout (nodeTimeoutMs 1500) can judge it.',
     'sigstop-leader': 'The leader SIGSTOPped: its lease (1200 ms) expires; the VM owner is a follower.',
-    'redis-cut': 'The VM owner reaches Redis through a fault proxy that hangs (no FIN, no RST): it can neither heartbeat nor read the change feed; peers and clients still reach it.',
-    'peer-cut': 'The VM owner is advertised through a fault proxy that hangs: the other nodes cannot reach its port (relay to its console, probes); Redis and clients still reach it.',
+    'redis-cut': lan
+      ? 'Every node in its own network namespace behind a router namespace; the router drops what the VM owner and Redis send each other (`ip rule add from <owner> to <redis> blackhole` and back): it can neither heartbeat nor read the change feed; peers and clients still reach it.'
+      : `The VM owner reaches Redis through a fault proxy on loopback that stops forwarding (no FIN, no RST): it can neither heartbeat nor read the change feed; peers and clients still reach it. (No network namespaces here: ${String(noLan)}.)`,
+    'peer-cut': lan
+      ? 'Every node in its own network namespace behind a router namespace; the router drops what the VM owner and each other node send each other (`ip rule ... blackhole`, both ways): hops and probes to it and its forwarding to the leader go silent; Redis and clients still reach it.'
+      : `The VM owner is advertised through a fault proxy on loopback that stops forwarding: the other nodes cannot reach its port (hops, probes); its own connections to them, Redis and clients still work. (No network namespaces here: ${String(noLan)}.)`,
+    'slow-link': `Every node in its own network namespace behind a router namespace; the VM owner's link is slowed both ways to ${SLOW.rate} with a ${SLOW.latencyMs} ms queue, beyond which packets are dropped (\`tc qdisc ... tbf\`; this kernel has no sch_netem for fixed delay and random loss). The workload's own traffic through it (hops, TLS handshakes, API writes, Redis) fills it, so it is slow and, at peaks, lossy.`,
   }[kind];
   for (const n of nodes) n.kill('SIGKILL');
-  return { runs: results, note };
+  return { runs: results, note, how: lan ? 'netns' : cut ? 'proxy' : 'signal', ...(kind === 'slow-link' ? SLOW : {}) };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -547,7 +589,7 @@ async function consoleHang(): Promise<ConsoleHangRun[]> {
   const redis = new Redis(redisServer.url);
   redis.on('error', () => {});
   teardowns.push(() => redis.disconnect());
-  const ctx: Ctx = { cluster, nodes: [a, b], token, redis };
+  const ctx: Ctx = { cluster, nodes: [a, b], token, redis, raceFrom: ['127.0.0.2', '127.0.0.3'] };
   const port = await freePort();
   // The console is its own process so that it can be SIGSTOPped: a banner, then echo.
   const code = `const net=require('net');net.createServer(s=>{s.on('error',()=>{});s.write(${JSON.stringify(BANNER)});s.pipe(s)}).listen(${port},'127.0.0.1',()=>console.log('ready'))`;
@@ -634,6 +676,8 @@ interface DiskFullResult {
   measured: boolean;
   reason?: string;
   tmpfsKiB?: number;
+  /** Writes acknowledged after the fill, into the change log's already allocated last page, before the first refusal. */
+  slackWrites?: number;
   writesDuringFull?: { attempted: number; acked: number; refused: Record<string, number> };
   ackedLost?: number;
   /** Writes answered with an error that the node's directory shows anyway (applied in memory, not on disk). */
@@ -698,6 +742,17 @@ async function diskFull(): Promise<DiskFullResult> {
   spawnSync('dd', ['if=/dev/zero', `of=${filler}`, 'bs=4k'], { stdio: 'ignore' });
   const acked: string[] = [];
   const refused: Record<string, number> = {};
+  // The change log's last page, already allocated, still has room that dd cannot take: writes
+  // fit there (and are kept) until one needs a new block. Use it up first, so that the 20 writes
+  // below meet a full disk; each one acknowledged here is checked like the others.
+  let slackWrites = 0;
+  for (; slackWrites < 200; slackWrites++) {
+    const name = `slack-${slackWrites}`;
+    const r = await call('PUT', `/api/vms/${name}`, { node: 'd1', endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port: 5999 }], users: [] }, token);
+    if (r.status < 200 || r.status >= 300) break;
+    acked.push(name);
+  }
+  const slackAcked = acked.length;
   let attempted = 0;
   for (let i = 0; i < 20; i++) {
     attempted++;
@@ -740,13 +795,14 @@ async function diskFull(): Promise<DiskFullResult> {
   }).join('\n');
   const lostOnDisk = acked.filter((n) => !files.includes(`"${n}"`)).length;
   const lostInMemory = acked.filter((n) => !names.has(n)).length;
-  const refusedNames = Array.from({ length: attempted }, (_, i) => `full-${i}`).filter((n) => !acked.includes(n));
+  const refusedNames = [...Array.from({ length: attempted }, (_, i) => `full-${i}`), `slack-${slackWrites}`].filter((n) => !acked.includes(n));
   const refusedButVisible = refusedNames.filter((n) => names.has(n)).length;
   proc.kill('SIGKILL');
   return {
     measured: true,
     tmpfsKiB,
-    writesDuringFull: { attempted, acked: acked.length, refused },
+    slackWrites,
+    writesDuringFull: { attempted, acked: acked.length - slackAcked, refused },
     ackedLost: Math.max(lostOnDisk, lostInMemory),
     refusedButVisible,
     writesAfterFreed: { attempted: 5, acked: after.length },
@@ -778,7 +834,7 @@ async function main(): Promise<void> {
   const faults = results.faults as Record<string, unknown>;
   const want = (k: string): boolean => !only || only.has(k);
   const save = (): void => writeFileSync(join(BENCH_DIR, 'faults-results.json'), `${JSON.stringify({ ...results, seconds: Math.round((Date.now() - started) / 1000), loadAverage: os.loadavg() }, null, 2)}\n`);
-  for (const kind of ['sigstop-owner', 'sigstop-leader', 'redis-cut', 'peer-cut'] as const) {
+  for (const kind of ['sigstop-owner', 'sigstop-leader', 'redis-cut', 'peer-cut', 'slow-link'] as const) {
     if (!want(kind)) continue;
     try {
       faults[kind] = await clusterFault(kind);

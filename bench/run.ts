@@ -244,6 +244,19 @@ async function main(): Promise<void> {
       log(`  websockify pid ${peer.pid} on 127.0.0.1:${port} (${peerInfo.websockify ?? '?'})`);
     }
 
+    let nodeRelay: { peer: Peer; port: number } | undefined;
+    if (!only || only.has('i')) {
+      const port = await freePort();
+      const peer = spawnPeer('node-relay', process.execPath, ['--import', 'tsx', join(BENCH_DIR, 'node-relay.ts'), String(port), String(backendPort), pemFile], {
+        logFile: join(work, 'node-relay.log'),
+        cwd: join(BENCH_DIR, '..'),
+      });
+      peers.push(peer);
+      await waitAccepting(peer, port);
+      nodeRelay = { peer, port };
+      log(`  node TLS pipe relay pid ${peer.pid} on 127.0.0.1:${port}`);
+    }
+
     // Single-use tickets, minted right before each measurement that needs them (they live 60 s).
     let pool: string[] = [];
     const ticket = (): string => {
@@ -274,6 +287,7 @@ async function main(): Promise<void> {
       const port = websockify.port;
       all.push({ key: 'f', id: 'websockify', label: 'websockify (wss)', open: wsOpener(() => `wss://127.0.0.1:${port}/`, tlsOpts), relay: websockify.peer, tickets: false });
     }
+    if (nodeRelay) all.push({ key: 'i', id: 'node-relay', label: 'Node TLS pipe relay (floor)', open: tlsOpener(nodeRelay.port, tlsOpts), relay: nodeRelay.peer, tickets: false });
     if (haproxy) all.push({ key: 'g', id: 'haproxy-tcp', label: 'HAProxy TCP, no TLS', open: tcpOpener(haproxy.plainPort), relay: haproxy.peer, tickets: false });
     const paths = all.filter((p) => !only || only.has(p.key) || only.has(p.id));
     for (const p of paths) {
@@ -310,7 +324,7 @@ async function main(): Promise<void> {
     };
 
     // --- memory per idle tunnel (first: the relays' heaps are not yet grown by the transfers) -
-    const idlePaths = paths.filter((p) => ['c', 'e'].includes(p.key) && p.relay);
+    const idlePaths = paths.filter((p) => ['c', 'e', 'i'].includes(p.key) && p.relay);
     if (settings.idleTunnels > 0 && idlePaths.length) {
       log(`\nmemory per idle tunnel: RSS growth of the relay over ${settings.idleTunnels} idle tunnels (TLS client leg, console leg), after ${settings.idleWarmup} opened and closed`);
       for (const p of idlePaths) {
@@ -515,8 +529,10 @@ function compare(name: string, x: PathResult | undefined, y: PathResult | undefi
 function ratios(results: PathResult[]): Comparison[] {
   const by = (k: string): PathResult | undefined => results.find((r) => r.key === k);
   const out: Array<Comparison | undefined> = [];
-  for (const k of ['b', 'c', 'd', 'e', 'f', 'g', 'h']) out.push(compare(`(${k}) ${by(k)?.label ?? ''} vs (a) direct TCP`, by(k), by('a')));
+  for (const k of ['b', 'c', 'd', 'e', 'f', 'g', 'h', 'i']) out.push(compare(`(${k}) ${by(k)?.label ?? ''} vs (a) direct TCP`, by(k), by('a')));
   out.push(compare('(c) oneport CONNECT in TLS vs (e) HAProxy', by('c'), by('e')));
+  out.push(compare('(c) oneport CONNECT in TLS vs (i) Node TLS pipe relay', by('c'), by('i')));
+  out.push(compare('(i) Node TLS pipe relay vs (e) HAProxy', by('i'), by('e')));
   out.push(compare('(d) oneport WebSocket vs (f) websockify', by('d'), by('f')));
   out.push(compare('(h) oneport RD Gateway (wss) vs (e) HAProxy TLS', by('h'), by('e')));
   out.push(compare('(d) oneport WebSocket vs (e) HAProxy', by('d'), by('e')));

@@ -33,6 +33,7 @@ import { type SessionCounter, SessionCaps } from './tunnel/session-caps.js';
 import { RedisSessionCounter } from './cluster/session-counts.js';
 import { RedisSessionLocator } from './tunnel/session-locator.js';
 import { clusterReach } from './cluster/reach.js';
+import { watchHops } from './cluster/hop-watch.js';
 import { relayResume } from './cluster/relay.js';
 import { createClearHttpServer, createTlsHttpServer } from './http/servers.js';
 import { Portal } from './http/portal.js';
@@ -331,6 +332,23 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   const stopFollowing = followMoves({ dir, tunnels, metrics, log, rerouteRetryMs: config.tunnel.rerouteRetryMs });
   // Revocation reaches live tunnels: a deleted user, a changed password, an unassigned VM.
   const stopRevoking = followRevocations({ dir, tunnels, metrics, log });
+  // A hop whose owner went silent to this node without being failed over (cut from its peers):
+  // its tunnels end (clients reconnect) instead of waiting as long as the cut lasts.
+  const stopWatchingHops =
+    cluster && config.cluster.consoleDial === 'via-owner'
+      ? watchHops({
+          tunnels,
+          self: config.nodeId,
+          everyMs: Math.max(50, Math.floor(config.cluster.heartbeatMs / 2)),
+          silentMs: config.cluster.nodeTimeoutMs,
+          probeMs: Math.min(1000, config.cluster.nodeTimeoutMs),
+          address: (node) => cluster.node(node)?.info.address,
+          probe: (address, ms) => cluster.peers.probe(address, ms),
+          rerouteRetryMs: config.tunnel.rerouteRetryMs,
+          metrics,
+          log,
+        })
+      : () => undefined;
 
   const contexts = buildSecureContexts(config, state.server, nodeIdentity, worker?.tickets);
   const tlsHttp = createTlsHttpServer(ctx, new Portal(WEB_ROOT));
@@ -477,6 +495,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       await control?.close();
       stopFollowing();
       stopRevoking();
+      stopWatchingHops();
       watcher.close();
       caps.close();
       await audit.close();

@@ -102,6 +102,10 @@ export class Cluster {
   /** Last heartbeat seen per node (ms, their clock), to report how long a failover took. */
   private readonly lastSeen = new Map<string, number>();
   private readonly probing = new Set<string>();
+  /** Per late node, the heartbeat (its `at`) it was late after and judged for: one probe per such silence. */
+  private readonly judgedLate = new Map<string, number>();
+  /** When (performance.now()) the next up peer turns late if it does not heartbeat before. */
+  private nextLateAt = Number.POSITIVE_INFINITY;
   /** VM name -> epoch whose hook ran (or runs) here. */
   private readonly hooked = new Map<string, number>();
   private readonly recovering = new Set<string>();
@@ -157,9 +161,9 @@ export class Cluster {
   }
 
   /**
-   * A node's process is gone (process-watch.ts): heartbeat now and again every tenth of a
-   * heartbeat until it is failed over (or 2 x nodeTimeoutMs passed), so that this node's verdict,
-   * and as leader the failover, do not wait for the next regular tick.
+   * A node's process is gone (process-watch.ts): judge it now and watch it closely (see
+   * watchClosely), so that this node's verdict, and as leader the failover, do not wait for the
+   * next regular tick.
    */
   private judgeNow(node: string, leaseRemoved: boolean): void {
     if (this.stopped) return;
@@ -168,7 +172,16 @@ export class Cluster {
     // Our own verdict at once (the finder wrote its own), not at the tick that sees it suspect.
     const p = this.members.get(node);
     if (p && node !== this.nodeId) void this.judge(p);
-    this.urgent.set(node, performance.now() + this.deps.config.cluster.nodeTimeoutMs * 2);
+    this.watchClosely(node);
+  }
+
+  /**
+   * Heartbeat now and again every tenth of a heartbeat while `node` is late or suspect, until it
+   * is failed over, is back, or 2 x nodeTimeoutMs passed: the verdicts of the others land between
+   * two regular ticks, and the leader fails the node over on the first fast tick that sees them.
+   */
+  private watchClosely(node: string): void {
+    if (!this.urgent.has(node)) this.urgent.set(node, performance.now() + this.deps.config.cluster.nodeTimeoutMs * 2);
     if (this.urgentTimer) return;
     const step = Math.max(20, Math.floor(this.deps.config.cluster.heartbeatMs / 10));
     const run = (): void => {
@@ -179,12 +192,32 @@ export class Cluster {
       void this.tick()
         .catch(() => undefined)
         .finally(() => {
-          // Done with a node once it is failed over, left, back up, or its time is over.
-          for (const [id, until] of this.urgent) if (performance.now() > until || this.members.get(id)?.state !== 'suspect') this.urgent.delete(id);
+          // Done with a node once it is failed over, left, back up (on time), or its time is over.
+          for (const [id, until] of this.urgent) {
+            const p = this.members.get(id);
+            if (performance.now() > until || !p || (p.state !== 'suspect' && !this.late(p))) this.urgent.delete(id);
+          }
           if (!this.stopped && this.urgent.size > 0) this.urgentTimer = setTimeout(run, step);
         });
     };
-    run();
+    this.urgentTimer = setTimeout(run, 0);
+  }
+
+  /**
+   * The heartbeat's remaining time below which a node counts as late: it missed two beats
+   * (heartbeatMs each) in a row. Undefined when nodeTimeoutMs leaves no room for that (it is at
+   * least twice heartbeatMs): such a node is judged once it is suspect, as before.
+   */
+  private lateBelowMs(): number | undefined {
+    const c = this.deps.config.cluster;
+    const below = c.nodeTimeoutMs - 2 * c.heartbeatMs;
+    return below > 0 ? below : undefined;
+  }
+
+  /** Is `p` up but late (two heartbeats missed), so that its heartbeat may be about to expire? */
+  private late(p: PeerView): boolean {
+    const below = this.lateBelowMs();
+    return p.state === 'up' && p.info.id !== this.nodeId && below !== undefined && p.expiresInMs !== undefined && p.expiresInMs <= below;
   }
 
   /** The node id behind a verified node certificate on this socket (see peers.ts), or undefined. */
@@ -311,29 +344,56 @@ export class Cluster {
     return { self: this.nodeId, leader: leader ? { node: leader.node, epoch: leader.epoch } : null, highestEpoch: this.lease.highestEpoch(), nodes };
   }
 
+  /**
+   * The next regular heartbeat, or sooner at the moment a peer turns late (see tick), so that a
+   * node gone silent is probed at once, not up to a heartbeat later.
+   */
   private scheduleTick(): void {
     if (this.stopped) return;
+    const { heartbeatMs } = this.deps.config.cluster;
+    const delay = Math.min(heartbeatMs, Math.max(20, Math.ceil(this.nextLateAt - performance.now()) + 5));
     this.tickTimer = setTimeout(() => {
       void this.tick()
         .catch((err: Error) => this.deps.log.debug({ event: 'heartbeat-error', err: err.message }, 'heartbeat failed'))
         .finally(() => this.scheduleTick());
-    }, this.deps.config.cluster.heartbeatMs);
+    }, delay);
   }
 
   /** One heartbeat: write ours, read the view, judge silent nodes, and (as leader) fail over. */
   private async tick(): Promise<void> {
     if (this.ticking || this.stopped) return;
     this.ticking = true;
+    // A heartbeat that fails (Redis away) leaves no late moment to wake up for: the next one comes
+    // a heartbeat later, not in a loop.
+    this.nextLateAt = Number.POSITIVE_INFINITY;
     try {
       const view = await this.members.beat(this.selfInfo(), { at: Date.now(), tunnels: this.tunnels(), mirror: this.mirror() });
       const counts = { up: 0, suspect: 0, down: 0, left: 0 };
+      const now = performance.now();
+      const lateBelow = this.lateBelowMs();
+      let nextLateAt = Number.POSITIVE_INFINITY;
       for (const p of view.values()) {
         counts[p.state]++;
         if (p.heartbeat) this.lastSeen.set(p.info.id, p.heartbeat.at);
         // A peer's mirror holds only versions Redis acknowledged: ours must not be written back older.
         if (p.heartbeat && p.info.id !== this.nodeId && this.dir instanceof RedisDirectory) this.dir.noteAcknowledged(p.heartbeat.mirror.version, p.info.id);
-        if (p.state === 'suspect' && p.info.id !== this.nodeId) void this.judge(p);
+        if (p.info.id === this.nodeId) continue;
+        if (p.state === 'suspect') {
+          void this.judge(p);
+        } else if (this.late(p) && p.heartbeat) {
+          // Two heartbeats missed: probe its port now, once for this silence, so that the verdicts
+          // are in when its heartbeat expires (the leader still fails over only a node that is
+          // suspect, i.e. silent for nodeTimeoutMs, and that two others found silent).
+          if (this.judgedLate.get(p.info.id) !== p.heartbeat.at) {
+            this.judgedLate.set(p.info.id, p.heartbeat.at);
+            void this.judge(p);
+          }
+          this.watchClosely(p.info.id);
+        } else if (p.state === 'up' && lateBelow !== undefined && p.expiresInMs !== undefined) {
+          nextLateAt = Math.min(nextLateAt, now + p.expiresInMs - lateBelow);
+        }
       }
+      this.nextLateAt = nextLateAt;
       for (const [state, n] of Object.entries(counts)) this.deps.metrics.clusterNodes.set({ state }, n);
       const fresher = this.isLeader() ? this.fresherPeer() : undefined;
       if (fresher !== undefined) {

@@ -45,9 +45,14 @@ export interface PeerView {
   /** Nodes that found this node's port silent lately. */
   readonly unreachableBy: readonly string[];
   readonly state: NodeState;
+  /**
+   * How long its heartbeat has left before it expires (Redis's PTTL, so no clock is compared),
+   * as of the view's refresh; undefined when it has none.
+   */
+  readonly expiresInMs: number | undefined;
 }
 
-/** ARGV: self id, self info JSON, heartbeat JSON, nodeTimeoutMs. Returns {id, info, heartbeat|false, observers...}. */
+/** ARGV: self id, self info JSON, heartbeat JSON, nodeTimeoutMs, prefix. Returns {id, info, heartbeat|'', observers, heartbeat's PTTL}. */
 const HEARTBEAT_LUA = `
 local prefix = ARGV[5]
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -57,7 +62,7 @@ local all = redis.call('HGETALL', KEYS[1])
 local out = {}
 for i = 1, #all, 2 do
   local id = all[i]
-  out[#out + 1] = {id, all[i + 1], redis.call('GET', prefix .. 'alive:' .. id) or '', redis.call('HKEYS', prefix .. 'unreachable:' .. id)}
+  out[#out + 1] = {id, all[i + 1], redis.call('GET', prefix .. 'alive:' .. id) or '', redis.call('HKEYS', prefix .. 'unreachable:' .. id), redis.call('PTTL', prefix .. 'alive:' .. id)}
 end
 return out
 `;
@@ -98,9 +103,9 @@ export class Membership {
 
   /** Write our record and heartbeat; refresh the view. */
   async beat(self: NodeInfo, hb: Heartbeat): Promise<ReadonlyMap<string, PeerView>> {
-    const raw = (await this.heartbeatScript(this.nodesKey, self.id, JSON.stringify(self), JSON.stringify(hb), this.nodeTimeoutMs, this.prefix)) as Array<[string, string, string, string[]]>;
+    const raw = (await this.heartbeatScript(this.nodesKey, self.id, JSON.stringify(self), JSON.stringify(hb), this.nodeTimeoutMs, this.prefix)) as Array<[string, string, string, string[], number]>;
     const next = new Map<string, PeerView>();
-    for (const [id, infoJson, hbJson, observers] of raw) {
+    for (const [id, infoJson, hbJson, observers, pttl] of raw) {
       let info: NodeInfo;
       try {
         info = JSON.parse(infoJson) as NodeInfo;
@@ -114,7 +119,7 @@ export class Membership {
         heartbeat = undefined;
       }
       const state: NodeState = heartbeat ? 'up' : info.down ? 'down' : info.left ? 'left' : 'suspect';
-      next.set(id, { info, heartbeat, unreachableBy: observers, state });
+      next.set(id, { info, heartbeat, unreachableBy: observers, state, expiresInMs: heartbeat && pttl >= 0 ? pttl : undefined });
     }
     this.view = next;
     return next;

@@ -9,9 +9,24 @@ import type { Metrics } from '../metrics.js';
 import { ReachFailure } from '../tunnel/failures.js';
 import { type Reach, localReach } from '../tunnel/reach.js';
 import type { Cluster } from './cluster.js';
+import type { PeerView } from './membership.js';
 
 /** How long the owner's port gets to answer when a hop ends, to tell its death from a console close. */
 const OWNER_PROBE_MS = 500;
+
+/**
+ * Is `owner` a node to hop to? An up node, and a suspect one too: its heartbeat stopped, but
+ * nobody has failed it over, and the directory still names it. A node cut from Redis only is
+ * suspect for as long as the cut lasts while its port answers (so it is never failed over, and its
+ * VMs have no other owner): the hop through it works, as it needs nothing from Redis on the
+ * owner's side (a hop is authorized by the node certificate and the owner's mirror, and counted
+ * by the entry node). A suspect node that is really silent does not answer the hop either: the
+ * hop is given up when the VM's record changes (the failover), or at the hold's or dial's
+ * deadline, as for an up node that died a moment ago.
+ */
+function hopTo(owner: PeerView): boolean {
+  return owner.state === 'up' || owner.state === 'suspect';
+}
 
 export function clusterReach(cluster: Cluster, dir: Directory, config: Config, metrics: Metrics): Reach {
   const viaOwner = (vm: VmRecord): boolean => vm.node !== cluster.nodeId && config.cluster.consoleDial === 'via-owner';
@@ -24,7 +39,7 @@ export function clusterReach(cluster: Cluster, dir: Directory, config: Config, m
       try {
         const { vm, endpoint } = target;
         const owner = cluster.node(vm.node);
-        if (!owner || owner.state !== 'up') {
+        if (!owner || !hopTo(owner)) {
           throw new ReachFailure('OWNER_DOWN', { code: 'ONEPORT_ERR_VM_RECOVERING', message: `the VM's node ${vm.node} is not reachable; the cluster is failing it over`, retryAfter: 5 });
         }
         // A hop to a silent owner waits for the dial timeout (5 s by default); the cluster may fail
@@ -63,7 +78,7 @@ export function clusterReach(cluster: Cluster, dir: Directory, config: Config, m
       if (local.changingHands(vm)) return true;
       if (vm.node === cluster.nodeId) return false;
       const owner = cluster.node(vm.node);
-      return owner === undefined || owner.state !== 'up';
+      return owner === undefined || !hopTo(owner);
     },
     remote: (vm) => vm.node !== cluster.nodeId,
     endJudge(vm) {
@@ -72,7 +87,7 @@ export function clusterReach(cluster: Cluster, dir: Directory, config: Config, m
         const now = dir.getVm(vm.name);
         if (!now || now.node !== vm.node || now.epoch !== vm.epoch) return 'rerouted';
         const owner = cluster.node(vm.node);
-        if (!owner || owner.state !== 'up') return 'rerouted';
+        if (!owner || !hopTo(owner)) return 'rerouted';
         return (await cluster.peers.probe(owner.info.address, OWNER_PROBE_MS)) ? undefined : 'rerouted';
       };
     },

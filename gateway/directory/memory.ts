@@ -214,9 +214,21 @@ export class MemoryDirectory extends DirectoryView implements Directory {
       mkdirSync(dirname(this.file!), { recursive: true, mode: 0o700 });
       this.logFh = await open(`${this.file!}.log`, 'a', 0o600);
     }
-    await this.logFh.write(text);
-    await this.logFh.datasync();
-    this.logBytes += Buffer.byteLength(text);
+    const line = Buffer.from(text);
+    const fh = this.logFh;
+    const size = (await fh.stat()).size;
+    try {
+      // A full disk may take part of the line and report it as a short write, not an error.
+      const { bytesWritten } = await fh.write(line);
+      if (bytesWritten !== line.length) throw Object.assign(new Error(`short write to the change log (${bytesWritten} of ${line.length} bytes)`), { code: 'ENOSPC' });
+      await fh.datasync();
+    } catch (e) {
+      // Take back what part of the line got in: a torn line would end the log there when it is
+      // replayed, and every later line, acknowledged or not, would be lost with it.
+      await fh.truncate(size).catch(() => undefined);
+      throw e;
+    }
+    this.logBytes += line.length;
     // The change is on disk: a compaction that fails now loses nothing (the log still holds it).
     if (this.logBytes > Math.max(COMPACT_MIN_BYTES, this.baseBytes)) await this.compact().catch(() => undefined);
   }

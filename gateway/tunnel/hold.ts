@@ -26,11 +26,27 @@ export interface HoldDeps {
 }
 
 export async function reachHeld(deps: HoldDeps, target: TunnelTarget, signal: AbortSignal): Promise<{ console: ReachedConsole; target: TunnelTarget }> {
+  // The hold's bound covers a try in flight too, for a console reached through another node: a
+  // hop to an owner its peers cannot reach (the owner is alive, so nothing fails it over) would
+  // otherwise run to its own dial deadline, past the hold. A local dial keeps its own deadline
+  // (a console that does not answer is 502, not 503).
+  const holdOver = new AbortController();
+  const holdTimer = deps.holdMs > 0 ? setTimeout(() => holdOver.abort(), deps.holdMs) : undefined;
+  try {
+    return await holdLoop(deps, target, signal, AbortSignal.any([signal, holdOver.signal]));
+  } finally {
+    clearTimeout(holdTimer);
+  }
+}
+
+async function holdLoop(deps: HoldDeps, target: TunnelTarget, signal: AbortSignal, untilHoldOver: AbortSignal): Promise<{ console: ReachedConsole; target: TunnelTarget }> {
   const { holdMs, reach } = deps;
   const { baseMs, capMs } = deps.backoff ?? { baseMs: 100, capMs: 2000 };
   const started = Date.now();
   let attempt = 0;
   let held = false;
+  const over = (vm: string, cause: unknown): OneportError =>
+    new OneportError('ONEPORT_ERR_VM_RECOVERING', `${vm} did not come back within ${Math.round(holdMs / 1000)} s`, { retryAfter: 5, cause });
   for (;;) {
     const vm = deps.dir.getVm(target.vm.name);
     if (!vm) throw new OneportError('ONEPORT_ERR_UNKNOWN_VM');
@@ -41,10 +57,11 @@ export async function reachHeld(deps: HoldDeps, target: TunnelTarget, signal: Ab
     let lastError: unknown;
     if (!reach.changingHands(vm)) {
       try {
-        const console = await reach.reach(current, signal);
+        const console = await reach.reach(current, reach.remote(vm) ? untilHoldOver : signal);
         if (held) deps.log.info({ event: 'tunnel-held', vm: vm.name, node: vm.node, epoch: vm.epoch, ms: Date.now() - started, attempts: attempt }, `held client reached ${vm.name} on ${vm.node}`);
         return { console, target: current };
       } catch (err) {
+        if (!signal.aborted && untilHoldOver.aborted) throw over(vm.name, err);
         const failure = failureOf(err);
         if (signal.aborted || failure === undefined || !RETRY_WHILE_MOVING.has(failure)) throw err;
         const now = deps.dir.getVm(vm.name);
@@ -59,9 +76,7 @@ export async function reachHeld(deps: HoldDeps, target: TunnelTarget, signal: Ab
       }
     }
     const left = holdMs - (Date.now() - started);
-    if (left <= 0 || signal.aborted) {
-      throw new OneportError('ONEPORT_ERR_VM_RECOVERING', `${vm.name} did not come back within ${Math.round(holdMs / 1000)} s`, { retryAfter: 5, cause: lastError });
-    }
+    if (left <= 0 || signal.aborted) throw over(vm.name, lastError);
     if (!held) {
       held = true;
       deps.log.info({ event: 'tunnel-hold', vm: vm.name, node: vm.node, state: vm.state, epoch: vm.epoch }, `holding a client of ${vm.name} while it changes hands`);

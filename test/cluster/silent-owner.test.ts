@@ -1,6 +1,7 @@
 /**
  * A VM owner whose host goes silent (SIGSTOP: its sockets stay open, nothing answers) is failed
- * over on the heartbeat timeout (nodeTimeoutMs 1500) plus the peers' port probes, within the 3 s
+ * over on the heartbeat timeout (nodeTimeoutMs 1500) and the peers' port probes (started once it
+ * missed two heartbeats, so they end about when its heartbeat expires), within the 3 s
  * the reliability issue sets for a silent host. The probe's deadline (1 s) must hold while the TLS
  * connection to the silent port is still being set up: the kernel accepts the TCP connection for
  * a stopped process, and undici does not abort a request in its connect phase (it waited for the
@@ -20,8 +21,12 @@ import { eventually } from '../helpers/wait.js';
 import { fixedPortConsole } from '../helpers/console.js';
 import { basic, freePort, rawRequest } from '../helpers/net.js';
 
-/** The issue's target for a silent owner is 3 s to the client's first byte, + 0.5 s for a loaded machine (2 cores, shared). */
-const PROMOTED_WITHIN_MS = 3_500;
+/**
+ * The issue's target for a silent owner is 3 s to the client's first byte. Measured about 2.0 s
+ * since the peers probe a node that missed two heartbeats before its heartbeat expires (cluster.ts
+ * tick); 2.3-3.1 s before. The slack to 3 s is for a loaded machine (2 cores, shared).
+ */
+const WITHIN_MS = 3_000;
 
 async function silentOwnerCluster(t: Test): Promise<{ leader: ClusterNode; owner: ClusterNode; replica: ClusterNode; token: string }> {
   const redis = await startRedis(t);
@@ -56,10 +61,10 @@ t.test('a SIGSTOPped owner: its VM is promoted to the replica within 3 s', async
   const moved = await leader.waitFor((l) => l.event === 'vm-failover' && l.vm === 'desk', 15_000, { after: mark });
   const ms = logTime(moved) - stoppedAt;
   t.equal(moved.to, replica.id, 'desk promoted to its replica');
-  t.ok(ms <= PROMOTED_WITHIN_MS, `owner SIGSTOP -> VM promoted in ${ms} ms (target <= ${PROMOTED_WITHIN_MS} ms)`);
+  t.ok(ms <= WITHIN_MS, `owner SIGSTOP -> VM promoted in ${ms} ms (target <= ${WITHIN_MS} ms)`);
 });
 
-t.test('a tunnel asked for through a healthy node just after the owner went silent: first byte within 3.5 s', async (t) => {
+t.test('a tunnel asked for through a healthy node just after the owner went silent: first byte within 3 s', async (t) => {
   const { leader, owner, token } = await silentOwnerCluster(t);
   const ticket = (await leader.api<{ ticket: string }>('POST', '/api/desktops/desk/tickets', { token, body: { protocol: 'vnc' } })).body.ticket;
   t.ok(ticket, 'a ticket');
@@ -75,5 +80,5 @@ t.test('a tunnel asked for through a healthy node just after the owner went sile
   await first;
   s.destroy();
   const ms = Date.now() - stoppedAt;
-  t.ok(ms <= 3_500, `owner SIGSTOP -> first byte of a tunnel asked for right after: ${ms} ms (target <= 3 s, + 0.5 s for a loaded machine)`);
+  t.ok(ms <= WITHIN_MS, `owner SIGSTOP -> first byte of a tunnel asked for right after: ${ms} ms (target <= ${WITHIN_MS} ms)`);
 });

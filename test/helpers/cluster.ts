@@ -28,6 +28,8 @@ export interface ClusterNode {
   readonly id: string;
   readonly state: string;
   readonly port: number;
+  /** The address its port is reached at: 127.0.0.1, or its own in a network namespace. */
+  readonly host: string;
   readonly address: string;
   readonly proc: ChildProcess;
   readonly logs: LogLine[];
@@ -47,8 +49,11 @@ export interface TestCluster {
   readonly dir: string;
   readonly redisUrl: string;
   readonly agent: Agent;
-  /** `withCa: false`: the state folder gets no CA (a node that joins with a token). */
-  start(id: string, extra?: Record<string, unknown>, opts?: { withCa?: boolean }): Promise<ClusterNode>;
+  /**
+   * `withCa: false`: the state folder gets no CA (a node that joins with a token). `netns`: run
+   * the node in that network namespace (test/helpers/lan.ts), listening on `host`.
+   */
+  start(id: string, extra?: Record<string, unknown>, opts?: { withCa?: boolean; netns?: { name: string; host: string } }): Promise<ClusterNode>;
   /** A user client certificate from the cluster CA (not a node's). */
   userCert(name: string): Pem;
 }
@@ -79,7 +84,7 @@ export function makeCluster(t: Teardown, redisUrl: string, base: Record<string, 
       }
       const cfg = {
         nodeId: id,
-        listen: '127.0.0.1:0',
+        listen: `${opts.netns?.host ?? '127.0.0.1'}:0`,
         state,
         demo: { enabled: false },
         log: { level: 'debug' },
@@ -90,15 +95,18 @@ export function makeCluster(t: Teardown, redisUrl: string, base: Record<string, 
         tunnel: { protocolCheck: false, ...(base.tunnel as object), ...(extra.tunnel as object) },
       };
       writeFileSync(join(state, 'config.json'), JSON.stringify(cfg));
-      const node = await spawnNode(id, state, join(state, 'config.json'), agent);
+      const node = await spawnNode(id, state, join(state, 'config.json'), agent, opts.netns);
       nodes.push(node);
       return node;
     },
   };
 }
 
-async function spawnNode(id: string, state: string, config: string, agent: Agent): Promise<ClusterNode> {
-  const proc = spawn(process.execPath, ['--import', 'tsx', CLI, 'serve', '--config', config], {
+async function spawnNode(id: string, state: string, config: string, agent: Agent, netns?: { name: string; host: string }): Promise<ClusterNode> {
+  const argv = [process.execPath, '--import', 'tsx', CLI, 'serve', '--config', config];
+  // `ip netns exec` execs the node in place: the child's pid is the gateway's (signals reach it).
+  if (netns) argv.unshift('ip', 'netns', 'exec', netns.name);
+  const proc = spawn(argv[0]!, argv.slice(1), {
     cwd: ROOT,
     env: { ...process.env, ONEPORT_STATE: state },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -164,16 +172,18 @@ async function spawnNode(id: string, state: string, config: string, agent: Agent
     }),
   ]);
   const port = Number(listening.port);
+  const host = netns?.host ?? '127.0.0.1';
   const node: ClusterNode = {
     id,
     state,
     port,
-    address: `127.0.0.1:${port}`,
+    host,
+    address: `${host}:${port}`,
     proc,
     logs,
     waitFor,
     api: <T>(method: string, path: string, opts: { body?: unknown; token?: string } = {}) =>
-      apiCall<T>(agent, `https://127.0.0.1:${port}`, method, path, { ...opts, timeoutMs: 10_000 }),
+      apiCall<T>(agent, `https://${host}:${port}`, method, path, { ...opts, timeoutMs: 10_000 }),
     admin: () => openAdmin(state),
     kill: (signal = 'SIGKILL') => {
       if (exitCode === undefined) proc.kill(signal);

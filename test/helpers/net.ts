@@ -105,10 +105,11 @@ export interface RawConnectResult {
  * response head. For 2xx the socket is left open for tunnel traffic; otherwise the body is read
  * to the end.
  */
-export async function rawRequest(port: number, request: string | Buffer, opts: { ca?: string; servername?: string; localAddress?: string; timeoutMs?: number } = {}): Promise<RawConnectResult> {
+export async function rawRequest(port: number, request: string | Buffer, opts: { ca?: string; servername?: string; localAddress?: string; timeoutMs?: number; host?: string } = {}): Promise<RawConnectResult> {
+  const host = opts.host ?? '127.0.0.1';
   const socket = opts.ca
-    ? tls.connect({ port, host: '127.0.0.1', ca: opts.ca, servername: opts.servername ?? 'localhost', ...(opts.localAddress ? { localAddress: opts.localAddress } : {}) })
-    : net.connect({ port, host: '127.0.0.1', ...(opts.localAddress ? { localAddress: opts.localAddress } : {}) });
+    ? tls.connect({ port, host, ca: opts.ca, servername: opts.servername ?? 'localhost', ...(opts.localAddress ? { localAddress: opts.localAddress } : {}) })
+    : net.connect({ port, host, ...(opts.localAddress ? { localAddress: opts.localAddress } : {}) });
   socket.on('error', () => {});
   await once(socket, opts.ca ? 'secureConnect' : 'connect');
   socket.write(request);
