@@ -36,7 +36,8 @@ export interface Stack {
  * BENCH_GATEWAY_NODE_PATH=/somewhere/node_modules lets the gateway alone find extra packages (e.g.
  * ws's optional native `bufferutil`) without touching the project. `nodeArgs` come first.
  */
-export async function startStack(work: string, peers: Peer[], log: (line: string) => void, nodeArgs: readonly string[] = []): Promise<Stack> {
+/** One certificate for everyone who terminates TLS in a bench (oneport, HAProxy, websockify), in `work`. */
+export function benchCertificate(work: string): { certFile: string; keyFile: string; pemFile: string; tlsOpts: TlsClientOptions } {
   const ca = createCa({ commonName: 'oneport bench CA' });
   const server = issueServerCert(ca, ['localhost', '127.0.0.1']);
   const certFile = join(work, 'server.pem');
@@ -45,7 +46,11 @@ export async function startStack(work: string, peers: Peer[], log: (line: string
   writeFileSync(certFile, server.cert);
   writeFileSync(keyFile, server.key, { mode: 0o600 });
   writeFileSync(pemFile, server.cert + server.key, { mode: 0o600 });
-  const tlsOpts: TlsClientOptions = { ca: ca.cert, servername: 'localhost' };
+  return { certFile, keyFile, pemFile, tlsOpts: { ca: ca.cert, servername: 'localhost' } };
+}
+
+export async function startStack(work: string, peers: Peer[], log: (line: string) => void, nodeArgs: readonly string[] = []): Promise<Stack> {
+  const { certFile, keyFile, pemFile, tlsOpts } = benchCertificate(work);
 
   const node = process.execPath;
   const backend = spawnPeer('backend', node, ['--import', 'tsx', join(BENCH_DIR, 'backend-child.ts')], {

@@ -25,9 +25,24 @@ export const HIGH_WATER = 0.8;
 
 export type Refusal = 'address-limit' | 'fair-share';
 
+/**
+ * What the listener and the parked sessions need of the counts: ConnectionCounts in one process;
+ * with workers, a client of the primary's ConnectionCounts (workers/remote.ts), whose answer to
+ * `admit` comes over IPC.
+ */
+export interface Admission {
+  /** Admit one more connection from `key` and count it, or say why it must be refused (not counted). */
+  admit(key: string): Refusal | undefined | Promise<Refusal | undefined>;
+  /** Count one without asking (an address exempt from the rules). */
+  add(key: string): void;
+  remove(key: string): void;
+  hold(key: string): () => void;
+  /** Connections counted (with workers: those counted through this process). */
+  readonly total: number;
+  holding(key: string): number;
+}
 
-
-export class ConnectionCounts {
+export class ConnectionCounts implements Admission {
   private readonly perKey = new Map<string, number>();
   private open = 0;
 
@@ -54,6 +69,13 @@ export class ConnectionCounts {
     return undefined;
   }
 
+  admit(key: string): Refusal | undefined {
+    const refusal = this.check(key);
+    // One more: the rules count it from now on.
+    if (refusal === undefined) this.add(key);
+    return refusal;
+  }
+
   add(key: string): void {
     this.perKey.set(key, this.holding(key) + 1);
     this.open++;
@@ -64,13 +86,7 @@ export class ConnectionCounts {
    * takes the place of the socket that just closed. Returns the release, which is idempotent.
    */
   hold(key: string): () => void {
-    this.add(key);
-    let held = true;
-    return () => {
-      if (!held) return;
-      held = false;
-      this.remove(key);
-    };
+    return holdCount(this, key);
   }
 
   remove(key: string): void {
@@ -80,4 +96,15 @@ export class ConnectionCounts {
     else this.perKey.set(key, n);
     this.open--;
   }
+}
+
+/** Count one for `key` now; the returned release (idempotent) gives it back. */
+export function holdCount(counts: { add(key: string): void; remove(key: string): void }, key: string): () => void {
+  counts.add(key);
+  let held = true;
+  return () => {
+    if (!held) return;
+    held = false;
+    counts.remove(key);
+  };
 }

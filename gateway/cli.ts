@@ -6,7 +6,11 @@
 import { createReadStream, writeFileSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { ConfigError, loadConfig, type Config } from './config.js';
+import cluster from 'node:cluster';
+import { ConfigError, loadConfig, workerCount, type Config } from './config.js';
+import { createLogger, type Logger } from './log.js';
+import { runPrimary } from './workers/primary.js';
+import { runWorker } from './workers/worker.js';
 import { startGateway } from './server.js';
 import { ensureState } from './state.js';
 import { MemoryDirectory } from './directory/memory.js';
@@ -71,6 +75,11 @@ program
   .option('--join-token-file <file>', 'join the cluster with the one-time token in this file (`oneport cluster join-token`; env ONEPORT_JOIN_TOKEN)')
   .action(async (opts: GlobalOpts) => {
     const cfg = config(opts);
+    // A worker of a node with workers (workers/worker.ts): its primary started it with this command line.
+    if (cluster.isWorker) {
+      await runWorker(cfg);
+      return;
+    }
     // Read once and dropped from the environment, so no child (a failover hook) inherits it.
     const joinToken = process.env.ONEPORT_JOIN_TOKEN;
     delete process.env.ONEPORT_JOIN_TOKEN;
@@ -78,9 +87,16 @@ program
     const inherited = process.env.ONEPORT_LISTEN_FD;
     delete process.env.ONEPORT_LISTEN_FD;
     const listenFd = inherited !== undefined && /^\d{1,4}$/.test(inherited) ? Number(inherited) : undefined;
+    const onBound = (): void => void process.send?.({ oneport: 'bound' }, () => process.disconnect?.());
+    const workers = workerCount(cfg);
+    if (workers > 1 && cfg.cluster.redis === undefined) {
+      await servePrimary(cfg, workers, listenFd, listenFd !== undefined ? onBound : undefined);
+      return;
+    }
+    if (workers > 1) process.stderr.write(`workers: ${workers} asked, but a cluster node (cluster.redis) runs one process for now\n`);
     const gw = await startGateway(cfg, {
       ...(joinToken ? { joinToken } : {}),
-      ...(listenFd !== undefined ? { listenFd, onBound: () => process.send?.({ oneport: 'bound' }, () => process.disconnect?.()) } : {}),
+      ...(listenFd !== undefined ? { listenFd, onBound } : {}),
     });
     // Last resort: a bug that escapes every handler is logged and counted; the process keeps
     // serving, because exiting would drop every tunnel on this node for one bad request.
@@ -105,8 +121,29 @@ program
     void gw.stopped.then(() => process.exit(0));
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
-    process.on('SIGUSR2', () => void restartServe(gw));
+    process.on('SIGUSR2', () => void restartServe({ log: gw.ctx.log, listenFd: gw.listenFd, handOff: gw.handOff }));
   });
+
+/** `serve` with workers: this process is the primary (workers/primary.ts). */
+async function servePrimary(cfg: Config, workers: number, listenFd: number | undefined, onBound: (() => void) | undefined): Promise<void> {
+  const log = createLogger({ level: cfg.log.level, nodeId: cfg.nodeId, format: cfg.log.format }).child({ worker: 'primary' });
+  const primary = await runPrimary(cfg, { workers, log, ...(listenFd !== undefined ? { listenFd } : {}), ...(onBound ? { onBound } : {}) });
+  process.on('unhandledRejection', (e) => log.error({ err: e, event: 'last-resort', where: 'unhandledRejection' }, 'unhandledRejection: kept serving'));
+  process.on('uncaughtException', (e) => log.error({ err: e, event: 'last-resort', where: 'uncaughtException' }, 'uncaughtException: kept serving'));
+  process.stderr.write(`oneport ${VERSION} serving on ${primary.url} with ${workers} workers  (CA: ${cfg.state}/ca.pem)\n`);
+  let signals = 0;
+  const stop = (sig: string): void => {
+    if (++signals > 1) {
+      process.stderr.write(`${sig} again: exiting now\n`);
+      process.exit(1);
+    }
+    void primary.drain({ cause: sig });
+  };
+  void primary.stopped.then(() => process.exit(0));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGUSR2', () => void restartServe(primary));
+}
 
 /** How long a successor gets to accept on the port before the restart is given up. */
 const SUCCESSOR_START_MS = 60_000;
@@ -120,8 +157,8 @@ let restarting = false;
  * process stops accepting, sends its clients to reconnect (they land on the successor) and
  * stops. A successor that fails to start changes nothing here.
  */
-async function restartServe(gw: Awaited<ReturnType<typeof startGateway>>): Promise<void> {
-  const log = gw.ctx.log;
+async function restartServe(gw: { readonly log: Logger; listenFd(): number | undefined; handOff(): Promise<void> }): Promise<void> {
+  const log = gw.log;
   const fd = gw.listenFd();
   if (restarting || fd === undefined) {
     log.warn({ event: 'restart-refused', restarting }, restarting ? 'restart already under way' : 'restart: no listening socket to pass on');

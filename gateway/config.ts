@@ -3,7 +3,7 @@
  * frozen. Sources, later ones winning: defaults < config file (JSON) < environment < CLI flags.
  */
 import { readFileSync } from 'node:fs';
-import { homedir, hostname } from 'node:os';
+import { availableParallelism, homedir, hostname } from 'node:os';
 import { isIP } from 'node:net';
 import { resolve } from 'node:path';
 import { z } from 'zod';
@@ -29,6 +29,12 @@ export const configSchema = z
   .object({
     /** Node id in the cluster and in logs. @default the host name */
     nodeId: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/).default(hostname().split('.')[0] || 'node'),
+    /**
+     * Processes serving the one port (README "Workers"): a number, or "auto" for one per core
+     * (os.availableParallelism()). 1 is one process, as before workers. Cluster mode (cluster.redis)
+     * runs one process for now. @default 1
+     */
+    workers: z.union([z.literal('auto'), z.number().int().min(1).max(256)]).default(1),
     /** The one port. @default '0.0.0.0:8443' */
     listen: listenSchema.default('0.0.0.0:8443'),
     /** State folder: directory file, certificates. @default ~/.oneport */
@@ -492,4 +498,9 @@ function deepFreeze<T>(o: T): T {
     for (const v of Object.values(o as object)) deepFreeze(v);
   }
   return o;
+}
+
+/** How many worker processes `serve` runs (config `workers`; "auto": one per core). */
+export function workerCount(config: Pick<Config, 'workers'>): number {
+  return config.workers === 'auto' ? availableParallelism() : config.workers;
 }

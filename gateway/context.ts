@@ -17,7 +17,8 @@ import type { BrokerDeps } from './tunnel/broker.js';
 import type { ResumeDeps } from './tunnel/resume.js';
 import type { LeaderLink } from './http/forward.js';
 import type net from 'node:net';
-import type { ConnectionCounts } from './admission.js';
+import type { Admission } from './admission.js';
+import type { TunnelSummary } from './tunnel/registry.js';
 import type { JoinService } from './cluster/join.js';
 
 export interface GatewayContext {
@@ -34,7 +35,7 @@ export interface GatewayContext {
   /** The gateway's own origins (scheme://host:port) for the WebSocket Origin check. */
   readonly ownOrigins: () => readonly string[];
   /** Connections counted per client address (admission.ts): the listener's sockets and parked sessions. */
-  readonly connections: ConnectionCounts;
+  readonly connections: Admission;
   /** Resumable (oneport.v1) sessions held on this node. */
   readonly sessions: SessionRegistry<ResumableSession>;
   /** Set when the node runs in a cluster (config.cluster.redis): status, leadership (API only). */
@@ -57,6 +58,18 @@ export interface GatewayContext {
   readonly directoryState: () => { readonly connected: boolean; readonly ageMs: number };
   /** Start this node's drain (drain.ts) unless one is under way; the node stops when it ends. */
   readonly drain: (opts: { moveVms: boolean; cause: string }) => { started: boolean };
+  /** With workers: the session list and terminate calls reach every worker of the node (workers/worker.ts). */
+  readonly workers?: WorkerSessions;
+  /** /metrics text when it is not this process's registry alone (workers: aggregated by the primary). */
+  readonly metricsText?: () => Promise<string>;
   /** The CA of the certificate served to clients when oneport made it (no tls.certificates), else undefined. */
   readonly selfMadeCa: string | undefined;
+}
+
+/** A node's sessions when they are spread over workers: each call goes to every worker. */
+export interface WorkerSessions {
+  sessions(): Promise<TunnelSummary[]>;
+  /** Ends session `id` on whichever worker holds it; undefined when none does. */
+  terminate(id: string): Promise<{ user: string; vm: string; ended: number } | undefined>;
+  terminateUser(name: string): Promise<number>;
 }

@@ -31,33 +31,50 @@ export class ControlServer {
   }
 
   /** @param waitMs how long a live gateway on the path may take to let it go (a same-host restart's predecessor). */
-  async listen(waitMs = 0): Promise<void> {
-    const until = Date.now() + waitMs;
-    while (existsSync(this.path)) {
-      // A socket left by a crashed gateway is removed; one that answers belongs to a live one.
-      if (!(await answers(this.path))) {
-        // Gone meanwhile (a predecessor closing it during a same-host restart) is as good as removed.
-        try {
-          unlinkSync(this.path);
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-        }
-        break;
-      }
-      if (Date.now() >= until) throw new Error(`another oneport is running with this state folder (${this.path})`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    await new Promise<void>((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(this.path, () => resolve());
-    });
-    chmodSync(this.path, 0o600);
+  listen(waitMs = 0): Promise<void> {
+    return bindControlSocket(this.server, this.path, waitMs);
+  }
+
+  /** A connection accepted elsewhere (workers: by the primary, on this socket's path). */
+  accept(socket: net.Socket): void {
+    socket.on('error', () => socket.destroy());
+    this.server.emit('connection', socket);
   }
 
   async close(): Promise<void> {
     this.server.closeAllConnections();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
+}
+
+/**
+ * Bind `server` on the control socket's path (mode 0600). A socket left by a crashed gateway is
+ * removed; one that answers belongs to a live gateway: waited for up to `waitMs`, then an error.
+ * Also the workers' primary's, which passes each connection to a worker (workers/primary.ts).
+ */
+export async function bindControlSocket(server: net.Server, path: string, waitMs = 0): Promise<void> {
+  const until = Date.now() + waitMs;
+  while (existsSync(path)) {
+    if (!(await answers(path))) {
+      // Gone meanwhile (a predecessor closing it during a same-host restart) is as good as removed.
+      try {
+        unlinkSync(path);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      }
+      break;
+    }
+    if (Date.now() >= until) throw new Error(`another oneport is running with this state folder (${path})`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(path, () => {
+      server.removeListener('error', reject);
+      resolve();
+    });
+  });
+  chmodSync(path, 0o600);
 }
 
 function answers(path: string): Promise<boolean> {

@@ -26,7 +26,7 @@ import { rdpDetector, rdpPreconnectionDetector } from '../protocols/rdp.js';
 import type { GatewayContext } from './context.js';
 import { type ConnInfo, newConnInfo, normaliseAddress, setConnInfo } from './conninfo.js';
 import { parseCidr } from './config.js';
-import type { ConnectionCounts, Refusal } from './admission.js';
+import type { Admission, Refusal } from './admission.js';
 import { addressKey } from './address.js';
 
 export type Route = 'tls' | 'http' | 'rdp';
@@ -132,24 +132,41 @@ export class Peeked {
   }
 }
 
+/** The PROXY balancers (config proxyProtocol.trusted) as a block list. */
+export function trustedProxies(cidrs: readonly string[]): net.BlockList {
+  const list = new net.BlockList();
+  for (const t of cidrs) {
+    const c = parseCidr(t);
+    if (c) list.addSubnet(c.address, c.prefix, c.family);
+  }
+  return list;
+}
+
+/** A listening server's descriptor (Unix), to pass to a successor; undefined when not listening. */
+export function serverFd(server: net.Server): number | undefined {
+  const fd = (server as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
+}
+
+export function isListed(list: net.BlockList, address: string): boolean {
+  return list.check(address, net.isIPv6(address) ? 'ipv6' : 'ipv4');
+}
+
 export class Listener {
   readonly server: net.Server;
-  private readonly counts: ConnectionCounts;
+  private readonly counts: Admission;
   /** The key each open connection is counted under (moves when a PROXY header names the client). */
   private readonly countedAs = new Map<net.Socket, string>();
   private readonly sockets = new Set<net.Socket>();
   private readonly detecting = new Set<net.Socket>();
-  private readonly trusted = new net.BlockList();
+  private readonly trusted: net.BlockList;
   private readonly table: readonly Candidate[];
 
   constructor(
     private readonly ctx: GatewayContext,
     private readonly handlers: ListenerHandlers,
   ) {
-    for (const t of ctx.config.proxyProtocol.trusted) {
-      const c = parseCidr(t);
-      if (c) this.trusted.addSubnet(c.address, c.prefix, c.family);
-    }
+    this.trusted = trustedProxies(ctx.config.proxyProtocol.trusted);
     // Shared with the parked sessions, which hold counts for the addresses that parked them.
     this.counts = ctx.connections;
     const { maxV2HeaderBytes } = ctx.config.proxyProtocol;
@@ -192,8 +209,7 @@ export class Listener {
 
   /** The listening socket's descriptor, to pass to a successor (Unix); undefined when not listening. */
   get fd(): number | undefined {
-    const fd = (this.server as unknown as { _handle?: { fd?: number } })._handle?.fd;
-    return typeof fd === 'number' && fd >= 0 ? fd : undefined;
+    return serverFd(this.server);
   }
 
   /** Destroy every connection still open (end of the drain period). */
@@ -211,16 +227,53 @@ export class Listener {
     const key = addressKey(info.remoteAddress);
     // Refused before anything is read or any timer set: an address over its limit costs one
     // accept and one counter increment, and never holds a slot of limits.maxConnections.
-    const refusal = this.exempt(info.remoteAddress) ? undefined : this.counts.check(key);
-    if (refusal) {
-      this.refuse(socket, info, refusal);
+    const refusal = this.admit(key, info.remoteAddress);
+    if (refusal instanceof Promise) {
+      void refusal.then((r) => this.admitted(socket, info, key, r));
       return;
     }
+    this.admitted(socket, info, key, refusal);
+  }
+
+  /**
+   * A connection the primary accepted, admitted and counted under `key` (workers): from here it
+   * is served as if this listener had accepted it.
+   */
+  adopt(socket: net.Socket, key: string): void {
+    socket.on('error', () => socket.destroy());
+    // A socket passed between processes is made without the server's options.
+    socket.allowHalfOpen = true;
+    socket.setNoDelay(true);
+    const info = newConnInfo(socket.remoteAddress ?? 'unknown', socket.remotePort ?? 0);
+    this.admitted(socket, info, key, undefined);
+  }
+
+  /** Admit and count one connection from `key` (exempt addresses are counted, never refused). */
+  private admit(key: string, address: string): Refusal | undefined | Promise<Refusal | undefined> {
+    if (!this.exempt(address)) return this.counts.admit(key);
+    this.counts.add(key);
+    return undefined;
+  }
+
+  /** The counts' answer for `socket`: refused, gone meanwhile (count given back), or counted under `key` (true). */
+  private counted(socket: net.Socket, info: ConnInfo, key: string, refusal: Refusal | undefined): boolean {
+    if (refusal) {
+      this.refuse(socket, info, refusal);
+      return false;
+    }
+    if (socket.destroyed) {
+      this.counts.remove(key);
+      return false;
+    }
+    this.countedAs.set(socket, key);
+    return true;
+  }
+
+  private admitted(socket: net.Socket, info: ConnInfo, key: string, refusal: Refusal | undefined): void {
+    if (!this.counted(socket, info, key, refusal)) return;
     setConnInfo(socket, info);
     this.sockets.add(socket);
     this.ctx.metrics.connectionsActive.inc();
-    this.counts.add(key);
-    this.countedAs.set(socket, key);
     socket.once('close', () => {
       this.sockets.delete(socket);
       this.detecting.delete(socket);
@@ -236,7 +289,7 @@ export class Listener {
   }
 
   private isTrustedProxy(address: string): boolean {
-    return this.trusted.check(address, net.isIPv6(address) ? 'ipv6' : 'ipv4');
+    return isListed(this.trusted, address);
   }
 
   private uncount(socket: net.Socket): void {
@@ -314,16 +367,23 @@ export class Listener {
       info.remoteAddress = normaliseAddress(proxy.source.address);
       info.remotePort = proxy.source.port;
       const key = addressKey(info.remoteAddress);
-      const refusal = this.exempt(info.remoteAddress) ? undefined : this.counts.check(key);
-      if (refusal) {
-        this.refuse(socket, info, refusal);
+      const refusal = this.admit(key, info.remoteAddress);
+      if (refusal instanceof Promise) {
+        void refusal.then((r) => this.proxied(socket, info, key, r, head.subarray(proxy.headerLength)));
         return;
       }
-      this.counts.add(key);
-      this.countedAs.set(socket, key);
+      this.proxied(socket, info, key, refusal, head.subarray(proxy.headerLength));
+      return;
     }
     socket.resume();
     this.detect(socket, info, false, head.subarray(proxy.headerLength));
+  }
+
+  /** After a PROXY header named the client `key`: its answer from the counts. */
+  private proxied(socket: net.Socket, info: ConnInfo, key: string, refusal: Refusal | undefined, rest: Buffer): void {
+    if (!this.counted(socket, info, key, refusal)) return;
+    socket.resume();
+    this.detect(socket, info, false, rest);
   }
 
   private reject(socket: net.Socket, info: ConnInfo, reason: string, head: Buffer, message = 'connection closed: protocol not recognised'): void {

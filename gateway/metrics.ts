@@ -118,6 +118,8 @@ export class Metrics {
   readonly draining = new Gauge({
     name: 'oneport_draining',
     help: '1 while this node drains (readyz answers 503, new tunnels are refused, its clients are sent elsewhere)',
+    // With workers, every process reports it: /metrics keeps the max, not the sum.
+    aggregator: 'max',
     registers: [this.registry],
   });
   readonly drainTold = new Counter({
@@ -135,32 +137,44 @@ export class Metrics {
   readonly directoryVersion = new Gauge({
     name: 'oneport_directory_version',
     help: 'Version of the directory this node serves from (its mirror in a cluster)',
+    // With workers, every process reports it: /metrics keeps the max, not the sum.
+    aggregator: 'max',
     registers: [this.registry],
   });
   readonly directoryAge = new Gauge({
     name: 'oneport_directory_mirror_age_seconds',
     help: 'Seconds since the mirror was last known equal to Redis (0 for the embedded directory)',
+    // With workers, every process reports it: /metrics keeps the max, not the sum.
+    aggregator: 'max',
     registers: [this.registry],
   });
   readonly directoryConnected = new Gauge({
     name: 'oneport_directory_connected',
     help: '1 while the directory is reachable and the mirror is fed live',
+    // With workers, every process reports it: /metrics keeps the min, not the sum.
+    aggregator: 'min',
     registers: [this.registry],
   });
   readonly clusterLeader = new Gauge({
     name: 'oneport_cluster_leader',
     help: '1 while this node leads the cluster',
+    // With workers, every process reports it: /metrics keeps the max, not the sum.
+    aggregator: 'max',
     registers: [this.registry],
   });
   readonly clusterEpoch = new Gauge({
     name: 'oneport_cluster_epoch',
     help: 'Fencing epoch of the current leader as this node knows it',
+    // With workers, every process reports it: /metrics keeps the max, not the sum.
+    aggregator: 'max',
     registers: [this.registry],
   });
   readonly clusterNodes = new Gauge({
     name: 'oneport_cluster_nodes',
     help: 'Nodes known to the cluster by state (up, suspect, down, left)',
     labelNames: ['state'] as const,
+    // With workers, every process reports it: /metrics keeps the max, not the sum.
+    aggregator: 'max',
     registers: [this.registry],
   });
   readonly failovers = new Counter({

@@ -4,12 +4,13 @@
  * `serve` runs and what integration tests start in-process.
  */
 import tls from 'node:tls';
+import type net from 'node:net';
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { type Config, parseListen } from './config.js';
 import { formatHostPort } from './hostport.js';
-import type { GatewayContext } from './context.js';
+import type { GatewayContext, WorkerSessions } from './context.js';
 import { type Directory, type UserRecord, toVmRecord, vmSchema } from './directory/directory.js';
 import { MemoryDirectory } from './directory/memory.js';
 import { type AuthStore, MemoryAuthStore } from './auth/store.js';
@@ -21,12 +22,14 @@ import { TunnelRegistry } from './tunnel/registry.js';
 import { Listener } from './listener.js';
 import { SessionRegistry } from './tunnel/session-registry.js';
 import type { ResumableSession } from './tunnel/session.js';
-import { ConnectionCounts } from './admission.js';
+import { type Admission, ConnectionCounts } from './admission.js';
+import type { LimiterFactory } from './auth/limits.js';
+import type { SessionRelay } from './tunnel/resume.js';
 import { followMoves } from './tunnel/reroute.js';
 import { followRevocations, revokeApiSession } from './tunnel/revoke.js';
 import { localReach } from './tunnel/reach.js';
 import { VmWatcher } from './tunnel/watcher.js';
-import { SessionCaps } from './tunnel/session-caps.js';
+import { type SessionCounter, SessionCaps } from './tunnel/session-caps.js';
 import { RedisSessionCounter } from './cluster/session-counts.js';
 import { RedisSessionLocator } from './tunnel/session-locator.js';
 import { clusterReach } from './cluster/reach.js';
@@ -46,7 +49,7 @@ import { certificateMatchesName } from '../certs/ca.js';
 import { startRfbServer, type RfbServer } from './demo/rfb.js';
 import { ControlServer } from './control.js';
 import { AuditLog } from './audit.js';
-import { RdgEntrance } from './rdg/entrance.js';
+import { type RdgClusterLink, RdgEntrance } from './rdg/entrance.js';
 import { routeTls } from './rdg/route.js';
 import { rdgClusterLink } from './cluster/rdg-link.js';
 import { JoinService, JoinTokens, joinIfNeeded } from './cluster/join.js';
@@ -72,6 +75,36 @@ export interface GatewayOptions {
   readonly listenFd?: number;
   /** Called as soon as the port accepts (before the cluster and control socket start). */
   readonly onBound?: () => void;
+  /**
+   * This gateway is one worker of several (workers/worker.ts): it binds nothing (the primary
+   * accepts and passes connections in through `adopt`) and uses the primary's node-wide state.
+   */
+  readonly worker?: WorkerHooks;
+}
+
+/** What a worker gets from its primary (workers/worker.ts); the directory and store come as `directory` and `store`. */
+export interface WorkerHooks {
+  /** Shown in log lines and /metrics as `worker`. */
+  readonly id: number;
+  readonly connections: Admission;
+  readonly limiter: LimiterFactory;
+  readonly tickets: TicketKeys;
+  /** Start the node's drain (every worker's), unless one is under way. */
+  readonly drain: (opts: { moveVms: boolean; cause: string }) => { started: boolean };
+  /** An API session was logged out: every worker ends its tunnels. */
+  readonly loggedOut: (sid: string) => void;
+  /** Where this worker's resumable sessions are recorded, so another worker can relay to them. */
+  readonly sessionRecord: { put(id: string, parked: boolean): void; forget(id: string): void };
+  readonly relay: SessionRelay;
+  /** /metrics for the whole node. */
+  readonly metricsText: () => Promise<string>;
+  readonly sessions: WorkerSessions;
+  /** Session caps counted over every worker (the primary's). */
+  readonly sessionCounter: SessionCounter;
+  /** The RD Gateway legacy pair across workers (an IN request relayed to the worker holding its OUT). */
+  readonly rdgLink: RdgClusterLink;
+  /** A connection from another worker of this node (a relayed RD Gateway IN request): trusted as a peer. */
+  readonly fromWorker: (socket: net.Socket) => boolean;
 }
 
 export interface Gateway {
@@ -101,6 +134,12 @@ export interface Gateway {
    * control socket go, send clients to reconnect (they land on the successor), then stop.
    */
   handOff(): Promise<void>;
+  /** Workers: serve a connection the primary accepted and counted under `key`. */
+  adopt(socket: net.Socket, key: string): void;
+  /** Workers: an RD Gateway IN request another worker relayed here (its first bytes read). */
+  acceptRdgRelay(socket: net.Socket, initial: Buffer): void;
+  /** Workers: serve a control-socket connection the primary accepted. */
+  acceptControl(socket: net.Socket): void;
 }
 
 /** web/ beside gateway/ in the sources, or two levels up from dist/gateway/ when built. */
@@ -108,6 +147,7 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 const WEB_ROOT = [join(HERE, '..', 'web'), join(HERE, '..', '..', 'web')].find((d) => existsSync(join(d, 'index.html'))) ?? join(HERE, '..', 'web');
 
 export async function startGateway(config: Config, opts: GatewayOptions = {}): Promise<Gateway> {
+  const worker = opts.worker;
   const log = opts.logger ?? createLogger({ level: config.log.level, nodeId: config.nodeId, format: config.log.format });
   const redisTarget = config.cluster.redis;
   const redis = redisTarget !== undefined && !opts.directory ? redisOptions(redisTarget, config.cluster.redisCa ? readFileSync(config.cluster.redisCa, 'utf8') : undefined) : undefined;
@@ -124,7 +164,8 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   let joins: JoinService | undefined;
   let dir: Directory;
   let store: AuthStore;
-  const tunnels = new TunnelRegistry(config.nodeId);
+  // Tunnel ids are unique per node: with workers, each mints its own (`<node>:w<id>:<n>`).
+  const tunnels = new TunnelRegistry(worker ? `${config.nodeId}:w${worker.id}` : config.nodeId);
   if (redisTarget !== undefined && redis !== undefined) {
     for (const gap of redisExposure(redisTarget)) {
       log.warn({ event: 'redis-insecure', gap }, `Redis ${gap}: whoever reaches it can read the password hashes and rewrite the directory (users, roles, VM addresses); see README "Security"`);
@@ -168,7 +209,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     }
     return { connected: true, ageMs: 0 };
   };
-  const auth = new Authenticator(dir, store, { ...config.auth, ...config.limits }, metrics);
+  const auth = new Authenticator(dir, store, { ...config.auth, ...config.limits }, metrics, worker?.limiter);
   const audit = new AuditLog({
     file: config.audit.file === false ? undefined : (config.audit.file ?? join(config.state, 'audit.log')),
     webhook: config.audit.webhook === undefined ? undefined : { url: config.audit.webhook, queue: config.audit.webhookQueue, timeoutMs: config.audit.webhookTimeoutMs },
@@ -198,8 +239,9 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   const caps = new SessionCaps({
     dir,
     defaults: config.limits,
-    counter:
-      cluster && redisConnection
+    counter: worker
+      ? worker.sessionCounter
+      : cluster && redisConnection
         ? new RedisSessionCounter({
             redis: redisConnection,
             prefix: config.cluster.prefix,
@@ -214,8 +256,9 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     noisyLog,
   });
   // Per-address counts: the listener's sockets, and parked sessions for the address that parked them.
-  const connections = new ConnectionCounts(config.limits);
+  const connections: Admission = worker?.connections ?? new ConnectionCounts(config.limits);
   const sessions = new SessionRegistry<ResumableSession>({
+    ...(worker ? { record: worker.sessionRecord } : {}),
     ...(locator
       ? {
           record: {
@@ -247,6 +290,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     cluster,
     directoryState,
     selfMadeCa: config.tls.certificates.length > 0 ? undefined : state.ca.cert,
+    ...(worker ? { metricsText: worker.metricsText, workers: worker.sessions } : {}),
     connections,
     sessions,
     broker: { dir, auth, reach, watcher, tunnels, metrics, log, noisyLog, lifecycle, nodeId: cluster?.nodeId, holdMs: config.tunnel.holdMs, policy: { idleTimeoutMs: config.tunnel.idleTimeoutMs, maxSessionMs: config.tunnel.maxSessionMs }, caps, audit, self: config.nodeId, handshake: { timeoutMs: config.tunnel.handshakeTimeoutMs, protocolCheck: config.tunnel.protocolCheck }, halfCloseMs: config.tunnel.halfCloseMs },
@@ -258,8 +302,9 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       log,
       noisyLog,
       pingIntervalMs: config.tunnel.wsPingIntervalMs,
-      relay:
-        cluster && locator && nodeIdentity
+      relay: worker
+        ? worker.relay
+        : cluster && locator && nodeIdentity
           ? {
               self: cluster.nodeId,
               holder: (id) => locator.holder(id),
@@ -269,12 +314,14 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
           : undefined,
     },
     leaderLink: cluster ? { nodeId: cluster.nodeId, leaderPeer: () => cluster.leaderPeer(), dispatcher: cluster.peers.agent } : undefined,
-    peerNode: (socket) => cluster?.peerNode(socket),
+    peerNode: (socket) => (worker?.fromWorker(socket) ? 'worker' : cluster?.peerNode(socket)),
     // Other nodes hear of it from the auth store's revocation feed (auth/redis-store.ts).
-    loggedOut: (sid) => revokeApiSession({ tunnels, metrics, log }, sid),
+    loggedOut: worker ? worker.loggedOut : (sid) => revokeApiSession({ tunnels, metrics, log }, sid),
     audit,
     join: joins,
-    drain: (o) => {
+    drain: worker
+      ? worker.drain
+      : (o) => {
       const already = draining !== undefined || closing !== undefined;
       void drain({ moveVms: o.moveVms, cause: o.cause });
       return { started: !already };
@@ -303,10 +350,10 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
         })
       : () => undefined;
 
-  const contexts = buildSecureContexts(config, state.server, nodeIdentity);
+  const contexts = buildSecureContexts(config, state.server, nodeIdentity, worker?.tickets);
   const tlsHttp = createTlsHttpServer(ctx, new Portal(WEB_ROOT));
   const clearHttp = createClearHttpServer(ctx);
-  const rdg = new RdgEntrance(ctx, cluster && redisConnection ? rdgClusterLink(cluster, redisConnection, config.cluster.prefix, log) : undefined);
+  const rdg = new RdgEntrance(ctx, worker ? worker.rdgLink : cluster && redisConnection ? rdgClusterLink(cluster, redisConnection, config.cluster.prefix, log) : undefined);
   const listener = new Listener(ctx, {
     // RD Gateway requests (RDG_OUT_DATA / RDG_IN_DATA) go to their own entrance; the rest is HTTPS.
     onTls: (s) => routeTls(s, config.http.headersTimeoutMs, { rdg: (sock, head) => rdg.handle(sock, head), http: (sock) => tlsHttp.emit('connection', sock) }),
@@ -333,7 +380,8 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       `\n  oneport demo desktop ready: user "demo", password "${password}" (shown once; change it with \`oneport user add demo --password ...\`)\n\n`,
     );
   };
-  if (config.demo.enabled) {
+  // With workers, the primary serves the demo desktop.
+  if (config.demo.enabled && !worker) {
     demo = await startRfbServer({ host: '127.0.0.1', port: 0 });
     if (cluster) {
       // In a cluster only the leader writes; the first leader with a demo desktop creates it.
@@ -352,7 +400,8 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
 
   const listen = parseListen(config.listen);
   if (!listen) throw new Error(`bad listen address ${config.listen}`);
-  const address = await listener.listen(listen.host, listen.port, opts.listenFd);
+  // A worker binds nothing: the primary holds the port and passes connections in.
+  const address = worker ? { address: listen.host, port: listen.port, family: '' } : await listener.listen(listen.host, listen.port, opts.listenFd);
   lifecycle.listening = true;
   opts.onBound?.();
   const anyAddress = address.address === '0.0.0.0' || address.address === '::';
@@ -375,11 +424,12 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   }
 
   let control: ControlServer | undefined;
-  if (opts.controlSocket ?? true) {
+  if (!worker && (opts.controlSocket ?? true)) {
     control = new ControlServer(ctx, state.paths.controlSocket);
     await control.listen(opts.listenFd !== undefined ? PREDECESSOR_CONTROL_WAIT_MS : 0);
   }
-  log.info(
+  if (worker) log.info({ event: 'worker-ready' }, `worker ${worker.id} ready`);
+  else log.info(
     { event: 'listening', address: address.address, port: address.port, directory: dir.kind, node: config.nodeId, cluster: cluster !== undefined },
     `oneport listening on ${bound}`,
   );
@@ -473,6 +523,12 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     stopped,
     listenFd: () => listener.fd,
     handOff,
+    adopt: (socket, key) => listener.adopt(socket, key),
+    acceptRdgRelay: (socket, initial) => rdg.handle(socket as tls.TLSSocket, initial),
+    acceptControl: (socket) => {
+      control ??= new ControlServer(ctx, state.paths.controlSocket);
+      control.accept(socket);
+    },
   };
 }
 
@@ -504,10 +560,11 @@ async function joinWithToken(config: Config, redis: string | RedisOptions, token
  */
 const SESSION_ID_CONTEXT = 'oneport';
 
-function buildSecureContexts(config: Config, selfMade: { cert: string; key: string }, node: NodeIdentity | undefined): (servername: string | undefined) => tls.SecureContext {
+function buildSecureContexts(config: Config, selfMade: { cert: string; key: string }, node: NodeIdentity | undefined, shared: TicketKeys | undefined): (servername: string | undefined) => tls.SecureContext {
   const clientCa = node?.ca;
-  // Session resumption: one rotating ticket key for every context (gateway/tls-tickets.ts).
-  const tickets = new TicketKeys();
+  // Session resumption: one rotating ticket key for every context (gateway/tls-tickets.ts); with
+  // workers, the primary's key, so a client resumes on whichever worker it lands.
+  const tickets = shared ?? new TicketKeys();
   // Nodes ask for NODE_SERVERNAME and get the node certificate; everyone else the server's.
   const nodeContext = node
     ? tickets.add(tls.createSecureContext({ cert: node.cert.cert, key: node.cert.key, ca: node.ca, minVersion: config.tls.minVersion, sessionIdContext: SESSION_ID_CONTEXT, sessionTimeout: TLS_SESSION_TIMEOUT_S }))
@@ -633,7 +690,7 @@ export function redisOptions(r: NonNullable<Config['cluster']['redis']>, ca: str
 }
 
 /** VM "demo" on the built-in desktop, and user "demo" (created once, with a random password). */
-async function ensureDemo(dir: Directory, nodeId: string, port: number, opts: { onlyIfAbsent?: boolean } = {}): Promise<string | undefined> {
+export async function ensureDemo(dir: Directory, nodeId: string, port: number, opts: { onlyIfAbsent?: boolean } = {}): Promise<string | undefined> {
   const vm = toVmRecord(
     vmSchema.parse({
       name: 'demo',

@@ -22,14 +22,26 @@ interface NativeContext {
 
 export class TicketKeys {
   private readonly contexts: tls.SecureContext[] = [];
-  private key = randomBytes(48);
+  private key: Buffer;
   private rotateAt: number;
 
+  /**
+   * @param key a key made elsewhere (workers: the primary's, so a session resumes on any
+   * worker); with it, `rotateMs` is usually Infinity and `replace` brings the next key.
+   */
   constructor(
     private readonly rotateMs = TICKET_KEY_ROTATE_MS,
     private readonly now: () => number = Date.now,
+    key: Buffer = newTicketKey(),
   ) {
+    this.key = key;
     this.rotateAt = now() + rotateMs;
+  }
+
+  /** Every context encrypts new tickets with `key` from now on. */
+  replace(key: Buffer): void {
+    this.key = key;
+    for (const c of this.contexts) (c.context as NativeContext).setTicketKeys(this.key);
   }
 
   /** The key every context gets; pass it as `ticketKeys` to `tls.createSecureContext`. */
@@ -49,7 +61,11 @@ export class TicketKeys {
     const now = this.now();
     if (now < this.rotateAt) return;
     this.rotateAt = now + this.rotateMs;
-    this.key = randomBytes(48);
-    for (const c of this.contexts) (c.context as NativeContext).setTicketKeys(this.key);
+    this.replace(newTicketKey());
   }
+}
+
+/** 48 random bytes: the ticket key name, HMAC key and AES key Node takes together. */
+export function newTicketKey(): Buffer {
+  return randomBytes(48);
 }

@@ -12,7 +12,7 @@ import { verifyPassword } from './passwords.js';
 import type { AuthStore, Redemption } from './store.js';
 import { checkTicket, mintTicket } from './tickets.js';
 import { type TokenPayload, mintToken, verifyToken } from './tokens.js';
-import { AttemptLimiter, ConcurrencyGate } from './limits.js';
+import { AttemptLimiter, ConcurrencyGate, type Limiter, type LimiterFactory } from './limits.js';
 import { addressKey } from '../address.js';
 
 export interface AuthSettings {
@@ -63,24 +63,27 @@ export class Authenticator {
    * only by its own failures; a guesser spread over many addresses is bounded by each address's
    * budget (loginsPerAddress, IPv6 per /64), scrypt's cost and the concurrency gate.
    */
-  private readonly loginsPerUser: AttemptLimiter;
-  private readonly loginsPerAddress: AttemptLimiter;
-  private readonly failuresPerAddress: AttemptLimiter;
+  private readonly loginsPerUser: Limiter;
+  private readonly loginsPerAddress: Limiter;
+  private readonly failuresPerAddress: Limiter;
   private readonly hashing: ConcurrencyGate;
   /** Tickets users ask for in their sessions: each one is a store record (memory or Redis). */
-  private readonly ticketsPerUser: AttemptLimiter;
+  private readonly ticketsPerUser: Limiter;
 
   constructor(
     private readonly dir: Directory,
     private readonly store: AuthStore,
     private readonly settings: AuthSettings,
     private readonly metrics: Metrics,
+    /** Where the budgets are counted: here, or node-wide in the primary (workers). */
+    limiter: LimiterFactory = (_name, points) => new AttemptLimiter(points),
   ) {
-    this.loginsPerUser = new AttemptLimiter(settings.loginsPerUserPerMinute);
-    this.loginsPerAddress = new AttemptLimiter(settings.loginsPerAddressPerMinute);
-    this.failuresPerAddress = new AttemptLimiter(settings.authFailuresPerAddressPerMinute);
+    this.loginsPerUser = limiter('loginsPerUser', settings.loginsPerUserPerMinute);
+    this.loginsPerAddress = limiter('loginsPerAddress', settings.loginsPerAddressPerMinute);
+    this.failuresPerAddress = limiter('failuresPerAddress', settings.authFailuresPerAddressPerMinute);
+    // Per process: it bounds the scrypt jobs queued on this process's thread pool.
     this.hashing = new ConcurrencyGate(settings.concurrentHashesPerAddress, settings.concurrentHashes);
-    this.ticketsPerUser = new AttemptLimiter(settings.ticketsPerUserPerMinute);
+    this.ticketsPerUser = limiter('ticketsPerUser', settings.ticketsPerUserPerMinute);
   }
 
   /**

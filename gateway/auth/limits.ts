@@ -15,7 +15,20 @@ function rateLimited(msBeforeNext: number): OneportError {
   return new OneportError('ONEPORT_ERR_RATE_LIMITED', undefined, { retryAfter: Math.max(1, Math.ceil(msBeforeNext / 1000)) });
 }
 
-export class AttemptLimiter {
+/** A budget of attempts per key (AttemptLimiter; with workers, the primary's, over IPC). */
+export interface Limiter {
+  readonly points: number;
+  check(key: string): Promise<void>;
+  count(key: string): Promise<void>;
+  take(key: string): Promise<void>;
+  refund(key: string): Promise<void>;
+  reset(key: string): Promise<void>;
+}
+
+/** Where an Authenticator gets its budgets: `name` says which one (e.g. `loginsPerAddress`). */
+export type LimiterFactory = (name: string, points: number) => Limiter;
+
+export class AttemptLimiter implements Limiter {
   private readonly limiter: RateLimiterMemory;
 
   constructor(readonly points: number, durationSeconds = 60) {

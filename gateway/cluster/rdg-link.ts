@@ -51,19 +51,27 @@ export function rdgClusterLink(cluster: Cluster, redis: Redis, prefix: string, l
         upstream.destroy();
         return;
       }
-      // Torn down together: either side's end, error or close ends both.
-      const end = (): void => {
-        socket.destroy();
-        upstream.destroy();
-      };
-      upstream.on('error', end);
-      upstream.on('close', end);
-      socket.on('close', end);
-      upstream.write(head);
-      socket.pipe(upstream);
-      upstream.pipe(socket);
-      socket.resume();
+      spliceRelay(socket, upstream, head);
       log.info({ event: 'rdg-relayed', client, node }, `RD Gateway IN request relayed to ${node}, which holds its RDG_OUT_DATA`);
     },
   };
+}
+
+/**
+ * Carry a request whose head was read (`head`, rewritten for the hop) to `upstream` and relay
+ * the bytes both ways; either side's end, error or close ends both. Also the worker-to-worker
+ * relay (workers/worker.ts).
+ */
+export function spliceRelay(socket: Duplex, upstream: Duplex, head: Buffer): void {
+  const end = (): void => {
+    socket.destroy();
+    upstream.destroy();
+  };
+  upstream.on('error', end);
+  upstream.on('close', end);
+  socket.on('close', end);
+  upstream.write(head);
+  socket.pipe(upstream);
+  upstream.pipe(socket);
+  socket.resume();
 }

@@ -35,16 +35,28 @@ export async function relayResume(deps: RelayDeps, holder: string, client: WebSo
     handshakeTimeout: deps.handshakeTimeoutMs,
     headers: { [FORWARDED_BY_HEADER]: identity.nodeId },
   });
+  await joinRelay(upstream, client, queued, () => new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', `node ${holder} refused the relay`));
+  deps.log.info({ event: 'session-relayed', vm, session: q.session, holder }, `resumed session on ${vm} relayed to ${holder}`);
+}
+
+/**
+ * Once `upstream` (the leg to the holder: another node, or another worker of this node) opens,
+ * relay messages both ways; rejects with `refused()` if it closes first. Shared by the relay to a
+ * node and to a worker (workers/worker.ts).
+ */
+export async function joinRelay(upstream: WebSocket, client: WebSocket, queued: readonly Buffer[], refused: () => Error): Promise<void> {
   upstream.on('error', () => upstream.terminate());
+  // Before 'open' is awaited: the holder's first message (the hello) can come in the same read
+  // as the handshake's answer, so in the same tick as 'open'; a listener added after the await
+  // would miss it.
+  upstream.on('message', (d: Buffer, isBinary: boolean) => client.readyState === WebSocket.OPEN && client.send(d, { binary: isBinary }));
   await new Promise<void>((resolve, reject) => {
     upstream.once('open', () => resolve());
-    upstream.once('close', () => reject(new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', `node ${holder} refused the relay`)));
+    upstream.once('close', () => reject(refused()));
   });
   for (const b of queued) upstream.send(b, { binary: true });
-  upstream.on('message', (d: Buffer, isBinary: boolean) => client.readyState === WebSocket.OPEN && client.send(d, { binary: isBinary }));
   client.on('message', (d: Buffer, isBinary: boolean) => upstream.readyState === WebSocket.OPEN && upstream.send(d, { binary: isBinary }));
   upstream.on('close', (code: number, reason: Buffer) => client.readyState === WebSocket.OPEN && client.close(safeCode(code), reason.toString()));
   // The client's leg dropping must look the same to the holder: not a clean 1000 unless it was.
   client.on('close', (code: number) => (code === 1000 || code === 1001 ? upstream.close(code) : upstream.terminate()));
-  deps.log.info({ event: 'session-relayed', vm, session: q.session, holder }, `resumed session on ${vm} relayed to ${holder}`);
 }

@@ -15,12 +15,11 @@
  * O(1) amortised per change and a cleanly stopped node leaves just the base. A crash between the
  * two steps is harmless: lines at or below the base's version are skipped.
  */
-import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, existsSync, truncateSync } from 'node:fs';
 import { open, rename, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { VmTable } from './vm-table.js';
+import { DirectoryView } from './view.js';
 import { OneportError } from '../errors.js';
 import type {
   PutVmOptions, Directory, DirectoryChange, KeyRing, SigningKey, UserRecord, VmRecord } from './directory.js';
@@ -56,12 +55,8 @@ export function newSigningKey(id: number): SigningKey {
   return { id: id & 0xff, secret: randomBytes(32).toString('base64'), createdAt: Date.now() };
 }
 
-export class MemoryDirectory extends EventEmitter implements Directory {
+export class MemoryDirectory extends DirectoryView implements Directory {
   readonly kind = 'embedded' as const;
-  private readonly users = new Map<string, UserRecord>();
-  private readonly vms = new VmTable<VmRecord>((vm) => vm);
-  private keyRing: KeyRing;
-  private ver = 0;
   private saving: Promise<void> = Promise.resolve();
   private logFh: FileHandle | undefined;
   private logBytes = 0;
@@ -69,8 +64,7 @@ export class MemoryDirectory extends EventEmitter implements Directory {
 
   /** @param file where to persist; undefined keeps everything in memory (tests). */
   constructor(private readonly file?: string) {
-    super();
-    this.keyRing = { current: newSigningKey(1), previous: [] };
+    super({ current: newSigningKey(1), previous: [] });
     if (file && existsSync(file)) this.load(file);
     if (file) this.replay(`${file}.log`);
   }
@@ -114,34 +108,6 @@ export class MemoryDirectory extends EventEmitter implements Directory {
     }
     if (good < buf.length) truncateSync(logFile, good);
     this.logBytes = good;
-  }
-
-  version(): number {
-    return this.ver;
-  }
-  getUser(name: string): UserRecord | undefined {
-    return this.users.get(name);
-  }
-  getVm(name: string): VmRecord | undefined {
-    return this.vms.get(name);
-  }
-  listUsers(): readonly UserRecord[] {
-    return [...this.users.values()];
-  }
-  listVms(): readonly VmRecord[] {
-    return [...this.vms.values()];
-  }
-  vmsOnNode(node: string): VmRecord[] {
-    return this.vms.onNode(node);
-  }
-  unsettledVms(node: string): VmRecord[] {
-    return this.vms.unsettledOn(node);
-  }
-  vmsForUser(user: UserRecord): VmRecord[] {
-    return this.vms.forUser(user);
-  }
-  keys(): KeyRing {
-    return this.keyRing;
   }
 
   async putUser(user: UserRecord): Promise<void> {

@@ -128,18 +128,24 @@ route('GET', '/readyz', 'readyz', (c) => {
     ...(c.ctx.cluster ? { cluster: { node: c.ctx.cluster.nodeId, leader: leader ? { node: leader.node, epoch: leader.epoch } : null } } : {}),
   });
 });
-route('GET', '/metrics', 'metrics', async (c) => {
-  const st = c.ctx.directoryState();
-  c.ctx.metrics.directoryVersion.set(c.ctx.dir.version());
-  c.ctx.metrics.directoryAge.set(st.ageMs / 1000);
-  c.ctx.metrics.directoryConnected.set(st.connected ? 1 : 0);
-  c.ctx.metrics.sessionsParked.set(c.ctx.sessions.parkedCount);
-  c.ctx.metrics.sessionReplayBytes.set(c.ctx.sessions.bufferedBytes);
-  if (c.ctx.cluster) {
-    c.ctx.metrics.clusterLeader.set(c.ctx.cluster.isLeader() ? 1 : 0);
-    c.ctx.metrics.clusterEpoch.set(c.ctx.cluster.leader()?.epoch ?? c.ctx.cluster.lease.highestEpoch());
+/** The gauges read at scrape time (also each worker's, when the primary gathers /metrics). */
+export function refreshGauges(ctx: GatewayContext): void {
+  const st = ctx.directoryState();
+  ctx.metrics.directoryVersion.set(ctx.dir.version());
+  ctx.metrics.directoryAge.set(st.ageMs / 1000);
+  ctx.metrics.directoryConnected.set(st.connected ? 1 : 0);
+  ctx.metrics.sessionsParked.set(ctx.sessions.parkedCount);
+  ctx.metrics.sessionReplayBytes.set(ctx.sessions.bufferedBytes);
+  if (ctx.cluster) {
+    ctx.metrics.clusterLeader.set(ctx.cluster.isLeader() ? 1 : 0);
+    ctx.metrics.clusterEpoch.set(ctx.cluster.leader()?.epoch ?? ctx.cluster.lease.highestEpoch());
   }
-  const text = await c.ctx.metrics.registry.metrics();
+}
+
+route('GET', '/metrics', 'metrics', async (c) => {
+  refreshGauges(c.ctx);
+  // With workers: every worker's and the primary's, summed (workers/primary.ts).
+  const text = c.ctx.metricsText ? await c.ctx.metricsText() : await c.ctx.metrics.registry.metrics();
   c.res.writeHead(200, { 'Content-Type': c.ctx.metrics.registry.contentType, 'Cache-Control': 'no-store' });
   c.res.end(text);
 });
@@ -355,7 +361,8 @@ route('POST', '/api/nodes/:p/drain', 'drain', async (c) => {
   const node = c.params[0] ?? '';
   const { cluster, config } = c.ctx;
   if (node === config.nodeId) {
-    const tunnels = c.ctx.tunnels.size;
+    // With workers: every worker's client tunnels (this node holds no hops outside a cluster).
+    const tunnels = c.ctx.workers ? (await c.ctx.workers.sessions()).length : c.ctx.tunnels.size;
     const { started } = c.ctx.drain({ moveVms, cause: 'api' });
     await audit(c, 'node.drain', { type: 'node', name: node }, { moveVms, started });
     sendJson(c.res, 202, { node, draining: true, started, tunnels, moveVms });
@@ -440,7 +447,7 @@ function fanout(ctx: GatewayContext): FanoutDeps | undefined {
   return cluster && leaderLink ? { self: cluster.nodeId, nodes: () => cluster.nodes(), dispatcher: leaderLink.dispatcher } : undefined;
 }
 
-function terminate(ctx: GatewayContext, tunnels: readonly Tunnel[]): Promise<number> {
+export function terminate(ctx: GatewayContext, tunnels: readonly Tunnel[]): Promise<number> {
   return terminateSessions({ tunnels: ctx.tunnels, metrics: ctx.metrics, log: ctx.log, endSession: (sid) => ctx.auth.endConsoleSession(sid) }, tunnels);
 }
 
@@ -458,7 +465,8 @@ route('GET', '/api/sessions', 'sessions', async (c) => {
   const local = localOnly(c);
   await nodeOrAdmin(c, local);
   const self = c.ctx.config.nodeId;
-  const mine = c.ctx.tunnels.clientTunnels().map((t) => summarize(t, self));
+  // With workers: every worker's (the primary asks them).
+  const mine = c.ctx.workers ? await c.ctx.workers.sessions() : c.ctx.tunnels.clientTunnels().map((t) => summarize(t, self));
   const f = fanout(c.ctx);
   if (local || !f) {
     if (local) return sendJson(c.res, 200, { node: self, sessions: mine });
@@ -477,6 +485,13 @@ route('DELETE', '/api/sessions/:p', 'session', async (c) => {
   const f = fanout(c.ctx);
   if (local || !f || node === self) {
     const t = c.ctx.tunnels.get(id);
+    if ((!t || t.transport === 'hop') && c.ctx.workers) {
+      // Held by another worker of this node: it ends it.
+      const a = await c.ctx.workers.terminate(id);
+      if (!a) throw new OneportError('ONEPORT_ERR_NOT_FOUND', 'no such session');
+      if (!local) await audit(c, 'session.terminate', { type: 'session', name: id }, { user: a.user, vm: a.vm, tunnels: a.ended });
+      return sendJson(c.res, 200, { id, node: self, ...a });
+    }
     if (!t || t.transport === 'hop') throw new OneportError('ONEPORT_ERR_NOT_FOUND', 'no such session');
     const ended = await terminate(c.ctx, [t]);
     if (!local) await audit(c, 'session.terminate', { type: 'session', name: id }, { user: t.user, vm: t.vm, tunnels: ended });
@@ -495,7 +510,7 @@ route('DELETE', '/api/users/:p/sessions', 'user-sessions', async (c) => {
   await nodeOrAdmin(c, local);
   const name = c.params[0] ?? '';
   const self = c.ctx.config.nodeId;
-  const mine = await terminate(c.ctx, c.ctx.tunnels.clientTunnels().filter((t) => t.user === name));
+  const mine = c.ctx.workers ? await c.ctx.workers.terminateUser(name) : await terminate(c.ctx, c.ctx.tunnels.clientTunnels().filter((t) => t.user === name));
   if (local) return sendJson(c.res, 200, { node: self, ended: mine });
   const f = fanout(c.ctx);
   const others = f ? await askOtherNodes<{ ended: number }>(f, 'DELETE', `/api/users/${encodeURIComponent(name)}/sessions?local=1`) : [];

@@ -19,8 +19,8 @@ import type { SessionRegistry } from './session-registry.js';
 export interface SessionRelay {
   /** The node holding session `id`, if another node recorded it. */
   holder(id: string): Promise<string | undefined>;
-  /** Relay a resumed leg to `holder`, which attaches it to its session. */
-  relay(holder: string, client: WebSocket, vm: string, protocol: string, q: { resume: string; session: string; received: number }, queued: readonly Buffer[]): Promise<void>;
+  /** Relay a resumed leg to `holder`, which attaches it to its session; `from` is the client's address. */
+  relay(holder: string, client: WebSocket, vm: string, protocol: string, q: { resume: string; session: string; received: number }, queued: readonly Buffer[], from: string): Promise<void>;
   readonly self: string;
 }
 
@@ -79,7 +79,7 @@ export async function resumeSession(deps: ResumeDeps, ws: WebSocket, r: ResumeRe
     const holder = await deps.relay?.holder(r.session);
     if (deps.relay && holder && holder !== deps.relay.self) {
       ws.removeListener('message', onMessage);
-      await deps.relay.relay(holder, ws, r.vmName, r.protocol, { resume: r.resume, session: r.session, received }, queued);
+      await deps.relay.relay(holder, ws, r.vmName, r.protocol, { resume: r.resume, session: r.session, received }, queued, r.client);
       deps.metrics.resumes.inc({ result: 'relayed' });
       return;
     }

@@ -7,20 +7,16 @@
  */
 import t from 'tap';
 import net from 'node:net';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { openAdmin } from '../../gateway/admin.js';
 import { startBackend, rawRequest, echoRoundTrip, closedWithin } from '../helpers/net.js';
 import { clearConnect } from '../helpers/scenario.js';
 import { deadline, eventually } from '../helpers/wait.js';
+import { spawnServe } from '../helpers/serve.js';
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const CLI = join(ROOT, 'gateway', 'cli.ts');
 
-type Line = Record<string, unknown>;
 
 /** One connection: the first bytes of an answer to a plain GET, or the error that ended it. */
 function probe(port: number): Promise<'answered' | string> {
@@ -42,44 +38,12 @@ function probe(port: number): Promise<'answered' | string> {
   });
 }
 
-t.test('SIGUSR2: the successor takes the listening socket; no connection is refused or reset', async (t) => {
+for (const workers of [1, 2]) t.test(`SIGUSR2 (workers: ${workers}): the successor takes the listening socket; no connection is refused or reset`, async (t) => {
   const state = mkdtempSync(join(tmpdir(), 'oneport-restart-'));
   t.teardown(() => rmSync(state, { recursive: true, force: true }));
   const config = join(state, 'config.json');
-  writeFileSync(config, JSON.stringify({ listen: '127.0.0.1:0', state, nodeId: 'solo', demo: { enabled: false }, log: { level: 'info', format: 'json' }, tunnel: { protocolCheck: false }, shutdown: { drainMs: 10_000 } }));
-  const proc = spawn(process.execPath, ['--import', 'tsx', CLI, 'serve', '--config', config], { cwd: ROOT, env: { ...process.env, ONEPORT_STATE: state }, stdio: ['ignore', 'pipe', 'pipe'] });
-  const pids = new Set<number>([proc.pid!]);
-  t.teardown(() => {
-    for (const pid of pids) {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        /* gone */
-      }
-    }
-  });
-  const lines: Line[] = [];
-  let buf = '';
-  proc.stdout!.setEncoding('utf8');
-  proc.stdout!.on('data', (c: string) => {
-    buf += c;
-    let nl: number;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      try {
-        lines.push(JSON.parse(buf.slice(0, nl)) as Line);
-      } catch {
-        /* not JSON */
-      }
-      buf = buf.slice(nl + 1);
-    }
-  });
-  let stderr = '';
-  proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  // What the processes said, when the test fails.
-  t.teardown(() => {
-    if (!t.passing()) t.comment(`events: ${lines.map((l) => String(l.event ?? l.msg)).join(' ')}\nstderr: ${stderr.slice(-2000)}`);
-  });
-  const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
+  writeFileSync(config, JSON.stringify({ listen: '127.0.0.1:0', state, nodeId: 'solo', workers, demo: { enabled: false }, log: { level: 'info', format: 'json' }, tunnel: { protocolCheck: false }, shutdown: { drainMs: 10_000 } }));
+  const { proc, lines, exited } = spawnServe(t, config, state);
   const listening = await eventually(() => lines.find((l) => l.event === 'listening'), 30_000, 'listening');
   const port = Number(listening.port);
 
@@ -107,8 +71,8 @@ t.test('SIGUSR2: the successor takes the listening socket; no connection is refu
 
   await eventually(() => ((outcomes.get('answered') ?? 0) > 20 ? true : undefined), 10_000, 'loop under way');
   proc.kill('SIGUSR2');
-  const spawned = await eventually(() => lines.find((l) => l.event === 'restart-spawned'), 10_000, 'successor spawned');
-  pids.add(Number(spawned.pid));
+  // (its pid is killed at teardown, like every process the node starts)
+  await eventually(() => lines.find((l) => l.event === 'restart-spawned'), 10_000, 'successor spawned');
   await eventually(() => (lines.filter((l) => l.event === 'listening').length >= 2 ? true : undefined), 60_000, 'successor listening');
   t.equal(await Promise.race([exited, deadline(20_000, 'the old process exiting')]), 0, 'the old process exits 0 once handed off');
   await tunnelClosed;

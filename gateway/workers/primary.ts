@@ -1,0 +1,437 @@
+/**
+ * The primary of a node with workers (README "Workers"; config `workers`). It serves no tunnel
+ * itself; it holds what there is one of per node:
+ *
+ * - the one port: it accepts (the kernel never wakes a worker for a connection), admits or refuses
+ *   the connection on the node-wide per-address counts and cap (admission.ts), and passes the
+ *   socket, unread, to the worker with the fewest connections. The listening socket stays here, so
+ *   a same-host restart (SIGUSR2) passes it on as with one process, and a replaced worker needs
+ *   nothing from it;
+ * - the embedded directory (the only writer of its files) and the memory auth store: workers read
+ *   a replica of the directory and redeem tickets here, over IPC (remote.ts);
+ * - the login and ticket budgets, the TLS session ticket key (one for all workers, so a client
+ *   resumes its TLS session on any of them), where each parked `oneport.v1` session is held;
+ * - the control socket (each connection is passed to a worker, which answers the API), the demo
+ *   desktop, /metrics summed over the workers;
+ * - the node's lifecycle: a drain (SIGTERM, SIGINT, `oneport node drain`) drains every worker; a
+ *   worker that dies is replaced, and only its own connections are lost.
+ */
+import cluster, { type Worker } from 'node:cluster';
+import net from 'node:net';
+import { rmSync } from 'node:fs';
+import { AggregatorRegistry, Counter, Gauge } from 'prom-client';
+import { type Config, parseListen } from '../config.js';
+import { formatHostPort } from '../hostport.js';
+import { ensureState } from '../state.js';
+import { MemoryDirectory } from '../directory/memory.js';
+import type { DirectoryChange } from '../directory/directory.js';
+import { MemoryAuthStore } from '../auth/store.js';
+import { AttemptLimiter } from '../auth/limits.js';
+import { ConnectionCounts } from '../admission.js';
+import { addressKey } from '../address.js';
+import { normaliseAddress } from '../conninfo.js';
+import { Metrics } from '../metrics.js';
+import { type Logger, RateLimitedLog } from '../log.js';
+import { isListed, serverFd, trustedProxies } from '../listener.js';
+import { bindControlSocket } from '../control.js';
+import { TICKET_KEY_ROTATE_MS, newTicketKey } from '../tls-tickets.js';
+import { startRfbServer, type RfbServer } from '../demo/rfb.js';
+import { ensureDemo } from '../server.js';
+import { type Channel, Rpc } from './ipc.js';
+import { DIRECTORY_WRITES, NodeSessionCounts, STORE_OPS } from './remote.js';
+import type { CountedSession } from '../tunnel/session-caps.js';
+import type { SessionCapValues } from '../tunnel/policy.js';
+import { type Hello, workerSocket } from './worker.js';
+
+export interface PrimaryOptions {
+  readonly workers: number;
+  readonly log: Logger;
+  /** Same-host restart: the listening socket a predecessor passed on. */
+  readonly listenFd?: number;
+  readonly onBound?: () => void;
+  readonly announce?: (text: string) => void;
+}
+
+export interface Primary {
+  readonly log: Logger;
+  readonly url: string;
+  listenFd(): number | undefined;
+  /** Every worker drains (drain.ts); resolves once all stopped and the primary closed. */
+  drain(opts: { moveVms?: boolean; cause: string }): Promise<void>;
+  /** Same-host restart, once the successor accepts: stop accepting, every worker hands off. */
+  handOff(): Promise<void>;
+  readonly stopped: Promise<void>;
+}
+
+interface Slot {
+  readonly worker: Worker;
+  readonly rpc: Rpc;
+  readonly startedAt: number;
+  /** It asked for the directory: directory changes go to it from then on. */
+  hello: boolean;
+  ready: boolean;
+  /** Connections (and parked sessions) counted for it, per client address. */
+  readonly held: Map<string, number>;
+  open: number;
+}
+
+/** How long a starting node waits for its workers. */
+const WORKERS_START_MS = 60_000;
+/** A worker that dies sooner than this after its start is replaced after a pause (no crash loop at full speed). */
+const EARLY_DEATH_MS = 10_000;
+const RESPAWN_PAUSE_MS = 1000;
+/** Past the drain period, workers still running are killed. */
+const DRAIN_SLACK_MS = 10_000;
+/** RD Gateway pairs waiting for their IN request, node-wide (each worker also has rdg.maxUnpaired). */
+const MAX_RDG_PAIRS = 100_000;
+/** The primary's answer to /metrics waits this long for each worker. */
+const METRICS_TIMEOUT_MS = 5000;
+
+export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<Primary> {
+  const { log } = opts;
+  const state = ensureState(config.state, config.serverNames);
+  for (const what of state.created) log.info({ event: 'state-created', state: config.state }, `created ${what}`);
+  for (const warning of state.warnings) log.warn({ event: 'state-warning', state: config.state }, warning);
+  const dir = new MemoryDirectory(state.paths.directory);
+  await dir.flush();
+  const store = new MemoryAuthStore({ revocationsFile: state.paths.revokedSessions });
+  const counts = new ConnectionCounts(config.limits);
+  const limiters = new Map<string, AttemptLimiter>();
+  const holders = new Map<string, number>();
+  const sessionCounts = new NodeSessionCounts();
+  /** RD Gateway legacy pairs: which worker holds the OUT request of each, until when. */
+  const rdgOuts = new Map<string, { worker: number; until: number }>();
+  const trusted = trustedProxies(config.proxyProtocol.trusted);
+  const noisyLog = new RateLimitedLog();
+  const metrics = new Metrics({ defaultMetrics: true });
+  const workerConnections = new Gauge({ name: 'oneport_worker_connections', help: 'Client connections (and parked sessions) counted for each worker process', labelNames: ['worker'] as const, registers: [metrics.registry] });
+  const workerRestarts = new Counter({ name: 'oneport_worker_restarts_total', help: 'Worker processes replaced after they died', registers: [metrics.registry] });
+  new Gauge({ name: 'oneport_workers', help: 'Worker processes serving the port', registers: [metrics.registry], collect() { this.set([...slots.values()].filter((s) => s.ready).length); } });
+
+  let ticketKey = newTicketKey();
+  const slots = new Map<number, Slot>();
+  let stopping = false;
+  let drainOpts: { moveVms?: boolean; cause: string } | undefined;
+  let handingOff = false;
+  let allGone: (() => void) | undefined;
+  let rr = 0;
+
+  const broadcast = (method: string, args: unknown): void => {
+    for (const s of slots.values()) if (s.hello) s.rpc.note(method, args);
+  };
+  dir.on('change', (c: DirectoryChange) => {
+    const record = c.kind === 'keys' ? dir.keys() : c.kind === 'user' ? dir.getUser(c.name) : dir.getVm(c.name);
+    broadcast('dir-change', record === undefined ? { change: c } : { change: c, record });
+  });
+  const rotation = setInterval(() => {
+    ticketKey = newTicketKey();
+    broadcast('ticket-key', ticketKey.toString('base64'));
+  }, TICKET_KEY_ROTATE_MS);
+  rotation.unref();
+
+  const count = (s: Slot, key: string): void => {
+    s.held.set(key, (s.held.get(key) ?? 0) + 1);
+    s.open++;
+  };
+  /** Release one count `s` holds for `key`; a worker cannot release what it does not hold. */
+  const release = (s: Slot, key: string): void => {
+    const n = s.held.get(key) ?? 0;
+    if (n === 0) return;
+    if (n === 1) s.held.delete(key);
+    else s.held.set(key, n - 1);
+    s.open--;
+    counts.remove(key);
+  };
+
+  const demo: RfbServer | undefined = config.demo.enabled ? await startRfbServer({ host: '127.0.0.1', port: 0 }) : undefined;
+  if (demo) {
+    const password = await ensureDemo(dir, config.nodeId, demo.port);
+    if (password !== undefined) {
+      (opts.announce ?? ((t) => process.stderr.write(t)))(
+        `\n  oneport demo desktop ready: user "demo", password "${password}" (shown once; change it with \`oneport user add demo --password ...\`)\n\n`,
+      );
+    }
+  }
+
+  const serve = (s: Slot): void => {
+    const { rpc } = s;
+    rpc.handle('hello', (): Hello => {
+      s.hello = true;
+      return { snapshot: { version: dir.version(), users: dir.listUsers(), vms: dir.listVms(), keys: dir.keys() }, ticketKey: ticketKey.toString('base64') };
+    });
+    rpc.on('ready', () => {
+      s.ready = true;
+      log.info({ event: 'worker-started', worker: s.worker.id, pid: s.worker.process.pid }, `worker ${s.worker.id} serving`);
+      // Started while the node drains (a replacement): it drains too.
+      if (handingOff) rpc.note('handoff');
+      else if (drainOpts) rpc.note('drain', drainOpts);
+    });
+    rpc.handle('dir', (a) => {
+      const { op, args } = a as { op: string; args: unknown[] };
+      if (!(DIRECTORY_WRITES as readonly string[]).includes(op) || !Array.isArray(args)) throw new Error(`no directory write ${op}`);
+      return (dir[op as (typeof DIRECTORY_WRITES)[number]] as (...x: unknown[]) => Promise<unknown>).apply(dir, args);
+    });
+    const storeOp = (a: unknown): Promise<unknown> => {
+      const { op, args } = a as { op: string; args: unknown[] };
+      if (!(STORE_OPS as readonly string[]).includes(op) || !Array.isArray(args)) throw new Error(`no store operation ${op}`);
+      return (store[op as (typeof STORE_OPS)[number]] as (...x: unknown[]) => Promise<unknown>).apply(store, args);
+    };
+    rpc.handle('store', storeOp);
+    rpc.on('store', (a) => void storeOp(a).catch(() => undefined));
+    rpc.handle('limit', (a) => {
+      const { name, points, op, key } = a as { name: string; points: number; op: string; key: string };
+      if (!['check', 'count', 'take', 'refund', 'reset'].includes(op) || typeof key !== 'string') throw new Error(`no limiter operation ${op}`);
+      let l = limiters.get(name);
+      if (!l) limiters.set(name, (l = new AttemptLimiter(points)));
+      return l[op as 'check'](key);
+    });
+    rpc.handle('admit', (a) => {
+      const key = String((a as { key: string }).key);
+      const refusal = counts.admit(key);
+      if (refusal === undefined) count(s, key);
+      return refusal ?? null;
+    });
+    rpc.on('add', (a) => {
+      const key = String((a as { key: string }).key);
+      counts.add(key);
+      count(s, key);
+    });
+    rpc.on('release', (a) => release(s, String((a as { key: string }).key)));
+    rpc.on('session', (a) => {
+      const { id, held } = a as { id: string; held: boolean };
+      if (typeof id !== 'string' || id.length > 128) return;
+      if (held) holders.set(id, s.worker.id);
+      else if (holders.get(id) === s.worker.id) holders.delete(id);
+    });
+    rpc.handle('holder', (id) => {
+      const w = holders.get(String(id));
+      const pid = w === undefined ? undefined : slots.get(w)?.worker.process.pid;
+      return pid === undefined ? null : `p${pid}`;
+    });
+    rpc.handle('session-admit', (a) => {
+      const { session, caps } = a as { session: CountedSession; caps: SessionCapValues };
+      return sessionCounts.admit(s.worker.id, session, caps);
+    });
+    rpc.on('session-release', (a) => sessionCounts.release(s.worker.id, String((a as { id: string }).id)));
+    rpc.handle('rdg-announce', (a) => {
+      const { id, ttlMs } = a as { id: string; ttlMs: number };
+      const now = Date.now();
+      if (rdgOuts.size >= MAX_RDG_PAIRS) for (const [k, v] of rdgOuts) if (v.until <= now) rdgOuts.delete(k);
+      if (typeof id === 'string' && id.length <= 64 && rdgOuts.size < MAX_RDG_PAIRS) rdgOuts.set(id, { worker: s.worker.id, until: now + Math.min(Number(ttlMs) || 0, 60_000) });
+    });
+    rpc.on('rdg-forget', (a) => {
+      const id = String((a as { id: string }).id);
+      if (rdgOuts.get(id)?.worker === s.worker.id) rdgOuts.delete(id);
+    });
+    rpc.handle('rdg-locate', (id) => {
+      const held = rdgOuts.get(String(id));
+      if (!held || held.until <= Date.now()) return null;
+      const pid = slots.get(held.worker)?.worker.process.pid;
+      return pid === undefined ? null : `p${pid}`;
+    });
+    rpc.on('logged-out', (sid) => broadcast('logged-out', String(sid)));
+    rpc.on('drain', (o) => void drain({ moveVms: (o as { moveVms?: boolean }).moveVms === true, cause: String((o as { cause?: string }).cause ?? 'api') }));
+    rpc.handle('metrics', () => metricsText());
+    rpc.handle('sessions', async () => (await askWorkers<unknown[]>('local-sessions', null)).flat().sort((a, b) => since(a).localeCompare(since(b))));
+    rpc.handle('terminate', async (id) => (await askWorkers<unknown>('local-terminate', id)).find((a) => a !== null) ?? null);
+    rpc.handle('terminate-user', async (name) => (await askWorkers<number>('local-terminate-user', name)).reduce((n, a) => n + (a ?? 0), 0));
+  };
+
+  const fork = (): Slot => {
+    const worker = cluster.fork();
+    const s: Slot = { worker, rpc: new Rpc(worker as unknown as Channel), startedAt: Date.now(), hello: false, ready: false, held: new Map(), open: 0 };
+    slots.set(worker.id, s);
+    serve(s);
+    worker.on('error', () => undefined);
+    worker.once('exit', (code, signal) => {
+      slots.delete(worker.id);
+      s.rpc.close();
+      // Its connections are gone with it: their counts and sessions too.
+      for (const [key, n] of s.held) for (let i = 0; i < n; i++) counts.remove(key);
+      s.held.clear();
+      for (const [id, w] of holders) if (w === worker.id) holders.delete(id);
+      sessionCounts.forget(worker.id);
+      // A worker killed outright leaves its relay socket behind.
+      if (worker.process.pid !== undefined) {
+        rmSync(workerSocket(config.state, worker.process.pid), { force: true });
+        rmSync(workerSocket(config.state, worker.process.pid, 'rdg'), { force: true });
+      }
+      if (stopping) {
+        if (slots.size === 0) allGone?.();
+        return;
+      }
+      workerRestarts.inc();
+      const early = Date.now() - s.startedAt < EARLY_DEATH_MS;
+      log.error({ event: 'worker-died', worker: worker.id, code, signal }, `worker ${worker.id} stopped (${signal ?? `exit ${code}`}): starting another; the other workers' tunnels go on`);
+      setTimeout(() => {
+        if (!stopping) fork();
+      }, early ? RESPAWN_PAUSE_MS : 0).unref();
+    });
+    return s;
+  };
+
+  /** The ready worker with the fewest connections (ties: in turn). */
+  const pick = (): Slot | undefined => {
+    const ready = [...slots.values()].filter((s) => s.ready && s.worker.isConnected());
+    if (ready.length === 0) return undefined;
+    rr = (rr + 1) % ready.length;
+    let best: Slot | undefined;
+    for (let i = 0; i < ready.length; i++) {
+      const s = ready[(rr + i) % ready.length]!;
+      if (!best || s.open < best.open) best = s;
+    }
+    return best;
+  };
+
+  const refuse = (socket: net.Socket, address: string, result: string, message: string): void => {
+    metrics.connections.inc({ result });
+    if (noisyLog.take(`reject:${result}`) >= 0) log.info({ event: 'connection-rejected', reason: result.replace(/^rejected-/, ''), client: address }, message);
+    socket.destroy();
+  };
+  const accept = (socket: net.Socket): void => {
+    socket.on('error', () => socket.destroy());
+    const address = normaliseAddress(socket.remoteAddress ?? 'unknown');
+    if (counts.total >= config.limits.maxConnections) {
+      metrics.connections.inc({ result: 'dropped-max-connections' });
+      socket.destroy();
+      return;
+    }
+    const key = addressKey(address);
+    // As the listener does in one process: trusted PROXY balancers are counted, never refused.
+    const refusal = isListed(trusted, address) ? (counts.add(key), undefined) : counts.admit(key);
+    if (refusal) {
+      refuse(socket, address, `rejected-${refusal}`, refusal === 'address-limit' ? 'connection refused: too many connections from this address' : 'connection refused: the port is nearly full and this address holds more than its share');
+      return;
+    }
+    const s = pick();
+    if (!s) {
+      counts.remove(key);
+      socket.destroy();
+      return;
+    }
+    count(s, key);
+    s.rpc.note('conn', { key }, socket, (err) => {
+      if (!err) return;
+      release(s, key);
+      socket.destroy();
+    });
+  };
+
+  /** The same question to every ready worker (one that does not answer in time is left out). */
+  const askWorkers = async <T>(method: string, args: unknown): Promise<T[]> =>
+    (await Promise.all([...slots.values()].filter((w) => w.ready).map((w) => w.rpc.call<T>(method, args, METRICS_TIMEOUT_MS).then((v) => [v], () => [])))).flat();
+  const since = (x: unknown): string => String((x as { since?: string }).since ?? '');
+
+  const metricsText = async (): Promise<string> => {
+    const parts = await Promise.all(
+      [...slots.values()].filter((s) => s.ready).map((s) => s.rpc.call<unknown[]>('metrics', null, METRICS_TIMEOUT_MS).catch(() => undefined)),
+    );
+    // Only the workers alive now.
+    workerConnections.reset();
+    for (const s of slots.values()) workerConnections.set({ worker: String(s.worker.id) }, s.open);
+    // The primary's own node-level gauges (kept as max / min over the processes, metrics.ts).
+    metrics.directoryVersion.set(dir.version());
+    metrics.directoryAge.set(0);
+    metrics.directoryConnected.set(1);
+    metrics.draining.set(drainOpts || handingOff ? 1 : 0);
+    const own = await metrics.registry.getMetricsAsJSON();
+    return AggregatorRegistry.aggregate([own, ...parts.filter((p): p is unknown[] => p !== undefined)] as never).metrics();
+  };
+
+  // The workers, then the port: the first connection finds a worker ready.
+  cluster.setupPrimary({ silent: false });
+  const startDeadline = Date.now() + WORKERS_START_MS;
+  for (let i = 0; i < opts.workers; i++) fork();
+  while ([...slots.values()].filter((s) => s.ready).length < opts.workers) {
+    if (Date.now() > startDeadline) {
+      stopping = true;
+      for (const s of slots.values()) s.worker.process.kill('SIGKILL');
+      throw new Error(`workers: ${opts.workers} worker(s) did not start within ${WORKERS_START_MS} ms`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+
+  const listen = parseListen(config.listen);
+  if (!listen) throw new Error(`bad listen address ${config.listen}`);
+  const server = net.createServer({ pauseOnConnect: true }, accept);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.listenFd !== undefined ? { fd: opts.listenFd } : { host: listen.host, port: listen.port }, () => {
+      server.removeListener('error', reject);
+      resolve();
+    });
+  });
+  opts.onBound?.();
+  const address = server.address() as net.AddressInfo;
+  const control = net.createServer({ pauseOnConnect: true }, (socket) => {
+    socket.on('error', () => socket.destroy());
+    const s = pick();
+    if (!s) {
+      socket.destroy();
+      return;
+    }
+    s.rpc.note('control', null, socket, (err) => err && socket.destroy());
+  });
+  await bindControlSocket(control, state.paths.controlSocket, opts.listenFd !== undefined ? 30_000 : 0);
+  const anyAddress = address.address === '0.0.0.0' || address.address === '::';
+  const bound = formatHostPort(address.address, address.port);
+  log.info(
+    { event: 'listening', address: address.address, port: address.port, directory: dir.kind, node: config.nodeId, cluster: false, workers: opts.workers },
+    `oneport listening on ${bound} (${opts.workers} workers)`,
+  );
+
+  let markStopped!: () => void;
+  const stopped = new Promise<void>((r) => (markStopped = r));
+  let ending: Promise<void> | undefined;
+  /** Wait for every worker to stop (killing those past the drain period), then close what is ours. */
+  const end = (): Promise<void> =>
+    (ending ??= (async () => {
+      stopping = true;
+      const gone = new Promise<void>((r) => (allGone = r));
+      if (slots.size === 0) allGone?.();
+      const backstop = setTimeout(() => {
+        for (const s of slots.values()) s.worker.process.kill('SIGKILL');
+      }, config.shutdown.drainMs + config.shutdown.unreadyMs + DRAIN_SLACK_MS);
+      await gone;
+      clearTimeout(backstop);
+      clearInterval(rotation);
+      // Not awaited: a server counts the sockets it passed to workers as its own until they end.
+      server.close();
+      control.close();
+      await demo?.close();
+      await store.close();
+      await dir.close();
+      log.info({ event: 'stopped' }, 'stopped');
+      log.flush?.();
+      markStopped();
+    })());
+  const drain = (o: { moveVms?: boolean; cause: string }): Promise<void> => {
+    if (!drainOpts && !handingOff) {
+      drainOpts = o;
+      stopping = true;
+      log.info({ event: 'drain-started', cause: o.cause, workers: slots.size }, `draining (${o.cause}): every worker`);
+      broadcast('drain', o);
+    }
+    return end();
+  };
+  const handOff = (): Promise<void> => {
+    if (!drainOpts && !handingOff) {
+      handingOff = true;
+      stopping = true;
+      // The successor accepts on the same socket from now on.
+      server.close();
+      control.close();
+      log.info({ event: 'handed-off', workers: slots.size }, 'the successor accepts on the port now: every worker sends its clients over');
+      broadcast('handoff', null);
+    }
+    return end();
+  };
+  return {
+    log,
+    url: `https://${anyAddress ? formatHostPort('localhost', address.port) : bound}/`,
+    listenFd: () => serverFd(server),
+    drain,
+    handOff,
+    stopped,
+  };
+}
