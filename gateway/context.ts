@@ -10,6 +10,7 @@ import type { AuthStore } from './auth/store.js';
 import type { Metrics } from './metrics.js';
 import type { Logger, RateLimitedLog } from './log.js';
 import type { TunnelRegistry } from './tunnel/registry.js';
+import type { Relays } from './tunnel/relays.js';
 import type { Cluster } from './cluster/cluster.js';
 import type { ResumableSession } from './tunnel/session.js';
 import type { SessionRegistry } from './tunnel/session-registry.js';
@@ -30,6 +31,8 @@ export interface GatewayContext {
   /** For log lines any client can trigger at will. */
   readonly noisyLog: RateLimitedLog;
   readonly tunnels: TunnelRegistry;
+  /** `oneport.v1` legs relayed to the node holding their session (tunnel/relays.ts); none outside a cluster. */
+  readonly relays: Relays;
   readonly lifecycle: { listening: boolean; shuttingDown: boolean };
   /** The gateway's own origins (scheme://host:port) for the WebSocket Origin check. */
   readonly ownOrigins: () => readonly string[];

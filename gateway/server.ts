@@ -30,7 +30,8 @@ import { SessionCaps } from './tunnel/session-caps.js';
 import { RedisSessionCounter } from './cluster/session-counts.js';
 import { RedisSessionLocator } from './tunnel/session-locator.js';
 import { clusterReach } from './cluster/reach.js';
-import { relayResume } from './cluster/relay.js';
+import { relayTo } from './cluster/relay.js';
+import { Relays } from './tunnel/relays.js';
 import { createClearHttpServer, createTlsHttpServer } from './http/servers.js';
 import { Portal } from './http/portal.js';
 import { guard } from './http/guard.js';
@@ -124,6 +125,8 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   let dir: Directory;
   let store: AuthStore;
   const tunnels = new TunnelRegistry(config.nodeId);
+  // oneport.v1 legs relayed to the node holding their session (cluster only).
+  const relays = new Relays();
   if (redisTarget !== undefined && redis !== undefined) {
     for (const gap of redisExposure(redisTarget)) {
       log.warn({ event: 'redis-insecure', gap }, `Redis ${gap}: whoever reaches it can read the password hashes and rewrite the directory (users, roles, VM addresses); see README "Security"`);
@@ -241,6 +244,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     log,
     noisyLog,
     tunnels,
+    relays,
     lifecycle,
     ownOrigins: () => ownOrigins,
     cluster,
@@ -262,8 +266,13 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
           ? {
               self: cluster.nodeId,
               holder: (id) => locator.holder(id),
-              relay: (holder, ws, vm, protocol, q, queued) =>
-                relayResume({ identity: nodeIdentity!, handshakeTimeoutMs: config.tunnel.dialTimeoutMs, log, peerAddress: (n) => cluster.peerAddress(n) }, holder, ws, vm, protocol, q, queued),
+              ownerOf: (name) => {
+                const vm = dir.getVm(name);
+                if (!vm || vm.node === cluster.nodeId || vm.state === 'recovering' || vm.state === 'migrating') return undefined;
+                return cluster.peerAddress(vm.node) !== undefined ? vm.node : undefined;
+              },
+              relay: (holder, ws, r) =>
+                relayTo({ identity: nodeIdentity!, handshakeTimeoutMs: config.tunnel.dialTimeoutMs, pingIntervalMs: config.tunnel.wsPingIntervalMs, log, relays, peerAddress: (n) => cluster.peerAddress(n) }, holder, ws, r),
             }
           : undefined,
     },
@@ -412,11 +421,13 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       tlsHttp.closeIdleConnections();
       clearHttp.closeIdleConnections();
       let timer: NodeJS.Timeout | undefined;
-      await Promise.race([tunnels.whenEmpty(), new Promise<void>((r) => (timer = setTimeout(r, drainMs)))]);
+      const empty = (): Promise<unknown> => Promise.all([tunnels.whenEmpty(), relays.whenEmpty()]);
+      await Promise.race([empty(), new Promise<void>((r) => (timer = setTimeout(r, drainMs)))]);
       clearTimeout(timer);
-      if (tunnels.size > 0) log.info({ event: 'shutdown', tunnels: tunnels.size }, 'drain period over: closing remaining tunnels');
+      if (tunnels.size + relays.size > 0) log.info({ event: 'shutdown', tunnels: tunnels.size, relays: relays.size }, 'drain period over: closing remaining tunnels');
       tunnels.closeAll('shutdown');
-      await tunnels.whenEmpty();
+      relays.closeAll(1001, 'gateway shutting down');
+      await empty();
       tlsHttp.closeAllConnections();
       clearHttp.closeAllConnections();
       // Stops their timeout checks; they were never bound, so "not running" is expected.

@@ -1,30 +1,40 @@
 /**
- * The client of a session held on another node came back here: open the same resume request on
- * the holder, over node TLS (the holder must present that node's certificate), and relay messages
- * both ways (text stays text, binary binary). The holder checks the resume token and attaches.
+ * `oneport.v1` sessions are held next to their console, at the VM's owner (README "Transparent
+ * resume"): the node a client enters opens the same WebSocket request on the node holding the
+ * session, over node TLS (it must present that node's certificate), and relays messages both ways
+ * (tunnel/relays.ts). A new session goes to the VM's owner, a resumed one to the node Redis names.
+ * The holder checks the credential (ticket, resume token, cookie) itself; it believes the client
+ * address this node passes on (`oneport-client`) because the request comes with a node certificate.
+ * The entry node keeps nothing, so losing it (a drain, a crash) costs the client a reconnect
+ * through another node, and the console never notices.
  */
 import { WebSocket } from 'ws';
 import { OneportError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { FORWARDED_BY_HEADER, NODE_SERVERNAME, checkNode, type NodeIdentity } from './peers.js';
+import { keepAlive } from '../tunnel/legs/websocket.js';
+import { Relay, type RelayRequest, type Relays } from '../tunnel/relays.js';
+import { CLIENT_HEADER, FORWARDED_BY_HEADER, NODE_SERVERNAME, checkNode, type NodeIdentity } from './peers.js';
 
 export interface RelayDeps {
   readonly identity: NodeIdentity;
   readonly handshakeTimeoutMs: number;
+  readonly pingIntervalMs: number;
   readonly log: Logger;
+  readonly relays: Relays;
   /** The holder's address when it is an up member. */
   peerAddress(node: string): string | undefined;
 }
 
-/** Close codes a peer cannot send on the wire: a leg that just dropped is told 1011. */
-const safeCode = (c: number): number => (c === 1005 || c === 1006 || c === 1015 ? 1011 : c);
-
-export async function relayResume(deps: RelayDeps, holder: string, client: WebSocket, vm: string, protocol: string, q: { resume: string; session: string; received: number }, queued: readonly Buffer[]): Promise<void> {
+/**
+ * Open `r` on `holder` and relay `client` to it. Rejects (ONEPORT_ERR_CONSOLE_UNREACHABLE) when the
+ * holder cannot be reached or does not upgrade; once it did, the holder's answers (its close
+ * codes included) are the client's.
+ */
+export async function relayTo(deps: RelayDeps, holder: string, client: WebSocket, r: RelayRequest): Promise<Relay> {
   const address = deps.peerAddress(holder);
   if (!address) throw new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', `the node holding the session (${holder}) is not reachable`);
   const { identity } = deps;
-  const url = `wss://${address}/tunnel/${encodeURIComponent(vm)}/${protocol}?resume=${encodeURIComponent(q.resume)}&session=${encodeURIComponent(q.session)}&received=${q.received}`;
-  const upstream = new WebSocket(url, ['oneport.v1'], {
+  const upstream = new WebSocket(`wss://${address}${r.path}`, ['oneport.v1'], {
     ca: identity.ca,
     cert: identity.cert.cert,
     key: identity.cert.key,
@@ -33,18 +43,29 @@ export async function relayResume(deps: RelayDeps, holder: string, client: WebSo
     // ws types this hook as boolean-returning; TLS wants Error | undefined: the holder must be that node.
     checkServerIdentity: checkNode(holder) as never,
     handshakeTimeout: deps.handshakeTimeoutMs,
-    headers: { [FORWARDED_BY_HEADER]: identity.nodeId },
+    perMessageDeflate: false,
+    headers: { [FORWARDED_BY_HEADER]: identity.nodeId, [CLIENT_HEADER]: r.client, ...(r.cookie !== undefined ? { cookie: r.cookie } : {}) },
   });
   upstream.on('error', () => upstream.terminate());
-  await new Promise<void>((resolve, reject) => {
-    upstream.once('open', () => resolve());
-    upstream.once('close', () => reject(new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', `node ${holder} refused the relay`)));
-  });
-  for (const b of queued) upstream.send(b, { binary: true });
-  upstream.on('message', (d: Buffer, isBinary: boolean) => client.readyState === WebSocket.OPEN && client.send(d, { binary: isBinary }));
-  client.on('message', (d: Buffer, isBinary: boolean) => upstream.readyState === WebSocket.OPEN && upstream.send(d, { binary: isBinary }));
-  upstream.on('close', (code: number, reason: Buffer) => client.readyState === WebSocket.OPEN && client.close(safeCode(code), reason.toString()));
-  // The client's leg dropping must look the same to the holder: not a clean 1000 unless it was.
-  client.on('close', (code: number) => (code === 1000 || code === 1001 ? upstream.close(code) : upstream.terminate()));
-  deps.log.info({ event: 'session-relayed', vm, session: q.session, holder }, `resumed session on ${vm} relayed to ${holder}`);
+  // The client leaving while the holder is dialled: give up the dial.
+  const gone = (): void => upstream.terminate();
+  client.once('close', gone);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      upstream.once('open', () => resolve());
+      upstream.once('close', () => reject(new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', `node ${holder} did not take the relay`)));
+    });
+  } finally {
+    client.removeListener('close', gone);
+  }
+  if (client.readyState !== WebSocket.OPEN) {
+    upstream.terminate();
+    throw new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', 'the client left');
+  }
+  for (const b of r.queued ?? []) upstream.send(b, { binary: true });
+  const relay = new Relay(client, upstream, holder, r.vm);
+  deps.relays.add(relay);
+  keepAlive(client, deps.pingIntervalMs);
+  deps.log.info({ event: 'session-relayed', vm: r.vm, holder, client: r.client }, `oneport.v1 leg on ${r.vm} relayed to ${holder}`);
+  return relay;
 }
