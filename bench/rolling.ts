@@ -129,6 +129,8 @@ async function main(): Promise<void> {
     streams: { messages: 0, inFlightAtClose: 0, reconnects: 0 },
   };
   const bump = (m: Map<string, number>, k: string): void => void m.set(k, (m.get(k) ?? 0) + 1);
+  /** What each client is doing, to name the ones that do not finish. */
+  const phase = new Map<string, string>();
   const lost = (kind: string, why: string): void => bump(f.sessionsLost, `${kind} ${why}`);
 
   /** Retry `open` until it works; a session is lost after MAX_TRIES failures in a row. */
@@ -154,7 +156,9 @@ async function main(): Promise<void> {
   const v1Session = async (i: number): Promise<void> => {
     const vm = `d${i % 3}`;
     const user = users[i % USERS]!;
+    const me = `v1-${i}`;
     while (running) {
+      phase.set(me, 'opening');
       const ch = await withRetries('oneport.v1', async (at) => {
         const tk = await ticket(at, user, vm);
         const channel = new OneportChannel(`wss://127.0.0.1:${at.port}/tunnel/${vm}/vnc?ticket=${tk.ticket}`, {
@@ -171,7 +175,7 @@ async function main(): Promise<void> {
         });
         return channel;
       });
-      if (!ch) return;
+      if (!ch) break;
       let expected = Buffer.alloc(0);
       ch.onmessage = (ev) => {
         const got = Buffer.from(ev.data);
@@ -183,6 +187,7 @@ async function main(): Promise<void> {
       const closed = new Promise<{ code: number; reason: string }>((r) => (ch.onclose = (ev) => r(ev)));
       let ended = false;
       void closed.then(() => (ended = true));
+      phase.set(me, 'sending');
       while (running && !ended) {
         const chunk = randomBytes(V1_BYTES);
         expected = Buffer.concat([expected, chunk]);
@@ -192,12 +197,15 @@ async function main(): Promise<void> {
       }
       if (!running && !ended) {
         // The end: what is still owed must come back.
+        phase.set(me, 'waiting for its echo');
         const until = Date.now() + 15_000;
         while (expected.length > 0 && Date.now() < until && !ended) await sleep(100);
         f.v1.bytesNeverEchoed += expected.length;
         ch.close(1000);
+        phase.delete(me);
         return;
       }
+      phase.set(me, 'closed');
       const end = await closed;
       if (end.code === 4001) {
         // The VM moved: its console restarted; a fresh session with a new ticket (DECISIONS 2026-12-03).
@@ -209,15 +217,18 @@ async function main(): Promise<void> {
         lost('oneport.v1', `closed ${end.code}`);
       }
     }
+    phase.delete(me);
   };
 
   /** A plain WebSocket tunnel: numbered messages; reconnects on 4001 where the close says. */
   const plainSession = async (i: number): Promise<void> => {
     const vm = `d${i % 3}`;
     const user = users[i % USERS]!;
+    const me = `plain-${i}`;
     let next: ClusterNode | undefined;
     let seq = 0;
     while (running) {
+      phase.set(me, 'opening');
       const ws = await withRetries('websocket', async (at) => {
         const s = new WebSocket(`wss://127.0.0.1:${at.port}/tunnel/${vm}/vnc?ticket=${(await ticket(at, user, vm)).ticket}`, ['binary'], { ca: cluster.ca.cert });
         s.on('error', () => {});
@@ -227,7 +238,8 @@ async function main(): Promise<void> {
         });
         return s;
       }, next);
-      if (!ws) return;
+      if (!ws) break;
+      phase.set(me, 'sending');
       const outcome = await new Promise<{ code: number; reason: string }>((resolve) => {
         const pending = new Set<number>();
         const timer = setInterval(() => {
@@ -245,7 +257,7 @@ async function main(): Promise<void> {
           resolve({ code, reason: reason.toString() });
         });
       });
-      if (!running) return;
+      if (!running) break;
       if (outcome.code === 4001) {
         f.reconnects++;
         const named = (JSON.parse(outcome.reason) as { node?: string }).node;
@@ -256,14 +268,17 @@ async function main(): Promise<void> {
       lost('websocket', `closed ${outcome.code}`);
       next = undefined;
     }
+    phase.delete(me);
   };
 
   /** A CONNECT tunnel: numbered messages; a drain closes it, the client reconnects through the balancer. */
   const streamSession = async (i: number): Promise<void> => {
     const vm = `d${i % 3}`;
     const user = users[i % USERS]!;
+    const me = `connect-${i}`;
     let seq = 0;
     while (running) {
+      phase.set(me, 'opening');
       const socket = await withRetries('connect', async (at) => {
         const r = await rawRequest(at.port, clearConnect((await ticket(at, user, vm)).ticket, vm), { ca: cluster.ca.cert, timeoutMs: 10_000 });
         if (r.status !== 200) {
@@ -272,7 +287,8 @@ async function main(): Promise<void> {
         }
         return r.socket;
       });
-      if (!socket) return;
+      if (!socket) break;
+      phase.set(me, 'sending');
       await new Promise<void>((resolve) => {
         const pending = new Set<number>();
         let buf = '';
@@ -288,16 +304,19 @@ async function main(): Promise<void> {
           buf = parts.pop() ?? '';
           for (const p of parts) if (pending.delete(Number(p))) f.streams.messages++;
         });
+        // rawRequest leaves the socket paused after the response head.
+        socket.resume();
         socket.on('close', () => {
           clearInterval(timer);
           if (running) f.streams.inFlightAtClose += pending.size;
           resolve();
         });
       });
-      if (!running) return;
+      if (!running) break;
       f.streams.reconnects++;
       f.reconnects++;
     }
+    phase.delete(me);
   };
 
   const clients = [
@@ -364,7 +383,12 @@ async function main(): Promise<void> {
   }
   const elapsed = Date.now() - started;
   running = false;
-  await Promise.all([opener, checker, ...clients]);
+  // Every client finishes within a minute (its last echo, a close handshake); name any that does not.
+  const finished = Promise.all([opener, checker, ...clients]);
+  const watchdog = setInterval(() => process.stderr.write(`still finishing: ${[...phase].map(([k, v]) => `${k} ${v}`).join(', ')}\n`), 10_000);
+  const done = await Promise.race([finished.then(() => true), sleep(60_000).then(() => false)]);
+  clearInterval(watchdog);
+  for (const [k, v] of phase) lost(k.replace(/-\d+$/, ''), `did not finish (${v})`);
   const loadAfter = os.loadavg();
 
   const fmt = (m: Map<string, number>): string => [...m].map(([k, v]) => `${k}: ${v}`).join(', ') || 'none';
@@ -378,6 +402,7 @@ async function main(): Promise<void> {
     options: { tunnels: TUNNELS, oneportV1: V1, plainWebSocket: PLAIN, connect: STREAMS, intervalMs: INTERVAL_MS, unreadyMs: UNREADY_MS, moveVms: true },
     elapsedMs: elapsed,
     steps,
+    allClientsFinished: done,
     newTunnels: { opened: f.newTunnels, refused, refusedBy: Object.fromEntries(f.newRefused) },
     sessionsLost: { total: sessionsLost, by: Object.fromEntries(f.sessionsLost) },
     reconnects: f.reconnects,

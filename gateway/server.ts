@@ -32,6 +32,7 @@ import { RedisSessionLocator } from './tunnel/session-locator.js';
 import { clusterReach } from './cluster/reach.js';
 import { relayTo } from './cluster/relay.js';
 import { Relays } from './tunnel/relays.js';
+import { rerouteMessage } from './tunnel/close.js';
 import { createClearHttpServer, createTlsHttpServer } from './http/servers.js';
 import { Portal } from './http/portal.js';
 import { guard } from './http/guard.js';
@@ -265,14 +266,26 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
         cluster && locator && nodeIdentity
           ? {
               self: cluster.nodeId,
-              holder: (id) => locator.holder(id),
+              // A holder that is not an up member took its sessions with it: "gone", reconnect fresh.
+              holder: async (id) => {
+                const h = await locator.holder(id);
+                return h !== undefined && (h === cluster.nodeId || cluster.peerAddress(h) !== undefined) ? h : undefined;
+              },
               ownerOf: (name) => {
                 const vm = dir.getVm(name);
                 if (!vm || vm.node === cluster.nodeId || vm.state === 'recovering' || vm.state === 'migrating') return undefined;
                 return cluster.peerAddress(vm.node) !== undefined ? vm.node : undefined;
               },
-              relay: (holder, ws, r) =>
-                relayTo({ identity: nodeIdentity!, handshakeTimeoutMs: config.tunnel.dialTimeoutMs, pingIntervalMs: config.tunnel.wsPingIntervalMs, log, relays, peerAddress: (n) => cluster.peerAddress(n) }, holder, ws, r),
+              relay: (holder, ws, r) => {
+                const vm = dir.getVm(r.vm);
+                const vmAt = vm ? { node: vm.node, epoch: vm.epoch } : undefined;
+                // Its side dropped: a holder still up whose port answers parked the session; else it died with it.
+                const holderAlive = async (n: string): Promise<boolean> => {
+                  const address = cluster.peerAddress(n);
+                  return address !== undefined && (await cluster.peers.probe(address, HOLDER_PROBE_MS));
+                };
+                return relayTo({ identity: nodeIdentity!, handshakeTimeoutMs: config.tunnel.dialTimeoutMs, pingIntervalMs: config.tunnel.wsPingIntervalMs, log, relays, peerAddress: (n) => cluster.peerAddress(n), holderAlive, goneMessage: () => rerouteMessage(config.tunnel.rerouteRetryMs) }, holder, ws, { ...r, vmAt });
+              },
             }
           : undefined,
     },
@@ -290,7 +303,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   };
 
   // Sessions follow their VM: a change of owner ends its tunnels here at once (clients reconnect).
-  const stopFollowing = followMoves({ dir, tunnels, metrics, log, rerouteRetryMs: config.tunnel.rerouteRetryMs });
+  const stopFollowing = followMoves({ dir, tunnels, relays, metrics, log, rerouteRetryMs: config.tunnel.rerouteRetryMs });
   // Revocation reaches live tunnels: a deleted user, a changed password, an unassigned VM.
   const stopRevoking = followRevocations({ dir, tunnels, metrics, log });
 
@@ -470,6 +483,8 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
 
 /** How long a successor waits for its predecessor to let the control socket go. */
 const PREDECESSOR_CONTROL_WAIT_MS = 30_000;
+/** How long a session holder's port gets to answer when a relay to it drops (as cluster/reach.ts's OWNER_PROBE_MS). */
+const HOLDER_PROBE_MS = 500;
 
 /** The seal key a joined node was given (base64 in `seal.key`), if it has one. */
 function readSealKey(file: string): Buffer | undefined {

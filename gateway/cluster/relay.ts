@@ -23,6 +23,10 @@ export interface RelayDeps {
   readonly relays: Relays;
   /** The holder's address when it is an up member. */
   peerAddress(node: string): string | undefined;
+  /** Does the holder still answer (its side dropped: a network fault, or its death)? */
+  holderAlive(node: string): Promise<boolean>;
+  /** The 4001 text for a client whose session went with its holder: reconnect fresh. */
+  goneMessage(): string;
 }
 
 /**
@@ -63,9 +67,12 @@ export async function relayTo(deps: RelayDeps, holder: string, client: WebSocket
     throw new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', 'the client left');
   }
   for (const b of r.queued ?? []) upstream.send(b, { binary: true });
-  const relay = new Relay(client, upstream, holder, r.vm);
+  const relay = new Relay(client, upstream, holder, r.vm, { vmAt: r.vmAt, holderAlive: () => deps.holderAlive(holder), goneMessage: deps.goneMessage });
   deps.relays.add(relay);
+  void relay.done.then((end) => deps.log.info({ event: 'relay-closed', vm: r.vm, holder, client: r.client, end }, `oneport.v1 relay of ${r.vm} to ${holder} ended (${end})`));
+  // Both sides are pinged: a client gone silent, or a holder hung, ends the relay (the holder parks).
   keepAlive(client, deps.pingIntervalMs);
+  keepAlive(upstream, deps.pingIntervalMs);
   deps.log.info({ event: 'session-relayed', vm: r.vm, holder, client: r.client }, `oneport.v1 leg on ${r.vm} relayed to ${holder}`);
   return relay;
 }

@@ -18,6 +18,8 @@ export interface RelayRequest {
   readonly cookie?: string | undefined;
   /** Messages the client sent before the relay was up. */
   readonly queued?: readonly Buffer[];
+  /** The VM's owner and epoch when the relay opened: a change ends it (4001), as a tunnel (reroute.ts). */
+  readonly vmAt?: { readonly node: string; readonly epoch: number } | undefined;
 }
 
 /** Bytes sent on one side and not yet flushed above which the other side stops being read. */
@@ -27,10 +29,28 @@ const LOW_WATER = 256 * 1024;
 /** Close codes a peer cannot send on the wire: a leg that just dropped is told 1011. */
 const sendable = (c: number): number => (c === 1005 || c === 1006 || c === 1015 ? 1011 : c);
 
+/** How a relay ended, for its log line. */
+export type RelayEnd = 'closed' | 'handed-over' | 'rerouted' | 'holder-gone' | 'dropped';
+
+export interface RelayOptions {
+  /** The VM's owner and epoch when it opened (undefined: not known, never rerouted from here). */
+  readonly vmAt?: { readonly node: string; readonly epoch: number } | undefined;
+  /**
+   * The holder's side dropped without a close: is the holder still there (it parked the session:
+   * the client resumes) or gone with the session (4001 `goneMessage`: reconnect fresh)? A killed
+   * process's sockets drop the same way as a network fault, so this asks the holder.
+   */
+  readonly holderAlive?: () => Promise<boolean>;
+  readonly goneMessage?: () => string;
+}
+
 export class Relay {
   private handedOver = false;
-  readonly done: Promise<void>;
-  private markDone!: () => void;
+  /** Why it ended, once it did (or is ending). */
+  end: RelayEnd | undefined;
+  readonly done: Promise<RelayEnd>;
+  private markDone!: (end: RelayEnd) => void;
+  readonly vmAt: RelayOptions['vmAt'];
 
   constructor(
     readonly client: WebSocket,
@@ -38,20 +58,37 @@ export class Relay {
     /** The node holding the session. */
     readonly holder: string,
     readonly vm: string,
+    opts: RelayOptions = {},
   ) {
+    this.vmAt = opts.vmAt;
     this.done = new Promise((r) => (this.markDone = r));
+    const finish = (): void => {
+      if (client.readyState === WebSocket.CLOSED && upstream.readyState === WebSocket.CLOSED) this.markDone(this.end ?? 'closed');
+    };
     forward(client, upstream);
     forward(upstream, client);
     upstream.on('close', (code: number, reason: Buffer) => {
-      if (!this.handedOver) closeWebSocket(client, sendable(code), reason.toString());
-      if (client.readyState === WebSocket.CLOSED) this.markDone();
+      if (this.handedOver || client.readyState !== WebSocket.OPEN) return finish();
+      if (code !== 1006 || !opts.holderAlive) {
+        closeWebSocket(client, sendable(code), reason.toString());
+        return finish();
+      }
+      void opts.holderAlive().then(
+        (alive) => {
+          this.end ??= alive ? 'dropped' : 'holder-gone';
+          if (alive) closeWebSocket(client, 1011, 'relay dropped');
+          else closeWebSocket(client, 4001, opts.goneMessage?.() ?? '{"retryMs":0}');
+        },
+        () => closeWebSocket(client, 1011, 'relay dropped'),
+      );
     });
+    client.on('close', finish);
     // The client's leg dropping must look the same to the holder: not a clean 1000 unless it was.
     client.on('close', (code: number) => {
       if (!this.handedOver && (code === 1000 || code === 1001)) upstream.close(code);
       else upstream.terminate();
-      if (upstream.readyState === WebSocket.CLOSED) this.markDone();
     });
+    upstream.on('close', finish);
   }
 
   /**
@@ -61,12 +98,14 @@ export class Relay {
   handOver(message: string): void {
     if (this.handedOver) return;
     this.handedOver = true;
+    this.end ??= 'handed-over';
     closeWebSocket(this.client, 4001, message);
     this.upstream.terminate();
   }
 
-  /** End it for good (a stop that cannot hand over): the holder ends the session too. */
-  close(code: number, message: string): void {
+  /** End it with `code` (a reroute, a stop that cannot hand over); the holder ends or parks the session as the code says. */
+  close(code: number, message: string, end: RelayEnd = 'closed'): void {
+    this.end ??= end;
     closeWebSocket(this.client, code, message);
   }
 }
@@ -124,6 +163,23 @@ export class Relays {
       if (this.told.has(r)) continue;
       this.told.add(r);
       r.handOver(message(r));
+      n++;
+    }
+    return n;
+  }
+
+  /**
+   * The VM changed owner (or epoch): its console restarted, so the session ends (DECISIONS
+   * 2026-12-03), as reroute.ts ends tunnels. The holder does the same for its side when it is
+   * alive; this covers one that is not (hung, partitioned), whose relays would otherwise sit on a
+   * silent connection. Returns how many.
+   */
+  rerouteMoved(vm: string, now: { readonly node: string; readonly epoch: number } | undefined, message: string): number {
+    let n = 0;
+    for (const r of this.open) {
+      if (r.vm !== vm || r.vmAt === undefined || now === undefined) continue;
+      if (now.node === r.vmAt.node && now.epoch === r.vmAt.epoch) continue;
+      r.close(4001, message, 'rerouted');
       n++;
     }
     return n;

@@ -6,6 +6,9 @@
  * (a balancer's choice); the session, held at B next to the console, carries on: every byte
  * arrives once, in order, both ways (SHA-256 of everything sent and received), and the console
  * saw one TCP connection for the whole time.
+ * And the other way round: when the node holding a relayed session (the owner) dies or hangs, the
+ * relay does not sit on a dead connection: the client is told 4001 (reconnect fresh), at once
+ * after a SIGKILL (the holder's port no longer answers), within 1 s of the failover after SIGSTOP.
  */
 import t, { type Test } from 'tap';
 import net from 'node:net';
@@ -13,7 +16,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { WebSocket } from 'ws';
 import { OneportChannel } from '../../web/oneport-channel.js';
 import { startRedis } from '../helpers/redis.js';
-import { makeCluster, electedLeader, adminToken, type ClusterNode } from '../helpers/cluster.js';
+import { makeCluster, electedLeader, adminToken, logTime, type ClusterNode } from '../helpers/cluster.js';
 import { eventually, deadline } from '../helpers/wait.js';
 
 /** Bytes each side sends: enough that the drain lands mid-stream. */
@@ -145,3 +148,39 @@ t.test('the entry node drains: the oneport.v1 session resumes through another no
   t.equal(await Promise.race([a.exited(), deadline(20_000, 'A exiting')]), 0, 'A exited 0 once its relays were gone');
   t.ok(a.logs.some((l) => l.event === 'drain-done' && l.left === 0), 'drain-done with nothing left');
 });
+
+for (const how of ['SIGKILL', 'SIGSTOP'] as const) {
+  t.test(`the owner holding a relayed oneport.v1 session gets ${how}: the client is told 4001 (reconnect fresh), not left on a dead relay`, async (t) => {
+    const redis = await startRedis(t);
+    const cluster = makeCluster(t, redis.url);
+    const nodes = await Promise.all(['o1', 'o2', 'o3'].map((id) => cluster.start(id)));
+    const leader = await electedLeader(nodes);
+    const [a, b] = nodes.filter((n) => n !== leader) as [ClusterNode, ClusterNode];
+    const token = await adminToken(leader);
+    const console = await hashingConsole(t);
+    await leader.api('PUT', '/api/users/alice', { token, body: { password: 'alice-password-1' } });
+    await leader.api('PUT', '/api/vms/desk', { token, body: { node: b.id, replica: leader.id, endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port: console.port }], users: ['alice'] } });
+    for (const n of nodes) await eventually(async () => ((await n.api<{ node?: string }>('GET', '/api/vms/desk', { token })).body.node === b.id ? true : undefined), 10_000, `desk seen on ${n.id}`);
+    const alice = (await a.api<{ token: string }>('POST', '/api/login', { body: { user: 'alice', password: 'alice-password-1' } })).body.token;
+    const tk = await a.api<{ ticket: string }>('POST', '/api/desktops/desk/tickets', { token: alice, body: { protocol: 'vnc' } });
+    const ws = new WebSocket(`wss://127.0.0.1:${a.port}/tunnel/desk/vnc?ticket=${tk.body.ticket}`, ['oneport.v1'], { ca: cluster.ca.cert });
+    ws.on('error', () => undefined);
+    t.teardown(() => ws.terminate());
+    const closed = new Promise<{ code: number; reason: string; at: number }>((r) => ws.once('close', (code: number, reason: Buffer) => r({ code, reason: reason.toString(), at: Date.now() })));
+    const hello = await Promise.race([new Promise<string>((r) => ws.once('message', (d: Buffer) => r(d.toString()))), deadline(30_000, 'hello')]);
+    t.match(JSON.parse(hello) as object, { type: 'hello' }, 'the session is open');
+    await a.waitFor((l) => l.event === 'session-relayed' && l.holder === b.id, 10_000);
+    const mark = leader.logs.length;
+    b.kill(how);
+    t.teardown(() => b.kill('SIGKILL'));
+    const end = await Promise.race([closed, deadline(20_000, 'the client told')]);
+    t.equal(end.code, 4001, `told 4001 after ${how}`);
+    t.notOk((JSON.parse(end.reason) as { resume?: boolean }).resume, 'without resume: the session went with its holder (reconnect fresh)');
+    if (how === 'SIGSTOP') {
+      const moved = await leader.waitFor((l) => l.event === 'vm-failover' && l.vm === 'desk', 20_000, { after: mark });
+      t.ok(end.at - logTime(moved) <= 1000, `within 1 s of the failover (${end.at - logTime(moved)} ms)`);
+    }
+    const line = await a.waitFor((l) => l.event === 'relay-closed' && l.vm === 'desk', 10_000);
+    t.equal(line.end, how === 'SIGKILL' ? 'holder-gone' : 'rerouted', `A logs how the relay ended (${String(line.end)})`);
+  });
+}
