@@ -16,7 +16,7 @@
  * - 30% CONNECT tunnels with numbered messages: closed by a drain, a client reconnects through the
  *   balancer with a new ticket;
  * and a new tunnel is opened every 100 ms (CONNECT and oneport.v1 in turn, each checked to its
- * first byte or hello). A session is lost when it ends any other way, or its reconnect fails 5
+ * 200 or hello within 15 s, a client's patience: slower counts as refused; setup times printed). A session is lost when it ends any other way, or its reconnect fails 5
  * times in a row.
  *
  * Printed, and written to bench/rolling-results.json (`npm run reliability` puts it in
@@ -29,6 +29,7 @@
 import os from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type tls from 'node:tls';
@@ -50,13 +51,23 @@ const STREAMS = TUNNELS - V1 - PLAIN;
 /** Twice the balancer's check interval below: it has seen the node unready before clients are sent away. */
 const UNREADY_MS = 1000;
 const USERS = 10;
+/** How long a new tunnel may take (ticket, then the 200 or the hello) before it counts as refused: a client's patience. */
+const NEW_TUNNEL_MS = 15_000;
 const V1_BYTES = 512;
 /** Reconnect attempts in a row after which a session counts as lost. */
 const MAX_TRIES = 5;
 const RESULTS = fileURLToPath(new URL('./rolling-results.json', import.meta.url));
+/** The nodes' warnings, errors and refusals of the last run (not committed). */
+const LOGS = join(os.tmpdir(), 'oneport-rolling-notable.jsonl');
 const teardowns: Array<() => unknown> = [];
 const t = { teardown: (fn: () => unknown) => void teardowns.push(fn) };
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function percentiles(xs: number[]): { p50: number; p99: number; max: number } {
+  const sorted = [...xs].sort((a, b) => a - b);
+  const at = (q: number): number => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? 0;
+  return { p50: at(0.5), p99: at(0.99), max: sorted.at(-1) ?? 0 };
+}
 
 async function main(): Promise<void> {
   const loadBefore = os.loadavg();
@@ -70,7 +81,10 @@ async function main(): Promise<void> {
   });
   const ids = ['r1', 'r2', 'r3'];
   const nodes = new Map<string, ClusterNode>();
+  /** Every process started, restarted ones included: their warnings and refusals go to a file at the end. */
+  const everyProcess: ClusterNode[] = [];
   for (const id of ids) nodes.set(id, await cluster.start(id));
+  everyProcess.push(...nodes.values());
   const leader = await electedLeader([...nodes.values()]);
   const token = await adminToken(leader);
   const users = Array.from({ length: USERS }, (_, i) => `u${i}`);
@@ -325,6 +339,8 @@ async function main(): Promise<void> {
     ...Array.from({ length: STREAMS }, (_, i) => streamSession(i)),
   ];
 
+  /** Setup times of the new tunnels (ticket included), ms. */
+  const setups: number[] = [];
   /** New tunnels all along: CONNECT and oneport.v1 in turn, each to its first byte or hello. */
   const opener = (async () => {
     let i = 0;
@@ -333,26 +349,28 @@ async function main(): Promise<void> {
       const vm = `d${i % 3}`;
       const user = users[i % USERS]!;
       const kind = i++ % 2 === 0 ? 'connect' : 'oneport.v1';
+      const t0 = Date.now();
       try {
         const tk = await ticket(at, user, vm);
         if (kind === 'connect') {
-          const r = await rawRequest(at.port, clearConnect(tk.ticket, vm), { ca: cluster.ca.cert, timeoutMs: 5000 });
+          const r = await rawRequest(at.port, clearConnect(tk.ticket, vm), { ca: cluster.ca.cert, timeoutMs: NEW_TUNNEL_MS });
           r.socket.destroy();
-          if (r.status !== 200) throw new Error(`status ${r.status}`);
+          if (r.status !== 200) throw new Error(`${r.status} ${/ONEPORT_ERR_\w+/.exec(r.body)?.[0] ?? ''} at ${at.id}${healthy.has(at.id) ? '' : ' (unready)'}`);
         } else {
           const ws = new WebSocket(`wss://127.0.0.1:${at.port}/tunnel/${vm}/vnc?ticket=${tk.ticket}`, ['oneport.v1'], { ca: cluster.ca.cert });
           ws.on('error', () => {});
           await Promise.race([
             new Promise<void>((resolve, reject) => {
               ws.once('message', () => resolve());
-              ws.once('close', (code: number) => reject(new Error(`close ${code}`)));
+              ws.once('close', (code: number, reason: Buffer) => reject(new Error(`close ${code} ${reason.toString().slice(0, 40)} at ${at.id}${healthy.has(at.id) ? '' : ' (unready)'}${up().includes(at) ? '' : ' (exited)'}`)));
             }),
-            deadline(5000, 'hello'),
+            deadline(NEW_TUNNEL_MS, 'hello'),
           ]).finally(() => ws.close(1000));
         }
         f.newTunnels++;
+        setups.push(Date.now() - t0);
       } catch (err) {
-        bump(f.newRefused, `${kind}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message.slice(0, 40)}`);
+        bump(f.newRefused, `${kind}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message.slice(0, 60)}`);
       }
       await sleep(100);
     }
@@ -373,6 +391,7 @@ async function main(): Promise<void> {
     const t0 = Date.now();
     const again = await cluster.start(id);
     nodes.set(id, again);
+    everyProcess.push(again);
     await eventually(async () => {
       const v = await again.api<{ nodes: Array<{ id: string; state: string }> }>('GET', '/api/cluster', { token });
       return v.body.nodes.filter((x) => x.state === 'up').length === 3 ? true : undefined;
@@ -403,7 +422,7 @@ async function main(): Promise<void> {
     elapsedMs: elapsed,
     steps,
     allClientsFinished: done,
-    newTunnels: { opened: f.newTunnels, refused, refusedBy: Object.fromEntries(f.newRefused) },
+    newTunnels: { opened: f.newTunnels, refused, refusedBy: Object.fromEntries(f.newRefused), setupMs: percentiles(setups), patienceMs: NEW_TUNNEL_MS },
     sessionsLost: { total: sessionsLost, by: Object.fromEntries(f.sessionsLost) },
     reconnects: f.reconnects,
     reconnectAttemptsFailed: f.reconnectFailures,
@@ -412,15 +431,17 @@ async function main(): Promise<void> {
     connect: f.streams,
   };
   writeFileSync(RESULTS, `${JSON.stringify(results, null, 2)}\n`);
+  const notable = everyProcess.flatMap((n) => n.logs.filter((l) => Number(l.level) >= 40 || /refused|failed/.test(String(l.event))).map((l) => JSON.stringify({ node: n.id, port: n.port, ...l })));
+  writeFileSync(LOGS, `${notable.join('\n')}\n`);
   console.log(`rolling drain (--move-vms) + restart of 3 nodes in ${(elapsed / 1000).toFixed(1)} s; ${TUNNELS} busy tunnels (${V1} oneport.v1, ${PLAIN} plain WebSocket, ${STREAMS} CONNECT), one message each every ${INTERVAL_MS} ms; a new tunnel every 100 ms`);
   console.log(`load average: before ${loadBefore.map((x) => x.toFixed(1)).join(' ')}; at each drain ${loads.map((x) => x.toFixed(1)).join(', ')}; after ${loadAfter.map((x) => x.toFixed(1)).join(' ')}`);
-  console.log(`new tunnels opened:          ${f.newTunnels}`);
+  console.log(`new tunnels opened:          ${f.newTunnels}; setup (ticket + 200 or hello) ${JSON.stringify(percentiles(setups))} ms`);
   console.log(`new tunnels refused:         ${refused} (${fmt(f.newRefused)})`);
   console.log(`sessions lost (beyond a reconnect): ${sessionsLost} (${fmt(f.sessionsLost)}); reconnects ${f.reconnects}; failed reconnect attempts ${f.reconnectFailures}`);
   console.log(`oneport.v1 bytes lost:       ${v1BytesLost} (echoed wrong ${f.v1.bytesWrong}, never echoed ${f.v1.bytesNeverEchoed}) of ${f.v1.sent} sent, ${f.v1.bytesEchoed} echoed intact; resumes ${f.v1.resumes}`);
   console.log(`oneport.v1 sessions ended because their VM moved (console restarted, by design): ${f.v1.freshAfterMove}, ${f.v1.inFlightAtMove} bytes in flight then`);
   console.log(`plain WebSocket: ${f.plain.messages} messages echoed, ${f.plain.inFlightAtMove} in flight when told to move; CONNECT: ${f.streams.messages} echoed, ${f.streams.reconnects} reconnects, ${f.streams.inFlightAtClose} in flight at a close`);
-  console.log(`results: ${RESULTS}`);
+  console.log(`results: ${RESULTS}; the nodes' warnings and refusals: ${LOGS}`);
 }
 
 main()
