@@ -37,6 +37,16 @@ export interface RelayDeps {
 export async function relayTo(deps: RelayDeps, holder: string, client: WebSocket, r: RelayRequest): Promise<Relay> {
   const address = deps.peerAddress(holder);
   if (!address) throw new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', `the node holding the session (${holder}) is not reachable`);
+  // A drain that starts meanwhile waits for it, then hands it over like the others.
+  const release = deps.relays.opened();
+  try {
+    return await open(deps, address, holder, client, r);
+  } finally {
+    release();
+  }
+}
+
+async function open(deps: RelayDeps, address: string, holder: string, client: WebSocket, r: RelayRequest): Promise<Relay> {
   const { identity } = deps;
   const upstream = new WebSocket(`wss://${address}${r.path}`, ['oneport.v1'], {
     ca: identity.ca,

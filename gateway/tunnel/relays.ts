@@ -136,20 +136,39 @@ export class Relays {
   private readonly open = new Set<Relay>();
   private readonly told = new WeakSet<Relay>();
   private waiters: Array<() => void> = [];
+  /** Relays being opened (the holder not answered yet): a drain waits for them too, then hands them over. */
+  private opening = 0;
 
+  /** Relays open, and being opened. */
   get size(): number {
-    return this.open.size;
+    return this.open.size + this.opening;
+  }
+
+  /** A relay is being opened; call the function returned once it is added or given up. */
+  opened(): () => void {
+    this.opening++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.opening--;
+      this.wake();
+    };
   }
 
   add(r: Relay): void {
     this.open.add(r);
     void r.done.then(() => {
       this.open.delete(r);
-      if (this.open.size > 0) return;
-      const w = this.waiters;
-      this.waiters = [];
-      for (const f of w) f();
+      this.wake();
     });
+  }
+
+  private wake(): void {
+    if (this.size > 0) return;
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
   }
 
   list(): Relay[] {
@@ -190,7 +209,7 @@ export class Relays {
   }
 
   whenEmpty(): Promise<void> {
-    if (this.open.size === 0) return Promise.resolve();
+    if (this.size === 0) return Promise.resolve();
     return new Promise((resolve) => this.waiters.push(resolve));
   }
 }
