@@ -33,7 +33,8 @@ export interface GatewayContext {
   readonly tunnels: TunnelRegistry;
   /** `oneport.v1` legs relayed to the node holding their session (tunnel/relays.ts); none outside a cluster. */
   readonly relays: Relays;
-  readonly lifecycle: { listening: boolean; shuttingDown: boolean };
+  /** `unready`: readyz answers 503 (a drain's first phase) while new tunnels are still served; `shuttingDown`: refused too. */
+  readonly lifecycle: { listening: boolean; shuttingDown: boolean; unready?: boolean };
   /** The gateway's own origins (scheme://host:port) for the WebSocket Origin check. */
   readonly ownOrigins: () => readonly string[];
   /** Connections counted per client address (admission.ts): the listener's sockets and parked sessions. */

@@ -2,9 +2,10 @@
  * Drain: a node leaving on purpose (SIGTERM, `oneport node drain <id>`) hands its clients over
  * instead of dropping them (DECISIONS 2026-12-03, "Graceful stop").
  *
- * 1. It goes unready at once: /readyz answers 503 (a balancer stops sending clients here) and new
- *    tunnels are refused with 503/ONEPORT_ERR_SHUTTING_DOWN and Retry-After. The port stays open
- *    until the end, so nothing is refused at the TCP level.
+ * 1. It goes unready at once: /readyz answers 503 (a balancer stops sending clients here). New
+ *    tunnels that still arrive within `shutdown.unreadyMs` (the balancer has not looked yet) are
+ *    served; after it they are refused with 503/ONEPORT_ERR_SHUTTING_DOWN and Retry-After. The
+ *    port stays open until the end, so nothing is refused at the TCP level.
  * 2. After `shutdown.unreadyMs` (time for the balancer's health check to see it), with
  *    `--move-vms` it asks the leader to move each VM it owns to the VM's replica (or the least
  *    busy other up node): the existing move path, so every node reroutes those VMs' tunnels.
@@ -59,7 +60,9 @@ export async function drainNode(ctx: GatewayContext, opts: DrainOptions): Promis
   const start = Date.now();
   const { log, metrics, tunnels, cluster } = ctx;
   const self = ctx.config.nodeId;
-  if (opts.refuse ?? true) ctx.lifecycle.shuttingDown = true;
+  // Unready at once, so the balancer stops sending clients here; new tunnels that still arrive
+  // meanwhile (it has not looked yet) are served, and handed over with the others.
+  if (opts.refuse ?? true) ctx.lifecycle.unready = true;
   metrics.draining.set(1);
   log.info(
     { event: 'drain-started', cause: opts.cause, tunnels: tunnels.size, moveVms: opts.moveVms, drainMs: opts.drainMs, unreadyMs: opts.unreadyMs },
@@ -67,6 +70,7 @@ export async function drainNode(ctx: GatewayContext, opts: DrainOptions): Promis
   );
   const deadline = start + opts.drainMs;
   if (opts.unreadyMs > 0) await sleep(Math.min(opts.unreadyMs, Math.max(0, deadline - Date.now())));
+  if (opts.refuse ?? true) ctx.lifecycle.shuttingDown = true;
 
   let moved = 0;
   if (opts.moveVms && cluster) {

@@ -190,7 +190,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       perAddressPerMinute: config.limits.joinsPerAddressPerMinute,
     });
   }
-  const lifecycle = { listening: false, shuttingDown: false };
+  const lifecycle = { listening: false, shuttingDown: false, unready: false };
   const noisyLog = new RateLimitedLog();
   let ownOrigins: string[] = [];
   // How consoles are reached, and where sessions live: the cluster's answers, or a single node's.
