@@ -10,6 +10,7 @@ import type { AuthStore } from './auth/store.js';
 import type { Metrics } from './metrics.js';
 import type { Logger, RateLimitedLog } from './log.js';
 import type { TunnelRegistry } from './tunnel/registry.js';
+import type { Relays } from './tunnel/relays.js';
 import type { Cluster } from './cluster/cluster.js';
 import type { ResumableSession } from './tunnel/session.js';
 import type { SessionRegistry } from './tunnel/session-registry.js';
@@ -31,7 +32,10 @@ export interface GatewayContext {
   /** For log lines any client can trigger at will. */
   readonly noisyLog: RateLimitedLog;
   readonly tunnels: TunnelRegistry;
-  readonly lifecycle: { listening: boolean; shuttingDown: boolean };
+  /** `oneport.v1` legs relayed to the node holding their session (tunnel/relays.ts); none outside a cluster. */
+  readonly relays: Relays;
+  /** `unready`: readyz answers 503 (a drain's first phase) while new tunnels are still served; `shuttingDown`: refused too. */
+  readonly lifecycle: { listening: boolean; shuttingDown: boolean; unready?: boolean };
   /** The gateway's own origins (scheme://host:port) for the WebSocket Origin check. */
   readonly ownOrigins: () => readonly string[];
   /** Connections counted per client address (admission.ts): the listener's sockets and parked sessions. */

@@ -2,15 +2,19 @@
  * Drain: a node leaving on purpose (SIGTERM, `oneport node drain <id>`) hands its clients over
  * instead of dropping them (DECISIONS 2026-12-03, "Graceful stop").
  *
- * 1. It goes unready at once: /readyz answers 503 (a balancer stops sending clients here) and new
- *    tunnels are refused with 503/ONEPORT_ERR_SHUTTING_DOWN and Retry-After. The port stays open
- *    until the end, so nothing is refused at the TCP level.
+ * 1. It goes unready at once: /readyz answers 503 (a balancer stops sending clients here). New
+ *    tunnels that still arrive within `shutdown.unreadyMs` (the balancer has not looked yet) are
+ *    served; after it they are refused with 503/ONEPORT_ERR_SHUTTING_DOWN and Retry-After. The
+ *    port stays open until the end, so nothing is refused at the TCP level.
  * 2. After `shutdown.unreadyMs` (time for the balancer's health check to see it), with
  *    `--move-vms` it asks the leader to move each VM it owns to the VM's replica (or the least
  *    busy other up node): the existing move path, so every node reroutes those VMs' tunnels.
  * 3. It tells its remaining clients to resume elsewhere: WebSocket clients get 4001 naming another
  *    up node (the VM's owner when that is another node); stream clients (CONNECT, native RDP,
- *    RD Gateway) see their connection close, and reconnect through the balancer.
+ *    RD Gateway) see their connection close, and reconnect through the balancer. A `oneport.v1`
+ *    leg this node only relays (its session is held at the VM's owner, tunnel/relays.ts) gets 4001
+ *    `{"resume":true}`: the session is parked there and resumed through another node, and the
+ *    console notices nothing.
  * 4. It waits until no tunnel is left here (hops from other entry nodes included) or `drainMs`
  *    has passed since the start; the caller then stops the node.
  */
@@ -56,7 +60,9 @@ export async function drainNode(ctx: GatewayContext, opts: DrainOptions): Promis
   const start = Date.now();
   const { log, metrics, tunnels, cluster } = ctx;
   const self = ctx.config.nodeId;
-  if (opts.refuse ?? true) ctx.lifecycle.shuttingDown = true;
+  // Unready at once, so the balancer stops sending clients here; new tunnels that still arrive
+  // meanwhile (it has not looked yet) are served, and handed over with the others.
+  if (opts.refuse ?? true) ctx.lifecycle.unready = true;
   metrics.draining.set(1);
   log.info(
     { event: 'drain-started', cause: opts.cause, tunnels: tunnels.size, moveVms: opts.moveVms, drainMs: opts.drainMs, unreadyMs: opts.unreadyMs },
@@ -64,6 +70,7 @@ export async function drainNode(ctx: GatewayContext, opts: DrainOptions): Promis
   );
   const deadline = start + opts.drainMs;
   if (opts.unreadyMs > 0) await sleep(Math.min(opts.unreadyMs, Math.max(0, deadline - Date.now())));
+  if (opts.refuse ?? true) ctx.lifecycle.shuttingDown = true;
 
   let moved = 0;
   if (opts.moveVms && cluster) {
@@ -104,19 +111,29 @@ export async function drainNode(ctx: GatewayContext, opts: DrainOptions): Promis
       }
     }
   };
+  // oneport.v1 legs relayed to the node holding their session (the VM's owner): the session stays
+  // there, parked for the client's reconnect through another node; nothing reaches the console.
+  const handOver = (): void => {
+    const n = ctx.relays.handOver((r) => rerouteMessage(ctx.config.tunnel.rerouteRetryMs, opts.resumeHere ? cluster?.nodeId : resumeAtHolder(ctx, r.holder), { resume: true }));
+    if (n > 0) metrics.drainTold.inc({ action: 'resume' }, n);
+    toldCount += n;
+  };
   tell();
-  log.info({ event: 'drain-told', tunnels: toldCount, left: tunnels.size }, `drain: ${toldCount} client tunnel(s) sent elsewhere`);
+  handOver();
+  const left = (): number => tunnels.size + ctx.relays.size;
+  log.info({ event: 'drain-told', tunnels: toldCount, left: left() }, `drain: ${toldCount} client tunnel(s) sent elsewhere`);
 
   const progress = setInterval(() => {
     tell();
-    log.info({ event: 'drain-progress', tunnels: tunnels.size, elapsedMs: Date.now() - start }, `drain: ${tunnels.size} tunnel(s) left`);
+    handOver();
+    log.info({ event: 'drain-progress', tunnels: left(), elapsedMs: Date.now() - start }, `drain: ${left()} tunnel(s) left`);
   }, PROGRESS_MS);
   progress.unref();
   let timer: NodeJS.Timeout | undefined;
-  await Promise.race([tunnels.whenEmpty(), new Promise<void>((r) => (timer = setTimeout(r, Math.max(0, deadline - Date.now()))))]);
+  await Promise.race([Promise.all([tunnels.whenEmpty(), ctx.relays.whenEmpty()]), new Promise<void>((r) => (timer = setTimeout(r, Math.max(0, deadline - Date.now()))))]);
   clearTimeout(timer);
   clearInterval(progress);
-  const result = { moved, told: toldCount, left: tunnels.size, elapsedMs: Date.now() - start };
+  const result = { moved, told: toldCount, left: left(), elapsedMs: Date.now() - start };
   log.info({ event: 'drain-done', ...result }, result.left === 0 ? `drained in ${result.elapsedMs} ms` : `drain period over: ${result.left} tunnel(s) still open are closed`);
   return result;
 }
@@ -145,6 +162,12 @@ function resumeAt(ctx: GatewayContext, t: Tunnel): string | undefined {
   const owner = ctx.dir.getVm(t.vm)?.node;
   if (owner !== undefined && up.includes(owner)) return owner;
   return up[0];
+}
+
+/** Where a client of a session held at `holder` resumes: through the holder itself when it is another up node, else the least busy. */
+function resumeAtHolder(ctx: GatewayContext, holder: string): string | undefined {
+  const up = otherUpNodes(ctx);
+  return up.includes(holder) ? holder : up[0];
 }
 
 /** `vm move`, executed by the leader: here when this node leads, else over node TLS as the machine's administrator. */

@@ -124,7 +124,7 @@ export class Metrics {
   });
   readonly drainTold = new Counter({
     name: 'oneport_drain_tunnels_total',
-    help: 'Tunnels a drain ended on purpose: told to resume on another node (WebSocket 4001) or closed (CONNECT, native, RD Gateway)',
+    help: 'Tunnels a drain ended on purpose: told to reconnect on another node (reroute: WebSocket 4001), to resume a oneport.v1 session held at the VM owner through another node (resume: 4001 with resume), or closed (CONNECT, native, RD Gateway)',
     labelNames: ['action'] as const,
     registers: [this.registry],
   });

@@ -34,7 +34,9 @@ import { RedisSessionCounter } from './cluster/session-counts.js';
 import { RedisSessionLocator } from './tunnel/session-locator.js';
 import { clusterReach } from './cluster/reach.js';
 import { watchHops } from './cluster/hop-watch.js';
-import { relayResume } from './cluster/relay.js';
+import { relayTo } from './cluster/relay.js';
+import { Relays } from './tunnel/relays.js';
+import { rerouteMessage } from './tunnel/close.js';
 import { createClearHttpServer, createTlsHttpServer } from './http/servers.js';
 import { Portal } from './http/portal.js';
 import { guard } from './http/guard.js';
@@ -166,6 +168,8 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   let store: AuthStore;
   // Tunnel ids are unique per node: with workers, each mints its own (`<node>:w<id>:<n>`).
   const tunnels = new TunnelRegistry(worker ? `${config.nodeId}:w${worker.id}` : config.nodeId);
+  // oneport.v1 legs relayed to the node holding their session (cluster only).
+  const relays = new Relays();
   if (redisTarget !== undefined && redis !== undefined) {
     for (const gap of redisExposure(redisTarget)) {
       log.warn({ event: 'redis-insecure', gap }, `Redis ${gap}: whoever reaches it can read the password hashes and rewrite the directory (users, roles, VM addresses); see README "Security"`);
@@ -228,7 +232,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       perAddressPerMinute: config.limits.joinsPerAddressPerMinute,
     });
   }
-  const lifecycle = { listening: false, shuttingDown: false };
+  const lifecycle = { listening: false, shuttingDown: false, unready: false };
   const noisyLog = new RateLimitedLog();
   let ownOrigins: string[] = [];
   // How consoles are reached, and where sessions live: the cluster's answers, or a single node's.
@@ -285,6 +289,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     log,
     noisyLog,
     tunnels,
+    relays,
     lifecycle,
     ownOrigins: () => ownOrigins,
     cluster,
@@ -307,9 +312,26 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
         : cluster && locator && nodeIdentity
           ? {
               self: cluster.nodeId,
-              holder: (id) => locator.holder(id),
-              relay: (holder, ws, vm, protocol, q, queued) =>
-                relayResume({ identity: nodeIdentity!, handshakeTimeoutMs: config.tunnel.dialTimeoutMs, log, peerAddress: (n) => cluster.peerAddress(n) }, holder, ws, vm, protocol, q, queued),
+              // A holder that is not an up member took its sessions with it: "gone", reconnect fresh.
+              holder: async (id) => {
+                const h = await locator.holder(id);
+                return h !== undefined && (h === cluster.nodeId || cluster.peerAddress(h) !== undefined) ? h : undefined;
+              },
+              ownerOf: (name) => {
+                const vm = dir.getVm(name);
+                if (!vm || vm.node === cluster.nodeId || vm.state === 'recovering' || vm.state === 'migrating') return undefined;
+                return cluster.peerAddress(vm.node) !== undefined ? vm.node : undefined;
+              },
+              relay: (holder, ws, r) => {
+                const vm = dir.getVm(r.vm);
+                const vmAt = vm ? { node: vm.node, epoch: vm.epoch } : undefined;
+                // Its side dropped: a holder still up whose port answers parked the session; else it died with it.
+                const holderAlive = async (n: string): Promise<boolean> => {
+                  const address = cluster.peerAddress(n);
+                  return address !== undefined && (await cluster.peers.probe(address, HOLDER_PROBE_MS));
+                };
+                return relayTo({ identity: nodeIdentity!, handshakeTimeoutMs: config.tunnel.dialTimeoutMs, pingIntervalMs: config.tunnel.wsPingIntervalMs, log, relays, peerAddress: (n) => cluster.peerAddress(n), holderAlive, goneMessage: () => rerouteMessage(config.tunnel.rerouteRetryMs) }, holder, ws, { ...r, vmAt });
+              },
             }
           : undefined,
     },
@@ -329,7 +351,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   };
 
   // Sessions follow their VM: a change of owner ends its tunnels here at once (clients reconnect).
-  const stopFollowing = followMoves({ dir, tunnels, metrics, log, rerouteRetryMs: config.tunnel.rerouteRetryMs });
+  const stopFollowing = followMoves({ dir, tunnels, relays, metrics, log, rerouteRetryMs: config.tunnel.rerouteRetryMs });
   // Revocation reaches live tunnels: a deleted user, a changed password, an unassigned VM.
   const stopRevoking = followRevocations({ dir, tunnels, metrics, log });
   // A hop whose owner went silent to this node without being failed over (cut from its peers):
@@ -480,11 +502,13 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       tlsHttp.closeIdleConnections();
       clearHttp.closeIdleConnections();
       let timer: NodeJS.Timeout | undefined;
-      await Promise.race([tunnels.whenEmpty(), new Promise<void>((r) => (timer = setTimeout(r, drainMs)))]);
+      const empty = (): Promise<unknown> => Promise.all([tunnels.whenEmpty(), relays.whenEmpty()]);
+      await Promise.race([empty(), new Promise<void>((r) => (timer = setTimeout(r, drainMs)))]);
       clearTimeout(timer);
-      if (tunnels.size > 0) log.info({ event: 'shutdown', tunnels: tunnels.size }, 'drain period over: closing remaining tunnels');
+      if (tunnels.size + relays.size > 0) log.info({ event: 'shutdown', tunnels: tunnels.size, relays: relays.size }, 'drain period over: closing remaining tunnels');
       tunnels.closeAll('shutdown');
-      await tunnels.whenEmpty();
+      relays.closeAll(1001, 'gateway shutting down');
+      await empty();
       tlsHttp.closeAllConnections();
       clearHttp.closeAllConnections();
       // Stops their timeout checks; they were never bound, so "not running" is expected.
@@ -534,6 +558,8 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
 
 /** How long a successor waits for its predecessor to let the control socket go. */
 const PREDECESSOR_CONTROL_WAIT_MS = 30_000;
+/** How long a session holder's port gets to answer when a relay to it drops (as cluster/reach.ts's OWNER_PROBE_MS). */
+const HOLDER_PROBE_MS = 500;
 
 /** The seal key a joined node was given (base64 in `seal.key`), if it has one. */
 function readSealKey(file: string): Buffer | undefined {

@@ -13,6 +13,11 @@ export interface ChannelOptions {
   /** Extra constructor options (Node's `ws`: TLS settings). */
   wsOptions?: object;
   onStatus?: (s: ChannelStatus) => void;
+  /**
+   * Where to resume when a draining gateway names a node (4001 `{"resume":true,"node":id}`): a
+   * URL whose origin is used; undefined (or no `route`): the same address, a balancer's.
+   */
+  route?: (node: string) => string | undefined;
   ackBytes?: number;
   ackIntervalMs?: number;
   retryMs?: number;
@@ -37,6 +42,6 @@ export class OneportChannel {
   removeEventListener(type: 'open' | 'message' | 'close' | 'error', fn: (ev: never) => void): void;
   send(data: ArrayBuffer | ArrayBufferView | string): void;
   close(code?: number, reason?: string): void;
-  /** Reconnect the dropped leg to the same session (internal; tests may stub it). */
-  resume(): void;
+  /** Reconnect the dropped leg to the same session, after `waitMs` or the backoff (internal; tests may stub it). */
+  resume(waitMs?: number): void;
 }

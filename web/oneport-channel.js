@@ -5,8 +5,13 @@
 // resume token, the session id and its byte count; the gateway replays what was missed and the
 // channel resends what the gateway did not get. The consumer sees one uninterrupted stream.
 //
+// A gateway that goes away on purpose (a drain) while the session is held on another node says
+// 4001 with `"resume": true` and the node to come back through: the channel resumes the session
+// after `retryMs`, through the same address (a balancer sends it to an up node), or through
+// `opts.route(node)` when given.
+//
 // It gives up (a real close, with the gateway's code) when the gateway says the session is gone
-// (4001: reconnect fresh), refuses (4003/4004/4401/4429...), ends the session (4008: its time is
+// (4001 without `resume`: reconnect fresh), refuses (4003/4004/4401/4429...), ends the session (4008: its time is
 // up), or the grace period passes; the viewer then starts over with its own backoff (reconnect.js)
 // unless the code says retrying cannot help.
 //
@@ -20,12 +25,26 @@ const CLOSED = 3;
 /** Close codes after which resuming is pointless. */
 const FINAL = new Set([1000, 1001, 4001, 4003, 4004, 4008, 4400, 4401, 4409, 4429, 4502, 4503, 4511, 4512]);
 
+/** A 4001 whose reason says the session is kept (`{"resume":true,"retryMs":n,"node":id}`), else undefined. */
+function keptSession(code, reason) {
+  if (code !== 4001) return undefined;
+  try {
+    const r = JSON.parse(reason);
+    return r !== null && typeof r === 'object' && r.resume === true ? r : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 export class OneportChannel {
   /**
    * @param {string} url  wss://host/tunnel/<vm>/<protocol>?ticket=... (or ?resume=<token>)
    * @param {{ resume: string, WebSocket?: typeof WebSocket, wsOptions?: object,
    *           onStatus?: (s: {state: string, attempt?: number, session?: string}) => void,
+   *           route?: (node: string) => string | undefined,
    *           ackBytes?: number, ackIntervalMs?: number, retryMs?: number }} opts
+   *   route: the URL (any path; its origin is used) to resume through when a draining gateway
+   *   names a node; without it, or when it returns undefined, the same address (a balancer's).
    */
   constructor(url, opts) {
     this.url = url;
@@ -79,6 +98,10 @@ export class OneportChannel {
     const ws = new this.WS(url, ['oneport.v1'], this.opts.wsOptions);
     ws.binaryType = 'arraybuffer';
     this.leg = ws;
+    // Nothing is sent on a leg before its hello: the gateway's count would not include it, so it
+    // would be resent after the hello and reach the console twice (all unacknowledged bytes are
+    // sent once the hello says where to start).
+    this.legReady = false;
     ws.onmessage = (ev) => this.onLegMessage(ws, ev.data);
     ws.onerror = () => {};
     ws.onclose = (ev) => this.onLegClose(ws, ev.code, ev.reason);
@@ -111,6 +134,7 @@ export class OneportChannel {
     if (typeof msg.graceMs === 'number') this.graceMs = msg.graceMs;
     // The gateway has everything up to msg.received: resend the rest, in order.
     this.trim(msg.received);
+    this.legReady = true;
     for (const { offset, bytes } of this.unacked) {
       const from = Math.max(0, msg.received - offset);
       if (from < bytes.byteLength) this.leg.send(bytes.subarray(from));
@@ -144,7 +168,7 @@ export class OneportChannel {
     const copy = bytes.slice();
     this.unacked.push({ offset: this.sent, bytes: copy });
     this.sent += copy.byteLength;
-    if (this.leg?.readyState === OPEN) this.leg.send(copy);
+    if (this.leg?.readyState === OPEN && this.legReady) this.leg.send(copy);
   }
 
   close(code = 1000, reason = '') {
@@ -166,16 +190,25 @@ export class OneportChannel {
   onLegClose(ws, code, reason) {
     if (ws !== this.leg) return;
     this.leg = undefined;
-    if (this.readyState !== OPEN || this.session === undefined || FINAL.has(code)) {
+    const kept = keptSession(code, reason);
+    if (this.readyState !== OPEN || this.session === undefined || (FINAL.has(code) && !kept)) {
       if (this.readyState !== CLOSED) this.finish(code, reason);
       return;
     }
-    // The leg dropped: come back to the same session, within the grace period.
+    // The leg dropped, or its gateway is going away: come back to the same session, within the grace period.
     if (this.droppedAt === 0) this.droppedAt = Date.now();
-    this.resume();
+    if (kept) this.moveTo(kept);
+    this.resume(kept ? Math.max(0, Number(kept.retryMs) || 0) : undefined);
   }
 
-  resume() {
+  /** A draining gateway named the node to resume through. */
+  moveTo(kept) {
+    if (typeof kept.node !== 'string' || typeof this.opts.route !== 'function') return;
+    const url = this.opts.route(kept.node);
+    if (typeof url === 'string') this.url = url;
+  }
+
+  resume(waitMs) {
     if (Date.now() - this.droppedAt > this.graceMs) {
       this.finish(4001, JSON.stringify({ retryMs: 0, fresh: true }));
       return;
@@ -184,17 +217,19 @@ export class OneportChannel {
     this.status('resuming');
     const base = new URL(this.url);
     const url = `${base.origin}${base.pathname}?resume=${encodeURIComponent(this.opts.resume)}&session=${encodeURIComponent(this.session)}&received=${this.received}`;
-    const delay = this.attempt === 1 ? 0 : Math.min(2000, (this.opts.retryMs ?? 100) * 2 ** (this.attempt - 2)) * (0.5 + Math.random() / 2);
+    const delay = waitMs ?? (this.attempt === 1 ? 0 : Math.min(2000, (this.opts.retryMs ?? 100) * 2 ** (this.attempt - 2)) * (0.5 + Math.random() / 2));
     setTimeout(() => {
       if (this.readyState !== OPEN) return;
       this.connect(url);
       const leg = this.leg;
       const prev = leg.onclose;
       leg.onclose = (ev) => {
-        if (leg === this.leg && !FINAL.has(ev.code) && this.session !== undefined) {
+        const kept = keptSession(ev.code, ev.reason);
+        if (leg === this.leg && (!FINAL.has(ev.code) || kept) && this.session !== undefined) {
           this.leg = undefined;
           if (this.droppedAt === 0) this.droppedAt = Date.now();
-          this.resume();
+          if (kept) this.moveTo(kept);
+          this.resume(kept ? Math.max(0, Number(kept.retryMs) || 0) : undefined);
           return;
         }
         if (leg === this.leg && this.droppedAt !== 0) this.droppedAt = 0;

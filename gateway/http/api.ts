@@ -119,11 +119,11 @@ route('GET', '/readyz', 'readyz', (c) => {
   const { lifecycle } = c.ctx;
   // A stale mirror still routes (known VMs, known owners), so the node stays ready; the age says
   // how stale, for the operator and the load balancer's judgement.
-  const ready = lifecycle.listening && !lifecycle.shuttingDown;
+  const ready = lifecycle.listening && !lifecycle.shuttingDown && !lifecycle.unready;
   const st = c.ctx.directoryState();
   const leader = c.ctx.cluster?.leader();
   sendJson(c.res, ready ? 200 : 503, {
-    status: ready ? 'ready' : lifecycle.shuttingDown ? 'shutting-down' : 'starting',
+    status: ready ? 'ready' : lifecycle.shuttingDown || lifecycle.unready ? 'shutting-down' : 'starting',
     directory: { kind: c.ctx.dir.kind, version: c.ctx.dir.version(), connected: st.connected, stale: !st.connected, ageSeconds: Math.round(st.ageMs / 100) / 10 },
     ...(c.ctx.cluster ? { cluster: { node: c.ctx.cluster.nodeId, leader: leader ? { node: leader.node, epoch: leader.epoch } : null } } : {}),
   });

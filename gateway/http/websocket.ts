@@ -10,9 +10,11 @@
  */
 import type { IncomingMessage } from 'node:http';
 import type net from 'node:net';
+import { isIP } from 'node:net';
 import { type WebSocket, WebSocketServer } from 'ws';
 import type { GatewayContext } from '../context.js';
-import { connInfo } from '../conninfo.js';
+import { connInfo, normaliseAddress } from '../conninfo.js';
+import { CLIENT_HEADER, FORWARDED_BY_HEADER } from '../cluster/peers.js';
 import { OneportError } from '../errors.js';
 import { isProtocol } from '../routing.js';
 import { RESUMABLE_SUBPROTOCOL } from '../tunnel/session.js';
@@ -62,9 +64,20 @@ export function originAllowed(ctx: GatewayContext, req: IncomingMessage): boolea
   return ctx.config.http.allowedOrigins.some((o) => new URL(o).origin === normalised) || ctx.ownOrigins().includes(normalised);
 }
 
+/**
+ * A `oneport.v1` leg another node relays here (cluster/relay.ts) comes over TLS with a node
+ * certificate and names the client's address; anything else is a client, whatever it claims.
+ */
+function relayedClient(ctx: GatewayContext, req: IncomingMessage, socket: net.Socket): string | undefined {
+  if (req.headers[FORWARDED_BY_HEADER] === undefined || ctx.peerNode(socket) === undefined) return undefined;
+  const c = req.headers[CLIENT_HEADER];
+  return typeof c === 'string' && isIP(c) !== 0 ? normaliseAddress(c) : undefined;
+}
+
 export async function handleUpgrade(ctx: GatewayContext, wss: WebSocketServer, req: IncomingMessage, socket: net.Socket, head: Buffer): Promise<void> {
   const info = connInfo(socket);
-  const client = info?.remoteAddress ?? socket.remoteAddress ?? 'unknown';
+  const relayedFor = relayedClient(ctx, req, socket);
+  const client = relayedFor ?? info?.remoteAddress ?? socket.remoteAddress ?? 'unknown';
   // Refusals before the upgrade are plain HTTP answers. Everything parsed from the request line
   // is parsed in here: a malformed URL or %-escape is the client's error, never ours.
   let url: URL;
@@ -97,8 +110,10 @@ export async function handleUpgrade(ctx: GatewayContext, wss: WebSocketServer, r
       rdcleanpath
         ? runRdcleanpath(ctx, ws, { vmName, cookie, client, acceptedAt: info.acceptedAt })
         : session !== null && ws.protocol === RESUMABLE_SUBPROTOCOL
-          ? resumeSession(ctx.resume, ws, { vmName, protocol: protocolText, resume, session, received, client })
-          : runTunnel(ctx, ws, { vmName, protocolText, ticket, resume, cookie, client, acceptedAt: info.acceptedAt });
+          ? resumeSession(ctx.resume, ws, { vmName, protocol: protocolText, resume, session, received, client, forwarded: relayedFor !== undefined })
+          : ws.protocol === RESUMABLE_SUBPROTOCOL && relayedFor === undefined
+            ? newSession(ctx, ws, url, { vmName, protocolText, ticket, resume, cookie, client, acceptedAt: info.acceptedAt })
+            : runTunnel(ctx, ws, { vmName, protocolText, ticket, resume, cookie, client, acceptedAt: info.acceptedAt });
     guard(ctx, 'websocket', work, () => ws.terminate(), { client });
   });
 }
@@ -112,6 +127,27 @@ interface WsRequest {
   cookie: string | undefined;
   client: string;
   acceptedAt: bigint;
+}
+
+/**
+ * A new `oneport.v1` session is held at its VM's owner, next to the console, when that is another
+ * node: this node only relays (cluster/relay.ts), so it can go away (drain) without ending the
+ * session. The owner authorizes the request itself. When it cannot be asked (not up, refusing
+ * while it drains), the session is held here as on one node.
+ */
+async function newSession(ctx: GatewayContext, ws: WebSocket, url: URL, r: WsRequest): Promise<void> {
+  const relay = ctx.resume.relay;
+  const owner = relay?.ownerOf(r.vmName);
+  if (relay && owner !== undefined) {
+    try {
+      await relay.relay(owner, ws, { path: `${url.pathname}${url.search}`, vm: r.vmName, client: r.client, cookie: r.cookie === undefined ? undefined : `${SESSION_COOKIE}=${r.cookie}` });
+      return;
+    } catch (e) {
+      ctx.log.debug({ event: 'session-relay-failed', vm: r.vmName, holder: owner, err: (e as Error).message }, 'the VM owner did not take the session: held here');
+      if (ws.readyState !== ws.OPEN) return;
+    }
+  }
+  await runTunnel(ctx, ws, r);
 }
 
 async function runTunnel(ctx: GatewayContext, ws: WebSocket, r: WsRequest): Promise<void> {

@@ -43,9 +43,13 @@ export function sessionExpiredMessage(maxSessionMs: number): string {
   return JSON.stringify({ code: 'ONEPORT_ERR_SESSION_EXPIRED', maxSessionMs });
 }
 
-/** A reroute's close reason: JSON with a jittered `retryMs` below `boundMs`, and the new owner when known. */
-export function rerouteMessage(boundMs: number, node?: string): string {
-  return JSON.stringify({ retryMs: Math.floor(Math.random() * boundMs), ...(node !== undefined ? { node } : {}) });
+/**
+ * A reroute's close reason: JSON with a jittered `retryMs` below `boundMs`, and the new owner when
+ * known. `resume`: the session is kept (a drained entry node): resume it, with the session id and
+ * byte count, rather than start a fresh one.
+ */
+export function rerouteMessage(boundMs: number, node?: string, opts: { resume?: boolean } = {}): string {
+  return JSON.stringify({ retryMs: Math.floor(Math.random() * boundMs), ...(node !== undefined ? { node } : {}), ...(opts.resume ? { resume: true } : {}) });
 }
 
 /** The close code and text for `reason`; a reroute gets a jittered retryMs below `rerouteRetryMs`. */

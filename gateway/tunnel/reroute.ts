@@ -9,6 +9,7 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { rerouteMessage } from './close.js';
 import type { TunnelRegistry } from './registry.js';
+import type { Relays } from './relays.js';
 
 export interface RerouteDeps {
   readonly dir: Directory;
@@ -17,6 +18,8 @@ export interface RerouteDeps {
   readonly log: Logger;
   /** Bound of the jittered wait told to rerouted clients (config tunnel.rerouteRetryMs). */
   readonly rerouteRetryMs: number;
+  /** `oneport.v1` legs relayed to the node holding their session: they end with their VM's move too. */
+  readonly relays?: Relays;
 }
 
 /**
@@ -38,6 +41,7 @@ export function rerouteMoved(deps: RerouteDeps, vmName: string): number {
     else t.pump.close('rerouted', reason);
     n++;
   }
+  n += deps.relays?.rerouteMoved(vmName, vm, rerouteMessage(deps.rerouteRetryMs, vm.node)) ?? 0;
   if (n > 0) {
     deps.metrics.rerouted.inc(n);
     deps.log.info({ event: 'tunnels-rerouted', vm: vmName, tunnels: n, node: vm.node, epoch: vm.epoch }, `${vmName} moved: ${n} tunnel(s) told to reconnect`);
@@ -51,7 +55,7 @@ export function followMoves(deps: RerouteDeps): () => void {
     if (c.kind === 'vm' && c.name !== undefined) rerouteMoved(deps, c.name);
   };
   const onResync = (): void => {
-    for (const name of deps.tunnels.vms()) rerouteMoved(deps, name);
+    for (const name of new Set([...deps.tunnels.vms(), ...(deps.relays?.list().map((r) => r.vm) ?? [])])) rerouteMoved(deps, name);
   };
   deps.dir.on('change', onChange);
   deps.dir.on('resync', onResync);

@@ -14,13 +14,19 @@ import type { Metrics } from '../metrics.js';
 import { keepAlive } from './legs/websocket.js';
 import type { ResumableSession } from './session.js';
 import type { SessionRegistry } from './session-registry.js';
+import type { RelayRequest } from './relays.js';
 
-/** Where sessions are held across the cluster, and how to hand a leg to the node holding one. */
+/**
+ * Where sessions are held across the cluster, and how to hand a leg to the node holding one: a
+ * new session is held at its VM's owner (`ownerOf`), a resumed one wherever it is (`holder`).
+ */
 export interface SessionRelay {
   /** The node holding session `id`, if another node recorded it. */
   holder(id: string): Promise<string | undefined>;
-  /** Relay a resumed leg to `holder`, which attaches it to its session; `from` is the client's address. */
-  relay(holder: string, client: WebSocket, vm: string, protocol: string, q: { resume: string; session: string; received: number }, queued: readonly Buffer[], from: string): Promise<void>;
+  /** The VM's owner when that is another up node: a new `oneport.v1` session of it is held there. */
+  ownerOf(vm: string): string | undefined;
+  /** Relay a leg to `holder`, which authorizes it and attaches it to its session (a new one, or the one resumed). */
+  relay(holder: string, client: WebSocket, r: RelayRequest): Promise<unknown>;
   readonly self: string;
 }
 
@@ -43,6 +49,8 @@ export interface ResumeRequest {
   readonly session: string;
   readonly received: string | null;
   readonly client: string;
+  /** Relayed here by another node: never relayed on (the sender asked the node Redis names). */
+  readonly forwarded?: boolean;
 }
 
 export async function resumeSession(deps: ResumeDeps, ws: WebSocket, r: ResumeRequest): Promise<void> {
@@ -77,9 +85,10 @@ export async function resumeSession(deps: ResumeDeps, ws: WebSocket, r: ResumeRe
       return;
     }
     const holder = await deps.relay?.holder(r.session);
-    if (deps.relay && holder && holder !== deps.relay.self) {
+    if (deps.relay && holder && holder !== deps.relay.self && !r.forwarded) {
       ws.removeListener('message', onMessage);
-      await deps.relay.relay(holder, ws, r.vmName, r.protocol, { resume: r.resume, session: r.session, received }, queued, r.client);
+      const path = `/tunnel/${encodeURIComponent(r.vmName)}/${encodeURIComponent(r.protocol)}?resume=${encodeURIComponent(r.resume)}&session=${encodeURIComponent(r.session)}&received=${received}`;
+      await deps.relay.relay(holder, ws, { path, vm: r.vmName, client: r.client, queued });
       deps.metrics.resumes.inc({ result: 'relayed' });
       return;
     }

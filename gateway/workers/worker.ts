@@ -26,7 +26,7 @@ import { revokeApiSession } from '../tunnel/revoke.js';
 import { resumeSession } from '../tunnel/resume.js';
 import { createWebSocketServer } from '../http/websocket.js';
 import { guard } from '../http/guard.js';
-import { joinRelay } from '../cluster/relay.js';
+import { spliceToHolder } from '../cluster/relay.js';
 import { spliceRelay } from '../cluster/rdg-link.js';
 import { refreshGauges, terminate } from '../http/api.js';
 import { type TunnelSummary, summarize } from '../tunnel/registry.js';
@@ -88,12 +88,18 @@ export async function runWorker(config: Config): Promise<void> {
         relay: {
           self: `p${process.pid}`,
           holder: async (sid) => (await rpc.call<string | null>('holder', sid)) ?? undefined,
-          relay: async (holder, client, vm, protocol, q, queued, from) => {
+          // Sessions are held by the worker that took them (no owner elsewhere on one node).
+          ownerOf: () => undefined,
+          relay: async (holder, client, r) => {
             const target = workerSocket(config.state, holder.slice(1));
-            const path = `/tunnel/${encodeURIComponent(vm)}/${protocol}?resume=${encodeURIComponent(q.resume)}&session=${encodeURIComponent(q.session)}&received=${q.received}`;
-            const upstream = new WebSocket(`ws+unix:${target}:${path}`, ['oneport.v1'], { headers: { [CLIENT_HEADER]: from }, handshakeTimeout: config.tunnel.dialTimeoutMs });
-            await joinRelay(upstream, client, queued, () => new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', `worker ${holder} refused the relay`));
-            log.info({ event: 'session-relayed', vm, session: q.session, holder }, `resumed session on ${vm} relayed to worker ${holder}`);
+            const upstream = new WebSocket(`ws+unix:${target}:${r.path}`, ['oneport.v1'], {
+              headers: { [CLIENT_HEADER]: r.client, ...(r.cookie !== undefined ? { cookie: r.cookie } : {}) },
+              handshakeTimeout: config.tunnel.dialTimeoutMs,
+              perMessageDeflate: false,
+            });
+            const relay = await spliceToHolder(upstream, client, holder, r, {}, () => new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', `worker ${holder} refused the relay`));
+            log.info({ event: 'session-relayed', vm: r.vm, holder }, `oneport.v1 leg on ${r.vm} relayed to worker ${holder}`);
+            return relay;
           },
         },
         metricsText: () => rpc.call<string>('metrics'),

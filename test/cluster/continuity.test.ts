@@ -8,6 +8,8 @@
  * - B is killed (SIGKILL): the client is told at once, and comes back the same way.
  * - A planned `vm move` mid-session: the old session is ended cleanly (4001) and the client lands
  *   on the new owner.
+ * - A `oneport.v1` session is held at the VM's owner (the entry node relays it), so a leg cut at
+ *   the entry node resumes through any other node, relayed to the owner.
  */
 import t, { type Test } from 'tap';
 import net from 'node:net';
@@ -147,7 +149,7 @@ t.test('planned move mid-session: the old session ends cleanly, the client lands
   t.equal(hop.consoleNode, replica.id, 'the new session went through the new owner');
 });
 
-t.test('transparent resume across nodes: a leg cut at node A comes back through node D and is relayed to A', async (t) => {
+t.test('transparent resume across nodes: the session is held at the VM owner B; a leg cut at node A comes back through node D and is relayed to B', async (t) => {
   const { cluster, nodes, owner, entry, alice, port } = await prepare(t);
   await consoleOn(t, port, 'X');
   const other = nodes.find((n) => n !== entry && n !== owner)!;
@@ -179,8 +181,9 @@ t.test('transparent resume across nodes: a leg cut at node A comes back through 
   ch.send(Buffer.from('second'));
   await until('X:second');
   t.ok(states.includes('resumed'), `resumed (${states.join(',')})`);
-  const relayed = await other.waitFor((l) => l.event === 'session-relayed' && l.holder === entry.id, 10_000, { after: mark });
-  t.equal(relayed.vm, 'desk', 'node D relayed the leg to the node holding the session');
-  await entry.waitFor((l) => l.event === 'session-resumed' && l.vm === 'desk', 10_000);
+  const relayed = await other.waitFor((l) => l.event === 'session-relayed' && l.holder === owner.id, 10_000, { after: mark });
+  t.equal(relayed.vm, 'desk', 'node D relayed the leg to the node holding the session, the VM owner');
+  await owner.waitFor((l) => l.event === 'session-resumed' && l.vm === 'desk', 10_000);
+  t.ok(entry.logs.some((l) => l.event === 'session-relayed' && l.holder === owner.id), 'the entry node A relayed the new session to the owner too');
   t.equal(text, `${BANNER}X:firstX:second`, 'the stream carried on: nothing lost or doubled');
 });
