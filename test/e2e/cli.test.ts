@@ -13,6 +13,9 @@ import { Agent, request } from 'undici';
 import { apiClient } from '../helpers/api.js';
 import { type RawConnectResult, closedWithin, rawRequest } from '../helpers/net.js';
 
+// About forty CLI runs and five gateways, each a fresh Node process, and one build (npm start):
+// 130-150 s on two shared cores at load 10, against the usual 180 s per file.
+t.setTimeout(420_000);
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const CLI = join(ROOT, 'gateway', 'cli.ts');
 
