@@ -121,6 +121,12 @@ export interface ResyncEvent {
   readonly changed: number;
   /** True when this node wrote its mirror back into an emptied Redis. */
   readonly reseeded: boolean;
+  /**
+   * True when nothing was loaded: Redis's change feed still held the mirror's place (a reconnect
+   * to the same Redis, or a new master that has every entry), and the feed is read on from there;
+   * what changed meanwhile arrives as 'change' events.
+   */
+  readonly caughtUp?: boolean;
 }
 
 export interface Staleness {
@@ -797,6 +803,17 @@ export class RedisDirectory extends EventEmitter implements Directory {
     const info = await this.cmd.info('server');
     const runId = /run_id:(\w+)/.exec(info)?.[1];
     if (reason === 'reconnect' && this.runId !== undefined && runId !== this.runId) reason = 'master-changed';
+    if ((reason === 'reconnect' || reason === 'master-changed') && (await this.feedContinues())) {
+      // Nothing to load: the tail reads on from the mirror's place (a trim or a gap found there
+      // still asks for a full resync). A Redis restart with its data, or a network blip, made every
+      // node scan the whole directory at once before (bench/SCALE.md, 50 mirrors).
+      this.runId = runId;
+      this.pendingRemote = undefined;
+      const version = this.mirror.version;
+      this.opts.log?.info({ event: 'directory-caught-up', reason, version }, `directory: ${reason === 'reconnect' ? 'reconnected' : 'new Redis master'}; its change feed still holds this mirror's place (version ${version}), reading on from there`);
+      this.emit('resync', { reason, from: version, to: version, changed: 0, reseeded: false, caughtUp: true } satisfies ResyncEvent);
+      return true;
+    }
     let snap = await this.snapshot();
     let reseeded = false;
     let loaded: LoadResult;
@@ -843,6 +860,21 @@ export class RedisDirectory extends EventEmitter implements Directory {
     this.wakeWaiters();
     this.emit('resync', ev);
     return true;
+  }
+
+  /**
+   * Does Redis's history contain the mirror's, so that reading the feed on from the mirror's place
+   * (the last entry it applied) brings it up to date? Yes when that very entry is still in the
+   * feed with the mirror's version, and Redis's version is not behind it. Stream ids are the
+   * master's (replicas copy them), so a master that never had that entry (a failover to a replica
+   * that missed it, a Redis that lost its data) fails the test, and the mirror is loaded whole.
+   */
+  private async feedContinues(): Promise<boolean> {
+    const { lastId, version } = this.mirror;
+    if (version === 0 || lastId === '0' || lastId === '0-0') return false;
+    const [at, remote] = await Promise.all([this.cmd.call('XRANGE', this.k.changes, lastId, lastId) as Promise<unknown[]>, this.cmd.get(this.k.version)]);
+    const entry = parseEntry(at[0]);
+    return entry !== undefined && entry.id === lastId && entry.version === version && Number(remote ?? 0) >= version;
   }
 
   /**

@@ -40,6 +40,7 @@ t.test('Sentinel failover: mirrors resync from the promoted replica and writes r
   t.equal(a.getVm('desk2')?.node, 'n2', 'reads go on during the failover');
   const [ra, rb] = await Promise.all([resyncA, resyncB]);
   t.equal(ra.reseeded || rb.reseeded, false, 'the replica had the directory: nothing to write back');
+  t.ok(ra.caughtUp && rb.caughtUp, 'and every entry of the feed: the mirrors read on from their place, nothing loaded whole');
   t.equal(a.version(), version);
   t.equal(b.getVm('desk1')?.name, 'desk1');
   t.equal((await redisClient(t, replica.url).info('replication')).match(/role:(\w+)/)?.[1], 'master', 'Sentinel promoted the replica');
