@@ -7,7 +7,7 @@
  */
 import t from 'tap';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { spawnSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
@@ -107,7 +107,13 @@ t.test('a node joins with a token: its certificates come from the signer, and th
 
   await t.test('the CLI mints a token into a private file', async (t) => {
     const out = join(cluster.dir, 'j9.token');
-    const cli = spawnSync(process.execPath, ['--import', 'tsx', CLI, '--state', n1.state, 'cluster', 'join-token', 'j9', '--ttl', '600', '--out', out], { encoding: 'utf8' });
+    // Not spawnSync: a loop blocked for the CLI's run (seconds under load) missed the node closing
+    // an idle keep-alive connection, and the next call went out on it ("other side closed").
+    const cli = await new Promise<{ status: number; stdout: string; stderr: string }>((resolve) => {
+      execFile(process.execPath, ['--import', 'tsx', CLI, '--state', n1.state, 'cluster', 'join-token', 'j9', '--ttl', '600', '--out', out], { encoding: 'utf8' }, (err, stdout, stderr) =>
+        resolve({ status: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr }),
+      );
+    });
     t.equal(cli.status, 0, cli.stderr);
     t.equal(statSync(out).mode & 0o777, 0o600, 'mode 0600');
     const token = readFileSync(out, 'utf8').trim();
