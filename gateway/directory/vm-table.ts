@@ -9,12 +9,21 @@
  */
 import type { UserRecord, VmRecord } from './directory.js';
 
+/**
+ * The VM names under one index key, as lean as their number allows: one name as itself, a few in
+ * an array, many in a Set (kept a Set when it shrinks again). Most users and groups have a few
+ * VMs: at 1M VMs and 100k users, a Set per user cost ~18 MB of the mirror's heap (bench/SCALE.md).
+ */
+type Names = string | string[] | Set<string>;
+/** Names in an array up to this many; a Set beyond (O(1) add and remove for a node's VMs). */
+const ARRAY_MAX = 16;
+
 export class VmTable<T> {
   private readonly byName = new Map<string, T>();
-  private readonly byNode = new Map<string, Set<string>>();
-  private readonly unsettledByNode = new Map<string, Set<string>>();
-  private readonly byUser = new Map<string, Set<string>>();
-  private readonly byGroup = new Map<string, Set<string>>();
+  private readonly byNode = new Map<string, Names>();
+  private readonly unsettledByNode = new Map<string, Names>();
+  private readonly byUser = new Map<string, Names>();
+  private readonly byGroup = new Map<string, Names>();
 
   constructor(private readonly record: (held: T) => VmRecord) {}
 
@@ -65,14 +74,14 @@ export class VmTable<T> {
   }
   /** The VMs assigned to `user`, by name or through one of its groups (isAssigned), in no set order. */
   forUser(user: UserRecord): T[] {
-    const names = new Set(this.byUser.get(user.name));
-    for (const g of user.groups) for (const n of this.byGroup.get(g) ?? []) names.add(n);
+    const names = new Set(each(this.byUser.get(user.name)));
+    for (const g of user.groups) for (const n of each(this.byGroup.get(g))) names.add(n);
     return this.pick(names);
   }
 
-  private pick(names: Iterable<string> | undefined): T[] {
+  private pick(names: Names | undefined): T[] {
     const out: T[] = [];
-    for (const n of names ?? []) {
+    for (const n of each(names)) {
       const h = this.byName.get(n);
       if (h !== undefined) out.push(h);
     }
@@ -94,15 +103,35 @@ export class VmTable<T> {
   }
 }
 
-function add(m: Map<string, Set<string>>, key: string, name: string): void {
-  let s = m.get(key);
-  if (!s) m.set(key, (s = new Set()));
-  s.add(name);
+function each(names: Names | undefined): Iterable<string> {
+  return names === undefined ? [] : typeof names === 'string' ? [names] : names;
 }
 
-function remove(m: Map<string, Set<string>>, key: string, name: string): void {
+function add(m: Map<string, Names>, key: string, name: string): void {
   const s = m.get(key);
-  if (!s) return;
-  s.delete(name);
-  if (s.size === 0) m.delete(key);
+  if (s === undefined) m.set(key, name);
+  else if (typeof s === 'string') {
+    if (s !== name) m.set(key, [s, name]);
+  } else if (Array.isArray(s)) {
+    if (s.includes(name)) return;
+    if (s.length < ARRAY_MAX) s.push(name);
+    else m.set(key, new Set(s).add(name));
+  } else s.add(name);
+}
+
+function remove(m: Map<string, Names>, key: string, name: string): void {
+  const s = m.get(key);
+  if (s === undefined) return;
+  if (typeof s === 'string') {
+    if (s === name) m.delete(key);
+  } else if (Array.isArray(s)) {
+    const i = s.indexOf(name);
+    if (i < 0) return;
+    s[i] = s[s.length - 1]!;
+    s.pop();
+    if (s.length === 1) m.set(key, s[0]!);
+  } else {
+    s.delete(name);
+    if (s.size === 0) m.delete(key);
+  }
 }

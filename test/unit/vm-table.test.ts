@@ -74,3 +74,22 @@ t.test('the embedded directory lists a user\'s desktops from the index, sorted b
   t.same(vmsForUser(dir, user('alice', ['lab'])).map((v) => v.name), ['alpha', 'zeta']);
   t.same(dir.unsettledVms('n1'), []);
 });
+
+t.test('an index key holding one name, a few, many, and back', async (t) => {
+  const table = new VmTable<VmRecord>((v) => v);
+  const all = Array.from({ length: 40 }, (_, i) => `v${String(i).padStart(2, '0')}`);
+  for (const [i, n] of all.entries()) {
+    table.set(n, vm(n, 'n1', { users: ['alice'], groups: ['lab'] }));
+    table.set(n, vm(n, 'n1', { users: ['alice', 'alice'], groups: ['lab'] }), undefined);
+    t.same(names(table.forUser(user('alice'))), all.slice(0, i + 1), `${i + 1} VMs, each once`);
+  }
+  t.same(names(table.onNode('n1')), all);
+  for (const [i, n] of all.entries()) {
+    table.delete(n);
+    t.same(names(table.forUser(user('alice', ['lab']))), all.slice(i + 1), `${all.length - i - 1} left`);
+    t.same(names(table.onNode('n1')), all.slice(i + 1));
+  }
+  table.set('x', vm('x', 'n2', { users: ['bob'] }));
+  t.same(names(table.forUser(user('alice', ['lab']))), [], 'emptied keys hold nothing');
+  t.same(names(table.forUser(user('bob'))), ['x']);
+});
