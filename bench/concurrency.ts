@@ -61,7 +61,7 @@ const SETUPS = Number(args.setups ?? (quick ? 100 : 500));
 const PINGS = Number(args.pings ?? (quick ? 500 : 2000));
 const ONLY = new Set((args.only ?? 'oneport,haproxy').split(','));
 /** Tickets are minted this many at a time, right before use (single use, 60 s). */
-const BATCH = 500;
+const BATCH = 250;
 /** Tunnels being opened at once by each client process. */
 const CLIENT_CONCURRENCY = 16;
 /** Descriptors a process has besides its tunnels (stdio, IPC, listener, epoll, libuv, files). */
@@ -129,6 +129,8 @@ function checkLimits(): number {
 interface ClientProc {
   readonly peer: Peer;
   call(m: ClientChildIn, answer: ClientChildOut['type'], timeoutMs: number): Promise<ClientChildOut>;
+  /** Tunnels held now, asked beside a pending call (for progress lines). */
+  held(): Promise<number>;
 }
 
 async function startClient(name: string, work: string, o: ClientChildOptions, peers: Peer[]): Promise<ClientProc> {
@@ -153,7 +155,13 @@ async function startClient(name: string, work: string, o: ClientChildOptions, pe
     );
     return p;
   };
-  return { peer, call };
+  const held = async (): Promise<number> => {
+    const reply = firstMessage<ClientChildOut>(peer, 'status', 10_000);
+    peer.child.send({ type: 'status' } satisfies ClientChildIn);
+    const r = await reply;
+    return r.type === 'status' ? r.held : 0;
+  };
+  return { peer, call, held };
 }
 
 async function startBackends(work: string, tag: string, peers: Peer[]): Promise<number[]> {
@@ -297,17 +305,33 @@ async function phase(name: 'oneport' | 'haproxy', work: string, cert: ReturnType
     let mintSeconds = 0;
     let openErrors = 0;
     let firstOpenError: string | undefined;
-    const progress = setInterval(() => log(`${name}: ${opened} open, ${openErrors} errors, load ${load().join(' ')}`), 15_000);
+    const progress = setInterval(() => {
+      void Promise.all(clients.map((c) => c.held())).then(
+        (n) => log(`${name}: ${n.reduce((a, b) => a + b, 0)} held, ${openErrors} errors so far, load ${load().join(' ')}`),
+        () => undefined,
+      );
+    }, 15_000);
     try {
       await Promise.all(
         clients.map(async (c, i) => {
           let left = Math.floor(TUNNELS / CLIENTS) + (i < TUNNELS % CLIENTS ? 1 : 0);
-          while (left > 0) {
-            const n = Math.min(BATCH, left);
-            left -= n;
+          // The next batch's tickets are minted while this batch opens (a batch opens well within
+          // the tickets' 60 s).
+          const mintBatch = async (n: number): Promise<{ n: number; tickets: string[] | undefined }> => {
             const m0 = process.hrtime.bigint();
             const tickets = await server.tickets(`bench-${i % BACKENDS}`, n);
             mintSeconds += Number(process.hrtime.bigint() - m0) / 1e9;
+            return { n, tickets };
+          };
+          const take = (): Promise<{ n: number; tickets: string[] | undefined }> | undefined => {
+            const n = Math.min(BATCH, left);
+            left -= n;
+            return n > 0 ? mintBatch(n) : undefined;
+          };
+          let next = take();
+          while (next) {
+            const { n, tickets } = await next;
+            next = take();
             const r = await c.call({ type: 'open', count: n, tickets }, 'opened', 600_000);
             if (r.type !== 'opened') continue;
             opened += r.ok;
@@ -389,7 +413,7 @@ function report(phases: Phase[], loadBefore: number[], loadAfter: number[], limi
       `load average before ${loadBefore.join(' ')}, after ${loadAfter.join(' ')}${phases.map((p) => `, with ${p.server}'s tunnels held ${p.loadDuring.join(' ')}`).join('')}.`,
     '',
     `Each server holds ${TUNNELS} idle tunnels (TLS client leg, console leg to an echo backend that sends its banner first; a tunnel counts once the banner came back through it), ` +
-      `opened by ${CLIENTS} client processes, ${CLIENT_CONCURRENCY} at once each${RESUME ? ' with TLS session resumption' : ''}, tickets minted ${BATCH} at a time right before use. ` +
+      `opened by ${CLIENTS} client processes, ${CLIENT_CONCURRENCY} at once each${RESUME ? ' with TLS session resumption' : ''}, tickets minted ${BATCH} at a time, while the batch before opens. ` +
       `oneport: \`oneport serve\` with \`workers: ${WORKERS}\` (CONNECT in TLS with a ticket). HAProxy: ${WORKERS} processes with \`nbthread 1\` sharing the port (SO_REUSEPORT; one process with \`nbthread 2\` would need 2 descriptors per tunnel, ${2 * TUNNELS} in all${2 * TUNNELS > limit ? ', over this machine\'s limit' : ''}), TLS to TCP, one shared TLS ticket key. ` +
       `The console legs end in ${BACKENDS} backend processes. At that load: ${SETUPS} new sequential tunnels (full TLS handshake, CONNECT, banner, 4-byte echo, close), then ${PINGS} 64-byte round trips over one tunnel and over direct TCP to the backend. ` +
       'The load generator shares the 2 cores with the servers.',
