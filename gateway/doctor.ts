@@ -45,7 +45,7 @@ const DESCRIPTOR_MARGIN = 1024;
 
 /**
  * Head room over an even share per worker: the primary gives each connection to the worker with
- * the fewest, so the spread stays small (bench:concurrency: 4 workers within 1% at 20,000 tunnels).
+ * the fewest, so the spread stays small (bench:concurrency: 5,000 tunnels on each of 4 workers at 20,000).
  */
 const WORKER_SHARE_HEADROOM = 1.25;
 
