@@ -28,7 +28,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type LatencyRun, type Opener, type SetupRun, type TlsClientOptions, connectOpener, latency, setup, tcpOpener, tlsOpener } from './clients.js';
-import { type Peer, fdCount, firstMessage, nofileLimit, rssKiB, spawnPeer, stopAll, treePids, waitAccepting } from './procs.js';
+import { type Peer, fdCount, firstMessage, nofileLimit, rssKiB, spawnPeer, stopAll, treeCpuSeconds, treePids, waitAccepting } from './procs.js';
 import type { BackendReady } from './ipc.js';
 import type { ClientChildIn, ClientChildOptions, ClientChildOut } from './concurrency-client.js';
 import { benchCertificate, startServe } from './gateway-rpc.js';
@@ -99,6 +99,8 @@ interface Phase {
   readonly clientFds: number[];
   readonly backendFds: number[];
   readonly loadDuring: number[];
+  /** CPU of the server's processes while the tunnels are held and idle, % of one core. */
+  readonly idleCpuPercent: number;
 }
 
 /** Fail before starting anything if a process of this run would need more than `ulimit -n`. */
@@ -348,6 +350,12 @@ async function phase(name: 'oneport' | 'haproxy', work: string, cert: ReturnType
     log(`${name}: ${opened} tunnels open in ${openSeconds.toFixed(1)} s (${(opened / openSeconds).toFixed(0)}/s; ${resumed} TLS resumed; minting took ${mintSeconds.toFixed(1)} s over all clients), ${openErrors} errors${firstOpenError ? ` (first: ${firstOpenError})` : ''}`);
     await sleep(2000);
     const held = serverFigures(server);
+    // What holding the tunnels costs with nothing moving: CPU of the server's processes over 10 s.
+    const cpu = (): number => server.roots.reduce((n, r) => n + treeCpuSeconds(r), 0);
+    const c0 = cpu();
+    await sleep(10_000);
+    const idleCpuPercent = (cpu() - c0) * 10;
+    log(`${name}: ${idleCpuPercent.toFixed(1)}% of a core while holding them idle`);
     const loadDuring = load();
 
     // At that load: new sequential tunnels (full handshakes), then round trips.
@@ -393,6 +401,7 @@ async function phase(name: 'oneport' | 'haproxy', work: string, cert: ReturnType
       clientFds,
       backendFds,
       loadDuring,
+      idleCpuPercent,
     };
   } finally {
     await stopAll(peers);
@@ -433,6 +442,7 @@ function report(phases: Phase[], loadBefore: number[], loadAfter: number[], limi
     row('direct TCP RTT p99, µs', (p) => p.directRtt.p99Us, 0),
     row('added RTT p50, µs', (p) => added(p, 'p50Us') as number, 0),
     row('added RTT p99, µs', (p) => added(p, 'p99Us') as number, 0),
+    row('CPU holding them idle, % of a core', (p) => p.idleCpuPercent),
     row('RSS of all server processes, MiB', (p) => p.rssAfterKiB / 1024, 0),
     row('RSS growth per tunnel, KiB', (p) => p.perTunnelKiB),
     '',
