@@ -25,6 +25,8 @@ export interface Conn {
   destroy(): void;
   /** Negotiated TLS version and cipher, when there is TLS. */
   readonly tls: string | undefined;
+  /** The TLS session was resumed (no full handshake). */
+  readonly resumed?: boolean;
 }
 
 export type Opener = () => Promise<Conn>;
@@ -68,12 +70,14 @@ async function endSocket(socket: net.Socket, timeoutMs: number, last?: Buffer): 
 class StreamConn implements Conn {
   private readonly q = new ByteQueue();
   readonly tls: string | undefined;
+  readonly resumed: boolean;
 
   constructor(
     private readonly socket: net.Socket,
     leftover?: Buffer,
   ) {
     this.tls = tlsDescription(socket);
+    this.resumed = socket instanceof tls.TLSSocket && socket.isSessionReused();
     if (leftover && leftover.length > 0) this.q.push(leftover);
     socket.on('data', (b: Buffer) => this.q.push(b));
     socket.on('error', (e) => this.q.end(e));
@@ -183,10 +187,14 @@ function connected(socket: net.Socket, event: 'connect' | 'secureConnect', timeo
 export interface TlsClientOptions {
   readonly ca: string;
   readonly servername: string;
+  /** TLS session resumption: the last session ticket the server sent is offered on the next connection. */
+  readonly resume?: { session?: Buffer };
 }
 
 function tlsConnect(port: number, t: TlsClientOptions): tls.TLSSocket {
-  const s = tls.connect({ host: '127.0.0.1', port, ca: t.ca, servername: t.servername, ALPNProtocols: ['http/1.1'] });
+  const r = t.resume;
+  const s = tls.connect({ host: '127.0.0.1', port, ca: t.ca, servername: t.servername, ALPNProtocols: ['http/1.1'], ...(r?.session ? { session: r.session } : {}) });
+  if (r) s.on('session', (session: Buffer) => (r.session = session));
   s.setNoDelay(true);
   return s;
 }

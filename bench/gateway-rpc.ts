@@ -9,7 +9,9 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createCa, issueServerCert } from '../certs/ca.js';
 import type { TlsClientOptions } from './clients.js';
-import { type Peer, firstMessage, spawnPeer } from './procs.js';
+import { type Peer, firstMessage, spawnPeer, waitAccepting } from './procs.js';
+import { freePort } from '../test/helpers/net.js';
+import { type Admin, openAdmin } from '../gateway/admin.js';
 import type { BackendReady, GatewayChildOptions, GatewayProbe, GatewayReady, GatewayReply, GatewayRequest } from './ipc.js';
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
@@ -47,6 +49,50 @@ export function benchCertificate(work: string): { certFile: string; keyFile: str
   writeFileSync(keyFile, server.key, { mode: 0o600 });
   writeFileSync(pemFile, server.cert + server.key, { mode: 0o600 });
   return { certFile, keyFile, pemFile, tlsOpts: { ca: ca.cert, servername: 'localhost' } };
+}
+
+/**
+ * `oneport serve` (from source) with `workers` processes on a free loopback port, the bench's
+ * certificate, user `bench` and one VM `bench-<i>` per console port; it joins `peers`. Used by
+ * workers.ts and concurrency.ts; `limits` are merged over the bench's (no per-address cap).
+ */
+export async function startServe(
+  work: string,
+  name: string,
+  peers: Peer[],
+  o: { workers: number; certFile: string; keyFile: string; consolePorts: readonly number[]; limits?: Record<string, number> },
+): Promise<{ gw: Peer; port: number; admin: Admin }> {
+  const state = join(work, `${name}-state`);
+  const port = await freePort();
+  const config = join(work, `${name}.json`);
+  writeFileSync(
+    config,
+    JSON.stringify({
+      listen: `127.0.0.1:${port}`,
+      state,
+      nodeId: 'bench',
+      workers: o.workers,
+      tls: { certificates: [{ cert: o.certFile, key: o.keyFile }] },
+      log: { level: 'warn', format: 'json' },
+      demo: { enabled: false },
+      tunnel: { protocolCheck: false },
+      limits: { maxConnectionsPerAddress: 100_000, ...o.limits },
+      shutdown: { drainMs: 1000 },
+    }),
+  );
+  const gw = spawnPeer(name, process.execPath, ['--import', 'tsx', join(ROOT, 'gateway', 'cli.ts'), 'serve', '--config', config], {
+    cwd: ROOT,
+    env: { ...process.env, ONEPORT_STATE: state },
+    logFile: join(work, `${name}.log`),
+  });
+  peers.push(gw);
+  await waitAccepting(gw, port, 90_000);
+  const admin = await openAdmin(state);
+  await admin.putUser('bench', { password: 'bench-password-1' });
+  for (const [i, p] of o.consolePorts.entries()) {
+    await admin.putVm({ name: `bench-${i}`, node: 'bench', endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port: p, publishedPort: 5900 }], users: ['bench'] } as Parameters<typeof admin.putVm>[0]);
+  }
+  return { gw, port, admin };
 }
 
 export async function startStack(work: string, peers: Peer[], log: (line: string) => void, nodeArgs: readonly string[] = []): Promise<Stack> {

@@ -140,29 +140,56 @@ function readStat(pid: number): StatLine | undefined {
  */
 export function treeCpuSeconds(root: number): number {
   if (!existsSync(`/proc/${root}`)) return Number.NaN;
+  const stats = allStats();
+  let ticks = 0;
+  for (const pid of treePids(root, stats)) ticks += stats.get(pid)?.ticks ?? 0;
+  return ticks / ticksPerSecond();
+}
+
+function allStats(): Map<number, StatLine> {
   const stats = new Map<number, StatLine>();
   for (const name of readdirSync('/proc')) {
     if (!/^\d+$/.test(name)) continue;
     const st = readStat(Number(name));
     if (st) stats.set(Number(name), st);
   }
+  return stats;
+}
+
+/** A live process and its live descendants (root first): e.g. oneport's primary and its workers. */
+export function treePids(root: number, stats: Map<number, StatLine> = allStats()): number[] {
   const children = new Map<number, number[]>();
   for (const [pid, st] of stats) {
     const list = children.get(st.ppid) ?? [];
     list.push(pid);
     children.set(st.ppid, list);
   }
-  let ticks = 0;
+  const out: number[] = [];
   const todo = [root];
   const seen = new Set<number>();
   while (todo.length > 0) {
-    const pid = todo.pop() as number;
-    if (seen.has(pid)) continue;
+    const pid = todo.shift() as number;
+    if (seen.has(pid) || !stats.has(pid)) continue;
     seen.add(pid);
-    ticks += stats.get(pid)?.ticks ?? 0;
+    out.push(pid);
     todo.push(...(children.get(pid) ?? []));
   }
-  return ticks / ticksPerSecond();
+  return out;
+}
+
+/** Open descriptors of one process (entries of /proc/<pid>/fd); NaN when it is gone. */
+export function fdCount(pid: number): number {
+  try {
+    return readdirSync(`/proc/${pid}/fd`).length;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+/** The soft limit on open descriptors (`ulimit -n`) of a process, from /proc/<pid>/limits. */
+export function nofileLimit(pid: number | 'self' = 'self'): number {
+  const m = /^Max open files\s+(\d+|unlimited)/m.exec(readFileSync(`/proc/${pid}/limits`, 'utf8'));
+  return !m || m[1] === 'unlimited' ? Number.POSITIVE_INFINITY : Number(m[1]);
 }
 
 /** Stop every process we started, newest first. */

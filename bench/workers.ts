@@ -23,13 +23,11 @@ import { parseArgs } from 'node:util';
 import { type Opener, type SetupRun, connectOpener, setup, throughput, tlsOpener } from './clients.js';
 import { type Peer, firstMessage, spawnPeer, stopAll, treeCpuSeconds, waitAccepting } from './procs.js';
 import type { BackendReady } from './ipc.js';
-import { benchCertificate } from './gateway-rpc.js';
+import { benchCertificate, startServe } from './gateway-rpc.js';
 import { freePort } from '../test/helpers/net.js';
-import { openAdmin } from '../gateway/admin.js';
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 const ROOT = join(BENCH_DIR, '..');
-const CLI = join(ROOT, 'gateway', 'cli.ts');
 const MiB = 1024 * 1024;
 
 const { values: args } = parseArgs({ options: { quick: { type: 'boolean', default: false }, max: { type: 'string' } } });
@@ -85,36 +83,13 @@ async function main(): Promise<void> {
 
     for (let n = 1; n <= maxN; n++) {
       // oneport with n workers (n = 1: one process, as without workers).
-      const state = join(work, `state-${n}`);
-      const port = await freePort();
-      const config = join(work, `oneport-${n}.json`);
-      writeFileSync(
-        config,
-        JSON.stringify({
-          listen: `127.0.0.1:${port}`,
-          state,
-          nodeId: 'bench',
-          workers: n,
-          tls: { certificates: [{ cert: certFile, key: keyFile }] },
-          log: { level: 'warn', format: 'json' },
-          demo: { enabled: false },
-          tunnel: { protocolCheck: false },
-          limits: { maxConnectionsPerAddress: 100_000 },
-          shutdown: { drainMs: 1000 },
-        }),
-      );
-      const gw = spawnPeer(`oneport-${n}`, process.execPath, ['--import', 'tsx', CLI, 'serve', '--config', config], { cwd: ROOT, env: { ...process.env, ONEPORT_STATE: state }, logFile: join(work, `oneport-${n}.log`) });
-      peers.push(gw);
-      await waitAccepting(gw, port, 90_000);
-      const admin = await openAdmin(state);
-      await admin.putUser('bench', { password: 'bench-password-1' });
-      await admin.putVm({ name: 'bench', node: 'bench', endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port: backendPort, publishedPort: 5900 }], users: ['bench'] } as Parameters<typeof admin.putVm>[0]);
+      const { gw, port, admin } = await startServe(work, `oneport-${n}`, peers, { workers: n, certFile, keyFile, consolePorts: [backendPort] });
       const pool: string[] = [];
       const mint = async (k: number): Promise<void> => {
-        for (let i = 0; i < k; i++) pool.push(String((await admin.ticket('bench', 'bench', 'vnc')).ticket));
+        for (let i = 0; i < k; i++) pool.push(String((await admin.ticket('bench', 'bench-0', 'vnc')).ticket));
       };
       const ticket = (): string => pool.shift() ?? 'none-left';
-      const open = connectOpener(port, 'bench', ticket, tlsOpts);
+      const open = connectOpener(port, 'bench-0', ticket, tlsOpts);
       await mint(SETUPS + CONCURRENCY * 2 + 8);
       const s = await setupRate(open, SETUPS, CONCURRENCY);
       await mint(STREAMS);

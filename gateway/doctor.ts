@@ -9,7 +9,7 @@ import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { once } from 'node:events';
 import type { Redis } from 'ioredis';
-import { type Config, parseListen } from './config.js';
+import { type Config, parseListen, workerCount } from './config.js';
 import { statePaths } from './state.js';
 import { certificateMatchesName } from '../certs/ca.js';
 import { createConnection } from './directory/redis.js';
@@ -43,9 +43,26 @@ const SKEW_FAIL_MS = 1000;
 /** Descriptors beyond the tunnels: listener, Redis, peers, files, the control socket. */
 const DESCRIPTOR_MARGIN = 1024;
 
-/** Each tunnel holds two descriptors (client and console): the limit for limits.maxConnections. */
+/**
+ * Head room over an even share per worker: the primary gives each connection to the worker with
+ * the fewest, so the spread stays small (bench:concurrency: 5,000 tunnels on each of 4 workers at 20,000).
+ */
+const WORKER_SHARE_HEADROOM = 1.25;
+
+/** Worker processes serving the tunnels: a cluster node runs one process for now (README "Workers"). */
+function servingProcesses(cfg: Config): number {
+  return cfg.cluster.redis === undefined ? workerCount(cfg) : 1;
+}
+
+/**
+ * The open-file limit one process needs for limits.maxConnections: each tunnel holds two
+ * descriptors (client and console) in the process serving it, so with workers each needs about
+ * its share (the limit is per process; the primary holds a connection only while passing it on).
+ */
 export function descriptorsNeeded(cfg: Config): number {
-  return 2 * cfg.limits.maxConnections + DESCRIPTOR_MARGIN;
+  const workers = servingProcesses(cfg);
+  const tunnels = workers > 1 ? Math.ceil((cfg.limits.maxConnections / workers) * WORKER_SHARE_HEADROOM) : cfg.limits.maxConnections;
+  return 2 * tunnels + DESCRIPTOR_MARGIN;
 }
 
 const ok = (check: Finding['check'], message: string): Finding => ({ check, severity: 'ok', message });
@@ -166,7 +183,8 @@ function checkDescriptors(cfg: Config, pid: number | undefined): Finding {
   const whose = pid === undefined ? 'this process' : `process ${pid}`;
   if (limit === undefined) return bad('descriptors', 'warn', `cannot read the open-file limit of ${whose} (/proc)`, `make sure the service gets LimitNOFILE=${need} or more`);
   if (limit < need) {
-    return bad('descriptors', 'fail', `open-file limit of ${whose} is ${limit}; limits.maxConnections ${cfg.limits.maxConnections} needs ${need} (two per tunnel, plus ${DESCRIPTOR_MARGIN})`, `LimitNOFILE=${need} in the unit (deploy/systemd/oneport.service), or ulimit -n ${need}; or lower limits.maxConnections`);
+    const spread = servingProcesses(cfg) > 1 ? `, over ${servingProcesses(cfg)} workers with 25% head room` : '';
+    return bad('descriptors', 'fail', `open-file limit of ${whose} is ${limit}; limits.maxConnections ${cfg.limits.maxConnections} needs ${need} per process (two per tunnel${spread}, plus ${DESCRIPTOR_MARGIN})`, `LimitNOFILE=${need} in the unit (deploy/systemd/oneport.service), or ulimit -n ${need}; or lower limits.maxConnections`);
   }
   return ok('descriptors', `open-file limit of ${whose} is ${limit}, enough for limits.maxConnections ${cfg.limits.maxConnections} (${need})`);
 }

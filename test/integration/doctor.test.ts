@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { once } from 'node:events';
 import { promisify } from 'node:util';
 import { buildConfig, type ConfigInput } from '../../gateway/config.js';
-import { type Finding, doctorStatus, runDoctor } from '../../gateway/doctor.js';
+import { type Finding, descriptorsNeeded, doctorStatus, runDoctor } from '../../gateway/doctor.js';
 import { startTestGateway } from '../helpers/gateway.js';
 import { startRedis, startSentinel } from '../helpers/redis.js';
 import { closedPort, freePort } from '../helpers/net.js';
@@ -67,8 +67,15 @@ t.test('descriptor limit against limits.maxConnections, of this process or of th
   const gw = await startTestGateway(t);
   const base = { state: gw.state, listen: `127.0.0.1:${gw.port}` };
   t.match(problems(await runDoctor(buildConfig({ ...base, limits: { maxConnections: 10_000_000 } })), 'descriptors'), [
-    { severity: 'fail', message: /limits\.maxConnections 10000000 needs 20001024/, fix: /^LimitNOFILE=20001024 in the unit/ },
+    { severity: 'fail', message: /limits\.maxConnections 10000000 needs 20001024 per process/, fix: /^LimitNOFILE=20001024 in the unit/ },
   ]);
+  // With workers, each process holds only its share of the tunnels (the limit is per process).
+  t.match(problems(await runDoctor(buildConfig({ ...base, workers: 4, limits: { maxConnections: 10_000_000 } })), 'descriptors'), [
+    { severity: 'fail', message: /needs 6251024 per process \(two per tunnel, over 4 workers with 25% head room, plus 1024\)/, fix: /^LimitNOFILE=6251024 in the unit/ },
+  ]);
+  const clusterNode = buildConfig({ ...base, workers: 4, limits: { maxConnections: 10_000_000 }, cluster: { redis: 'redis://127.0.0.1:1' } });
+  t.equal(descriptorsNeeded(clusterNode), 20_001_024, 'a cluster node runs one process whatever workers says');
+  t.equal(descriptorsNeeded(buildConfig({ ...base, workers: 4 })), 13_524, 'the default 20000 connections over 4 workers fit a 20000 limit');
   // A stand-in for the service: a process whose limit was lowered before it started.
   const svc = spawn('bash', ['-c', 'ulimit -n 512 && echo lowered && exec cat'], { stdio: ['pipe', 'pipe', 'ignore'] });
   t.teardown(() => svc.kill('SIGKILL'));
@@ -76,7 +83,7 @@ t.test('descriptor limit against limits.maxConnections, of this process or of th
   const cfg = buildConfig({ ...base, limits: { maxConnections: 100 } });
   t.same(problems(await runDoctor(cfg), 'descriptors'), [], 'this process has enough for 100 connections');
   const found = problems(await runDoctor(cfg, { pid: svc.pid! }), 'descriptors');
-  t.match(found, [{ severity: 'fail', message: `open-file limit of process ${svc.pid} is 512; limits.maxConnections 100 needs 1224 (two per tunnel, plus 1024)` }]);
+  t.match(found, [{ severity: 'fail', message: `open-file limit of process ${svc.pid} is 512; limits.maxConnections 100 needs 1224 per process (two per tunnel, plus 1024)` }]);
 });
 
 t.test('certificates: expiry, names, and the key that belongs to them', async (t) => {
