@@ -130,9 +130,15 @@ export class RedisAuthStore implements AuthStore {
       store.feed.disconnect();
       throw new DirectoryUnavailableError(`auth store: cannot reach Redis at ${store.target}: ${(err as Error).message}`, { cause: err });
     }
-    // Messages published while a connection was down are gone: load again on every reconnect
-    // (ioredis subscribes again by itself).
-    store.feed.on('ready', () => store.reloadQuietly());
+    // Messages published while a connection was down are gone: subscribe again and load again on
+    // every reconnect (the connection does not resubscribe by itself: createConnection).
+    // Loaded once subscribed, so that nothing published in between is missed.
+    store.feed.on('ready', () => {
+      store.feed.subscribe(store.channel).then(
+        () => store.reloadQuietly(),
+        () => undefined,
+      );
+    });
     store.conn.on('ready', () => store.reloadQuietly());
     return store;
   }

@@ -99,8 +99,8 @@ export class ProcessWatch {
     sub.on('message', (channel: string, node: string) => {
       if (channel === this.channel && node !== this.deps.self && node.length <= 128) this.deps.onGone(node, false);
     });
-    // The connection has no offline queue (createConnection): subscribe once it is ready, and
-    // again after every reconnect (harmless if ioredis already resubscribed).
+    // The connection has no offline queue and does not resubscribe by itself (createConnection):
+    // subscribe once it is ready, and again after every reconnect.
     sub.on('ready', () => {
       sub.subscribe(this.channel).catch(() => undefined);
     });

@@ -383,6 +383,10 @@ export function createConnection(redis: string | RedisOptions, extra: RedisOptio
     lazyConnect: true,
     enableOfflineQueue: false,
     autoResendUnfulfilledCommands: false,
+    // ioredis's own resubscribe after a reconnect has nobody to catch it: without an offline
+    // queue, a socket that closes right after 'ready' rejects it as an unhandled rejection.
+    // Subscribers subscribe on every 'ready' themselves (auth/redis-store.ts, cluster/process-watch.ts).
+    autoResubscribe: false,
     maxRetriesPerRequest: 0,
   };
   if (typeof redis === 'string') return new Redis(redis, opts);
