@@ -89,11 +89,10 @@ program
     const listenFd = inherited !== undefined && /^\d{1,4}$/.test(inherited) ? Number(inherited) : undefined;
     const onBound = (): void => void process.send?.({ oneport: 'bound' }, () => process.disconnect?.());
     const workers = workerCount(cfg);
-    if (workers > 1 && cfg.cluster.redis === undefined) {
-      await servePrimary(cfg, workers, listenFd, listenFd !== undefined ? onBound : undefined);
+    if (workers > 1) {
+      await servePrimary(cfg, workers, listenFd, listenFd !== undefined ? onBound : undefined, joinToken);
       return;
     }
-    if (workers > 1) process.stderr.write(`workers: ${workers} asked, but a cluster node (cluster.redis) runs one process for now\n`);
     const gw = await startGateway(cfg, {
       ...(joinToken ? { joinToken } : {}),
       ...(listenFd !== undefined ? { listenFd, onBound } : {}),
@@ -125,9 +124,9 @@ program
   });
 
 /** `serve` with workers: this process is the primary (workers/primary.ts). */
-async function servePrimary(cfg: Config, workers: number, listenFd: number | undefined, onBound: (() => void) | undefined): Promise<void> {
+async function servePrimary(cfg: Config, workers: number, listenFd: number | undefined, onBound: (() => void) | undefined, joinToken: string | undefined): Promise<void> {
   const log = createLogger({ level: cfg.log.level, nodeId: cfg.nodeId, format: cfg.log.format }).child({ worker: 'primary' });
-  const primary = await runPrimary(cfg, { workers, log, ...(listenFd !== undefined ? { listenFd } : {}), ...(onBound ? { onBound } : {}) });
+  const primary = await runPrimary(cfg, { workers, log, ...(listenFd !== undefined ? { listenFd } : {}), ...(onBound ? { onBound } : {}), ...(joinToken ? { joinToken } : {}) });
   process.on('unhandledRejection', (e) => log.error({ err: e, event: 'last-resort', where: 'unhandledRejection' }, 'unhandledRejection: kept serving'));
   process.on('uncaughtException', (e) => log.error({ err: e, event: 'last-resort', where: 'uncaughtException' }, 'uncaughtException: kept serving'));
   process.stderr.write(`oneport ${VERSION} serving on ${primary.url} with ${workers} workers  (CA: ${cfg.state}/ca.pem)\n`);
