@@ -23,8 +23,14 @@ import type { Logger } from '../log.js';
 import type { LeaderInfo } from './lease.js';
 import type { PeerView } from './membership.js';
 
-/** KEYS: alive:<node>, unreachable:<node>, leader, channel. ARGV: node, observer, now, verdict ttl. Returns 1 if the lease was removed. */
+/**
+ * KEYS: alive:<node>, unreachable:<node>, leader, channel. ARGV: node, observer, now, verdict ttl.
+ * Returns 1 if the lease was removed, 0 if not, -1 (and does nothing) when the node's heartbeat is
+ * already gone: it left cleanly (membership.ts leave deletes it with the record's `left`), or it
+ * expired and the heartbeat timeout is judging it anyway.
+ */
 const GONE_LUA = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
@@ -164,7 +170,10 @@ export class ProcessWatch {
       const now = this.deps.view().find((x) => x.info.id === node);
       if (!now || now.info.redisClient !== p.info.redisClient || now.info.startedAt !== p.info.startedAt) return;
       const k = this.deps.prefix;
-      const removed = (await this.gone(`${k}alive:${node}`, `${k}unreachable:${node}`, `${k}leader`, this.channel, node, this.deps.self, Date.now(), this.deps.verdictTtlMs)) === 1;
+      const verdict = Number(await this.gone(`${k}alive:${node}`, `${k}unreachable:${node}`, `${k}leader`, this.channel, node, this.deps.self, Date.now(), this.deps.verdictTtlMs));
+      // It left (a drain's last step) between our last look at the members and now: not a death.
+      if (verdict === -1) return;
+      const removed = verdict === 1;
       this.deps.log.warn({ event: 'node-process-gone', node, address: p.info.address, leaseRemoved: removed }, `node ${node}: its Redis connection closed and its port is silent; judging it now`);
       this.deps.onGone(node, removed);
     } catch {

@@ -451,10 +451,6 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
   await bindControlSocket(control, state.paths.controlSocket, opts.listenFd !== undefined ? 30_000 : 0);
   const anyAddress = address.address === '0.0.0.0' || address.address === '::';
   const bound = formatHostPort(address.address, address.port);
-  log.info(
-    { event: 'listening', address: address.address, port: address.port, directory: dir.kind, node: config.nodeId, cluster: cluster !== undefined, workers: opts.workers },
-    `oneport listening on ${bound} (${opts.workers} workers)`,
-  );
   if (cluster) {
     await cluster.start({
       dir,
@@ -463,6 +459,11 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
       mirror: () => directoryState(),
     });
   }
+  // Last, as in one process (server.ts): a node that says it listens is a member too.
+  log.info(
+    { event: 'listening', address: address.address, port: address.port, directory: dir.kind, node: config.nodeId, cluster: cluster !== undefined, workers: opts.workers },
+    `oneport listening on ${bound} (${opts.workers} workers)`,
+  );
 
   let markStopped!: () => void;
   const stopped = new Promise<void>((r) => (markStopped = r));
