@@ -7,7 +7,7 @@ import { createReadStream, writeFileSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import cluster from 'node:cluster';
-import { ConfigError, loadConfig, workerCount, type Config } from './config.js';
+import { ConfigError, loadConfig, parseWorkers, workerCount, type Config } from './config.js';
 import { createLogger, type Logger } from './log.js';
 import { runPrimary } from './workers/primary.js';
 import { runWorker } from './workers/worker.js';
@@ -32,6 +32,7 @@ interface GlobalOpts {
   nodeId?: string;
   advertise?: string;
   joinTokenFile?: string;
+  workers?: string;
 }
 
 const program = new Command();
@@ -49,6 +50,7 @@ function config(extra: Partial<GlobalOpts> = {}): Config {
   if (g.demo !== undefined) overrides.demo = { enabled: g.demo };
   if (g.logLevel || g.logFormat) overrides.log = { ...(g.logLevel ? { level: g.logLevel } : {}), ...(g.logFormat ? { format: g.logFormat } : {}) };
   if (g.nodeId) overrides.nodeId = g.nodeId;
+  if (g.workers !== undefined) overrides.workers = parseWorkers(g.workers);
   if (g.redis !== undefined || g.advertise !== undefined || g.joinTokenFile !== undefined) {
     const file = loadConfig({ configFile: g.config, overrides: { state: g.state } });
     overrides.cluster = {
@@ -65,6 +67,7 @@ program
   .command('serve')
   .description('run the gateway')
   .option('-l, --listen <host:port>', 'address of the one port (default 0.0.0.0:8443)')
+  .option('-w, --workers <n|auto>', 'processes serving the port: auto (one per core, the default) or a number; 1 is a single process (env ONEPORT_WORKERS)')
   .option('--demo', 'also serve the built-in demo desktop (VM "demo", user "demo"); `npm start` does')
   .option('--no-demo', 'do not serve the demo desktop, even if the config file asks for it')
   .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent')
@@ -89,11 +92,10 @@ program
     const listenFd = inherited !== undefined && /^\d{1,4}$/.test(inherited) ? Number(inherited) : undefined;
     const onBound = (): void => void process.send?.({ oneport: 'bound' }, () => process.disconnect?.());
     const workers = workerCount(cfg);
-    if (workers > 1 && cfg.cluster.redis === undefined) {
-      await servePrimary(cfg, workers, listenFd, listenFd !== undefined ? onBound : undefined);
+    if (workers > 1) {
+      await servePrimary(cfg, workers, listenFd, listenFd !== undefined ? onBound : undefined, joinToken);
       return;
     }
-    if (workers > 1) process.stderr.write(`workers: ${workers} asked, but a cluster node (cluster.redis) runs one process for now\n`);
     const gw = await startGateway(cfg, {
       ...(joinToken ? { joinToken } : {}),
       ...(listenFd !== undefined ? { listenFd, onBound } : {}),
@@ -125,9 +127,9 @@ program
   });
 
 /** `serve` with workers: this process is the primary (workers/primary.ts). */
-async function servePrimary(cfg: Config, workers: number, listenFd: number | undefined, onBound: (() => void) | undefined): Promise<void> {
+async function servePrimary(cfg: Config, workers: number, listenFd: number | undefined, onBound: (() => void) | undefined, joinToken: string | undefined): Promise<void> {
   const log = createLogger({ level: cfg.log.level, nodeId: cfg.nodeId, format: cfg.log.format }).child({ worker: 'primary' });
-  const primary = await runPrimary(cfg, { workers, log, ...(listenFd !== undefined ? { listenFd } : {}), ...(onBound ? { onBound } : {}) });
+  const primary = await runPrimary(cfg, { workers, log, ...(listenFd !== undefined ? { listenFd } : {}), ...(onBound ? { onBound } : {}), ...(joinToken ? { joinToken } : {}) });
   process.on('unhandledRejection', (e) => log.error({ err: e, event: 'last-resort', where: 'unhandledRejection' }, 'unhandledRejection: kept serving'));
   process.on('uncaughtException', (e) => log.error({ err: e, event: 'last-resort', where: 'uncaughtException' }, 'uncaughtException: kept serving'));
   process.stderr.write(`oneport ${VERSION} serving on ${primary.url} with ${workers} workers  (CA: ${cfg.state}/ca.pem)\n`);

@@ -31,10 +31,9 @@ export const configSchema = z
     nodeId: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/).default(hostname().split('.')[0] || 'node'),
     /**
      * Processes serving the one port (README "Workers"): a number, or "auto" for one per core
-     * (os.availableParallelism()). 1 is one process, as before workers. Cluster mode (cluster.redis)
-     * runs one process for now. @default 1
+     * (os.availableParallelism()). 1 is one process, as before workers. @default "auto"
      */
-    workers: z.union([z.literal('auto'), z.number().int().min(1).max(256)]).default(1),
+    workers: z.union([z.literal('auto'), z.number().int().min(1).max(256)]).default('auto'),
     /** The one port. @default '0.0.0.0:8443' */
     listen: listenSchema.default('0.0.0.0:8443'),
     /** State folder: directory file, certificates. @default ~/.oneport */
@@ -463,6 +462,7 @@ export function loadConfig(opts: LoadOptions = {}): Config {
   if (env.ONEPORT_STATE) fromEnv.state = env.ONEPORT_STATE;
   if (env.ONEPORT_LISTEN) fromEnv.listen = env.ONEPORT_LISTEN;
   if (env.ONEPORT_NODE_ID) fromEnv.nodeId = env.ONEPORT_NODE_ID;
+  if (env.ONEPORT_WORKERS) fromEnv.workers = parseWorkers(env.ONEPORT_WORKERS);
   if (env.ONEPORT_REDIS) fromEnv.cluster = { ...(fromFile.cluster as object), redis: env.ONEPORT_REDIS };
   if (env.ONEPORT_LOG_LEVEL) fromEnv.log = { ...(fromFile.log as object), level: env.ONEPORT_LOG_LEVEL };
   if (env.ONEPORT_LOG_FORMAT) fromEnv.log = { ...(fromFile.log as object), ...(fromEnv.log as object), format: env.ONEPORT_LOG_FORMAT };
@@ -498,6 +498,11 @@ function deepFreeze<T>(o: T): T {
     for (const v of Object.values(o as object)) deepFreeze(v);
   }
   return o;
+}
+
+/** `workers` as written on a command line or in the environment: "auto" or a number (anything else is left for the schema to refuse). */
+export function parseWorkers(text: string): unknown {
+  return /^\d{1,4}$/.test(text) ? Number(text) : text;
 }
 
 /** How many worker processes `serve` runs (config `workers`; "auto": one per core). */

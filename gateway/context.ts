@@ -11,7 +11,7 @@ import type { Metrics } from './metrics.js';
 import type { Logger, RateLimitedLog } from './log.js';
 import type { TunnelRegistry } from './tunnel/registry.js';
 import type { Relays } from './tunnel/relays.js';
-import type { Cluster } from './cluster/cluster.js';
+import type { ClusterView } from './cluster/view.js';
 import type { ResumableSession } from './tunnel/session.js';
 import type { SessionRegistry } from './tunnel/session-registry.js';
 import type { BrokerDeps } from './tunnel/broker.js';
@@ -43,7 +43,7 @@ export interface GatewayContext {
   /** Resumable (oneport.v1) sessions held on this node. */
   readonly sessions: SessionRegistry<ResumableSession>;
   /** Set when the node runs in a cluster (config.cluster.redis): status, leadership (API only). */
-  readonly cluster: Cluster | undefined;
+  readonly cluster: ClusterView | undefined;
   /** What the tunnel broker needs (tunnel/broker.ts): the entrances hand it requests and legs. */
   readonly broker: BrokerDeps;
   /** What resuming a parked `oneport.v1` session needs (tunnel/resume.ts). */

@@ -49,9 +49,8 @@ const DESCRIPTOR_MARGIN = 1024;
  */
 const WORKER_SHARE_HEADROOM = 1.25;
 
-/** Worker processes serving the tunnels: a cluster node runs one process for now (README "Workers"). */
 function servingProcesses(cfg: Config): number {
-  return cfg.cluster.redis === undefined ? workerCount(cfg) : 1;
+  return workerCount(cfg);
 }
 
 /**
@@ -60,7 +59,7 @@ function servingProcesses(cfg: Config): number {
  * its share (the limit is per process; the primary holds a connection only while passing it on).
  */
 export function descriptorsNeeded(cfg: Config): number {
-  const workers = servingProcesses(cfg);
+  const workers = workerCount(cfg);
   const tunnels = workers > 1 ? Math.ceil((cfg.limits.maxConnections / workers) * WORKER_SHARE_HEADROOM) : cfg.limits.maxConnections;
   return 2 * tunnels + DESCRIPTOR_MARGIN;
 }
@@ -183,7 +182,7 @@ function checkDescriptors(cfg: Config, pid: number | undefined): Finding {
   const whose = pid === undefined ? 'this process' : `process ${pid}`;
   if (limit === undefined) return bad('descriptors', 'warn', `cannot read the open-file limit of ${whose} (/proc)`, `make sure the service gets LimitNOFILE=${need} or more`);
   if (limit < need) {
-    const spread = servingProcesses(cfg) > 1 ? `, over ${servingProcesses(cfg)} workers with 25% head room` : '';
+    const spread = workerCount(cfg) > 1 ? `, over ${workerCount(cfg)} workers with 25% head room` : '';
     return bad('descriptors', 'fail', `open-file limit of ${whose} is ${limit}; limits.maxConnections ${cfg.limits.maxConnections} needs ${need} per process (two per tunnel${spread}, plus ${DESCRIPTOR_MARGIN})`, `LimitNOFILE=${need} in the unit (deploy/systemd/oneport.service), or ulimit -n ${need}; or lower limits.maxConnections`);
   }
   return ok('descriptors', `open-file limit of ${whose} is ${limit}, enough for limits.maxConnections ${cfg.limits.maxConnections} (${need})`);

@@ -18,7 +18,11 @@
  * 4. It waits until no tunnel is left here (hops from other entry nodes included) or `drainMs`
  *    has passed since the start; the caller then stops the node.
  */
-import { request } from 'undici';
+import { type Dispatcher, request } from 'undici';
+import type { ClusterView } from './cluster/view.js';
+import type { Directory } from './directory/directory.js';
+import type { Logger } from './log.js';
+import type { Metrics } from './metrics.js';
 import type { GatewayContext } from './context.js';
 import * as commands from './directory/commands.js';
 import type { VmRecord } from './directory/directory.js';
@@ -40,6 +44,19 @@ export interface DrainOptions {
   readonly refuse?: boolean;
   /** Clients reconnect to this same node (a successor process took the port), not another one. */
   readonly resumeHere?: boolean;
+  /** Who moves the VMs (`moveVms`): with workers, the primary, once for the node. @default moveOwnVms here */
+  readonly mover?: (deadline: number) => Promise<number>;
+}
+
+/** What moving a node's VMs away needs (drain.ts moveOwnVms): a gateway's context, or a primary's parts. */
+export interface MoveDeps {
+  readonly dir: Directory;
+  readonly cluster: ClusterView;
+  readonly log: Logger;
+  readonly metrics: Metrics;
+  /** Node TLS to the leader (its API's `vm move`). */
+  readonly dispatcher: Dispatcher;
+  readonly requestTimeoutMs: number;
 }
 
 export interface DrainResult {
@@ -59,7 +76,6 @@ const REROUTABLE = new Set<Tunnel['transport']>(['websocket', 'rdcleanpath']);
 export async function drainNode(ctx: GatewayContext, opts: DrainOptions): Promise<DrainResult> {
   const start = Date.now();
   const { log, metrics, tunnels, cluster } = ctx;
-  const self = ctx.config.nodeId;
   // Unready at once, so the balancer stops sending clients here; new tunnels that still arrive
   // meanwhile (it has not looked yet) are served, and handed over with the others.
   if (opts.refuse ?? true) ctx.lifecycle.unready = true;
@@ -74,24 +90,7 @@ export async function drainNode(ctx: GatewayContext, opts: DrainOptions): Promis
 
   let moved = 0;
   if (opts.moveVms && cluster) {
-    for (const vm of ctx.dir.vmsOnNode(self)) {
-      if (Date.now() >= deadline) break;
-      const target = moveTarget(ctx, vm);
-      if (target === undefined) {
-        metrics.drainMoves.inc({ result: 'no-target' });
-        log.warn({ event: 'drain-vm-not-moved', vm: vm.name }, `drain: no other up node to move ${vm.name} to; it stays here`);
-        continue;
-      }
-      try {
-        await moveThroughLeader(ctx, vm.name, target, Math.max(1, Math.min(ctx.config.http.requestTimeoutMs, deadline - Date.now())));
-        moved++;
-        metrics.drainMoves.inc({ result: 'ok' });
-        log.info({ event: 'drain-vm-moved', vm: vm.name, node: target }, `drain: ${vm.name} moved to ${target}`);
-      } catch (err) {
-        metrics.drainMoves.inc({ result: 'failed' });
-        log.warn({ event: 'drain-vm-not-moved', vm: vm.name, node: target, err: (err as Error).message }, `drain: moving ${vm.name} to ${target} failed`);
-      }
-    }
+    moved = await (opts.mover ?? ((d) => moveOwnVms({ dir: ctx.dir, cluster, log, metrics, dispatcher: ctx.leaderLink!.dispatcher, requestTimeoutMs: ctx.config.http.requestTimeoutMs }, d)))(deadline);
   }
 
   // Each client tunnel is told once; tunnels opened just before the refusal are caught on the next round.
@@ -138,9 +137,36 @@ export async function drainNode(ctx: GatewayContext, opts: DrainOptions): Promis
   return result;
 }
 
+/**
+ * Move every VM this node owns to its replica (or the least busy other up node) through the
+ * leader, until `deadline`; resolves with how many moved.
+ */
+export async function moveOwnVms(d: MoveDeps, deadline: number): Promise<number> {
+  const { log, metrics, cluster } = d;
+  let moved = 0;
+  for (const vm of d.dir.vmsOnNode(cluster.nodeId)) {
+    if (Date.now() >= deadline) break;
+    const target = moveTarget(cluster, vm);
+    if (target === undefined) {
+      metrics.drainMoves.inc({ result: 'no-target' });
+      log.warn({ event: 'drain-vm-not-moved', vm: vm.name }, `drain: no other up node to move ${vm.name} to; it stays here`);
+      continue;
+    }
+    try {
+      await moveThroughLeader(d, vm.name, target, Math.max(1, Math.min(d.requestTimeoutMs, deadline - Date.now())));
+      moved++;
+      metrics.drainMoves.inc({ result: 'ok' });
+      log.info({ event: 'drain-vm-moved', vm: vm.name, node: target }, `drain: ${vm.name} moved to ${target}`);
+    } catch (err) {
+      metrics.drainMoves.inc({ result: 'failed' });
+      log.warn({ event: 'drain-vm-not-moved', vm: vm.name, node: target, err: (err as Error).message }, `drain: moving ${vm.name} to ${target} failed`);
+    }
+  }
+  return moved;
+}
+
 /** Up members other than this node, least busy first (by the tunnels their heartbeats report). */
-function otherUpNodes(ctx: GatewayContext): string[] {
-  const cluster = ctx.cluster;
+function otherUpNodes(cluster: ClusterView | undefined): string[] {
   if (!cluster) return [];
   return cluster
     .nodes()
@@ -150,15 +176,15 @@ function otherUpNodes(ctx: GatewayContext): string[] {
 }
 
 /** Where a moved VM goes: its replica when that is up, else the least busy other up node. */
-function moveTarget(ctx: GatewayContext, vm: VmRecord): string | undefined {
-  const up = otherUpNodes(ctx);
+function moveTarget(cluster: ClusterView, vm: VmRecord): string | undefined {
+  const up = otherUpNodes(cluster);
   if (vm.replica !== undefined && up.includes(vm.replica)) return vm.replica;
   return up[0];
 }
 
 /** The node a rerouted client is pointed at: its VM's owner when that is another up node, else the least busy one. */
 function resumeAt(ctx: GatewayContext, t: Tunnel): string | undefined {
-  const up = otherUpNodes(ctx);
+  const up = otherUpNodes(ctx.cluster);
   const owner = ctx.dir.getVm(t.vm)?.node;
   if (owner !== undefined && up.includes(owner)) return owner;
   return up[0];
@@ -166,20 +192,20 @@ function resumeAt(ctx: GatewayContext, t: Tunnel): string | undefined {
 
 /** Where a client of a session held at `holder` resumes: through the holder itself when it is another up node, else the least busy. */
 function resumeAtHolder(ctx: GatewayContext, holder: string): string | undefined {
-  const up = otherUpNodes(ctx);
+  const up = otherUpNodes(ctx.cluster);
   return up.includes(holder) ? holder : up[0];
 }
 
 /** `vm move`, executed by the leader: here when this node leads, else over node TLS as the machine's administrator. */
-async function moveThroughLeader(ctx: GatewayContext, vm: string, node: string, timeoutMs: number): Promise<void> {
-  const cluster = ctx.cluster!;
+async function moveThroughLeader(d: MoveDeps, vm: string, node: string, timeoutMs: number): Promise<void> {
+  const { cluster } = d;
   if (cluster.isLeader()) {
-    await commands.moveVm(ctx.dir, vm, node, { nodeState: (n) => cluster.node(n)?.state });
+    await commands.moveVm(d.dir, vm, node, { nodeState: (n) => cluster.node(n)?.state });
     return;
   }
   const leader = await cluster.leaderPeer();
   if (!leader) throw new OneportError('ONEPORT_ERR_NOT_LEADER');
-  const res = await postToNode(ctx, leader.address, `/api/vms/${encodeURIComponent(vm)}/move`, { node }, timeoutMs);
+  const res = await postToNode({ nodeId: cluster.nodeId, dispatcher: d.dispatcher }, leader.address, `/api/vms/${encodeURIComponent(vm)}/move`, { node }, timeoutMs);
   if (res.status !== 200) throw new Error(`the leader ${leader.node} answered ${res.status}: ${res.text.slice(0, 200)}`);
 }
 
@@ -187,12 +213,12 @@ async function moveThroughLeader(ctx: GatewayContext, vm: string, node: string, 
  * A POST to another node's API over node TLS, as this machine's administrator (the caller has
  * checked that the request comes from one).
  */
-export async function postToNode(ctx: GatewayContext, address: string, path: string, body: unknown, timeoutMs: number): Promise<{ status: number; text: string }> {
+export async function postToNode(from: { nodeId: string; dispatcher: Dispatcher }, address: string, path: string, body: unknown, timeoutMs: number): Promise<{ status: number; text: string }> {
   const res = await request(`https://${address}${path}`, {
     method: 'POST',
-    headers: { [FORWARDED_BY_HEADER]: ctx.config.nodeId, [CLIENT_HEADER]: 'local', [ACTING_HEADER]: 'local-admin', 'content-type': 'application/json' },
+    headers: { [FORWARDED_BY_HEADER]: from.nodeId, [CLIENT_HEADER]: 'local', [ACTING_HEADER]: 'local-admin', 'content-type': 'application/json' },
     body: JSON.stringify(body),
-    dispatcher: ctx.leaderLink!.dispatcher,
+    dispatcher: from.dispatcher,
     signal: AbortSignal.timeout(timeoutMs),
   });
   return { status: res.statusCode, text: await res.body.text() };

@@ -41,10 +41,11 @@ import { createClearHttpServer, createTlsHttpServer } from './http/servers.js';
 import { Portal } from './http/portal.js';
 import { guard } from './http/guard.js';
 import { handleNativeRdp } from './rdp/native.js';
-import { ensureNodeCert, ensureState } from './state.js';
+import { type EnsuredState, ensureNodeCert, ensureState } from './state.js';
 import { RedisDirectory, createConnection } from './directory/redis.js';
 import { RedisAuthStore } from './auth/redis-store.js';
 import { Cluster } from './cluster/cluster.js';
+import type { ClusterView } from './cluster/view.js';
 import { NODE_SERVERNAME, type NodeIdentity } from './cluster/peers.js';
 import type { Redis, RedisOptions } from 'ioredis';
 import { certificateMatchesName } from '../certs/ca.js';
@@ -54,6 +55,7 @@ import { AuditLog } from './audit.js';
 import { type RdgClusterLink, RdgEntrance } from './rdg/entrance.js';
 import { routeTls } from './rdg/route.js';
 import { rdgClusterLink } from './cluster/rdg-link.js';
+import { rdgThroughWorkers, throughWorkers } from './workers/through.js';
 import { JoinService, JoinTokens, joinIfNeeded } from './cluster/join.js';
 import { KeyRingSeal, sealKeyFromCa } from './cluster/seal.js';
 import { drainNode } from './drain.js';
@@ -107,6 +109,13 @@ export interface WorkerHooks {
   readonly rdgLink: RdgClusterLink;
   /** A connection from another worker of this node (a relayed RD Gateway IN request): trusted as a peer. */
   readonly fromWorker: (socket: net.Socket) => boolean;
+  /**
+   * Cluster mode: the primary's view of the cluster (it holds the lease and the membership); the
+   * worker opens its own directory mirror and auth store, fenced with the primary's token.
+   */
+  readonly cluster?: ClusterView & { close(): Promise<void> };
+  /** Cluster mode: the drain's VM moves, done once for the node by the primary; resolves with how many moved. */
+  readonly moveVms?: (deadline: number) => Promise<number>;
 }
 
 export interface Gateway {
@@ -153,14 +162,17 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   const log = opts.logger ?? createLogger({ level: config.log.level, nodeId: config.nodeId, format: config.log.format });
   const redisTarget = config.cluster.redis;
   const redis = redisTarget !== undefined && !opts.directory ? redisOptions(redisTarget, config.cluster.redisCa ? readFileSync(config.cluster.redisCa, 'utf8') : undefined) : undefined;
-  const joinToken = opts.joinToken ?? (config.cluster.joinTokenFile !== undefined ? readFileSync(config.cluster.joinTokenFile, 'utf8') : undefined);
+  // A worker's primary joined before it started the workers.
+  const joinToken = worker ? undefined : (opts.joinToken ?? (config.cluster.joinTokenFile !== undefined ? readFileSync(config.cluster.joinTokenFile, 'utf8') : undefined));
   if (redis !== undefined && joinToken !== undefined) await joinWithToken(config, redis, joinToken, log);
   const state = ensureState(config.state, config.serverNames);
   for (const what of state.created) log.info({ event: 'state-created', state: config.state }, `created ${what}`);
   for (const warning of state.warnings) log.warn({ event: 'state-warning', state: config.state }, warning);
 
   const metrics = new Metrics({ defaultMetrics: true });
-  let cluster: Cluster | undefined;
+  /** What the handlers see of the cluster; `ownCluster` when this process holds the lease and membership itself. */
+  let cluster: ClusterView | undefined;
+  let ownCluster: Cluster | undefined;
   let nodeIdentity: NodeIdentity | undefined;
   let redisConnection: Redis | undefined;
   let joins: JoinService | undefined;
@@ -171,22 +183,12 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   // oneport.v1 legs relayed to the node holding their session (cluster only).
   const relays = new Relays();
   if (redisTarget !== undefined && redis !== undefined) {
-    for (const gap of redisExposure(redisTarget)) {
-      log.warn({ event: 'redis-insecure', gap }, `Redis ${gap}: whoever reaches it can read the password hashes and rewrite the directory (users, roles, VM addresses); see README "Security"`);
-    }
-    const identity = { nodeId: config.nodeId, ca: state.ca.cert, cert: ensureNodeCert(state, config.nodeId, config.serverNames) };
-    nodeIdentity = identity;
-    const conn = createConnection(redis, { connectionName: 'oneport-cluster', commandTimeout: 1000, connectTimeout: 2000 });
-    await connectAtStart(conn, redisTarget);
-    cluster = new Cluster({ config, redis: conn, identity, log, metrics, epochFile: state.paths.epoch, signer: state.ca.key !== undefined });
+    const core = await openClusterCore(config, state, redis, { log, metrics, ...(worker?.cluster ? { view: worker.cluster } : {}) });
+    const { conn, dir: redisDir } = core;
+    nodeIdentity = core.identity;
+    cluster = core.cluster;
+    ownCluster = core.own;
     redisConnection = conn;
-    const sealKey = state.ca.key !== undefined ? sealKeyFromCa(state.ca.key) : readSealKey(state.paths.sealKey);
-    if (sealKey === undefined) log.warn({ event: 'no-seal-key', file: state.paths.sealKey }, 'no seal key: a sealed key ring in Redis cannot be read (join again with a token)');
-    const seal = sealKey ? new KeyRingSeal(sealKey) : undefined;
-    const redisDir = await RedisDirectory.open({ redis, prefix: config.cluster.prefix, log, fence: cluster.fence(), ...(seal ? { seal } : {}) }).catch((err: unknown) => {
-      conn.disconnect();
-      throw err;
-    });
     dir = redisDir;
     store =
       opts.store ??
@@ -243,31 +245,42 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   const caps = new SessionCaps({
     dir,
     defaults: config.limits,
-    counter: worker
-      ? worker.sessionCounter
-      : cluster && redisConnection
+    counter:
+      cluster && redisConnection
         ? new RedisSessionCounter({
             redis: redisConnection,
             prefix: config.cluster.prefix,
-            nodeId: config.nodeId,
+            // Each worker counts what it holds (a session part of which two workers hold counts once).
+            nodeId: worker ? `${config.nodeId}#w${worker.id}` : config.nodeId,
             refreshMs: config.cluster.heartbeatMs,
             ttlMs: config.cluster.nodeTimeoutMs * 2,
             onRefreshError: (err) => log.debug({ event: 'session-caps-refresh-error', err: err.message }, 'session caps: refresh failed'),
           })
-        : undefined,
+        : worker?.sessionCounter,
     metrics,
     log,
     noisyLog,
   });
   // Per-address counts: the listener's sockets, and parked sessions for the address that parked them.
   const connections: Admission = worker?.connections ?? new ConnectionCounts(config.limits);
-  const sessions = new SessionRegistry<ResumableSession>({
-    ...(worker ? { record: worker.sessionRecord } : {}),
+  // Where each resumable session is held: the node in Redis (cluster), the worker in the primary (workers).
+  const records = [
+    ...(worker ? [worker.sessionRecord] : []),
     ...(locator
-      ? {
-          record: {
+      ? [
+          {
             put: (id: string, parked: boolean) => locator.put(id, parked ? config.tunnel.resume.graceMs : 24 * 3600 * 1000),
             forget: (id: string) => locator.forget(id),
+          },
+        ]
+      : []),
+  ];
+  const sessions = new SessionRegistry<ResumableSession>({
+    ...(records.length > 0
+      ? {
+          record: {
+            put: (id: string, parked: boolean) => records.forEach((r) => r.put(id, parked)),
+            forget: (id: string) => records.forEach((r) => r.forget(id)),
           },
         }
       : {}),
@@ -280,6 +293,33 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       }
     },
   });
+  // oneport.v1 sessions across the cluster: held at the VM's owner, resumed through any node.
+  const nodeRelay: SessionRelay | undefined =
+    cluster && locator && nodeIdentity
+      ? {
+        self: cluster.nodeId,
+        // A holder that is not an up member took its sessions with it: "gone", reconnect fresh.
+        holder: async (id) => {
+          const h = await locator.holder(id);
+          return h !== undefined && (h === cluster.nodeId || cluster.peerAddress(h) !== undefined) ? h : undefined;
+        },
+        ownerOf: (name) => {
+          const vm = dir.getVm(name);
+          if (!vm || vm.node === cluster.nodeId || vm.state === 'recovering' || vm.state === 'migrating') return undefined;
+          return cluster.peerAddress(vm.node) !== undefined ? vm.node : undefined;
+        },
+        relay: (holder, ws, r) => {
+          const vm = dir.getVm(r.vm);
+          const vmAt = vm ? { node: vm.node, epoch: vm.epoch } : undefined;
+          // Its side dropped: a holder still up whose port answers parked the session; else it died with it.
+          const holderAlive = async (n: string): Promise<boolean> => {
+            const address = cluster.peerAddress(n);
+            return address !== undefined && (await cluster.peers.probe(address, HOLDER_PROBE_MS));
+          };
+          return relayTo({ identity: nodeIdentity!, handshakeTimeoutMs: config.tunnel.dialTimeoutMs, pingIntervalMs: config.tunnel.wsPingIntervalMs, log, relays, peerAddress: (n) => cluster.peerAddress(n), holderAlive, goneMessage: () => rerouteMessage(config.tunnel.rerouteRetryMs) }, holder, ws, { ...r, vmAt });
+        },
+      }
+      : undefined;
   const ctx: GatewayContext = {
     config,
     dir,
@@ -307,35 +347,8 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       log,
       noisyLog,
       pingIntervalMs: config.tunnel.wsPingIntervalMs,
-      relay: worker
-        ? worker.relay
-        : cluster && locator && nodeIdentity
-          ? {
-              self: cluster.nodeId,
-              // A holder that is not an up member took its sessions with it: "gone", reconnect fresh.
-              holder: async (id) => {
-                const h = await locator.holder(id);
-                return h !== undefined && (h === cluster.nodeId || cluster.peerAddress(h) !== undefined) ? h : undefined;
-              },
-              ownerOf: (name) => {
-                const vm = dir.getVm(name);
-                if (!vm || vm.node === cluster.nodeId || vm.state === 'recovering' || vm.state === 'migrating') return undefined;
-                return cluster.peerAddress(vm.node) !== undefined ? vm.node : undefined;
-              },
-              relay: (holder, ws, r) => {
-                const vm = dir.getVm(r.vm);
-                const vmAt = vm ? { node: vm.node, epoch: vm.epoch } : undefined;
-                // Its side dropped: a holder still up whose port answers parked the session; else it died with it.
-                const holderAlive = async (n: string): Promise<boolean> => {
-                  const address = cluster.peerAddress(n);
-                  return address !== undefined && (await cluster.peers.probe(address, HOLDER_PROBE_MS));
-                };
-                return relayTo({ identity: nodeIdentity!, handshakeTimeoutMs: config.tunnel.dialTimeoutMs, pingIntervalMs: config.tunnel.wsPingIntervalMs, log, relays, peerAddress: (n) => cluster.peerAddress(n), holderAlive, goneMessage: () => rerouteMessage(config.tunnel.rerouteRetryMs) }, holder, ws, { ...r, vmAt });
-              },
-            }
-          : undefined,
-    },
-    leaderLink: cluster ? { nodeId: cluster.nodeId, leaderPeer: () => cluster.leaderPeer(), dispatcher: cluster.peers.agent } : undefined,
+      relay: worker && nodeRelay ? throughWorkers(nodeRelay, worker.relay, config.nodeId) : (worker?.relay ?? nodeRelay),
+    },    leaderLink: cluster ? { nodeId: cluster.nodeId, leaderPeer: () => cluster.leaderPeer(), dispatcher: cluster.peers.agent } : undefined,
     peerNode: (socket) => (worker?.fromWorker(socket) ? 'worker' : cluster?.peerNode(socket)),
     // Other nodes hear of it from the auth store's revocation feed (auth/redis-store.ts).
     loggedOut: worker ? worker.loggedOut : (sid) => revokeApiSession({ tunnels, metrics, log }, sid),
@@ -375,7 +388,8 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   const contexts = buildSecureContexts(config, state.server, nodeIdentity, worker?.tickets);
   const tlsHttp = createTlsHttpServer(ctx, new Portal(WEB_ROOT));
   const clearHttp = createClearHttpServer(ctx);
-  const rdg = new RdgEntrance(ctx, worker ? worker.rdgLink : cluster && redisConnection ? rdgClusterLink(cluster, redisConnection, config.cluster.prefix, log) : undefined);
+  const nodeRdgLink = cluster && redisConnection ? rdgClusterLink(cluster, redisConnection, config.cluster.prefix, log) : undefined;
+  const rdg = new RdgEntrance(ctx, worker && nodeRdgLink ? rdgThroughWorkers(nodeRdgLink, worker.rdgLink, config.nodeId) : (worker?.rdgLink ?? nodeRdgLink));
   const listener = new Listener(ctx, {
     // RD Gateway requests (RDG_OUT_DATA / RDG_IN_DATA) go to their own entrance; the rest is HTTPS.
     onTls: (s) => routeTls(s, config.http.headersTimeoutMs, { rdg: (sock, head) => rdg.handle(sock, head), http: (sock) => tlsHttp.emit('connection', sock) }),
@@ -396,19 +410,14 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
 
   let demo: RfbServer | undefined;
   let demoPassword: string | undefined;
-  const announce = (password: string | undefined): void => {
-    if (password === undefined) return;
-    (opts.announce ?? ((t) => process.stderr.write(t)))(
-      `\n  oneport demo desktop ready: user "demo", password "${password}" (shown once; change it with \`oneport user add demo --password ...\`)\n\n`,
-    );
-  };
+  const announce = (password: string | undefined): void => announceDemo(password, opts.announce);
   // With workers, the primary serves the demo desktop.
   if (config.demo.enabled && !worker) {
     demo = await startRfbServer({ host: '127.0.0.1', port: 0 });
     if (cluster) {
       // In a cluster only the leader writes; the first leader with a demo desktop creates it.
       const port = demo.port;
-      cluster.lease.on('elected', () => {
+      ownCluster?.lease.on('elected', () => {
         if (dir.getVm('demo') && dir.getUser('demo')) return;
         ensureDemo(dir, config.nodeId, port, { onlyIfAbsent: true }).then(announce, (err: unknown) =>
           log.warn({ event: 'demo', err: (err as Error).message }, 'could not create the demo desktop'),
@@ -431,12 +440,10 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   ownOrigins = config.serverNames.map((n) => `https://${formatHostPort(n, address.port)}`);
   if (address.port === 443) ownOrigins.push(...config.serverNames.map((n) => `https://${n}`));
 
-  if (cluster) {
-    // Bound to every address: the other nodes reach us by our first server name.
-    const advertised = config.cluster.advertise ?? (anyAddress ? formatHostPort(config.serverNames[0] ?? 'localhost', address.port) : bound);
-    await cluster.start({
+  if (ownCluster) {
+    await ownCluster.start({
       dir,
-      address: advertised,
+      address: advertisedAddress(config, address),
       tunnels: () => tunnels.size,
       mirror: () => {
         const st = directoryState();
@@ -467,6 +474,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
             drainMs: o.drainMs ?? config.shutdown.drainMs,
             unreadyMs: config.shutdown.unreadyMs,
             cause: o.cause ?? 'api',
+            ...(worker?.moveVms ? { mover: worker.moveVms } : {}),
           });
         } catch (err) {
           log.error({ err, event: 'drain-failed' }, 'drain failed: stopping now');
@@ -523,7 +531,8 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       watcher.close();
       caps.close();
       await audit.close();
-      await cluster?.stop();
+      await ownCluster?.stop();
+      await worker?.cluster?.close();
       await demo?.close();
       await store.close();
       await dir.close();
@@ -556,6 +565,50 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   };
 }
 
+/** What a cluster node opens first: its Redis connection, its view of the cluster, its directory mirror. */
+export interface ClusterCore {
+  /** The dedicated connection (lease, heartbeats, session records). */
+  readonly conn: Redis;
+  readonly identity: NodeIdentity;
+  readonly cluster: ClusterView;
+  /** The Cluster when this process holds the node's lease and membership (not a worker). */
+  readonly own: Cluster | undefined;
+  readonly dir: RedisDirectory;
+}
+
+/**
+ * Connect to Redis, take part in the cluster (or, a worker, see it through `view`), open the
+ * directory mirror fenced with the leader's token. Nothing half-opened stays behind on failure.
+ */
+export async function openClusterCore(
+  config: Config,
+  state: EnsuredState,
+  redis: string | RedisOptions,
+  deps: { log: Logger; metrics: Metrics; view?: ClusterView },
+): Promise<ClusterCore> {
+  const { log, metrics, view } = deps;
+  const target = config.cluster.redis!;
+  // Once per node: a worker's primary said it already.
+  if (!view) {
+    for (const gap of redisExposure(target)) {
+      log.warn({ event: 'redis-insecure', gap }, `Redis ${gap}: whoever reaches it can read the password hashes and rewrite the directory (users, roles, VM addresses); see README "Security"`);
+    }
+  }
+  const identity = { nodeId: config.nodeId, ca: state.ca.cert, cert: ensureNodeCert(state, config.nodeId, config.serverNames) };
+  const conn = createConnection(redis, { connectionName: 'oneport-cluster', commandTimeout: 1000, connectTimeout: 2000 });
+  await connectAtStart(conn, target);
+  const own = view ? undefined : new Cluster({ config, redis: conn, identity, log, metrics, epochFile: state.paths.epoch, signer: state.ca.key !== undefined });
+  const cluster = view ?? own!;
+  const sealKey = state.ca.key !== undefined ? sealKeyFromCa(state.ca.key) : readSealKey(state.paths.sealKey);
+  if (sealKey === undefined && !view) log.warn({ event: 'no-seal-key', file: state.paths.sealKey }, 'no seal key: a sealed key ring in Redis cannot be read (join again with a token)');
+  const seal = sealKey ? new KeyRingSeal(sealKey) : undefined;
+  const dir = await RedisDirectory.open({ redis, prefix: config.cluster.prefix, log, fence: cluster.fence(), ...(seal ? { seal } : {}) }).catch((err: unknown) => {
+    conn.disconnect();
+    throw err;
+  });
+  return { conn, identity, cluster, own, dir };
+}
+
 /** How long a successor waits for its predecessor to let the control socket go. */
 const PREDECESSOR_CONTROL_WAIT_MS = 30_000;
 /** How long a session holder's port gets to answer when a relay to it drops (as cluster/reach.ts's OWNER_PROBE_MS). */
@@ -569,7 +622,7 @@ function readSealKey(file: string): Buffer | undefined {
 }
 
 /** Join the cluster with a token before the state folder is read (cluster/join.ts). */
-async function joinWithToken(config: Config, redis: string | RedisOptions, token: string, log: Logger): Promise<void> {
+export async function joinWithToken(config: Config, redis: string | RedisOptions, token: string, log: Logger): Promise<void> {
   const conn = createConnection(redis, { connectionName: 'oneport-join', commandTimeout: 2000, connectTimeout: 2000 });
   conn.on('error', () => undefined);
   try {
@@ -713,6 +766,21 @@ export function redisOptions(r: NonNullable<Config['cluster']['redis']>, ca: str
     ...(r.db !== undefined ? { db: r.db } : {}),
     ...tls,
   };
+}
+
+/** Where the other nodes reach this node's port: `cluster.advertise`, else the bound address (bound to every address: the first server name). */
+export function advertisedAddress(config: Config, bound: { address: string; port: number }): string {
+  if (config.cluster.advertise !== undefined) return config.cluster.advertise;
+  const anyAddress = bound.address === '0.0.0.0' || bound.address === '::';
+  return anyAddress ? formatHostPort(config.serverNames[0] ?? 'localhost', bound.port) : formatHostPort(bound.address, bound.port);
+}
+
+/** The demo user's password, the one time it is made (stderr unless `to`). */
+export function announceDemo(password: string | undefined, to?: (text: string) => void): void {
+  if (password === undefined) return;
+  (to ?? ((t) => process.stderr.write(t)))(
+    `\n  oneport demo desktop ready: user "demo", password "${password}" (shown once; change it with \`oneport user add demo --password ...\`)\n\n`,
+  );
 }
 
 /** VM "demo" on the built-in desktop, and user "demo" (created once, with a random password). */

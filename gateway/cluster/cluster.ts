@@ -17,8 +17,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import type { Redis } from 'ioredis';
 import { request } from 'undici';
-import { type Config, parseListen } from '../config.js';
-import { normaliseAddress } from '../conninfo.js';
+import type { Config } from '../config.js';
 import type { Directory, VmRecord } from '../directory/directory.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
@@ -29,6 +28,7 @@ import { Membership, type NodeInfo, type PeerView } from './membership.js';
 import { Peers, peerNodeId, type NodeIdentity } from './peers.js';
 import { ProcessWatch } from './process-watch.js';
 import { RedisDirectory, type ReseedVerdict } from '../directory/redis.js';
+import { type ClusterStatus, type ClusterView, type Fence, isNodeAddressIn } from './view.js';
 import { X509Certificate } from 'node:crypto';
 
 
@@ -43,13 +43,6 @@ export interface ClusterDeps {
   readonly epochFile: string;
   /** This node holds the CA key and signs join requests (advertised in its node record). */
   readonly signer?: boolean;
-}
-
-export interface ClusterStatus {
-  readonly self: string;
-  readonly leader: { readonly node: string; readonly epoch: number } | null;
-  readonly highestEpoch: number;
-  readonly nodes: readonly Record<string, unknown>[];
 }
 
 /**
@@ -80,7 +73,7 @@ export function probeConsole(host: string, port: number, protocol: ProbeProtocol
   });
 }
 
-export class Cluster {
+export class Cluster implements ClusterView {
   readonly lease: LeaderLease;
   readonly peers: Peers;
   private readonly members: Membership;
@@ -234,16 +227,11 @@ export class Cluster {
    * call because it is a handful of nodes and changes as they come and go.
    */
   isNodeAddress(address: string): boolean {
-    for (const p of this.members.all()) {
-      if (p.info.id === this.nodeId) continue;
-      const at = parseListen(p.info.address);
-      if (at && normaliseAddress(at.host) === address) return true;
-    }
-    return false;
+    return isNodeAddressIn(this.members.all(), this.nodeId, address);
   }
 
   /** The directory's fence: hand this to RedisDirectory before it opens. */
-  fence(): { key: string; token: () => string; onFenced: () => void; reseed: () => ReseedVerdict } {
+  fence(): Fence {
     return { key: `${this.deps.config.cluster.prefix}leader`, token: () => this.lease.fenceToken(), onFenced: () => this.lease.fenced(), reseed: () => this.reseedVerdict() };
   }
 
@@ -323,7 +311,15 @@ export class Cluster {
     };
   }
 
-  status(): ClusterStatus {
+  highestEpoch(): number {
+    return this.lease.highestEpoch();
+  }
+
+  status(): Promise<ClusterStatus> {
+    return Promise.resolve(this.statusNow());
+  }
+
+  statusNow(): ClusterStatus {
     const leader = this.leader();
     const nodes = this.members.all().map((p) => ({
       id: p.info.id,

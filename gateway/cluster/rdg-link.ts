@@ -17,11 +17,11 @@ import type { Redis } from 'ioredis';
 import type { Logger } from '../log.js';
 import { OneportError } from '../errors.js';
 import type { RdgClusterLink } from '../rdg/entrance.js';
-import type { Cluster } from './cluster.js';
+import type { ClusterView } from './view.js';
 
 const ID = /^[A-Za-z0-9{}_-]{1,64}$/;
 
-export function rdgClusterLink(cluster: Cluster, redis: Redis, prefix: string, log: Logger): RdgClusterLink {
+export function rdgClusterLink(cluster: ClusterView, redis: Redis, prefix: string, log: Logger): RdgClusterLink {
   const key = (id: string): string => `${prefix}rdg:${id}`;
   return {
     self: cluster.nodeId,

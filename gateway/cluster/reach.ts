@@ -8,7 +8,7 @@ import type { Directory, VmRecord } from '../directory/directory.js';
 import type { Metrics } from '../metrics.js';
 import { ReachFailure } from '../tunnel/failures.js';
 import { type Reach, localReach } from '../tunnel/reach.js';
-import type { Cluster } from './cluster.js';
+import type { ClusterView } from './view.js';
 import type { PeerView } from './membership.js';
 
 /** How long the owner's port gets to answer when a hop ends, to tell its death from a console close. */
@@ -28,7 +28,7 @@ function hopTo(owner: PeerView): boolean {
   return owner.state === 'up' || owner.state === 'suspect';
 }
 
-export function clusterReach(cluster: Cluster, dir: Directory, config: Config, metrics: Metrics): Reach {
+export function clusterReach(cluster: ClusterView, dir: Directory, config: Config, metrics: Metrics): Reach {
   const viaOwner = (vm: VmRecord): boolean => vm.node !== cluster.nodeId && config.cluster.consoleDial === 'via-owner';
   // This node's own consoles (and every console with direct dialling) are dialled as on one node.
   const local = localReach({ dialTimeoutMs: config.tunnel.dialTimeoutMs, metrics });

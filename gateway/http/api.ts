@@ -138,7 +138,7 @@ export function refreshGauges(ctx: GatewayContext): void {
   ctx.metrics.sessionReplayBytes.set(ctx.sessions.bufferedBytes);
   if (ctx.cluster) {
     ctx.metrics.clusterLeader.set(ctx.cluster.isLeader() ? 1 : 0);
-    ctx.metrics.clusterEpoch.set(ctx.cluster.leader()?.epoch ?? ctx.cluster.lease.highestEpoch());
+    ctx.metrics.clusterEpoch.set(ctx.cluster.leader()?.epoch ?? ctx.cluster.highestEpoch());
   }
 }
 
@@ -268,7 +268,7 @@ route('GET', '/api/cluster', 'cluster', async (c) => {
     });
     return;
   }
-  sendJson(c.res, 200, { ...c.ctx.cluster.status(), directory });
+  sendJson(c.res, 200, { ...(await c.ctx.cluster.status()), directory });
 });
 
 // Cluster membership: join tokens (README "Cluster setup"; cluster/join.ts).
@@ -375,7 +375,7 @@ route('POST', '/api/nodes/:p/drain', 'drain', async (c) => {
   if (peer.state !== 'up' && peer.state !== 'suspect') throw new OneportError('ONEPORT_ERR_NODE_UNREACHABLE', `node ${node} is ${peer.state}`);
   let answer;
   try {
-    answer = await postToNode(c.ctx, peer.info.address, `/api/nodes/${encodeURIComponent(node)}/drain`, { moveVms }, c.ctx.config.http.requestTimeoutMs);
+    answer = await postToNode({ nodeId: c.ctx.config.nodeId, dispatcher: c.ctx.leaderLink!.dispatcher }, peer.info.address, `/api/nodes/${encodeURIComponent(node)}/drain`, { moveVms }, c.ctx.config.http.requestTimeoutMs);
   } catch (err) {
     throw new OneportError('ONEPORT_ERR_NODE_UNREACHABLE', `node ${node} did not answer: ${(err as Error).message}`, { cause: err });
   }

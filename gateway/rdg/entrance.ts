@@ -57,6 +57,8 @@ export interface RdgClusterLink {
   locate(id: string): Promise<string | undefined>;
   /** Carry this IN request (its head already rewritten for the hop) to `node`, and relay its bytes. */
   relay(node: string, socket: Duplex, head: Buffer, client: string): Promise<void>;
+  /** With workers: the worker of this node holding the OUT request (for an IN request another node relayed here). */
+  locateLocal?(id: string): Promise<string | undefined>;
 }
 
 interface Head {
@@ -145,6 +147,7 @@ export class RdgEntrance {
 
     // A relayed IN request: only a cluster node may send one, and it says whose it is.
     const hop = headerOf(head, RDG_HOP_HEADER);
+    let relayedBy: string | undefined;
     if (hop !== undefined) {
       const from = this.ctx.peerNode(socket);
       const relayedClient = headerOf(head, RDG_CLIENT_HEADER);
@@ -152,13 +155,14 @@ export class RdgEntrance {
         return refuse(new OneportError('ONEPORT_ERR_FORBIDDEN', 'relayed RD Gateway requests come only from cluster nodes'));
       }
       client = normaliseAddress(relayedClient);
+      relayedBy = from;
     }
     if (head.path.toLowerCase() !== RDG_PATH) return refuse(new OneportError('ONEPORT_ERR_NOT_FOUND', 'the RD Gateway is at /remoteDesktopGateway/'));
     if (head.method === RDG_OUT_DATA && head.websocket) return this.websocket(socket, first.value, client, acceptedAt, deadline);
     const id = head.connectionId;
     if (id === null || !CONNECTION_ID.test(id)) return refuse(new OneportError('ONEPORT_ERR_BAD_REQUEST', 'RDG-Connection-Id missing or malformed'));
     if (head.method === RDG_OUT_DATA) return this.legacyOut(socket, id, client, acceptedAt, refuse);
-    return this.legacyIn(socket, first.value, id, client, acceptedAt, deadline, hop !== undefined, refuse);
+    return this.legacyIn(socket, first.value, id, client, acceptedAt, deadline, relayedBy, refuse);
   }
 
   private refuseHead(socket: Duplex, kind: RdgTransportKind, client: string, code: RdgHeadError | 'timeout' | 'closed'): void {
@@ -208,7 +212,7 @@ export class RdgEntrance {
     }
   }
 
-  private async legacyIn(socket: tls.TLSSocket, first: Head, id: string, client: string, acceptedAt: bigint, deadline: AbortSignal, relayed: boolean, refuse: (e: OneportError) => void): Promise<void> {
+  private async legacyIn(socket: tls.TLSSocket, first: Head, id: string, client: string, acceptedAt: bigint, deadline: AbortSignal, relayedBy: string | undefined, refuse: (e: OneportError) => void): Promise<void> {
     let current = first;
     // FreeRDP first sends the IN request with Content-Length: 0 and waits for a 200; then the
     // long one, chunked, on the same connection. A relayed IN is always the long one.
@@ -222,7 +226,7 @@ export class RdgEntrance {
     if (head.method !== RDG_IN_DATA || !head.chunked || head.connectionId !== id) {
       return refuse(new OneportError('ONEPORT_ERR_BAD_REQUEST', 'expected the chunked RDG_IN_DATA of the same RDG-Connection-Id'));
     }
-    const found = await this.findOut(socket, id, client, deadline, relayed);
+    const found = await this.findOut(socket, id, client, deadline, relayedBy);
     if (found === 'full') return refuse(new OneportError('ONEPORT_ERR_RATE_LIMITED', 'too many unpaired RD Gateway requests', { retryAfter: 5 }));
     if (found === 'duplicate') return refuse(new OneportError('ONEPORT_ERR_BAD_REQUEST', 'two RDG_IN_DATA with one RDG-Connection-Id'));
     if (found === undefined) {
@@ -230,8 +234,11 @@ export class RdgEntrance {
       return;
     }
     if (typeof found === 'string') {
-      // The OUT request is on another node: carry this one there.
-      const hopHead = Buffer.concat([current.raw.subarray(0, current.raw.length - 2), Buffer.from(`Oneport-Hop: ${this.cluster!.self}\r\nOneport-Client: ${client}\r\n\r\n`, 'latin1'), current.rest]);
+      // The OUT request is on another node (or worker): carry this one there. Relayed here already, it carries the hop headers.
+      const hopHead =
+        relayedBy !== undefined
+          ? Buffer.concat([current.raw, current.rest])
+          : Buffer.concat([current.raw.subarray(0, current.raw.length - 2), Buffer.from(`Oneport-Hop: ${this.cluster!.self}\r\nOneport-Client: ${client}\r\n\r\n`, 'latin1'), current.rest]);
       await this.cluster!.relay(found, socket, hopHead, client).catch((e: unknown) => refuse(e instanceof OneportError ? e : new OneportError('ONEPORT_ERR_CONSOLE_UNREACHABLE', `the node holding RDG_OUT_DATA (${found}) did not take the relay`)));
       return;
     }
@@ -244,9 +251,10 @@ export class RdgEntrance {
 
   /**
    * The OUT half of pair `id`: parked here (now or before the deadline), or the node that holds
-   * it (cluster; never for a request that was itself relayed, so a relay never loops).
+   * it (cluster; a request another node relayed here is only looked for among this node's
+   * workers, and one a worker relayed not at all, so a relay never loops).
    */
-  private async findOut(socket: Duplex, id: string, client: string, deadline: AbortSignal, relayed: boolean): Promise<OutHalf | string | 'full' | 'duplicate' | undefined> {
+  private async findOut(socket: Duplex, id: string, client: string, deadline: AbortSignal, relayedBy: string | undefined): Promise<OutHalf | string | 'full' | 'duplicate' | undefined> {
     const local = this.pairs.take(id, client);
     if (local) return local;
     const stop = new AbortController();
@@ -256,13 +264,14 @@ export class RdgEntrance {
     try {
       const waiting = this.pairs.wait(id, client, stop.signal);
       if (typeof waiting === 'string') return waiting;
-      const cluster = relayed ? undefined : this.cluster;
-      if (!cluster) return await waiting;
+      const link = this.cluster;
+      const locate = relayedBy === undefined ? link?.locate.bind(link) : relayedBy === 'worker' ? undefined : link?.locateLocal?.bind(link);
+      if (!link || !locate) return await waiting;
       // Poll the directory for the node that announced it while waiting for it here.
       const remote = (async (): Promise<string | undefined> => {
         for (let delay = 50; !stop.signal.aborted; delay = Math.min(delay * 2, 500)) {
-          const node = await cluster.locate(id).catch(() => undefined);
-          if (node !== undefined && node !== cluster.self) return node;
+          const node = await locate(id).catch(() => undefined);
+          if (node !== undefined && node !== link.self) return node;
           await new Promise((r) => setTimeout(r, delay).unref());
         }
         return undefined;

@@ -28,6 +28,8 @@ export interface SessionRelay {
   /** Relay a leg to `holder`, which authorizes it and attaches it to its session (a new one, or the one resumed). */
   relay(holder: string, client: WebSocket, r: RelayRequest): Promise<unknown>;
   readonly self: string;
+  /** `holder` is another worker of this node: a leg another node relayed here is relayed on to it. */
+  local?(holder: string): boolean;
 }
 
 export interface ResumeDeps {
@@ -49,7 +51,7 @@ export interface ResumeRequest {
   readonly session: string;
   readonly received: string | null;
   readonly client: string;
-  /** Relayed here by another node: never relayed on (the sender asked the node Redis names). */
+  /** Relayed here by another node: never relayed to a third (the sender asked the node Redis names), only to the worker holding it. */
   readonly forwarded?: boolean;
 }
 
@@ -85,7 +87,7 @@ export async function resumeSession(deps: ResumeDeps, ws: WebSocket, r: ResumeRe
       return;
     }
     const holder = await deps.relay?.holder(r.session);
-    if (deps.relay && holder && holder !== deps.relay.self && !r.forwarded) {
+    if (deps.relay && holder && holder !== deps.relay.self && (!r.forwarded || deps.relay.local?.(holder) === true)) {
       ws.removeListener('message', onMessage);
       const path = `/tunnel/${encodeURIComponent(r.vmName)}/${encodeURIComponent(r.protocol)}?resume=${encodeURIComponent(r.resume)}&session=${encodeURIComponent(r.session)}&received=${received}`;
       await deps.relay.relay(holder, ws, { path, vm: r.vmName, client: r.client, queued });

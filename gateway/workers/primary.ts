@@ -16,15 +16,19 @@
  * - the node's lifecycle: a drain (SIGTERM, SIGINT, `oneport node drain`) drains every worker; a
  *   worker that dies is replaced, and only its own connections are lost.
  */
-import cluster, { type Worker } from 'node:cluster';
+import nodeCluster, { type Worker } from 'node:cluster';
 import net from 'node:net';
-import { rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { AggregatorRegistry, Counter, Gauge } from 'prom-client';
 import { type Config, parseListen } from '../config.js';
 import { formatHostPort } from '../hostport.js';
 import { ensureState } from '../state.js';
 import { MemoryDirectory } from '../directory/memory.js';
-import type { DirectoryChange } from '../directory/directory.js';
+import type { Directory, DirectoryChange } from '../directory/directory.js';
+import type { Cluster } from '../cluster/cluster.js';
+import type { ClusterNote } from './remote-cluster.js';
+import { workerName } from './through.js';
+import { moveOwnVms } from '../drain.js';
 import { MemoryAuthStore } from '../auth/store.js';
 import { AttemptLimiter } from '../auth/limits.js';
 import { ConnectionCounts } from '../admission.js';
@@ -36,7 +40,8 @@ import { isListed, serverFd, trustedProxies } from '../listener.js';
 import { bindControlSocket } from '../control.js';
 import { TICKET_KEY_ROTATE_MS, newTicketKey } from '../tls-tickets.js';
 import { startRfbServer, type RfbServer } from '../demo/rfb.js';
-import { ensureDemo } from '../server.js';
+import { advertisedAddress, announceDemo, ensureDemo, joinWithToken, openClusterCore, redisOptions } from '../server.js';
+import { RedisDirectory } from '../directory/redis.js';
 import { type Channel, Rpc } from './ipc.js';
 import { DIRECTORY_WRITES, NodeSessionCounts, STORE_OPS } from './remote.js';
 import type { CountedSession } from '../tunnel/session-caps.js';
@@ -46,6 +51,8 @@ import { type Hello, workerSocket } from './worker.js';
 export interface PrimaryOptions {
   readonly workers: number;
   readonly log: Logger;
+  /** Cluster mode: a join token (cluster/join.ts), else `cluster.joinTokenFile` is read. */
+  readonly joinToken?: string;
   /** Same-host restart: the listening socket a predecessor passed on. */
   readonly listenFd?: number;
   readonly onBound?: () => void;
@@ -73,6 +80,8 @@ interface Slot {
   /** Connections (and parked sessions) counted for it, per client address. */
   readonly held: Map<string, number>;
   open: number;
+  /** Its tunnels, as it last said (cluster mode: the node's heartbeat reports the sum). */
+  tunnels: number;
 }
 
 /** How long a starting node waits for its workers. */
@@ -89,12 +98,22 @@ const METRICS_TIMEOUT_MS = 5000;
 
 export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<Primary> {
   const { log } = opts;
+  const redisTarget = config.cluster.redis;
+  const redis = redisTarget !== undefined ? redisOptions(redisTarget, config.cluster.redisCa ? readFileSync(config.cluster.redisCa, 'utf8') : undefined) : undefined;
+  const joinToken = opts.joinToken ?? (config.cluster.joinTokenFile !== undefined ? readFileSync(config.cluster.joinTokenFile, 'utf8') : undefined);
+  if (redis !== undefined && joinToken !== undefined) await joinWithToken(config, redis, joinToken, log);
   const state = ensureState(config.state, config.serverNames);
   for (const what of state.created) log.info({ event: 'state-created', state: config.state }, `created ${what}`);
   for (const warning of state.warnings) log.warn({ event: 'state-warning', state: config.state }, warning);
-  const dir = new MemoryDirectory(state.paths.directory);
-  await dir.flush();
-  const store = new MemoryAuthStore({ revocationsFile: state.paths.revokedSessions });
+  const metrics = new Metrics({ defaultMetrics: true });
+  // Cluster mode: the node's one lease and membership entry, and a mirror for the failover work
+  // (cluster.ts); each worker mirrors the directory and redeems tickets in Redis itself.
+  const core = redis !== undefined ? await openClusterCore(config, state, redis, { log, metrics }) : undefined;
+  const cluster = core?.own;
+  // Embedded mode: the directory and the auth store are here, the workers' over IPC.
+  const dir: Directory = core?.dir ?? new MemoryDirectory(state.paths.directory);
+  if (dir instanceof MemoryDirectory) await dir.flush();
+  const store = core ? undefined : new MemoryAuthStore({ revocationsFile: state.paths.revokedSessions });
   const counts = new ConnectionCounts(config.limits);
   const limiters = new Map<string, AttemptLimiter>();
   const holders = new Map<string, number>();
@@ -103,7 +122,6 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
   const rdgOuts = new Map<string, { worker: number; until: number }>();
   const trusted = trustedProxies(config.proxyProtocol.trusted);
   const noisyLog = new RateLimitedLog();
-  const metrics = new Metrics({ defaultMetrics: true });
   const workerConnections = new Gauge({ name: 'oneport_worker_connections', help: 'Client connections (and parked sessions) counted for each worker process', labelNames: ['worker'] as const, registers: [metrics.registry] });
   const workerRestarts = new Counter({ name: 'oneport_worker_restarts_total', help: 'Worker processes replaced after they died', registers: [metrics.registry] });
   new Gauge({ name: 'oneport_workers', help: 'Worker processes serving the port', registers: [metrics.registry], collect() { this.set([...slots.values()].filter((s) => s.ready).length); } });
@@ -119,10 +137,37 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
   const broadcast = (method: string, args: unknown): void => {
     for (const s of slots.values()) if (s.hello) s.rpc.note(method, args);
   };
-  dir.on('change', (c: DirectoryChange) => {
-    const record = c.kind === 'keys' ? dir.keys() : c.kind === 'user' ? dir.getUser(c.name) : dir.getVm(c.name);
-    broadcast('dir-change', record === undefined ? { change: c } : { change: c, record });
-  });
+  if (!core) {
+    dir.on('change', (c: DirectoryChange) => {
+      const record = c.kind === 'keys' ? dir.keys() : c.kind === 'user' ? dir.getUser(c.name) : dir.getVm(c.name);
+      broadcast('dir-change', record === undefined ? { change: c } : { change: c, record });
+    });
+  }
+  /** What the workers see of the cluster (remote-cluster.ts): sent on every change of leader and every half heartbeat. */
+  const clusterNote = (c: Cluster): ClusterNote => {
+    let token: string | null = null;
+    try {
+      token = c.isLeader() ? c.lease.fenceToken() : null;
+    } catch {
+      token = null;
+    }
+    return { leader: c.leader() ?? null, highestEpoch: c.highestEpoch(), token, nodes: c.nodes() };
+  };
+  let viewTimer: NodeJS.Timeout | undefined;
+  if (cluster) {
+    const tell = (): void => broadcast('cluster', clusterNote(cluster));
+    for (const event of ['leader', 'elected', 'stepped-down'] as const) cluster.lease.on(event, tell);
+    viewTimer = setInterval(tell, Math.max(50, Math.floor(config.cluster.heartbeatMs / 2)));
+    viewTimer.unref();
+  }
+  /** The primary's directory: always fresh when embedded; the mirror's age in a cluster. */
+  const directoryState = (): { version: number; ageMs: number; connected: boolean } => {
+    if (!(dir instanceof RedisDirectory)) return { version: dir.version(), ageMs: 0, connected: true };
+    const st = dir.staleness();
+    return { version: dir.version(), ageMs: st.connected ? 0 : st.ageMs, connected: st.connected };
+  };
+  /** The drain's VM moves (cluster mode): once for the node, whichever worker asks first. */
+  let moving: Promise<number> | undefined;
   const rotation = setInterval(() => {
     ticketKey = newTicketKey();
     broadcast('ticket-key', ticketKey.toString('base64'));
@@ -144,20 +189,25 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
   };
 
   const demo: RfbServer | undefined = config.demo.enabled ? await startRfbServer({ host: '127.0.0.1', port: 0 }) : undefined;
-  if (demo) {
-    const password = await ensureDemo(dir, config.nodeId, demo.port);
-    if (password !== undefined) {
-      (opts.announce ?? ((t) => process.stderr.write(t)))(
-        `\n  oneport demo desktop ready: user "demo", password "${password}" (shown once; change it with \`oneport user add demo --password ...\`)\n\n`,
+  if (demo && cluster) {
+    // In a cluster only the leader writes; the first leader with a demo desktop creates it.
+    cluster.lease.on('elected', () => {
+      if (dir.getVm('demo') && dir.getUser('demo')) return;
+      ensureDemo(dir, config.nodeId, demo.port, { onlyIfAbsent: true }).then((p) => announceDemo(p, opts.announce), (err: unknown) =>
+        log.warn({ event: 'demo', err: (err as Error).message }, 'could not create the demo desktop'),
       );
-    }
+    });
+  } else if (demo) {
+    announceDemo(await ensureDemo(dir, config.nodeId, demo.port), opts.announce);
   }
 
   const serve = (s: Slot): void => {
     const { rpc } = s;
     rpc.handle('hello', (): Hello => {
       s.hello = true;
-      return { snapshot: { version: dir.version(), users: dir.listUsers(), vms: dir.listVms(), keys: dir.keys() }, ticketKey: ticketKey.toString('base64') };
+      const ticket = ticketKey.toString('base64');
+      if (cluster) return { cluster: clusterNote(cluster), ticketKey: ticket };
+      return { snapshot: { version: dir.version(), users: dir.listUsers(), vms: dir.listVms(), keys: dir.keys() }, ticketKey: ticket };
     });
     rpc.on('ready', () => {
       s.ready = true;
@@ -168,11 +218,13 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
     });
     rpc.handle('dir', (a) => {
       const { op, args } = a as { op: string; args: unknown[] };
+      if (core) throw new Error('cluster mode: workers write the directory in Redis themselves');
       if (!(DIRECTORY_WRITES as readonly string[]).includes(op) || !Array.isArray(args)) throw new Error(`no directory write ${op}`);
       return (dir[op as (typeof DIRECTORY_WRITES)[number]] as (...x: unknown[]) => Promise<unknown>).apply(dir, args);
     });
     const storeOp = (a: unknown): Promise<unknown> => {
       const { op, args } = a as { op: string; args: unknown[] };
+      if (!store) throw new Error('cluster mode: workers redeem tickets in Redis themselves');
       if (!(STORE_OPS as readonly string[]).includes(op) || !Array.isArray(args)) throw new Error(`no store operation ${op}`);
       return (store[op as (typeof STORE_OPS)[number]] as (...x: unknown[]) => Promise<unknown>).apply(store, args);
     };
@@ -206,7 +258,7 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
     rpc.handle('holder', (id) => {
       const w = holders.get(String(id));
       const pid = w === undefined ? undefined : slots.get(w)?.worker.process.pid;
-      return pid === undefined ? null : `p${pid}`;
+      return pid === undefined ? null : workerName(pid);
     });
     rpc.handle('session-admit', (a) => {
       const { session, caps } = a as { session: CountedSession; caps: SessionCapValues };
@@ -227,9 +279,24 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
       const held = rdgOuts.get(String(id));
       if (!held || held.until <= Date.now()) return null;
       const pid = slots.get(held.worker)?.worker.process.pid;
-      return pid === undefined ? null : `p${pid}`;
+      return pid === undefined ? null : workerName(pid);
     });
     rpc.on('logged-out', (sid) => broadcast('logged-out', String(sid)));
+    rpc.on('tunnels', (n) => {
+      s.tunnels = Number(n) || 0;
+    });
+    rpc.handle('cluster-status', () => {
+      if (!cluster) throw new Error('not a cluster node');
+      return cluster.statusNow();
+    });
+    // A worker's directory write found our token fenced in Redis: the lease is lost.
+    rpc.on('fenced', () => cluster?.lease.fenced());
+    rpc.handle('move-vms', (a) => {
+      if (!cluster || !core) return 0;
+      const deadline = Number((a as { deadline?: number }).deadline) || Date.now();
+      moving ??= moveOwnVms({ dir, cluster, log, metrics, dispatcher: cluster.peers.agent, requestTimeoutMs: config.http.requestTimeoutMs }, deadline);
+      return moving;
+    });
     rpc.on('drain', (o) => void drain({ moveVms: (o as { moveVms?: boolean }).moveVms === true, cause: String((o as { cause?: string }).cause ?? 'api') }));
     rpc.handle('metrics', () => metricsText());
     rpc.handle('sessions', async () => (await askWorkers<unknown[]>('local-sessions', null)).flat().sort((a, b) => since(a).localeCompare(since(b))));
@@ -238,8 +305,8 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
   };
 
   const fork = (): Slot => {
-    const worker = cluster.fork();
-    const s: Slot = { worker, rpc: new Rpc(worker as unknown as Channel), startedAt: Date.now(), hello: false, ready: false, held: new Map(), open: 0 };
+    const worker = nodeCluster.fork();
+    const s: Slot = { worker, rpc: new Rpc(worker as unknown as Channel), startedAt: Date.now(), hello: false, ready: false, held: new Map(), open: 0, tunnels: 0 };
     slots.set(worker.id, s);
     serve(s);
     worker.on('error', () => undefined);
@@ -297,8 +364,8 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
       return;
     }
     const key = addressKey(address);
-    // As the listener does in one process: trusted PROXY balancers are counted, never refused.
-    const refusal = isListed(trusted, address) ? (counts.add(key), undefined) : counts.admit(key);
+    // As the listener does in one process: trusted PROXY balancers, and other nodes' hops, are counted, never refused.
+    const refusal = isListed(trusted, address) || cluster?.isNodeAddress(address) ? (counts.add(key), undefined) : counts.admit(key);
     if (refusal) {
       refuse(socket, address, `rejected-${refusal}`, refusal === 'address-limit' ? 'connection refused: too many connections from this address' : 'connection refused: the port is nearly full and this address holds more than its share');
       return;
@@ -330,16 +397,21 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
     workerConnections.reset();
     for (const s of slots.values()) workerConnections.set({ worker: String(s.worker.id) }, s.open);
     // The primary's own node-level gauges (kept as max / min over the processes, metrics.ts).
-    metrics.directoryVersion.set(dir.version());
-    metrics.directoryAge.set(0);
-    metrics.directoryConnected.set(1);
+    const st = directoryState();
+    metrics.directoryVersion.set(st.version);
+    metrics.directoryAge.set(st.ageMs / 1000);
+    metrics.directoryConnected.set(st.connected ? 1 : 0);
+    if (cluster) {
+      metrics.clusterLeader.set(cluster.isLeader() ? 1 : 0);
+      metrics.clusterEpoch.set(cluster.leader()?.epoch ?? cluster.highestEpoch());
+    }
     metrics.draining.set(drainOpts || handingOff ? 1 : 0);
     const own = await metrics.registry.getMetricsAsJSON();
     return AggregatorRegistry.aggregate([own, ...parts.filter((p): p is unknown[] => p !== undefined)] as never).metrics();
   };
 
   // The workers, then the port: the first connection finds a worker ready.
-  cluster.setupPrimary({ silent: false });
+  nodeCluster.setupPrimary({ silent: false });
   const startDeadline = Date.now() + WORKERS_START_MS;
   for (let i = 0; i < opts.workers; i++) fork();
   while ([...slots.values()].filter((s) => s.ready).length < opts.workers) {
@@ -376,9 +448,17 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
   const anyAddress = address.address === '0.0.0.0' || address.address === '::';
   const bound = formatHostPort(address.address, address.port);
   log.info(
-    { event: 'listening', address: address.address, port: address.port, directory: dir.kind, node: config.nodeId, cluster: false, workers: opts.workers },
+    { event: 'listening', address: address.address, port: address.port, directory: dir.kind, node: config.nodeId, cluster: cluster !== undefined, workers: opts.workers },
     `oneport listening on ${bound} (${opts.workers} workers)`,
   );
+  if (cluster) {
+    await cluster.start({
+      dir,
+      address: advertisedAddress(config, address),
+      tunnels: () => [...slots.values()].reduce((n, w) => n + w.tunnels, 0),
+      mirror: () => directoryState(),
+    });
+  }
 
   let markStopped!: () => void;
   const stopped = new Promise<void>((r) => (markStopped = r));
@@ -398,8 +478,11 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
       // Not awaited: a server counts the sockets it passed to workers as its own until they end.
       server.close();
       control.close();
+      clearInterval(viewTimer);
       await demo?.close();
-      await store.close();
+      // Leaves the membership: the node is gone for the others now, not a heartbeat timeout later.
+      await cluster?.stop();
+      await store?.close();
       await dir.close();
       log.info({ event: 'stopped' }, 'stopped');
       log.flush?.();

@@ -11,7 +11,7 @@
  * relays the leg there, like the relay between nodes (cluster/relay.ts). The holder checks the
  * resume token as for any resume.
  */
-import cluster from 'node:cluster';
+import nodeCluster from 'node:cluster';
 import http from 'node:http';
 import net from 'node:net';
 import { chmodSync, mkdirSync, rmSync } from 'node:fs';
@@ -31,11 +31,17 @@ import { spliceRelay } from '../cluster/rdg-link.js';
 import { refreshGauges, terminate } from '../http/api.js';
 import { type TunnelSummary, summarize } from '../tunnel/registry.js';
 import { type Channel, Rpc } from './ipc.js';
+import { ensureNodeCert, ensureState } from '../state.js';
+import { type ClusterNote, RemoteCluster } from './remote-cluster.js';
+import { workerName, workerPid } from './through.js';
 import { type ChangeNote, type DirectorySnapshot, RemoteAuthStore, RemoteCounts, RemoteLimiter, RemoteSessionCounter, WorkerDirectory } from './remote.js';
 
 /** What the primary answers a starting worker. */
 export interface Hello {
-  readonly snapshot: DirectorySnapshot;
+  /** The embedded directory (none in cluster mode: each worker mirrors Redis itself). */
+  readonly snapshot?: DirectorySnapshot;
+  /** Cluster mode: the primary's view of the cluster. */
+  readonly cluster?: ClusterNote;
   /** The TLS session ticket key, base64. */
   readonly ticketKey: string;
 }
@@ -50,12 +56,20 @@ export function workerSocket(state: string, pid: number | string, what: 'resume'
 }
 
 export async function runWorker(config: Config): Promise<void> {
-  const id = cluster.worker?.id ?? process.pid;
+  const id = nodeCluster.worker?.id ?? process.pid;
   const rpc = new Rpc(process as unknown as Channel);
   const log = createLogger({ level: config.log.level, nodeId: config.nodeId, format: config.log.format }).child({ worker: id });
   const hello = await rpc.call<Hello>('hello');
-  const dir = new WorkerDirectory(rpc, hello.snapshot);
-  rpc.on('dir-change', (note) => dir.apply(note as ChangeNote));
+  const dir = hello.snapshot ? new WorkerDirectory(rpc, hello.snapshot) : undefined;
+  rpc.on('dir-change', (note) => dir?.apply(note as ChangeNote));
+  let cluster: RemoteCluster | undefined;
+  if (hello.cluster) {
+    const state = ensureState(config.state, config.serverNames);
+    const identity = { nodeId: config.nodeId, ca: state.ca.cert, cert: ensureNodeCert(state, config.nodeId, config.serverNames) };
+    cluster = new RemoteCluster(rpc, config.nodeId, identity, { prefix: config.cluster.prefix, dialTimeoutMs: config.tunnel.dialTimeoutMs, leaseMs: config.cluster.leaseMs }, hello.cluster);
+    const view = cluster;
+    rpc.on('cluster', (note) => view.apply(note as ClusterNote));
+  }
   const tickets = new TicketKeys(Infinity, Date.now, Buffer.from(hello.ticketKey, 'base64'));
   rpc.on('ticket-key', (key) => tickets.replace(Buffer.from(key as string, 'base64')));
   const counts = new RemoteCounts(rpc);
@@ -67,8 +81,8 @@ export async function runWorker(config: Config): Promise<void> {
   const gw = await startGateway(
     { ...config, demo: { ...config.demo, enabled: false } },
     {
-      directory: dir,
-      store: new RemoteAuthStore(rpc),
+      // Cluster mode: the worker's own mirror of Redis and auth store (tickets are spent in Redis).
+      ...(dir ? { directory: dir, store: new RemoteAuthStore(rpc) } : {}),
       logger: log,
       worker: {
         id,
@@ -86,12 +100,12 @@ export async function runWorker(config: Config): Promise<void> {
           forget: (sid) => rpc.note('session', { id: sid, held: false }),
         },
         relay: {
-          self: `p${process.pid}`,
+          self: workerName(process.pid),
           holder: async (sid) => (await rpc.call<string | null>('holder', sid)) ?? undefined,
           // Sessions are held by the worker that took them (no owner elsewhere on one node).
           ownerOf: () => undefined,
           relay: async (holder, client, r) => {
-            const target = workerSocket(config.state, holder.slice(1));
+            const target = workerSocket(config.state, workerPid(holder));
             const upstream = new WebSocket(`ws+unix:${target}:${r.path}`, ['oneport.v1'], {
               headers: { [CLIENT_HEADER]: r.client, ...(r.cookie !== undefined ? { cookie: r.cookie } : {}) },
               handshakeTimeout: config.tunnel.dialTimeoutMs,
@@ -105,12 +119,12 @@ export async function runWorker(config: Config): Promise<void> {
         metricsText: () => rpc.call<string>('metrics'),
         sessionCounter: new RemoteSessionCounter(rpc),
         rdgLink: {
-          self: `p${process.pid}`,
+          self: workerName(process.pid),
           announce: (pairId, ttlMs) => rpc.call('rdg-announce', { id: pairId, ttlMs }),
           forget: (pairId) => rpc.note('rdg-forget', { id: pairId }),
           locate: async (pairId) => (await rpc.call<string | null>('rdg-locate', pairId)) ?? undefined,
           relay: async (holder, socket, head, client) => {
-            const upstream = net.connect(workerSocket(config.state, holder.slice(1), 'rdg'));
+            const upstream = net.connect(workerSocket(config.state, workerPid(holder), 'rdg'));
             upstream.on('error', () => upstream.destroy());
             await new Promise<void>((resolve, reject) => {
               upstream.once('connect', resolve);
@@ -125,6 +139,13 @@ export async function runWorker(config: Config): Promise<void> {
           },
         },
         fromWorker: (socket) => fromWorkers.has(socket),
+        ...(cluster
+          ? {
+              cluster,
+              // The primary moves the node's VMs once, whichever worker asks first; the others wait for the same moves.
+              moveVms: (deadline: number) => rpc.call<number>('move-vms', { deadline }, Math.max(1000, deadline - Date.now() + 1000)),
+            }
+          : {}),
         sessions: {
           sessions: () => rpc.call<TunnelSummary[]>('sessions'),
           terminate: async (tid) => (await rpc.call<{ user: string; vm: string; ended: number } | null>('terminate', tid)) ?? undefined,
@@ -225,5 +246,11 @@ export async function runWorker(config: Config): Promise<void> {
     rpc.close();
     process.exit(0);
   });
+  // Cluster mode: the node's heartbeat reports its tunnels, summed over the workers by the primary.
+  if (cluster) {
+    const report = setInterval(() => rpc.note('tunnels', ctx.tunnels.size), Math.max(50, Math.floor(config.cluster.heartbeatMs / 2)));
+    report.unref();
+    void gw.stopped.then(() => clearInterval(report));
+  }
   rpc.note('ready');
 }

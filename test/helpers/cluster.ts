@@ -88,6 +88,9 @@ export function makeCluster(t: Teardown, redisUrl: string, base: Record<string, 
         state,
         demo: { enabled: false },
         log: { level: 'debug' },
+        // One process per node unless a test asks for workers (test/cluster/*workers*): three
+        // nodes of three processes each would crowd a 2-core machine.
+        workers: 1,
         ...base,
         ...extra,
         cluster: { redis: redisUrl, ...(base.cluster as object), ...(extra.cluster as object) },

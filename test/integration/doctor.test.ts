@@ -66,7 +66,7 @@ t.test('state folder modes, and files the service user cannot replace', async (t
 t.test('descriptor limit against limits.maxConnections, of this process or of the service (--pid)', async (t) => {
   const gw = await startTestGateway(t);
   const base = { state: gw.state, listen: `127.0.0.1:${gw.port}` };
-  t.match(problems(await runDoctor(buildConfig({ ...base, limits: { maxConnections: 10_000_000 } })), 'descriptors'), [
+  t.match(problems(await runDoctor(buildConfig({ ...base, workers: 1, limits: { maxConnections: 10_000_000 } })), 'descriptors'), [
     { severity: 'fail', message: /limits\.maxConnections 10000000 needs 20001024 per process/, fix: /^LimitNOFILE=20001024 in the unit/ },
   ]);
   // With workers, each process holds only its share of the tunnels (the limit is per process).
@@ -74,13 +74,13 @@ t.test('descriptor limit against limits.maxConnections, of this process or of th
     { severity: 'fail', message: /needs 6251024 per process \(two per tunnel, over 4 workers with 25% head room, plus 1024\)/, fix: /^LimitNOFILE=6251024 in the unit/ },
   ]);
   const clusterNode = buildConfig({ ...base, workers: 4, limits: { maxConnections: 10_000_000 }, cluster: { redis: 'redis://127.0.0.1:1' } });
-  t.equal(descriptorsNeeded(clusterNode), 20_001_024, 'a cluster node runs one process whatever workers says');
+  t.equal(descriptorsNeeded(clusterNode), 6_251_024, 'a cluster node runs its workers too');
   t.equal(descriptorsNeeded(buildConfig({ ...base, workers: 4 })), 13_524, 'the default 20000 connections over 4 workers fit a 20000 limit');
   // A stand-in for the service: a process whose limit was lowered before it started.
   const svc = spawn('bash', ['-c', 'ulimit -n 512 && echo lowered && exec cat'], { stdio: ['pipe', 'pipe', 'ignore'] });
   t.teardown(() => svc.kill('SIGKILL'));
   await Promise.race([once(svc.stdout, 'data'), deadline(10_000, 'the lowered limit')]);
-  const cfg = buildConfig({ ...base, limits: { maxConnections: 100 } });
+  const cfg = buildConfig({ ...base, workers: 1, limits: { maxConnections: 100 } });
   t.same(problems(await runDoctor(cfg), 'descriptors'), [], 'this process has enough for 100 connections');
   const found = problems(await runDoctor(cfg, { pid: svc.pid! }), 'descriptors');
   t.match(found, [{ severity: 'fail', message: `open-file limit of process ${svc.pid} is 512; limits.maxConnections 100 needs 1224 per process (two per tunnel, plus 1024)` }]);

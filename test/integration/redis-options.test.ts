@@ -13,6 +13,7 @@ import { startGateway } from '../../gateway/server.js';
 import { createLogger } from '../../gateway/log.js';
 import { startRedis, redisClient, nextEvent } from '../helpers/redis.js';
 import { toVmRecord, vmSchema } from '../../gateway/directory/directory.js';
+import type { Cluster } from '../../gateway/cluster/cluster.js';
 
 t.test('Redis over TLS with a password: the node runs, leads and writes', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'oneport-redis-tls-'));
@@ -38,7 +39,7 @@ t.test('Redis over TLS with a password: the node runs, leads and writes', async 
   });
   const gw = await startGateway(config, { controlSocket: false, logger: createLogger({ level: 'silent', nodeId: 'tls1' }) });
   t.teardown(() => gw.close({ drainMs: 0 }));
-  const cluster = gw.ctx.cluster!;
+  const cluster = gw.ctx.cluster as Cluster;
   if (!cluster.isLeader()) await nextEvent(cluster.lease, 'elected', () => true, 10_000);
   t.ok(cluster.isLeader(), 'the only node leads');
   const ok = await gw.ctx.dir.putVm(toVmRecord(vmSchema.parse({ name: 'desk', node: 'tls1', endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port: 5901 }] })));

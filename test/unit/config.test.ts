@@ -1,6 +1,7 @@
 import t from 'tap';
 import { readFileSync } from 'node:fs';
-import { ConfigError, buildConfig, loadConfig, parseListen } from '../../gateway/config.js';
+import { availableParallelism } from 'node:os';
+import { ConfigError, buildConfig, loadConfig, parseListen, parseWorkers, workerCount } from '../../gateway/config.js';
 import { ERRORS } from '../../gateway/errors.js';
 import { VERSION } from '../../gateway/version.js';
 
@@ -28,6 +29,18 @@ t.test('flags over environment over file', async (t) => {
   t.equal(c.nodeId, 'fromfile');
   t.equal(loadConfig({ configFile: `${dir}/c.json`, env: { ONEPORT_LISTEN: '127.0.0.1:2000' } }).listen, '127.0.0.1:2000');
   t.throws(() => loadConfig({ configFile: `${dir}/missing.json`, env: {} }), ConfigError);
+});
+
+t.test('workers: one per core by default; a number or auto from the file, ONEPORT_WORKERS or --workers', async (t) => {
+  t.equal(buildConfig({}).workers, 'auto');
+  t.equal(workerCount(buildConfig({})), availableParallelism());
+  const dir = t.testdir({ 'c.json': JSON.stringify({ workers: 3 }) });
+  t.equal(loadConfig({ configFile: `${dir}/c.json`, env: {} }).workers, 3);
+  t.equal(loadConfig({ configFile: `${dir}/c.json`, env: { ONEPORT_WORKERS: '1' } }).workers, 1);
+  t.equal(loadConfig({ configFile: `${dir}/c.json`, env: { ONEPORT_WORKERS: '1' }, overrides: { workers: parseWorkers('auto') } }).workers, 'auto');
+  const err = t.throws(() => loadConfig({ env: { ONEPORT_WORKERS: 'lots' } })) as ConfigError;
+  t.match(err.problems.join('\n'), /workers/);
+  t.throws(() => buildConfig({ workers: 0 }), ConfigError);
 });
 
 t.test('proxyProtocol.maxV2HeaderBytes: 4 KiB by default, from an AF_UNIX address block to the largest v2 header', async (t) => {
