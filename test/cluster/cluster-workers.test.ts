@@ -36,7 +36,7 @@ import { statePaths } from '../../gateway/state.js';
 import { startRedis } from '../helpers/redis.js';
 import { makeCluster, adminToken, type ClusterNode, type LogLine, type TestCluster } from '../helpers/cluster.js';
 import { apiCall, type ApiResponse } from '../helpers/api.js';
-import { startBackend, rawRequest, echoRoundTrip, closedWithin, errorCode, type Backend } from '../helpers/net.js';
+import { startBackend, rawRequest, connectRaw, echoRoundTrip, closedWithin, errorCode, type Backend } from '../helpers/net.js';
 import { clearConnect } from '../helpers/scenario.js';
 import { deadline, eventually } from '../helpers/wait.js';
 
@@ -226,6 +226,22 @@ async function tunnelOnEachWorker(t: Test, node: ClusterNode, vm: string): Promi
   return out;
 }
 
+/**
+ * Idle connections (not a byte sent: held in detection, `detect.timeoutMs`) until each worker of
+ * `node` holds as many connections as the other, so that two connections made at once go to one
+ * worker each. Other nodes' keep-alive connections (to the leader, say) tilt the balance otherwise.
+ */
+async function evenOut(node: ClusterNode): Promise<net.Socket[]> {
+  const ballast: net.Socket[] = [];
+  for (let i = 0; i < 32; i++) {
+    const c = [...(await perWorker(node)).values()];
+    if (c.length === WORKERS && Math.max(...c) === Math.min(...c)) return ballast;
+    ballast.push(await connectRaw(node.port, { localAddress: '127.0.0.99' }));
+  }
+  for (const b of ballast) b.destroy();
+  throw new Error(`${node.id}: could not even out its workers (${JSON.stringify([...(await perWorker(node))])})`);
+}
+
 interface Pinned {
   readonly socket: tls.TLSSocket;
   call<T = any>(method: string, path: string, body?: unknown): Promise<{ status: number; headers: Record<string, string>; body: T }>;
@@ -239,7 +255,30 @@ async function pin(node: ClusterNode): Promise<tls.TLSSocket> {
   return socket;
 }
 
-/** HTTP/1.1 requests, one at a time, on `socket` (answers carry Content-Length: the gateway's JSON). */
+/**
+ * The body of an HTTP/1.1 answer from the bytes after its head: by Content-Length, or chunked (a
+ * call forwarded to the leader is answered as it streams back); undefined while incomplete.
+ */
+function messageBody(rest: Buffer, headers: Record<string, string>): Buffer | Error | undefined {
+  if (headers['transfer-encoding']?.toLowerCase() === 'chunked') {
+    const chunks: Buffer[] = [];
+    for (let at = 0; ; ) {
+      const eol = rest.indexOf('\r\n', at);
+      if (eol < 0) return undefined;
+      const size = Number.parseInt(rest.subarray(at, eol).toString('latin1'), 16);
+      if (Number.isNaN(size)) return new Error('a bad chunk size');
+      if (rest.length < eol + 2 + size + 2) return undefined;
+      if (size === 0) return Buffer.concat(chunks);
+      chunks.push(rest.subarray(eol + 2, eol + 2 + size));
+      at = eol + 2 + size + 2;
+    }
+  }
+  const length = Number(headers['content-length'] ?? 'NaN');
+  if (!Number.isInteger(length)) return new Error('neither Content-Length nor chunked');
+  return rest.length < length ? undefined : rest.subarray(0, length);
+}
+
+/** HTTP/1.1 requests, one at a time, on `socket`. */
 function pinned(socket: tls.TLSSocket): Pinned {
   let queue: Promise<unknown> = Promise.resolve();
   const call = <T>(method: string, path: string, body?: unknown): Promise<{ status: number; headers: Record<string, string>; body: T }> =>
@@ -259,10 +298,10 @@ function pinned(socket: tls.TLSSocket): Pinned {
         if (end < 0) return;
         const lines = buf.subarray(0, end).toString('latin1').split('\r\n');
         const headers = Object.fromEntries(lines.slice(1).map((l) => [l.slice(0, l.indexOf(':')).toLowerCase(), l.slice(l.indexOf(':') + 1).trim()]));
-        const length = Number(headers['content-length'] ?? 'NaN');
-        if (!Number.isInteger(length)) return done(new Error(`${method} ${path}: no Content-Length in ${JSON.stringify(lines)}`));
-        if (buf.length < end + 4 + length) return;
-        const text = buf.subarray(end + 4, end + 4 + length).toString('utf8');
+        const body = messageBody(buf.subarray(end + 4), headers);
+        if (body === undefined) return;
+        if (body instanceof Error) return done(new Error(`${method} ${path}: ${body.message} in ${JSON.stringify(lines)}`));
+        const text = body.toString('utf8');
         let parsed: unknown = text;
         try {
           parsed = JSON.parse(text);
@@ -462,10 +501,12 @@ t.test('a console ticket is spent once cluster-wide, whichever worker of whichev
   const all = await everyWorker();
   for (let round = 1; round <= 4 && [...all].some((w) => !refusedOn.has(w)); round++) {
     const tk = (await ticket(nodes[round % 3]!, 'far')).ticket;
+    const ballast = (await Promise.all(nodes.map((n) => evenOut(n)))).flat();
     const marks = nodes.map((n) => n.logs.length);
     // Two at each node at once (the second goes to the worker without the first), each from its own address.
     const attempts = nodes.flatMap((n, i) => [0, 1].map((j) => ({ node: n, client: `127.0.0.${10 * round + 2 * i + j}` })));
     const results = await Promise.all(attempts.map((a) => rawRequest(a.node.port, clearConnect(tk, 'far'), { localAddress: a.client }).then((r) => ({ ...a, r }))));
+    for (const b of ballast) b.destroy();
     const won = results.filter((x) => x.r.status === 200);
     t.equal(won.length, 1, `round ${round}: one of six redemptions at once succeeds (${results.map((x) => `${x.node.id}:${x.r.status}`).join(' ')})`);
     for (const x of results.filter((y) => y.r.status !== 200)) t.equal(errorCode(x.r.body), 'ONEPORT_ERR_TICKET_INVALID', `round ${round}: ${x.node.id} from ${x.client}: refused as spent`);
@@ -597,6 +638,14 @@ t.test("a moved VM's tunnels are rerouted on every worker of every node", async 
   t.equal(moved.epoch, before + 1, 'its epoch bumped once');
   await Promise.all(closed);
   t.pass('all six tunnels were closed');
+  // Their close lines are written once both legs ended: awaited, so that later lines are new tunnels'.
+  for (const [n, hs] of held) {
+    const ends = await eventually(() => {
+      const ls = since(n, marks[nodes.indexOf(n)]!, (l) => l.event === 'tunnel' && l.vm === 'mv' && l.transport === 'connect' && l.closeReason === 'rerouted');
+      return ls.length >= hs.length ? ls : undefined;
+    }, 15_000, `${n.id}: the rerouted tunnels' lines`);
+    t.same(ends.map((l) => String(l.worker)).sort(), hs.map((h) => h.worker).sort(), `${n.id}: each worker's tunnel closed as rerouted`);
+  }
   for (const [n, hs] of held) {
     const i = nodes.indexOf(n);
     const rerouted = await eventually(() => {
