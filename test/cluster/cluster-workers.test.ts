@@ -14,12 +14,13 @@
  *    socket) lands, and every worker of every node sees it;
  * 4. a console ticket is spent once cluster-wide, whichever worker of whichever node redeems it;
  * 5. a parked `oneport.v1` session resumes through the other worker of its node and through
- *    another node, relayed to the worker holding it, every byte once;
+ *    another node, relayed to the worker holding it, every byte once; likewise an RD Gateway
+ *    legacy pair whose IN request lands on another worker or node than its OUT request;
  * 6. a moved VM's tunnels are rerouted on every worker of every node;
  * 7. a worker killed with SIGKILL is replaced; the node stays one member (leader unchanged, no
  *    failover); the other worker's tunnels go on;
  * 8. SIGTERM on a node with `shutdown.moveVms` drains every worker, moves each VM exactly once,
- *    leaves the membership and exits 0.
+ *    leaves the membership and exits 0; so does a node SIGTERMed as soon as it logs `listening`.
  */
 import t, { type Test } from 'tap';
 import http from 'node:http';
@@ -38,10 +39,10 @@ import { makeCluster, adminToken, type ClusterNode, type LogLine, type TestClust
 import { apiCall, type ApiResponse } from '../helpers/api.js';
 import { startBackend, rawRequest, connectRaw, echoRoundTrip, closedWithin, errorCode, type Backend } from '../helpers/net.js';
 import { clearConnect } from '../helpers/scenario.js';
+import { RdgLegacyClient } from '../helpers/rdg.js';
 import { deadline, eventually } from '../helpers/wait.js';
 
-// Three nodes of three processes each on two shared cores: more than the usual 180 s.
-t.setTimeout(600_000);
+// Budget: the .taprc's 180 s, as for the other cluster suites (30-45 s measured at load 4-8 on two cores).
 
 const CLI = fileURLToPath(new URL('../../gateway/cli.ts', import.meta.url));
 const WORKERS = 2;
@@ -160,10 +161,10 @@ async function perWorker(node: ClusterNode): Promise<Map<string, number>> {
 }
 
 /** A console ticket (and resume token) for alice, issued through `node`'s control socket. */
-async function ticket(node: ClusterNode, vm: string): Promise<{ ticket: string; resume: string }> {
+async function ticket(node: ClusterNode, vm: string, protocol = 'vnc'): Promise<{ ticket: string; resume: string }> {
   const admin = await node.admin();
   try {
-    const r = await admin.ticket('alice', vm, 'vnc');
+    const r = await admin.ticket('alice', vm, protocol);
     return { ticket: String(r.ticket), resume: String(r.resume) };
   } finally {
     await admin.close();
@@ -622,6 +623,39 @@ t.test('a parked oneport.v1 session resumes through the other worker of its node
   ch.close();
 });
 
+// ---- 5b ---------------------------------------------------------------------------------------
+
+t.test("an RD Gateway legacy pair whose IN request lands on the other worker, or on another node, pairs with its OUT", async (t) => {
+  await putVm(lead, 'win', f2.id, { endpoints: [{ protocol: 'rdp', host: '127.0.0.1', port: echo.port }] });
+  await seenEverywhere('win', f2.id);
+  const cases = [[f2, f2], [f2, lead], [lead, f3]] as const;
+  for (const [i, [out, inn]] of cases.entries()) {
+    const marks = nodes.map((n) => n.logs.length);
+    // Even: the OUT request then holds one worker busier, and an IN request to the same node goes to the other.
+    const ballast = await evenOut(out);
+    const c = await RdgLegacyClient.connect([out.port, inn.port], cluster.ca.cert, `c0ffee0${i}-0000-0000-0000-000000000000`);
+    for (const b of ballast) b.destroy();
+    t.teardown(() => c.destroy());
+    t.match(await c.open((await ticket(out, 'win', 'rdp')).ticket, 'win'), { type: 'channel-response', errorCode: 0 }, `OUT on ${out.id}, IN on ${inn.id}: channel opened`);
+    const data = randomBytes(100_000);
+    for (let at = 0; at < data.length; at += 0xffff) c.send({ type: 'data', data: data.subarray(at, at + 0xffff) });
+    t.same(await c.readData(data.length), data, `OUT on ${out.id}, IN on ${inn.id}: data both ways`);
+    c.send({ type: 'close-channel', statusCode: 0 });
+    await c.closed();
+    const tunnel = await out.waitFor((l) => l.event === 'tunnel' && l.vm === 'win' && l.transport === 'rdg-http', 15_000, { after: marks[nodes.indexOf(out)] });
+    const holder = String(tunnel.worker);
+    const relayed = since(inn, marks[nodes.indexOf(inn)]!, (l) => l.event === 'rdg-relayed');
+    if (out === inn) {
+      t.equal(relayed.length, 1, `${out.id}: the IN request was relayed once (${relayed.map((l) => `${String(l.worker)}->${String(l.holder)}`).join(', ')})`);
+      t.not(String(relayed[0]?.worker), holder, `${out.id}: it reached worker ${String(relayed[0]?.worker)}, which relayed it to worker ${holder}, holding the OUT request and the tunnel`);
+    } else {
+      t.equal(relayed[0]?.node, out.id, `${inn.id} relayed the IN request to ${out.id}`);
+      const within = since(out, marks[nodes.indexOf(out)]!, (l) => l.event === 'rdg-relayed');
+      t.ok(within.every((l) => String(l.worker) !== holder), `at ${out.id}, the tunnel is worker ${holder}'s${within.length > 0 ? `; worker ${String(within[0]!.worker)} took the relay and passed it on` : ' (the relay landed on it)'}`);
+    }
+  }
+});
+
 // ---- 6 ----------------------------------------------------------------------------------------
 
 t.test("a moved VM's tunnels are rerouted on every worker of every node", async (t) => {
@@ -762,9 +796,32 @@ t.test('SIGTERM on a node with workers and shutdown.moveVms: drains, moves each 
   }, 15_000, `alive:${node.id} gone`);
   t.same(r.alive, [lead.id, f2.id], `Redis: alive keys of the two nodes left (${r.alive.join(', ')})`);
   for (const n of [lead, f2]) {
-    const upheaval = since(n, marks[nodes.indexOf(n)]!, (l) => UPHEAVAL.has(String(l.event)));
+    const lines = since(n, marks[nodes.indexOf(n)]!, (l) => UPHEAVAL.has(String(l.event)));
+    const upheaval = lines.filter((l) => l.event !== 'node-process-gone');
     t.same(upheaval.map((l) => `${String(l.event)} ${JSON.stringify(l)}`), [], `${n.id}: no failover, no election`);
+    // The leave is written before the process closes its Redis connection and ends.
+    const taken = lines.filter((l) => l.event === 'node-process-gone');
+    t.same(taken.map((l) => JSON.stringify(l)), [], `${n.id}: the leave is not taken for a process death (node-process-gone)`);
   }
+});
+
+// ---- 8b ---------------------------------------------------------------------------------------
+
+t.test('a node SIGTERMed as soon as it says listening drains and exits 0', async (t) => {
+  // `listening` is what a service manager or an operator waits for: from then on SIGTERM is a drain.
+  const node = await cluster.start('cw4');
+  nodes.push(node);
+  const mark = lead.logs.length;
+  node.kill('SIGTERM');
+  const code = await Promise.race([node.exited(), deadline(DRAIN_MS + 20_000, `${node.id} exiting`)]);
+  t.equal(code, 0, `${node.id} exits 0 (exit ${String(code)}, signal ${String(node.proc.signalCode)}; its last lines: ${node.logs.slice(-6).map((l) => `${String(l.event ?? l.msg)}@${String(l.worker)}`).join(' ')})`);
+  t.ok(node.logs.some((l) => l.event === 'drain-started' && l.worker === 'primary'), 'its primary drained');
+  const view = await eventually(async () => {
+    const v = (await api<ClusterView>(lead, 'GET', '/api/cluster')).body;
+    return v.nodes.some((x) => x.id === node.id && x.state === 'up') ? undefined : v;
+  }, 15_000, `${node.id} no longer up at ${lead.id}`);
+  t.match(view.nodes.find((x) => x.id === node.id)?.state ?? 'absent', /^(left|absent)$/, `${lead.id} sees ${node.id} left (or never joined), not down`);
+  t.same(since(lead, mark, (l) => UPHEAVAL.has(String(l.event)) && l.node === node.id).map((l) => String(l.event)), [], `${lead.id}: ${node.id} not taken for dead`);
 });
 
 function cli(state: string, args: string[]): Promise<string> {
