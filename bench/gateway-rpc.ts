@@ -80,7 +80,9 @@ export async function startServe(
       shutdown: { drainMs: 1000 },
     }),
   );
-  const gw = spawnPeer(name, process.execPath, ['--import', 'tsx', join(ROOT, 'gateway', 'cli.ts'), 'serve', '--config', config], {
+  // BENCH_GATEWAY_NODE_ARGS reach the primary and, through node:cluster's execArgv, every worker.
+  const nodeArgs = (process.env.BENCH_GATEWAY_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const gw = spawnPeer(name, process.execPath, [...nodeArgs, '--import', 'tsx', join(ROOT, 'gateway', 'cli.ts'), 'serve', '--config', config], {
     cwd: ROOT,
     env: { ...process.env, ONEPORT_STATE: state },
     logFile: join(work, `${name}.log`),

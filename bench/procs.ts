@@ -146,6 +146,17 @@ export function treeCpuSeconds(root: number): number {
   return ticks / ticksPerSecond();
 }
 
+/** CPU seconds (user + system) of one process alone: its own threads, no descendants. */
+export function ownCpuSeconds(pid: number): number {
+  try {
+    const s = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    const rest = s.slice(s.lastIndexOf(')') + 2).split(' ');
+    return (Number(rest[11] ?? 0) + Number(rest[12] ?? 0)) / ticksPerSecond();
+  } catch {
+    return Number.NaN;
+  }
+}
+
 function allStats(): Map<number, StatLine> {
   const stats = new Map<number, StatLine>();
   for (const name of readdirSync('/proc')) {

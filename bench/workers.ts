@@ -21,7 +21,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { type Opener, type SetupRun, connectOpener, setup, throughput, tlsOpener } from './clients.js';
-import { type Peer, firstMessage, spawnPeer, stopAll, treeCpuSeconds, waitAccepting } from './procs.js';
+import { type Peer, firstMessage, ownCpuSeconds, spawnPeer, stopAll, treeCpuSeconds, waitAccepting } from './procs.js';
 import type { BackendReady } from './ipc.js';
 import { benchCertificate, startServe } from './gateway-rpc.js';
 import { freePort } from '../test/helpers/net.js';
@@ -43,19 +43,29 @@ interface Row {
   readonly n: number;
   readonly setupsPerSecond: number;
   readonly setupP99Ms: number;
+  /** CPU of the server's process tree per setup, and of oneport's primary alone (workers only). */
+  readonly cpuMsPerSetup: number;
+  readonly primaryCpuMsPerSetup: number | undefined;
   readonly mbPerSecond: number;
   readonly cpuSecondsPerGiB: number;
 }
 
 const log = (s: string): void => void process.stderr.write(`${s}\n`);
 
-/** `total` setups over `concurrency` loops at once: the aggregate rate. */
-async function setupRate(open: Opener, total: number, concurrency: number): Promise<{ perSecond: number; p99Ms: number }> {
+/** `total` setups over `concurrency` loops at once: the aggregate rate, and the server's CPU per setup (tree; `primary` alone). */
+async function setupRate(open: Opener, total: number, concurrency: number, server: number, primary?: number): Promise<{ perSecond: number; p99Ms: number; cpuMsPerSetup: number; primaryCpuMsPerSetup: number | undefined }> {
+  const cpu0 = treeCpuSeconds(server);
+  const own0 = primary === undefined ? 0 : ownCpuSeconds(primary);
   const t0 = process.hrtime.bigint();
   const runs: SetupRun[] = await Promise.all(Array.from({ length: concurrency }, () => setup(open, Math.ceil(total / concurrency), 2)));
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
   const count = runs.reduce((n, r) => n + r.count, 0);
-  return { perSecond: count / seconds, p99Ms: Math.max(...runs.map((r) => r.p99Ms)) };
+  return {
+    perSecond: count / seconds,
+    p99Ms: Math.max(...runs.map((r) => r.p99Ms)),
+    cpuMsPerSetup: ((treeCpuSeconds(server) - cpu0) * 1000) / count,
+    primaryCpuMsPerSetup: primary === undefined ? undefined : ((ownCpuSeconds(primary) - own0) * 1000) / count,
+  };
 }
 
 /** `streams` transfers at once: aggregate MB/s and the relay's CPU seconds per GiB. */
@@ -91,10 +101,10 @@ async function main(): Promise<void> {
       const ticket = (): string => pool.shift() ?? 'none-left';
       const open = connectOpener(port, 'bench-0', ticket, tlsOpts);
       await mint(SETUPS + CONCURRENCY * 2 + 8);
-      const s = await setupRate(open, SETUPS, CONCURRENCY);
+      const s = await setupRate(open, SETUPS, CONCURRENCY, gw.pid, n > 1 ? gw.pid : undefined);
       await mint(STREAMS);
       const a = await aggregate(open, () => treeCpuSeconds(gw.pid), STREAMS, STREAM_MIB);
-      rows.push({ server: 'oneport', n, setupsPerSecond: s.perSecond, setupP99Ms: s.p99Ms, ...a });
+      rows.push({ server: 'oneport', n, setupsPerSecond: s.perSecond, setupP99Ms: s.p99Ms, cpuMsPerSetup: s.cpuMsPerSetup, primaryCpuMsPerSetup: s.primaryCpuMsPerSetup, ...a });
       log(`oneport workers=${n}: ${s.perSecond.toFixed(0)} setups/s (p99 ${s.p99Ms.toFixed(1)} ms), ${a.mbPerSecond.toFixed(0)} MB/s, ${a.cpuSecondsPerGiB.toFixed(2)} CPU s/GiB`);
       await gw.stop();
 
@@ -109,9 +119,9 @@ async function main(): Promise<void> {
         peers.push(hp);
         await waitAccepting(hp, hport);
         const hopen = tlsOpener(hport, tlsOpts);
-        const hs = await setupRate(hopen, SETUPS, CONCURRENCY);
+        const hs = await setupRate(hopen, SETUPS, CONCURRENCY, hp.pid);
         const ha = await aggregate(hopen, () => treeCpuSeconds(hp.pid), STREAMS, STREAM_MIB);
-        rows.push({ server: 'haproxy', n, setupsPerSecond: hs.perSecond, setupP99Ms: hs.p99Ms, ...ha });
+        rows.push({ server: 'haproxy', n, setupsPerSecond: hs.perSecond, setupP99Ms: hs.p99Ms, cpuMsPerSetup: hs.cpuMsPerSetup, primaryCpuMsPerSetup: undefined, ...ha });
         log(`haproxy nbthread=${n}: ${hs.perSecond.toFixed(0)} setups/s (p99 ${hs.p99Ms.toFixed(1)} ms), ${ha.mbPerSecond.toFixed(0)} MB/s, ${ha.cpuSecondsPerGiB.toFixed(2)} CPU s/GiB`);
         await hp.stop();
       }
@@ -129,11 +139,12 @@ async function main(): Promise<void> {
     `Setups: ${SETUPS} tunnels over ${CONCURRENCY} concurrent clients (TLS, then CONNECT with a ticket for oneport; TLS for HAProxy; first echo). Throughput: ${STREAMS} streams at once, ${STREAM_MIB} MiB each, to the sink.`,
     'The load generator is one process on the same cores: on a small, shared machine it caps what N can show.',
     '',
-    '| server | N | setups/s | x N=1 | setup p99 ms | MB/s | x N=1 | relay CPU s/GiB |',
-    '|---|---|---|---|---|---|---|---|',
+    '| server | N | setups/s | x N=1 | setup p99 ms | CPU ms per setup (primary) | MB/s | x N=1 | relay CPU s/GiB |',
+    '|---|---|---|---|---|---|---|---|---|',
     ...rows.map((r) => {
       const b = base(r.server);
-      return `| ${r.server === 'oneport' ? 'oneport workers' : 'HAProxy nbthread'} | ${r.n} | ${fmt(r.setupsPerSecond, 0)} | ${b ? fmt(r.setupsPerSecond / b.setupsPerSecond) : '-'} | ${fmt(r.setupP99Ms, 1)} | ${fmt(r.mbPerSecond, 0)} | ${b ? fmt(r.mbPerSecond / b.mbPerSecond) : '-'} | ${fmt(r.cpuSecondsPerGiB)} |`;
+      const perSetup = `${fmt(r.cpuMsPerSetup)}${r.primaryCpuMsPerSetup === undefined ? '' : ` (${fmt(r.primaryCpuMsPerSetup)})`}`;
+      return `| ${r.server === 'oneport' ? 'oneport workers' : 'HAProxy nbthread'} | ${r.n} | ${fmt(r.setupsPerSecond, 0)} | ${b ? fmt(r.setupsPerSecond / b.setupsPerSecond) : '-'} | ${fmt(r.setupP99Ms, 1)} | ${perSetup} | ${fmt(r.mbPerSecond, 0)} | ${b ? fmt(r.mbPerSecond / b.mbPerSecond) : '-'} | ${fmt(r.cpuSecondsPerGiB)} |`;
     }),
     '',
     '| N | oneport ÷ HAProxy setups/s | oneport ÷ HAProxy MB/s | oneport ÷ HAProxy CPU/GiB |',

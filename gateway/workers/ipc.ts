@@ -22,7 +22,11 @@ export interface Channel {
 type Wire =
   | { oneportW: 'call'; id: number; m: string; a: unknown }
   | { oneportW: 'reply'; id: number; v?: unknown; e?: { code: string; message: string; retryAfter?: number } }
-  | { oneportW: 'note'; m: string; a: unknown };
+  | { oneportW: 'note'; m: string; a: unknown }
+  | { oneportW: 'batch'; list: Wire[] };
+
+/** Most messages one batch carries (a bound on one IPC line, however busy the tick). */
+const MAX_BATCH = 256;
 
 export type CallHandler = (args: unknown) => unknown;
 export type NoteHandler = (args: unknown, handle: unknown) => void;
@@ -36,6 +40,9 @@ export class Rpc {
   private readonly calls = new Map<string, CallHandler>();
   private readonly notes = new Map<string, NoteHandler>();
   private readonly onMessage = (msg: unknown, handle?: unknown): void => this.receive(msg, handle);
+  /** Messages of this tick, sent together at its end (one write and one parse instead of one per message). */
+  private queue: { msg: Wire; cb: ((err: Error | null) => void) | undefined }[] = [];
+  private flushing: NodeJS.Immediate | undefined;
 
   constructor(private readonly channel: Channel) {
     channel.on('message', this.onMessage);
@@ -78,6 +85,7 @@ export class Rpc {
 
   /** Calls still waiting fail now (the other side is gone). */
   close(): void {
+    this.flush();
     this.channel.removeListener('message', this.onMessage);
     for (const [id, p] of this.pending) {
       clearTimeout(p.timer);
@@ -86,7 +94,37 @@ export class Rpc {
     }
   }
 
+  /**
+   * Messages wait for the end of the tick and go as one batch; a message with a handle goes at
+   * once, after what waits (the order between messages is kept either way).
+   */
   private send(msg: Wire, handle: net.Socket | net.Server | undefined, cb?: (err: Error | null) => void): void {
+    if (handle !== undefined) {
+      this.flush();
+      this.write(msg, handle, cb);
+      return;
+    }
+    this.queue.push({ msg, cb });
+    if (this.queue.length >= MAX_BATCH) this.flush();
+    else this.flushing ??= setImmediate(() => this.flush());
+  }
+
+  private flush(): void {
+    if (this.flushing !== undefined) clearImmediate(this.flushing);
+    this.flushing = undefined;
+    const items = this.queue;
+    if (items.length === 0) return;
+    this.queue = [];
+    if (items.length === 1) {
+      this.write(items[0]!.msg, undefined, items[0]!.cb);
+      return;
+    }
+    this.write({ oneportW: 'batch', list: items.map((i) => i.msg) }, undefined, (err) => {
+      for (const i of items) i.cb?.(err);
+    });
+  }
+
+  private write(msg: Wire, handle: net.Socket | net.Server | undefined, cb: ((err: Error | null) => void) | undefined): void {
     const connected = this.channel.isConnected ? this.channel.isConnected() : this.channel.connected !== false;
     if (!connected) {
       cb?.(new Error('channel closed'));
@@ -102,6 +140,11 @@ export class Rpc {
   private receive(raw: unknown, handle: unknown): void {
     const msg = raw as Wire | null;
     if (typeof msg !== 'object' || msg === null || typeof (msg as { oneportW?: unknown }).oneportW !== 'string') return;
+    if (msg.oneportW === 'batch') {
+      if (!Array.isArray(msg.list)) return;
+      for (const m of msg.list) if ((m as { oneportW?: unknown }).oneportW !== 'batch') this.receive(m, undefined);
+      return;
+    }
     if (msg.oneportW === 'reply') {
       const p = this.pending.get(msg.id);
       if (!p) return;

@@ -2,13 +2,17 @@
  * The primary of a node with workers (README "Workers"; config `workers`). It serves no tunnel
  * itself; it holds what there is one of per node:
  *
+ * - in a cluster (`cluster.redis`): the node's leader lease, its membership entry and heartbeat,
+ *   the process watch, failover and recovery hooks (cluster.ts, with a mirror of its own), the
+ *   drain's VM moves; each worker sees the cluster through it (remote-cluster.ts) and mirrors the
+ *   directory and redeems tickets in Redis itself;
  * - the one port: it accepts (the kernel never wakes a worker for a connection), admits or refuses
  *   the connection on the node-wide per-address counts and cap (admission.ts), and passes the
  *   socket, unread, to the worker with the fewest connections. The listening socket stays here, so
  *   a same-host restart (SIGUSR2) passes it on as with one process, and a replaced worker needs
  *   nothing from it;
- * - the embedded directory (the only writer of its files) and the memory auth store: workers read
- *   a replica of the directory and redeem tickets here, over IPC (remote.ts);
+ * - outside a cluster, the embedded directory (the only writer of its files) and the memory auth
+ *   store: workers read a replica of the directory and redeem tickets here, over IPC (remote.ts);
  * - the login and ticket budgets, the TLS session ticket key (one for all workers, so a client
  *   resumes its TLS session on any of them), where each parked `oneport.v1` session is held;
  * - the control socket (each connection is passed to a worker, which answers the API), the demo

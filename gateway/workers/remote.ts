@@ -190,13 +190,18 @@ export class RemoteCounts implements Admission {
 }
 
 export class RemoteSessionCounter implements SessionCounter {
+  /** Sessions the primary counted for this worker: only those are released there (no message per uncapped tunnel). */
+  private readonly counted = new Set<string>();
+
   constructor(private readonly rpc: Rpc) {}
 
-  admit(s: CountedSession, caps: SessionCapValues): Promise<'ok' | CapScope> {
-    return this.rpc.call('session-admit', { session: s, caps });
+  async admit(s: CountedSession, caps: SessionCapValues): Promise<'ok' | CapScope> {
+    const verdict = await this.rpc.call<'ok' | CapScope>('session-admit', { session: s, caps });
+    if (verdict === 'ok') this.counted.add(s.id);
+    return verdict;
   }
   release(s: CountedSession): void {
-    this.rpc.note('session-release', { id: s.id });
+    if (this.counted.delete(s.id)) this.rpc.note('session-release', { id: s.id });
   }
   start(): void {
     // The primary forgets a worker's sessions when it dies: nothing to keep alive.

@@ -14,6 +14,7 @@ import { openAdmin, type Admin } from '../../gateway/admin.js';
 import { eventually } from './wait.js';
 import { startRedis } from './redis.js';
 import { apiCall, type ApiResponse } from './api.js';
+import { onJsonLines } from './json-lines.js';
 
 interface Teardown {
   teardown(fn: () => unknown): void;
@@ -116,27 +117,13 @@ async function spawnNode(id: string, state: string, config: string, agent: Agent
   });
   const logs: LogLine[] = [];
   const waiters = new Set<{ pred: (l: LogLine) => boolean; resolve: (l: LogLine) => void; after: number }>();
-  let buf = '';
   let stderr = '';
-  proc.stdout!.setEncoding('utf8');
-  proc.stdout!.on('data', (chunk: string) => {
-    buf += chunk;
-    let nl: number;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, nl);
-      buf = buf.slice(nl + 1);
-      let parsed: LogLine;
-      try {
-        parsed = JSON.parse(line) as LogLine;
-      } catch {
-        continue;
-      }
-      logs.push(parsed);
-      for (const w of [...waiters]) {
-        if (logs.length - 1 >= w.after && w.pred(parsed)) {
-          waiters.delete(w);
-          w.resolve(parsed);
-        }
+  onJsonLines<LogLine>(proc.stdout!, (parsed) => {
+    logs.push(parsed);
+    for (const w of [...waiters]) {
+      if (logs.length - 1 >= w.after && w.pred(parsed)) {
+        waiters.delete(w);
+        w.resolve(parsed);
       }
     }
   });

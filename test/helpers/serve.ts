@@ -6,6 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { onJsonLines } from './json-lines.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const CLI = join(ROOT, 'gateway', 'cli.ts');
@@ -31,21 +32,9 @@ export function spawnServe(t: TestLike, configFile: string, state: string): Serv
   const proc = spawn(process.execPath, ['--import', 'tsx', CLI, 'serve', '--config', configFile], { cwd: ROOT, env: { ...process.env, ONEPORT_STATE: state }, stdio: ['ignore', 'pipe', 'pipe'] });
   const pids = new Set<number>([proc.pid!]);
   const lines: Line[] = [];
-  let buf = '';
-  proc.stdout!.setEncoding('utf8');
-  proc.stdout!.on('data', (c: string) => {
-    buf += c;
-    let nl: number;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      try {
-        const l = JSON.parse(buf.slice(0, nl)) as Line;
-        lines.push(l);
-        if ((l.event === 'worker-started' || l.event === 'restart-spawned') && typeof l.pid === 'number') pids.add(l.pid);
-      } catch {
-        /* not JSON */
-      }
-      buf = buf.slice(nl + 1);
-    }
+  onJsonLines<Line>(proc.stdout!, (l) => {
+    lines.push(l);
+    if ((l.event === 'worker-started' || l.event === 'restart-spawned') && typeof l.pid === 'number') pids.add(l.pid);
   });
   let stderr = '';
   proc.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
