@@ -565,27 +565,22 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   };
 }
 
-/** What a cluster node opens first: its Redis connection, its view of the cluster, its directory mirror. */
-export interface ClusterCore {
+/** What a cluster node opens first: its Redis connection and its view of the cluster (joinCluster), then its directory mirror. */
+export interface ClusterLink {
   /** The dedicated connection (lease, heartbeats, session records). */
   readonly conn: Redis;
   readonly identity: NodeIdentity;
   readonly cluster: ClusterView;
   /** The Cluster when this process holds the node's lease and membership (not a worker). */
   readonly own: Cluster | undefined;
+}
+
+export interface ClusterCore extends ClusterLink {
   readonly dir: RedisDirectory;
 }
 
-/**
- * Connect to Redis, take part in the cluster (or, a worker, see it through `view`), open the
- * directory mirror fenced with the leader's token. Nothing half-opened stays behind on failure.
- */
-export async function openClusterCore(
-  config: Config,
-  state: EnsuredState,
-  redis: string | RedisOptions,
-  deps: { log: Logger; metrics: Metrics; view?: ClusterView },
-): Promise<ClusterCore> {
+/** Connect to Redis and take part in the cluster (or, a worker, see it through `view`); not started yet. */
+export async function joinCluster(config: Config, state: EnsuredState, redis: string | RedisOptions, deps: { log: Logger; metrics: Metrics; view?: ClusterView }): Promise<ClusterLink> {
   const { log, metrics, view } = deps;
   const target = config.cluster.redis!;
   // Once per node: a worker's primary said it already.
@@ -598,15 +593,24 @@ export async function openClusterCore(
   const conn = createConnection(redis, { connectionName: 'oneport-cluster', commandTimeout: 1000, connectTimeout: 2000 });
   await connectAtStart(conn, target);
   const own = view ? undefined : new Cluster({ config, redis: conn, identity, log, metrics, epochFile: state.paths.epoch, signer: state.ca.key !== undefined });
-  const cluster = view ?? own!;
+  return { conn, identity, cluster: view ?? own!, own };
+}
+
+/** The directory mirror, fenced with the leader's token; the link's connection is closed if it fails. */
+export async function openMirror(config: Config, state: EnsuredState, redis: string | RedisOptions, link: ClusterLink, log: Logger): Promise<RedisDirectory> {
   const sealKey = state.ca.key !== undefined ? sealKeyFromCa(state.ca.key) : readSealKey(state.paths.sealKey);
-  if (sealKey === undefined && !view) log.warn({ event: 'no-seal-key', file: state.paths.sealKey }, 'no seal key: a sealed key ring in Redis cannot be read (join again with a token)');
+  if (sealKey === undefined && link.own) log.warn({ event: 'no-seal-key', file: state.paths.sealKey }, 'no seal key: a sealed key ring in Redis cannot be read (join again with a token)');
   const seal = sealKey ? new KeyRingSeal(sealKey) : undefined;
-  const dir = await RedisDirectory.open({ redis, prefix: config.cluster.prefix, log, fence: cluster.fence(), ...(seal ? { seal } : {}) }).catch((err: unknown) => {
-    conn.disconnect();
+  return RedisDirectory.open({ redis, prefix: config.cluster.prefix, log, fence: link.cluster.fence(), ...(seal ? { seal } : {}) }).catch((err: unknown) => {
+    link.conn.disconnect();
     throw err;
   });
-  return { conn, identity, cluster, own, dir };
+}
+
+/** joinCluster, then openMirror. */
+export async function openClusterCore(config: Config, state: EnsuredState, redis: string | RedisOptions, deps: { log: Logger; metrics: Metrics; view?: ClusterView }): Promise<ClusterCore> {
+  const link = await joinCluster(config, state, redis, deps);
+  return { ...link, dir: await openMirror(config, state, redis, link, deps.log) };
 }
 
 /** How long a successor waits for its predecessor to let the control socket go. */

@@ -44,7 +44,7 @@ import { isListed, serverFd, trustedProxies } from '../listener.js';
 import { bindControlSocket } from '../control.js';
 import { TICKET_KEY_ROTATE_MS, newTicketKey } from '../tls-tickets.js';
 import { startRfbServer, type RfbServer } from '../demo/rfb.js';
-import { advertisedAddress, announceDemo, ensureDemo, joinWithToken, openClusterCore, redisOptions } from '../server.js';
+import { advertisedAddress, announceDemo, ensureDemo, joinCluster, joinWithToken, openMirror, redisOptions } from '../server.js';
 import { RedisDirectory } from '../directory/redis.js';
 import { type Channel, Rpc } from './ipc.js';
 import { DIRECTORY_WRITES, NodeSessionCounts, STORE_OPS } from './remote.js';
@@ -111,12 +111,16 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
   for (const warning of state.warnings) log.warn({ event: 'state-warning', state: config.state }, warning);
   const metrics = new Metrics({ defaultMetrics: true });
   // Cluster mode: the node's one lease and membership entry, and a mirror for the failover work
-  // (cluster.ts); each worker mirrors the directory and redeems tickets in Redis itself.
-  const core = redis !== undefined ? await openClusterCore(config, state, redis, { log, metrics }) : undefined;
+  // (cluster.ts); each worker mirrors the directory and redeems tickets in Redis itself. The
+  // primary's mirror loads while the workers load theirs (at 1M VMs each load is seconds of CPU).
+  const core = redis !== undefined ? await joinCluster(config, state, redis, { log, metrics }) : undefined;
   const cluster = core?.own;
-  // Embedded mode: the directory and the auth store are here, the workers' over IPC.
-  const dir: Directory = core?.dir ?? new MemoryDirectory(state.paths.directory);
-  if (dir instanceof MemoryDirectory) await dir.flush();
+  const mirror = core ? openMirror(config, state, redis!, core, log).then((d) => ({ d }), (e: unknown) => ({ e })) : undefined;
+  // Embedded mode: the directory and the auth store are here, the workers' over IPC. In cluster
+  // mode `dir` is the mirror, set once loaded (before the port opens and the cluster starts).
+  // (Until then an empty stand-in: nothing reads it before, the hello of cluster workers carries no directory.)
+  let dir: Directory = mirror ? new MemoryDirectory(undefined) : new MemoryDirectory(state.paths.directory);
+  if (!mirror) await (dir as MemoryDirectory).flush();
   const store = core ? undefined : new MemoryAuthStore({ revocationsFile: state.paths.revokedSessions });
   const counts = new ConnectionCounts(config.limits);
   const limiters = new Map<string, AttemptLimiter>();
@@ -425,6 +429,15 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
       throw new Error(`workers: ${opts.workers} worker(s) did not start within ${WORKERS_START_MS} ms`);
     }
     await new Promise((r) => setTimeout(r, 50));
+  }
+  if (mirror) {
+    const loaded = await mirror;
+    if ('e' in loaded) {
+      stopping = true;
+      for (const s of slots.values()) s.worker.process.kill('SIGKILL');
+      throw loaded.e;
+    }
+    dir = loaded.d;
   }
 
   const listen = parseListen(config.listen);
