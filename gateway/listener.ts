@@ -133,13 +133,18 @@ export class Peeked {
 }
 
 /** The PROXY balancers (config proxyProtocol.trusted) as a block list. */
-export function trustedProxies(cidrs: readonly string[]): net.BlockList {
+/** The trusted PROXY balancers as a BlockList; undefined when there are none (no lookup per connection). */
+export function trustedProxies(cidrs: readonly string[]): net.BlockList | undefined {
   const list = new net.BlockList();
+  let any = false;
   for (const t of cidrs) {
     const c = parseCidr(t);
-    if (c) list.addSubnet(c.address, c.prefix, c.family);
+    if (c) {
+      list.addSubnet(c.address, c.prefix, c.family);
+      any = true;
+    }
   }
-  return list;
+  return any ? list : undefined;
 }
 
 /** A listening server's descriptor (Unix), to pass to a successor; undefined when not listening. */
@@ -148,8 +153,8 @@ export function serverFd(server: net.Server): number | undefined {
   return typeof fd === 'number' && fd >= 0 ? fd : undefined;
 }
 
-export function isListed(list: net.BlockList, address: string): boolean {
-  return list.check(address, net.isIPv6(address) ? 'ipv6' : 'ipv4');
+export function isListed(list: net.BlockList | undefined, address: string): boolean {
+  return list !== undefined && list.check(address, net.isIPv6(address) ? 'ipv6' : 'ipv4');
 }
 
 export class Listener {
@@ -159,7 +164,7 @@ export class Listener {
   private readonly countedAs = new Map<net.Socket, string>();
   private readonly sockets = new Set<net.Socket>();
   private readonly detecting = new Set<net.Socket>();
-  private readonly trusted: net.BlockList;
+  private readonly trusted: net.BlockList | undefined;
   private readonly table: readonly Candidate[];
 
   constructor(
