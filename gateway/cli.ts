@@ -91,9 +91,11 @@ program
     delete process.env.ONEPORT_LISTEN_FD;
     const listenFd = inherited !== undefined && /^\d{1,4}$/.test(inherited) ? Number(inherited) : undefined;
     const onBound = (): void => void process.send?.({ oneport: 'bound' }, () => process.disconnect?.());
+    // From the start on: a SIGTERM during a long start (a big directory to load) drains the node once it runs.
+    const onStop = stopSignals();
     const workers = workerCount(cfg);
     if (workers > 1) {
-      await servePrimary(cfg, workers, listenFd, listenFd !== undefined ? onBound : undefined, joinToken);
+      await servePrimary(cfg, workers, listenFd, listenFd !== undefined ? onBound : undefined, joinToken, onStop);
       return;
     }
     const gw = await startGateway(cfg, {
@@ -109,42 +111,58 @@ program
     process.on('unhandledRejection', lastResort('unhandledRejection'));
     process.on('uncaughtException', lastResort('uncaughtException'));
     process.stderr.write(`oneport ${VERSION} serving on ${gw.url}  (CA: ${cfg.state}/ca.pem)\n`);
-    let signals = 0;
-    const stop = (sig: string): void => {
-      signals++;
-      if (signals > 1) {
-        process.stderr.write(`${sig} again: exiting now\n`);
-        process.exit(1);
-      }
-      // A drain: unready, clients sent elsewhere (and VMs moved with shutdown.moveVms), then stop.
-      void gw.drain({ cause: sig });
-    };
     // However it stops (a signal, `oneport node drain`), the process ends with it.
     void gw.stopped.then(() => process.exit(0));
-    process.on('SIGTERM', () => stop('SIGTERM'));
-    process.on('SIGINT', () => stop('SIGINT'));
+    // A drain: unready, clients sent elsewhere (and VMs moved with shutdown.moveVms), then stop.
+    onStop((sig) => void gw.drain({ cause: sig }));
     process.on('SIGUSR2', () => void restartServe({ log: gw.ctx.log, listenFd: gw.listenFd, handOff: gw.handOff }));
   });
 
 /** `serve` with workers: this process is the primary (workers/primary.ts). */
-async function servePrimary(cfg: Config, workers: number, listenFd: number | undefined, onBound: (() => void) | undefined, joinToken: string | undefined): Promise<void> {
+async function servePrimary(
+  cfg: Config,
+  workers: number,
+  listenFd: number | undefined,
+  onBound: (() => void) | undefined,
+  joinToken: string | undefined,
+  onStop: (drain: (cause: string) => void) => void,
+): Promise<void> {
   const log = createLogger({ level: cfg.log.level, nodeId: cfg.nodeId, format: cfg.log.format }).child({ worker: 'primary' });
   const primary = await runPrimary(cfg, { workers, log, ...(listenFd !== undefined ? { listenFd } : {}), ...(onBound ? { onBound } : {}), ...(joinToken ? { joinToken } : {}) });
   process.on('unhandledRejection', (e) => log.error({ err: e, event: 'last-resort', where: 'unhandledRejection' }, 'unhandledRejection: kept serving'));
   process.on('uncaughtException', (e) => log.error({ err: e, event: 'last-resort', where: 'uncaughtException' }, 'uncaughtException: kept serving'));
   process.stderr.write(`oneport ${VERSION} serving on ${primary.url} with ${workers} workers  (CA: ${cfg.state}/ca.pem)\n`);
+  void primary.stopped.then(() => process.exit(0));
+  onStop((sig) => void primary.drain({ cause: sig }));
+  process.on('SIGUSR2', () => void restartServe(primary));
+}
+
+/**
+ * SIGTERM and SIGINT, listened to from the start of `serve`: once the node runs, the first one
+ * drains it (`drain`, given when it runs; one that came during the start is answered then); a
+ * second one exits at once.
+ */
+function stopSignals(): (drain: (cause: string) => void) => void {
   let signals = 0;
+  let pending: string | undefined;
+  let drain: ((cause: string) => void) | undefined;
   const stop = (sig: string): void => {
     if (++signals > 1) {
       process.stderr.write(`${sig} again: exiting now\n`);
       process.exit(1);
     }
-    void primary.drain({ cause: sig });
+    if (drain) drain(sig);
+    else {
+      pending = sig;
+      process.stderr.write(`${sig}: the node drains and stops as soon as it has started (${sig} again to exit now)\n`);
+    }
   };
-  void primary.stopped.then(() => process.exit(0));
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
-  process.on('SIGUSR2', () => void restartServe(primary));
+  return (fn) => {
+    drain = fn;
+    if (pending !== undefined) fn(pending);
+  };
 }
 
 /** How long a successor gets to accept on the port before the restart is given up. */
