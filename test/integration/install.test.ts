@@ -93,7 +93,10 @@ t.test('npm pack, npm install -g into a prefix, then the installed oneport runs'
   const asService = (caps: boolean): ChildProcessWithoutNullStreams =>
     spawn(
       'unshare',
-      ['-n', 'sh', '-c', 'ip link set lo up && exec "$@"', 'sh',
+      // Without tap's process tracking (NODE_OPTIONS --import of @tapjs/processinfo, which tap adds
+      // to every child's environment): as another user it cannot write its records, and the
+      // error in its exit hook kept the workers from exiting.
+      ['-n', 'sh', '-c', 'ip link set lo up && exec env -u NODE_OPTIONS "$@"', 'sh',
         'setpriv', `--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', '--no-new-privs',
         ...(caps ? ['--inh-caps=+net_bind_service', '--ambient-caps=+net_bind_service', '--bounding-set=-all,+net_bind_service'] : ['--bounding-set=-all']),
         bin, 'serve', '--state', svcState, '--listen', '127.0.0.1:443'],
