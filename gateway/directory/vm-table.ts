@@ -9,6 +9,9 @@
  */
 import type { UserRecord, VmRecord } from './directory.js';
 
+/** What the indexes read of a VM record. */
+export type VmIndexFields = Pick<VmRecord, 'node' | 'state' | 'users' | 'groups'>;
+
 /**
  * The VM names under one index key, as lean as their number allows: one name as itself, a few in
  * an array, many in a Set (kept a Set when it shrinks again). Most users and groups have a few
@@ -49,8 +52,11 @@ export class VmTable<T> {
     return this.byName.entries();
   }
 
-  /** `vm`: the record `held` holds, when the caller has it already (the mirror parsed it to check it). */
-  set(name: string, held: T, vm: VmRecord = this.record(held)): void {
+  /**
+   * `vm`: the index fields of the record `held` holds, when the caller has them already (the
+   * mirror parsed the record to check it, or a scan thread did: page.ts). Read during the call only.
+   */
+  set(name: string, held: T, vm: VmIndexFields = this.record(held)): void {
     const before = this.byName.get(name);
     if (before !== undefined) this.unindex(name, this.record(before));
     this.byName.set(name, held);
@@ -88,7 +94,7 @@ export class VmTable<T> {
     return out;
   }
 
-  private index(name: string, vm: VmRecord): void {
+  private index(name: string, vm: VmIndexFields): void {
     add(this.byNode, vm.node, name);
     if (vm.state === 'recovering' || vm.state === 'down') add(this.unsettledByNode, vm.node, name);
     for (const u of vm.users) add(this.byUser, u, name);
