@@ -79,8 +79,10 @@ export interface RedisDirectoryOptions {
   /** While a Redis that lost the directory waits for its reseed, look again this often. @default 250 ms */
   readonly reseedPollMs?: number;
   /**
-   * Fields per HSCAN page (and feed entries per XRANGE) of a snapshot: each call stays well under
-   * a millisecond of Redis time at ~300 bytes a record. @default 500
+   * Fields per HSCAN page (and feed entries per XRANGE) of a snapshot: ~0.25 ms of Redis time a
+   * call at ~300 bytes a record (1M VMs), so a Redis preempted in the middle of one rarely holds
+   * it 10 ms. Halved from 500 once a scan thread did the round trips: no cost measured (bench/SCALE.md,
+   * round 4). @default 250
    */
   readonly snapshotPage?: number;
   /**
@@ -174,7 +176,7 @@ const DEFAULTS = {
   blockMs: 2_000, // 2 seconds
   commandTimeoutMs: 2_000, // 2 seconds
   readBatch: 500, // entries
-  snapshotPage: 500, // fields or entries per call
+  snapshotPage: 250, // fields or entries per call
   scanThreadMin: 50_000, // records
   connectionName: 'oneport-directory',
   reseedPollMs: 250, // ms
