@@ -133,7 +133,13 @@ export class ScanThread {
       };
       const watch = (): void => {
         clearTimeout(this.timer);
-        this.timer = setTimeout(() => this.fail(new ScanThreadFailed(`the scan thread sent nothing for ${ms} ms`, true)), ms);
+        const armed = performance.now();
+        this.timer = setTimeout(() => {
+          // Late by far: this thread was stalled (a long GC, the process stopped), and the
+          // thread's messages may be waiting behind this timer: look again first.
+          if (performance.now() - armed > ms + 1_000) watch();
+          else this.fail(new ScanThreadFailed(`the scan thread sent nothing for ${ms} ms`, false));
+        }, ms);
       };
       this.onFail = (err) => {
         settle();
