@@ -11,6 +11,7 @@
  * Messages in: {scan, kind, key}, {ack, kind}. Out: {ready, runId} once connected, {page} per
  * page, {done, kind} per hash, {error, name, message} (the thread then waits to be terminated).
  */
+import { setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { Redis, type RedisOptions } from 'ioredis';
 import { parsePage } from './page.js';
@@ -31,6 +32,18 @@ export type ScanRequest = { readonly type: 'scan'; readonly kind: 'user' | 'vm';
 
 const data = workerData as ScanWorkerData;
 const port = parentPort!;
+
+// Background work: on a contended core, Redis (when on this host) and this node's main thread
+// (which serves tunnels and applies the pages) go first. A Redis preempted in the middle of a page
+// holds every client. On Linux the nice value is per thread: this one only (elsewhere it would be
+// the whole process's, so not there). With a core free it changes nothing.
+if (process.platform === 'linux') {
+  try {
+    setPriority(0, 10);
+  } catch {
+    // Best effort (a container may refuse it).
+  }
+}
 
 const fail = (err: unknown): void => {
   const e = err instanceof Error ? err : new Error(String(err));
