@@ -5,7 +5,8 @@
  * to take a snapshot.
  *
  * Each record is kept as the JSON text it came from (parsed when read), so a resync can tell
- * exactly which records differ, and announce only those, without parsing the others.
+ * exactly which records differ by their text, and announce only those. Pages arrive checked and
+ * parsed (page.ts: in the snapshot's scan thread for a large load), so applying one parses nothing.
  */
 import type { DirectoryChange, KeyRing, UserRecord, VmRecord } from './directory.js';
 import { VmTable, type VmIndexFields } from './vm-table.js';
@@ -192,9 +193,10 @@ export class DirectoryMirror {
   }
 
   /**
-   * Start a paged load (a resync): `loadPage` for each page of each hash, then `endLoad` with the
-   * head and the feed entries after it. Pages are applied in place as they come, so a load never
-   * holds a second copy of the directory (a record whose text did not change is not even parsed);
+   * Start a paged load (a resync): `loadPage` or `applyPage` for each page of each hash, then
+   * `endLoad` with the head and the feed entries after it. Pages are applied in place as they come,
+   * so a load never holds a second copy of the directory (a record whose text did not change is
+   * not even touched);
    * meanwhile readers see each record either as it was or as a page (or a later entry) has it,
    * and `version` stays the old one until endLoad.
    */

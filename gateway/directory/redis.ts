@@ -81,8 +81,8 @@ export interface RedisDirectoryOptions {
   /**
    * Fields per HSCAN page (and feed entries per XRANGE) of a snapshot: ~0.25 ms of Redis time a
    * call at ~300 bytes a record (1M VMs), so a Redis preempted in the middle of one rarely holds
-   * it 10 ms. Halved from 500 once a scan thread did the round trips: no cost measured (bench/SCALE.md,
-   * round 4). @default 250
+   * it 10 ms. Halved from 500 once a scan thread made the round trips: no cost measured
+   * (bench/SCALE.md, round 4). @default 250
    */
   readonly snapshotPage?: number;
   /**
@@ -320,8 +320,9 @@ return 1
 `;
 
 /**
- * Where a paged snapshot starts: {keys or nil, version, last feed id, records in both hashes}. O(1): the hashes are read
- * afterwards with HSCAN, one bounded page per call, so no call blocks Redis for long.
+ * Where a paged snapshot starts: {keys or nil, version, last feed id, records in both hashes (to
+ * choose a scan thread or not)}. O(1): the hashes are read afterwards with HSCAN, one bounded page
+ * per call, so no call blocks Redis for long.
  */
 const SNAPSHOT_HEAD_LUA = `
 local last = redis.call('XREVRANGE', KEYS[5], '+', '-', 'COUNT', 1)
