@@ -2,11 +2,13 @@
  * A large load's scan thread (gateway/directory/scan-thread.ts, scan-worker.ts) against a real
  * redis-server: it loads exactly what the main thread loads (tricky records: non-ASCII names,
  * escapes, duplicate keys, a large record, malformed ones), for a first load and an in-place
- * resync; a thread that cannot reach Redis leaves the load to the main thread; a Redis error in
- * the middle of its scan fails the load as one on the main thread would.
+ * resync; a thread that cannot reach Redis leaves the load to the main thread; one that cannot
+ * start leaves every load to it; a Redis error in the middle of its scan fails the load as one on
+ * the main thread would.
  */
 import t, { type Test } from 'tap';
 import { Writable } from 'node:stream';
+import type { RedisOptions } from 'ioredis';
 import { RedisDirectory, DirectoryUnavailableError, type RedisDirectoryOptions, type ResyncEvent } from '../../gateway/directory/redis.js';
 import type { DirectoryChange, UserRecord, VmRecord } from '../../gateway/directory/directory.js';
 import { createLogger } from '../../gateway/log.js';
@@ -16,7 +18,7 @@ let prefixes = 0;
 const newPrefix = (): string => `thread${process.pid}-${++prefixes}:{dir}:`;
 
 /** A RedisDirectory logging at debug level into `events` (its JSON lines, parsed), closed at teardown. */
-async function openDir(t: Test, redis: string, prefix: string, opts: Partial<RedisDirectoryOptions> = {}): Promise<{ dir: RedisDirectory; events: Array<Record<string, unknown>> }> {
+async function openDir(t: Test, redis: string | RedisOptions, prefix: string, opts: Partial<RedisDirectoryOptions> = {}): Promise<{ dir: RedisDirectory; events: Array<Record<string, unknown>> }> {
   const events: Array<Record<string, unknown>> = [];
   const destination = new Writable({
     write(chunk: Buffer, _enc, done) {
@@ -171,4 +173,21 @@ t.test('a Redis error in the middle of a threaded scan fails the load with a cle
   );
   t.type(err, DirectoryUnavailableError, 'a Redis failure, as on the main thread');
   t.match((err as Error).message, /loading the snapshot/, 'saying what failed');
+});
+
+t.test('a scan thread that cannot start: loads go on on the main thread, and try no thread again', async (t) => {
+  const { redis, prefix, direct } = await filled(t);
+  // Options a thread cannot be given (a symbol does not cross threads); ioredis ignores the field.
+  const opts: RedisOptions & { tag: symbol } = { host: '127.0.0.1', port: redis.port, tag: Symbol('not cloneable') };
+  const { dir, events } = await openDir(t, opts, prefix, { scanThreadMin: 0, checkIntervalMs: 100 });
+  const failed = of(events, 'directory-scan-thread-failed');
+  t.equal(failed.length, 1, 'logged once');
+  t.match(failed[0]?.err, /cannot start a scan thread/);
+  t.equal(failed[0]?.lasting, true);
+  t.equal(dir.listVms().length, 2000 + 7, 'loaded on the main thread');
+  const resync = nextEvent<ResyncEvent>(dir, 'resync');
+  await direct.incr(`${prefix}version`);
+  t.equal((await resync).reason, 'version-mismatch');
+  t.same(of(events, 'directory-loaded').map((e) => e.thread), [false, false], 'the resync did not try a thread');
+  t.equal(of(events, 'directory-scan-thread-failed').length, 1);
 });
