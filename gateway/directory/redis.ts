@@ -809,9 +809,10 @@ export class RedisDirectory extends EventEmitter implements Directory {
       this.opts.log?.warn({ event: 'directory-scan-thread-failed', err: err.message, lasting: err.lasting }, `directory: the snapshot's scan thread failed (${err.message}); loading on the main thread${err.lasting ? ' from now on' : ''}`);
       return false;
     } finally {
-      // Terminated at once (a failed one is already): a page of it must never land in the next load.
+      // Terminated before the load goes on (a failed one already is): no page of it can land in
+      // the next load, and no thread outlives its load.
       this.scanThread = undefined;
-      void thread.close();
+      await thread.close();
     }
   }
 

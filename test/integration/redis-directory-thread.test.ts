@@ -191,3 +191,23 @@ t.test('a scan thread that cannot start: loads go on on the main thread, and try
   t.same(of(events, 'directory-loaded').map((e) => e.thread), [false, false], 'the resync did not try a thread');
   t.equal(of(events, 'directory-scan-thread-failed').length, 1);
 });
+
+t.test('close() during a threaded resync ends the thread and its connection', async (t) => {
+  const { redis, prefix, direct } = await filled(t);
+  const { dir, events } = await openDir(t, redis.url, prefix, { scanThreadMin: 0, snapshotPage: 4, checkIntervalMs: 100, connectionName: 'closing' });
+  const scanning = async (): Promise<string | undefined> => String(await direct.client('LIST')).split('\n').find((l) => l.includes(' name=closing:scan '));
+  while ((await scanning()) !== undefined) {
+    // The thread ended with the load; Redis sees its connection go a moment later.
+  }
+  // A resync (the periodic check sees the version move) through a thread, ~550 pages long.
+  await direct.incr(`${prefix}version`);
+  while (!(await scanning())?.includes(' cmd=hscan ')) {
+    // Until the thread is scanning.
+  }
+  await dir.close();
+  while ((await scanning()) !== undefined) {
+    // Until Redis sees its connection go (terminated with the thread).
+  }
+  t.pass('the scan connection is gone');
+  t.same(of(events, 'directory-scan-thread-failed'), [], 'a close is not a thread failure');
+});
