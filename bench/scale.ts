@@ -21,7 +21,9 @@
  *
  *  - with `--ab <checkout>`: only the start, K times (`--ab-runs`, default 3) in turns with the
  *    code of another checkout (e.g. `git worktree add /tmp/base main`), each start in a fresh
- *    process of its own: wall time, CPU, GC and mirror heap of both, taken under the same load.
+ *    process of its own: wall time, CPU (the process's, and its main thread's alone), the main
+ *    thread's GC, mirror heap and SLOWLOG (longest, and commands over 10 ms) of both, under the
+ *    same load.
  *
  *   npm run bench:scale -- 100000 [--resyncs 3] [--idle-ms 5000] [--fleet 5x10] [--ab <dir>]
  *
@@ -221,7 +223,7 @@ async function main(): Promise<void> {
   await slowlogMaxMs(admin);
 
   if (AB) {
-    writeResult({ n: N, users: USERS, rev: `${rev}${dirty ? '+dirty' : ''}`, at: new Date().toISOString(), ab: await startAb(server.url, AB) });
+    writeResult({ n: N, users: USERS, rev: `${rev}${dirty ? '+dirty' : ''}`, at: new Date().toISOString(), ab: await startAb(server.url, AB, admin) });
     return;
   }
 
@@ -350,10 +352,23 @@ async function main(): Promise<void> {
 
 interface OpenFigures {
   readonly ms: number;
+  /** CPU of the whole process (every thread: a scan thread's too), and of its main thread alone. */
   readonly cpuMs: number;
+  readonly mainCpuMs: number;
+  /** GC pauses of the main thread. */
   readonly gcMs: number;
   readonly heapMiB: number;
   readonly load: string;
+  /** SLOWLOG during the start: its longest command, and how many took over 10 ms. */
+  readonly slowlogMaxMs?: number;
+  readonly slowlogOver10?: number;
+}
+
+/** CPU time of the calling thread so far, in ms (Linux: /proc/thread-self/stat, 10 ms ticks). */
+function threadCpuMs(): number {
+  const stat = readFileSync('/proc/thread-self/stat', 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) * 10;
 }
 
 /** --ab: one start in a process of its own, with `code`'s RedisDirectory (a checkout's root). */
@@ -361,31 +376,35 @@ async function openChild(url: string, code: string): Promise<void> {
   const { RedisDirectory: Dir } = (await import(join(code, 'gateway/directory/redis.ts'))) as { RedisDirectory: typeof RedisDirectory };
   const heap0 = heapMiB();
   const cost = costOf();
+  const main0 = threadCpuMs();
   const t0 = performance.now();
   const dir = await Dir.open({ redis: url, prefix: PREFIX });
   const ms = performance.now() - t0;
   const { cpuMs, gcMs } = cost();
-  const figures: OpenFigures = { ms: Math.round(ms), cpuMs, gcMs, heapMiB: Math.round(heapMiB() - heap0), load: readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ') };
+  const figures: OpenFigures = { ms: Math.round(ms), cpuMs, mainCpuMs: threadCpuMs() - main0, gcMs, heapMiB: Math.round(heapMiB() - heap0), load: readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ') };
   process.send!(figures);
   await dir.close();
   process.disconnect();
 }
 
-async function startAb(url: string, base: string): Promise<Record<string, OpenFigures[]>> {
+async function startAb(url: string, base: string, admin: Redis): Promise<Record<string, OpenFigures[]>> {
   const codes: Record<string, string> = { base, this: join(here, '..') };
   const out: Record<string, OpenFigures[]> = { base: [], this: [] };
   for (let i = 0; i < AB_RUNS; i++) {
     for (const which of ['base', 'this'] as const) {
       const child = fork(fileURLToPath(import.meta.url), ['--open-child', url, codes[which]!], { execArgv: ['--import', 'tsx', '--expose-gc', '--max-old-space-size=8192'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
       teardowns.push(() => child.kill());
-      const [f] = (await once(child, 'message')) as [OpenFigures];
+      const [opened] = (await once(child, 'message')) as [OpenFigures];
       await once(child, 'exit');
+      const slow = (await admin.call('SLOWLOG', 'GET', '128')) as Array<[number, number, number]>;
+      await admin.call('SLOWLOG', 'RESET');
+      const f: OpenFigures = { ...opened, slowlogMaxMs: Math.max(0, ...slow.map((e) => e[2] / 1000)), slowlogOver10: slow.filter((e) => e[2] > 10_000).length };
       out[which]!.push(f);
-      log(`  start (${which}): ${f.ms} ms, CPU ${f.cpuMs} ms, GC ${f.gcMs} ms, mirror heap ${f.heapMiB} MiB; load ${f.load}`);
+      log(`  start (${which}): ${f.ms} ms, CPU ${f.cpuMs} ms (main thread ${f.mainCpuMs} ms), GC ${f.gcMs} ms, mirror heap ${f.heapMiB} MiB; slowlog max ${f.slowlogMaxMs!.toFixed(1)} ms, ${f.slowlogOver10} over 10 ms; load ${f.load}`);
     }
   }
   const med = (which: string, k: keyof OpenFigures): number => median(out[which]!.map((f) => Number(f[k])));
-  for (const k of ['ms', 'cpuMs', 'gcMs', 'heapMiB'] as const) log(`  median ${k}: base ${med('base', k)}, this ${med('this', k)} (${(med('this', k) / med('base', k)).toFixed(2)}x)`);
+  for (const k of ['ms', 'cpuMs', 'mainCpuMs', 'gcMs', 'heapMiB', 'slowlogMaxMs'] as const) log(`  median ${k}: base ${med('base', k)}, this ${med('this', k)} (${(med('this', k) / med('base', k)).toFixed(2)}x)`);
   return out;
 }
 

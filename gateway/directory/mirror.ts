@@ -5,10 +5,12 @@
  * to take a snapshot.
  *
  * Each record is kept as the JSON text it came from (parsed when read), so a resync can tell
- * exactly which records differ, and announce only those, without parsing the others.
+ * exactly which records differ by their text, and announce only those. Pages arrive checked and
+ * parsed (page.ts: in the snapshot's scan thread for a large load), so applying one parses nothing.
  */
 import type { DirectoryChange, KeyRing, UserRecord, VmRecord } from './directory.js';
-import { VmTable } from './vm-table.js';
+import { VmTable, type VmIndexFields } from './vm-table.js';
+import { eachVm, parsePage, parseRecord, type ParsedPage } from './page.js';
 
 /** One change-feed entry, as the write scripts in redis.ts append it. */
 export interface ChangeEntry {
@@ -168,7 +170,7 @@ export class DirectoryMirror {
       // All or nothing: check every record before the first is applied.
       const parsed: Array<[VmRecord, string]> = [];
       for (const [name, json] of e.records ?? []) {
-        const rec = parseRecord(json, name);
+        const rec = parseRecord('vm', json, name);
         if (!rec) return { invalid: `entry ${e.id}: malformed vm ${JSON.stringify(name)}` };
         parsed.push([rec as VmRecord, json]);
       }
@@ -179,9 +181,9 @@ export class DirectoryMirror {
     } else {
       if (e.data === undefined) this.remove(e.kind, e.name);
       else {
-        const rec = parseRecord(e.data, e.name);
+        const rec = parseRecord(e.kind, e.data, e.name);
         if (!rec) return { invalid: `entry ${e.id}: malformed ${e.kind} ${JSON.stringify(e.name)}` };
-        this.store(e.kind, e.name, e.data, rec);
+        this.store(e.kind, e.name, e.data, rec as VmIndexFields);
       }
       changes.push({ kind: e.kind, name: e.name, version: e.version });
     }
@@ -191,9 +193,10 @@ export class DirectoryMirror {
   }
 
   /**
-   * Start a paged load (a resync): `loadPage` for each page of each hash, then `endLoad` with the
-   * head and the feed entries after it. Pages are applied in place as they come, so a load never
-   * holds a second copy of the directory (a record whose text did not change is not even parsed);
+   * Start a paged load (a resync): `loadPage` or `applyPage` for each page of each hash, then
+   * `endLoad` with the head and the feed entries after it. Pages are applied in place as they come,
+   * so a load never holds a second copy of the directory (a record whose text did not change is
+   * not even touched);
    * meanwhile readers see each record either as it was or as a page (or a later entry) has it,
    * and `version` stays the old one until endLoad.
    */
@@ -208,28 +211,32 @@ export class DirectoryMirror {
    * removed from the mirror when the load ends, as if absent from Redis).
    */
   loadPage(kind: 'user' | 'vm', flat: readonly string[]): string[] {
+    return this.applyPage(parsePage(kind, flat));
+  }
+
+  /**
+   * One page already checked and parsed (page.ts: here by loadPage, or in the snapshot's scan
+   * thread). Returns its malformed records, like loadPage.
+   */
+  applyPage(page: ParsedPage): string[] {
     const load = this.need();
+    const { kind, records } = page;
     const seen = kind === 'user' ? load.seenUsers : load.seenVms;
-    const invalid: string[] = [];
-    for (let i = 0; i + 1 < flat.length; i += 2) {
-      const name = flat[i]!;
-      const json = flat[i + 1]!;
-      if (kind === 'user') load.users++;
-      else load.vms++;
+    const count = records.length / 2 + page.invalid.length;
+    if (kind === 'user') load.users += count;
+    else load.vms += count;
+    const apply = (name: string, json: string, fields?: VmIndexFields): void => {
       // Unchanged (only a mirror that held records before the load has any to compare with).
       if (seen !== undefined && (kind === 'user' ? this.users.get(name) : this.vms.get(name)) === json) {
         seen.add(name);
-        continue;
-      }
-      const rec = parseRecord(json, name);
-      if (!rec) {
-        invalid.push(`${kind} ${JSON.stringify(name)}`);
-        continue;
+        return;
       }
       seen?.add(name);
-      this.store(kind, name, json, rec);
-    }
-    return invalid;
+      this.store(kind, name, json, fields);
+    };
+    if (kind === 'vm') eachVm(page, apply);
+    else for (let i = 0; i + 1 < records.length; i += 2) apply(records[i]!, records[i + 1]!);
+    return page.invalid;
   }
 
   /**
@@ -254,7 +261,7 @@ export class DirectoryMirror {
             seen?.delete(name);
             continue;
           }
-          const rec = parseRecord(json, name);
+          const rec = parseRecord(kind, json, name);
           if (!rec) {
             invalid.push(`${kind} ${JSON.stringify(name)}`);
             seen?.delete(name);
@@ -262,7 +269,7 @@ export class DirectoryMirror {
             continue;
           }
           seen?.add(name);
-          this.store(kind, name, json, rec);
+          this.store(kind, name, json, rec as VmIndexFields);
         }
       }
     }
@@ -319,9 +326,10 @@ export class DirectoryMirror {
     return this.loading;
   }
 
-  private store(kind: 'user' | 'vm', name: string, json: string, rec: object): void {
+  /** `fields`: a VM's index fields, when the caller has them (the VM's JSON is parsed otherwise). */
+  private store(kind: 'user' | 'vm', name: string, json: string, fields?: VmIndexFields): void {
     if (kind === 'user') this.users.set(name, json);
-    else this.vms.set(name, json, rec as VmRecord);
+    else this.vms.set(name, json, fields);
     this.touch(kind, name);
   }
 
@@ -350,16 +358,6 @@ function readAll<T>(jsons: Iterable<string>): T[] {
   const out: T[] = [];
   for (const json of jsons) out.push(Object.freeze(JSON.parse(json)) as T);
   return out;
-}
-
-function parseRecord(json: string, name: string): object | undefined {
-  try {
-    const v: unknown = JSON.parse(json);
-    if (typeof v !== 'object' || v === null || (v as { name?: unknown }).name !== name) return undefined;
-    return v;
-  } catch {
-    return undefined;
-  }
 }
 
 function parseKeyRing(json: string): KeyRing | undefined {

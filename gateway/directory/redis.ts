@@ -53,6 +53,8 @@ import { newSigningKey } from './memory.js';
 import type { Logger } from '../log.js';
 import { OneportError } from '../errors.js';
 import { followSentinelSwitches } from './sentinel-follow.js';
+import { parsePage, type ParsedPage } from './page.js';
+import { ScanThread, ScanThreadFailed } from './scan-thread.js';
 
 export interface RedisDirectoryOptions {
   /**
@@ -77,10 +79,20 @@ export interface RedisDirectoryOptions {
   /** While a Redis that lost the directory waits for its reseed, look again this often. @default 250 ms */
   readonly reseedPollMs?: number;
   /**
-   * Fields per HSCAN page (and feed entries per XRANGE) of a snapshot: each call stays well under
-   * a millisecond of Redis time at ~300 bytes a record. @default 500
+   * Fields per HSCAN page (and feed entries per XRANGE) of a snapshot: ~0.25 ms of Redis time a
+   * call at ~300 bytes a record (1M VMs), so a Redis preempted in the middle of one rarely holds
+   * it 10 ms. Halved from 500 once a scan thread made the round trips: no cost measured
+   * (bench/SCALE.md, round 4). @default 250
    */
   readonly snapshotPage?: number;
+  /**
+   * A snapshot of at least this many records (users and VMs) is scanned and parsed by a thread of
+   * its own (scan-thread.ts), with a third connection, while the main thread applies its pages: a
+   * large start uses two cores. Smaller ones load on the main thread: a thread costs ~0.15 s to
+   * start (built; ~0.5 s from the sources under tsx), about what it saves at 100k records (a load
+   * of ~0.7 s of CPU on one thread). 0: always; Infinity: never. @default 100000
+   */
+  readonly scanThreadMin?: number;
   /** Most entries applied per XREAD. @default 500 */
   readonly readBatch?: number;
   /** Name of the connections in `CLIENT LIST`. @default 'oneport-directory' */
@@ -165,7 +177,8 @@ const DEFAULTS = {
   blockMs: 2_000, // 2 seconds
   commandTimeoutMs: 2_000, // 2 seconds
   readBatch: 500, // entries
-  snapshotPage: 500, // fields or entries per call
+  snapshotPage: 250, // fields or entries per call
+  scanThreadMin: 100_000, // records
   connectionName: 'oneport-directory',
   reseedPollMs: 250, // ms
 } as const;
@@ -308,14 +321,16 @@ return 1
 `;
 
 /**
- * Where a paged snapshot starts: {keys or nil, version, last feed id}. O(1): the hashes are read
- * afterwards with HSCAN, one bounded page per call, so no call blocks Redis for long.
+ * Where a paged snapshot starts: {keys or nil, version, last feed id, records in both hashes (to
+ * choose a scan thread or not)}. O(1): the hashes are read afterwards with HSCAN, one bounded page
+ * per call, so no call blocks Redis for long.
  */
 const SNAPSHOT_HEAD_LUA = `
 local last = redis.call('XREVRANGE', KEYS[5], '+', '-', 'COUNT', 1)
 local lastId = '0-0'
 if last[1] then lastId = last[1][1] end
-return {redis.call('GET', KEYS[3]), redis.call('GET', KEYS[4]) or '0', lastId}
+local records = redis.call('HLEN', KEYS[1]) + redis.call('HLEN', KEYS[2])
+return {redis.call('GET', KEYS[3]), redis.call('GET', KEYS[4]) or '0', lastId, records}
 `;
 
 /** A paged snapshot loaded into the mirror, not yet ended: where it stands and what to replay. */
@@ -371,8 +386,18 @@ export function describeRedis(redis: string | RedisOptions): string {
  * script must never run twice because a reply was lost), RESP2 reply shapes.
  */
 export function createConnection(redis: string | RedisOptions, extra: RedisOptions): Redis {
+  const opts = connectionOptions(redis, extra);
+  if (typeof redis === 'string') return new Redis(redis, opts);
+  const conn = new Redis(opts);
+  // With sentinels: reconnect the moment Sentinel switches the master, not at the next retry.
+  followSentinelSwitches(conn, opts);
+  return conn;
+}
+
+/** createConnection's options: the caller's, then `extra`, then those that decide write semantics. */
+function connectionOptions(redis: string | RedisOptions, extra: RedisOptions): RedisOptions {
   const user = typeof redis === 'string' ? {} : redis;
-  const opts: RedisOptions = {
+  return {
     retryStrategy: defaultRetryStrategy,
     // How long a closing socket may linger before it is destroyed (ioredis default 2 s; its timer
     // also outlives sockets that were already closed, delaying process exit).
@@ -389,11 +414,6 @@ export function createConnection(redis: string | RedisOptions, extra: RedisOptio
     autoResubscribe: false,
     maxRetriesPerRequest: 0,
   };
-  if (typeof redis === 'string') return new Redis(redis, opts);
-  const conn = new Redis(opts);
-  // With sentinels: reconnect the moment Sentinel switches the master, not at the next retry.
-  followSentinelSwitches(conn, opts);
-  return conn;
 }
 
 /**
@@ -423,6 +443,11 @@ export class RedisDirectory extends EventEmitter implements Directory {
   private readonly scripts: Scripts;
   private readonly k: { users: string; vms: string; keys: string; version: string; changes: string };
   private readonly opts: Required<Omit<RedisDirectoryOptions, 'log' | 'redis' | 'fence' | 'seal'>> & { log: Logger | undefined; target: string; fence: RedisDirectoryOptions['fence']; seal: RedisDirectoryOptions['seal'] };
+  private readonly redis: string | RedisOptions;
+  /** The scan thread of the load in progress, if it has one. */
+  private scanThread: ScanThread | undefined;
+  /** Why loads no longer use a scan thread (one failed for good), once it happened. */
+  private scanThreadOff: string | undefined;
   private runId: string | undefined;
   private readerId: number | undefined;
   private linkUp = false;
@@ -468,6 +493,7 @@ export class RedisDirectory extends EventEmitter implements Directory {
       reseedPollMs: options.reseedPollMs ?? DEFAULTS.reseedPollMs,
       readBatch: options.readBatch ?? DEFAULTS.readBatch,
       snapshotPage: options.snapshotPage ?? DEFAULTS.snapshotPage,
+      scanThreadMin: options.scanThreadMin ?? DEFAULTS.scanThreadMin,
       connectionName: options.connectionName ?? DEFAULTS.connectionName,
       now: options.now ?? Date.now,
       log: options.log,
@@ -475,6 +501,7 @@ export class RedisDirectory extends EventEmitter implements Directory {
       seal: options.seal,
       target: describeRedis(options.redis),
     };
+    this.redis = options.redis;
     this.mirror = new DirectoryMirror(options.seal ? (text) => options.seal!.open(text) : undefined);
     this.sealRing = options.seal ? (json) => options.seal!.seal(json) : (json) => json;
     const p = this.opts.prefix;
@@ -704,31 +731,34 @@ export class RedisDirectory extends EventEmitter implements Directory {
    * trimmed past L, or a reseed, during the scan: start again (a few times, then fail like any
    * other call). Resolves with the mirror still loading: the caller ends or gives up the load.
    */
-  private async snapshot(): Promise<SnapshotHead> {
+  private async snapshot(runId: string | undefined): Promise<SnapshotHead> {
+    let threads = this.scanThreadOff === undefined;
+    const t0 = performance.now();
     for (let attempt = 1; ; attempt++) {
-      const head = (await this.paged(() => this.scripts.oneportDirSnapshotHead(...this.keyList()))) as [string | null, string, string];
+      const head = (await this.paged(() => this.scripts.oneportDirSnapshotHead(...this.keyList()))) as [string | null, string, string, number];
+      // A large load: scanned and parsed by a thread of its own (started before the load begins).
+      const thread = threads && Number(head[3]) >= this.opts.scanThreadMin ? this.startScanThread() : undefined;
       this.mirror.beginLoad();
       try {
         const invalid: string[] = [];
-        // Both hashes at once: twice the pages in flight, still one page per call. When one scan
-        // fails, the other stops before this load is given up: a page of it must never land in
-        // the next load (it would be older than that load's head).
-        const stop = { now: false };
-        const scans = [
-          this.scanHash(this.k.users, stop, (flat) => invalid.push(...this.mirror.loadPage('user', flat))),
-          this.scanHash(this.k.vms, stop, (flat) => invalid.push(...this.mirror.loadPage('vm', flat))),
-        ];
-        try {
-          await Promise.all(scans);
-        } catch (err) {
-          stop.now = true;
-          await Promise.allSettled(scans);
-          throw err;
+        const onPage = (page: ParsedPage): void => {
+          invalid.push(...this.mirror.applyPage(page));
+        };
+        if (!(await this.scanHashes(thread, runId, onPage))) {
+          // The thread failed: this load again, on this thread (what the pages applied stays).
+          this.mirror.abortLoad();
+          threads = false;
+          attempt--;
+          continue;
         }
         const version = Number(head[1]);
         const entries = await this.feedAfter(head[2], version);
         const last = entries?.[entries.length - 1];
-        if (entries) return { keys: head[0] ?? undefined, version: last?.version ?? version, lastId: last?.id ?? head[2], entries, invalid, ...this.mirror.loaded };
+        if (entries) {
+          const loaded = this.mirror.loaded;
+          this.opts.log?.debug({ event: 'directory-loaded', ...loaded, thread: thread !== undefined && threads, ms: Math.round(performance.now() - t0) }, 'directory: snapshot loaded');
+          return { keys: head[0] ?? undefined, version: last?.version ?? version, lastId: last?.id ?? head[2], entries, invalid, ...loaded };
+        }
       } catch (err) {
         this.mirror.abortLoad();
         throw err;
@@ -740,11 +770,76 @@ export class RedisDirectory extends EventEmitter implements Directory {
   }
 
   /**
+   * Both hashes into the load in progress: by `thread` when given (its pages applied as they
+   * come), else on this thread. False when the thread failed (the load must start again without
+   * it); a Redis error rejects either way.
+   */
+  private async scanHashes(thread: ScanThread | undefined, runId: string | undefined, onPage: (page: ParsedPage) => void): Promise<boolean> {
+    if (!thread) {
+      // Both hashes at once: twice the pages in flight, still one page per call. When one scan
+      // fails, the other stops before this load is given up: a page of it must never land in
+      // the next load (it would be older than that load's head).
+      const stop = { now: false };
+      const scans = [this.scanHash('user', this.k.users, stop, onPage), this.scanHash('vm', this.k.vms, stop, onPage)];
+      try {
+        await Promise.all(scans);
+      } catch (err) {
+        stop.now = true;
+        await Promise.allSettled(scans);
+        throw err;
+      }
+      return true;
+    }
+    this.scanThread = thread;
+    try {
+      const reached = await thread.ready();
+      // The head was read from the server this node's connections are on: the pages must be too.
+      if (reached !== runId) throw new ScanThreadFailed(`it reached another Redis server (run_id ${reached}) than this node's (${runId})`, false);
+      await thread.scan(
+        [
+          { kind: 'user', key: this.k.users },
+          { kind: 'vm', key: this.k.vms },
+        ],
+        onPage,
+      );
+      return true;
+    } catch (err) {
+      if (!(err instanceof ScanThreadFailed) || this.stopping.signal.aborted) throw err;
+      if (err.lasting) this.scanThreadOff = err.message;
+      this.opts.log?.warn({ event: 'directory-scan-thread-failed', err: err.message, lasting: err.lasting }, `directory: the snapshot's scan thread failed (${err.message}); loading on the main thread${err.lasting ? ' from now on' : ''}`);
+      return false;
+    } finally {
+      // Terminated before the load goes on (a failed one already is): no page of it can land in
+      // the next load, and no thread outlives its load.
+      this.scanThread = undefined;
+      await thread.close();
+    }
+  }
+
+  /** A scan thread for the next load, or undefined (and none from now on) when it cannot start. */
+  private startScanThread(): ScanThread | undefined {
+    const { commandTimeoutMs, connectionName, snapshotPage } = this.opts;
+    try {
+      return new ScanThread({
+        url: typeof this.redis === 'string' ? this.redis : undefined,
+        options: connectionOptions(this.redis, { connectTimeout: Math.max(commandTimeoutMs, 1_000), commandTimeout: commandTimeoutMs, connectionName: `${connectionName}:scan` }),
+        page: snapshotPage,
+        pageTries: PAGE_TRIES,
+        commandTimeoutMs,
+      });
+    } catch (err) {
+      this.scanThreadOff = (err as Error).message;
+      this.opts.log?.warn({ event: 'directory-scan-thread-failed', err: this.scanThreadOff, lasting: true }, `directory: ${this.scanThreadOff}; loading on the main thread from now on`);
+      return undefined;
+    }
+  }
+
+  /**
    * Every page of one hash, in cursor order, handed to `page` as it arrives (until `stop.now`).
    * The next page is asked for before this one is handed over, so the round trip overlaps the
    * parsing: one call in flight per hash, as before, but the connection never idles meanwhile.
    */
-  private async scanHash(key: string, stop: { readonly now: boolean }, page: (flat: string[]) => void): Promise<void> {
+  private async scanHash(kind: 'user' | 'vm', key: string, stop: { readonly now: boolean }, page: (page: ParsedPage) => void): Promise<void> {
     const scan = (at: string): Promise<[string, string[]]> => this.paged(() => this.cmd.hscan(key, at, 'COUNT', this.opts.snapshotPage));
     let pending = scan('0');
     for (;;) {
@@ -752,7 +847,7 @@ export class RedisDirectory extends EventEmitter implements Directory {
       if (stop.now) return;
       if (next !== '0') pending = scan(next);
       try {
-        page(flat);
+        page(parsePage(kind, flat));
       } catch (err) {
         // The page in flight is nobody's now: do not let its failure go unhandled.
         pending.catch(() => {});
@@ -818,7 +913,7 @@ export class RedisDirectory extends EventEmitter implements Directory {
       this.emit('resync', { reason, from: version, to: version, changed: 0, reseeded: false, caughtUp: true } satisfies ResyncEvent);
       return true;
     }
-    let snap = await this.snapshot();
+    let snap = await this.snapshot(runId);
     let reseeded = false;
     let loaded: LoadResult;
     let from: number;
@@ -831,7 +926,7 @@ export class RedisDirectory extends EventEmitter implements Directory {
           return false;
         }
         reseeded = outcome === 'reseeded';
-        snap = await this.snapshot();
+        snap = await this.snapshot(runId);
       }
       // The history is Redis's from here on: a version it went back from (a failover to a replica
       // that missed writes) no longer counts as acknowledged by this node.
@@ -842,7 +937,7 @@ export class RedisDirectory extends EventEmitter implements Directory {
         this.mirror.abortLoad();
         const ring = this.mirror.keysJson ?? this.sealRing(JSON.stringify({ current: newSigningKey(1), previous: [] } satisfies KeyRing));
         await this.scripts.oneportDirKeysCas(...this.keyList(), '', '', ring, this.opts.changesMaxLen);
-        snap = await this.snapshot();
+        snap = await this.snapshot(runId);
       }
       from = this.mirror.version;
       loaded = this.mirror.endLoad(snap, snap.entries);
@@ -1123,6 +1218,7 @@ export class RedisDirectory extends EventEmitter implements Directory {
   close(): Promise<void> {
     this.closing ??= (async () => {
       this.stopping.abort();
+      await this.scanThread?.close();
       if (this.checkTimer) clearInterval(this.checkTimer);
       this.reader.disconnect();
       await this.cmd.quit().catch(() => this.cmd.disconnect());

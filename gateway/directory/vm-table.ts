@@ -9,6 +9,9 @@
  */
 import type { UserRecord, VmRecord } from './directory.js';
 
+/** What the indexes read of a VM record. */
+export type VmIndexFields = Pick<VmRecord, 'node' | 'state' | 'users' | 'groups'>;
+
 /**
  * The VM names under one index key, as lean as their number allows: one name as itself, a few in
  * an array, many in a Set (kept a Set when it shrinks again). Most users and groups have a few
@@ -21,6 +24,14 @@ const ARRAY_MAX = 16;
 export class VmTable<T> {
   private readonly byName = new Map<string, T>();
   private readonly byNode = new Map<string, Names>();
+  /**
+   * A node's VM names while none has left it (a load, then only additions): appended to an
+   * array, no Set and no check for a name already there (a name is indexed once: a VM set again
+   * is unindexed first). Turned into the node's `byNode` entry when a name must be removed from
+   * it. At 1M VMs over 50 nodes, the 50 Sets of 20,000 names cost ~15 % of the main thread's start
+   * (bench/SCALE.md, round 4) and ~4x the memory of the arrays; most nodes never need one.
+   */
+  private readonly appendedByNode = new Map<string, string[]>();
   private readonly unsettledByNode = new Map<string, Names>();
   private readonly byUser = new Map<string, Names>();
   private readonly byGroup = new Map<string, Names>();
@@ -49,8 +60,11 @@ export class VmTable<T> {
     return this.byName.entries();
   }
 
-  /** `vm`: the record `held` holds, when the caller has it already (the mirror parsed it to check it). */
-  set(name: string, held: T, vm: VmRecord = this.record(held)): void {
+  /**
+   * `vm`: the index fields of the record `held` holds, when the caller has them already (the
+   * mirror parsed the record to check it, or a scan thread did: page.ts). Read during the call only.
+   */
+  set(name: string, held: T, vm: VmIndexFields = this.record(held)): void {
     const before = this.byName.get(name);
     if (before !== undefined) this.unindex(name, this.record(before));
     this.byName.set(name, held);
@@ -66,7 +80,7 @@ export class VmTable<T> {
 
   /** The VMs `node` owns. */
   onNode(node: string): T[] {
-    return this.pick(this.byNode.get(node));
+    return this.pick(this.byNode.get(node) ?? this.appendedByNode.get(node));
   }
   /** The VMs `node` owns that are `recovering` or `down`. */
   unsettledOn(node: string): T[] {
@@ -88,14 +102,22 @@ export class VmTable<T> {
     return out;
   }
 
-  private index(name: string, vm: VmRecord): void {
-    add(this.byNode, vm.node, name);
+  private index(name: string, vm: VmIndexFields): void {
+    const appended = this.appendedByNode.get(vm.node);
+    if (appended !== undefined) appended.push(name);
+    else if (this.byNode.has(vm.node)) add(this.byNode, vm.node, name);
+    else this.appendedByNode.set(vm.node, [name]);
     if (vm.state === 'recovering' || vm.state === 'down') add(this.unsettledByNode, vm.node, name);
     for (const u of vm.users) add(this.byUser, u, name);
     for (const g of vm.groups) add(this.byGroup, g, name);
   }
 
   private unindex(name: string, vm: VmRecord): void {
+    const appended = this.appendedByNode.get(vm.node);
+    if (appended !== undefined) {
+      this.appendedByNode.delete(vm.node);
+      this.byNode.set(vm.node, appended.length === 1 ? appended[0]! : appended.length <= ARRAY_MAX ? appended : new Set(appended));
+    }
     remove(this.byNode, vm.node, name);
     remove(this.unsettledByNode, vm.node, name);
     for (const u of vm.users) remove(this.byUser, u, name);

@@ -93,3 +93,39 @@ t.test('an index key holding one name, a few, many, and back', async (t) => {
   t.same(names(table.forUser(user('alice', ['lab']))), [], 'emptied keys hold nothing');
   t.same(names(table.forUser(user('bob'))), ['x']);
 });
+
+t.test('a node\'s names appended by a load, then turned into an index at its first removal', async (t) => {
+  const table = new VmTable<VmRecord>((v) => v);
+  const held = new Map<string, VmRecord>();
+  const put = (v: VmRecord): void => {
+    table.set(v.name, v);
+    held.set(v.name, v);
+  };
+  // n1: 40 VMs (a Set when turned), n2: 5 (an array), n3: 1 (a name), n4: none yet.
+  for (let i = 0; i < 40; i++) put(vm(`a${i}`, 'n1'));
+  for (let i = 0; i < 5; i++) put(vm(`b${i}`, 'n2'));
+  put(vm('c0', 'n3'));
+  const scan = (node: string): string[] => [...held.values()].filter((v) => v.node === node).map((v) => v.name).sort();
+  const same = (what: string): void => {
+    for (const node of ['n1', 'n2', 'n3', 'n4']) t.same(names(table.onNode(node)), scan(node), `${what}: ${node}`);
+  };
+  same('loaded');
+  put(vm('a5', 'n2')); // leaves n1 (turned into a Set), joins n2 (still appended)
+  same('one moved');
+  put(vm('b1', 'n4', { state: 'down' })); // leaves n2 (an array now), a new node
+  put(vm('c0', 'n3', { epoch: 1 })); // set again on its node: n3 turned into one name, then back
+  same('more moves');
+  t.same(names(table.unsettledOn('n4')), ['b1']);
+  for (const name of ['a6', 'b2', 'c0']) {
+    table.delete(name);
+    held.delete(name);
+  }
+  same('deleted');
+  for (let i = 0; i < 20; i++) put(vm(`d${i}`, 'n3'));
+  same('added after a removal');
+  for (const name of [...held.keys()]) {
+    table.delete(name);
+    held.delete(name);
+  }
+  same('emptied');
+});
