@@ -24,8 +24,11 @@
  *    process of its own: wall time, CPU (the process's, and its main thread's alone), the main
  *    thread's GC, mirror heap and SLOWLOG (longest, and commands over 10 ms) of both, under the
  *    same load.
+ *  - with `--serve 1,2`: only whole `oneport serve` nodes joining the directory, one per number
+ *    of workers in turn (bench/serve-start.ts): spawn to `listening` (every worker's mirror and the
+ *    primary's loaded), and the CPU of the process tree by then.
  *
- *   npm run bench:scale -- 100000 [--resyncs 3] [--idle-ms 5000] [--fleet 5x10] [--ab <dir>]
+ *   npm run bench:scale -- 100000 [--resyncs 3] [--idle-ms 5000] [--fleet 5x10] [--ab <dir>] [--serve 1,2]
  *
  * Results: bench/scale-results.json (keyed by N and the git revision), a table on stdout.
  */
@@ -41,6 +44,7 @@ import { startRedis } from '../test/helpers/redis.js';
 import { RedisDirectory } from '../gateway/directory/redis.js';
 import { MemoryDirectory, newSigningKey } from '../gateway/directory/memory.js';
 import { type Directory, type UserRecord, type VmRecord, vmsForUser } from '../gateway/directory/directory.js';
+import { type ServeStart, serveStart } from './serve-start.js';
 
 const args = process.argv.slice(2);
 const flag = (name: string, def: number): number => {
@@ -61,6 +65,10 @@ const AB = ((): string | undefined => {
   return i >= 0 ? args[i + 1] : undefined;
 })();
 const AB_RUNS = flag('ab-runs', 3);
+const SERVE = ((): number[] | undefined => {
+  const i = args.indexOf('--serve');
+  return i >= 0 ? (args[i + 1] ?? '1').split(',').map(Number).filter((n) => Number.isInteger(n) && n > 0) : undefined;
+})();
 const NODES = 50;
 const USERS = Math.max(1, Math.floor(N / 10));
 const PREFIX = 'oneport:{dir}:';
@@ -222,6 +230,16 @@ async function main(): Promise<void> {
   log(`  loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s; redis used_memory ${((await admin.info('memory')).match(/used_memory_human:(\S+)/) ?? [])[1]}`);
   await slowlogMaxMs(admin);
 
+  if (SERVE) {
+    const starts: ServeStart[] = [];
+    for (const w of SERVE) {
+      const r = await serveStart(server.url, PREFIX, w);
+      starts.push(r);
+      log(`  serve with ${w} worker(s): listening after ${r.readyMs} ms, process tree CPU ${r.cpuS} s (load ${r.load})`);
+    }
+    writeResult({ n: N, users: USERS, rev: `${rev}${dirty ? '+dirty' : ''}`, at: new Date().toISOString(), serve: starts });
+    return;
+  }
   if (AB) {
     writeResult({ n: N, users: USERS, rev: `${rev}${dirty ? '+dirty' : ''}`, at: new Date().toISOString(), ab: await startAb(server.url, AB, admin) });
     return;
