@@ -227,6 +227,11 @@ async function idleProbe(stack: Stack, timeoutMs: number): Promise<GatewayProbe>
   }
 }
 
+/** A console ticket's life (the gateway's default auth.ticketTtlMs) and the memory store's sweep period, with a margin. */
+const TICKET_WINDOW_MS = 60_000 + 30_000 + 2000;
+/** How long every adversary kind runs once before the idle baseline is taken. */
+const WARM_ADVERSARIES_MS = 5000;
+
 export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
   const work = mkdtempSync(join(os.tmpdir(), 'oneport-soak-'));
   const peers: Peer[] = [];
@@ -241,9 +246,22 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
         ? connectOpener(port, vm, () => ticket, stack.tlsOpts)()
         : wsOpener(() => `wss://127.0.0.1:${port}/tunnel/${vm}/vnc?ticket=${ticket}`, stack.tlsOpts)();
     };
-    // Warm the JIT and the pools so the baseline is the gateway at rest, not at its first breath.
+    // Warm the JIT and the pools so the baseline is the gateway at rest, not at its first breath:
+    // churn, then every adversary for a few seconds (their refusal paths compile and size their
+    // bounded tables too). What the soak then leaves behind is growth, not first-use.
     const payload = Buffer.alloc(opts.payloadBytes, 0x5a);
     for (let i = 0; i < 20; i++) await churnOnce(() => openWith(i), payload);
+    const warm = new AbortController();
+    setMaxListeners(opts.adversaries + 10, warm.signal);
+    const warming = ADVERSARY_KINDS.map(async (kind) => {
+      while (!warm.signal.aborted) {
+        await adversary(kind, stack, tickets, warm.signal).catch(() => undefined);
+        await sleep(20);
+      }
+    });
+    await sleep(WARM_ADVERSARIES_MS);
+    warm.abort();
+    await Promise.all(warming);
     const before = await idleProbe(stack, 10_000);
     opts.log(`  idle before: heap ${round(before.heapUsed / MiB)} MiB, rss ${round(before.rss / MiB)} MiB, ${before.fds} fds, ${timersOf(before)} timers`);
 
@@ -311,6 +329,11 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     }
     stop.abort();
     await Promise.all(loops);
+    // Console tickets live until they expire (auth.ticketTtlMs, 60 s) and the store sweeps every
+    // 30 s: the last 90 s of churn left a few thousand, a few MiB, which time removes. The baseline
+    // after is taken once they are gone, so what remains is what the soak would leak.
+    opts.log(`  waiting ${TICKET_WINDOW_MS / 1000} s for the last tickets to expire and be swept`);
+    await sleep(TICKET_WINDOW_MS);
     const after = await idleProbe(stack, 30_000);
     opts.log(`  idle after: heap ${round(after.heapUsed / MiB)} MiB, rss ${round(after.rss / MiB)} MiB, ${after.fds} fds, ${timersOf(after)} timers`);
     await stack.rpc.stop().catch(() => undefined);
