@@ -42,7 +42,7 @@ import { Portal } from './http/portal.js';
 import { guard } from './http/guard.js';
 import { handleNativeRdp } from './rdp/native.js';
 import { type EnsuredState, ensureNodeCert, ensureState } from './state.js';
-import { RedisDirectory, createConnection } from './directory/redis.js';
+import { RedisDirectory, createConnection, directoryFreshness } from './directory/redis.js';
 import { RedisAuthStore } from './auth/redis-store.js';
 import { Cluster } from './cluster/cluster.js';
 import type { ClusterView } from './cluster/view.js';
@@ -208,13 +208,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     if (dir instanceof MemoryDirectory) await dir.flush();
     store = opts.store ?? new MemoryAuthStore({ revocationsFile: state.paths.revokedSessions });
   }
-  const directoryState = (): { connected: boolean; ageMs: number } => {
-    if (dir instanceof RedisDirectory) {
-      const st = dir.staleness();
-      return { connected: st.connected, ageMs: st.connected ? 0 : st.ageMs };
-    }
-    return { connected: true, ageMs: 0 };
-  };
+  const directoryState = (): { connected: boolean; ageMs: number } => directoryFreshness(dir);
   const auth = new Authenticator(dir, store, { ...config.auth, ...config.limits }, metrics, worker?.limiter);
   const audit = new AuditLog({
     file: config.audit.file === false ? undefined : (config.audit.file ?? join(config.state, 'audit.log')),

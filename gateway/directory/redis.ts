@@ -1230,3 +1230,10 @@ export class RedisDirectory extends EventEmitter implements Directory {
     return this.closing;
   }
 }
+
+/** How fresh a directory is: always fresh when embedded; a mirror's age while Redis is away. */
+export function directoryFreshness(dir: Directory): { connected: boolean; ageMs: number } {
+  if (!(dir instanceof RedisDirectory)) return { connected: true, ageMs: 0 };
+  const st = dir.staleness();
+  return { connected: st.connected, ageMs: st.connected ? 0 : st.ageMs };
+}

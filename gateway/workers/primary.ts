@@ -45,7 +45,7 @@ import { bindControlSocket } from '../control.js';
 import { TICKET_KEY_ROTATE_MS, newTicketKey } from '../tls-tickets.js';
 import { startRfbServer, type RfbServer } from '../demo/rfb.js';
 import { advertisedAddress, announceDemo, ensureDemo, joinCluster, joinWithToken, openMirror, redisOptions } from '../server.js';
-import { RedisDirectory } from '../directory/redis.js';
+import { directoryFreshness } from '../directory/redis.js';
 import { type Channel, Rpc } from './ipc.js';
 import { DIRECTORY_WRITES, NodeSessionCounts, STORE_OPS } from './remote.js';
 import type { CountedSession } from '../tunnel/session-caps.js';
@@ -169,11 +169,7 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
     viewTimer.unref();
   }
   /** The primary's directory: always fresh when embedded; the mirror's age in a cluster. */
-  const directoryState = (): { version: number; ageMs: number; connected: boolean } => {
-    if (!(dir instanceof RedisDirectory)) return { version: dir.version(), ageMs: 0, connected: true };
-    const st = dir.staleness();
-    return { version: dir.version(), ageMs: st.connected ? 0 : st.ageMs, connected: st.connected };
-  };
+  const directoryState = (): { version: number; ageMs: number; connected: boolean } => ({ version: dir.version(), ...directoryFreshness(dir) });
   /** The drain's VM moves (cluster mode): once for the node, whichever worker asks first. */
   let moving: Promise<number> | undefined;
   const rotation = setInterval(() => {
