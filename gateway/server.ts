@@ -111,7 +111,7 @@ export interface WorkerHooks {
   readonly fromWorker: (socket: net.Socket) => boolean;
   /**
    * Cluster mode: the primary's view of the cluster (it holds the lease and the membership); the
-   * worker opens its own directory mirror and auth store, fenced with the primary's token.
+   * worker's directory (`directory`) is a copy of the primary's mirror, and it opens its own auth store.
    */
   readonly cluster?: ClusterView & { close(): Promise<void> };
   /** Cluster mode: the drain's VM moves, done once for the node by the primary; resolves with how many moved. */
@@ -161,7 +161,8 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   const worker = opts.worker;
   const log = opts.logger ?? createLogger({ level: config.log.level, nodeId: config.nodeId, format: config.log.format });
   const redisTarget = config.cluster.redis;
-  const redis = redisTarget !== undefined && !opts.directory ? redisOptions(redisTarget, config.cluster.redisCa ? readFileSync(config.cluster.redisCa, 'utf8') : undefined) : undefined;
+  // A directory given (tests) means no cluster, except a cluster worker's copy of its primary's mirror.
+  const redis = redisTarget !== undefined && (!opts.directory || worker?.cluster !== undefined) ? redisOptions(redisTarget, config.cluster.redisCa ? readFileSync(config.cluster.redisCa, 'utf8') : undefined) : undefined;
   // A worker's primary joined before it started the workers.
   const joinToken = worker ? undefined : (opts.joinToken ?? (config.cluster.joinTokenFile !== undefined ? readFileSync(config.cluster.joinTokenFile, 'utf8') : undefined));
   if (redis !== undefined && joinToken !== undefined) await joinWithToken(config, redis, joinToken, log);
@@ -183,7 +184,9 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   // oneport.v1 legs relayed to the node holding their session (cluster only).
   const relays = new Relays();
   if (redisTarget !== undefined && redis !== undefined) {
-    const core = await openClusterCore(config, state, redis, { log, metrics, ...(worker?.cluster ? { view: worker.cluster } : {}) });
+    // A worker's directory is a copy of its primary's mirror (workers/fed-directory.ts): the node reads Redis once.
+    const deps = { log, metrics, ...(worker?.cluster ? { view: worker.cluster } : {}) };
+    const core = worker && opts.directory ? { ...(await joinCluster(config, state, redis, deps)), dir: opts.directory } : await openClusterCore(config, state, redis, deps);
     const { conn, dir: redisDir } = core;
     nodeIdentity = core.identity;
     cluster = core.cluster;
@@ -590,11 +593,16 @@ export async function joinCluster(config: Config, state: EnsuredState, redis: st
   return { conn, identity, cluster: view ?? own!, own };
 }
 
+/** What seals the key ring in Redis: from the CA key, or the key a joined node was given; warns once per node (`warn`) when there is none. */
+export function keyRingSeal(state: EnsuredState, log: Logger, warn: boolean): KeyRingSeal | undefined {
+  const sealKey = state.ca.key !== undefined ? sealKeyFromCa(state.ca.key) : readSealKey(state.paths.sealKey);
+  if (sealKey === undefined && warn) log.warn({ event: 'no-seal-key', file: state.paths.sealKey }, 'no seal key: a sealed key ring in Redis cannot be read (join again with a token)');
+  return sealKey ? new KeyRingSeal(sealKey) : undefined;
+}
+
 /** The directory mirror, fenced with the leader's token; the link's connection is closed if it fails. */
 export async function openMirror(config: Config, state: EnsuredState, redis: string | RedisOptions, link: ClusterLink, log: Logger): Promise<RedisDirectory> {
-  const sealKey = state.ca.key !== undefined ? sealKeyFromCa(state.ca.key) : readSealKey(state.paths.sealKey);
-  if (sealKey === undefined && link.own) log.warn({ event: 'no-seal-key', file: state.paths.sealKey }, 'no seal key: a sealed key ring in Redis cannot be read (join again with a token)');
-  const seal = sealKey ? new KeyRingSeal(sealKey) : undefined;
+  const seal = keyRingSeal(state, log, link.own !== undefined);
   return RedisDirectory.open({ redis, prefix: config.cluster.prefix, log, fence: link.cluster.fence(), ...(seal ? { seal } : {}) }).catch((err: unknown) => {
     link.conn.disconnect();
     throw err;

@@ -145,6 +145,11 @@ export class DirectoryMirror {
   keys(): KeyRing | undefined {
     return this.keyRing?.record;
   }
+  /** The records of one kind as [name, JSON text], live (workers/feed.ts pages them to the workers). */
+  records(kind: 'user' | 'vm'): IterableIterator<[string, string]> {
+    return kind === 'user' ? this.users.entries() : this.vms.entries();
+  }
+
   /** Every record's JSON, for re-seeding an emptied Redis. */
   dump(): { users: Array<[string, string]>; vms: Array<[string, string]>; keys: string | undefined; version: number } {
     return { users: [...this.users], vms: [...this.vms], keys: this.keyRing?.json, version: this.ver };

@@ -44,11 +44,11 @@
  * notice writes its mirror back; with `reseed: false` the mirrors follow the empty Redis instead
  * (and `version()` goes back).
  */
-import { EventEmitter } from 'node:events';
 import { setTimeout as delay } from 'node:timers/promises';
 import { Redis, type RedisOptions } from 'ioredis';
 import type { Directory, DirectoryChange, KeyRing, PutVmOptions, UserRecord, VmRecord } from './directory.js';
 import { DirectoryMirror, compareIds, parseEntry, type ChangeEntry, type LoadResult } from './mirror.js';
+import { MirroredDirectory } from './mirrored.js';
 import { newSigningKey } from './memory.js';
 import type { Logger } from '../log.js';
 import { OneportError } from '../errors.js';
@@ -433,9 +433,8 @@ export function redisCallError(what: string, target: string, err: unknown): Erro
   return new DirectoryUnavailableError(`${what} failed: Redis at ${target} is unreachable (${message}); not done, or not confirmed`, { cause: err });
 }
 
-export class RedisDirectory extends EventEmitter implements Directory {
+export class RedisDirectory extends MirroredDirectory implements Directory {
   readonly kind = 'redis' as const;
-  private readonly mirror: DirectoryMirror;
   /** The key ring's text as written to Redis: sealed in a cluster. */
   private readonly sealRing: (json: string) => string;
   private readonly cmd: Redis;
@@ -467,7 +466,8 @@ export class RedisDirectory extends EventEmitter implements Directory {
   private loop: Promise<void> | undefined;
   private readonly stopping = new AbortController();
   private closing: Promise<void> | undefined;
-  private readonly waiters = new Set<{ version: number; resolve: () => void }>();
+  /** A load into the mirror is under way (its records are then a mix of old and new). */
+  private loadingMirror = false;
 
   /** Connect, load the snapshot and start tailing the change feed. Rejects if Redis cannot be reached. */
   static async open(opts: RedisDirectoryOptions): Promise<RedisDirectory> {
@@ -482,7 +482,7 @@ export class RedisDirectory extends EventEmitter implements Directory {
   }
 
   private constructor(options: RedisDirectoryOptions) {
-    super();
+    super(new DirectoryMirror(options.seal ? (text) => options.seal!.open(text) : undefined));
     this.opts = {
       prefix: options.prefix ?? DEFAULTS.prefix,
       changesMaxLen: options.changesMaxLen ?? DEFAULTS.changesMaxLen,
@@ -502,7 +502,6 @@ export class RedisDirectory extends EventEmitter implements Directory {
       target: describeRedis(options.redis),
     };
     this.redis = options.redis;
-    this.mirror = new DirectoryMirror(options.seal ? (text) => options.seal!.open(text) : undefined);
     this.sealRing = options.seal ? (json) => options.seal!.seal(json) : (json) => json;
     const p = this.opts.prefix;
     this.k = { users: `${p}users`, vms: `${p}vms`, keys: `${p}keys`, version: `${p}version`, changes: `${p}changes` };
@@ -548,38 +547,7 @@ export class RedisDirectory extends EventEmitter implements Directory {
     this.checkTimer.unref();
   }
 
-  // ---- reads: the mirror only -------------------------------------------------------------
-
-  version(): number {
-    return this.mirror.version;
-  }
-  getUser(name: string): UserRecord | undefined {
-    return this.mirror.getUser(name);
-  }
-  getVm(name: string): VmRecord | undefined {
-    return this.mirror.getVm(name);
-  }
-  listUsers(): readonly UserRecord[] {
-    return this.mirror.listUsers();
-  }
-  listVms(): readonly VmRecord[] {
-    return this.mirror.listVms();
-  }
-  vmsOnNode(node: string): VmRecord[] {
-    return this.mirror.vmsOnNode(node);
-  }
-  unsettledVms(node: string): VmRecord[] {
-    return this.mirror.unsettledVms(node);
-  }
-  vmsForUser(user: UserRecord): VmRecord[] {
-    return this.mirror.vmsForUser(user);
-  }
-  keys(): KeyRing {
-    const ring = this.mirror.keys();
-    // open() does not resolve before a key ring is loaded, and the mirror never drops one.
-    if (!ring) throw new Error('directory: no signing keys loaded');
-    return ring;
-  }
+  // ---- reads: the mirror only (mirrored.ts) --------------------------------------------------
 
   staleness(): Staleness {
     const now = this.opts.now();
@@ -611,6 +579,25 @@ export class RedisDirectory extends EventEmitter implements Directory {
   /** The Redis server's run_id the mirror last synced from (changes on restart or failover). */
   get redisRunId(): string | undefined {
     return this.runId;
+  }
+
+  /**
+   * True while a full load is applied to the mirror in place ('resync-begin' .. 'resync', or a
+   * failed load until the next one ends): the mirror's records are then a mix of two versions.
+   * workers/feed.ts pages the mirror to the workers only while this is false.
+   */
+  get loading(): boolean {
+    return this.loadingMirror;
+  }
+
+  /** Where the mirror stands: its version, the feed entry it applied last, the key ring's text in Redis. */
+  head(): { version: number; lastId: string; keys: string | undefined } {
+    return { version: this.mirror.version, lastId: this.mirror.lastId, keys: this.mirror.keysJson };
+  }
+
+  /** The mirror's records of one kind as [name, JSON text], live (a record changed meanwhile shows as it is when reached). */
+  records(kind: 'user' | 'vm'): IterableIterator<[string, string]> {
+    return this.mirror.records(kind);
   }
 
   // ---- writes: one script each ---------------------------------------------------------------
@@ -691,31 +678,12 @@ export class RedisDirectory extends EventEmitter implements Directory {
     }
   }
 
-  /**
-   * Resolves once the mirror shows version `v` (read-your-writes on the writing node), or after
-   * commandTimeoutMs: the write is in Redis either way, and the mirror catches up on its own.
-   */
+  /** Read-your-writes on the writing node: resolves once the mirror shows `v` (mirrored.ts), at once when closing. */
   private visible(v: number): Promise<void> {
-    if (this.mirror.version >= v || this.closing) return Promise.resolve();
-    return new Promise((resolve) => {
-      const w = {
-        version: v,
-        resolve: () => {
-          clearTimeout(timer);
-          this.waiters.delete(w);
-          resolve();
-        },
-      };
-      const timer = setTimeout(() => {
-        this.opts.log?.warn({ event: 'directory-write-not-visible', version: v, mirror: this.mirror.version }, 'directory write done, mirror not caught up yet');
-        w.resolve();
-      }, this.opts.commandTimeoutMs);
-      this.waiters.add(w);
-    });
-  }
-
-  private wakeWaiters(): void {
-    for (const w of [...this.waiters]) if (w.version <= this.mirror.version) w.resolve();
+    if (this.closing) return Promise.resolve();
+    return this.awaitVersion(v, this.opts.commandTimeoutMs, () =>
+      this.opts.log?.warn({ event: 'directory-write-not-visible', version: v, mirror: this.mirror.version }, 'directory write done, mirror not caught up yet'),
+    );
   }
 
   // ---- the mirror: snapshot, then tail ------------------------------------------------------
@@ -908,10 +876,16 @@ export class RedisDirectory extends EventEmitter implements Directory {
       // node scan the whole directory at once before (bench/SCALE.md, 50 mirrors).
       this.runId = runId;
       this.pendingRemote = undefined;
+      // A load given up earlier left records newer than the mirror's place: the entries read on from it cover each.
+      this.loadingMirror = false;
       const version = this.mirror.version;
       this.opts.log?.info({ event: 'directory-caught-up', reason, version }, `directory: ${reason === 'reconnect' ? 'reconnected' : 'new Redis master'}; its change feed still holds this mirror's place (version ${version}), reading on from there`);
       this.emit('resync', { reason, from: version, to: version, changed: 0, reseeded: false, caughtUp: true } satisfies ResyncEvent);
       return true;
+    }
+    if (!this.loadingMirror) {
+      this.loadingMirror = true;
+      this.emit('resync-begin', reason);
     }
     let snap = await this.snapshot(runId);
     let reseeded = false;
@@ -922,6 +896,8 @@ export class RedisDirectory extends EventEmitter implements Directory {
         this.mirror.abortLoad();
         const outcome = await this.reseed();
         if (outcome !== 'reseeded' && outcome !== 'lost-race') {
+          // An emptied Redis gave the load no record: the mirror is as it was, whole.
+          this.loadingMirror = false;
           this.awaitReseed(outcome, runId);
           return false;
         }
@@ -946,6 +922,7 @@ export class RedisDirectory extends EventEmitter implements Directory {
       throw err;
     }
     const to = this.mirror.version;
+    this.loadingMirror = false;
     this.runId = runId;
     this.pendingRemote = undefined;
     this.markSynced();
@@ -1105,6 +1082,8 @@ export class RedisDirectory extends EventEmitter implements Directory {
       }
       const r = this.mirror.apply(e);
       if ('applied' in r) {
+        // Before the changes: a worker fed from this mirror (workers/feed.ts) gets the entry ahead of any answer they cause.
+        this.emit('entry', e);
         for (const c of r.applied) this.emitChange(c);
         continue;
       }
@@ -1224,7 +1203,7 @@ export class RedisDirectory extends EventEmitter implements Directory {
       await this.cmd.quit().catch(() => this.cmd.disconnect());
       this.cmd.disconnect();
       await this.loop?.catch(() => {});
-      for (const w of [...this.waiters]) w.resolve();
+      this.wakeWaiters(true);
       this.removeAllListeners();
     })();
     return this.closing;
@@ -1233,7 +1212,9 @@ export class RedisDirectory extends EventEmitter implements Directory {
 
 /** How fresh a directory is: always fresh when embedded; a mirror's age while Redis is away. */
 export function directoryFreshness(dir: Directory): { connected: boolean; ageMs: number } {
-  if (!(dir instanceof RedisDirectory)) return { connected: true, ageMs: 0 };
-  const st = dir.staleness();
+  // A RedisDirectory, or a worker's copy of one (workers/fed-directory.ts).
+  const mirrored = dir as Directory & { staleness?: () => Staleness };
+  if (typeof mirrored.staleness !== 'function') return { connected: true, ageMs: 0 };
+  const st = mirrored.staleness();
   return { connected: st.connected, ageMs: st.connected ? 0 : st.ageMs };
 }

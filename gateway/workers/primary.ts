@@ -3,9 +3,10 @@
  * itself; it holds what there is one of per node:
  *
  * - in a cluster (`cluster.redis`): the node's leader lease, its membership entry and heartbeat,
- *   the process watch, failover and recovery hooks (cluster.ts, with a mirror of its own), the
- *   drain's VM moves; each worker sees the cluster through it (remote-cluster.ts) and mirrors the
- *   directory and redeems tickets in Redis itself;
+ *   the process watch, failover and recovery hooks (cluster.ts), the drain's VM moves, and the
+ *   node's one mirror of the directory: each worker sees the cluster through it (remote-cluster.ts),
+ *   holds a copy of that mirror fed over IPC (feed.ts, fed-directory.ts) and writes through it,
+ *   and redeems tickets in Redis itself;
  * - the one port: it accepts (the kernel never wakes a worker for a connection), admits or refuses
  *   the connection on the node-wide per-address counts and cap (admission.ts), and passes the
  *   socket, unread, to the worker with the fewest connections. The listening socket stays here, so
@@ -28,6 +29,8 @@ import { type Config, parseListen } from '../config.js';
 import { formatHostPort } from '../hostport.js';
 import { ensureState } from '../state.js';
 import { MemoryDirectory } from '../directory/memory.js';
+import { DirectoryFeed } from './feed.js';
+import type { FedWriteReply } from './fed-directory.js';
 import type { Directory, DirectoryChange } from '../directory/directory.js';
 import type { Cluster } from '../cluster/cluster.js';
 import type { ClusterNote } from './remote-cluster.js';
@@ -45,7 +48,7 @@ import { bindControlSocket } from '../control.js';
 import { TICKET_KEY_ROTATE_MS, newTicketKey } from '../tls-tickets.js';
 import { startRfbServer, type RfbServer } from '../demo/rfb.js';
 import { advertisedAddress, announceDemo, ensureDemo, joinCluster, joinWithToken, openMirror, redisOptions } from '../server.js';
-import { directoryFreshness } from '../directory/redis.js';
+import { DirectoryUnavailableError, directoryFreshness } from '../directory/redis.js';
 import { type Channel, Rpc } from './ipc.js';
 import { DIRECTORY_WRITES, NodeSessionCounts, STORE_OPS } from './remote.js';
 import type { CountedSession } from '../tunnel/session-caps.js';
@@ -110,17 +113,31 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
   for (const what of state.created) log.info({ event: 'state-created', state: config.state }, `created ${what}`);
   for (const warning of state.warnings) log.warn({ event: 'state-warning', state: config.state }, warning);
   const metrics = new Metrics({ defaultMetrics: true });
-  // Cluster mode: the node's one lease and membership entry, and a mirror for the failover work
-  // (cluster.ts); each worker mirrors the directory and redeems tickets in Redis itself. The
-  // primary's mirror loads while the workers load theirs (at 1M VMs each load is seconds of CPU).
+  // Cluster mode: the node's one lease and membership entry, and its one mirror of the directory
+  // (the failover work's, and what the workers copy: feed.ts); each worker redeems tickets in Redis
+  // itself. The workers start while the mirror loads, and copy it once it is open.
   const core = redis !== undefined ? await joinCluster(config, state, redis, { log, metrics }) : undefined;
   const cluster = core?.own;
   const mirror = core ? openMirror(config, state, redis!, core, log).then((d) => ({ d }), (e: unknown) => ({ e })) : undefined;
+  // The workers' directories are copies of that mirror (feed.ts): the node reads Redis once.
+  const feed = core ? new DirectoryFeed() : undefined;
+  let mirrorOpen = false;
   // Embedded mode: the directory and the auth store are here, the workers' over IPC. In cluster
   // mode `dir` is the mirror, set once loaded (before the port opens and the cluster starts).
   // (Until then an empty stand-in: nothing reads it before, the hello of cluster workers carries no directory.)
   let dir: Directory = mirror ? new MemoryDirectory(undefined) : new MemoryDirectory(state.paths.directory);
   if (!mirror) await (dir as MemoryDirectory).flush();
+  /** Why the mirror did not open, once it failed (the start gives up without waiting for the workers, which wait for it). */
+  let mirrorFailed: { e: unknown } | undefined;
+  void mirror?.then((m) => {
+    if ('e' in m) {
+      mirrorFailed = m;
+      return;
+    }
+    dir = m.d;
+    mirrorOpen = true;
+    feed!.open(m.d);
+  });
   const store = core ? undefined : new MemoryAuthStore({ revocationsFile: state.paths.revokedSessions });
   const counts = new ConnectionCounts(config.limits);
   const limiters = new Map<string, AttemptLimiter>();
@@ -220,11 +237,13 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
       if (handingOff) rpc.note('handoff');
       else if (drainOpts) rpc.note('drain', drainOpts);
     });
-    rpc.handle('dir', (a) => {
+    rpc.handle('dir', async (a) => {
       const { op, args } = a as { op: string; args: unknown[] };
-      if (core) throw new Error('cluster mode: workers write the directory in Redis themselves');
       if (!(DIRECTORY_WRITES as readonly string[]).includes(op) || !Array.isArray(args)) throw new Error(`no directory write ${op}`);
-      return (dir[op as (typeof DIRECTORY_WRITES)[number]] as (...x: unknown[]) => Promise<unknown>).apply(dir, args);
+      if (core && !mirrorOpen) throw new DirectoryUnavailableError('directory: the node\'s mirror is still loading');
+      const r = await (dir[op as (typeof DIRECTORY_WRITES)[number]] as (...x: unknown[]) => Promise<unknown>).apply(dir, args);
+      // A worker's copy (fed-directory.ts) waits for this version; the embedded replica has every change before the answer.
+      return core ? ({ r: r ?? null, v: dir.version() } satisfies FedWriteReply) : r;
     });
     const storeOp = (a: unknown): Promise<unknown> => {
       const { op, args } = a as { op: string; args: unknown[] };
@@ -312,10 +331,12 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
     const worker = nodeCluster.fork();
     const s: Slot = { worker, rpc: new Rpc(worker as unknown as Channel), startedAt: Date.now(), hello: false, ready: false, held: new Map(), open: 0, tunnels: 0 };
     slots.set(worker.id, s);
+    feed?.attach(s.rpc);
     serve(s);
     worker.on('error', () => undefined);
     worker.once('exit', (code, signal) => {
       slots.delete(worker.id);
+      feed?.detach(s.rpc);
       s.rpc.close();
       // Its connections are gone with it: their counts and sessions too.
       for (const [key, n] of s.held) for (let i = 0; i < n; i++) counts.remove(key);
@@ -418,7 +439,7 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
   nodeCluster.setupPrimary({ silent: false });
   const startDeadline = Date.now() + WORKERS_START_MS;
   for (let i = 0; i < opts.workers; i++) fork();
-  while ([...slots.values()].filter((s) => s.ready).length < opts.workers) {
+  while ([...slots.values()].filter((s) => s.ready).length < opts.workers && !mirrorFailed) {
     if (Date.now() > startDeadline) {
       stopping = true;
       for (const s of slots.values()) s.worker.process.kill('SIGKILL');
@@ -433,7 +454,6 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
       for (const s of slots.values()) s.worker.process.kill('SIGKILL');
       throw loaded.e;
     }
-    dir = loaded.d;
   }
 
   const listen = parseListen(config.listen);

@@ -18,7 +18,7 @@ import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { WebSocket } from 'ws';
 import type { Config } from '../config.js';
-import { startGateway } from '../server.js';
+import { keyRingSeal, startGateway } from '../server.js';
 import { createLogger } from '../log.js';
 import { TicketKeys } from '../tls-tickets.js';
 import { OneportError } from '../errors.js';
@@ -33,6 +33,7 @@ import { type TunnelSummary, summarize } from '../tunnel/registry.js';
 import { type Channel, Rpc } from './ipc.js';
 import { ensureNodeCert, ensureState } from '../state.js';
 import { type ClusterNote, RemoteCluster } from './remote-cluster.js';
+import { FedDirectory } from './fed-directory.js';
 import { workerName, workerPid } from './through.js';
 import { type ChangeNote, type DirectorySnapshot, RemoteAuthStore, RemoteCounts, RemoteLimiter, RemoteSessionCounter, WorkerDirectory } from './remote.js';
 
@@ -63,12 +64,16 @@ export async function runWorker(config: Config): Promise<void> {
   const dir = hello.snapshot ? new WorkerDirectory(rpc, hello.snapshot) : undefined;
   rpc.on('dir-change', (note) => dir?.apply(note as ChangeNote));
   let cluster: RemoteCluster | undefined;
+  /** Cluster mode: a copy of the primary's directory mirror (the node reads Redis once). */
+  let fed: FedDirectory | undefined;
   if (hello.cluster) {
     const state = ensureState(config.state, config.serverNames);
     const identity = { nodeId: config.nodeId, ca: state.ca.cert, cert: ensureNodeCert(state, config.nodeId, config.serverNames) };
     cluster = new RemoteCluster(rpc, config.nodeId, identity, { prefix: config.cluster.prefix, dialTimeoutMs: config.tunnel.dialTimeoutMs, leaseMs: config.cluster.leaseMs }, hello.cluster);
     const view = cluster;
     rpc.on('cluster', (note) => view.apply(note as ClusterNote));
+    const seal = keyRingSeal(state, log, false);
+    fed = await FedDirectory.open(rpc, seal ? (text) => seal.open(text) : undefined, log);
   }
   const tickets = new TicketKeys(Infinity, Date.now, Buffer.from(hello.ticketKey, 'base64'));
   rpc.on('ticket-key', (key) => tickets.replace(Buffer.from(key as string, 'base64')));
@@ -81,8 +86,9 @@ export async function runWorker(config: Config): Promise<void> {
   const gw = await startGateway(
     { ...config, demo: { ...config.demo, enabled: false } },
     {
-      // Cluster mode: the worker's own mirror of Redis and auth store (tickets are spent in Redis).
-      ...(dir ? { directory: dir, store: new RemoteAuthStore(rpc) } : {}),
+      // Embedded: the primary's directory and auth store. Cluster mode: the copy of the primary's
+      // mirror, and an auth store of its own (tickets are spent in Redis).
+      ...(dir ? { directory: dir, store: new RemoteAuthStore(rpc) } : fed ? { directory: fed } : {}),
       logger: log,
       worker: {
         id,
