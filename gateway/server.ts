@@ -42,7 +42,7 @@ import { Portal } from './http/portal.js';
 import { guard } from './http/guard.js';
 import { handleNativeRdp } from './rdp/native.js';
 import { type EnsuredState, ensureNodeCert, ensureState } from './state.js';
-import { RedisDirectory, createConnection, directoryFreshness } from './directory/redis.js';
+import { type LoadWatcher, RedisDirectory, createConnection, directoryFreshness } from './directory/redis.js';
 import { RedisAuthStore } from './auth/redis-store.js';
 import { Cluster } from './cluster/cluster.js';
 import type { ClusterView } from './cluster/view.js';
@@ -601,9 +601,10 @@ export function keyRingSeal(state: EnsuredState, log: Logger, warn: boolean): Ke
 }
 
 /** The directory mirror, fenced with the leader's token; the link's connection is closed if it fails. */
-export async function openMirror(config: Config, state: EnsuredState, redis: string | RedisOptions, link: ClusterLink, log: Logger): Promise<RedisDirectory> {
+export async function openMirror(config: Config, state: EnsuredState, redis: string | RedisOptions, link: ClusterLink, log: Logger, loads?: LoadWatcher): Promise<RedisDirectory> {
   const seal = keyRingSeal(state, log, link.own !== undefined);
-  return RedisDirectory.open({ redis, prefix: config.cluster.prefix, log, fence: link.cluster.fence(), ...(seal ? { seal } : {}) }).catch((err: unknown) => {
+  if (!link.own) throw new Error('openMirror: the process holding the node\'s lease opens its mirror (workers copy it)');
+  return RedisDirectory.open({ redis, prefix: config.cluster.prefix, log, fence: link.own.fence(), ...(seal ? { seal } : {}), ...(loads ? { loads } : {}) }).catch((err: unknown) => {
     link.conn.disconnect();
     throw err;
   });

@@ -1,6 +1,6 @@
 /**
  * What a gateway's request handlers see of the cluster: this node's id, the members and the
- * leader, node-to-node TLS, and the directory's fence. The Cluster (cluster.ts) is it in one
+ * leader, node-to-node TLS (the directory's fence is the Cluster's own). The Cluster (cluster.ts) is it in one
  * process, and in the primary of a node with workers; a worker sees the primary's view over IPC
  * (workers/remote-cluster.ts), so there is one lease and one membership entry per node.
  */
@@ -47,8 +47,6 @@ export interface ClusterView {
   /** The leader as a peer to forward to, waiting through an election; undefined when none or this node. */
   leaderPeer(): Promise<{ node: string; address: string } | undefined>;
   status(): Promise<ClusterStatus>;
-  /** Hand this to RedisDirectory before it opens. */
-  fence(): Fence;
 }
 
 /**

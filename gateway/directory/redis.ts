@@ -111,12 +111,24 @@ export interface RedisDirectoryOptions {
    * writes, `open` for what it reads (a ring written before sealing passes through). Unset: clear.
    */
   readonly seal?: { seal(json: string): string; open(text: string): string | undefined };
+  /**
+   * Told about every full load into the mirror as it goes (workers/feed.ts hands its pages, parsed
+   * once here or in the scan thread, to the node's workers): `begin` at each attempt, `page` for
+   * each page applied, `end` with the head and the feed entries endLoad replayed over the pages.
+   */
+  readonly loads?: LoadWatcher;
 }
 
 /**
  * May this node write its mirror back into a Redis that lost the directory now? `go`, or why not
  * yet: it does not lead, or it leads but still gathers the other nodes' mirror versions.
  */
+export interface LoadWatcher {
+  begin(): void;
+  page(page: ParsedPage): void;
+  end(head: { keys: string | undefined; version: number; lastId: string }, entries: readonly ChangeEntry[]): void;
+}
+
 export type ReseedVerdict = 'go' | 'not-leader' | 'gathering';
 
 /** Why a Redis that lost the directory is still empty, as far as this node knows. */
@@ -441,7 +453,13 @@ export class RedisDirectory extends MirroredDirectory implements Directory {
   private readonly reader: Redis;
   private readonly scripts: Scripts;
   private readonly k: { users: string; vms: string; keys: string; version: string; changes: string };
-  private readonly opts: Required<Omit<RedisDirectoryOptions, 'log' | 'redis' | 'fence' | 'seal'>> & { log: Logger | undefined; target: string; fence: RedisDirectoryOptions['fence']; seal: RedisDirectoryOptions['seal'] };
+  private readonly opts: Required<Omit<RedisDirectoryOptions, 'log' | 'redis' | 'fence' | 'seal' | 'loads'>> & {
+    log: Logger | undefined;
+    target: string;
+    fence: RedisDirectoryOptions['fence'];
+    seal: RedisDirectoryOptions['seal'];
+    loads: LoadWatcher | undefined;
+  };
   private readonly redis: string | RedisOptions;
   /** The scan thread of the load in progress, if it has one. */
   private scanThread: ScanThread | undefined;
@@ -499,6 +517,7 @@ export class RedisDirectory extends MirroredDirectory implements Directory {
       log: options.log,
       fence: options.fence,
       seal: options.seal,
+      loads: options.loads,
       target: describeRedis(options.redis),
     };
     this.redis = options.redis;
@@ -582,8 +601,8 @@ export class RedisDirectory extends MirroredDirectory implements Directory {
   }
 
   /**
-   * True while a full load is applied to the mirror in place ('resync-begin' .. 'resync', or a
-   * failed load until the next one ends): the mirror's records are then a mix of two versions.
+   * True while a full load is applied to the mirror in place (until its 'resync', or a failed load
+   * until the next one ends): the mirror's records are then a mix of two versions.
    * workers/feed.ts pages the mirror to the workers only while this is false.
    */
   get loading(): boolean {
@@ -707,10 +726,12 @@ export class RedisDirectory extends MirroredDirectory implements Directory {
       // A large load: scanned and parsed by a thread of its own (started before the load begins).
       const thread = threads && Number(head[3]) >= this.opts.scanThreadMin ? this.startScanThread() : undefined;
       this.mirror.beginLoad();
+      this.opts.loads?.begin();
       try {
         const invalid: string[] = [];
         const onPage = (page: ParsedPage): void => {
           invalid.push(...this.mirror.applyPage(page));
+          this.opts.loads?.page(page);
         };
         if (!(await this.scanHashes(thread, runId, onPage))) {
           // The thread failed: this load again, on this thread (what the pages applied stays).
@@ -883,10 +904,7 @@ export class RedisDirectory extends MirroredDirectory implements Directory {
       this.emit('resync', { reason, from: version, to: version, changed: 0, reseeded: false, caughtUp: true } satisfies ResyncEvent);
       return true;
     }
-    if (!this.loadingMirror) {
-      this.loadingMirror = true;
-      this.emit('resync-begin', reason);
-    }
+    this.loadingMirror = true;
     let snap = await this.snapshot(runId);
     let reseeded = false;
     let loaded: LoadResult;
@@ -917,6 +935,7 @@ export class RedisDirectory extends MirroredDirectory implements Directory {
       }
       from = this.mirror.version;
       loaded = this.mirror.endLoad(snap, snap.entries);
+      this.opts.loads?.end({ keys: snap.keys, version: snap.version, lastId: snap.lastId }, snap.entries);
     } catch (err) {
       this.mirror.abortLoad();
       throw err;

@@ -50,7 +50,13 @@ export class FedDirectory extends MirroredDirectory implements Directory {
     private readonly log: Logger,
   ) {
     super(new DirectoryMirror(openRing));
-    rpc.on('dir-head', (h) => this.heads?.(h as FeedHead));
+    rpc.on('dir-head', (h) => {
+      if (!this.heads) return;
+      // At once: entries that came in the same batch as the head are dispatched before copy() runs on.
+      const head = h as FeedHead;
+      this.load = { head, entries: [...head.entries] };
+      this.heads(head);
+    });
     rpc.on('dir-entry', (a) => this.entry(a as FeedEntry));
     rpc.on('dir-reload', (ev) => this.want((ev as ResyncEvent).reason));
     rpc.on('dir-resync', (ev) => this.emit('resync', ev));
@@ -159,21 +165,28 @@ export class FedDirectory extends MirroredDirectory implements Directory {
         this.rpc.note('dir-load');
       });
       this.heads = undefined;
-      if (this.closed) return;
-      this.load = { head, entries: [] };
+      if (this.closed) {
+        this.load = undefined;
+        return;
+      }
       this.stale = head.staleness;
       this.mirror.beginLoad();
       let stale = false;
       const invalid: string[] = [];
+      const ask = (): Promise<FeedPage> => this.rpc.call<FeedPage>('dir-page', { gen: head.gen });
+      let next = ask();
       try {
         for (;;) {
-          const page = await this.rpc.call<FeedPage>('dir-page', { gen: head.gen });
+          const page = await next;
           if (page.stale || this.closed) {
             stale = true;
             break;
           }
           if (page.done) break;
-          if (page.kind && page.flat) invalid.push(...this.mirror.loadPage(page.kind, page.flat));
+          // The next page is on its way while this one is parsed (the primary answers in order).
+          next = ask();
+          if (page.parsed) invalid.push(...this.mirror.applyPage(page.parsed));
+          else if (page.kind && page.flat) invalid.push(...this.mirror.loadPage(page.kind, page.flat));
         }
       } catch (err) {
         this.mirror.abortLoad();
@@ -190,7 +203,7 @@ export class FedDirectory extends MirroredDirectory implements Directory {
         continue;
       }
       const from = this.mirror.version;
-      const loaded = this.mirror.endLoad(head, this.load.entries);
+      const loaded = this.mirror.endLoad(head, this.load?.entries ?? head.entries);
       this.load = undefined;
       this.gen = head.gen;
       invalid.push(...loaded.invalid);

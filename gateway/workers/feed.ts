@@ -7,22 +7,30 @@
  *
  * The protocol, per worker, like a mirror's own load from Redis (directory/redis.ts snapshot):
  * - The worker notes 'dir-load'. Once the primary's mirror is whole (not loading), it answers with
- *   note 'dir-head' (generation, version, last feed id, key ring text, freshness), and from then
- *   on sends the worker each feed entry its mirror applies ('dir-entry', with the generation).
- * - The worker calls 'dir-page' until `done`: pages of [name, JSON] read live from the mirror.
- *   A page may show a record newer than the head; each such change has an entry after the head,
- *   which the worker replays over the pages when the last page is in (mirror.ts endLoad).
+ *   note 'dir-head' (generation, version, last feed id, key ring text, freshness, entries to replay),
+ *   and from then on sends the worker each feed entry its mirror applies ('dir-entry').
+ * - The worker calls 'dir-page' until `done`, and replays the entries over the pages when the last
+ *   is in (mirror.ts endLoad). The pages are, while it is kept, the primary's last full load as it
+ *   read them from Redis, already parsed (page.ts: no JSON.parse in the worker), with that load's
+ *   head and every entry applied since; else [name, JSON] read live from the mirror, with the
+ *   mirror's head: a page may then show a record newer than the head, and each such change has an
+ *   entry after it.
  * - A full resync of the primary's mirror starts a new generation: loads in progress are told
  *   `stale`, and every worker is sent 'dir-reload' once the mirror is whole again.
  * - 'dir-resync' (a resync that read on from the mirror's place), 'dir-state' (Redis reachable or
  *   not, and since when the mirror is in sync) pass the primary's events on.
  */
-import type { RedisDirectory, ResyncEvent, Staleness } from '../directory/redis.js';
+import type { LoadWatcher, RedisDirectory, ResyncEvent, Staleness } from '../directory/redis.js';
 import type { ChangeEntry } from '../directory/mirror.js';
+import type { ParsedPage } from '../directory/page.js';
 import type { Rpc } from './ipc.js';
 
-/** Records per 'dir-page' answer: about 300 KB of JSON at ~300 bytes a VM. */
-export const FEED_PAGE = 1000;
+/** Records per 'dir-page' answer read from the mirror: about 600 KB at ~300 bytes a VM. */
+export const FEED_PAGE = 2000;
+/** The last load's pages are kept this long after it ended (workers starting with the node copy them)... */
+const KEEP_LOAD_MS = 60_000;
+/** ...and while fewer entries than this were applied after it (each worker copying replays them all). */
+const KEEP_LOAD_ENTRIES = 10_000;
 
 export interface FeedHead {
   readonly gen: number;
@@ -30,13 +38,17 @@ export interface FeedHead {
   readonly lastId: string;
   readonly keys: string | undefined;
   readonly staleness: Staleness;
+  /** Entries after the head, to replay over the pages with those that follow. */
+  readonly entries: readonly ChangeEntry[];
 }
 
 export interface FeedPage {
   /** The primary's mirror began a new load since the head: start again at the next 'dir-reload'. */
   readonly stale?: true;
+  /** A page of the primary's last load, parsed. */
+  readonly parsed?: ParsedPage;
   readonly kind?: 'user' | 'vm';
-  /** name, JSON, name, JSON... */
+  /** name, JSON, name, JSON... read from the mirror. */
   readonly flat?: string[];
   readonly done?: true;
 }
@@ -46,31 +58,70 @@ export interface FeedEntry {
   readonly e: ChangeEntry;
 }
 
+/** The primary's last full load, kept for the workers that copy it. */
+interface KeptLoad {
+  readonly pages: ParsedPage[];
+  readonly head: { keys: string | undefined; version: number; lastId: string };
+  /** The entries replayed over the pages, then every entry applied since. */
+  readonly entries: ChangeEntry[];
+  readonly until: number;
+}
+
 interface Subscriber {
   /** Sent the feed's entries (a head went out in this generation). */
   live: boolean;
   /** Waiting for its head (asked while the mirror was loading or not open yet). */
   asked: boolean;
+  /** Copying the kept load: the next page's index. */
+  kept: { load: KeptLoad; next: number } | undefined;
   users: IterableIterator<[string, string]> | undefined;
   vms: IterableIterator<[string, string]> | undefined;
 }
 
-export class DirectoryFeed {
+export class DirectoryFeed implements LoadWatcher {
   private gen = 1;
   private dir: RedisDirectory | undefined;
   private readonly subs = new Map<Rpc, Subscriber>();
+  /** The pages of the load in progress. */
+  private building: ParsedPage[] | undefined;
+  private kept: KeptLoad | undefined;
 
-  constructor(private readonly pageSize = FEED_PAGE) {}
+  constructor(
+    private readonly pageSize = FEED_PAGE,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  // ---- the primary's loads (RedisDirectoryOptions.loads) ------------------------------------------
+
+  begin(): void {
+    this.building = [];
+    this.kept = undefined;
+    this.gen++;
+    for (const s of this.subs.values()) this.reset(s);
+  }
+  page(page: ParsedPage): void {
+    this.building?.push(page);
+  }
+  end(head: KeptLoad['head'], entries: readonly ChangeEntry[]): void {
+    if (this.building) {
+      const kept: KeptLoad = { pages: this.building, head, entries: [...entries], until: this.now() + KEEP_LOAD_MS };
+      this.kept = kept;
+      // Not held past its time by a quiet directory (no entry to look at it).
+      setTimeout(() => this.kept === kept && this.dropKept(), KEEP_LOAD_MS).unref();
+    }
+    this.building = undefined;
+  }
 
   /** The primary's mirror, once open: workers that asked meanwhile get their head now. */
   open(dir: RedisDirectory): void {
     this.dir = dir;
     dir.on('entry', (e: ChangeEntry) => {
+      const kept = this.keptLoad();
+      if (kept) {
+        kept.entries.push(e);
+        if (kept.entries.length > KEEP_LOAD_ENTRIES) this.dropKept();
+      }
       for (const [rpc, s] of this.subs) if (s.live) rpc.note('dir-entry', { gen: this.gen, e } satisfies FeedEntry);
-    });
-    dir.on('resync-begin', () => {
-      this.gen++;
-      for (const s of this.subs.values()) this.reset(s);
     });
     dir.on('resync', (ev: ResyncEvent) => {
       for (const [rpc, s] of this.subs) {
@@ -88,13 +139,13 @@ export class DirectoryFeed {
 
   /** Serve one worker's loads and send it the feed. */
   attach(rpc: Rpc): void {
-    const s: Subscriber = { live: false, asked: false, users: undefined, vms: undefined };
+    const s: Subscriber = { live: false, asked: false, kept: undefined, users: undefined, vms: undefined };
     this.subs.set(rpc, s);
     rpc.on('dir-load', () => {
       this.reset(s);
       this.head(rpc, s);
     });
-    rpc.handle('dir-page', (a) => this.page(s, (a as { gen?: unknown } | null)?.gen));
+    rpc.handle('dir-page', (a) => this.nextPage(s, (a as { gen?: unknown } | null)?.gen));
   }
 
   detach(rpc: Rpc): void {
@@ -103,8 +154,26 @@ export class DirectoryFeed {
 
   private reset(s: Subscriber): void {
     s.live = false;
+    s.kept = undefined;
     s.users = undefined;
     s.vms = undefined;
+  }
+
+  /** The kept load, while it may still be copied. */
+  private keptLoad(): KeptLoad | undefined {
+    if (this.kept && this.now() > this.kept.until) this.dropKept();
+    return this.kept;
+  }
+
+  /** No copy from the kept load from now on: those in progress load again, from the mirror. */
+  private dropKept(): void {
+    this.kept = undefined;
+    this.gen++;
+    for (const [rpc, s] of this.subs) {
+      if (!s.kept) continue;
+      this.reset(s);
+      rpc.note('dir-reload', { reason: 'start' });
+    }
   }
 
   /** Answer a 'dir-load' now if the mirror is whole; else when its load ends. */
@@ -116,13 +185,26 @@ export class DirectoryFeed {
     }
     s.asked = false;
     s.live = true;
-    s.users = dir.records('user');
-    s.vms = dir.records('vm');
-    rpc.note('dir-head', { gen: this.gen, ...dir.head(), staleness: dir.staleness() } satisfies FeedHead);
+    const kept = this.keptLoad();
+    let head: FeedHead;
+    if (kept) {
+      s.kept = { load: kept, next: 0 };
+      head = { gen: this.gen, ...kept.head, staleness: dir.staleness(), entries: [...kept.entries] };
+    } else {
+      s.users = dir.records('user');
+      s.vms = dir.records('vm');
+      head = { gen: this.gen, ...dir.head(), staleness: dir.staleness(), entries: [] };
+    }
+    rpc.note('dir-head', head);
   }
 
-  private page(s: Subscriber, gen: unknown): FeedPage {
-    if (gen !== this.gen || !s.live || !s.users || !s.vms) return { stale: true };
+  private nextPage(s: Subscriber, gen: unknown): FeedPage {
+    if (gen !== this.gen || !s.live) return { stale: true };
+    if (s.kept) {
+      const page = s.kept.load.pages[s.kept.next++];
+      return page ? { parsed: page } : { done: true };
+    }
+    if (!s.users || !s.vms) return { stale: true };
     for (const [kind, it] of [['user', s.users], ['vm', s.vms]] as const) {
       const flat: string[] = [];
       while (flat.length < 2 * this.pageSize) {

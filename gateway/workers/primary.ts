@@ -118,9 +118,9 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
   // itself. The workers start while the mirror loads, and copy it once it is open.
   const core = redis !== undefined ? await joinCluster(config, state, redis, { log, metrics }) : undefined;
   const cluster = core?.own;
-  const mirror = core ? openMirror(config, state, redis!, core, log).then((d) => ({ d }), (e: unknown) => ({ e })) : undefined;
   // The workers' directories are copies of that mirror (feed.ts): the node reads Redis once.
   const feed = core ? new DirectoryFeed() : undefined;
+  const mirror = core ? openMirror(config, state, redis!, core, log, feed).then((d) => ({ d }), (e: unknown) => ({ e })) : undefined;
   let mirrorOpen = false;
   // Embedded mode: the directory and the auth store are here, the workers' over IPC. In cluster
   // mode `dir` is the mirror, set once loaded (before the port opens and the cluster starts).
@@ -169,15 +169,7 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
     });
   }
   /** What the workers see of the cluster (remote-cluster.ts): sent on every change of leader and every half heartbeat. */
-  const clusterNote = (c: Cluster): ClusterNote => {
-    let token: string | null = null;
-    try {
-      token = c.isLeader() ? c.lease.fenceToken() : null;
-    } catch {
-      token = null;
-    }
-    return { leader: c.leader() ?? null, highestEpoch: c.highestEpoch(), token, nodes: c.nodes() };
-  };
+  const clusterNote = (c: Cluster): ClusterNote => ({ leader: c.leader() ?? null, highestEpoch: c.highestEpoch(), leads: c.isLeader(), nodes: c.nodes() });
   let viewTimer: NodeJS.Timeout | undefined;
   if (cluster) {
     const tell = (): void => broadcast('cluster', clusterNote(cluster));
@@ -312,8 +304,6 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
       if (!cluster) throw new Error('not a cluster node');
       return cluster.statusNow();
     });
-    // A worker's directory write found our token fenced in Redis: the lease is lost.
-    rpc.on('fenced', () => cluster?.lease.fenced());
     rpc.handle('move-vms', (a) => {
       if (!cluster || !core) return 0;
       const deadline = Number((a as { deadline?: number }).deadline) || Date.now();
@@ -436,7 +426,7 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
   };
 
   // The workers, then the port: the first connection finds a worker ready.
-  nodeCluster.setupPrimary({ silent: false });
+  nodeCluster.setupPrimary({ silent: false, serialization: 'advanced' });
   const startDeadline = Date.now() + WORKERS_START_MS;
   for (let i = 0; i < opts.workers; i++) fork();
   while ([...slots.values()].filter((s) => s.ready).length < opts.workers && !mirrorFailed) {

@@ -4,27 +4,24 @@
  * of leader and every half heartbeat. Node-to-node TLS (hops, relays, probes) is the worker's own,
  * with the node's certificate.
  *
- * Directory writes the worker makes as leader (the admin API, a `vm move`) carry the primary's
- * fencing token; Redis checks it against the lease, so a token the primary has just lost is
- * refused there, never applied. The worker's mirror never writes the directory back after Redis
- * lost it (reseed): the primary's does, once for the node.
+ * Directory writes the worker makes as leader (the admin API, a `vm move`) go through the
+ * primary's mirror (fed-directory.ts), with the primary's fencing token.
  */
 import { EventEmitter } from 'node:events';
 import { X509Certificate } from 'node:crypto';
 import type net from 'node:net';
-import { NotLeaderError } from '../directory/redis.js';
 import type { LeaderInfo } from '../cluster/lease.js';
 import type { PeerView } from '../cluster/membership.js';
 import { type NodeIdentity, Peers, peerNodeId } from '../cluster/peers.js';
-import { type ClusterStatus, type ClusterView, type Fence, isNodeAddressIn } from '../cluster/view.js';
+import { type ClusterStatus, type ClusterView, isNodeAddressIn } from '../cluster/view.js';
 import type { Rpc } from './ipc.js';
 
 /** What the primary sends its workers about the cluster. */
 export interface ClusterNote {
   readonly leader: LeaderInfo | null;
   readonly highestEpoch: number;
-  /** The fencing token while this node leads, else null. */
-  readonly token: string | null;
+  /** This node leads (its lease is valid as the primary sees it). */
+  readonly leads: boolean;
   readonly nodes: readonly PeerView[];
 }
 
@@ -62,7 +59,7 @@ export class RemoteCluster implements ClusterView {
     return isNodeAddressIn(this.note.nodes, this.nodeId, address);
   }
   isLeader(): boolean {
-    return this.note.token !== null;
+    return this.note.leads;
   }
   leader(): LeaderInfo | undefined {
     return this.note.leader ?? undefined;
@@ -105,19 +102,6 @@ export class RemoteCluster implements ClusterView {
 
   status(): Promise<ClusterStatus> {
     return this.rpc.call<ClusterStatus>('cluster-status');
-  }
-
-  fence(): Fence {
-    return {
-      key: `${this.opts.prefix}leader`,
-      token: () => {
-        if (this.note.token === null) throw new NotLeaderError();
-        return this.note.token;
-      },
-      // Redis refused our token: the primary's lease is lost; it steps down and tells every worker.
-      onFenced: () => this.rpc.note('fenced'),
-      reseed: () => 'not-leader',
-    };
   }
 
   async close(): Promise<void> {

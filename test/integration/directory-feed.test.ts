@@ -1,15 +1,16 @@
 /**
  * A worker's copy of its primary's directory mirror (workers/feed.ts, workers/fed-directory.ts)
  * against a real redis-server: the primary's RedisDirectory is the only Redis reader, the copy is
- * fed over an in-process channel with the IPC's own message semantics (JSON, in order). The copy
+ * fed over an in-process channel with the IPC's own message semantics (v8 serialization, in order). The copy
  * loads while writes go on, follows the feed, writes through the primary and reads its own write,
  * loads again after the primary's full resync (a trimmed feed), and reads on after a caught-up
  * one. Waits are on events, never on time.
  */
 import t, { type Test } from 'tap';
 import { EventEmitter } from 'node:events';
+import v8 from 'node:v8';
 import { pino } from 'pino';
-import { RedisDirectory, type ResyncEvent } from '../../gateway/directory/redis.js';
+import { RedisDirectory, type RedisDirectoryOptions, type ResyncEvent } from '../../gateway/directory/redis.js';
 import { toVmRecord, vmSchema, type Directory, type DirectoryChange, type UserRecord, type VmRecord } from '../../gateway/directory/directory.js';
 import { DirectoryFeed } from '../../gateway/workers/feed.js';
 import { FedDirectory, type FedWriteReply } from '../../gateway/workers/fed-directory.js';
@@ -29,13 +30,15 @@ function newPrefix(): string {
   return `feed${process.pid}-${++prefixes}:{dir}:`;
 }
 
-/** Two ends of an IPC-like channel: messages cross as JSON, asynchronously, in order. */
-function channelPair(): [Channel, Channel] {
+/** Two ends of an IPC-like channel: messages cross as node:cluster's 'advanced' serialization does (v8), asynchronously, in order. */
+function channelPair(): { ends: [Channel, Channel]; crossed: unknown[] } {
+  const crossed: unknown[] = [];
   class End extends EventEmitter {
     other!: End;
     connected = true;
     send(msg: unknown, _handle?: unknown, _opts?: unknown, cb?: (err: Error | null) => void): boolean {
-      const copy: unknown = JSON.parse(JSON.stringify(msg));
+      const copy: unknown = v8.deserialize(v8.serialize(msg));
+      crossed.push(copy);
       setImmediate(() => this.other.emit('message', copy));
       cb?.(null);
       return true;
@@ -45,28 +48,46 @@ function channelPair(): [Channel, Channel] {
   const b = new End();
   a.other = b;
   b.other = a;
-  return [a as unknown as Channel, b as unknown as Channel];
+  return { ends: [a as unknown as Channel, b as unknown as Channel], crossed };
+}
+
+/** Pages of each form a copy was sent, read off the channel. */
+function pagesSent(crossed: unknown[]): { parsed: number; flat: number } {
+  const out = { parsed: 0, flat: 0 };
+  const look = (m: { oneportW?: string; list?: unknown[]; v?: { parsed?: unknown; flat?: unknown } }): void => {
+    if (m.oneportW === 'batch') for (const x of m.list ?? []) look(x as typeof m);
+    if (m.oneportW === 'reply' && m.v?.parsed) out.parsed++;
+    if (m.oneportW === 'reply' && m.v?.flat) out.flat++;
+  };
+  for (const m of crossed) look(m as Parameters<typeof look>[0]);
+  return out;
 }
 
 const log = pino({ level: 'silent' });
 
-/** The primary's side: its mirror, fed to one worker's copy (pages of `page` records), writes answered as primary.ts does. */
-async function feedPair(t: Test, primary: RedisDirectory, page: number): Promise<FedDirectory> {
-  const [up, down] = channelPair();
-  const primaryRpc = new Rpc(up);
-  const workerRpc = new Rpc(down);
-  const feed = new DirectoryFeed(page);
+/** The primary's mirror with its feed: `keep` hands it the primary's loads (as primary.ts does), so copies take their parsed pages. */
+async function openPrimary(t: Test, opts: RedisDirectoryOptions, keep: boolean): Promise<{ primary: RedisDirectory; feed: DirectoryFeed }> {
+  const feed = new DirectoryFeed(5);
+  const primary = await RedisDirectory.open({ ...opts, ...(keep ? { loads: feed } : {}) });
+  t.teardown(() => primary.close());
+  feed.open(primary);
+  return { primary, feed };
+}
+
+/** A worker's copy of `primary`'s mirror through `feed`, writes answered as primary.ts does. */
+async function copyOf(t: Test, primary: RedisDirectory, feed: DirectoryFeed): Promise<{ fed: FedDirectory; crossed: unknown[] }> {
+  const { ends, crossed } = channelPair();
+  const primaryRpc = new Rpc(ends[0]);
+  const workerRpc = new Rpc(ends[1]);
   feed.attach(primaryRpc);
   primaryRpc.handle('dir', async (a) => {
     const { op, args } = a as { op: (typeof DIRECTORY_WRITES)[number]; args: unknown[] };
     const r = await (primary[op] as (...x: unknown[]) => Promise<unknown>).apply(primary, args);
     return { r: r ?? null, v: primary.version() } satisfies FedWriteReply;
   });
-  const opening = FedDirectory.open(workerRpc, undefined, log);
-  feed.open(primary);
-  const fed = await opening;
+  const fed = await FedDirectory.open(workerRpc, undefined, log);
   t.teardown(() => fed.close());
-  return fed;
+  return { fed, crossed };
 }
 
 function contents(dir: Directory): unknown {
@@ -80,47 +101,52 @@ function reach(dir: Directory, v: number): Promise<unknown> {
   return Promise.race([nextEvent(dir, 'change', () => dir.version() >= v), nextEvent(dir, 'resync', () => dir.version() >= v)]);
 }
 
-t.test('a copy loads page by page while writes go on, then follows the feed', async (t) => {
-  const redis = await startRedis(t);
-  const prefix = newPrefix();
-  const primary = await RedisDirectory.open({ redis: redis.url, prefix });
-  const other = await RedisDirectory.open({ redis: redis.url, prefix });
-  t.teardown(() => Promise.all([primary.close(), other.close()]));
-  for (let i = 0; i < 40; i++) await other.putVm(vm(`vm${i}`, `n${i % 3}`));
-  for (let i = 0; i < 7; i++) await other.putUser(user(`u${i}`));
-  await reach(primary, other.version());
+for (const keep of [true, false]) {
+  const form = keep ? 'the pages of the primary\'s load, parsed' : 'pages read from the primary\'s mirror';
+  t.test(`a copy loads (${form}) while writes go on, then follows the feed`, async (t) => {
+    const redis = await startRedis(t);
+    const prefix = newPrefix();
+    const other = await RedisDirectory.open({ redis: redis.url, prefix });
+    t.teardown(() => other.close());
+    for (let i = 0; i < 40; i++) await other.putVm(vm(`vm${i}`, `n${i % 3}`));
+    for (let i = 0; i < 7; i++) await other.putUser(user(`u${i}`));
+    // HSCAN pages of about 7 fields; mirror pages of 5 records.
+    const { primary, feed } = await openPrimary(t, { redis: redis.url, prefix, snapshotPage: 7 }, keep);
 
-  // Writes land while the copy pages through (3 records a page): each shows in the copy at the end.
-  const writes = (async () => {
-    for (let i = 0; i < 20; i++) {
-      await other.putVm(vm(`vm${i}`, 'moved'));
-      if (i % 4 === 0) await other.deleteVm(`vm${39 - i}`);
-      await other.putVm(vm(`new${i}`));
-    }
-  })();
-  const fed = await feedPair(t, primary, 3);
-  await writes;
-  await reach(primary, other.version());
-  await reach(fed, other.version());
-  t.same(contents(fed), contents(primary), 'the copy holds what the primary holds');
-  t.equal(fed.kind, 'redis');
-  t.equal(fed.vmsOnNode('moved').length, 20, 'its indexes are built (VMs by node)');
-  t.equal(fed.vmsForUser(user('alice')).length, fed.listVms().length, 'and by user');
+    // Writes land while the copy pages through: each shows in the copy at the end.
+    const writes = (async () => {
+      for (let i = 0; i < 20; i++) {
+        await other.putVm(vm(`vm${i}`, 'moved'));
+        if (i % 4 === 0) await other.deleteVm(`vm${39 - i}`);
+        await other.putVm(vm(`new${i}`));
+      }
+    })();
+    const { fed, crossed } = await copyOf(t, primary, feed);
+    await writes;
+    await reach(primary, other.version());
+    await reach(fed, other.version());
+    t.same(contents(fed), contents(primary), 'the copy holds what the primary holds');
+    const sent = pagesSent(crossed);
+    if (keep) t.ok(sent.parsed > 2 && sent.flat === 0, `the copy took the load's parsed pages (${sent.parsed})`);
+    else t.ok(sent.flat > 2 && sent.parsed === 0, `the copy read the mirror (${sent.flat} pages)`);
+    t.equal(fed.kind, 'redis');
+    t.equal(fed.vmsOnNode('moved').length, 20, 'its indexes are built (VMs by node)');
+    t.equal(fed.vmsForUser(user('alice')).length, fed.listVms().length, 'and by user');
 
-  const seen: DirectoryChange[] = [];
-  fed.on('change', (c: DirectoryChange) => seen.push(c));
-  await other.putVm(vm('later', 'n9'));
-  await reach(fed, other.version());
-  t.equal(fed.getVm('later')?.node, 'n9', 'a change on another node reaches the copy through the primary');
-  t.same(seen, [{ kind: 'vm', name: 'later', version: other.version() }], 'announced once, at its version');
-});
+    const seen: DirectoryChange[] = [];
+    fed.on('change', (c: DirectoryChange) => seen.push(c));
+    await other.putVm(vm('later', 'n9'));
+    await reach(fed, other.version());
+    t.equal(fed.getVm('later')?.node, 'n9', 'a change on another node reaches the copy through the primary');
+    t.same(seen, [{ kind: 'vm', name: 'later', version: other.version() }], 'announced once, at its version');
+  });
+}
 
 t.test('a write through the copy is done by the primary and readable in the copy when it resolves', async (t) => {
   const redis = await startRedis(t);
   const prefix = newPrefix();
-  const primary = await RedisDirectory.open({ redis: redis.url, prefix });
-  t.teardown(() => primary.close());
-  const fed = await feedPair(t, primary, 100);
+  const { primary, feed } = await openPrimary(t, { redis: redis.url, prefix }, true);
+  const { fed } = await copyOf(t, primary, feed);
   await fed.putUser(user('bob'));
   t.equal(fed.getUser('bob')?.name, 'bob', 'the writer reads its own write');
   t.equal(await fed.putVm(vm('w1')), true);
@@ -146,12 +172,12 @@ t.test('after the primary loads its mirror again (a trimmed feed) the copy loads
   const prefix = newPrefix();
   const writer = await RedisDirectory.open({ redis: redis.url, prefix, changesMaxLen: 10 });
   // The primary reaches Redis through the proxy; long block and check periods keep the other paths out.
-  const primary = await RedisDirectory.open({ redis: proxy.url, prefix, blockMs: 10_000, checkIntervalMs: 600_000 });
-  t.teardown(() => Promise.all([primary.close(), writer.close()]));
+  t.teardown(() => writer.close());
+  const { primary, feed } = await openPrimary(t, { redis: proxy.url, prefix, blockMs: 10_000, checkIntervalMs: 600_000 }, true);
   await writer.putVm(vm('keep'));
   await writer.putVm(vm('gone'));
   await reach(primary, writer.version());
-  const fed = await feedPair(t, primary, 50);
+  const { fed, crossed } = await copyOf(t, primary, feed);
   t.same(contents(fed), contents(primary));
 
   proxy.hang();
@@ -164,6 +190,7 @@ t.test('after the primary loads its mirror again (a trimmed feed) the copy loads
   proxy.heal();
   const r = await resync;
   t.equal(r.reason, 'trimmed', 'the copy loaded again, for the primary\'s reason');
+  t.ok(pagesSent(crossed).parsed > 0, 'from the pages of the primary\'s new load');
   await reach(fed, writer.version());
   t.same(contents(fed), contents(primary), 'same state as the primary');
   t.equal(fed.getVm('gone'), undefined, 'a record deleted meanwhile is gone from the copy');
