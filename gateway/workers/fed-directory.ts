@@ -175,6 +175,8 @@ export class FedDirectory extends MirroredDirectory implements Directory {
       const invalid: string[] = [];
       const ask = (): Promise<FeedPage> => this.rpc.call<FeedPage>('dir-page', { gen: head.gen });
       let next = ask();
+      /** The head: known now, or (a copy of the primary's load as it goes) with the last page. */
+      let final = head.pending ? undefined : head;
       try {
         for (;;) {
           const page = await next;
@@ -182,9 +184,13 @@ export class FedDirectory extends MirroredDirectory implements Directory {
             stale = true;
             break;
           }
-          if (page.done) break;
+          if (page.done) {
+            final ??= page.head;
+            break;
+          }
           // The next page is on its way while this one is parsed (the primary answers in order).
           next = ask();
+          if (page.wait) continue;
           if (page.parsed) invalid.push(...this.mirror.applyPage(page.parsed));
           else if (page.kind && page.flat) invalid.push(...this.mirror.loadPage(page.kind, page.flat));
         }
@@ -193,7 +199,12 @@ export class FedDirectory extends MirroredDirectory implements Directory {
         this.load = undefined;
         throw err;
       }
-      if (stale) {
+      if (!stale && !final) {
+        this.mirror.abortLoad();
+        this.load = undefined;
+        throw new Error('directory copy: the primary ended a load without its head');
+      }
+      if (stale || !final) {
         this.mirror.abortLoad();
         this.load = undefined;
         if (this.closed) return;
@@ -203,9 +214,12 @@ export class FedDirectory extends MirroredDirectory implements Directory {
         continue;
       }
       const from = this.mirror.version;
-      const loaded = this.mirror.endLoad(head, this.load?.entries ?? head.entries);
+      // A pending head's own entries come with the last page; those applied since came as notes.
+      const entries = final === head ? (this.load?.entries ?? head.entries) : [...final.entries, ...(this.load?.entries ?? [])];
+      const loaded = this.mirror.endLoad(final, entries);
       this.load = undefined;
-      this.gen = head.gen;
+      this.gen = final.gen;
+      this.stale = final.staleness;
       invalid.push(...loaded.invalid);
       if (invalid.length) this.log.error({ event: 'directory-invalid-records', records: invalid }, 'directory: skipped malformed records');
       for (const c of loaded.changes) this.emitChange(c);

@@ -31,9 +31,16 @@ export const FEED_PAGE = 2000;
 const KEEP_LOAD_MS = 60_000;
 /** ...and while fewer entries than this were applied after it (each worker copying replays them all). */
 const KEEP_LOAD_ENTRIES = 10_000;
+/** A page request of a copy that follows the primary's load waits this long for its next page at most. */
+const STREAM_WAIT_MS = 2_000;
 
 export interface FeedHead {
   readonly gen: number;
+  /**
+   * The primary's mirror is loading: the pages follow as its load reads them, and the head (with
+   * its entries) comes with the last ('dir-page' `done`). The fields below are then placeholders.
+   */
+  readonly pending?: true;
   readonly version: number;
   readonly lastId: string;
   readonly keys: string | undefined;
@@ -51,6 +58,10 @@ export interface FeedPage {
   /** name, JSON, name, JSON... read from the mirror. */
   readonly flat?: string[];
   readonly done?: true;
+  /** With `done` on a copy that began while the primary loaded: the head of that load. */
+  readonly head?: FeedHead;
+  /** Nothing new yet (the primary's load is waiting on Redis): ask again. */
+  readonly wait?: true;
 }
 
 export interface FeedEntry {
@@ -70,8 +81,14 @@ interface KeptLoad {
 interface Subscriber {
   /** Sent the feed's entries (a head went out in this generation). */
   live: boolean;
+  /** The generation it went live in. */
+  gen: number;
+  /** Copying the primary's load as it goes: that load's pages (kept.pages once it ended), the next one's index. */
+  stream: { pages: ParsedPage[]; next: number } | undefined;
   /** Waiting for its head (asked while the mirror was loading or not open yet). */
   asked: boolean;
+  /** Its copy was cut short by a new load of the primary's: it waits for a 'dir-reload'. */
+  orphaned: boolean;
   /** Copying the kept load: the next page's index. */
   kept: { load: KeptLoad; next: number } | undefined;
   users: IterableIterator<[string, string]> | undefined;
@@ -85,11 +102,18 @@ export class DirectoryFeed implements LoadWatcher {
   /** The pages of the load in progress. */
   private building: ParsedPage[] | undefined;
   private kept: KeptLoad | undefined;
+  /** Page requests waiting for the primary's load to read more. */
+  private readonly pageWaiters = new Set<() => void>();
 
-  constructor(
-    private readonly pageSize = FEED_PAGE,
-    private readonly now: () => number = Date.now,
-  ) {}
+  private readonly pageSize: number;
+  private readonly keepEntries: number;
+  private readonly now: () => number;
+
+  constructor(opts: { pageSize?: number; keepEntries?: number; now?: () => number } = {}) {
+    this.pageSize = opts.pageSize ?? FEED_PAGE;
+    this.keepEntries = opts.keepEntries ?? KEEP_LOAD_ENTRIES;
+    this.now = opts.now ?? Date.now;
+  }
 
   // ---- the primary's loads (RedisDirectoryOptions.loads) ------------------------------------------
 
@@ -97,10 +121,15 @@ export class DirectoryFeed implements LoadWatcher {
     this.building = [];
     this.kept = undefined;
     this.gen++;
-    for (const s of this.subs.values()) this.reset(s);
+    for (const s of this.subs.values()) {
+      if (s.live || s.stream) s.orphaned = true;
+      this.reset(s);
+    }
+    this.wakePages();
   }
   page(page: ParsedPage): void {
     this.building?.push(page);
+    this.wakePages();
   }
   end(head: KeptLoad['head'], entries: readonly ChangeEntry[]): void {
     if (this.building) {
@@ -110,6 +139,11 @@ export class DirectoryFeed implements LoadWatcher {
       setTimeout(() => this.kept === kept && this.dropKept(), KEEP_LOAD_MS).unref();
     }
     this.building = undefined;
+    this.wakePages();
+  }
+
+  private wakePages(): void {
+    for (const w of [...this.pageWaiters]) w();
   }
 
   /** The primary's mirror, once open: workers that asked meanwhile get their head now. */
@@ -119,30 +153,43 @@ export class DirectoryFeed implements LoadWatcher {
       const kept = this.keptLoad();
       if (kept) {
         kept.entries.push(e);
-        if (kept.entries.length > KEEP_LOAD_ENTRIES) this.dropKept();
+        if (kept.entries.length > this.keepEntries) this.dropKept();
       }
       for (const [rpc, s] of this.subs) if (s.live) rpc.note('dir-entry', { gen: this.gen, e } satisfies FeedEntry);
     });
     dir.on('resync', (ev: ResyncEvent) => {
       for (const [rpc, s] of this.subs) {
         // A live worker has everything since its head: only a full load (which ended its load) needs a new one.
-        if (s.live && ev.caughtUp === true) rpc.note('dir-resync', ev);
-        else if (s.asked) this.head(rpc, s);
-        else rpc.note('dir-reload', ev);
+        // (Live at a full load's end: it copied that very load as it went.)
+        if (s.live) {
+          if (ev.caughtUp === true) rpc.note('dir-resync', ev);
+        } else if (s.asked) this.head(rpc, s);
+        else if (!s.stream) {
+          s.orphaned = false;
+          rpc.note('dir-reload', ev);
+        }
       }
     });
     dir.on('connection', () => {
       for (const [rpc, s] of this.subs) if (s.live) rpc.note('dir-state', dir.staleness());
     });
-    for (const [rpc, s] of this.subs) if (s.asked) this.head(rpc, s);
+    for (const [rpc, s] of this.subs) {
+      if (s.asked) this.head(rpc, s);
+      else if (s.orphaned) {
+        // Cut short during the node's first load, whose end this feed did not see.
+        s.orphaned = false;
+        rpc.note('dir-reload', { reason: 'start' });
+      }
+    }
   }
 
   /** Serve one worker's loads and send it the feed. */
   attach(rpc: Rpc): void {
-    const s: Subscriber = { live: false, asked: false, kept: undefined, users: undefined, vms: undefined };
+    const s: Subscriber = { live: false, gen: 0, stream: undefined, asked: false, orphaned: false, kept: undefined, users: undefined, vms: undefined };
     this.subs.set(rpc, s);
     rpc.on('dir-load', () => {
       this.reset(s);
+      s.orphaned = false;
       this.head(rpc, s);
     });
     rpc.handle('dir-page', (a) => this.nextPage(s, (a as { gen?: unknown } | null)?.gen));
@@ -154,6 +201,7 @@ export class DirectoryFeed implements LoadWatcher {
 
   private reset(s: Subscriber): void {
     s.live = false;
+    s.stream = undefined;
     s.kept = undefined;
     s.users = undefined;
     s.vms = undefined;
@@ -168,7 +216,7 @@ export class DirectoryFeed implements LoadWatcher {
   /** No copy from the kept load from now on: those in progress load again, from the mirror. */
   private dropKept(): void {
     this.kept = undefined;
-    this.gen++;
+    // Not a new generation: the live workers' feed goes on; those copying are told stale (not live).
     for (const [rpc, s] of this.subs) {
       if (!s.kept) continue;
       this.reset(s);
@@ -180,11 +228,17 @@ export class DirectoryFeed implements LoadWatcher {
   private head(rpc: Rpc, s: Subscriber): void {
     const dir = this.dir;
     if (!dir || dir.loading) {
-      s.asked = true;
+      if (this.building) {
+        // Copy the load as it goes (at a node's start the workers no longer wait for the primary's whole load).
+        s.asked = false;
+        s.stream = { pages: this.building, next: 0 };
+        rpc.note('dir-head', { gen: this.gen, pending: true, version: 0, lastId: '0-0', keys: undefined, staleness: { connected: true, lastSyncAt: this.now(), ageMs: 0 }, entries: [] } satisfies FeedHead);
+      } else s.asked = true;
       return;
     }
     s.asked = false;
     s.live = true;
+    s.gen = this.gen;
     const kept = this.keptLoad();
     let head: FeedHead;
     if (kept) {
@@ -198,8 +252,10 @@ export class DirectoryFeed implements LoadWatcher {
     rpc.note('dir-head', head);
   }
 
-  private nextPage(s: Subscriber, gen: unknown): FeedPage {
-    if (gen !== this.gen || !s.live) return { stale: true };
+  private nextPage(s: Subscriber, gen: unknown): FeedPage | Promise<FeedPage> {
+    if (gen !== this.gen) return { stale: true };
+    if (s.stream) return this.streamPage(s, s.stream);
+    if (!s.live) return { stale: true };
     if (s.kept) {
       const page = s.kept.load.pages[s.kept.next++];
       return page ? { parsed: page } : { done: true };
@@ -215,5 +271,38 @@ export class DirectoryFeed implements LoadWatcher {
       if (flat.length) return { kind, flat };
     }
     return { done: true };
+  }
+
+  /** The next page of the load a copy follows as it goes; when that load has ended, `done` with its head. */
+  private streamPage(s: Subscriber, stream: NonNullable<Subscriber['stream']>): FeedPage | Promise<FeedPage> {
+    const page = stream.pages[stream.next];
+    if (page) {
+      stream.next++;
+      return { parsed: page };
+    }
+    const kept = this.kept;
+    if (kept?.pages === stream.pages) {
+      s.stream = undefined;
+      s.live = true;
+      s.gen = this.gen;
+      // (The node's first load ends before its mirror is open here: synced just now.)
+      const staleness = this.dir?.staleness() ?? { connected: true, lastSyncAt: this.now(), ageMs: 0 };
+      return { done: true, head: { gen: this.gen, ...kept.head, staleness, entries: [...kept.entries] } };
+    }
+    if (this.building !== stream.pages) return { stale: true };
+    // Wait for the load to read on (bounded: the worker asks again).
+    const gen = this.gen;
+    return new Promise<FeedPage>((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.pageWaiters.delete(done);
+        resolve(this.gen !== gen || s.stream !== stream ? { stale: true } : this.streamPage(s, stream));
+      };
+      const timer = setTimeout(() => {
+        this.pageWaiters.delete(done);
+        resolve({ wait: true });
+      }, STREAM_WAIT_MS);
+      this.pageWaiters.add(done);
+    });
   }
 }

@@ -12,11 +12,11 @@ import v8 from 'node:v8';
 import { pino } from 'pino';
 import { RedisDirectory, type RedisDirectoryOptions, type ResyncEvent } from '../../gateway/directory/redis.js';
 import { toVmRecord, vmSchema, type Directory, type DirectoryChange, type UserRecord, type VmRecord } from '../../gateway/directory/directory.js';
-import { DirectoryFeed } from '../../gateway/workers/feed.js';
+import { DirectoryFeed, type FeedHead } from '../../gateway/workers/feed.js';
 import { FedDirectory, type FedWriteReply } from '../../gateway/workers/fed-directory.js';
 import { DIRECTORY_WRITES } from '../../gateway/workers/remote.js';
 import { type Channel, Rpc } from '../../gateway/workers/ipc.js';
-import { startRedis, startFaultProxy, nextEvent } from '../helpers/redis.js';
+import { startRedis, startFaultProxy, nextEvent, redisClient } from '../helpers/redis.js';
 
 function vm(name: string, node = 'n1', port = 5901): VmRecord {
   return toVmRecord(vmSchema.parse({ name, node, endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port }], users: ['alice'] }));
@@ -66,24 +66,24 @@ function pagesSent(crossed: unknown[]): { parsed: number; flat: number } {
 const log = pino({ level: 'silent' });
 
 /** The primary's mirror with its feed: `keep` hands it the primary's loads (as primary.ts does), so copies take their parsed pages. */
-async function openPrimary(t: Test, opts: RedisDirectoryOptions, keep: boolean): Promise<{ primary: RedisDirectory; feed: DirectoryFeed }> {
-  const feed = new DirectoryFeed(5);
+async function openPrimary(t: Test, opts: RedisDirectoryOptions, keep: boolean, feed = new DirectoryFeed({ pageSize: 5 })): Promise<{ primary: RedisDirectory; feed: DirectoryFeed }> {
   const primary = await RedisDirectory.open({ ...opts, ...(keep ? { loads: feed } : {}) });
   t.teardown(() => primary.close());
   feed.open(primary);
   return { primary, feed };
 }
 
-/** A worker's copy of `primary`'s mirror through `feed`, writes answered as primary.ts does. */
-async function copyOf(t: Test, primary: RedisDirectory, feed: DirectoryFeed): Promise<{ fed: FedDirectory; crossed: unknown[] }> {
+/** A worker's copy of `primary`'s mirror through `feed`, writes answered as primary.ts does (`primary` may still be opening). */
+async function copyOf(t: Test, primary: RedisDirectory | Promise<RedisDirectory>, feed: DirectoryFeed): Promise<{ fed: FedDirectory; crossed: unknown[] }> {
   const { ends, crossed } = channelPair();
   const primaryRpc = new Rpc(ends[0]);
   const workerRpc = new Rpc(ends[1]);
   feed.attach(primaryRpc);
   primaryRpc.handle('dir', async (a) => {
     const { op, args } = a as { op: (typeof DIRECTORY_WRITES)[number]; args: unknown[] };
-    const r = await (primary[op] as (...x: unknown[]) => Promise<unknown>).apply(primary, args);
-    return { r: r ?? null, v: primary.version() } satisfies FedWriteReply;
+    const dir = await primary;
+    const r = await (dir[op] as (...x: unknown[]) => Promise<unknown>).apply(dir, args);
+    return { r: r ?? null, v: dir.version() } satisfies FedWriteReply;
   });
   const fed = await FedDirectory.open(workerRpc, undefined, log);
   t.teardown(() => fed.close());
@@ -210,4 +210,56 @@ t.test('after the primary loads its mirror again (a trimmed feed) the copy loads
   await reach(fed, writer.version());
   t.equal(fed.getVm('after-cut')?.name, 'after-cut');
   t.same(contents(fed), contents(primary));
+});
+
+t.test('a copy that starts while the primary loads follows that load as it reads it', async (t) => {
+  const redis = await startRedis(t);
+  const prefix = newPrefix();
+  const other = await RedisDirectory.open({ redis: redis.url, prefix });
+  t.teardown(() => other.close());
+  const direct = redisClient(t, redis.url);
+  // Enough records in small HSCAN pages that the load takes many round trips.
+  const pipe = direct.pipeline();
+  for (let i = 0; i < 3000; i++) pipe.hset(`${prefix}vms`, `s${i}`, JSON.stringify(vm(`s${i}`, `n${i % 5}`)));
+  await pipe.exec();
+  await other.putVm(vm('marker'));
+  const feed = new DirectoryFeed({ pageSize: 5 });
+  // The worker asks once the primary's load has read its first page.
+  const firstPage = new Promise<void>((resolve) => {
+    const page = feed.page.bind(feed);
+    feed.page = (p) => {
+      page(p);
+      resolve();
+    };
+  });
+  const opening = RedisDirectory.open({ redis: redis.url, prefix, snapshotPage: 20, loads: feed });
+  t.teardown(async () => (await opening).close());
+  void opening.then((d) => feed.open(d));
+  await firstPage;
+  const { fed, crossed } = await copyOf(t, opening, feed);
+  const primary = await opening;
+  const heads = crossed.flatMap(function find(m): unknown[] {
+    const w = m as { oneportW?: string; m?: string; a?: FeedHead; list?: unknown[] };
+    return w.oneportW === 'batch' ? (w.list ?? []).flatMap(find) : w.m === 'dir-head' ? [w.a] : [];
+  }) as FeedHead[];
+  t.equal(heads[0]?.pending, true, 'its head came before the load ended: pending');
+  t.ok(pagesSent(crossed).parsed > 10, 'it took the load\'s pages as they were read');
+  await other.putVm(vm('after'));
+  await reach(primary, other.version());
+  await reach(fed, other.version());
+  t.same(contents(fed), contents(primary), 'the copy holds what the primary holds');
+  t.equal(fed.vmsOnNode('n3').length, 600);
+});
+
+t.test('when the kept load is dropped, copies that are done still follow the feed', async (t) => {
+  const redis = await startRedis(t);
+  const prefix = newPrefix();
+  const { primary, feed } = await openPrimary(t, { redis: redis.url, prefix }, true, new DirectoryFeed({ pageSize: 5, keepEntries: 3 }));
+  const { fed } = await copyOf(t, primary, feed);
+  for (let i = 0; i < 6; i++) await primary.putVm(vm(`k${i}`));
+  await reach(fed, primary.version());
+  t.equal(fed.getVm('k5')?.name, 'k5', 'entries past the kept load\'s bound reach a copy that is done');
+  const late = await copyOf(t, primary, feed);
+  t.same(contents(late.fed), contents(primary), 'a later copy reads the mirror');
+  t.ok(pagesSent(late.crossed).flat > 0);
 });
