@@ -258,7 +258,10 @@ export class DirectoryFeed implements LoadWatcher {
     if (!s.live) return { stale: true };
     if (s.kept) {
       const page = s.kept.load.pages[s.kept.next++];
-      return page ? { parsed: page } : { done: true };
+      if (page) return { parsed: page };
+      // Done: dropping the kept load no longer concerns it.
+      s.kept = undefined;
+      return { done: true };
     }
     if (!s.users || !s.vms) return { stale: true };
     for (const [kind, it] of [['user', s.users], ['vm', s.vms]] as const) {

@@ -256,9 +256,12 @@ t.test('when the kept load is dropped, copies that are done still follow the fee
   const prefix = newPrefix();
   const { primary, feed } = await openPrimary(t, { redis: redis.url, prefix }, true, new DirectoryFeed({ pageSize: 5, keepEntries: 3 }));
   const { fed } = await copyOf(t, primary, feed);
+  let reloads = 0;
+  fed.on('resync', () => reloads++);
   for (let i = 0; i < 6; i++) await primary.putVm(vm(`k${i}`));
   await reach(fed, primary.version());
   t.equal(fed.getVm('k5')?.name, 'k5', 'entries past the kept load\'s bound reach a copy that is done');
+  t.equal(reloads, 0, 'and it did not load again');
   const late = await copyOf(t, primary, feed);
   t.same(contents(late.fed), contents(primary), 'a later copy reads the mirror');
   t.ok(pagesSent(late.crossed).flat > 0);
