@@ -427,13 +427,15 @@ export async function runPrimary(config: Config, opts: PrimaryOptions): Promise<
 
   // The workers, then the port: the first connection finds a worker ready.
   nodeCluster.setupPrimary({ silent: false, serialization: 'advanced' });
-  const startDeadline = Date.now() + WORKERS_START_MS;
+  // In a cluster the workers copy the node's mirror: the time counts from when it is loaded.
+  let startDeadline = Date.now() + WORKERS_START_MS;
+  void mirror?.then(() => (startDeadline = Date.now() + WORKERS_START_MS));
   for (let i = 0; i < opts.workers; i++) fork();
   while ([...slots.values()].filter((s) => s.ready).length < opts.workers && !mirrorFailed) {
     if (Date.now() > startDeadline) {
       stopping = true;
       for (const s of slots.values()) s.worker.process.kill('SIGKILL');
-      throw new Error(`workers: ${opts.workers} worker(s) did not start within ${WORKERS_START_MS} ms`);
+      throw new Error(`workers: ${opts.workers} worker(s) did not start within ${WORKERS_START_MS} ms${mirror ? ' of the directory mirror\'s load' : ''}`);
     }
     await new Promise((r) => setTimeout(r, 50));
   }
