@@ -191,7 +191,7 @@ export class FedDirectory extends MirroredDirectory implements Directory {
           // The next page is on its way while this one is parsed (the primary answers in order).
           next = ask();
           if (page.wait) continue;
-          if (page.parsed) invalid.push(...this.mirror.applyPage(page.parsed));
+          if (page.parsed) for (const p of page.parsed) invalid.push(...this.mirror.applyPage(p));
           else if (page.kind && page.flat) invalid.push(...this.mirror.loadPage(page.kind, page.flat));
         }
       } catch (err) {

@@ -52,8 +52,8 @@ export interface FeedHead {
 export interface FeedPage {
   /** The primary's mirror began a new load since the head: start again at the next 'dir-reload'. */
   readonly stale?: true;
-  /** A page of the primary's last load, parsed. */
-  readonly parsed?: ParsedPage;
+  /** Pages of the primary's last load, parsed (several of its Redis pages, up to about `pageSize` records). */
+  readonly parsed?: ParsedPage[];
   readonly kind?: 'user' | 'vm';
   /** name, JSON, name, JSON... read from the mirror. */
   readonly flat?: string[];
@@ -257,8 +257,8 @@ export class DirectoryFeed implements LoadWatcher {
     if (s.stream) return this.streamPage(s, s.stream);
     if (!s.live) return { stale: true };
     if (s.kept) {
-      const page = s.kept.load.pages[s.kept.next++];
-      if (page) return { parsed: page };
+      const parsed = this.take(s.kept.load.pages, s.kept);
+      if (parsed.length) return { parsed };
       // Done: dropping the kept load no longer concerns it.
       s.kept = undefined;
       return { done: true };
@@ -276,13 +276,26 @@ export class DirectoryFeed implements LoadWatcher {
     return { done: true };
   }
 
+  /**
+   * The load's pages from `at.next` on, up to about `pageSize` records: a Redis page holds ~125
+   * records, and one IPC message per Redis page cost a worker's copy of 1M VMs about 20 % more CPU
+   * and 40 % more time than messages of 1,000 (measured apart from the gateway).
+   */
+  private take(pages: readonly ParsedPage[], at: { next: number }): ParsedPage[] {
+    const out: ParsedPage[] = [];
+    let records = 0;
+    while (at.next < pages.length && records < this.pageSize) {
+      const p = pages[at.next++]!;
+      out.push(p);
+      records += p.records.length / 2;
+    }
+    return out;
+  }
+
   /** The next page of the load a copy follows as it goes; when that load has ended, `done` with its head. */
   private streamPage(s: Subscriber, stream: NonNullable<Subscriber['stream']>): FeedPage | Promise<FeedPage> {
-    const page = stream.pages[stream.next];
-    if (page) {
-      stream.next++;
-      return { parsed: page };
-    }
+    const parsed = this.take(stream.pages, stream);
+    if (parsed.length) return { parsed };
     const kept = this.kept;
     if (kept?.pages === stream.pages) {
       s.stream = undefined;
