@@ -24,9 +24,9 @@
  *    process of its own: wall time, CPU (the process's, and its main thread's alone), the main
  *    thread's GC, mirror heap and SLOWLOG (longest, and commands over 10 ms) of both, under the
  *    same load.
- *  - with `--serve 1,2`: only whole `oneport serve` nodes joining the directory, one per number
- *    of workers in turn (bench/serve-start.ts): spawn to `listening` (every worker's mirror and the
- *    primary's loaded), and the CPU of the process tree by then.
+ *  - with `--serve 1,2`: only whole `oneport serve` nodes (built: dist/) joining the directory,
+ *    one per number of workers in turn (bench/serve-start.ts): spawn to `listening` (the primary's
+ *    mirror and every worker's copy loaded), and the CPU of the process tree by then.
  *
  *   npm run bench:scale -- 100000 [--resyncs 3] [--idle-ms 5000] [--fleet 5x10] [--ab <dir>] [--serve 1,2]
  *
@@ -44,7 +44,7 @@ import { startRedis } from '../test/helpers/redis.js';
 import { RedisDirectory } from '../gateway/directory/redis.js';
 import { MemoryDirectory, newSigningKey } from '../gateway/directory/memory.js';
 import { type Directory, type UserRecord, type VmRecord, vmsForUser } from '../gateway/directory/directory.js';
-import { type ServeStart, serveStart } from './serve-start.js';
+import { type ServeStart, buildForServe, serveStart } from './serve-start.js';
 
 const args = process.argv.slice(2);
 const flag = (name: string, def: number): number => {
@@ -231,6 +231,7 @@ async function main(): Promise<void> {
   await slowlogMaxMs(admin);
 
   if (SERVE) {
+    buildForServe();
     const starts: ServeStart[] = [];
     for (const w of SERVE) {
       const r = await serveStart(server.url, PREFIX, w);
