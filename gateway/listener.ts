@@ -419,24 +419,29 @@ export class Listener {
       tlsSocket.destroy();
       raw.destroy();
     });
-    const timer = setTimeout(() => {
+    let timer: NodeJS.Timeout | undefined = setTimeout(() => {
       this.ctx.metrics.tlsErrors.inc();
       tlsSocket.destroy();
       raw.destroy();
     }, this.ctx.config.tls.handshakeTimeoutMs);
-    raw.once('close', () => clearTimeout(timer));
+    const onRawClose = (): void => clearTimeout(timer);
+    raw.on('close', onRawClose);
     // A client that hangs up mid-handshake is gone; do not wait for the handshake deadline.
-    tlsSocket.once('end', () => {
-      if (!secured) tlsSocket.destroy();
-    });
+    const onEarlyEnd = (): void => void tlsSocket.destroy();
+    tlsSocket.on('end', onEarlyEnd);
     tlsSocket.once('secure', () => {
       secured = true;
       clearTimeout(timer);
+      // Neither the timer nor these two are needed once secure: dropped, the closures that stay
+      // (error, close) do not keep them for the tunnel's life (memory per idle tunnel).
+      timer = undefined;
+      raw.removeListener('close', onRawClose);
+      tlsSocket.removeListener('end', onEarlyEnd);
       const tinfo: ConnInfo = { ...info, tls: true, servername: tlsSocket.servername || undefined };
       setConnInfo(tlsSocket, tinfo);
       this.ctx.metrics.observeSetup('tls', started);
       this.handlers.onTls(tlsSocket);
     });
-    tlsSocket.once('close', () => raw.destroy());
+    tlsSocket.on('close', () => raw.destroy());
   }
 }

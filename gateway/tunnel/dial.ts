@@ -15,6 +15,8 @@ export interface DialOptions {
   readonly metrics: Metrics;
 }
 
+const ignoreError = (): void => {};
+
 export function dial(endpoint: Endpoint, opts: DialOptions): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     opts.metrics.dials.inc({ result: 'attempt' });
@@ -36,15 +38,19 @@ export function dial(endpoint: Endpoint, opts: DialOptions): Promise<net.Socket>
         reject(err);
       } else {
         opts.metrics.dials.inc({ result: 'ok' });
+        // An error listener stays for the socket's life: the pump adds its own, but an error in
+        // the gap between here and there must not crash the process. A shared one: this one
+        // would keep the dial's closures and timer for the tunnel's life.
+        socket.removeListener('error', onError);
+        socket.on('error', ignoreError);
         resolve(socket);
       }
     };
-    // The error listener stays for the socket's life: the pump adds its own, but an error in the
-    // gap between here and there must not crash the process.
-    socket.on('error', (e: NodeJS.ErrnoException) => {
+    const onError = (e: NodeJS.ErrnoException): void => {
       const failure = dialFailure(e.code);
       finish(new ReachFailure(failure, { message: `${failure === 'DIAL_REFUSED' ? 'the console refused the connection' : 'the console did not answer'} (${e.code ?? 'error'})`, cause: e }));
-    });
+    };
+    socket.on('error', onError);
     const onConnect = (): void => finish();
     socket.once('connect', onConnect);
     const onAbort = (): void => finish(new ReachFailure('CLIENT_GONE'));

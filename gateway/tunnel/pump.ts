@@ -74,7 +74,7 @@ export abstract class Pump {
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
     console.on('error', () => this.fail('console-error'));
     // A handshake that failed after the client was answered says why before the console ends.
-    console.once(HANDSHAKE_FAILED, (why: HandshakeFailure) => (this.reason ??= why));
+    console.on(HANDSHAKE_FAILED, (why: HandshakeFailure) => (this.reason ??= why));
     if (opts.idleTimeoutMs > 0) {
       console.setTimeout(opts.idleTimeoutMs, () => this.fail('idle'));
     }
@@ -128,6 +128,12 @@ export abstract class Pump {
   }
 }
 
+/** `from`'s end ends `to`'s writing side, also when `from` ended already (as pipe() does). */
+function passEnd(from: Duplex, to: Duplex): void {
+  if (from.readableEnded) process.nextTick(() => to.end());
+  else from.on('end', () => to.end());
+}
+
 /** CONNECT tunnels: a stream socket on each side. */
 export class StreamPump extends Pump {
   private clientClosed = false;
@@ -144,8 +150,21 @@ export class StreamPump extends Pump {
     client.on('error', () => this.fail('client-error'));
     client.setNoDelay(true);
     if (head && head.length > 0) console.write(head);
-    client.pipe(console);
-    console.pipe(client);
+    // What pipe() does both ways (write, pause on a full peer, resume on its drain, FIN passed
+    // on), with four listeners instead of pipe()'s nine closures, two once-wrappers and a context
+    // per direction: about 2.5 KiB of heap less per idle tunnel (bench, memory per idle tunnel).
+    client.on('data', (chunk: Buffer) => {
+      if (!console.write(chunk)) client.pause();
+    });
+    console.on('data', (chunk: Buffer) => {
+      if (!client.write(chunk)) console.pause();
+    });
+    console.on('drain', () => client.resume());
+    client.on('drain', () => console.resume());
+    // Either may have been handed over paused (detection, a hop that read its answer): flow now,
+    // unless the head already filled the console.
+    if (!console.writableNeedDrain) client.resume();
+    console.resume();
     client.on('end', () => {
       this.reason ??= 'client-closed';
       this.boundHalfClose();
@@ -154,6 +173,9 @@ export class StreamPump extends Pump {
       this.reason ??= 'console-closed';
       this.boundHalfClose();
     });
+    // The FIN passed on, also for a side that ended before the pump existed (as pipe() does).
+    passEnd(client, console);
+    passEnd(console, client);
     client.on('close', () => {
       this.clientClosed = true;
       if (this.consoleClosed) this.finish();
