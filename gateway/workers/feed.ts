@@ -8,7 +8,9 @@
  * The protocol, per worker, like a mirror's own load from Redis (directory/redis.ts snapshot):
  * - The worker notes 'dir-load'. Once the primary's mirror is whole (not loading), it answers with
  *   note 'dir-head' (generation, version, last feed id, key ring text, freshness, entries to replay),
- *   and from then on sends the worker each feed entry its mirror applies ('dir-entry').
+ *   and from then on sends the worker each feed entry its mirror applies ('dir-entry'). While the
+ *   primary's mirror is loading (a node's start), the head is `pending`: the worker takes that
+ *   load's pages as the primary reads them, and the last page brings the load's head and entries.
  * - The worker calls 'dir-page' until `done`, and replays the entries over the pages when the last
  *   is in (mirror.ts endLoad). The pages are, while it is kept, the primary's last full load as it
  *   read them from Redis, already parsed (page.ts: no JSON.parse in the worker), with that load's
@@ -81,8 +83,6 @@ interface KeptLoad {
 interface Subscriber {
   /** Sent the feed's entries (a head went out in this generation). */
   live: boolean;
-  /** The generation it went live in. */
-  gen: number;
   /** Copying the primary's load as it goes: that load's pages (kept.pages once it ended), the next one's index. */
   stream: { pages: ParsedPage[]; next: number } | undefined;
   /** Waiting for its head (asked while the mirror was loading or not open yet). */
@@ -185,7 +185,7 @@ export class DirectoryFeed implements LoadWatcher {
 
   /** Serve one worker's loads and send it the feed. */
   attach(rpc: Rpc): void {
-    const s: Subscriber = { live: false, gen: 0, stream: undefined, asked: false, orphaned: false, kept: undefined, users: undefined, vms: undefined };
+    const s: Subscriber = { live: false, stream: undefined, asked: false, orphaned: false, kept: undefined, users: undefined, vms: undefined };
     this.subs.set(rpc, s);
     rpc.on('dir-load', () => {
       this.reset(s);
@@ -238,7 +238,6 @@ export class DirectoryFeed implements LoadWatcher {
     }
     s.asked = false;
     s.live = true;
-    s.gen = this.gen;
     const kept = this.keptLoad();
     let head: FeedHead;
     if (kept) {
@@ -300,7 +299,6 @@ export class DirectoryFeed implements LoadWatcher {
     if (kept?.pages === stream.pages) {
       s.stream = undefined;
       s.live = true;
-      s.gen = this.gen;
       // (The node's first load ends before its mirror is open here: synced just now.)
       const staleness = this.dir?.staleness() ?? { connected: true, lastSyncAt: this.now(), ageMs: 0 };
       return { done: true, head: { gen: this.gen, ...kept.head, staleness, entries: [...kept.entries] } };
