@@ -602,8 +602,8 @@ export function keyRingSeal(state: EnsuredState, log: Logger, warn: boolean): Ke
 
 /** The directory mirror, fenced with the leader's token; the link's connection is closed if it fails. */
 export async function openMirror(config: Config, state: EnsuredState, redis: string | RedisOptions, link: ClusterLink, log: Logger, loads?: LoadWatcher): Promise<RedisDirectory> {
-  const seal = keyRingSeal(state, log, link.own !== undefined);
   if (!link.own) throw new Error('openMirror: the process holding the node\'s lease opens its mirror (workers copy it)');
+  const seal = keyRingSeal(state, log, true);
   return RedisDirectory.open({ redis, prefix: config.cluster.prefix, log, fence: link.own.fence(), ...(seal ? { seal } : {}), ...(loads ? { loads } : {}) }).catch((err: unknown) => {
     link.conn.disconnect();
     throw err;
