@@ -119,16 +119,17 @@ export interface RedisDirectoryOptions {
   readonly loads?: LoadWatcher;
 }
 
-/**
- * May this node write its mirror back into a Redis that lost the directory now? `go`, or why not
- * yet: it does not lead, or it leads but still gathers the other nodes' mirror versions.
- */
+/** What RedisDirectoryOptions.loads is told of each full load. */
 export interface LoadWatcher {
   begin(): void;
   page(page: ParsedPage): void;
   end(head: { keys: string | undefined; version: number; lastId: string }, entries: readonly ChangeEntry[]): void;
 }
 
+/**
+ * May this node write its mirror back into a Redis that lost the directory now? `go`, or why not
+ * yet: it does not lead, or it leads but still gathers the other nodes' mirror versions.
+ */
 export type ReseedVerdict = 'go' | 'not-leader' | 'gathering';
 
 /** Why a Redis that lost the directory is still empty, as far as this node knows. */
