@@ -36,6 +36,11 @@ const KEEP_LOAD_ENTRIES = 10_000;
 /** A page request of a copy that follows the primary's load waits this long for its next page at most. */
 const STREAM_WAIT_MS = 2_000;
 
+/** A mirror that has just loaded (a pending head's placeholder, the first load's end before the mirror is open here). */
+function syncedNow(): Staleness {
+  return { connected: true, lastSyncAt: Date.now(), ageMs: 0 };
+}
+
 export interface FeedHead {
   readonly gen: number;
   /**
@@ -77,7 +82,6 @@ interface KeptLoad {
   readonly head: { keys: string | undefined; version: number; lastId: string };
   /** The entries replayed over the pages, then every entry applied since. */
   readonly entries: ChangeEntry[];
-  readonly until: number;
 }
 
 interface Subscriber {
@@ -107,12 +111,10 @@ export class DirectoryFeed implements LoadWatcher {
 
   private readonly pageSize: number;
   private readonly keepEntries: number;
-  private readonly now: () => number;
 
-  constructor(opts: { pageSize?: number; keepEntries?: number; now?: () => number } = {}) {
+  constructor(opts: { pageSize?: number; keepEntries?: number } = {}) {
     this.pageSize = opts.pageSize ?? FEED_PAGE;
     this.keepEntries = opts.keepEntries ?? KEEP_LOAD_ENTRIES;
-    this.now = opts.now ?? Date.now;
   }
 
   // ---- the primary's loads (RedisDirectoryOptions.loads) ------------------------------------------
@@ -133,9 +135,8 @@ export class DirectoryFeed implements LoadWatcher {
   }
   end(head: KeptLoad['head'], entries: readonly ChangeEntry[]): void {
     if (this.building) {
-      const kept: KeptLoad = { pages: this.building, head, entries: [...entries], until: this.now() + KEEP_LOAD_MS };
+      const kept: KeptLoad = { pages: this.building, head, entries: [...entries] };
       this.kept = kept;
-      // Not held past its time by a quiet directory (no entry to look at it).
       setTimeout(() => this.kept === kept && this.dropKept(), KEEP_LOAD_MS).unref();
     }
     this.building = undefined;
@@ -150,7 +151,7 @@ export class DirectoryFeed implements LoadWatcher {
   open(dir: RedisDirectory): void {
     this.dir = dir;
     dir.on('entry', (e: ChangeEntry) => {
-      const kept = this.keptLoad();
+      const kept = this.kept;
       if (kept) {
         kept.entries.push(e);
         if (kept.entries.length > this.keepEntries) this.dropKept();
@@ -207,12 +208,6 @@ export class DirectoryFeed implements LoadWatcher {
     s.vms = undefined;
   }
 
-  /** The kept load, while it may still be copied. */
-  private keptLoad(): KeptLoad | undefined {
-    if (this.kept && this.now() > this.kept.until) this.dropKept();
-    return this.kept;
-  }
-
   /** No copy from the kept load from now on: those in progress load again, from the mirror. */
   private dropKept(): void {
     this.kept = undefined;
@@ -232,13 +227,13 @@ export class DirectoryFeed implements LoadWatcher {
         // Copy the load as it goes (at a node's start the workers no longer wait for the primary's whole load).
         s.asked = false;
         s.stream = { pages: this.building, next: 0 };
-        rpc.note('dir-head', { gen: this.gen, pending: true, version: 0, lastId: '0-0', keys: undefined, staleness: { connected: true, lastSyncAt: this.now(), ageMs: 0 }, entries: [] } satisfies FeedHead);
+        rpc.note('dir-head', { gen: this.gen, pending: true, version: 0, lastId: '0-0', keys: undefined, staleness: syncedNow(), entries: [] } satisfies FeedHead);
       } else s.asked = true;
       return;
     }
     s.asked = false;
     s.live = true;
-    const kept = this.keptLoad();
+    const kept = this.kept;
     let head: FeedHead;
     if (kept) {
       s.kept = { load: kept, next: 0 };
@@ -300,7 +295,7 @@ export class DirectoryFeed implements LoadWatcher {
       s.stream = undefined;
       s.live = true;
       // (The node's first load ends before its mirror is open here: synced just now.)
-      const staleness = this.dir?.staleness() ?? { connected: true, lastSyncAt: this.now(), ageMs: 0 };
+      const staleness = this.dir?.staleness() ?? syncedNow();
       return { done: true, head: { gen: this.gen, ...kept.head, staleness, entries: [...kept.entries] } };
     }
     if (this.building !== stream.pages) return { stale: true };
