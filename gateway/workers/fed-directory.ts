@@ -186,6 +186,7 @@ export class FedDirectory extends MirroredDirectory implements Directory {
           }
           if (page.done) {
             final ??= page.head;
+            if (!final) throw new Error('directory copy: the primary ended a load without its head');
             break;
           }
           // The next page is on its way while this one is parsed (the primary answers in order).
@@ -198,11 +199,6 @@ export class FedDirectory extends MirroredDirectory implements Directory {
         this.mirror.abortLoad();
         this.load = undefined;
         throw err;
-      }
-      if (!stale && !final) {
-        this.mirror.abortLoad();
-        this.load = undefined;
-        throw new Error('directory copy: the primary ended a load without its head');
       }
       if (stale || !final) {
         this.mirror.abortLoad();
