@@ -600,11 +600,15 @@ export function keyRingSeal(state: EnsuredState, log: Logger, warn: boolean): Ke
   return sealKey ? new KeyRingSeal(sealKey) : undefined;
 }
 
-/** The directory mirror, fenced with the leader's token; the link's connection is closed if it fails. */
-export async function openMirror(config: Config, state: EnsuredState, redis: string | RedisOptions, link: ClusterLink, log: Logger, loads?: LoadWatcher): Promise<RedisDirectory> {
+/**
+ * The directory mirror, fenced with the leader's token; the link's connection is closed if it
+ * fails. `feed`: a node's primary, whose workers copy the mirror and serve the portal from their
+ * copies (the primary's is kept without a per-user index).
+ */
+export async function openMirror(config: Config, state: EnsuredState, redis: string | RedisOptions, link: ClusterLink, log: Logger, feed?: LoadWatcher): Promise<RedisDirectory> {
   if (!link.own) throw new Error('openMirror: the process holding the node\'s lease opens its mirror (workers copy it)');
   const seal = keyRingSeal(state, log, true);
-  return RedisDirectory.open({ redis, prefix: config.cluster.prefix, log, fence: link.own.fence(), ...(seal ? { seal } : {}), ...(loads ? { loads } : {}) }).catch((err: unknown) => {
+  return RedisDirectory.open({ redis, prefix: config.cluster.prefix, log, fence: link.own.fence(), ...(seal ? { seal } : {}), ...(feed ? { loads: feed, userIndex: false } : {}) }).catch((err: unknown) => {
     link.conn.disconnect();
     throw err;
   });

@@ -9,7 +9,7 @@
  * parsed (page.ts: in the snapshot's scan thread for a large load), so applying one parses nothing.
  */
 import type { DirectoryChange, KeyRing, UserRecord, VmRecord } from './directory.js';
-import { VmTable, type VmIndexFields } from './vm-table.js';
+import { VmTable, type VmIndexFields, type VmTableOptions } from './vm-table.js';
 import { eachVm, parsePage, parseRecord, type ParsedPage } from './page.js';
 
 /** One change-feed entry, as the write scripts in redis.ts append it. */
@@ -88,11 +88,17 @@ export class DirectoryMirror {
   /**
    * @param openRing the key ring's JSON from its text in Redis (cluster/seal.ts: a sealed ring is
    *   opened here; undefined when it cannot be). Default: the text is the JSON.
+   * @param index which indexes the VM table keeps (vm-table.ts): all by default.
    */
-  constructor(private readonly openRing: (text: string) => string | undefined = (text) => text) {}
+  constructor(
+    private readonly openRing: (text: string) => string | undefined = (text) => text,
+    index: VmTableOptions = {},
+  ) {
+    this.vms = new VmTable<string>((json) => JSON.parse(json) as VmRecord, index);
+  }
 
   private readonly users = new Map<string, string>();
-  private readonly vms = new VmTable<string>((json) => JSON.parse(json) as VmRecord);
+  private readonly vms: VmTable<string>;
   private keyRing: HeldRing | undefined;
   private ver = 0;
   private last = '0-0';
@@ -138,7 +144,7 @@ export class DirectoryMirror {
   unsettledVms(node: string): VmRecord[] {
     return readAll<VmRecord>(this.vms.unsettledOn(node));
   }
-  /** The VMs assigned to `user` (by name or group): O(their number). */
+  /** The VMs assigned to `user` (by name or group): O(their number). Throws in a mirror kept without that index. */
   vmsForUser(user: UserRecord): VmRecord[] {
     return readAll<VmRecord>(this.vms.forUser(user));
   }

@@ -117,6 +117,11 @@ export interface RedisDirectoryOptions {
    * each page applied, `end` with the head and the feed entries endLoad replayed over the pages.
    */
   readonly loads?: LoadWatcher;
+  /**
+   * Keep the VMs indexed by user and group (vmsForUser; default true). A node's primary opens its
+   * mirror without: it serves no portal, and its workers' copies have the index.
+   */
+  readonly userIndex?: boolean;
 }
 
 /** What RedisDirectoryOptions.loads is told of each full load. */
@@ -454,7 +459,7 @@ export class RedisDirectory extends MirroredDirectory implements Directory {
   private readonly reader: Redis;
   private readonly scripts: Scripts;
   private readonly k: { users: string; vms: string; keys: string; version: string; changes: string };
-  private readonly opts: Required<Omit<RedisDirectoryOptions, 'log' | 'redis' | 'fence' | 'seal' | 'loads'>> & {
+  private readonly opts: Required<Omit<RedisDirectoryOptions, 'log' | 'redis' | 'fence' | 'seal' | 'loads' | 'userIndex'>> & {
     log: Logger | undefined;
     target: string;
     fence: RedisDirectoryOptions['fence'];
@@ -501,7 +506,7 @@ export class RedisDirectory extends MirroredDirectory implements Directory {
   }
 
   private constructor(options: RedisDirectoryOptions) {
-    super(new DirectoryMirror(options.seal ? (text) => options.seal!.open(text) : undefined));
+    super(new DirectoryMirror(options.seal ? (text) => options.seal!.open(text) : undefined, { users: options.userIndex ?? true }));
     this.opts = {
       prefix: options.prefix ?? DEFAULTS.prefix,
       changesMaxLen: options.changesMaxLen ?? DEFAULTS.changesMaxLen,

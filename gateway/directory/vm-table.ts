@@ -17,6 +17,15 @@ export type VmIndexFields = Pick<VmRecord, 'node' | 'state' | 'users' | 'groups'
  * an array, many in a Set (kept a Set when it shrinks again). Most users and groups have a few
  * VMs: at 1M VMs and 100k users, a Set per user cost ~18 MB of the mirror's heap (bench/SCALE.md).
  */
+export interface VmTableOptions {
+  /**
+   * Index the VMs by user and group (`forUser`; default true). A node's primary keeps its mirror
+   * without (it serves no portal; its workers' copies have it): at 1M VMs the index is about a
+   * third of a load's main-thread time (bench/SCALE.md).
+   */
+  readonly users?: boolean;
+}
+
 type Names = string | string[] | Set<string>;
 /** Names in an array up to this many; a Set beyond (O(1) add and remove for a node's VMs). */
 const ARRAY_MAX = 16;
@@ -33,10 +42,19 @@ export class VmTable<T> {
    */
   private readonly appendedByNode = new Map<string, string[]>();
   private readonly unsettledByNode = new Map<string, Names>();
-  private readonly byUser = new Map<string, Names>();
-  private readonly byGroup = new Map<string, Names>();
+  /** Undefined: kept without (VmTableOptions.users). */
+  private readonly byUser: Map<string, Names> | undefined;
+  private readonly byGroup: Map<string, Names> | undefined;
 
-  constructor(private readonly record: (held: T) => VmRecord) {}
+  constructor(
+    private readonly record: (held: T) => VmRecord,
+    opts: VmTableOptions = {},
+  ) {
+    if (opts.users !== false) {
+      this.byUser = new Map();
+      this.byGroup = new Map();
+    }
+  }
 
   get size(): number {
     return this.byName.size;
@@ -88,6 +106,7 @@ export class VmTable<T> {
   }
   /** The VMs assigned to `user`, by name or through one of its groups (isAssigned), in no set order. */
   forUser(user: UserRecord): T[] {
+    if (!this.byUser || !this.byGroup) throw new Error('directory: this table keeps no per-user index');
     const names = new Set(each(this.byUser.get(user.name)));
     for (const g of user.groups) for (const n of each(this.byGroup.get(g))) names.add(n);
     return this.pick(names);
@@ -108,8 +127,9 @@ export class VmTable<T> {
     else if (this.byNode.has(vm.node)) add(this.byNode, vm.node, name);
     else this.appendedByNode.set(vm.node, [name]);
     if (vm.state === 'recovering' || vm.state === 'down') add(this.unsettledByNode, vm.node, name);
-    for (const u of vm.users) add(this.byUser, u, name);
-    for (const g of vm.groups) add(this.byGroup, g, name);
+    if (!this.byUser || !this.byGroup) return;
+    for (const u of distinct(vm.users)) add(this.byUser, u, name);
+    for (const g of distinct(vm.groups)) add(this.byGroup, g, name);
   }
 
   private unindex(name: string, vm: VmRecord): void {
@@ -120,9 +140,15 @@ export class VmTable<T> {
     }
     remove(this.byNode, vm.node, name);
     remove(this.unsettledByNode, vm.node, name);
+    if (!this.byUser || !this.byGroup) return;
     for (const u of vm.users) remove(this.byUser, u, name);
     for (const g of vm.groups) remove(this.byGroup, g, name);
   }
+}
+
+/** A VM's users or groups, each once (a name is indexed once under a key: `add` does not look). */
+function distinct(names: readonly string[]): readonly string[] {
+  return names.length < 2 ? names : [...new Set(names)];
 }
 
 function each(names: Names | undefined): Iterable<string> {
@@ -132,10 +158,7 @@ function each(names: Names | undefined): Iterable<string> {
 function add(m: Map<string, Names>, key: string, name: string): void {
   const s = m.get(key);
   if (s === undefined) m.set(key, name);
-  else if (typeof s === 'string') {
-    if (s !== name) m.set(key, [s, name]);
-  } else if (Array.isArray(s)) {
-    if (s.includes(name)) return;
+  else if (typeof s === 'string') m.set(key, [s, name]); else if (Array.isArray(s)) {
     if (s.length < ARRAY_MAX) s.push(name);
     else m.set(key, new Set(s).add(name));
   } else s.add(name);

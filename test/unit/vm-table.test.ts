@@ -129,3 +129,18 @@ t.test('a node\'s names appended by a load, then turned into an index at its fir
   }
   same('emptied');
 });
+
+t.test('a table kept without the per-user index (a primary\'s mirror) answers by node and refuses by user', async (t) => {
+  const table = new VmTable<VmRecord>((v) => v, { users: false });
+  table.set('a', vm('a', 'n1', { users: ['alice'], state: 'down' }));
+  table.set('b', vm('b', 'n2', { groups: ['lab'] }));
+  table.set('a', vm('a', 'n2', { users: ['bob'] }));
+  t.same(names(table.onNode('n2')), ['a', 'b']);
+  t.same(table.unsettledOn('n1'), []);
+  t.throws(() => table.forUser(user('bob')), /no per-user index/);
+  t.equal(table.delete('a'), true);
+  const m = new DirectoryMirror(undefined, { users: false });
+  m.replace({ users: new Map(), vms: new Map([['c', JSON.stringify(vm('c', 'n3', { users: ['carol'] }))]]), keys: undefined, version: 1, lastId: '1-0' });
+  t.same(names(m.vmsOnNode('n3')), ['c']);
+  t.throws(() => m.vmsForUser(user('carol')), /no per-user index/);
+});
