@@ -6,9 +6,11 @@
  * answers once its mirror shows them, and every entry it applied has come here before its answer:
  * a writer reads its own write.
  */
+import { deserialize } from 'node:v8';
 import type { Directory, DirectoryChange, PutVmOptions, UserRecord, VmRecord } from '../directory/directory.js';
 import { MirroredDirectory } from '../directory/mirrored.js';
 import { DirectoryMirror } from '../directory/mirror.js';
+import type { ParsedPage } from '../directory/page.js';
 import type { ResyncEvent, ResyncReason, Staleness } from '../directory/redis.js';
 import type { Logger } from '../log.js';
 import type { Rpc } from './ipc.js';
@@ -192,7 +194,7 @@ export class FedDirectory extends MirroredDirectory implements Directory {
           // The next page is on its way while this one is parsed (the primary answers in order).
           next = ask();
           if (page.wait) continue;
-          if (page.parsed) for (const p of page.parsed) invalid.push(...this.mirror.applyPage(p));
+          if (page.pages) for (const p of deserialize(page.pages) as ParsedPage[]) invalid.push(...this.mirror.applyPage(p));
           else if (page.kind && page.flat) invalid.push(...this.mirror.loadPage(page.kind, page.flat));
         }
       } catch (err) {

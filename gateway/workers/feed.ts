@@ -16,12 +16,14 @@
  *   read them from Redis, already parsed (page.ts: no JSON.parse in the worker), with that load's
  *   head and every entry applied since; else [name, JSON] read live from the mirror, with the
  *   mirror's head: a page may then show a record newer than the head, and each such change has an
- *   entry after it.
+ *   entry after it. A load's pages go in chunks of about FEED_PAGE records, each serialized once
+ *   (v8) for every worker that takes it while another is still behind it.
  * - A full resync of the primary's mirror starts a new generation: loads in progress are told
  *   `stale`, and every worker is sent 'dir-reload' once the mirror is whole again.
  * - 'dir-resync' (a resync that read on from the mirror's place), 'dir-state' (Redis reachable or
  *   not, and since when the mirror is in sync) pass the primary's events on.
  */
+import { serialize } from 'node:v8';
 import type { LoadWatcher, RedisDirectory, ResyncEvent, Staleness } from '../directory/redis.js';
 import type { ChangeEntry } from '../directory/mirror.js';
 import type { ParsedPage } from '../directory/page.js';
@@ -59,8 +61,8 @@ export interface FeedHead {
 export interface FeedPage {
   /** The primary's mirror began a new load since the head: start again at the next 'dir-reload'. */
   readonly stale?: true;
-  /** Pages of the primary's last load, parsed (several of its Redis pages, up to about `pageSize` records). */
-  readonly parsed?: ParsedPage[];
+  /** A chunk of the primary's last load: its pages, parsed (ParsedPage[], v8-serialized). */
+  readonly pages?: Uint8Array;
   readonly kind?: 'user' | 'vm';
   /** name, JSON, name, JSON... read from the mirror. */
   readonly flat?: string[];
@@ -76,9 +78,38 @@ export interface FeedEntry {
   readonly e: ChangeEntry;
 }
 
+/**
+ * Pages of a load, about `pageSize` records (one IPC message): a Redis page holds ~125 records,
+ * and one message per Redis page cost a worker's copy of 1M VMs about 20 % more CPU and 40 % more
+ * time than messages of 1,000 (measured apart from the gateway).
+ */
+interface Chunk {
+  readonly pages: ParsedPage[];
+  records: number;
+  /**
+   * Its serialized form, kept while a copy that has not taken it yet follows the same load: the
+   * primary serializes a chunk once for all the workers that start with the node (it did for each:
+   * ~0.5 s of its main thread per worker at 1M VMs).
+   */
+  bytes: Buffer | undefined;
+}
+
+/** The pages of one full load of the primary's mirror, as it reads them. */
+interface LoadPages {
+  readonly chunks: Chunk[];
+  /** The load ended (its last chunk is whole however small). */
+  ended: boolean;
+}
+
+/** Where a copy is in a load: the next chunk's index. */
+interface Place {
+  readonly load: LoadPages;
+  next: number;
+}
+
 /** The primary's last full load, kept for the workers that copy it. */
 interface KeptLoad {
-  readonly pages: ParsedPage[];
+  readonly load: LoadPages;
   readonly head: { keys: string | undefined; version: number; lastId: string };
   /** The entries replayed over the pages, then every entry applied since. */
   readonly entries: ChangeEntry[];
@@ -87,14 +118,14 @@ interface KeptLoad {
 interface Subscriber {
   /** Sent the feed's entries (a head went out in this generation). */
   live: boolean;
-  /** Copying the primary's load as it goes: that load's pages (kept.pages once it ended), the next one's index. */
-  stream: { pages: ParsedPage[]; next: number } | undefined;
+  /** Copying the primary's load as it goes (the kept load once it ended). */
+  stream: Place | undefined;
   /** Waiting for its head (asked while the mirror was loading or not open yet). */
   asked: boolean;
   /** Its copy was cut short by a new load of the primary's: it waits for a 'dir-reload'. */
   orphaned: boolean;
-  /** Copying the kept load: the next page's index. */
-  kept: { load: KeptLoad; next: number } | undefined;
+  /** Copying the kept load. */
+  kept: Place | undefined;
   users: IterableIterator<[string, string]> | undefined;
   vms: IterableIterator<[string, string]> | undefined;
 }
@@ -104,10 +135,11 @@ export class DirectoryFeed implements LoadWatcher {
   private dir: RedisDirectory | undefined;
   private readonly subs = new Map<Rpc, Subscriber>();
   /** The pages of the load in progress. */
-  private building: ParsedPage[] | undefined;
+  private building: LoadPages | undefined;
   private kept: KeptLoad | undefined;
   /** Page requests waiting for the primary's load to read more. */
   private readonly pageWaiters = new Set<() => void>();
+  private serialized = 0;
 
   private readonly pageSize: number;
   private readonly keepEntries: number;
@@ -120,7 +152,7 @@ export class DirectoryFeed implements LoadWatcher {
   // ---- the primary's loads (RedisDirectoryOptions.loads) ------------------------------------------
 
   begin(): void {
-    this.building = [];
+    this.building = { chunks: [], ended: false };
     this.kept = undefined;
     this.gen++;
     for (const s of this.subs.values()) {
@@ -130,12 +162,18 @@ export class DirectoryFeed implements LoadWatcher {
     this.wakePages();
   }
   page(page: ParsedPage): void {
-    this.building?.push(page);
-    this.wakePages();
+    const chunks = this.building?.chunks;
+    if (!chunks) return;
+    let last = chunks[chunks.length - 1];
+    if (!last || last.records >= this.pageSize) chunks.push((last = { pages: [], records: 0, bytes: undefined }));
+    last.pages.push(page);
+    last.records += page.records.length / 2;
+    if (last.records >= this.pageSize) this.wakePages();
   }
   end(head: KeptLoad['head'], entries: readonly ChangeEntry[]): void {
     if (this.building) {
-      const kept: KeptLoad = { pages: this.building, head, entries: [...entries] };
+      this.building.ended = true;
+      const kept: KeptLoad = { load: this.building, head, entries: [...entries] };
       this.kept = kept;
       setTimeout(() => this.kept === kept && this.dropKept(), KEEP_LOAD_MS).unref();
     }
@@ -197,13 +235,17 @@ export class DirectoryFeed implements LoadWatcher {
   }
 
   detach(rpc: Rpc): void {
+    const s = this.subs.get(rpc);
     this.subs.delete(rpc);
+    if (s) this.reset(s);
   }
 
   private reset(s: Subscriber): void {
     s.live = false;
+    const place = s.stream ?? s.kept;
     s.stream = undefined;
     s.kept = undefined;
+    if (place) for (let i = place.next; i < place.load.chunks.length; i++) this.release(place.load, i);
     s.users = undefined;
     s.vms = undefined;
   }
@@ -226,7 +268,7 @@ export class DirectoryFeed implements LoadWatcher {
       if (this.building) {
         // Copy the load as it goes (at a node's start the workers no longer wait for the primary's whole load).
         s.asked = false;
-        s.stream = { pages: this.building, next: 0 };
+        s.stream = { load: this.building, next: 0 };
         rpc.note('dir-head', { gen: this.gen, pending: true, version: 0, lastId: '0-0', keys: undefined, staleness: syncedNow(), entries: [] } satisfies FeedHead);
       } else s.asked = true;
       return;
@@ -236,7 +278,7 @@ export class DirectoryFeed implements LoadWatcher {
     const kept = this.kept;
     let head: FeedHead;
     if (kept) {
-      s.kept = { load: kept, next: 0 };
+      s.kept = { load: kept.load, next: 0 };
       head = { gen: this.gen, ...kept.head, staleness: dir.staleness(), entries: [...kept.entries] };
     } else {
       s.users = dir.records('user');
@@ -251,8 +293,8 @@ export class DirectoryFeed implements LoadWatcher {
     if (s.stream) return this.streamPage(s, s.stream);
     if (!s.live) return { stale: true };
     if (s.kept) {
-      const parsed = this.take(s.kept.load.pages, s.kept);
-      if (parsed.length) return { parsed };
+      const pages = this.take(s.kept);
+      if (pages) return { pages };
       // Done: dropping the kept load no longer concerns it.
       s.kept = undefined;
       return { done: true };
@@ -270,35 +312,53 @@ export class DirectoryFeed implements LoadWatcher {
     return { done: true };
   }
 
-  /**
-   * The load's pages from `at.next` on, up to about `pageSize` records: a Redis page holds ~125
-   * records, and one IPC message per Redis page cost a worker's copy of 1M VMs about 20 % more CPU
-   * and 40 % more time than messages of 1,000 (measured apart from the gateway).
-   */
-  private take(pages: readonly ParsedPage[], at: { next: number }): ParsedPage[] {
-    const out: ParsedPage[] = [];
-    let records = 0;
-    while (at.next < pages.length && records < this.pageSize) {
-      const p = pages[at.next++]!;
-      out.push(p);
-      records += p.records.length / 2;
+  /** Chunks serialized so far, and the bytes of those held for copies still behind (0 once none is). */
+  get stats(): { serialized: number; heldBytes: number } {
+    let heldBytes = 0;
+    for (const load of new Set([this.building, this.kept?.load])) for (const c of load?.chunks ?? []) heldBytes += c.bytes?.length ?? 0;
+    return { serialized: this.serialized, heldBytes };
+  }
+
+  /** The next chunk at `at` if it is whole, serialized; on to the one after. */
+  private take(at: Place): Uint8Array | undefined {
+    const { chunks, ended } = at.load;
+    const i = at.next;
+    const chunk = chunks[i];
+    if (!chunk || (!ended && i === chunks.length - 1 && chunk.records < this.pageSize)) return undefined;
+    at.next++;
+    if (!chunk.bytes) {
+      chunk.bytes = serialize(chunk.pages);
+      this.serialized++;
     }
-    return out;
+    const bytes = chunk.bytes;
+    this.release(at.load, i);
+    return bytes;
+  }
+
+  /** Drop chunk `i`'s bytes unless a copy of the same load has yet to take it. */
+  private release(load: LoadPages, i: number): void {
+    const chunk = load.chunks[i];
+    if (!chunk?.bytes) return;
+    for (const s of this.subs.values()) {
+      const place = s.stream ?? s.kept;
+      if (place?.load === load && place.next <= i) return;
+    }
+    chunk.bytes = undefined;
   }
 
   /** The next page of the load a copy follows as it goes; when that load has ended, `done` with its head. */
-  private streamPage(s: Subscriber, stream: NonNullable<Subscriber['stream']>): FeedPage | Promise<FeedPage> {
-    const parsed = this.take(stream.pages, stream);
-    if (parsed.length) return { parsed };
+  private streamPage(s: Subscriber, stream: Place): FeedPage | Promise<FeedPage> {
+    const pages = this.take(stream);
+    if (pages) return { pages };
     const kept = this.kept;
-    if (kept?.pages === stream.pages) {
+    if (kept?.load === stream.load) {
       s.stream = undefined;
       s.live = true;
       // (The node's first load ends before its mirror is open here: synced just now.)
       const staleness = this.dir?.staleness() ?? syncedNow();
       return { done: true, head: { gen: this.gen, ...kept.head, staleness, entries: [...kept.entries] } };
     }
-    if (this.building !== stream.pages) return { stale: true };
+    if (this.building !== stream.load) return { stale: true };
     // Wait for the load to read on (bounded: the worker asks again).
     const gen = this.gen;
     return new Promise<FeedPage>((resolve) => {

@@ -54,9 +54,9 @@ function channelPair(): { ends: [Channel, Channel]; crossed: unknown[] } {
 /** Pages of each form a copy was sent, read off the channel. */
 function pagesSent(crossed: unknown[]): { parsed: number; flat: number } {
   const out = { parsed: 0, flat: 0 };
-  const look = (m: { oneportW?: string; list?: unknown[]; v?: { parsed?: unknown; flat?: unknown } }): void => {
+  const look = (m: { oneportW?: string; list?: unknown[]; v?: { pages?: unknown; flat?: unknown } }): void => {
     if (m.oneportW === 'batch') for (const x of m.list ?? []) look(x as typeof m);
-    if (m.oneportW === 'reply' && m.v?.parsed) out.parsed++;
+    if (m.oneportW === 'reply' && m.v?.pages) out.parsed++;
     if (m.oneportW === 'reply' && m.v?.flat) out.flat++;
   };
   for (const m of crossed) look(m as Parameters<typeof look>[0]);
@@ -212,7 +212,7 @@ t.test('after the primary loads its mirror again (a trimmed feed) the copy loads
   t.same(contents(fed), contents(primary));
 });
 
-t.test('a copy that starts while the primary loads follows that load as it reads it', async (t) => {
+t.test('copies that start while the primary loads follow that load as it reads it', async (t) => {
   const redis = await startRedis(t);
   const prefix = newPrefix();
   const other = await RedisDirectory.open({ redis: redis.url, prefix });
@@ -236,19 +236,29 @@ t.test('a copy that starts while the primary loads follows that load as it reads
   t.teardown(async () => (await opening).close());
   void opening.then((d) => feed.open(d));
   await firstPage;
-  const { fed, crossed } = await copyOf(t, opening, feed);
+  // Two workers starting with the node.
+  const [a, b] = await Promise.all([copyOf(t, opening, feed), copyOf(t, opening, feed)]);
   const primary = await opening;
-  const heads = crossed.flatMap(function find(m): unknown[] {
-    const w = m as { oneportW?: string; m?: string; a?: FeedHead; list?: unknown[] };
-    return w.oneportW === 'batch' ? (w.list ?? []).flatMap(find) : w.m === 'dir-head' ? [w.a] : [];
-  }) as FeedHead[];
-  t.equal(heads[0]?.pending, true, 'its head came before the load ended: pending');
-  t.ok(pagesSent(crossed).parsed > 10, 'it took the load\'s pages as they were read');
+  let sent = 0;
+  for (const { crossed } of [a, b]) {
+    const heads = crossed.flatMap(function find(m): unknown[] {
+      const w = m as { oneportW?: string; m?: string; a?: FeedHead; list?: unknown[] };
+      return w.oneportW === 'batch' ? (w.list ?? []).flatMap(find) : w.m === 'dir-head' ? [w.a] : [];
+    }) as FeedHead[];
+    t.equal(heads[0]?.pending, true, 'its head came before the load ended: pending');
+    t.ok(pagesSent(crossed).parsed > 10, 'it took the load\'s pages as they were read');
+    sent += pagesSent(crossed).parsed;
+  }
+  const { serialized, heldBytes } = feed.stats;
+  t.ok(serialized < sent, `a chunk taken by both was serialized once (${serialized} serialized, ${sent} sent)`);
+  t.equal(heldBytes, 0, 'and none is held once both copies are done');
   await other.putVm(vm('after'));
   await reach(primary, other.version());
-  await reach(fed, other.version());
-  t.same(contents(fed), contents(primary), 'the copy holds what the primary holds');
-  t.equal(fed.vmsOnNode('n3').length, 600);
+  for (const { fed } of [a, b]) {
+    await reach(fed, other.version());
+    t.same(contents(fed), contents(primary), 'the copy holds what the primary holds');
+    t.equal(fed.vmsOnNode('n3').length, 600);
+  }
 });
 
 t.test('when the kept load is dropped, copies that are done still follow the feed', async (t) => {
