@@ -15,8 +15,9 @@
  *    leg this node only relays (its session is held at the VM's owner, tunnel/relays.ts) gets 4001
  *    `{"resume":true}`: the session is parked there and resumed through another node, and the
  *    console notices nothing.
- * 4. It waits until no tunnel is left here (hops from other entry nodes included) or `drainMs`
- *    has passed since the start; the caller then stops the node.
+ * 4. It waits until no tunnel is left here (hops from other entry nodes included) and none is
+ *    being set up (each one that opens is told within PROGRESS_MS), or `drainMs` has passed since
+ *    the start; the caller then stops the node.
  */
 import { type Dispatcher, request } from 'undici';
 import type { ClusterView } from './cluster/view.js';
@@ -119,7 +120,7 @@ export async function drainNode(ctx: GatewayContext, opts: DrainOptions): Promis
   };
   tell();
   handOver();
-  const left = (): number => tunnels.size + ctx.relays.size;
+  const left = (): number => tunnels.size + tunnels.settingUp + ctx.relays.size;
   log.info({ event: 'drain-told', tunnels: toldCount, left: left() }, `drain: ${toldCount} client tunnel(s) sent elsewhere`);
 
   const progress = setInterval(() => {
@@ -129,7 +130,8 @@ export async function drainNode(ctx: GatewayContext, opts: DrainOptions): Promis
   }, PROGRESS_MS);
   progress.unref();
   let timer: NodeJS.Timeout | undefined;
-  await Promise.race([Promise.all([tunnels.whenEmpty(), ctx.relays.whenEmpty()]), new Promise<void>((r) => (timer = setTimeout(r, Math.max(0, deadline - Date.now()))))]);
+  // Tunnels still being set up count: one that opens after the last has ended is told like the others.
+  await Promise.race([Promise.all([tunnels.whenIdle(), ctx.relays.whenEmpty()]), new Promise<void>((r) => (timer = setTimeout(r, Math.max(0, deadline - Date.now()))))]);
   clearTimeout(timer);
   clearInterval(progress);
   const result = { moved, told: toldCount, left: left(), elapsedMs: Date.now() - start };

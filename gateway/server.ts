@@ -508,7 +508,8 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       clearHttp.closeIdleConnections();
       let timer: NodeJS.Timeout | undefined;
       const empty = (): Promise<unknown> => Promise.all([tunnels.whenEmpty(), relays.whenEmpty()]);
-      await Promise.race([empty(), new Promise<void>((r) => (timer = setTimeout(r, drainMs)))]);
+      // New tunnels are refused from now on; those being set up still finish within the period.
+      await Promise.race([Promise.all([tunnels.whenIdle(), relays.whenEmpty()]), new Promise<void>((r) => (timer = setTimeout(r, drainMs)))]);
       clearTimeout(timer);
       if (tunnels.size + relays.size > 0) log.info({ event: 'shutdown', tunnels: tunnels.size, relays: relays.size }, 'drain period over: closing remaining tunnels');
       tunnels.closeAll('shutdown');

@@ -64,6 +64,7 @@ export interface BrokerDeps {
 /** Authorize, hold, reach, attach, register. Never rejects: a refusal is answered through the leg. */
 export async function openTunnel(deps: BrokerDeps, request: TunnelRequest, leg: ClientLeg): Promise<Tunnel | undefined> {
   let protocol = 'unknown';
+  const setUp = deps.tunnels.settingUpOne();
   try {
     if (deps.lifecycle.shuttingDown) throw new OneportError('ONEPORT_ERR_SHUTTING_DOWN', undefined, { retryAfter: 5 });
     const authorized = await authorizeTunnel(deps, request);
@@ -77,6 +78,8 @@ export async function openTunnel(deps: BrokerDeps, request: TunnelRequest, leg: 
   } catch (e) {
     refuseTunnel(deps, leg, e, protocol);
     return undefined;
+  } finally {
+    setUp();
   }
 }
 

@@ -73,7 +73,9 @@ export function summarize(t: Tunnel, entryNode: string): TunnelSummary {
 
 export class TunnelRegistry {
   private readonly tunnels = new Set<Tunnel>();
-  private waiters: Array<() => void> = [];
+  /** Tunnels being set up (openTunnel: authorized, held, dialling...), not yet added or refused. */
+  private setups = 0;
+  private waiters: Array<{ idle: boolean; resolve: () => void }> = [];
   private next = 1;
 
   /** @param node this node's id: the prefix of the tunnel ids minted here. */
@@ -88,17 +90,33 @@ export class TunnelRegistry {
     return this.tunnels.size;
   }
 
+  /** Tunnels being set up now. */
+  get settingUp(): number {
+    return this.setups;
+  }
+
   add(t: Tunnel): void {
     this.tunnels.add(t);
   }
 
   delete(t: Tunnel): void {
     this.tunnels.delete(t);
-    if (this.tunnels.size === 0) {
-      const w = this.waiters;
-      this.waiters = [];
-      for (const f of w) f();
-    }
+    this.wake();
+  }
+
+  /**
+   * A tunnel's setup begins (openTunnel); call the result once it ends, added or refused. A drain
+   * waits for setups too (whenIdle): a tunnel set up after the last one ended is told, not cut.
+   */
+  settingUpOne(): () => void {
+    this.setups++;
+    let ended = false;
+    return () => {
+      if (ended) return;
+      ended = true;
+      this.setups--;
+      this.wake();
+    };
   }
 
   list(): Tunnel[] {
@@ -137,7 +155,27 @@ export class TunnelRegistry {
 
   /** Resolves when no tunnel is open (at once if none is). */
   whenEmpty(): Promise<void> {
-    if (this.tunnels.size === 0) return Promise.resolve();
-    return new Promise((resolve) => this.waiters.push(resolve));
+    return this.when(false);
+  }
+
+  /** Resolves when no tunnel is open and none is being set up. */
+  whenIdle(): Promise<void> {
+    return this.when(true);
+  }
+
+  private when(idle: boolean): Promise<void> {
+    if (this.reached(idle)) return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push({ idle, resolve }));
+  }
+
+  private reached(idle: boolean): boolean {
+    return this.tunnels.size === 0 && (!idle || this.setups === 0);
+  }
+
+  private wake(): void {
+    if (this.tunnels.size > 0) return;
+    const ready = this.waiters.filter((w) => this.reached(w.idle));
+    this.waiters = this.waiters.filter((w) => !this.reached(w.idle));
+    for (const w of ready) w.resolve();
   }
 }
