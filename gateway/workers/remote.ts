@@ -22,7 +22,7 @@ import { DirectoryView } from '../directory/view.js';
 import { type Admission, ConnectionCounts, type Refusal, holdCount } from '../admission.js';
 import type { Limiter } from '../auth/limits.js';
 import type { Rpc } from './ipc.js';
-import type { CapScope, CountedSession, SessionCounter } from '../tunnel/session-caps.js';
+import { type CapScope, type CountedSession, type SessionCounter, SessionTally } from '../tunnel/session-caps.js';
 import type { SessionCapValues } from '../tunnel/policy.js';
 
 /** The whole embedded directory, as the primary sends it to a starting worker. */
@@ -211,10 +211,11 @@ export class RemoteSessionCounter implements SessionCounter {
 
 /**
  * The primary's side: every worker's counted sessions, by id, with the workers holding a part.
- * Same rule as one process (session-caps.ts localFull), over the whole node.
+ * Same rule as one process (session-caps.ts SessionTally), over the whole node.
  */
 export class NodeSessionCounts {
   private readonly sessions = new Map<string, { session: CountedSession; holders: Set<number> }>();
+  private readonly tally = new SessionTally();
 
   admit(worker: number, s: CountedSession, caps: SessionCapValues): 'ok' | CapScope {
     const known = this.sessions.get(s.id);
@@ -222,15 +223,11 @@ export class NodeSessionCounts {
       known.holders.add(worker);
       return 'ok';
     }
-    let user = 0;
-    let vm = 0;
-    for (const { session } of this.sessions.values()) {
-      if (session.user === s.user) user++;
-      if (session.vm === s.vm) vm++;
-    }
-    if (caps.user > 0 && user >= caps.user) return 'user';
-    if (caps.vm > 0 && vm >= caps.vm) return 'vm';
-    this.sessions.set(s.id, { session: { id: s.id, user: s.user, vm: s.vm }, holders: new Set([worker]) });
+    const full = this.tally.full(s, caps);
+    if (full) return full;
+    const session = { id: s.id, user: s.user, vm: s.vm };
+    this.sessions.set(s.id, { session, holders: new Set([worker]) });
+    this.tally.add(session);
     return 'ok';
   }
 
@@ -238,7 +235,9 @@ export class NodeSessionCounts {
     const known = this.sessions.get(id);
     if (!known) return;
     known.holders.delete(worker);
-    if (known.holders.size === 0) this.sessions.delete(id);
+    if (known.holders.size > 0) return;
+    this.sessions.delete(id);
+    this.tally.remove(known.session);
   }
 
   /** A worker died: what it held is no longer held there. */
