@@ -73,6 +73,13 @@ export function summarize(t: Tunnel, entryNode: string): TunnelSummary {
 
 export class TunnelRegistry {
   private readonly tunnels = new Set<Tunnel>();
+  /**
+   * The same tunnels by VM and by user: a directory change (a VM moved or changed, a user changed)
+   * finds its tunnels in O(theirs). A failover of 10,000 VMs is 10,000 changes on every node; with
+   * 20,000 tunnels held, a scan each was 2 x 10^8 steps on each event loop.
+   */
+  private readonly vmIndex = new Map<string, Set<Tunnel>>();
+  private readonly userIndex = new Map<string, Set<Tunnel>>();
   /** Tunnels being set up (openTunnel: authorized, held, dialling...), not yet added or refused. */
   private setups = 0;
   private waiters: Array<{ idle: boolean; resolve: () => void }> = [];
@@ -97,10 +104,15 @@ export class TunnelRegistry {
 
   add(t: Tunnel): void {
     this.tunnels.add(t);
+    index(this.vmIndex, t.vm, t);
+    index(this.userIndex, t.user, t);
   }
 
   delete(t: Tunnel): void {
-    this.tunnels.delete(t);
+    if (this.tunnels.delete(t)) {
+      unindex(this.vmIndex, t.vm, t);
+      unindex(this.userIndex, t.user, t);
+    }
     this.wake();
   }
 
@@ -132,11 +144,11 @@ export class TunnelRegistry {
   }
 
   byVm(vm: string): Tunnel[] {
-    return this.list().filter((t) => t.vm === vm);
+    return [...(this.vmIndex.get(vm) ?? [])];
   }
 
   byUser(user: string): Tunnel[] {
-    return this.list().filter((t) => t.user === user);
+    return [...(this.userIndex.get(user) ?? [])];
   }
 
   get(id: string): Tunnel | undefined {
@@ -146,7 +158,7 @@ export class TunnelRegistry {
 
   /** The VMs that have at least one tunnel here. */
   vms(): Set<string> {
-    return new Set(this.list().map((t) => t.vm));
+    return new Set(this.vmIndex.keys());
   }
 
   closeAll(reason: CloseReason): void {
@@ -178,4 +190,17 @@ export class TunnelRegistry {
     this.waiters = this.waiters.filter((w) => !this.reached(w.idle));
     for (const w of ready) w.resolve();
   }
+}
+
+function index(m: Map<string, Set<Tunnel>>, key: string, t: Tunnel): void {
+  const set = m.get(key);
+  if (set) set.add(t);
+  else m.set(key, new Set([t]));
+}
+
+function unindex(m: Map<string, Set<Tunnel>>, key: string, t: Tunnel): void {
+  const set = m.get(key);
+  if (!set) return;
+  set.delete(t);
+  if (set.size === 0) m.delete(key);
 }

@@ -87,7 +87,7 @@ export function revokeApiSession(deps: Pick<RevokeDeps, 'tunnels' | 'metrics' | 
 export function followRevocations(deps: RevokeDeps): () => void {
   const onChange = (c: { kind: string; name?: string }): void => {
     if (c.name === undefined) return;
-    if (c.kind === 'user') recheck(deps, deps.tunnels.list().filter((t) => t.user === c.name));
+    if (c.kind === 'user') recheck(deps, deps.tunnels.byUser(c.name));
     else if (c.kind === 'vm') recheck(deps, deps.tunnels.byVm(c.name));
   };
   // After a resync anything may have changed.

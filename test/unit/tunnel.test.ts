@@ -462,3 +462,24 @@ t.test('revocation follows the directory, but not a directory that lost its data
   t.same(closed, ['1:revoked'], 'a real deletion (version moved on) ends the tunnel');
   t.ok(lines.some((l) => l.event === 'tunnels-revoked' && l.reason === 'user-deleted'));
 });
+
+t.test('the tunnel registry finds a VM\'s and a user\'s tunnels by index, kept through adds and deletes', async (t) => {
+  const tunnels = new TunnelRegistry('n1');
+  const tunnel = (id: number, vm: string, user: string) => ({ id: `n1:${id}`, vm, user, transport: 'connect' }) as unknown as Parameters<TunnelRegistry['add']>[0];
+  const a = tunnel(1, 'desk', 'alice');
+  const b = tunnel(2, 'desk', 'bob');
+  const c = tunnel(3, 'lab', 'alice');
+  for (const x of [a, b, c]) tunnels.add(x);
+  const ids = (xs: readonly { id: string }[]): string[] => xs.map((x) => x.id).sort();
+  t.same(ids(tunnels.byVm('desk')), ['n1:1', 'n1:2']);
+  t.same(ids(tunnels.byUser('alice')), ['n1:1', 'n1:3']);
+  t.same([...tunnels.vms()].sort(), ['desk', 'lab']);
+  tunnels.delete(a);
+  tunnels.delete(a);
+  t.same(ids(tunnels.byVm('desk')), ['n1:2']);
+  t.same(ids(tunnels.byUser('alice')), ['n1:3']);
+  tunnels.delete(c);
+  t.same(tunnels.byUser('alice'), [], 'no key left behind');
+  t.same([...tunnels.vms()], ['desk']);
+  t.equal(tunnels.size, 1);
+});
