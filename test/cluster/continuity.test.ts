@@ -19,8 +19,7 @@ import { WebSocket } from 'ws';
 import { OneportChannel } from '../../web/oneport-channel.js';
 import { startRedis } from '../helpers/redis.js';
 import { freePort } from '../helpers/net.js';
-import { makeCluster, electedLeader, adminToken, logTime, type ClusterNode, type TestCluster } from '../helpers/cluster.js';
-import { eventually } from '../helpers/wait.js';
+import { makeCluster, electedLeader, adminToken, logTime, seenEverywhere, type ClusterNode, type TestCluster } from '../helpers/cluster.js';
 import { opened, openWs } from '../helpers/ws.js';
 import { fixedPortConsole, type FixedConsole } from '../helpers/console.js';
 
@@ -79,7 +78,8 @@ async function prepare(t: Test): Promise<{ cluster: TestCluster; nodes: ClusterN
   const port = await freePort();
   await leader.api('PUT', '/api/users/alice', { token, body: { password: 'alice-password-1' } });
   await leader.api('PUT', '/api/vms/desk', { token, body: { node: owner.id, replica: replica.id, endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port }], users: ['alice'] } });
-  for (const n of nodes) await eventually(async () => ((await n.api<{ node?: string }>('GET', '/api/vms/desk', { token })).body.node === owner.id ? true : undefined), 5_000, 'desk everywhere');
+  // Every node sees the others up too: an entry that does not see the owner up holds a new session itself.
+  await seenEverywhere(nodes, token, 'desk', owner.id);
   const alice = (await entry.api<{ token: string }>('POST', '/api/login', { body: { user: 'alice', password: 'alice-password-1' } })).body.token;
   return { cluster, nodes, leader, owner, replica, entry, token, alice, port };
 }

@@ -16,8 +16,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { WebSocket } from 'ws';
 import { OneportChannel } from '../../web/oneport-channel.js';
 import { startRedis } from '../helpers/redis.js';
-import { makeCluster, electedLeader, adminToken, logTime, type ClusterNode } from '../helpers/cluster.js';
-import { eventually, deadline } from '../helpers/wait.js';
+import { makeCluster, electedLeader, adminToken, logTime, seenEverywhere, type ClusterNode } from '../helpers/cluster.js';
+import { deadline } from '../helpers/wait.js';
 
 /** Bytes each side sends: enough that the drain lands mid-stream. */
 const TOTAL = 4 * 1024 * 1024;
@@ -56,17 +56,6 @@ async function hashingConsole(t: Test): Promise<{ port: number; accepted: () => 
   return { port: (server.address() as net.AddressInfo).port, accepted: () => accepted, closed: () => closed, sent, got, bytesIn: () => bytesIn, bytesOut: () => bytesOut };
 }
 
-/** Every node sees VM desk on `owner` and all the nodes up (an entry relays a new oneport.v1 session to an owner it sees up). */
-async function seenEverywhere(nodes: readonly ClusterNode[], token: string, owner: string): Promise<void> {
-  for (const n of nodes) {
-    await eventually(async () => ((await n.api<{ node?: string }>('GET', '/api/vms/desk', { token })).body.node === owner ? true : undefined), 10_000, `desk seen on ${n.id}`);
-    await eventually(async () => {
-      const view = await n.api<{ nodes: Array<{ state: string }> }>('GET', '/api/cluster', { token });
-      return view.body.nodes.filter((x) => x.state === 'up').length === nodes.length ? true : undefined;
-    }, 15_000, `${nodes.length} nodes up on ${n.id}`);
-  }
-}
-
 t.test('the entry node drains: the oneport.v1 session resumes through another node, no byte lost either way, one console connection', async (t) => {
   const redis = await startRedis(t);
   const cluster = makeCluster(t, redis.url, { shutdown: { drainMs: 20_000, unreadyMs: 300 } });
@@ -80,7 +69,7 @@ t.test('the entry node drains: the oneport.v1 session resumes through another no
   await leader.api('PUT', '/api/users/alice', { token, body: { password: 'alice-password-1' } });
   const put = await leader.api('PUT', '/api/vms/desk', { token, body: { node: b.id, endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port: console.port }], users: ['alice'] } });
   t.equal(put.status, 200, `VM desk owned by ${b.id}`);
-  await seenEverywhere(nodes, token, b.id);
+  await seenEverywhere(nodes, token, 'desk', b.id);
   const alice = (await a.api<{ token: string }>('POST', '/api/login', { body: { user: 'alice', password: 'alice-password-1' } })).body.token;
   const tk = await a.api<{ ticket: string; resume: string }>('POST', '/api/desktops/desk/tickets', { token: alice, body: { protocol: 'vnc' } });
   t.equal(tk.status, 200);
@@ -166,7 +155,7 @@ for (const how of ['SIGKILL', 'SIGSTOP'] as const) {
     await leader.api('PUT', '/api/users/alice', { token, body: { password: 'alice-password-1' } });
     await leader.api('PUT', '/api/vms/desk', { token, body: { node: b.id, replica: leader.id, endpoints: [{ protocol: 'vnc', host: '127.0.0.1', port: console.port }], users: ['alice'] } });
     // An entry node that does not see the owner up yet holds a new session itself (no relay to wait for).
-    await seenEverywhere(nodes, token, b.id);
+    await seenEverywhere(nodes, token, 'desk', b.id);
     const alice = (await a.api<{ token: string }>('POST', '/api/login', { body: { user: 'alice', password: 'alice-password-1' } })).body.token;
     const tk = await a.api<{ ticket: string }>('POST', '/api/desktops/desk/tickets', { token: alice, body: { protocol: 'vnc' } });
     const ws = new WebSocket(`wss://127.0.0.1:${a.port}/tunnel/desk/vnc?ticket=${tk.body.ticket}`, ['oneport.v1'], { ca: cluster.ca.cert });

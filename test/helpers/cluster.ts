@@ -218,6 +218,21 @@ export async function adminToken(node: ClusterNode, loginAt: ClusterNode = node)
   return r.body.token;
 }
 
+/**
+ * Every node sees VM `vm` on `owner`, and every node up. An entry node relays a new `oneport.v1`
+ * session to the owner only once it sees the owner up (before, it holds the session itself), so a
+ * test about where sessions are held waits for both.
+ */
+export async function seenEverywhere(nodes: readonly ClusterNode[], token: string, vm: string, owner: string, timeoutMs = 15_000): Promise<void> {
+  for (const n of nodes) {
+    await eventually(async () => ((await n.api<{ node?: string }>('GET', `/api/vms/${vm}`, { token })).body.node === owner ? true : undefined), timeoutMs, `${vm} on ${owner} seen on ${n.id}`);
+    await eventually(async () => {
+      const view = await n.api<{ nodes: Array<{ state: string }> }>('GET', '/api/cluster', { token });
+      return view.body.nodes.length === nodes.length && view.body.nodes.every((x) => x.state === 'up') ? true : undefined;
+    }, timeoutMs, `${nodes.length} nodes up on ${n.id}`);
+  }
+}
+
 export interface TwoNodes {
   readonly cluster: TestCluster;
   readonly a: ClusterNode;
@@ -240,13 +255,7 @@ export async function twoNodesWithWin(t: { teardown(fn: () => unknown): void }, 
   await leader.api('PUT', '/api/users/alice', { token, body: { password: 'alice-password-1' } });
   const put = await leader.api('PUT', '/api/vms/win', { token, body: { node: a.id, endpoints: [{ protocol: 'rdp', host: '127.0.0.1', port: consolePort }], users: ['alice'] } });
   if (put.status !== 200) throw new Error(`PUT /api/vms/win: ${put.status}`);
-  for (const n of [a, b]) {
-    await eventually(async () => ((await n.api<{ node?: string }>('GET', '/api/vms/win', { token })).body.node === a.id ? true : undefined), 5_000, `VM on ${n.id}`);
-    await eventually(async () => {
-      const view = await n.api<{ nodes: Array<{ state: string }> }>('GET', '/api/cluster', { token });
-      return view.body.nodes.length === 2 && view.body.nodes.every((x) => x.state === 'up') ? true : undefined;
-    }, 10_000, `both up on ${n.id}`);
-  }
+  await seenEverywhere([a, b], token, 'win', a.id);
   return {
     cluster,
     a,
