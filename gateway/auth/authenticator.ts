@@ -14,6 +14,7 @@ import { checkTicket, mintTicket } from './tickets.js';
 import { type TokenPayload, mintToken, verifyToken } from './tokens.js';
 import { AttemptLimiter, ConcurrencyGate, type Limiter, type LimiterFactory } from './limits.js';
 import { addressKey } from '../address.js';
+import { once } from '../once.js';
 
 export interface AuthSettings {
   readonly ticketTtlMs: number;
@@ -249,12 +250,7 @@ export class Authenticator {
       await this.countFailure(client, 'ticket');
       throw new OneportError('ONEPORT_ERR_TICKET_INVALID');
     }
-    let released = false;
-    const release = (): void => {
-      if (released) return;
-      released = true;
-      void this.store.releaseTicket(id, Date.now());
-    };
+    const release = once((): void => void this.store.releaseTicket(id, Date.now()));
     try {
       return await this.grantFor(r, vm, protocol, client, claimedUser, release);
     } catch (e) {

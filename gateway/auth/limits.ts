@@ -10,6 +10,7 @@
  */
 import { RateLimiterMemory, RateLimiterRes } from 'rate-limiter-flexible';
 import { OneportError } from '../errors.js';
+import { once } from '../once.js';
 
 function rateLimited(msBeforeNext: number): OneportError {
   return new OneportError('ONEPORT_ERR_RATE_LIMITED', undefined, { retryAfter: Math.max(1, Math.ceil(msBeforeNext / 1000)) });
@@ -94,15 +95,12 @@ export class ConcurrencyGate {
     if (mine >= this.perKey || this.all >= this.total) throw rateLimited(1000);
     this.running.set(key, mine + 1);
     this.all++;
-    let left = false;
-    return () => {
-      if (left) return;
-      left = true;
+    return once(() => {
       this.all--;
       const n = (this.running.get(key) ?? 1) - 1;
       if (n <= 0) this.running.delete(key);
       else this.running.set(key, n);
-    };
+    });
   }
 }
 

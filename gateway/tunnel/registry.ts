@@ -5,6 +5,7 @@
 import type { Protocol } from '../directory/directory.js';
 import type { CloseReason, Pump } from './pump.js';
 import type { Transport } from './request.js';
+import { once } from '../once.js';
 
 export type { Transport };
 
@@ -122,13 +123,10 @@ export class TunnelRegistry {
    */
   settingUpOne(): () => void {
     this.setups++;
-    let ended = false;
-    return () => {
-      if (ended) return;
-      ended = true;
+    return once(() => {
       this.setups--;
       this.wake();
-    };
+    });
   }
 
   list(): Tunnel[] {

@@ -7,6 +7,7 @@
  */
 import { WebSocket } from 'ws';
 import { closeWebSocket } from './close.js';
+import { once } from '../once.js';
 
 export interface RelayRequest {
   /** `/tunnel/<vm>/<protocol>?...`: the client's request, as the holder is to see it. */
@@ -147,13 +148,10 @@ export class Relays {
   /** A relay is being opened; call the function returned once it is added or given up. */
   opened(): () => void {
     this.opening++;
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
+    return once(() => {
       this.opening--;
       this.wake();
-    };
+    });
   }
 
   add(r: Relay): void {

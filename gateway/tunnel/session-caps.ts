@@ -21,6 +21,7 @@ import type { Logger, RateLimitedLog } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { type CapDefaults, type SessionCapValues, sessionCaps } from './policy.js';
 import type { TunnelTarget } from './request.js';
+import { once } from '../once.js';
 
 export interface CountedSession {
   readonly id: string;
@@ -198,16 +199,13 @@ export class SessionCaps {
   }
 
   private slot(h: Held): SessionSlot {
-    let released = false;
     return {
       startedAt: h.startedAt,
-      release: () => {
-        if (released) return;
-        released = true;
+      release: once(() => {
         if (--h.refs > 0 || this.held.get(h.session.id) !== h) return;
         this.unhold(h);
         this.deps.counter?.release(h.session);
-      },
+      }),
     };
   }
 
