@@ -58,7 +58,8 @@ t.test('the CLI: pretty on a terminal, JSON lines on a pipe, --log-format overri
   /** Start `oneport serve` on a fresh state folder; the first log line (cluster CA created), then stop it. */
   const firstLogLine = async (terminal: boolean, extra: string[] = []): Promise<string> => {
     const state = mkdtempSync(join(tmpdir(), 'oneport-logfmt-'));
-    t.teardown(() => rmSync(state, { recursive: true, force: true }));
+    // (Under `script`, the node is the pty's child: it may still be writing a moment after `script` exits.)
+    t.teardown(() => rmSync(state, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 }));
     const argv = [process.execPath, '--import', 'tsx', CLI, 'serve', '--listen', '127.0.0.1:0', '--state', state, ...extra];
     // `script` gives the command a pseudo-terminal as stdout (and copies what it writes to ours).
     const quoted = argv.map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(' ');
@@ -75,10 +76,15 @@ t.test('the CLI: pretty on a terminal, JSON lines on a pipe, --log-format overri
       });
       proc.on('exit', (code) => reject(new Error(`serve exited (${code}) before logging: ${out}`)));
     });
+    const exited = new Promise<void>((r) => (proc.exitCode !== null ? r() : proc.once('exit', () => r())));
     try {
       return await Promise.race([line, deadline(30_000, 'the first log line')]);
     } finally {
+      // Gone before its state folder is removed (it writes there while it starts and stops).
       proc.kill('SIGTERM');
+      const hard = setTimeout(() => proc.kill('SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(hard);
     }
   };
   const tty = await firstLogLine(true);
