@@ -12,11 +12,6 @@ import type { UserRecord, VmRecord } from './directory.js';
 /** What the indexes read of a VM record. */
 export type VmIndexFields = Pick<VmRecord, 'node' | 'state' | 'users' | 'groups'>;
 
-/**
- * The VM names under one index key, as lean as their number allows: one name as itself, a few in
- * an array, many in a Set (kept a Set when it shrinks again). Most users and groups have a few
- * VMs: at 1M VMs and 100k users, a Set per user cost ~18 MB of the mirror's heap (bench/SCALE.md).
- */
 export interface VmTableOptions {
   /**
    * Index the VMs by user and group (`forUser`; default true). A node's primary keeps its mirror
@@ -26,6 +21,11 @@ export interface VmTableOptions {
   readonly users?: boolean;
 }
 
+/**
+ * The VM names under one index key, as lean as their number allows: one name as itself, a few in
+ * an array, many in a Set (kept a Set when it shrinks again). Most users and groups have a few
+ * VMs: at 1M VMs and 100k users, a Set per user cost ~18 MB of the mirror's heap (bench/SCALE.md).
+ */
 type Names = string | string[] | Set<string>;
 /** Names in an array up to this many; a Set beyond (O(1) add and remove for a node's VMs). */
 const ARRAY_MAX = 16;
@@ -158,7 +158,8 @@ function each(names: Names | undefined): Iterable<string> {
 function add(m: Map<string, Names>, key: string, name: string): void {
   const s = m.get(key);
   if (s === undefined) m.set(key, name);
-  else if (typeof s === 'string') m.set(key, [s, name]); else if (Array.isArray(s)) {
+  else if (typeof s === 'string') m.set(key, [s, name]);
+  else if (Array.isArray(s)) {
     if (s.length < ARRAY_MAX) s.push(name);
     else m.set(key, new Set(s).add(name));
   } else s.add(name);
