@@ -73,10 +73,14 @@ t.test('tunnels to a VM on another node', async (t) => {
     const closed = once(r.socket, 'close');
     r.socket.resume();
     const mark = viaOwner.logs.length;
+    const ownerMark = owner.logs.length;
     t.equal((await direct.api('POST', '/api/logout', { token })).status, 200, 'logged out on the first node');
     await closed;
     const line = await viaOwner.waitFor((l) => l.event === 'tunnels-revoked' && l.reason === 'logged-out', 10_000, { after: mark });
     t.equal(line.tunnels, 1, 'the other node ended it');
+    // Both sides' lines for this tunnel are in before the next test looks for its own.
+    await viaOwner.waitFor((l) => l.event === 'tunnel' && l.vm === 'echo', 10_000, { after: mark });
+    await owner.waitFor((l) => l.event === 'tunnel' && l.vm === 'echo' && l.transport === 'hop', 10_000, { after: ownerMark });
   });
 
   t.test('a hopped tunnel counts exactly the bytes that crossed it, on the entry node and on the owner', async (t) => {
