@@ -24,18 +24,21 @@
  *    process of its own: wall time, CPU (the process's, and its main thread's alone), the main
  *    thread's GC, mirror heap and SLOWLOG (longest, and commands over 10 ms) of both, under the
  *    same load.
+ *  - with `--redis-cpu C`: redis-server pinned to CPU C and this script (its children too) to the
+ *    others, as when Redis has a host of its own: SLOWLOG then counts a command's own time, not the
+ *    time Redis waited for a core the loading mirrors held (SLOWLOG times a command by the clock).
  *  - with `--serve 1,2`: only whole `oneport serve` nodes (built: dist/) joining the directory,
  *    one per number of workers in turn (bench/serve-start.ts): spawn to `listening` (the primary's
  *    mirror and every worker's copy loaded), and the CPU of the process tree by then.
  *
- *   npm run bench:scale -- 100000 [--resyncs 3] [--idle-ms 5000] [--fleet 5x10] [--ab <dir>] [--serve 1,2]
+ *   npm run bench:scale -- 100000 [--resyncs 3] [--idle-ms 5000] [--fleet 5x10] [--ab <dir>] [--serve 1,2] [--redis-cpu 1]
  *
  * Results: bench/scale-results.json (keyed by N and the git revision), a table on stdout.
  */
 import { type ChildProcess, execFileSync, fork } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { PerformanceObserver } from 'node:perf_hooks';
@@ -68,6 +71,11 @@ const AB_RUNS = flag('ab-runs', 3);
 const SERVE = ((): number[] | undefined => {
   const i = args.indexOf('--serve');
   return i >= 0 ? (args[i + 1] ?? '1').split(',').map(Number).filter((n) => Number.isInteger(n) && n > 0) : undefined;
+})();
+/** `--redis-cpu C`: Redis alone on CPU C, everything else on the other CPUs. */
+const REDIS_CPU = ((): string | undefined => {
+  const i = args.indexOf('--redis-cpu');
+  return i >= 0 ? args[i + 1] : undefined;
 })();
 const NODES = 50;
 const USERS = Math.max(1, Math.floor(N / 10));
@@ -150,12 +158,59 @@ async function probing<T>(_redis: Redis, fn: () => Promise<T>): Promise<{ value:
   return { value, ms, ...(await prober.take()) };
 }
 
-async function slowlogMaxMs(redis: Redis): Promise<{ ms: number; cmd: string }> {
+/** Commands Redis ran, and how many took over 1 ms and over 8.5 ms. */
+interface CommandSpread {
+  readonly calls: number;
+  readonly over1ms: number;
+  readonly over8ms: number;
+}
+
+/**
+ * Redis's longest command since the last call (SLOWLOG), and how the commands' times spread
+ * (LATENCY HISTOGRAM, every command): SLOWLOG times a command by the clock, so one preempted (or
+ * its virtual CPU stalled) counts as long. The share over 1 ms tells long commands from rare stalls.
+ * Resets both.
+ */
+async function slowlogMaxMs(redis: Redis): Promise<{ ms: number; cmd: string; commands: CommandSpread; text: string }> {
   const entries = (await redis.call('SLOWLOG', 'GET', '128')) as Array<[number, number, number, string[]]>;
   let best = { ms: 0, cmd: '-' };
   for (const e of entries) if (e[2] / 1000 > best.ms) best = { ms: e[2] / 1000, cmd: (e[3] ?? []).slice(0, 2).join(' ').split('\n')[0]!.slice(0, 40) };
+  // [name, ['calls', n, 'histogram_usec', [bucket, calls at most that long, ...]], ...]; buckets are powers of 2 (1056, 8454 µs...).
+  const hist = (await redis.call('LATENCY', 'HISTOGRAM')) as Array<string | Array<string | number | number[]>>;
+  let calls = 0;
+  let over1ms = 0;
+  let over8ms = 0;
+  for (let i = 1; i < hist.length; i += 2) {
+    const h = hist[i] as Array<string | number | number[]>;
+    const n = Number(h[h.indexOf('calls') + 1]);
+    const buckets = h[h.indexOf('histogram_usec') + 1] as number[];
+    const atMost = (us: number): number => {
+      let c = 0;
+      for (let j = 0; j < buckets.length; j += 2) if (buckets[j]! <= us) c = buckets[j + 1]!;
+      return c;
+    };
+    calls += n;
+    over1ms += n - atMost(1100);
+    over8ms += n - atMost(8500);
+  }
   await redis.call('SLOWLOG', 'RESET');
-  return best;
+  await redis.call('CONFIG', 'RESETSTAT');
+  const text = `slowlog max ${best.ms.toFixed(1)} ms (${best.cmd}); ${calls} commands, ${over1ms} over 1 ms, ${over8ms} over 8.5 ms`;
+  return { ...best, commands: { calls, over1ms, over8ms }, text };
+}
+
+/**
+ * What the machine alone does to a command's clock time: 4,000 runs of the same small Lua loop
+ * (a few hundred µs, like one HSCAN page), nothing else asked of Redis meanwhile.
+ */
+async function stallReference(redis: Redis): Promise<{ calls: number; meanUs: number; over1ms: number; maxMs: number }> {
+  await slowlogMaxMs(redis);
+  const script = 'local x = 0 for i = 1, 60000 do x = x + i end return x';
+  for (let i = 0; i < 4000; i += 100) await Promise.all(Array.from({ length: 100 }, () => redis.eval(script, 0)));
+  const stats = await redis.info('commandstats');
+  const s = await slowlogMaxMs(redis);
+  const meanUs = Math.round(Number((/cmdstat_eval:.*usec_per_call=([\d.]+)/.exec(stats) ?? [])[1] ?? NaN));
+  return { calls: 4000, meanUs, over1ms: s.commands.over1ms, maxMs: +s.ms.toFixed(1) };
 }
 
 function heapMiB(): number {
@@ -194,12 +249,24 @@ function recoveryCandidates(dir: Directory, node: string): number {
   return n;
 }
 
+/** Redis (every thread) on `cpu`, this process (every thread, and children forked later) on the rest. */
+function pinApart(redisPid: number | undefined, cpu: string): void {
+  if (redisPid === undefined) throw new Error('--redis-cpu: redis-server has no pid');
+  const all = Array.from({ length: availableParallelism() }, (_, i) => i);
+  const rest = all.filter((c) => String(c) !== cpu);
+  if (rest.length === all.length || rest.length === 0) throw new Error(`--redis-cpu ${cpu}: not one of CPUs 0-${all.length - 1}, or no CPU left for the rest`);
+  execFileSync('taskset', ['-a', '-p', '-c', cpu, String(redisPid)], { stdio: 'ignore' });
+  execFileSync('taskset', ['-a', '-p', '-c', rest.join(','), String(process.pid)], { stdio: 'ignore' });
+  log(`  redis-server alone on CPU ${cpu}; this script and its children on CPU ${rest.join(',')}`);
+}
+
 async function main(): Promise<void> {
   const rev = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: here }).toString().trim();
   const dirty = execFileSync('git', ['status', '--porcelain', '--', '../gateway'], { cwd: here }).toString().trim() !== '';
   log(`bench:scale N=${N} VMs, ${USERS} users, ${NODES} nodes, ${RESYNCS} concurrent resyncs, rev ${rev}${dirty ? '+dirty' : ''}`);
   // The SLOWLOG threshold as an argument, so that it holds after the --fleet restart too.
   const server = await startRedis({ teardown: (fn) => teardowns.push(fn) }, { startTimeoutMs: 60_000, args: ['--slowlog-log-slower-than', '1000'] });
+  if (REDIS_CPU !== undefined) pinApart(server.pid, REDIS_CPU);
   const admin = new Redis(server.url, { lazyConnect: false });
   admin.on('error', () => {});
   const probe = new Redis(server.url, { lazyConnect: false });
@@ -246,7 +313,12 @@ async function main(): Promise<void> {
     return;
   }
 
-  const result: Record<string, unknown> = { n: N, users: USERS, nodes: NODES, rev: `${rev}${dirty ? '+dirty' : ''}`, at: new Date().toISOString(), load: readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ') };
+  const result: Record<string, unknown> = { n: N, users: USERS, nodes: NODES, redisCpu: REDIS_CPU, rev: `${rev}${dirty ? '+dirty' : ''}`, at: new Date().toISOString(), load: readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ') };
+
+  // 0. The machine's own stalls, for reading SLOWLOG below: the same fixed work, again and again.
+  const fixed = await stallReference(admin);
+  result.stallReference = fixed;
+  log(`  stall reference: ${fixed.calls} x the same ~${fixed.meanUs} µs of Redis work alone: ${fixed.over1ms} over 1 ms, longest ${fixed.maxMs} ms`);
 
   // 1. One node starts.
   const heap0 = heapMiB();
@@ -255,8 +327,8 @@ async function main(): Promise<void> {
   const { cpuMs: startCpuMs, gcMs } = startCost();
   const slowStart = await slowlogMaxMs(admin);
   const ok = !(start.value instanceof Error);
-  result.start = { ok, error: ok ? undefined : (start.value as Error).message, readyMs: Math.round(start.ms), cpuMs: startCpuMs, gcMs: Math.round(gcMs), maxPingMs: +start.maxPingMs.toFixed(1), pings: start.pings, slowlogMaxMs: +slowStart.ms.toFixed(1), slowlogCmd: slowStart.cmd };
-  log(`  start: ${ok ? 'ready' : `FAILED (${(start.value as Error).message})`} in ${Math.round(start.ms)} ms (CPU ${startCpuMs} ms, GC ${Math.round(gcMs)} ms); worst PING ${start.maxPingMs.toFixed(1)} ms; slowlog max ${slowStart.ms.toFixed(1)} ms (${slowStart.cmd})`);
+  result.start = { ok, error: ok ? undefined : (start.value as Error).message, readyMs: Math.round(start.ms), cpuMs: startCpuMs, gcMs: Math.round(gcMs), maxPingMs: +start.maxPingMs.toFixed(1), pings: start.pings, slowlogMaxMs: +slowStart.ms.toFixed(1), slowlogCmd: slowStart.cmd, commands: slowStart.commands };
+  log(`  start: ${ok ? 'ready' : `FAILED (${(start.value as Error).message})`} in ${Math.round(start.ms)} ms (CPU ${startCpuMs} ms, GC ${Math.round(gcMs)} ms); worst PING ${start.maxPingMs.toFixed(1)} ms; ${slowStart.text}`);
   if (!ok) {
     writeResult(result);
     return;
@@ -314,8 +386,8 @@ async function main(): Promise<void> {
     const ready = settled.filter((s) => s.status === 'fulfilled').map((s) => (s as PromiseFulfilledResult<RedisDirectory>).value);
     const failed = settled.filter((s) => s.status === 'rejected').map((s) => String((s as PromiseRejectedResult).reason?.message));
     const converged = ready.every((d) => d.version() === dir.version() && d.listVms().length === N);
-    result.resyncs = { count: RESYNCS, ready: ready.length, converged, failed: failed.slice(0, 1), allReadyMs: Math.round(many.ms), maxPingMs: +many.maxPingMs.toFixed(1), slowlogMaxMs: +slow.ms.toFixed(1), slowlogCmd: slow.cmd };
-    log(`  ${RESYNCS} at once: ${ready.length} ready${failed.length ? `, ${failed.length} failed (${failed[0]})` : ''}, converged ${converged}, in ${Math.round(many.ms)} ms; worst PING ${many.maxPingMs.toFixed(1)} ms; slowlog max ${slow.ms.toFixed(1)} ms (${slow.cmd})`);
+    result.resyncs = { count: RESYNCS, ready: ready.length, converged, failed: failed.slice(0, 1), allReadyMs: Math.round(many.ms), maxPingMs: +many.maxPingMs.toFixed(1), slowlogMaxMs: +slow.ms.toFixed(1), slowlogCmd: slow.cmd, commands: slow.commands };
+    log(`  ${RESYNCS} at once: ${ready.length} ready${failed.length ? `, ${failed.length} failed (${failed[0]})` : ''}, converged ${converged}, in ${Math.round(many.ms)} ms; worst PING ${many.maxPingMs.toFixed(1)} ms; ${slow.text}`);
     await Promise.all(ready.map((d) => d.close()));
   }
 
@@ -329,7 +401,7 @@ async function main(): Promise<void> {
     });
     const xlen1 = Number(await admin.xlen(`${PREFIX}changes`));
     const slow = await slowlogMaxMs(admin);
-    result.failover = { vms: victims.length, ms: Math.round(r.ms), feedEntries: xlen1 - xlen0, maxPingMs: +r.maxPingMs.toFixed(1), slowlogMaxMs: +slow.ms.toFixed(1), error: r.value instanceof Error ? r.value.message : undefined };
+    result.failover = { vms: victims.length, ms: Math.round(r.ms), feedEntries: xlen1 - xlen0, maxPingMs: +r.maxPingMs.toFixed(1), slowlogMaxMs: +slow.ms.toFixed(1), commands: slow.commands, error: r.value instanceof Error ? r.value.message : undefined };
     log(`  failover of ${victims.length} VMs: ${Math.round(r.ms)} ms, ${xlen1 - xlen0} feed entries (feed cap 10000, approximate); worst PING ${r.maxPingMs.toFixed(1)} ms`);
   }
 
@@ -520,7 +592,7 @@ async function fleet(server: Awaited<ReturnType<typeof startRedis>>, admin: Redi
   const openSlow = await slowlogMaxMs(admin);
   const loaded = opened.value instanceof Error ? [] : opened.value;
   const ready = loaded.reduce((n, r) => n + r.ready, 0);
-  log(`  fleet: ${ready} of ${total} mirrors (${procs} processes x ${perProc}) loaded at once in ${Math.round(opened.ms)} ms; worst PING ${opened.maxPingMs.toFixed(1)} ms; slowlog max ${openSlow.ms.toFixed(1)} ms (${openSlow.cmd})${loaded.some((r) => r.failed.length) ? `; failed: ${loaded.flatMap((r) => r.failed)[0]}` : ''}`);
+  log(`  fleet: ${ready} of ${total} mirrors (${procs} processes x ${perProc}) loaded at once in ${Math.round(opened.ms)} ms; worst PING ${opened.maxPingMs.toFixed(1)} ms; ${openSlow.text}${loaded.some((r) => r.failed.length) ? `; failed: ${loaded.flatMap((r) => r.failed)[0]}` : ''}`);
 
   // Redis restarts with its data (a new run_id): every mirror, this process's too, resyncs.
   await admin.call('SAVE');
@@ -531,6 +603,7 @@ async function fleet(server: Awaited<ReturnType<typeof startRedis>>, admin: Redi
     ownAt = performance.now();
   });
   await server.restart();
+  if (REDIS_CPU !== undefined) pinApart(server.pid, REDIS_CPU);
   const back = performance.now();
   await prober.take();
   let statuses: FleetStatus[] = [];
@@ -550,12 +623,12 @@ async function fleet(server: Awaited<ReturnType<typeof startRedis>>, admin: Redi
   const reasons = [...new Set(finals.flatMap((s) => s.reasons))];
   const armed = finals.reduce((n, s) => n + s.heapArmedMiB, 0);
   const peak = finals.reduce((n, s) => n + s.heapPeakMiB, 0);
-  log(`  fleet after a Redis restart: ${resynced} of ${ready} mirrors resynced (${reasons.join(', ')}), converged ${converged}, all in ${Math.round(allMs)} ms after Redis was back (this process's own: ${Math.round(ownMs)} ms); worst PING ${ping.maxPingMs.toFixed(1)} ms; slowlog max ${slow.ms.toFixed(1)} ms (${slow.cmd}); fleet heap ${armed} MiB before, ${peak} MiB at most during the resync (${(peak / armed).toFixed(2)}x)`);
+  log(`  fleet after a Redis restart: ${resynced} of ${ready} mirrors resynced (${reasons.join(', ')}), converged ${converged}, all in ${Math.round(allMs)} ms after Redis was back (this process's own: ${Math.round(ownMs)} ms); worst PING ${ping.maxPingMs.toFixed(1)} ms; ${slow.text}; fleet heap ${armed} MiB before, ${peak} MiB at most during the resync (${(peak / armed).toFixed(2)}x)`);
   return {
     procs,
     perProc,
-    load: { ready, allReadyMs: Math.round(opened.ms), maxPingMs: +opened.maxPingMs.toFixed(1), slowlogMaxMs: +openSlow.ms.toFixed(1) },
-    restart: { resynced, converged, reasons, allMs: Math.round(allMs), ownMs: Math.round(ownMs), heapArmedMiB: armed, heapPeakMiB: peak, maxPingMs: +ping.maxPingMs.toFixed(1), slowlogMaxMs: +slow.ms.toFixed(1), slowlogCmd: slow.cmd },
+    load: { ready, allReadyMs: Math.round(opened.ms), maxPingMs: +opened.maxPingMs.toFixed(1), slowlogMaxMs: +openSlow.ms.toFixed(1), commands: openSlow.commands },
+    restart: { resynced, converged, reasons, allMs: Math.round(allMs), ownMs: Math.round(ownMs), heapArmedMiB: armed, heapPeakMiB: peak, maxPingMs: +ping.maxPingMs.toFixed(1), slowlogMaxMs: +slow.ms.toFixed(1), slowlogCmd: slow.cmd, commands: slow.commands },
   };
 }
 
