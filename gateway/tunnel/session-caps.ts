@@ -110,10 +110,11 @@ function bump(m: Map<string, number>, key: string, by: number): void {
 
 export class SessionCaps {
   private readonly held = new Map<string, Held>();
-  /** The sessions in `held`, by user and VM (what one node counts without a cluster). */
-  private readonly tally = new SessionTally();
+  /** The sessions in `held`, by user and VM: the count on one node. In a cluster the counter counts. */
+  private readonly tally: SessionTally | undefined;
 
   constructor(private readonly deps: SessionCapsDeps) {
+    this.tally = deps.counter ? undefined : new SessionTally();
     deps.counter?.start(() => this.counted());
   }
 
@@ -143,7 +144,7 @@ export class SessionCaps {
     const session: CountedSession = { id, user: target.user.name, vm: target.vm.name };
     const caps = sessionCaps(target.vm, target.user, this.deps.defaults);
     const h: Held = { session, startedAt: Date.now(), refs: 1, admission: Promise.resolve(), admitted: false };
-    if (!this.deps.counter) {
+    if (this.tally) {
       // One node: what is held here is the count, and this runs without a pause in between.
       const full = this.tally.full(session, caps);
       if (full) this.refuse(full, session, caps);
@@ -179,14 +180,14 @@ export class SessionCaps {
 
   private hold(h: Held): void {
     this.held.set(h.session.id, h);
-    this.tally.add(h.session);
+    this.tally?.add(h.session);
   }
 
   /** Forget `h` if it is still the session held under its id. */
   private unhold(h: Held): void {
     if (this.held.get(h.session.id) !== h) return;
     this.held.delete(h.session.id);
-    this.tally.remove(h.session);
+    this.tally?.remove(h.session);
   }
 
   private refuse(scope: CapScope, s: CountedSession, caps: SessionCapValues): never {

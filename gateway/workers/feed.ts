@@ -107,6 +107,15 @@ interface Place {
   next: number;
 }
 
+/**
+ * A worker's copy under way. Of the primary's load as it goes ('load'): the worker gets its head
+ * after the last page, once that load has ended (and is the kept load). Or of the kept load
+ * ('kept'): the head went first, the worker is live, and dropping the kept load ends the copy.
+ */
+interface Copy extends Place {
+  readonly of: 'load' | 'kept';
+}
+
 /** The primary's last full load, kept for the workers that copy it. */
 interface KeptLoad {
   readonly load: LoadPages;
@@ -118,14 +127,11 @@ interface KeptLoad {
 interface Subscriber {
   /** Sent the feed's entries (a head went out in this generation). */
   live: boolean;
-  /** Copying the primary's load as it goes (the kept load once it ended). */
-  stream: Place | undefined;
+  copy: Copy | undefined;
   /** Waiting for its head (asked while the mirror was loading or not open yet). */
   asked: boolean;
   /** Its copy was cut short by a new load of the primary's: it waits for a 'dir-reload'. */
   orphaned: boolean;
-  /** Copying the kept load. */
-  kept: Place | undefined;
   users: IterableIterator<[string, string]> | undefined;
   vms: IterableIterator<[string, string]> | undefined;
 }
@@ -156,7 +162,7 @@ export class DirectoryFeed implements LoadWatcher {
     this.kept = undefined;
     this.gen++;
     for (const s of this.subs.values()) {
-      if (s.live || s.stream) s.orphaned = true;
+      if (s.live || s.copy) s.orphaned = true;
       this.reset(s);
     }
     this.wakePages();
@@ -203,7 +209,7 @@ export class DirectoryFeed implements LoadWatcher {
         if (s.live) {
           if (ev.caughtUp === true) rpc.note('dir-resync', ev);
         } else if (s.asked) this.head(rpc, s);
-        else if (!s.stream) {
+        else if (!s.copy) {
           s.orphaned = false;
           rpc.note('dir-reload', ev);
         }
@@ -224,7 +230,7 @@ export class DirectoryFeed implements LoadWatcher {
 
   /** Serve one worker's loads and send it the feed. */
   attach(rpc: Rpc): void {
-    const s: Subscriber = { live: false, stream: undefined, asked: false, orphaned: false, kept: undefined, users: undefined, vms: undefined };
+    const s: Subscriber = { live: false, copy: undefined, asked: false, orphaned: false, users: undefined, vms: undefined };
     this.subs.set(rpc, s);
     rpc.on('dir-load', () => {
       this.reset(s);
@@ -242,10 +248,9 @@ export class DirectoryFeed implements LoadWatcher {
 
   private reset(s: Subscriber): void {
     s.live = false;
-    const place = s.stream ?? s.kept;
-    s.stream = undefined;
-    s.kept = undefined;
-    if (place) for (let i = place.next; i < place.load.chunks.length; i++) this.release(place.load, i);
+    const copy = s.copy;
+    s.copy = undefined;
+    if (copy) for (let i = copy.next; i < copy.load.chunks.length; i++) this.release(copy.load, i);
     s.users = undefined;
     s.vms = undefined;
   }
@@ -255,7 +260,7 @@ export class DirectoryFeed implements LoadWatcher {
     this.kept = undefined;
     // Not a new generation: the live workers' feed goes on; those copying are told stale (not live).
     for (const [rpc, s] of this.subs) {
-      if (!s.kept) continue;
+      if (s.copy?.of !== 'kept') continue;
       this.reset(s);
       rpc.note('dir-reload', { reason: 'start' });
     }
@@ -268,7 +273,7 @@ export class DirectoryFeed implements LoadWatcher {
       if (this.building) {
         // Copy the load as it goes (at a node's start the workers no longer wait for the primary's whole load).
         s.asked = false;
-        s.stream = { load: this.building, next: 0 };
+        s.copy = { of: 'load', load: this.building, next: 0 };
         rpc.note('dir-head', { gen: this.gen, pending: true, version: 0, lastId: '0-0', keys: undefined, staleness: syncedNow(), entries: [] } satisfies FeedHead);
       } else s.asked = true;
       return;
@@ -278,7 +283,7 @@ export class DirectoryFeed implements LoadWatcher {
     const kept = this.kept;
     let head: FeedHead;
     if (kept) {
-      s.kept = { load: kept.load, next: 0 };
+      s.copy = { of: 'kept', load: kept.load, next: 0 };
       head = { gen: this.gen, ...kept.head, staleness: dir.staleness(), entries: [...kept.entries] };
     } else {
       s.users = dir.records('user');
@@ -290,13 +295,13 @@ export class DirectoryFeed implements LoadWatcher {
 
   private nextPage(s: Subscriber, gen: unknown): FeedPage | Promise<FeedPage> {
     if (gen !== this.gen) return { stale: true };
-    if (s.stream) return this.streamPage(s, s.stream);
+    if (s.copy?.of === 'load') return this.streamPage(s, s.copy);
     if (!s.live) return { stale: true };
-    if (s.kept) {
-      const pages = this.take(s.kept);
+    if (s.copy) {
+      const pages = this.take(s.copy);
       if (pages) return { pages };
       // Done: dropping the kept load no longer concerns it.
-      s.kept = undefined;
+      s.copy = undefined;
       return { done: true };
     }
     if (!s.users || !s.vms) return { stale: true };
@@ -340,19 +345,18 @@ export class DirectoryFeed implements LoadWatcher {
     const chunk = load.chunks[i];
     if (!chunk?.bytes) return;
     for (const s of this.subs.values()) {
-      const place = s.stream ?? s.kept;
-      if (place?.load === load && place.next <= i) return;
+      if (s.copy?.load === load && s.copy.next <= i) return;
     }
     chunk.bytes = undefined;
   }
 
   /** The next page of the load a copy follows as it goes; when that load has ended, `done` with its head. */
-  private streamPage(s: Subscriber, stream: Place): FeedPage | Promise<FeedPage> {
+  private streamPage(s: Subscriber, stream: Copy): FeedPage | Promise<FeedPage> {
     const pages = this.take(stream);
     if (pages) return { pages };
     const kept = this.kept;
     if (kept?.load === stream.load) {
-      s.stream = undefined;
+      s.copy = undefined;
       s.live = true;
       // (The node's first load ends before its mirror is open here: synced just now.)
       const staleness = this.dir?.staleness() ?? syncedNow();
@@ -365,7 +369,7 @@ export class DirectoryFeed implements LoadWatcher {
       const done = (): void => {
         clearTimeout(timer);
         this.pageWaiters.delete(done);
-        resolve(this.gen !== gen || s.stream !== stream ? { stale: true } : this.streamPage(s, stream));
+        resolve(this.gen !== gen || s.copy !== stream ? { stale: true } : this.streamPage(s, stream));
       };
       const timer = setTimeout(() => {
         this.pageWaiters.delete(done);
