@@ -630,12 +630,23 @@ export interface IdleRun {
  * console's banner, so both legs exist), left idle, then the relay's RSS growth divided by
  * `count`. `warmup` tunnels are opened and closed first so that the baseline already holds
  * what any first tunnel allocates once. All are closed at the end.
+ *
+ * `trafficBytes` > 0: each tunnel first carries that many bytes each way (echoed by the console,
+ * in 64 KiB writes), as a desktop session does before its user goes away; what the relay keeps
+ * of the buffers that traffic needed is then counted too.
  */
-export async function idleMemory(open: Opener, count: number, warmup: number, rssKiB: () => number, concurrency = 32): Promise<IdleRun> {
+export async function idleMemory(open: Opener, count: number, warmup: number, rssKiB: () => number, concurrency = 32, trafficBytes = 0): Promise<IdleRun> {
   const openOne = async (into: Conn[]): Promise<void> => {
     const c = await open();
     into.push(c);
     await expectBanner(c);
+    if (trafficBytes > 0) {
+      await c.write(Buffer.from('E'));
+      const chunk = Buffer.alloc(Math.min(trafficBytes, 64 * 1024), 0x5a);
+      const echoed = c.discard(trafficBytes);
+      for (let sent = 0; sent < trafficBytes; sent += chunk.length) await c.write(chunk.subarray(0, Math.min(chunk.length, trafficBytes - sent)));
+      await echoed;
+    }
   };
   const openMany = async (n: number, into: Conn[]): Promise<void> => {
     let next = 0;

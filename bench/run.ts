@@ -87,6 +87,8 @@ const settings = {
   /** Idle tunnels held open at once to measure the relay's memory per tunnel (TLS paths). */
   idleTunnels: Number(args.idle ?? (quick ? 300 : 4000)),
   idleWarmup: quick ? 20 : 200,
+  /** The same idle tunnels again, each after carrying this much each way (a session whose user went away). */
+  idleTrafficBytes: 256 * 1024,
   transferTimeoutMs: 120_000,
   micro: !(args['no-micro'] ?? false),
   microMsPerCase: quick ? 100 : 300,
@@ -133,6 +135,8 @@ interface PathResult {
   setup: SetupRun | undefined;
   setupCpuMsPerTunnel: number | undefined;
   idle: IdleRun | undefined;
+  /** The same after `idleTrafficBytes` each way through each tunnel. */
+  idleAfterTraffic: IdleRun | undefined;
   errors: string[];
 }
 
@@ -306,6 +310,7 @@ async function main(): Promise<void> {
         setup: undefined,
         setupCpuMsPerTunnel: undefined,
         idle: undefined,
+        idleAfterTraffic: undefined,
         errors: [],
       });
     }
@@ -335,6 +340,17 @@ async function main(): Promise<void> {
         });
         if (!r) continue;
         resultOf(p).idle = r;
+        log(`  (${p.key}) ${p.label.padEnd(28)} ${r.perTunnelKiB.toFixed(1).padStart(6)} KiB/tunnel   RSS ${(r.rssBeforeKiB / 1024).toFixed(1)} -> ${(r.rssAfterKiB / 1024).toFixed(1)} MiB (opened in ${r.openSeconds.toFixed(1)} s)`);
+      }
+      log(`memory per idle tunnel after ${settings.idleTrafficBytes / 1024} KiB each way through each tunnel`);
+      for (const p of idlePaths) {
+        const pid = (p.relay as Peer).pid;
+        const r = await attempt(p, 'idle memory after traffic', async () => {
+          await refill(p, settings.idleTunnels + settings.idleWarmup + 10);
+          return idleMemory(p.open, settings.idleTunnels, settings.idleWarmup, () => rssKiB(pid), 32, settings.idleTrafficBytes);
+        });
+        if (!r) continue;
+        resultOf(p).idleAfterTraffic = r;
         log(`  (${p.key}) ${p.label.padEnd(28)} ${r.perTunnelKiB.toFixed(1).padStart(6)} KiB/tunnel   RSS ${(r.rssBeforeKiB / 1024).toFixed(1)} -> ${(r.rssAfterKiB / 1024).toFixed(1)} MiB (opened in ${r.openSeconds.toFixed(1)} s)`);
       }
     }
@@ -684,6 +700,23 @@ function renderMarkdown(r: {
       out.push(`| (${p.key}) ${p.label} | ${f1(m.perTunnelKiB)} | ${f1(m.rssBeforeKiB / 1024)} | ${f1(m.rssAfterKiB / 1024)} | ${f1(m.openSeconds)} |`);
     }
     out.push('');
+    const after = r.paths.filter((p) => p.idleAfterTraffic);
+    if (after.length) {
+      out.push(
+        `The same, each tunnel idle after carrying ${s.idleTrafficBytes / 1024} KiB each way (echoed by the console, 64 KiB writes): a session whose user went away. ` +
+          'What the relay keeps of the buffers that traffic needed counts here. This run follows the one above in the same relay, so memory a relay pooled ' +
+          'there (and kept) serves it too: the last column counts from the first run\'s baseline instead.',
+        '',
+      );
+      out.push('| path | KiB per tunnel | × banner only | RSS before MiB | RSS with the tunnels MiB | KiB per tunnel over the first baseline |');
+      out.push('|---|---:|---:|---:|---:|---:|');
+      for (const p of after) {
+        const m = p.idleAfterTraffic as IdleRun;
+        const first = p.idle ? (m.rssAfterKiB - p.idle.rssBeforeKiB) / m.count : undefined;
+        out.push(`| (${p.key}) ${p.label} | ${f1(m.perTunnelKiB)} | ${p.idle ? f2(m.perTunnelKiB / p.idle.perTunnelKiB) : dash} | ${f1(m.rssBeforeKiB / 1024)} | ${f1(m.rssAfterKiB / 1024)} | ${f1(first)} |`);
+      }
+      out.push('');
+    }
   }
 
   out.push('## Details', '');
