@@ -54,6 +54,7 @@ import type { Logger } from '../log.js';
 import { OneportError } from '../errors.js';
 import { followSentinelSwitches } from './sentinel-follow.js';
 import { parsePage, type ParsedPage } from './page.js';
+import { PAGE_RETRY_MS, pagedRead } from './paged.js';
 import { ScanThread, ScanThreadFailed } from './scan-thread.js';
 
 export interface RedisDirectoryOptions {
@@ -185,8 +186,6 @@ export class NotLeaderError extends OneportError {
 
 /** A paged snapshot whose feed was trimmed under it this many times in a row fails. */
 const SNAPSHOT_TRIES = 5;
-/** A snapshot page that timed out is asked again this many times in all. */
-const PAGE_TRIES = 3;
 
 const DEFAULTS = {
   prefix: 'oneport:{dir}:',
@@ -819,7 +818,7 @@ export class RedisDirectory extends MirroredDirectory implements Directory {
         url: typeof this.redis === 'string' ? this.redis : undefined,
         options: connectionOptions(this.redis, { connectTimeout: Math.max(commandTimeoutMs, 1_000), commandTimeout: commandTimeoutMs, connectionName: `${connectionName}:scan` }),
         page: snapshotPage,
-        pageTries: PAGE_TRIES,
+        pageRetryMs: PAGE_RETRY_MS,
         commandTimeoutMs,
       });
     } catch (err) {
@@ -852,19 +851,9 @@ export class RedisDirectory extends MirroredDirectory implements Directory {
     }
   }
 
-  /**
-   * One read of a paged snapshot, asked again (up to PAGE_TRIES times) when it timed out on a
-   * connection still up: a page is small, so a timeout means this process was busy (a mirror
-   * parsing a big snapshot) or Redis was, not that Redis is gone; reads are safe to repeat.
-   */
-  private async paged<T>(read: () => Promise<T>): Promise<T> {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await read();
-      } catch (err) {
-        if (attempt >= PAGE_TRIES || !(err as Error).message.includes('timed out') || this.cmd.status !== 'ready') throw err;
-      }
-    }
+  /** One read of a paged snapshot, asked again while it times out on a connection still up (paged.ts). */
+  private paged<T>(read: () => Promise<T>): Promise<T> {
+    return pagedRead(read, { budgetMs: PAGE_RETRY_MS, up: () => this.cmd.status === 'ready', signal: this.stopping.signal });
   }
 
   /**

@@ -37,8 +37,8 @@ export interface ScanThreadOptions {
   readonly options: RedisOptions;
   /** Fields per HSCAN call. */
   readonly page: number;
-  /** A page that timed out is asked this many times in all. */
-  readonly pageTries: number;
+  /** How long a page may keep timing out (asked again) before the scan fails, in ms (paged.ts). */
+  readonly pageRetryMs: number;
   /** The worker's command timeout, in ms: the silence deadline is derived from it. */
   readonly commandTimeoutMs: number;
   /** How long the thread may take to start and connect, in ms. @default 10000 */
@@ -66,9 +66,10 @@ export class ScanThread {
 
   /** Starts the thread; throws ScanThreadFailed when it cannot be. */
   constructor(opts: ScanThreadOptions) {
-    this.silentMs = opts.commandTimeoutMs * opts.pageTries + 2_000;
+    // A page that keeps timing out is asked again for up to pageRetryMs, its last try included.
+    this.silentMs = opts.pageRetryMs + opts.commandTimeoutMs + 2_000;
     this.startMs = opts.startMs ?? 10_000;
-    const data: ScanWorkerData = { url: opts.url, options: withoutFunctions(opts.options), page: opts.page, pageTries: opts.pageTries, window: WINDOW };
+    const data: ScanWorkerData = { url: opts.url, options: withoutFunctions(opts.options), page: opts.page, pageRetryMs: opts.pageRetryMs, window: WINDOW };
     try {
       this.worker = spawn(data);
     } catch (err) {

@@ -4,8 +4,8 @@
  * page (page.ts) before handing it over. The RESP decoding, the socket work and each record's
  * JSON.parse (with their garbage) stay on this thread, off the main one's event loop.
  *
- * Bounded: `page` fields a call, a command timeout (a page that timed out is asked again a few
- * times, like the main thread's reads), at most `window` pages of a hash handed over and not yet
+ * Bounded: `page` fields a call, a command timeout (a page that timed out is asked again for a
+ * while, like the main thread's reads: paged.ts), at most `window` pages of a hash handed over and not yet
  * applied (acknowledged), and no reconnect: a lost connection ends the scan with an error.
  *
  * Messages in: {scan, kind, key}, {ack, kind}. Out: {ready, runId} once connected, {page} per
@@ -15,6 +15,7 @@ import { setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { Redis, type RedisOptions } from 'ioredis';
 import { parsePage } from './page.js';
+import { pagedRead } from './paged.js';
 
 export interface ScanWorkerData {
   /** Where Redis is: a URL, or undefined when `options` say it. */
@@ -22,8 +23,8 @@ export interface ScanWorkerData {
   readonly options: RedisOptions;
   /** Fields per HSCAN call. */
   readonly page: number;
-  /** A page that timed out is asked this many times in all. */
-  readonly pageTries: number;
+  /** How long a page may keep timing out (asked again) before the scan fails, in ms (paged.ts). */
+  readonly pageRetryMs: number;
   /** Pages of one hash handed over and not yet acknowledged, at most. */
   readonly window: number;
 }
@@ -57,15 +58,7 @@ conn.on('error', () => {}); // failures surface through the commands
 /** Per hash: pages handed over and not yet acknowledged, and who waits for room. */
 const windows = new Map<'user' | 'vm', { open: number; wake: (() => void) | undefined }>();
 
-async function paged<T>(read: () => Promise<T>): Promise<T> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await read();
-    } catch (err) {
-      if (attempt >= data.pageTries || !(err as Error).message.includes('timed out') || conn.status !== 'ready') throw err;
-    }
-  }
-}
+const paged = <T>(read: () => Promise<T>): Promise<T> => pagedRead(read, { budgetMs: data.pageRetryMs, up: () => conn.status === 'ready' });
 
 /** Every page of one hash, in cursor order; the next page is asked for before this one is parsed. */
 async function scan(kind: 'user' | 'vm', key: string): Promise<void> {

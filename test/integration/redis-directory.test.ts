@@ -544,3 +544,41 @@ t.test('a few thousand records: a paged load with writes racing it, then an in-p
   await direct.hdel(`${prefix}vms`, 'bulk30');
   t.same(mirrored(), await inRedis(), 'and B holds what Redis holds again');
 });
+
+// Many nodes loading at once (a cold start of the cluster, every node after a Redis restart) can
+// keep one Redis busy past the command timeout for a while. A page that times out is asked again,
+// with growing pauses, for up to a minute (paged.ts): a node's first load rides out what used to
+// end it after three timeouts in a row (here 3 x 300 ms), on the main thread and on a scan thread.
+for (const where of ['main thread', 'scan thread'] as const) {
+  t.test(`a load rides out a Redis that stops answering for longer than three command timeouts (${where})`, async (t) => {
+    const redis = await startRedis(t);
+    const proxy = await startFaultProxy(t, redis.port);
+    const prefix = newPrefix();
+    const a = await openDir(t, redis.url, prefix);
+    for (let i = 0; i < 200; i++) await a.putVm(vm(`desk${i}`));
+
+    const HANG_MS = 2_000; // the partition's length: over 3 x 300 ms, under the retry budget
+    let hung = false;
+    let pages = 0;
+    const b = await openDir(t, proxy.url, prefix, {
+      commandTimeoutMs: 300,
+      snapshotPage: 10,
+      scanThreadMin: where === 'scan thread' ? 1 : 1_000_000,
+      loads: {
+        begin: () => undefined,
+        page: () => {
+          pages++;
+          if (hung) return;
+          // The first page arrived: Redis stops answering mid-load, then comes back.
+          hung = true;
+          proxy.hang();
+          setTimeout(() => proxy.heal(), HANG_MS).unref();
+        },
+        end: () => undefined,
+      },
+    });
+    t.ok(hung, 'Redis stopped answering during the load');
+    t.ok(pages > 10, `the load went on page by page (${pages} pages)`);
+    t.same(contents(b), contents(a), 'the mirror holds the whole directory');
+  });
+}
