@@ -5,8 +5,9 @@
  * JSON.parse (with their garbage) stay on this thread, off the main one's event loop.
  *
  * Bounded: `page` fields a call, a command timeout (a page that timed out is asked again for a
- * while, like the main thread's reads: paged.ts), at most `window` pages of a hash handed over and not yet
- * applied (acknowledged), and no reconnect: a lost connection ends the scan with an error.
+ * while, like the main thread's reads: paged.ts), at most `window` pages of a hash handed over
+ * and not yet applied (acknowledged), and no reconnect: a lost connection ends the scan with an
+ * error.
  *
  * Messages in: {scan, kind, key}, {ack, kind}. Out: {ready, runId} once connected, {page} per
  * page, {done, kind} per hash, {error, name, message} (the thread then waits to be terminated).

@@ -510,7 +510,7 @@ route('DELETE', '/api/users/:p/sessions', 'user-sessions', async (c) => {
   await nodeOrAdmin(c, local);
   const name = c.params[0] ?? '';
   const self = c.ctx.config.nodeId;
-  const mine = c.ctx.workers ? await c.ctx.workers.terminateUser(name) : await terminate(c.ctx, c.ctx.tunnels.byUser(name).filter((t) => t.transport !== 'hop'));
+  const mine = c.ctx.workers ? await c.ctx.workers.terminateUser(name) : await terminate(c.ctx, c.ctx.tunnels.clientTunnels(name));
   if (local) return sendJson(c.res, 200, { node: self, ended: mine });
   const f = fanout(c.ctx);
   const others = f ? await askOtherNodes<{ ended: number }>(f, 'DELETE', `/api/users/${encodeURIComponent(name)}/sessions?local=1`) : [];

@@ -136,11 +136,11 @@ export class TunnelRegistry {
   }
 
   /**
-   * The tunnels clients hold here: a hop is the owner's side of a tunnel another node lists (and
-   * ends: closing the entry's side closes the hop).
+   * The tunnels clients hold here (of `user` only, if named): a hop is the owner's side of a
+   * tunnel another node lists (and ends: closing the entry's side closes the hop).
    */
-  clientTunnels(): Tunnel[] {
-    return this.list().filter((t) => t.transport !== 'hop');
+  clientTunnels(user?: string): Tunnel[] {
+    return (user === undefined ? this.list() : this.byUser(user)).filter((t) => t.transport !== 'hop');
   }
 
   byVm(vm: string): Tunnel[] {

@@ -80,7 +80,7 @@ function recheck(deps: RevokeDeps, affected: readonly Tunnel[]): void {
 
 /** An API session was logged out (here or on another node): end the tunnels its credentials opened. */
 export function revokeApiSession(deps: Pick<RevokeDeps, 'tunnels' | 'metrics' | 'log'>, sid: string): number {
-  return revokeTunnels(deps, deps.tunnels.list().filter((t) => t.apiSession === sid && t.transport !== 'hop'), 'logged-out');
+  return revokeTunnels(deps, deps.tunnels.clientTunnels().filter((t) => t.apiSession === sid), 'logged-out');
 }
 
 /** Follow the directory for the node's life; returns the function that stops it. */

@@ -234,7 +234,7 @@ export async function runWorker(config: Config): Promise<void> {
     if (!t || t.transport === 'hop') return null;
     return { user: t.user, vm: t.vm, ended: await terminate(ctx, [t]) };
   });
-  rpc.handle('local-terminate-user', (name) => terminate(ctx, ctx.tunnels.byUser(String(name)).filter((t) => t.transport !== 'hop')));
+  rpc.handle('local-terminate-user', (name) => terminate(ctx, ctx.tunnels.clientTunnels(String(name))));
 
   // The primary decides when the node stops; signals sent to the whole group are its to answer.
   for (const sig of ['SIGTERM', 'SIGINT', 'SIGUSR2'] as const) process.on(sig, () => undefined);
