@@ -484,15 +484,15 @@ route('DELETE', '/api/sessions/:p', 'session', async (c) => {
   const node = id.slice(0, Math.max(0, id.lastIndexOf(':')));
   const f = fanout(c.ctx);
   if (local || !f || node === self) {
-    const t = c.ctx.tunnels.get(id);
-    if ((!t || t.transport === 'hop') && c.ctx.workers) {
+    const t = c.ctx.tunnels.clientTunnel(id);
+    if (!t && c.ctx.workers) {
       // Held by another worker of this node: it ends it.
       const a = await c.ctx.workers.terminate(id);
       if (!a) throw new OneportError('ONEPORT_ERR_NOT_FOUND', 'no such session');
       if (!local) await audit(c, 'session.terminate', { type: 'session', name: id }, { user: a.user, vm: a.vm, tunnels: a.ended });
       return sendJson(c.res, 200, { id, node: self, ...a });
     }
-    if (!t || t.transport === 'hop') throw new OneportError('ONEPORT_ERR_NOT_FOUND', 'no such session');
+    if (!t) throw new OneportError('ONEPORT_ERR_NOT_FOUND', 'no such session');
     const ended = await terminate(c.ctx, [t]);
     if (!local) await audit(c, 'session.terminate', { type: 'session', name: id }, { user: t.user, vm: t.vm, tunnels: ended });
     return sendJson(c.res, 200, { id, node: self, user: t.user, vm: t.vm, ended });

@@ -143,6 +143,12 @@ export class TunnelRegistry {
     return (user === undefined ? this.list() : this.byUser(user)).filter((t) => t.transport !== 'hop');
   }
 
+  /** The tunnel `id` if a client holds it here (not a hop: see clientTunnels). */
+  clientTunnel(id: string): Tunnel | undefined {
+    const t = this.get(id);
+    return t?.transport === 'hop' ? undefined : t;
+  }
+
   byVm(vm: string): Tunnel[] {
     return [...(this.vmIndex.get(vm) ?? [])];
   }

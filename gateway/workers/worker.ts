@@ -230,8 +230,8 @@ export async function runWorker(config: Config): Promise<void> {
   // This worker's part of the node's session list and terminate calls (the primary asks every worker).
   rpc.handle('local-sessions', () => ctx.tunnels.clientTunnels().map((t) => summarize(t, ctx.config.nodeId)));
   rpc.handle('local-terminate', async (tid) => {
-    const t = ctx.tunnels.get(String(tid));
-    if (!t || t.transport === 'hop') return null;
+    const t = ctx.tunnels.clientTunnel(String(tid));
+    if (!t) return null;
     return { user: t.user, vm: t.vm, ended: await terminate(ctx, [t]) };
   });
   rpc.handle('local-terminate-user', (name) => terminate(ctx, ctx.tunnels.clientTunnels(String(name))));
